@@ -1,0 +1,31 @@
+# Sourced by the other scripts: install what ocimirror needs on a fresh Debian machine.
+# Debian's docker-registry (the CNCF distribution registry), skopeo (the independent judge)
+# and apache2-utils (htpasswd), then a venv in .venv with the project and its test extras.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+need=()
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+if [ "${#need[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing Debian packages: ${need[*]}" >&2
+    $SUDO apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >&2
+fi
+PY="${PYTHON:-python3}"
+if [ ! -x "$ROOT/.venv/bin/python" ]; then
+    "$PY" -m venv "$ROOT/.venv"
+fi
+stamp="$ROOT/.venv/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    rm -f "$ROOT"/.venv/.installed-*
+    # Chained so the stamp is only written when the install succeeded, even where
+    # a caller's `&&` list switches off errexit.
+    "$ROOT/.venv/bin/pip" install -q --upgrade pip >&2 \
+        && "$ROOT/.venv/bin/pip" install -q -e "$ROOT[test]" >&2 \
+        && touch "$stamp"
+    [ -f "$stamp" ] || { echo "bootstrap: installing the venv failed" >&2; return 1 2>/dev/null || exit 1; }
+fi
+export PATH="$ROOT/.venv/bin:$PATH"

@@ -1,0 +1,5 @@
+"""ocimirror: mirror container images between registries, layout directories and buckets."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""The one seam: the `Store` protocol that every place holding images implements.
+
+A registry, an OCI layout directory, an in-memory store and (later) object storage all
+answer the same small async protocol, so a copy is always "read from one Store, write to
+another", in every direction. Repositories are named within a store (`library/alpine`);
+a store that holds a single repository (an OCI layout directory) ignores the name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from .manifest import Descriptor, Manifest
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Anything that holds manifests and blobs by repository."""
+
+    #: A short human name for messages (`registry.example.com`, `oci:./bundle`).
+    name: str
+
+    async def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
+        """Return the descriptor of a manifest by tag or digest, or None if absent."""
+        ...
+
+    async def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """Return a manifest by tag or digest (verified when `ref` is a digest)."""
+        ...
+
+    async def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> None:
+        """Store a manifest's exact bytes under a tag, or by digest when `ref` is one."""
+        ...
+
+    async def list_tags(self, repo: str) -> list[str]:
+        """Return every tag in a repository."""
+        ...
+
+    async def blob_size(self, repo: str, digest: str) -> int | None:
+        """Return the size of a blob if the store has it, else None."""
+        ...
+
+    def open_blob(
+        self, repo: str, desc: Descriptor
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Open a blob for streaming: `async with store.open_blob(r, d) as chunks: ...`."""
+        ...
+
+    async def put_blob(self, repo: str, desc: Descriptor, chunks: AsyncIterable[bytes]) -> None:
+        """Store a blob from a stream of chunks; the caller has checked nothing yet."""
+        ...
+
+    async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
+        """Make a blob stored in `from_repo` available in `repo` without moving bytes.
+
+        Returns False when the store cannot (the caller then copies the bytes).
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections and files."""
+        ...

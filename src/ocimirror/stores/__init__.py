@@ -1,0 +1,1 @@
+"""Store implementations: registry, OCI layout directory and in-memory."""
