@@ -1,0 +1,1 @@
+"""Local registries and sample images for tests, the demo and benchmarks."""
