@@ -1,0 +1,344 @@
+"""The copy engine: images and indexes from one Store to another, blobs streamed.
+
+Order is what keeps a destination consistent: blobs before the manifest that names them,
+child manifests (by digest) before their index, and the tag written last. A copy that
+fails part-way therefore never leaves a tag pointing at something incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import stamina
+import structlog
+
+from .. import digest as digests
+from ..errors import NotFound, OcimirrorError, RateLimited, UploadRefused, is_retryable
+from ..manifest import Descriptor, Manifest, filter_index
+from ..mediatypes import is_index
+from ..store import Store
+
+log = structlog.get_logger(__name__)
+
+Status = Literal["copied", "unchanged", "failed"]
+BlobHow = Literal["skipped", "mounted", "copied", "foreign"]
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    """How to copy: platform filter, foreign layers, and whether to re-check everything."""
+
+    platforms: tuple[str, ...] = ()
+    include_foreign: bool = False
+    force: bool = False  # push even when the destination already has the same digest
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a copy: a store, a repository in it and a tag or digest."""
+
+    store: Store
+    repo: str
+    ref: str
+    display: str = ""
+
+    def __str__(self) -> str:
+        return self.display or f"{self.store.name}/{self.repo}:{self.ref}"
+
+
+@dataclass
+class ImageResult:
+    """What happened to one image copy."""
+
+    source: str
+    destination: str
+    status: Status = "copied"
+    source_digest: str = ""
+    destination_digest: str = ""
+    media_type: str = ""
+    platforms: list[str] = field(default_factory=list)
+    bytes_copied: int = 0
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
+    manifests_pushed: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def filtered(self) -> bool:
+        """Tell whether the destination got new bytes (a platform-filtered index)."""
+        return bool(self.destination_digest) and self.destination_digest != self.source_digest
+
+
+class Progress(Protocol):
+    """Receives progress events from the copier (the CLI draws them)."""
+
+    def image_started(self, source: str, destination: str) -> None:
+        """Call when an image copy starts."""
+
+    def image_sized(self, destination: str, total: int) -> None:
+        """Call when the bytes an image needs are known."""
+
+    def bytes_moved(self, destination: str, n: int) -> None:
+        """Call as blob bytes flow."""
+
+    def image_finished(self, result: ImageResult) -> None:
+        """Call when an image copy ends, with its result."""
+
+
+class _NoProgress:
+    def image_started(self, source: str, destination: str) -> None:
+        pass
+
+    def image_sized(self, destination: str, total: int) -> None:
+        pass
+
+    def bytes_moved(self, destination: str, n: int) -> None:
+        pass
+
+    def image_finished(self, result: ImageResult) -> None:
+        pass
+
+
+def _retry_hook(exc: Exception) -> bool | float:
+    if isinstance(exc, UploadRefused):
+        return 0.0  # the store switched to chunked uploads: go again at once
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        return min(max(exc.retry_after, 0.0), 60.0)
+    return is_retryable(exc)
+
+
+class Copier:
+    """Copies images between stores; one Copier shares blob work across many images."""
+
+    def __init__(
+        self,
+        *,
+        options: CopyOptions | None = None,
+        image_concurrency: int = 16,
+        blob_concurrency: int = 24,
+        progress: Progress | None = None,
+        attempts: int = 4,
+    ) -> None:
+        self.options = options or CopyOptions()
+        self.progress: Progress = progress or _NoProgress()
+        self.attempts = attempts
+        self._images = asyncio.Semaphore(image_concurrency)
+        self._blobs = asyncio.Semaphore(blob_concurrency)
+        # Blob work in flight or done, per destination (store, repo, digest).
+        self._blob_tasks: dict[tuple[str, str, str], asyncio.Task[BlobHow]] = {}
+        # Repositories of a destination store known to hold a digest: mount sources.
+        self._blob_homes: dict[tuple[str, str], set[str]] = {}
+        # Child manifests in flight or done, per destination (store, repo, digest).
+        self._manifest_tasks: dict[tuple[str, str, str], asyncio.Future[None]] = {}
+
+    # -- images -----------------------------------------------------------------------
+
+    async def copy(self, src: Endpoint, dst: Endpoint) -> ImageResult:
+        """Copy one image or index; failures are returned in the result, not raised."""
+        result = ImageResult(source=str(src), destination=str(dst))
+        started = time.monotonic()
+        async with self._images:
+            self.progress.image_started(result.source, result.destination)
+            try:
+                await self._copy(src, dst, result)
+            except (TimeoutError, OcimirrorError, OSError) as e:
+                result.status = "failed"
+                result.error = str(e) or type(e).__name__
+                log.debug("image copy failed", source=result.source, error=result.error)
+            except Exception as e:
+                result.status = "failed"
+                result.error = f"{type(e).__name__}: {e}"
+                log.exception("image copy crashed", source=result.source)
+        result.seconds = time.monotonic() - started
+        self.progress.image_finished(result)
+        return result
+
+    async def _copy(self, src: Endpoint, dst: Endpoint, result: ImageResult) -> None:
+        opts = self.options
+        filtering = bool(opts.platforms)
+        # HEAD the destination first: when it is absent (a cold copy) we go straight to
+        # one GET at the source; when present, a HEAD at the source decides.
+        dst_desc = None if opts.force else await dst.store.head_manifest(dst.repo, dst.ref)
+        src_digest = src.ref if digests.is_valid(src.ref) else ""
+        manifest: Manifest | None = None
+        if dst_desc is not None:
+            if not src_digest:
+                src_desc = await src.store.head_manifest(src.repo, src.ref)
+                if src_desc is None:
+                    raise NotFound(f"{src}: manifest unknown")
+                src_digest = src_desc.digest
+                result.media_type = src_desc.media_type
+                unfilterable = not is_index(src_desc.media_type)
+            else:
+                unfilterable = False
+            if src_digest == dst_desc.digest and (not filtering or unfilterable):
+                result.status = "unchanged"
+                result.source_digest = result.destination_digest = src_digest
+                return
+            if filtering:
+                manifest = await src.store.get_manifest(src.repo, src_digest)
+                if manifest.is_index:
+                    filtered = filter_index(manifest, list(opts.platforms))
+                    if filtered.digest == dst_desc.digest:
+                        result.status = "unchanged"
+                        result.source_digest = src_digest
+                        result.destination_digest = filtered.digest
+                        return
+        if manifest is None:
+            manifest = await src.store.get_manifest(src.repo, src_digest or src.ref)
+        result.source_digest = manifest.digest
+        result.media_type = manifest.media_type
+        top = manifest
+        if manifest.is_index:
+            children = manifest.manifests
+            if filtering:
+                top = filter_index(manifest, list(opts.platforms))
+                children = top.manifests
+            result.platforms = [str(c.platform) for c in children if c.platform is not None]
+            await asyncio.gather(
+                *(self._ensure_manifest(src, dst, child, result) for child in children)
+            )
+        else:
+            await self._copy_blobs(src, dst, manifest, result)
+        await dst.store.put_manifest(dst.repo, dst.ref, top)
+        result.manifests_pushed += 1
+        result.destination_digest = top.digest
+        self._remember_manifest(dst, top.digest)
+
+    def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
+        key = (dst.store.name, dst.repo, digest)
+        if key not in self._manifest_tasks:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            self._manifest_tasks[key] = done
+
+    async def _ensure_manifest(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> None:
+        """Copy a child manifest by digest, once per destination, skipping what is there."""
+        key = (dst.store.name, dst.repo, desc.digest)
+        task = self._manifest_tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._copy_child(src, dst, desc, result))
+            self._manifest_tasks[key] = task
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if task.done() and (task.cancelled() or task.exception() is not None):
+                self._manifest_tasks.pop(key, None)
+            raise
+
+    async def _copy_child(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> None:
+        if await dst.store.head_manifest(dst.repo, desc.digest) is not None:
+            return
+        child = await src.store.get_manifest(src.repo, desc.digest)
+        if child.is_index:
+            await asyncio.gather(
+                *(self._ensure_manifest(src, dst, c, result) for c in child.manifests)
+            )
+        else:
+            await self._copy_blobs(src, dst, child, result)
+        await dst.store.put_manifest(dst.repo, desc.digest, child)
+        result.manifests_pushed += 1
+
+    # -- blobs ------------------------------------------------------------------------
+
+    async def _copy_blobs(
+        self, src: Endpoint, dst: Endpoint, manifest: Manifest, result: ImageResult
+    ) -> None:
+        blobs = manifest.blobs
+        wanted = [b for b in blobs if self.options.include_foreign or not b.is_foreign]
+        self.progress.image_sized(result.destination, sum(b.size for b in wanted))
+        hows = await asyncio.gather(*(self._ensure_blob(src, dst, b, result) for b in wanted))
+        for how in hows:
+            if how == "copied":
+                result.blobs_copied += 1
+            elif how == "mounted":
+                result.blobs_mounted += 1
+            else:
+                result.blobs_skipped += 1
+
+    async def _ensure_blob(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> BlobHow:
+        """Make a blob present at the destination; concurrent callers share one transfer."""
+        key = (dst.store.name, dst.repo, desc.digest)
+        task = self._blob_tasks.get(key)
+        if task is not None:
+            await asyncio.shield(task)
+            return "skipped"
+        task = asyncio.ensure_future(self._transfer_blob(src, dst, desc, result))
+        self._blob_tasks[key] = task
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and (task.cancelled() or task.exception() is not None):
+                self._blob_tasks.pop(key, None)
+            raise
+
+    async def _transfer_blob(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> BlobHow:
+        async with self._blobs:
+            how = await self._place_blob(src, dst, desc, result)
+        self._blob_homes.setdefault((dst.store.name, desc.digest), set()).add(dst.repo)
+        return how
+
+    async def _place_blob(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> BlobHow:
+        homes = self._blob_homes.get((dst.store.name, desc.digest), set()) - {dst.repo}
+        if src.store.name == dst.store.name and src.repo != dst.repo:
+            homes = homes | {src.repo}
+        # A known home means one POST can do it all (201 also when already present).
+        for home in sorted(homes)[:2]:
+            if await dst.store.mount_blob(dst.repo, desc, home):
+                self.progress.bytes_moved(result.destination, desc.size)
+                return "mounted"
+        if not homes and await dst.store.blob_size(dst.repo, desc.digest) is not None:
+            self.progress.bytes_moved(result.destination, desc.size)
+            return "skipped"
+        await self._stream_blob(src, dst, desc, result)
+        return "copied"
+
+    async def _stream_blob(
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+    ) -> None:
+        """GET → digest check → PUT, retried as a whole on transient failures."""
+        async for attempt in stamina.retry_context(
+            on=_retry_hook, attempts=self.attempts, wait_initial=0.5, wait_max=15.0, timeout=None
+        ):
+            with attempt:
+                moved = 0
+                async with src.store.open_blob(src.repo, desc) as chunks:
+
+                    async def counted(it: AsyncIterator[bytes] = chunks) -> AsyncIterator[bytes]:
+                        nonlocal moved
+                        async for chunk in it:
+                            moved += len(chunk)
+                            self.progress.bytes_moved(result.destination, len(chunk))
+                            yield chunk
+
+                    try:
+                        await dst.store.put_blob(
+                            dst.repo,
+                            desc,
+                            digests.verified(
+                                counted(), desc.digest, desc.size, f"blob {desc.digest}"
+                            ),
+                        )
+                    except BaseException:
+                        self.progress.bytes_moved(result.destination, -moved)
+                        raise
+                result.bytes_copied += desc.size
+
+
+__all__ = ["Copier", "CopyOptions", "Endpoint", "ImageResult", "Progress"]
