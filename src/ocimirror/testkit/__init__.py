@@ -1,1 +1,12 @@
-"""Local registries and sample images for tests, the demo and benchmarks."""
+"""Local registries and sample images for tests, the demo and benchmarks.
+
+- `ocimirror.testkit.images`: deterministic sample images, indexes and corpora.
+- `ocimirror.testkit.registry`: `LocalRegistry` (a distribution registry subprocess on
+  loopback, with request counting from its access log) and `Skopeo` (skopeo isolated
+  from the host's configuration).
+- `ocimirror.testkit.tokenserver`: `TokenServer`, a Docker registry token server.
+- `ocimirror.testkit.tls`: a self-signed CA and server certificate (`make_tls_files`).
+
+Nothing is imported here, so `ocimirror.testkit.images` needs neither aiohttp's server
+side nor `cryptography` (a test extra) and the modules load only when used.
+"""

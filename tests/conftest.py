@@ -1,0 +1,137 @@
+"""Fixtures: real registries on loopback, a token server, TLS material and skopeo.
+
+Every registry is fresh per test (starting one takes about 25 ms) and lives in its own
+directory under pytest's base temp dir, where its `config.yml`, `access.log` and
+`registry.log` stay for post-mortems. The TLS files are made once per session. Teardown
+stops every process, whether the test passed or not.
+
+- `registry`, `src_registry`, `dst_registry`, `registry_pair`: anonymous, plain HTTP.
+- `htpasswd_registry`: Basic auth, user `alice` / `wonderland`.
+- `token_registry`: token auth through `token_server` (user `bob` / `builder`, anonymous
+  pull allowed); `token_registry.token_server` is the same server.
+- `tls_registry`: HTTPS with a self-signed CA, `tls_registry.tls.ca_cert` (and
+  `tls_files.ca_cert`) is the CA to trust.
+- `registry_factory` / `token_server_factory`: make others, stopped at teardown.
+- `skopeo`: skopeo with a private auth file and config (see `ocimirror.testkit.registry`).
+
+Each registry's `creds` is its (user, password), and `Skopeo.flags(registry, role)` the
+TLS and credential flags skopeo needs for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.tls import TlsFiles, make_tls_files
+from ocimirror.testkit.tokenserver import TokenServer
+
+HTPASSWD_USERS = {"alice": "wonderland"}
+TOKEN_USERS = {"bob": "builder"}
+
+RegistryFactory = Callable[..., LocalRegistry]
+TokenServerFactory = Callable[..., TokenServer]
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a server certificate for localhost, 127.0.0.1 and ::1 (one per session)."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryFactory]:
+    """Start `LocalRegistry(dir, **kwargs)` registries; all are stopped at teardown."""
+    started: list[LocalRegistry] = []
+
+    def make(name: str = "registry", **kwargs: Any) -> LocalRegistry:
+        registry = LocalRegistry(tmp_path_factory.mktemp(name), **kwargs)
+        started.append(registry)
+        return registry.start()
+
+    yield make
+    for registry in reversed(started):
+        registry.stop()
+
+
+@pytest.fixture
+def token_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[TokenServerFactory]:
+    """Start `TokenServer(dir, **kwargs)` servers; all are stopped at teardown."""
+    started: list[TokenServer] = []
+
+    def make(**kwargs: Any) -> TokenServer:
+        server = TokenServer(tmp_path_factory.mktemp("token-server"), **kwargs)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def registry(registry_factory: RegistryFactory) -> LocalRegistry:
+    """A fresh anonymous registry over plain HTTP."""
+    return registry_factory("registry")
+
+
+@pytest.fixture
+def src_registry(registry_factory: RegistryFactory) -> LocalRegistry:
+    """A fresh anonymous registry to copy from."""
+    return registry_factory("src")
+
+
+@pytest.fixture
+def dst_registry(registry_factory: RegistryFactory) -> LocalRegistry:
+    """A fresh anonymous registry to copy to."""
+    return registry_factory("dst")
+
+
+@pytest.fixture
+def registry_pair(
+    src_registry: LocalRegistry, dst_registry: LocalRegistry
+) -> tuple[LocalRegistry, LocalRegistry]:
+    """(source, destination): two fresh anonymous registries."""
+    return src_registry, dst_registry
+
+
+@pytest.fixture
+def htpasswd_registry(registry_factory: RegistryFactory) -> LocalRegistry:
+    """A fresh registry with Basic auth; `creds` is ("alice", "wonderland")."""
+    return registry_factory("htpasswd", auth="htpasswd", users=HTPASSWD_USERS)
+
+
+@pytest.fixture
+def token_server(token_server_factory: TokenServerFactory) -> TokenServer:
+    """A fresh token server: user bob / builder, anonymous pull allowed."""
+    return token_server_factory(users=TOKEN_USERS, anonymous_pull=True)
+
+
+@pytest.fixture
+def token_registry(registry_factory: RegistryFactory, token_server: TokenServer) -> LocalRegistry:
+    """A fresh registry with token auth via `token_server`; `creds` is ("bob", "builder")."""
+    return registry_factory("token", auth="token", token_server=token_server)
+
+
+@pytest.fixture
+def tls_registry(registry_factory: RegistryFactory, tls_files: TlsFiles) -> LocalRegistry:
+    """A fresh anonymous registry over HTTPS; trust `tls_registry.tls.ca_cert`."""
+    return registry_factory("tls", tls=tls_files)
+
+
+@pytest.fixture
+def ca_cert(tls_files: TlsFiles) -> Path:
+    """The CA certificate `tls_registry` is signed by."""
+    return tls_files.ca_cert
+
+
+@pytest.fixture
+def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
+    """skopeo with a fresh private auth file; the host's configuration is never read."""
+    return Skopeo(tmp_path_factory.mktemp("skopeo"))
