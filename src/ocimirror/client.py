@@ -1,0 +1,703 @@
+"""RegistryClient: the OCI distribution API of one registry host, over aiohttp.
+
+It owns authentication (anonymous and credentialled bearer tokens, basic auth), retries
+of idempotent requests (stamina, honouring `Retry-After`), redirects for blob downloads
+(never forwarding `Authorization` to another host), uploads (monolithic, chunked,
+cross-repository mount) and request accounting. It knows nothing of copying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import time
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import aiohttp
+import stamina
+import structlog
+
+from . import mediatypes as mt
+from .auth.challenge import Challenge, parse_challenges
+from .auth.credentials import Credentials
+from .errors import (
+    AuthError,
+    ManifestError,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    UploadRefused,
+    is_retryable,
+)
+from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
+from .reference import is_loopback_host
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = "ocimirror/0.1"
+#: Bytes per PATCH when a registry refuses monolithic uploads.
+CHUNK_SIZE = 8 * 1024 * 1024
+#: Bytes per read from a blob response.
+READ_SIZE = 1024 * 1024
+_TOKEN_MARGIN = 20.0
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How to reach one registry host: TLS, plain HTTP and request concurrency."""
+
+    tls_verify: bool = True
+    ca_file: str | None = None
+    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+    max_concurrency: int = 32
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+def _retry_hook(exc: Exception) -> bool | float:
+    """Decide retries for stamina: Retry-After wins for 429, else the error tree decides."""
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        return min(max(exc.retry_after, 0.0), 60.0)
+    return is_retryable(exc)
+
+
+def _scopes_cover(have: frozenset[str], want: frozenset[str]) -> bool:
+    """Tell whether a token granted for `have` scopes also serves `want`."""
+    for w in want:
+        kind, _, rest = w.rpartition(":")
+        actions = set(rest.split(","))
+        if not any(
+            h.rpartition(":")[0] == kind and actions <= set(h.rpartition(":")[2].split(","))
+            for h in have
+        ):
+            return False
+    return True
+
+
+def repo_scope(repo: str, actions: str) -> str:
+    """Return the token scope string for a repository and actions (`pull`, `pull,push`)."""
+    return f"repository:{repo}:{actions}"
+
+
+class RegistryClient:
+    """Talks the distribution API to one registry host."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        credentials: Credentials | None = None,
+        options: HostOptions | None = None,
+        attempts: int = 5,
+    ) -> None:
+        self.host = host
+        self.options = options or HostOptions()
+        plain = self.options.plain_http
+        #: A loopback host without an explicit choice starts on plain HTTP and moves to
+        #: HTTPS if the server turns out to speak TLS (as Docker and crane allow both).
+        self._probe_scheme = plain is None and is_loopback_host(host)
+        if plain is None:
+            plain = is_loopback_host(host)
+        self.base = f"{'http' if plain else 'https'}://{host}"
+        self.credentials = credentials or Credentials()
+        self.attempts = attempts
+        #: Requests sent, by method (including token fetches under "TOKEN").
+        self.requests: Counter[str] = Counter()
+        #: The last `RateLimit-Remaining` the registry announced, if any.
+        self.rate_limit_remaining: int | None = None
+        #: Set once the registry refuses a monolithic upload; later uploads go chunked.
+        self.chunked_uploads = False
+        self._session: aiohttp.ClientSession | None = None
+        self._auth_scheme: str | None = None  # None (unknown yet), "none", "basic", "bearer"
+        self._challenge: Challenge | None = None
+        self._tokens: dict[frozenset[str], _Token] = {}
+        self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.options.tls_verify:
+            return False
+        if self.options.ca_file:
+            return ssl.create_default_context(cafile=self.options.ca_file)
+        return True
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Return the HTTP session, creating it on first use (inside the event loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.options.max_concurrency, ssl=self._ssl(), ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                headers={"User-Agent": USER_AGENT},
+                timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=300),
+                read_bufsize=READ_SIZE,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, path: str) -> str:
+        """Return the absolute URL of an API path (`/v2/...`)."""
+        return self.base + path
+
+    def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
+        value = resp.headers.get("RateLimit-Remaining")
+        if value:
+            with suppress(ValueError):
+                self.rate_limit_remaining = int(value.split(";", 1)[0].strip())
+
+    # -- authentication ---------------------------------------------------------------
+
+    async def _auth_header(self, scopes: frozenset[str], *, stale: str = "") -> str | None:
+        """Return the Authorization header for `scopes`; `stale` is a header just refused."""
+        if self._auth_scheme == "basic":
+            return self._basic_header()
+        if self._auth_scheme != "bearer":
+            return None
+        if self.credentials.registry_token:
+            return f"Bearer {self.credentials.registry_token}"
+        now = time.monotonic()
+        for have, tok in self._tokens.items():
+            header = f"Bearer {tok.value}"
+            if header != stale and tok.expires > now and _scopes_cover(have, scopes):
+                return header
+        # One fetch per scope set at a time: concurrent requests wait and share it.
+        lock = self._token_locks.setdefault(scopes, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(scopes)
+            if (
+                cached is None
+                or cached.expires <= time.monotonic()
+                or f"Bearer {cached.value}" == stale
+            ):
+                cached = await self._fetch_token(scopes)
+                self._tokens[scopes] = cached
+        return f"Bearer {cached.value}"
+
+    def _basic_header(self) -> str | None:
+        c = self.credentials
+        if not c.username and not c.password:
+            return None
+        raw = f"{c.username}:{c.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    async def _fetch_token(self, scopes: frozenset[str]) -> _Token:
+        """Fetch a bearer token for `scopes` from the challenge's realm."""
+        assert self._challenge is not None
+        realm = self._challenge.realm
+        if not realm:
+            raise AuthError(f"{self.host}: bearer challenge without a realm", url=self.base)
+        service = self._challenge.service
+        creds = self.credentials
+        self.requests["TOKEN"] += 1
+        sorted_scopes = sorted(scopes)
+        if creds.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "service": service,
+                "client_id": "ocimirror",
+                "access_type": "offline",
+            }
+            if sorted_scopes:
+                form["scope"] = " ".join(sorted_scopes)
+            async with self.session.post(realm, data=form) as resp:
+                if resp.status not in (404, 405):
+                    return await self._token_from(resp, realm)
+        params: list[tuple[str, str]] = []
+        if service:
+            params.append(("service", service))
+        params += [("scope", s) for s in sorted_scopes]
+        headers = {}
+        basic = self._basic_header()
+        if basic:
+            headers["Authorization"] = basic
+            params.append(("account", creds.username))
+        sep = "&" if "?" in realm else "?"
+        url = realm + (sep + urlencode(params) if params else "")
+        async with self.session.get(url, headers=headers) as resp:
+            return await self._token_from(resp, realm)
+
+    async def _token_from(self, resp: aiohttp.ClientResponse, realm: str) -> _Token:
+        if resp.status in (401, 403):
+            who = self.credentials.username or "anonymous"
+            raise AuthError(
+                f"{self.host}: the token service {realm} refused the credentials of {who}"
+                f" (HTTP {resp.status})",
+                status=resp.status,
+                url=realm,
+            )
+        if resp.status != 200:
+            raise RegistryError(
+                f"{self.host}: token service {realm} answered HTTP {resp.status}",
+                status=resp.status,
+                url=realm,
+            )
+        try:
+            body = await resp.json(content_type=None)
+            value = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            value = None
+            body = {}
+        if not isinstance(value, str) or not value:
+            raise AuthError(f"{self.host}: token service {realm} returned no token", url=realm)
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 60.0
+        lifetime = max(lifetime - _TOKEN_MARGIN, lifetime / 2)
+        return _Token(value, time.monotonic() + lifetime)
+
+    def _learn_challenge(self, resp: aiohttp.ClientResponse, sent: str = "") -> bool:
+        """Learn how the registry wants us to authenticate; False if we cannot comply.
+
+        `sent` is the Authorization header the refused request carried: a request sent
+        before a concurrent one learnt the scheme is worth sending again.
+        """
+        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
+        for ch in challenges:
+            if ch.scheme == "bearer":
+                self._auth_scheme = "bearer"
+                self._challenge = ch
+                return True
+        for ch in challenges:
+            if ch.scheme == "basic":
+                if sent.startswith("Basic ") or self._basic_header() is None:
+                    return False
+                self._auth_scheme = "basic"
+                return True
+        return False
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: frozenset[str],
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        replayable: bool = True,
+        allow_redirects: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """Send one request with auth; on 401 learn the challenge and try once more."""
+        hdrs = dict(headers or {})
+        stale = ""
+        for attempt in range(2):
+            auth = await self._auth_header(scopes, stale=stale)
+            if auth:
+                hdrs["Authorization"] = auth
+            self.requests[method] += 1
+            try:
+                resp = await self.session.request(
+                    method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
+                )
+            except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
+                probing = self._probe_scheme or self.base.startswith("https://")
+                if not (probing and url.startswith(f"http://{self.host}/")):
+                    raise
+                # Plain HTTP sent to a TLS server on loopback: go over HTTPS from now on.
+                self._probe_scheme = False
+                self.base = f"https://{self.host}"
+                url = "https://" + url.removeprefix("http://")
+                self.requests[method] += 1
+                resp = await self.session.request(
+                    method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
+                )
+            self._probe_scheme = False
+            self._note_rate_limit(resp)
+            if resp.status != 401 or attempt == 1 or not replayable:
+                return resp
+            known = self._auth_scheme
+            if not self._learn_challenge(resp, hdrs.get("Authorization", "")):
+                return resp
+            if known == "bearer" and self._auth_scheme == "bearer":
+                # A token we held was refused: maybe expired or short of scope.
+                if self._challenge is not None and self._challenge.scopes:
+                    scopes = scopes | frozenset(self._challenge.scopes)
+                stale = hdrs.get("Authorization", "")
+            resp.release()
+        raise AssertionError("unreachable")
+
+    async def _error(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
+        """Build the error for a failed response, with the registry's own message."""
+        detail = ""
+        codes: tuple[str, ...] = ()
+        try:
+            body = await resp.read()
+            doc = json.loads(body) if body else {}
+            errs = doc.get("errors") if isinstance(doc, dict) else None
+            if isinstance(errs, list) and errs:
+                codes = tuple(str(e.get("code", "")) for e in errs if isinstance(e, dict))
+                parts = []
+                for e in errs:
+                    if not isinstance(e, dict):
+                        continue
+                    msg = f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                    d = e.get("detail")
+                    if d and not isinstance(d, dict | list):
+                        msg += f" ({d})"
+                    parts.append(msg)
+                detail = "; ".join(parts)
+            elif body:
+                detail = body[:200].decode(errors="replace").strip()
+        except (ValueError, aiohttp.ClientError):
+            pass
+        finally:
+            resp.release()
+        status = resp.status
+        text = f"{what}: HTTP {status}" + (f" {detail}" if detail else "")
+        url = str(resp.url)
+        if status == 404:
+            return _NotFoundError(text, status=status, codes=codes, url=url)
+        if status in (401, 403):
+            return AuthError(text, status=status, codes=codes, url=url)
+        if status == 429:
+            return RateLimited(text, retry_after=_retry_after(resp), url=url)
+        return RegistryError(text, status=status, codes=codes, url=url)
+
+    async def _retrying(self, fn: Callable[[], Any]) -> Any:
+        """Run an idempotent request function with retries on transient failures."""
+        async for attempt in stamina.retry_context(
+            on=_retry_hook, attempts=self.attempts, wait_initial=0.2, wait_max=10.0, timeout=120
+        ):
+            with attempt:
+                return await fn()
+
+    # -- manifests --------------------------------------------------------------------
+
+    async def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
+        """HEAD a manifest: its descriptor, or None when the registry does not have it."""
+
+        async def once() -> Descriptor | None:
+            resp = await self._send(
+                "HEAD",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=self._scopes(repo),
+                headers={"Accept": mt.MANIFEST_ACCEPT},
+            )
+            if resp.status == 404:
+                resp.release()
+                return None
+            if resp.status != 200:
+                raise await self._error(resp, f"{self.host}/{repo}:{ref}")
+            resp.release()
+            dg = resp.headers.get("Docker-Content-Digest", "")
+            if not dg and ref.startswith("sha256:"):
+                dg = ref
+            media = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
+            size = int(resp.headers.get("Content-Length", "0") or 0)
+            if not dg:
+                # Without a digest header HEAD tells us nothing reliable: fall back to GET.
+                m = await self.get_manifest(repo, ref)
+                return m.descriptor
+            return Descriptor(media, dg, size)
+
+        result: Descriptor | None = await self._retrying(once)
+        return result
+
+    async def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """GET a manifest's exact bytes; verified against `ref` when it is a digest."""
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+
+        async def once() -> Manifest:
+            resp = await self._send(
+                "GET",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=self._scopes(repo),
+                headers={"Accept": mt.MANIFEST_ACCEPT},
+            )
+            if resp.status != 200:
+                raise await self._error(resp, where)
+            try:
+                length = resp.content_length
+                if length is not None and length > MAX_MANIFEST_SIZE:
+                    raise ManifestError(
+                        f"{where}: manifest is too large: {length} bytes"
+                        f" (limit {MAX_MANIFEST_SIZE})"
+                    )
+                raw = await resp.content.read(MAX_MANIFEST_SIZE + 1)
+                if len(raw) > MAX_MANIFEST_SIZE:
+                    raise ManifestError(
+                        f"{where}: manifest is too large (over {MAX_MANIFEST_SIZE} bytes)"
+                    )
+                # Read to EOF so the connection can be reused.
+                while await resp.content.read(READ_SIZE):
+                    pass
+            finally:
+                resp.release()
+            expected = ref if ":" in ref else None
+            try:
+                m = parse(raw, resp.headers.get("Content-Type", ""), expected_digest=expected)
+            except ManifestError as e:
+                raise ManifestError(f"{where}: {e}") from None
+            header_digest = resp.headers.get("Docker-Content-Digest")
+            if expected is None and header_digest and header_digest != m.digest:
+                # The bytes are the truth; a registry that disagrees is worth a warning.
+                log.warning(
+                    "digest header differs from content",
+                    where=where,
+                    header=header_digest,
+                    content=m.digest,
+                )
+            return m
+
+        result: Manifest = await self._retrying(once)
+        return result
+
+    async def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> None:
+        """PUT a manifest's exact bytes under a tag or digest."""
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+
+        async def once() -> None:
+            resp = await self._send(
+                "PUT",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=self._scopes(repo, push=True),
+                headers={"Content-Type": manifest.media_type},
+                data=manifest.raw,
+            )
+            if resp.status not in (200, 201, 202):
+                raise await self._error(resp, f"{where}: manifest refused")
+            resp.release()
+
+        await self._retrying(once)
+
+    async def list_tags(self, repo: str) -> list[str]:
+        """Return every tag of a repository, following `Link` pagination."""
+        tags: list[str] = []
+        path: str | None = f"/v2/{repo}/tags/list?n=1000"
+        seen: set[str] = set()
+        while path and path not in seen:
+            seen.add(path)
+            url = urljoin(self.base + "/", path)
+
+            async def once(url: str = url) -> tuple[list[str], str | None]:
+                resp = await self._send("GET", url, scopes=self._scopes(repo))
+                if resp.status != 200:
+                    raise await self._error(resp, f"{self.host}/{repo}: tags list")
+                try:
+                    body = await resp.json(content_type=None)
+                finally:
+                    resp.release()
+                link = resp.headers.get("Link", "")
+                nxt = None
+                if 'rel="next"' in link:
+                    nxt = link.split(";", 1)[0].strip().strip("<>")
+                return list((body or {}).get("tags") or []), nxt
+
+            page, path = await self._retrying(once)
+            tags.extend(page)
+        return tags
+
+    # -- blobs ------------------------------------------------------------------------
+
+    async def blob_size(self, repo: str, digest: str) -> int | None:
+        """HEAD a blob: its size, or None when absent."""
+
+        async def once() -> int | None:
+            resp = await self._send(
+                "HEAD", self.url(f"/v2/{repo}/blobs/{digest}"), scopes=self._scopes(repo)
+            )
+            resp.release()
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise await self._error(resp, f"{self.host}/{repo}@{digest}")
+            return int(resp.headers.get("Content-Length", "0") or 0)
+
+        result: int | None = await self._retrying(once)
+        return result
+
+    @asynccontextmanager
+    async def open_blob(self, repo: str, digest: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """GET a blob as a stream, following redirects without leaking credentials."""
+        where = f"{self.host}/{repo}@{digest}"
+        resp = await self._send(
+            "GET",
+            self.url(f"/v2/{repo}/blobs/{digest}"),
+            scopes=self._scopes(repo),
+            allow_redirects=False,
+        )
+        hops = 0
+        while resp.status in (301, 302, 303, 307, 308) and hops < 5:
+            hops += 1
+            location = urljoin(str(resp.url), resp.headers.get("Location", ""))
+            resp.release()
+            same = urlsplit(location).netloc == urlsplit(self.base).netloc
+            if same:
+                resp = await self._send(
+                    "GET", location, scopes=self._scopes(repo), allow_redirects=False
+                )
+            else:
+                # Storage backends (S3, CDNs) get no registry credentials.
+                self.requests["GET"] += 1
+                resp = await self.session.get(location, allow_redirects=False)
+        if resp.status != 200:
+            raise await self._error(resp, where)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                yield chunk
+
+        try:
+            yield chunks()
+        finally:
+            resp.release()
+
+    async def start_upload(
+        self, repo: str, *, mount: str | None = None, from_repo: str | None = None
+    ) -> str | None:
+        """Start an upload (POST); return its location, or None if a mount succeeded."""
+        query = ""
+        scopes = self._scopes(repo, push=True)
+        if mount and from_repo:
+            query = "?" + urlencode({"mount": mount, "from": from_repo})
+            scopes = scopes | {repo_scope(from_repo, "pull")}
+
+        async def once() -> str | None:
+            resp = await self._send(
+                "POST", self.url(f"/v2/{repo}/blobs/uploads/{query}"), scopes=scopes
+            )
+            if resp.status == 201 and mount:
+                resp.release()
+                return None
+            if resp.status != 202:
+                raise await self._error(resp, f"{self.host}/{repo}: starting an upload")
+            resp.release()
+            location = resp.headers.get("Location")
+            if not location:
+                raise RegistryError(f"{self.host}/{repo}: upload started without a Location")
+            return urljoin(self.base + "/", location)
+
+        result: str | None = await self._retrying(once)
+        return result
+
+    async def cancel_upload(self, location: str) -> None:
+        """Abandon an upload session (best effort)."""
+        try:
+            resp = await self._send("DELETE", location, scopes=frozenset())
+            resp.release()
+        except aiohttp.ClientError:
+            pass
+
+    async def finish_upload(
+        self,
+        repo: str,
+        location: str,
+        desc: Descriptor,
+        chunks: AsyncIterable[bytes],
+    ) -> None:
+        """Send a blob's bytes to an upload session: one streamed PUT, or PATCHes then PUT."""
+        where = f"{self.host}/{repo}@{desc.digest}"
+        scopes = self._scopes(repo, push=True)
+        if self.chunked_uploads:
+            location = await self._patch_chunks(repo, location, chunks, where)
+            body: Any = b""
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
+        else:
+            body = chunks
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(desc.size),
+            }
+        resp = await self._send(
+            "PUT",
+            _with_query(location, digest=desc.digest),
+            scopes=scopes,
+            headers=headers,
+            data=body,
+            replayable=False,
+        )
+        if resp.status not in (201, 204):
+            err = await self._error(resp, f"{where}: upload refused")
+            refused = not self.chunked_uploads and resp.status in (400, 405, 411, 413, 501)
+            if refused and not {"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"} & set(err.codes):
+                raise UploadRefused(str(err), status=resp.status, url=err.url) from err
+            raise err
+        resp.release()
+
+    async def _patch_chunks(
+        self, repo: str, location: str, chunks: AsyncIterable[bytes], where: str
+    ) -> str:
+        """Upload a stream as PATCH requests of CHUNK_SIZE bytes; return the final location."""
+        offset = 0
+        buf = bytearray()
+
+        async def flush(data: bytes) -> None:
+            nonlocal offset, location
+            resp = await self._send(
+                "PATCH",
+                location,
+                scopes=self._scopes(repo, push=True),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{offset}-{offset + len(data) - 1}",
+                    "Content-Length": str(len(data)),
+                },
+                data=data,
+            )
+            if resp.status != 202:
+                raise await self._error(resp, f"{where}: chunk at {offset} refused")
+            resp.release()
+            offset += len(data)
+            location = urljoin(self.base + "/", resp.headers.get("Location", location))
+
+        async for chunk in chunks:
+            buf += chunk
+            while len(buf) >= CHUNK_SIZE:
+                await flush(bytes(buf[:CHUNK_SIZE]))
+                del buf[:CHUNK_SIZE]
+        if buf:
+            await flush(bytes(buf))
+        return location
+
+    def _scopes(self, repo: str, *, push: bool = False) -> frozenset[str]:
+        return frozenset({repo_scope(repo, "pull,push" if push else "pull")})
+
+
+class _NotFoundError(NotFound, RegistryError):
+    """A 404 from a registry: both NotFound and a RegistryError with status and codes."""
+
+    def __init__(
+        self, message: str, *, status: int = 404, codes: tuple[str, ...] = (), url: str = ""
+    ) -> None:
+        RegistryError.__init__(self, message, status=status, codes=codes, url=url)
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _with_query(url: str, **params: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return url + sep + urlencode(params)

@@ -1,0 +1,80 @@
+"""RegistryStore: the Store protocol over a RegistryClient (one registry host)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+
+from ..client import RegistryClient
+from ..errors import UploadRefused
+from ..manifest import Descriptor, Manifest
+
+
+class RegistryStore:
+    """A registry host seen as a Store; repositories are the registry's own."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+        self.name = client.host
+        # Upload sessions opened by a failed mount, reused by the put that follows.
+        self._pending: dict[tuple[str, str], str] = {}
+
+    async def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
+        """Return a manifest's descriptor by HEAD, or None when absent."""
+        return await self.client.head_manifest(repo, ref)
+
+    async def get_manifest(self, repo: str, ref: str) -> Manifest:
+        """Return a manifest's exact bytes, verified when fetched by digest."""
+        return await self.client.get_manifest(repo, ref)
+
+    async def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> None:
+        """Push a manifest's exact bytes under a tag or digest."""
+        await self.client.put_manifest(repo, ref, manifest)
+
+    async def list_tags(self, repo: str) -> list[str]:
+        """Return every tag of a repository."""
+        return await self.client.list_tags(repo)
+
+    async def blob_size(self, repo: str, digest: str) -> int | None:
+        """Return a blob's size by HEAD, or None when absent."""
+        return await self.client.blob_size(repo, digest)
+
+    @asynccontextmanager
+    async def open_blob(self, repo: str, desc: Descriptor) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream a blob from the registry."""
+        async with self.client.open_blob(repo, desc.digest) as chunks:
+            yield chunks
+
+    async def put_blob(self, repo: str, desc: Descriptor, chunks: AsyncIterable[bytes]) -> None:
+        """Upload a blob: reuse a session left by a failed mount, else start one."""
+        location = self._pending.pop((repo, desc.digest), None)
+        if location is None:
+            location = await self.client.start_upload(repo)
+            assert location is not None
+        try:
+            await self.client.finish_upload(repo, location, desc, chunks)
+        except UploadRefused:
+            self.client.chunked_uploads = True
+            await self.client.cancel_upload(location)
+            raise
+        except BaseException:
+            await self.client.cancel_upload(location)
+            raise
+
+    async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
+        """Mount a blob from another repository of this registry (one POST)."""
+        location = await self.client.start_upload(repo, mount=desc.digest, from_repo=from_repo)
+        if location is None:
+            return True
+        old = self._pending.pop((repo, desc.digest), None)
+        if old is not None:
+            await self.client.cancel_upload(old)
+        self._pending[(repo, desc.digest)] = location
+        return False
+
+    async def close(self) -> None:
+        """Abandon unused upload sessions and close the client."""
+        for location in self._pending.values():
+            await self.client.cancel_upload(location)
+        self._pending.clear()
+        await self.client.close()
