@@ -1,0 +1,439 @@
+"""The `ocimirror` command line: parse arguments, call the engine, render results.
+
+Exit codes: 0 every image copied or already there; 1 every image failed (or a fatal
+error); 2 a usage error (bad reference, option or credential); 3 some images failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from . import __version__
+from .auth.credentials import Credentials, Keychain, parse_user_pass
+from .client import HostOptions
+from .errors import ConfigError, OcimirrorError
+from .logs import configure
+from .manifest import Platform
+from .progress import LogProgress, RichProgress
+from .reference import Reference, parse_prefix
+from .transfer.copy import CopyOptions, Progress
+from .transfer.engine import RunSummary, Side, run_copies
+from .transfer.plan import plan_mirror
+from .transfer.tags import TagFilter
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+
+app = typer.Typer(
+    name="ocimirror",
+    help="Mirror container images between OCI / Docker v2 registries and OCI layouts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# -- shared options -------------------------------------------------------------------
+
+AllTags = Annotated[
+    bool, typer.Option("--all-tags", "-a", help="Copy every tag of the repository.")
+]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--include", help="With --all-tags: keep tags fully matching REGEX.", metavar="REGEX"
+    ),
+]
+Exclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude", help="With --all-tags: drop tags fully matching REGEX.", metavar="REGEX"
+    ),
+]
+Semver = Annotated[
+    str | None,
+    typer.Option(
+        "--semver",
+        help="With --all-tags: keep version tags in RANGE (e.g. '>=1.2 <2').",
+        metavar="RANGE",
+    ),
+]
+Latest = Annotated[
+    int | None,
+    typer.Option("--latest", help="With --all-tags: keep the N highest version tags.", metavar="N"),
+]
+Platforms = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--platform",
+        help=(
+            "Copy only these platforms of a multi-arch image (os/arch\\[/variant],"
+            " globs like linux/*); repeatable."
+        ),
+    ),
+]
+IncludeForeign = Annotated[
+    bool,
+    typer.Option("--include-foreign", help="Also copy non-distributable (foreign) layers."),
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Push even when the destination already has the digest.")
+]
+SrcCreds = Annotated[
+    str | None,
+    typer.Option(
+        "--src-creds", help="Source credentials USER:PASSWORD.", envvar="OCIMIRROR_SRC_CREDS"
+    ),
+]
+DestCreds = Annotated[
+    str | None,
+    typer.Option(
+        "--dest-creds", help="Destination credentials USER:PASSWORD.", envvar="OCIMIRROR_DEST_CREDS"
+    ),
+]
+SrcToken = Annotated[
+    str | None,
+    typer.Option(
+        "--src-token", help="Bearer token for the source registry.", envvar="OCIMIRROR_SRC_TOKEN"
+    ),
+]
+DestToken = Annotated[
+    str | None,
+    typer.Option(
+        "--dest-token",
+        help="Bearer token for the destination registry.",
+        envvar="OCIMIRROR_DEST_TOKEN",
+    ),
+]
+SrcTls = Annotated[
+    bool,
+    typer.Option("--src-tls-verify", help="Verify the source registry's TLS certificate."),
+]
+DestTls = Annotated[
+    bool,
+    typer.Option("--dest-tls-verify", help="Verify the destination registry's TLS certificate."),
+]
+SrcCa = Annotated[
+    str | None,
+    typer.Option("--src-ca-file", help="CA bundle (PEM) for the source registry.", metavar="PATH"),
+]
+DestCa = Annotated[
+    str | None,
+    typer.Option(
+        "--dest-ca-file", help="CA bundle (PEM) for the destination registry.", metavar="PATH"
+    ),
+]
+PlainHttp = Annotated[
+    bool,
+    typer.Option(
+        "--plain-http",
+        help="Talk plain HTTP to both registries (loopback hosts use it unless they speak TLS).",
+    ),
+]
+AuthFile = Annotated[
+    str | None,
+    typer.Option("--authfile", help="Docker config.json to read credentials from.", metavar="PATH"),
+]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, help="Images copied at once.")]
+JsonOut = Annotated[
+    bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only failures and the summary.")]
+LogFormat = Annotated[
+    str,
+    typer.Option("--log-format", help="Log format when not on a terminal: text or json."),
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+def _usage(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials | None:
+    if creds and token:
+        raise ConfigError(f"give either --{flag}-creds or --{flag}-token, not both")
+    if creds:
+        return parse_user_pass(creds)
+    if token:
+        return Credentials(registry_token=token)
+    return None
+
+
+def _parse_platforms(platforms: list[str] | None) -> tuple[str, ...]:
+    out = []
+    for p in platforms or []:
+        for part in p.split(","):
+            part = part.strip()
+            if part.count("/") not in (1, 2) or not all(part.split("/")):
+                raise ConfigError(f"invalid --platform {part!r}: expected os/arch[/variant]")
+            if "*" not in part and "?" not in part and "[" not in part:
+                Platform.parse(part)
+            out.append(part)
+    return tuple(out)
+
+
+def _run(
+    pairs: list[tuple[Reference, Reference]],
+    *,
+    all_tags: bool,
+    tag_filter: TagFilter | None,
+    copy_options: CopyOptions,
+    source: Side,
+    destination: Side,
+    keychain: Keychain,
+    jobs: int,
+    json_out: bool,
+    quiet: bool,
+) -> int:
+    interactive = sys.stderr.isatty() and not json_out and not quiet
+    console = Console(stderr=True)
+    holder: list[RichProgress] = []
+
+    def make_progress(total: int) -> Progress:
+        if interactive:
+            bar = RichProgress(console, total)
+            bar.__enter__()
+            holder.append(bar)
+            return bar
+        return LogProgress()
+
+    try:
+        summary = asyncio.run(
+            run_copies(
+                pairs,
+                all_tags=all_tags,
+                tag_filter=tag_filter,
+                copy_options=copy_options,
+                source=source,
+                destination=destination,
+                keychain=keychain,
+                image_concurrency=jobs,
+                progress=make_progress,
+            )
+        )
+    finally:
+        for bar in holder:
+            bar.__exit__(None, None, None)
+    return _report(summary, console=console, json_out=json_out, interactive=interactive)
+
+
+def _report(summary: RunSummary, *, console: Console, json_out: bool, interactive: bool) -> int:
+    if json_out:
+        print(json.dumps(summary.to_json(), indent=2))
+    counts = summary.to_json()["counts"]
+    failed = summary.failed
+    if not interactive:
+        # Failures planned before copying never reached the progress display.
+        for r in failed:
+            if not r.seconds:
+                console.print(f"[red]✗[/] {escape(r.source)}: {escape(r.error)}", highlight=False)
+    mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
+    line = (
+        f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
+        f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
+    )
+    console.print(line, highlight=False)
+    if failed:
+        console.print("[red]failed:[/]", highlight=False)
+        for r in failed:
+            console.print(
+                f"  {escape(r.source)} → {escape(r.destination)}: {escape(r.error)}",
+                highlight=False,
+            )
+    if not summary.results:
+        console.print("[yellow]nothing to copy (no tag matched)[/]", highlight=False)
+        return EXIT_OK
+    if not failed:
+        return EXIT_OK
+    return EXIT_PARTIAL if len(failed) < len(summary.results) else EXIT_FAILED
+
+
+def _sides(
+    *,
+    src_creds: str | None,
+    src_token: str | None,
+    dest_creds: str | None,
+    dest_token: str | None,
+    src_tls_verify: bool,
+    dest_tls_verify: bool,
+    src_ca_file: str | None,
+    dest_ca_file: str | None,
+    plain_http: bool,
+) -> tuple[Side, Side]:
+    plain = True if plain_http else None
+    src = Side(
+        HostOptions(tls_verify=src_tls_verify, ca_file=src_ca_file, plain_http=plain),
+        _credentials(src_creds, src_token, "src"),
+    )
+    dst = Side(
+        HostOptions(tls_verify=dest_tls_verify, ca_file=dest_ca_file, plain_http=plain),
+        _credentials(dest_creds, dest_token, "dest"),
+    )
+    return src, dst
+
+
+def _filter(
+    all_tags: bool,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    semver: str | None,
+    latest: int | None,
+) -> TagFilter | None:
+    if not all_tags:
+        if include or exclude or semver or latest is not None:
+            raise ConfigError("--include, --exclude, --semver and --latest need --all-tags")
+        return None
+    return TagFilter(
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        semver=semver,
+        latest=latest,
+    )
+
+
+def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str, Any]) -> None:
+    """Validate everything a copy command was given, run it, and exit with its code."""
+    configure(fmt="json" if a["log_format"] == "json" else "text", level=a["log_level"])
+    try:
+        planned = pairs()
+        tag_filter = _filter(a["all_tags"], a["include"], a["exclude"], a["semver"], a["latest"])
+        src_side, dst_side = _sides(
+            src_creds=a["src_creds"],
+            src_token=a["src_token"],
+            dest_creds=a["dest_creds"],
+            dest_token=a["dest_token"],
+            src_tls_verify=a["src_tls_verify"],
+            dest_tls_verify=a["dest_tls_verify"],
+            src_ca_file=a["src_ca_file"],
+            dest_ca_file=a["dest_ca_file"],
+            plain_http=a["plain_http"],
+        )
+        options = CopyOptions(
+            platforms=_parse_platforms(a["platform"]),
+            include_foreign=a["include_foreign"],
+            force=a["force"],
+        )
+        keychain = Keychain(config_path=a["authfile"])
+    except (OcimirrorError, ValueError) as e:
+        raise _usage(str(e)) from None
+    code = _run(
+        planned,
+        all_tags=a["all_tags"],
+        tag_filter=tag_filter,
+        copy_options=options,
+        source=src_side,
+        destination=dst_side,
+        keychain=keychain,
+        jobs=a["jobs"],
+        json_out=a["json_out"],
+        quiet=a["quiet"],
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def copy(
+    source: Annotated[
+        str, typer.Argument(help="Source image or repository (oci:DIR\\[:TAG] for a layout).")
+    ],
+    destination: Annotated[str, typer.Argument(help="Destination image or repository.")],
+    all_tags: AllTags = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    semver: Semver = None,
+    latest: Latest = None,
+    platform: Platforms = None,
+    include_foreign: IncludeForeign = False,
+    force: Force = False,
+    src_creds: SrcCreds = None,
+    dest_creds: DestCreds = None,
+    src_token: SrcToken = None,
+    dest_token: DestToken = None,
+    src_tls_verify: SrcTls = True,
+    dest_tls_verify: DestTls = True,
+    src_ca_file: SrcCa = None,
+    dest_ca_file: DestCa = None,
+    plain_http: PlainHttp = False,
+    authfile: AuthFile = None,
+    jobs: Jobs = 16,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "info",
+) -> None:
+    """Copy an image, or with --all-tags a repository, keeping digests."""
+    args = dict(locals())
+    _execute(lambda: [(Reference.parse(source), Reference.parse(destination))], args)
+
+
+@app.command()
+def mirror(
+    images: Annotated[
+        list[str], typer.Argument(help="Images to mirror (hello-world, area51/jenkins:2, …).")
+    ],
+    destination: Annotated[
+        str,
+        typer.Option(
+            "--destination", "-d", help="Destination prefix: REGISTRY\\[/PATH].", metavar="PREFIX"
+        ),
+    ],
+    all_tags: AllTags = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    semver: Semver = None,
+    latest: Latest = None,
+    platform: Platforms = None,
+    include_foreign: IncludeForeign = False,
+    force: Force = False,
+    src_creds: SrcCreds = None,
+    dest_creds: DestCreds = None,
+    src_token: SrcToken = None,
+    dest_token: DestToken = None,
+    src_tls_verify: SrcTls = True,
+    dest_tls_verify: DestTls = True,
+    src_ca_file: SrcCa = None,
+    dest_ca_file: DestCa = None,
+    plain_http: PlainHttp = False,
+    authfile: AuthFile = None,
+    jobs: Jobs = 16,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
+    log_format: LogFormat = "text",
+    log_level: LogLevel = "info",
+) -> None:
+    """Mirror images under a destination prefix, keeping their paths (docker-mirror's interface).
+
+    `-d registry.example.com/mirror hello-world` copies docker.io/library/hello-world:latest
+    to registry.example.com/mirror/library/hello-world:latest.
+    """
+    args = dict(locals())
+
+    def pairs() -> list[tuple[Reference, Reference]]:
+        refs = [Reference.parse(i) for i in images]
+        if all_tags:
+            refs = [Reference(r.transport, r.registry, r.repository, path=r.path) for r in refs]
+        return plan_mirror(parse_prefix(destination), refs)
+
+    _execute(pairs, args)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(f"ocimirror {__version__}")
+
+
+def main() -> None:
+    """Run the command line (the `ocimirror` console script)."""
+    app()

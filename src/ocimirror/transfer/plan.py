@@ -1,0 +1,59 @@
+"""Planning: turn what the user asked for into a list of image copy tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..reference import Reference, join_prefix
+from ..store import Store
+from .tags import TagFilter
+
+
+@dataclass(frozen=True)
+class CopyTask:
+    """Copy one image (by tag or digest) from `source` to `destination`."""
+
+    source: Reference
+    destination: Reference
+
+
+def destination_for(source: Reference, destination: Reference) -> Reference:
+    """Complete a destination reference from its source: a missing tag or digest is inherited."""
+    if destination.tag or destination.digest:
+        return destination
+    if source.tag:
+        return destination.with_tag(source.tag)
+    if source.digest:
+        return destination.with_digest(source.digest)
+    return destination.with_tag("latest")
+
+
+async def plan_copy(
+    source: Reference,
+    destination: Reference,
+    *,
+    source_store: Store,
+    all_tags: bool = False,
+    tag_filter: TagFilter | None = None,
+) -> list[CopyTask]:
+    """Plan one image, or every selected tag of a repository when `all_tags` is set."""
+    if not all_tags:
+        return [CopyTask(source, destination_for(source, destination))]
+    if source.tag or source.digest:
+        raise ConfigError(f"--all-tags takes a repository without a tag or digest, not {source}")
+    if destination.tag or destination.digest:
+        raise ConfigError(
+            f"--all-tags takes a destination repository without a tag or digest, not {destination}"
+        )
+    tags = await source_store.list_tags(source.repository)
+    chosen = (tag_filter or TagFilter()).select(tags)
+    return [CopyTask(source.with_tag(t), destination.with_tag(t)) for t in chosen]
+
+
+def plan_mirror(
+    prefix: Reference, images: Sequence[Reference]
+) -> list[tuple[Reference, Reference]]:
+    """Pair each image with its destination under `prefix` (docker-mirror's naming)."""
+    return [(image, join_prefix(prefix, image)) for image in images]
