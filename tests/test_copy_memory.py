@@ -97,7 +97,8 @@ async def test_platform_filter_makes_filtered_index() -> None:
     copier = Copier(options=CopyOptions(platforms=("linux/arm*",)))
     r = await copier.copy(Endpoint(src, "app", "v1"), Endpoint(dst, "app", "v1"))
     assert r.status == "copied", r.error
-    assert r.filtered and r.source_digest == idx.manifest.digest
+    assert r.filtered
+    assert r.source_digest == idx.manifest.digest
     assert r.platforms == ["linux/arm64/v8", "linux/arm/v7"]
     got = await dst.get_manifest("app", "v1")
     assert got.digest == r.destination_digest
@@ -113,7 +114,8 @@ async def test_failed_tag_write_leaves_no_tag_and_others_continue() -> None:
     dst.fail_manifest_put = True
     copier = Copier()
     r = await copier.copy(Endpoint(src, "app", "a"), Endpoint(dst, "app", "a"))
-    assert r.status == "failed" and "registry said no" in r.error
+    assert r.status == "failed"
+    assert "registry said no" in r.error
     assert await dst.head_manifest("app", "a") is None
     dst.fail_manifest_put = False
     r2 = await copier.copy(Endpoint(src, "app", "b"), Endpoint(dst, "app", "b"))
@@ -140,7 +142,8 @@ async def test_foreign_layers_skipped_unless_asked() -> None:
     r = await Copier().copy(Endpoint(src, "app", "v1"), Endpoint(dst, "app", "v1"))
     assert r.status == "copied", r.error
     foreign = [d for d in img.manifest.layers if d.is_foreign]
-    assert foreign and foreign[0].digest not in dst.blobs
+    assert foreign
+    assert foreign[0].digest not in dst.blobs
     r = await Copier(options=CopyOptions(include_foreign=True, force=True)).copy(
         Endpoint(src, "app", "v1"), Endpoint(dst, "app", "v1")
     )

@@ -53,7 +53,7 @@ def test_parse_keeps_bytes_and_digest() -> None:
 
 def test_parse_verifies_expected_digest() -> None:
     raw = _image()
-    with pytest.raises(DigestMismatch, match="expected sha256:0+"):
+    with pytest.raises(DigestMismatch, match=r"expected sha256:0+"):
         parse(raw, mt.OCI_MANIFEST, expected_digest="sha256:" + "0" * 64)
 
 
@@ -100,7 +100,8 @@ def test_artifact_subject_and_foreign_layers() -> None:
     subject = {"mediaType": mt.OCI_MANIFEST, "digest": EMPTY, "size": 2}
     raw = _image(artifactType="application/x.sbom", subject=subject)
     m = parse(raw, mt.OCI_MANIFEST)
-    assert m.subject is not None and m.subject.digest == EMPTY
+    assert m.subject is not None
+    assert m.subject.digest == EMPTY
     foreign = json.loads(_image())
     foreign["layers"].append(
         {
@@ -166,9 +167,13 @@ async def test_verified_stream_raises_before_last_chunk() -> None:
     good = digests.of(b"".join(data))
     assert [c async for c in digests.verified(chunks(), good, 20)] == data
     got: list[bytes] = []
-    with pytest.raises(DigestMismatch):
+
+    async def consume() -> None:
         async for c in digests.verified(chunks(), digests.of(b"other"), 20):
             got.append(c)
+
+    with pytest.raises(DigestMismatch):
+        await consume()
     assert got == data[:1]  # the last chunk is withheld from a consumer of bad content
     with pytest.raises(DigestMismatch, match="more than 5 bytes"):
         _ = [c async for c in digests.verified(chunks(), good, 5)]

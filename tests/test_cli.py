@@ -1,0 +1,202 @@
+"""The `ocimirror` command, run as a user runs it, against real registries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocimirror.testkit.images import make_image, make_index
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.seeding import seed
+
+
+def ocimirror(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command in a child process; stdout and stderr captured as text."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ocimirror", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
+
+
+def tags_of(registry: LocalRegistry, repo: str) -> list[str]:
+    """The tags a registry lists (empty when the repository does not exist)."""
+    resp = registry.http("GET", f"/v2/{repo}/tags/list")
+    return [] if resp.status == 404 else sorted(resp.json().get("tags") or [])
+
+
+def test_help_lists_the_commands_and_flags() -> None:
+    out = ocimirror("--help")
+    assert out.returncode == 0
+    for word in ("copy", "mirror", "version"):
+        assert word in out.stdout
+    out = ocimirror("copy", "--help")
+    for flag in ("--all-tags", "--platform", "--src-tls-verify", "--dest-creds", "--json"):
+        assert flag in out.stdout
+
+
+async def test_copy_json_summary_and_exit_codes(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], skopeo: Skopeo
+) -> None:
+    src, dst = registry_pair
+    image = make_image(layers=2, layer_size=10_000, seed="cli")
+    index = make_index(("linux/amd64", "linux/arm64"), layer_size=5000, seed="cli-index")
+    await seed(src, "team/app", [("1.2", image), ("multi", index)])
+
+    out = ocimirror("copy", "--json", f"{src.host}/team/app:1.2", f"{dst.host}/mirror/app:1.2")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True
+    (entry,) = summary["images"]
+    assert entry["status"] == "copied"
+    assert entry["source_digest"] == entry["destination_digest"] == image.digest
+    assert summary["counts"] == {"copied": 1, "unchanged": 0, "failed": 0}
+    assert skopeo.manifest(dst.ref("mirror/app:1.2"), registry=dst) == image.manifest.raw
+
+    # Not a terminal: one plain log line per image, and the summary line.
+    out = ocimirror("copy", f"{src.host}/team/app:1.2", f"{dst.host}/mirror/app:1.2")
+    assert out.returncode == 0
+    assert "unchanged" in out.stderr
+    assert "\x1b[" not in out.stderr or "TERM" in os.environ
+
+    # --platform reports the source → destination digest of the filtered index.
+    out = ocimirror(
+        "copy",
+        "--json",
+        "--platform",
+        "linux/arm64",
+        f"{src.host}/team/app:multi",
+        f"{dst.host}/mirror/app:arm",
+    )
+    assert out.returncode == 0, out.stderr
+    entry = json.loads(out.stdout)["images"][0]
+    assert entry["source_digest"] == index.digest
+    assert entry["destination_digest"] != index.digest
+    assert entry["platforms"] == ["linux/arm64"]
+
+    # Partial failure: exit 3, the summary names the failed tag and why.
+    out = ocimirror(
+        "copy",
+        "--all-tags",
+        "--include",
+        "1.2|nope",
+        f"{src.host}/team/app",
+        f"{dst.host}/all/app",
+    )
+    assert out.returncode == 0, out.stderr  # only existing tags are listed: nothing fails
+    assert tags_of(dst, "all/app") == ["1.2"]
+    out = ocimirror(
+        "mirror",
+        "--json",
+        "-d",
+        f"{dst.host}/m",
+        f"{src.host}/team/app:1.2",
+        f"{src.host}/team/app:gone",
+    )
+    assert out.returncode == 3, out.stderr
+    summary = json.loads(out.stdout)
+    failed = [i for i in summary["images"] if i["status"] == "failed"]
+    assert len(failed) == 1
+    assert "gone" in failed[0]["source"]
+    assert "manifest unknown" in failed[0]["error"].lower() or "not found" in failed[0]["error"]
+    assert "gone" in out.stderr
+    assert tags_of(dst, "m/team/app") == ["1.2"]
+
+    # Everything failed: exit 1.
+    out = ocimirror("copy", f"{src.host}/team/app:gone", f"{dst.host}/x/app:gone")
+    assert out.returncode == 1
+    assert "gone" in out.stderr
+
+
+def test_mirror_keeps_docker_paths_under_the_prefix(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    import asyncio
+
+    src, dst = registry_pair
+    hello = make_image(layers=1, layer_size=1000, seed="hello")
+    jenkins = make_image(layers=1, layer_size=1000, seed="jenkins")
+    asyncio.run(seed(src, "library/hello-world", [("latest", hello)]))
+    asyncio.run(seed(src, "area51/jenkins", [("latest", jenkins), ("2", jenkins)]))
+    out = ocimirror(
+        "mirror",
+        "-d",
+        f"{dst.host}/mirror",
+        f"{src.host}/library/hello-world",
+        f"{src.host}/area51/jenkins:2",
+    )
+    assert out.returncode == 0, out.stderr
+    assert tags_of(dst, "mirror/library/hello-world") == ["latest"]
+    assert tags_of(dst, "mirror/area51/jenkins") == ["2"]
+    out = ocimirror("mirror", "--all-tags", "-d", f"{dst.host}/all", f"{src.host}/area51/jenkins")
+    assert out.returncode == 0, out.stderr
+    assert tags_of(dst, "all/area51/jenkins") == ["2", "latest"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["copy", "Bad/Name", "localhost:1/x"], "must be lowercase"),
+        (["copy", "alpine@sha256:123", "localhost:1/x"], "invalid digest"),
+        (["copy", "alpine", "localhost:1/x", "--platform", "linux"], "os/arch"),
+        (["copy", "alpine", "localhost:1/x", "--include", "x"], "need --all-tags"),
+        (["copy", "alpine", "localhost:1/x", "--src-creds", "nopassword"], "USER:PASSWORD"),
+        (["copy", "-a", "alpine", "localhost:1/x", "--semver", ">>1"], "semver"),
+        (["copy", "-a", "alpine", "localhost:1/x", "--include", "("], "regex"),
+        (["mirror", "-d", "reg.example/m:tag", "alpine"], "without tag or digest"),
+    ],
+)
+def test_usage_errors_name_the_problem(args: list[str], message: str) -> None:
+    out = ocimirror(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert message.lower() in out.stderr.lower()
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 3
+
+
+def test_unreachable_registry_and_bad_credentials(
+    htpasswd_registry: LocalRegistry, registry: LocalRegistry
+) -> None:
+    out = ocimirror("copy", "127.0.0.1:9/app:1", f"{registry.host}/app:1")
+    assert out.returncode == 1
+    assert "127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = ocimirror(
+        "copy",
+        "--src-creds",
+        "alice:sekrit-wrong",
+        f"{htpasswd_registry.host}/app:1",
+        f"{registry.host}/app:1",
+    )
+    assert out.returncode == 1
+    assert "401" in out.stderr or "unauthorized" in out.stderr.lower()
+    assert "sekrit-wrong" not in out.stderr + out.stdout
+
+
+async def test_layout_round_trip_from_the_command_line(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path, skopeo: Skopeo
+) -> None:
+    src, dst = registry_pair
+    index = make_index(("linux/amd64", "windows/amd64"), layer_size=4000, seed="cli-oci")
+    await seed(src, "app", [("1.2", index)])
+    bundle = tmp_path / "bundle"
+    out = ocimirror("copy", f"{src.host}/app:1.2", f"oci:{bundle}")
+    assert out.returncode == 0, out.stderr
+    assert skopeo.run("inspect", "--raw", f"oci:{bundle}:1.2").stdout.encode() == (
+        index.manifest.raw
+    )
+    out = ocimirror("copy", f"oci:{bundle}:1.2", f"{dst.host}/back/app")
+    assert out.returncode == 0, out.stderr
+    assert skopeo.manifest(dst.ref("back/app:1.2"), registry=dst) == index.manifest.raw
+    out = ocimirror("copy", f"oci:{tmp_path}/nowhere:1", f"{dst.host}/back/app:2")
+    assert out.returncode == 1
+    assert "nowhere" in out.stderr
