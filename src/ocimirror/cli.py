@@ -156,7 +156,7 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 
 
 def _usage(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False)
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 
@@ -237,7 +237,11 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
         # Failures planned before copying never reached the progress display.
         for r in failed:
             if not r.seconds:
-                console.print(f"[red]✗[/] {escape(r.source)}: {escape(r.error)}", highlight=False)
+                console.print(
+                    f"[red]✗[/] {escape(r.source)}: {escape(r.error)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
     mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
     line = (
         f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
@@ -250,6 +254,7 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
             console.print(
                 f"  {escape(r.source)} → {escape(r.destination)}: {escape(r.error)}",
                 highlight=False,
+                soft_wrap=True,
             )
     if not summary.results:
         console.print("[yellow]nothing to copy (no tag matched)[/]", highlight=False)

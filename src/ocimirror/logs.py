@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Literal
 
+import stamina.instrumentation
 import structlog
 
 LogFormat = Literal["text", "json"]
@@ -34,3 +35,14 @@ def configure(*, fmt: LogFormat = "text", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    stamina.instrumentation.set_on_retry_hooks([log_retry])
+
+
+def log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """Log a scheduled retry as one readable line (the error's message, not its repr)."""
+    structlog.get_logger("ocimirror.retry").warning(
+        "retrying",
+        attempt=details.retry_num + 1,
+        wait=round(details.wait_for, 2),
+        error=str(details.caused_by) or type(details.caused_by).__name__,
+    )

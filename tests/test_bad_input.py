@@ -1,0 +1,113 @@
+"""Bad input at the source: one clear line naming the image and the cause, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ocimirror import mediatypes as mt
+from ocimirror.testkit.images import make_image
+from ocimirror.testkit.registry import LocalRegistry
+
+
+def ocimirror(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ocimirror", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=120,
+        check=False,
+    )
+
+
+def write_layout(path: Path, tag: str, raw: bytes, media_type: str) -> str:
+    """Write a one-manifest OCI layout by hand (so it can hold what we would never write)."""
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / digest.split(":")[1]).write_bytes(raw)
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    entry = {
+        "mediaType": media_type,
+        "digest": digest,
+        "size": len(raw),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+    return digest
+
+
+def tags_of(registry: LocalRegistry, repo: str) -> list[str]:
+    """The tags a registry lists (empty when the repository does not exist)."""
+    resp = registry.http("GET", f"/v2/{repo}/tags/list")
+    return [] if resp.status == 404 else sorted(resp.json().get("tags") or [])
+
+
+def failure_lines(stderr: str) -> list[str]:
+    """The lines of the summary that report a failed image (`SRC → DST: cause`)."""
+    return [line for line in stderr.splitlines() if "→" in line]
+
+
+def test_manifest_over_4_mib_is_refused(tmp_path: Path, registry: LocalRegistry) -> None:
+    """distribution itself refuses to store such a manifest; a layout can still hold one."""
+    image = make_image(layers=1, layer_size=1000, seed="big")
+    doc = json.loads(image.manifest.raw)
+    doc["annotations"] = {"padding": "x" * (4 * 1024 * 1024 + 10)}
+    write_layout(tmp_path / "big", "big", json.dumps(doc).encode(), mt.OCI_MANIFEST)
+    out = ocimirror("copy", f"oci:{tmp_path}/big:big", f"{registry.host}/app:big")
+    assert out.returncode == 1
+    (line,) = failure_lines(out.stderr)
+    assert "big:big" in line
+    assert "too large" in line
+    assert tags_of(registry, "app") == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "media_type", "cause"),
+    [
+        (
+            {"schemaVersion": 2, "mediaType": "application/vnd.example.thing+json", "x": 1},
+            "application/vnd.example.thing+json",
+            "unknown media type",
+        ),
+        (
+            {"schemaVersion": 1, "name": "app", "tag": "1", "fsLayers": [], "history": []},
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "schema 1",
+        ),
+        ("not json at all", mt.OCI_MANIFEST, "not valid JSON"),
+    ],
+)
+def test_unusable_manifests_are_named(
+    tmp_path: Path, registry: LocalRegistry, doc: object, media_type: str, cause: str
+) -> None:
+    raw = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+    write_layout(tmp_path / "odd", "1", raw, media_type)
+    out = ocimirror("copy", f"oci:{tmp_path}/odd:1", f"{registry.host}/odd:1")
+    assert out.returncode == 1
+    (line,) = failure_lines(out.stderr)
+    assert "odd:1" in line
+    assert cause in line
+    assert "Traceback" not in out.stderr
+    assert tags_of(registry, "odd") == []
+
+
+def test_tampered_manifest_digest_mismatch(tmp_path: Path, registry: LocalRegistry) -> None:
+    """A manifest whose bytes do not hash to the digest it is stored under is refused."""
+    image = make_image(layers=1, layer_size=100, seed="tamper")
+    digest = write_layout(tmp_path / "t", "1", image.manifest.raw, mt.OCI_MANIFEST)
+    blob = tmp_path / "t" / "blobs" / "sha256" / digest.split(":")[1]
+    blob.write_bytes(image.manifest.raw.replace(b"schemaVersion", b"schemaversion"))
+    out = ocimirror("copy", f"oci:{tmp_path}/t:1", f"{registry.host}/t:1")
+    assert out.returncode == 1
+    (line,) = failure_lines(out.stderr)
+    assert "digest mismatch" in line
+    assert tags_of(registry, "t") == []
