@@ -200,3 +200,72 @@ async def test_layout_round_trip_from_the_command_line(
     out = ocimirror("copy", f"oci:{tmp_path}/nowhere:1", f"{dst.host}/back/app:2")
     assert out.returncode == 1
     assert "nowhere" in out.stderr
+
+
+def test_credentials_from_docker_config_and_helpers(
+    htpasswd_registry: LocalRegistry, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """`--authfile` auths entries and credHelpers executables, as docker reads them."""
+    import asyncio
+    import base64
+
+    asyncio.run(seed(htpasswd_registry, "app", [("1", make_image(layer_size=500, seed="c"))]))
+    auth = base64.b64encode(b"alice:wonderland").decode()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {htpasswd_registry.host: {"auth": auth}}}))
+    out = ocimirror(
+        "copy", "--authfile", str(config), f"{htpasswd_registry.host}/app:1", f"{registry.host}/a:1"
+    )
+    assert out.returncode == 0, out.stderr
+    # A credential helper on PATH answers `get` with the secret for the host it is asked.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    helper = bindir / "docker-credential-testkit"
+    helper.write_text(
+        "#!/bin/sh\n"
+        "read host\n"
+        f'[ "$host" = "{htpasswd_registry.host}" ] || {{ echo "credentials not found"; exit 1; }}\n'
+        'echo \'{"ServerURL":"\'$host\'","Username":"alice","Secret":"wonderland"}\'\n'
+    )
+    helper.chmod(0o755)
+    config.write_text(json.dumps({"credHelpers": {htpasswd_registry.host: "testkit"}}))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    out = ocimirror(
+        "copy",
+        "--authfile",
+        str(config),
+        f"{htpasswd_registry.host}/app:1",
+        f"{registry.host}/b:1",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert tags_of(registry, "b") == ["1"]
+    # Without any credential: a clear 401 naming the registry.
+    config.write_text("{}")
+    out = ocimirror(
+        "copy", "--authfile", str(config), f"{htpasswd_registry.host}/app:1", f"{registry.host}/c:1"
+    )
+    assert out.returncode == 1
+    assert htpasswd_registry.host in out.stderr
+
+
+def test_registry_token_flag(token_registry: LocalRegistry, registry: LocalRegistry) -> None:
+    """`--src-token` is sent as the bearer token as-is (no token server round trip)."""
+    import asyncio
+
+    from ocimirror.testkit.tokenserver import Access
+
+    asyncio.run(seed(token_registry, "priv/app", [("1", make_image(layer_size=500, seed="t"))]))
+    server = token_registry.token_server
+    assert server is not None
+    token = server.issue(
+        token_registry.service, [Access.parse("repository:priv/app:pull")], subject="bob"
+    )
+    before = server.tokens_issued()
+    out = ocimirror(
+        "copy", "--src-token", token, f"{token_registry.host}/priv/app:1", f"{registry.host}/t:1"
+    )
+    assert out.returncode == 0, out.stderr
+    assert server.tokens_issued() == before
+    assert tags_of(registry, "t") == ["1"]
+    assert token not in out.stderr
