@@ -136,6 +136,28 @@ class Copier:
         self._blob_homes: dict[tuple[str, str], set[str]] = {}
         # Child manifests in flight or done, per destination (store, repo, digest).
         self._manifest_tasks: dict[tuple[str, str, str], asyncio.Future[None]] = {}
+        # What a destination repository held when the run began, where it was listed:
+        # its tags, or None when the repository did not exist yet.
+        self._dst_listing: dict[tuple[str, str], frozenset[str] | None] = {}
+
+    def note_destination(self, store: Store, repo: str, tags: frozenset[str] | None) -> None:
+        """Record a destination repository's tags (None: it does not exist) before copying.
+
+        A tag known to be absent needs no HEAD before its copy, and a repository that
+        does not exist yet holds no blob or child manifest worth asking about.
+        """
+        self._dst_listing[(store.name, repo)] = tags
+
+    def _known_absent(self, dst: Endpoint) -> bool:
+        key = (dst.store.name, dst.repo)
+        if key not in self._dst_listing or digests.is_valid(dst.ref):
+            return self._is_new(dst)
+        tags = self._dst_listing[key]
+        return tags is None or dst.ref not in tags
+
+    def _is_new(self, dst: Endpoint) -> bool:
+        key = (dst.store.name, dst.repo)
+        return key in self._dst_listing and self._dst_listing[key] is None
 
     # -- images -----------------------------------------------------------------------
 
@@ -164,7 +186,9 @@ class Copier:
         filtering = bool(opts.platforms)
         # HEAD the destination first: when it is absent (a cold copy) we go straight to
         # one GET at the source; when present, a HEAD at the source decides.
-        dst_desc = None if opts.force else await dst.store.head_manifest(dst.repo, dst.ref)
+        dst_desc = None
+        if not opts.force and not self._known_absent(dst):
+            dst_desc = await dst.store.head_manifest(dst.repo, dst.ref)
         src_digest = src.ref if digests.is_valid(src.ref) else ""
         manifest: Manifest | None = None
         if dst_desc is not None:
@@ -237,7 +261,7 @@ class Copier:
     async def _copy_child(
         self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
     ) -> None:
-        if await dst.store.head_manifest(dst.repo, desc.digest) is not None:
+        if not self._is_new(dst) and await dst.store.head_manifest(dst.repo, desc.digest):
             return
         child = await src.store.get_manifest(src.repo, desc.digest)
         if child.is_index:
@@ -303,7 +327,11 @@ class Copier:
             if await dst.store.mount_blob(dst.repo, desc, home):
                 self.progress.bytes_moved(result.destination, desc.size)
                 return "mounted"
-        if not homes and await dst.store.blob_size(dst.repo, desc.digest) is not None:
+        if (
+            not homes
+            and not self._is_new(dst)
+            and await dst.store.blob_size(dst.repo, desc.digest) is not None
+        ):
             self.progress.bytes_moved(result.destination, desc.size)
             return "skipped"
         await self._stream_blob(src, dst, desc, result)

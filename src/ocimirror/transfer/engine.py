@@ -8,14 +8,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
-from ..errors import OcimirrorError
+from ..errors import NotFound, OcimirrorError
 from ..reference import Reference
 from ..stores.pool import StorePool
 from .copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
 from .plan import CopyTask, plan_copy
 from .tags import TagFilter
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ async def run_copies(
         copier = Copier(
             options=copy_options, image_concurrency=image_concurrency, progress=reporter
         )
+        await _list_destinations(pool, copier, tasks, dst_side, all_tags)
 
         async def one(task: CopyTask) -> ImageResult:
             try:
@@ -138,6 +143,38 @@ async def run_copies(
         await pool.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+async def _list_destinations(
+    pool: StorePool, copier: Copier, tasks: Sequence[CopyTask], side: Side, all_tags: bool
+) -> None:
+    """List the tags of each destination repository receiving several images (or --all-tags).
+
+    One request per repository tells which tags are absent (no HEAD needed before copying
+    them) and whether the repository exists at all (if not, no blob HEADs either).
+    """
+    by_repo: dict[str, list[CopyTask]] = {}
+    for task in tasks:
+        by_repo.setdefault(task.destination.name, []).append(task)
+
+    async def one(group: list[CopyTask]) -> None:
+        ref = group[0].destination
+        if ref.transport != "docker" or (len(group) < 2 and not all_tags):
+            return
+        try:
+            store = await pool.store_for(
+                ref, options=side.options, credentials=side.credentials, create=True
+            )
+            tags: frozenset[str] | None = frozenset(await store.list_tags(ref.repository))
+        except NotFound:
+            tags = None
+        except OcimirrorError as e:
+            # Not fatal: the copies HEAD each tag instead (and report what is wrong).
+            log.debug("destination not listed", repository=str(ref), error=str(e))
+            return
+        copier.note_destination(store, ref.repository, tags)
+
+    await asyncio.gather(*(one(g) for g in by_repo.values()))
 
 
 def _endpoint(store: Any, ref: Reference) -> Endpoint:
