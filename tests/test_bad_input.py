@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ocimirror import mediatypes as mt
+from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
-
-
-def ocimirror(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the command in a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", "ocimirror", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=120,
-        check=False,
-    )
 
 
 def write_layout(path: Path, tag: str, raw: bytes, media_type: str) -> str:
@@ -45,12 +31,6 @@ def write_layout(path: Path, tag: str, raw: bytes, media_type: str) -> str:
     return digest
 
 
-def tags_of(registry: LocalRegistry, repo: str) -> list[str]:
-    """The tags a registry lists (empty when the repository does not exist)."""
-    resp = registry.http("GET", f"/v2/{repo}/tags/list")
-    return [] if resp.status == 404 else sorted(resp.json().get("tags") or [])
-
-
 def failure_lines(stderr: str) -> list[str]:
     """The lines of the summary that report a failed image (`SRC → DST: cause`)."""
     return [line for line in stderr.splitlines() if "→" in line]
@@ -67,7 +47,7 @@ def test_manifest_over_4_mib_is_refused(tmp_path: Path, registry: LocalRegistry)
     (line,) = failure_lines(out.stderr)
     assert "big:big" in line
     assert "too large" in line
-    assert tags_of(registry, "app") == []
+    assert registry.tags("app") == []
 
 
 @pytest.mark.parametrize(
@@ -97,7 +77,7 @@ def test_unusable_manifests_are_named(
     assert "odd:1" in line
     assert cause in line
     assert "Traceback" not in out.stderr
-    assert tags_of(registry, "odd") == []
+    assert registry.tags("odd") == []
 
 
 def test_tampered_manifest_digest_mismatch(tmp_path: Path, registry: LocalRegistry) -> None:
@@ -110,4 +90,4 @@ def test_tampered_manifest_digest_mismatch(tmp_path: Path, registry: LocalRegist
     assert out.returncode == 1
     (line,) = failure_lines(out.stderr)
     assert "digest mismatch" in line
-    assert tags_of(registry, "t") == []
+    assert registry.tags("t") == []

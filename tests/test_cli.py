@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
-
-
-def ocimirror(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command in a child process; stdout and stderr captured as text."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ocimirror", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=120,
-        check=False,
-    )
-
-
-def tags_of(registry: LocalRegistry, repo: str) -> list[str]:
-    """The tags a registry lists (empty when the repository does not exist)."""
-    resp = registry.http("GET", f"/v2/{repo}/tags/list")
-    return [] if resp.status == 404 else sorted(resp.json().get("tags") or [])
 
 
 def test_help_lists_the_commands_and_flags() -> None:
@@ -93,7 +73,7 @@ async def test_copy_json_summary_and_exit_codes(
         f"{dst.host}/all/app",
     )
     assert out.returncode == 0, out.stderr  # only existing tags are listed: nothing fails
-    assert tags_of(dst, "all/app") == ["1.2"]
+    assert dst.tags("all/app") == ["1.2"]
     out = ocimirror(
         "mirror",
         "--json",
@@ -109,7 +89,7 @@ async def test_copy_json_summary_and_exit_codes(
     assert "gone" in failed[0]["source"]
     assert "manifest unknown" in failed[0]["error"].lower() or "not found" in failed[0]["error"]
     assert "gone" in out.stderr
-    assert tags_of(dst, "m/team/app") == ["1.2"]
+    assert dst.tags("m/team/app") == ["1.2"]
 
     # Everything failed: exit 1.
     out = ocimirror("copy", f"{src.host}/team/app:gone", f"{dst.host}/x/app:gone")
@@ -135,11 +115,11 @@ def test_mirror_keeps_docker_paths_under_the_prefix(
         f"{src.host}/area51/jenkins:2",
     )
     assert out.returncode == 0, out.stderr
-    assert tags_of(dst, "mirror/library/hello-world") == ["latest"]
-    assert tags_of(dst, "mirror/area51/jenkins") == ["2"]
+    assert dst.tags("mirror/library/hello-world") == ["latest"]
+    assert dst.tags("mirror/area51/jenkins") == ["2"]
     out = ocimirror("mirror", "--all-tags", "-d", f"{dst.host}/all", f"{src.host}/area51/jenkins")
     assert out.returncode == 0, out.stderr
-    assert tags_of(dst, "all/area51/jenkins") == ["2", "latest"]
+    assert dst.tags("all/area51/jenkins") == ["2", "latest"]
 
 
 @pytest.mark.parametrize(
@@ -239,7 +219,7 @@ def test_credentials_from_docker_config_and_helpers(
         env=env,
     )
     assert out.returncode == 0, out.stderr
-    assert tags_of(registry, "b") == ["1"]
+    assert registry.tags("b") == ["1"]
     # Without any credential: a clear 401 naming the registry.
     config.write_text("{}")
     out = ocimirror(
@@ -267,5 +247,5 @@ def test_registry_token_flag(token_registry: LocalRegistry, registry: LocalRegis
     )
     assert out.returncode == 0, out.stderr
     assert server.tokens_issued() == before
-    assert tags_of(registry, "t") == ["1"]
+    assert registry.tags("t") == ["1"]
     assert token not in out.stderr

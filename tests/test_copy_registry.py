@@ -47,14 +47,6 @@ async def copy(
     return await run_copies([(s, d)], source=src_side, destination=dst_side, **kwargs)  # type: ignore[arg-type]
 
 
-def tags_of(registry: LocalRegistry, repo: str) -> list[str]:
-    """The tags a registry lists (empty when the repository does not exist)."""
-    resp = registry.http("GET", f"/v2/{repo}/tags/list")
-    if resp.status == 404:
-        return []
-    return sorted(resp.json().get("tags") or [])
-
-
 def judge(skopeo: Skopeo, registry: LocalRegistry, name: str, tmp: Path, expect: bytes) -> None:
     """skopeo reads exactly `expect` at `name` and copies every blob it needs (verifying)."""
     assert skopeo.manifest(registry.ref(name), registry=registry) == expect
@@ -91,7 +83,7 @@ async def test_copy_index_all_platforms_digest_unchanged(
     (result,) = summary.results
     assert result.destination_digest == index.digest
     assert "windows/amd64" in " ".join(result.platforms)
-    assert tags_of(dst, "team/multi") == ["v1"]  # the tag was inherited from the source
+    assert dst.tags("team/multi") == ["v1"]  # the tag was inherited from the source
     judge(skopeo, dst, "team/multi:v1", tmp_path, index.manifest.raw)
     for child in index.manifest.manifests:
         raw = skopeo.manifest(dst.ref(f"team/multi@{child.digest}"), registry=dst)
@@ -130,7 +122,7 @@ async def test_platform_filter_makes_a_smaller_index(
     )
     assert not summary.ok
     assert "platform" in summary.failed[0].error
-    assert "none" not in tags_of(dst, "app")
+    assert "none" not in dst.tags("app")
 
 
 async def test_all_tags_with_filters_and_warm_run_costs_heads_only(
@@ -148,16 +140,16 @@ async def test_all_tags_with_filters_and_warm_run_costs_heads_only(
         ref(src, "lib"), ref(dst, "copy/lib"), all_tags=True, tag_filter=tag_filter
     )
     assert summary.ok, summary.to_json()
-    assert tags_of(dst, "copy/lib") == ["1.1.0", "1.2.0"]
+    assert dst.tags("copy/lib") == ["1.1.0", "1.2.0"]
     summary = await copy(
         ref(src, "lib"), ref(dst, "all/lib"), all_tags=True, tag_filter=TagFilter(latest=2)
     )
-    assert tags_of(dst, "all/lib") == ["1.2.0", "2.0.0"]
+    assert dst.tags("all/lib") == ["1.2.0", "2.0.0"]
     # Everything: the shared layer crosses the wire once per destination repository at most.
     mark_src = src.mark()
     summary = await copy(ref(src, "lib"), ref(dst, "lib"), all_tags=True)
     assert summary.ok
-    assert tags_of(dst, "lib") == sorted(versions)
+    assert dst.tags("lib") == sorted(versions)
     shared_digest = pack_layer(shared[0])
     shared_gets = [
         r
@@ -246,7 +238,7 @@ async def test_auth_modes_and_tls(
     summary = await copy(ref(token_registry, "pub/app:1"), ref(tls_registry, "tls/app:2"))
     assert not summary.ok
     assert "certificate" in summary.failed[0].error.lower()
-    assert tags_of(tls_registry, "tls/app") == ["1"]
+    assert tls_registry.tags("tls/app") == ["1"]
     summary = await copy(
         ref(token_registry, "pub/app:1"),
         ref(tls_registry, "tls/app:2"),
@@ -266,7 +258,7 @@ async def test_auth_modes_and_tls(
     assert "not-the-password" not in json.dumps(summary.to_json())
     summary = await copy(ref(token_registry, "pub/app:1"), ref(token_registry, "other/app:1"))
     assert not summary.ok  # anonymous push refused
-    assert tags_of(token_registry, "other/app") == []
+    assert token_registry.tags("other/app") == []
 
 
 async def test_foreign_layers_skipped_by_default_and_included_on_request(
@@ -311,8 +303,8 @@ async def test_foreign_layers_skipped_by_default_and_included_on_request(
     assert len(failed) == 1
     assert "win" in failed[0].source
     assert "manifest" in failed[0].error.lower()
-    assert tags_of(strict, "win") == []
-    assert tags_of(strict, "plain") == ["1"]
+    assert strict.tags("win") == []
+    assert strict.tags("plain") == ["1"]
 
 
 async def test_artifact_with_subject(
@@ -348,7 +340,7 @@ async def test_failures_are_isolated_and_leave_no_tag(
         by_source["missing"].error.lower()
     )
     assert "127.0.0.1:9" in by_source["x"].error
-    assert tags_of(dst, "app") == ["good"]
+    assert dst.tags("app") == ["good"]
 
 
 async def test_blob_corrupted_at_the_source_is_refused(
@@ -367,7 +359,7 @@ async def test_blob_corrupted_at_the_source_is_refused(
     summary = await copy(ref(src, "app:1"), ref(dst, "app:1"))
     assert not summary.ok
     assert "digest" in summary.failed[0].error.lower()
-    assert tags_of(dst, "app") == []
+    assert dst.tags("app") == []
     assert dst.http("HEAD", f"/v2/app/blobs/{layer}").status == 404
 
 

@@ -13,11 +13,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from .command import run_ocimirror
 from .images import make_image, make_index, random_layer
 from .registry import LocalRegistry, Skopeo
 from .seeding import seed_sync
@@ -32,7 +32,7 @@ def _say(text: str) -> None:
 def _run(*args: str) -> int:
     """Run `ocimirror ARGS` in a child process, echoing the command line first."""
     print(f"{DIM}$ ocimirror {shlex.join(args)}{RESET}", flush=True)
-    return subprocess.run([sys.executable, "-m", "ocimirror", *args], check=False).returncode
+    return run_ocimirror(*args, capture=False).returncode
 
 
 def _populate(src: LocalRegistry) -> None:
@@ -79,16 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         print("  library/hello-world and area51/jenkins, all built just now")
 
         _say("copy a whole repository, releases only (semver), keeping digests")
-        codes.append(
-            _run(
-                "copy",
-                "--all-tags",
-                "--semver",
-                ">=1.0",
-                f"{src.host}/demo/app",
-                f"{dst.host}/mirror/demo/app",
-            )
+        releases = (
+            "copy",
+            "--all-tags",
+            "--semver",
+            ">=1.0",
+            f"{src.host}/demo/app",
+            f"{dst.host}/mirror/demo/app",
         )
+        codes.append(_run(*releases))
         _say("mirror several images under a prefix (docker-mirror's interface)")
         codes.append(
             _run(
@@ -136,16 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _say("run it again: nothing changed, so nothing is written (HEAD requests only)")
         mark_src, mark_dst = src.mark(), dst.mark()
-        codes.append(
-            _run(
-                "copy",
-                "--all-tags",
-                "--semver",
-                ">=1.0",
-                f"{src.host}/demo/app",
-                f"{dst.host}/mirror/demo/app",
-            )
-        )
+        codes.append(_run(*releases))
         seen = src.requests(since=mark_src) + dst.requests(since=mark_dst)
         by_method: dict[str, int] = {}
         for r in seen:

@@ -29,6 +29,7 @@ flags a `LocalRegistry` needs (plain HTTP on 127.0.0.1 needs `--tls-verify=false
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import http.client
 import itertools
@@ -52,7 +53,7 @@ from typing import IO, Any, Literal, Self
 import yaml
 
 from .tls import TlsFiles
-from .tokenserver import TokenServer
+from .tokenserver import Access, TokenServer
 
 #: How a registry authenticates clients.
 AuthMode = Literal["none", "htpasswd", "token"]
@@ -525,6 +526,28 @@ class LocalRegistry:
             return HttpResponse(response.status, response.headers, response.read())
         finally:
             conn.close()
+
+    def auth_headers(self, repo: str) -> dict[str, str]:
+        """Return headers that let the first user pull `repo` (Basic, or a fresh token)."""
+        creds = self.creds
+        if self.auth == "htpasswd" and creds is not None:
+            raw = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+            return {"Authorization": f"Basic {raw}"}
+        if self.auth == "token" and self.token_server is not None:
+            access = [Access.parse(f"repository:{repo}:pull")]
+            subject = creds[0] if creds else ""
+            token = self.token_server.issue(self.service, access, subject=subject)
+            return {"Authorization": f"Bearer {token}"}
+        return {}
+
+    def tags(self, repo: str) -> list[str]:
+        """Return the sorted tags of `repo` (empty when it does not exist)."""
+        resp = self.http("GET", f"/v2/{repo}/tags/list", headers=self.auth_headers(repo))
+        if resp.status == 404:
+            return []
+        if resp.status != 200:
+            raise RegistryError(f"{self}: tags of {repo}: HTTP {resp.status}")
+        return sorted(resp.json().get("tags") or [])
 
     # -- request counting ------------------------------------------------------------------
 
