@@ -249,3 +249,24 @@ def test_registry_token_flag(token_registry: LocalRegistry, registry: LocalRegis
     assert server.tokens_issued() == before
     assert registry.tags("t") == ["1"]
     assert token not in out.stderr
+
+
+def test_tls_flags_as_skopeo_spells_them(
+    registry: LocalRegistry, tls_registry: LocalRegistry, ca_cert: Path
+) -> None:
+    """`--dest-tls-verify=false` (skopeo's spelling), `--dest-ca-file`, and the default."""
+    import asyncio
+
+    asyncio.run(seed(registry, "app", [("1", make_image(layer_size=500, seed="tls"))]))
+    src, dst = f"{registry.host}/app:1", f"{tls_registry.host}/app"
+    out = ocimirror("copy", src, f"{dst}:verified")
+    assert out.returncode == 1
+    assert "certificate" in out.stderr.lower()
+    out = ocimirror("copy", "--dest-tls-verify=false", src, f"{dst}:unverified")
+    assert out.returncode == 0, out.stderr
+    out = ocimirror("copy", "--dest-ca-file", str(ca_cert), "--dest-tls-verify", src, f"{dst}:ca")
+    assert out.returncode == 0, out.stderr
+    assert tls_registry.tags("app") == ["ca", "unverified"]
+    out = ocimirror("copy", "--dest-tls-verify=maybe", src, f"{dst}:x")
+    assert out.returncode == 2
+    assert "true or false" in out.stderr

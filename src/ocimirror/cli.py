@@ -115,12 +115,24 @@ DestToken = Annotated[
     ),
 ]
 SrcTls = Annotated[
-    bool,
-    typer.Option("--src-tls-verify", help="Verify the source registry's TLS certificate."),
+    str,
+    typer.Option(
+        "--src-tls-verify",
+        is_flag=False,
+        flag_value="true",
+        metavar="[=BOOL]",
+        help="Verify the source registry's TLS certificate (--src-tls-verify=false to not).",
+    ),
 ]
 DestTls = Annotated[
-    bool,
-    typer.Option("--dest-tls-verify", help="Verify the destination registry's TLS certificate."),
+    str,
+    typer.Option(
+        "--dest-tls-verify",
+        is_flag=False,
+        flag_value="true",
+        metavar="[=BOOL]",
+        help="Verify the destination registry's TLS certificate (--dest-tls-verify=false to not).",
+    ),
 ]
 SrcCa = Annotated[
     str | None,
@@ -158,6 +170,16 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 def _usage(message: str) -> typer.Exit:
     Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
+
+
+def _truth(value: str, flag: str) -> bool:
+    """Read a boolean flag value the way skopeo's flags take it (`--flag=false`)."""
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "t"):
+        return True
+    if text in ("false", "0", "no", "f"):
+        return False
+    raise ConfigError(f"{flag} takes true or false, not {value!r}")
 
 
 def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials | None:
@@ -318,8 +340,8 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             src_token=a["src_token"],
             dest_creds=a["dest_creds"],
             dest_token=a["dest_token"],
-            src_tls_verify=a["src_tls_verify"],
-            dest_tls_verify=a["dest_tls_verify"],
+            src_tls_verify=_truth(a["src_tls_verify"], "--src-tls-verify"),
+            dest_tls_verify=_truth(a["dest_tls_verify"], "--dest-tls-verify"),
             src_ca_file=a["src_ca_file"],
             dest_ca_file=a["dest_ca_file"],
             plain_http=a["plain_http"],
@@ -365,8 +387,8 @@ def copy(
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
     dest_token: DestToken = None,
-    src_tls_verify: SrcTls = True,
-    dest_tls_verify: DestTls = True,
+    src_tls_verify: SrcTls = "true",
+    dest_tls_verify: DestTls = "true",
     src_ca_file: SrcCa = None,
     dest_ca_file: DestCa = None,
     plain_http: PlainHttp = False,
@@ -405,8 +427,8 @@ def mirror(
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
     dest_token: DestToken = None,
-    src_tls_verify: SrcTls = True,
-    dest_tls_verify: DestTls = True,
+    src_tls_verify: SrcTls = "true",
+    dest_tls_verify: DestTls = "true",
     src_ca_file: SrcCa = None,
     dest_ca_file: DestCa = None,
     plain_http: PlainHttp = False,
@@ -439,6 +461,20 @@ def version() -> None:
     print(f"ocimirror {__version__}")
 
 
+#: Boolean flags spelled as skopeo spells them: bare (true) or `--flag=false`.
+VALUED_BOOL_FLAGS = frozenset({"--src-tls-verify", "--dest-tls-verify"})
+
+
+def skopeo_style_args(args: list[str]) -> list[str]:
+    """Give bare valued boolean flags their `=true`, so the next argument is never eaten."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(f"{arg}=true" if arg in VALUED_BOOL_FLAGS else arg)
+    return out
+
+
 def main() -> None:
     """Run the command line (the `ocimirror` console script)."""
-    app()
+    app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
