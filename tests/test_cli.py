@@ -270,3 +270,46 @@ def test_tls_flags_as_skopeo_spells_them(
     out = ocimirror("copy", "--dest-tls-verify=maybe", src, f"{dst}:x")
     assert out.returncode == 2
     assert "true or false" in out.stderr
+
+
+def test_terminal_gets_a_progress_display(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    """On a terminal: per-image outcome lines with a byte bar, not structured log lines."""
+    import asyncio
+    import pty
+    import subprocess
+
+    from ocimirror.testkit.command import ocimirror_command
+
+    src, dst = registry_pair
+    images = [(f"v{i}", make_image(layers=2, layer_size=300_000, seed=f"tty{i}")) for i in range(3)]
+    asyncio.run(seed(src, "app", images))
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "120", "TERM": "xterm"}
+    proc = subprocess.Popen(
+        ocimirror_command("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app"),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in screen  # drawn, not logged
+    assert "images" in screen  # the overall bar: "N/3 images"
+    assert screen.count("✓") == 3  # one outcome line per image
+    assert "[info" not in screen
+    assert "3 copied, 0 unchanged, 0 failed" in screen
+    assert dst.tags("app") == ["v0", "v1", "v2"]
