@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from ..auth.credentials import Credentials
 from ..client import HostOptions, RegistryClient
 from ..stores.registry import RegistryStore
-from .images import SampleImage, push
+from .images import Blob, SampleImage
 from .registry import LocalRegistry
+
+_CHUNK = 1024 * 1024
 
 
 def store_for(registry: LocalRegistry) -> RegistryStore:
@@ -31,15 +33,29 @@ async def seed(
     """Push tagged images into `repo`, `concurrency` at a time; return {tag: digest}.
 
     Images are drawn from `images` only as a slot frees up, so a generator of large
-    images is never held in memory all at once.
+    images is never held in memory all at once. A blob shared by several images is
+    uploaded once: distribution rewrites a blob's link on every upload, and a manifest
+    PUT landing during a concurrent upload of one of its blobs is refused with
+    MANIFEST_BLOB_UNKNOWN.
     """
     store = store_for(registry)
     sem = asyncio.Semaphore(concurrency)
     pushed: dict[str, str] = {}
+    blobs: dict[str, asyncio.Task[None]] = {}
+
+    async def put_blob(blob: Blob) -> None:
+        if await store.blob_size(repo, blob.digest) is None:
+            await store.put_blob(repo, blob.descriptor, _chunks(blob.data))
 
     async def one(tag: str, image: SampleImage) -> None:
         try:
-            await push(store, repo, image, tag)
+            for blob in image.all_blobs():
+                if blob.digest not in blobs:
+                    blobs[blob.digest] = asyncio.ensure_future(put_blob(blob))
+            await asyncio.gather(*(blobs[b.digest] for b in image.all_blobs()))
+            for m in image.all_manifests()[:-1]:
+                await store.put_manifest(repo, m.digest, m)
+            await store.put_manifest(repo, tag, image.manifest)
         finally:
             sem.release()
 
@@ -51,8 +67,15 @@ async def seed(
                 tg.create_task(one(tag, image))
                 del image
     finally:
+        for task in blobs.values():
+            task.cancel()
         await store.close()
     return pushed
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for off in range(0, len(data), _CHUNK):
+        yield data[off : off + _CHUNK]
 
 
 def seed_sync(
