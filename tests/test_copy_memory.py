@@ -154,3 +154,35 @@ async def test_foreign_layers_skipped_unless_asked() -> None:
 def test_digest_mismatch_is_an_error_type() -> None:
     with pytest.raises(DigestMismatch):
         raise DigestMismatch("a", "b")
+
+
+class TrustingStore(MemoryStore):
+    """A sink that stores whatever it is given: the copier must check digests for it."""
+
+    def __init__(self) -> None:
+        super().__init__("trusting")
+        self.verifies_blobs = False
+
+    async def put_blob(self, repo: str, desc: Descriptor, chunks: AsyncIterable[bytes]) -> None:
+        data = b"".join([c async for c in chunks])
+        self.blobs[desc.digest] = data
+        self.blob_repos.setdefault(desc.digest, set()).add(repo)
+
+
+async def test_copier_checks_digests_for_a_sink_that_does_not() -> None:
+    img = images.make_image(seed=8, layer_size=300_000)
+    src = await _source(("v1", img))
+    layer = img.manifest.layers[0].digest
+    good = src.blobs[layer]
+    src.blobs[layer] = good[:-9] + b"tampered!"
+    dst = TrustingStore()
+    r = await Copier(attempts=1).copy(Endpoint(src, "app", "v1"), Endpoint(dst, "app", "v1"))
+    assert r.status == "failed"
+    assert "digest mismatch" in r.error
+    # The last chunk is withheld until the hash is known: the sink never saw it all.
+    assert dst.blobs.get(layer) != src.blobs[layer]
+    assert await dst.head_manifest("app", "v1") is None
+    src.blobs[layer] = good
+    r = await Copier().copy(Endpoint(src, "app", "v1"), Endpoint(dst, "app", "v1"))
+    assert r.status == "copied", r.error
+    assert dst.blobs[layer] == good

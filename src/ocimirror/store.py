@@ -22,6 +22,12 @@ class Store(Protocol):
     #: A short human name for messages (`registry.example.com`, `oci:./bundle`).
     name: str
 
+    #: True when `put_blob` itself refuses content that does not match the descriptor's
+    #: digest and size, storing nothing: the copier then streams bytes without hashing
+    #: them a second time. A registry does (`?digest=` is checked, DIGEST_INVALID
+    #: otherwise), and so do the layout and memory stores.
+    verifies_blobs: bool
+
     async def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
         """Return the descriptor of a manifest by tag or digest, or None if absent."""
         ...

@@ -123,6 +123,7 @@ class LayoutStore:
         """Open the layout at `path`; with `create`, it is made on the first write."""
         self.path = Path(path)
         self.name = f"oci:{os.fspath(path)}"
+        self.verifies_blobs = True
         self.create = create
         self._index_lock = asyncio.Lock()
         self._init_lock = asyncio.Lock()

@@ -15,6 +15,7 @@ class MemoryStore:
 
     def __init__(self, name: str = "memory") -> None:
         self.name = name
+        self.verifies_blobs = True
         self.manifests: dict[tuple[str, str], Manifest] = {}
         self.tags: dict[tuple[str, str], str] = {}
         self.blobs: dict[str, bytes] = {}

@@ -16,6 +16,8 @@ class RegistryStore:
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
         self.name = client.host
+        #: The registry checks the digest of every upload (DIGEST_INVALID otherwise).
+        self.verifies_blobs = True
         # Upload sessions opened by a failed mount, reused by the put that follows.
         self._pending: dict[tuple[str, str], str] = {}
 

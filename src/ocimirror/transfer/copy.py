@@ -17,7 +17,14 @@ import stamina
 import structlog
 
 from .. import digest as digests
-from ..errors import NotFound, OcimirrorError, RateLimited, UploadRefused, is_retryable
+from ..errors import (
+    DigestMismatch,
+    NotFound,
+    OcimirrorError,
+    RateLimited,
+    UploadRefused,
+    is_retryable,
+)
 from ..manifest import Descriptor, Manifest, filter_index
 from ..mediatypes import is_index
 from ..store import Store
@@ -340,7 +347,12 @@ class Copier:
     async def _stream_blob(
         self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
     ) -> None:
-        """GET → digest check → PUT, retried as a whole on transient failures."""
+        """GET → PUT streamed, retried as a whole on transient failures.
+
+        The digest is checked once on the way: by the destination when it verifies
+        uploads itself (a registry refuses a PUT whose `?digest=` does not match), else
+        here, withholding the last chunk until the hash is known.
+        """
         async for attempt in stamina.retry_context(
             on=_retry_hook, attempts=self.attempts, wait_initial=0.5, wait_max=15.0, timeout=None
         ):
@@ -352,17 +364,20 @@ class Copier:
                         nonlocal moved
                         async for chunk in it:
                             moved += len(chunk)
+                            if moved > desc.size:
+                                raise DigestMismatch(
+                                    desc.digest, f"<more than {desc.size} bytes>", "blob"
+                                )
                             self.progress.bytes_moved(result.destination, len(chunk))
                             yield chunk
 
-                    try:
-                        await dst.store.put_blob(
-                            dst.repo,
-                            desc,
-                            digests.verified(
-                                counted(), desc.digest, desc.size, f"blob {desc.digest}"
-                            ),
+                    stream: AsyncIterator[bytes] = counted()
+                    if not dst.store.verifies_blobs:
+                        stream = digests.verified(
+                            stream, desc.digest, desc.size, f"blob {desc.digest}"
                         )
+                    try:
+                        await dst.store.put_blob(dst.repo, desc, stream)
                     except BaseException:
                         self.progress.bytes_moved(result.destination, -moved)
                         raise
