@@ -306,14 +306,23 @@ class RegistryClient:
             if auth:
                 hdrs["Authorization"] = auth
             self.requests[method] += 1
+            probing = self._probe_scheme or self.base.startswith("https://")
+            probing = probing and url.startswith(f"http://{self.host}/")
             try:
                 resp = await self.session.request(
                     method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
                 )
             except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
-                probing = self._probe_scheme or self.base.startswith("https://")
-                if not (probing and url.startswith(f"http://{self.host}/")):
+                if not probing:
                     raise
+                tls_only = True
+            else:
+                # Go (the distribution registry) and nginx answer a GET in plain HTTP on
+                # their TLS port with a 400 that says so.
+                tls_only = probing and resp.status == 400 and await _says_use_https(resp)
+                if tls_only:
+                    resp.release()
+            if tls_only:
                 # Plain HTTP sent to a TLS server on loopback: go over HTTPS from now on.
                 self._probe_scheme = False
                 self.base = f"https://{self.host}"
@@ -681,6 +690,15 @@ class _NotFoundError(NotFound, RegistryError):
         self, message: str, *, status: int = 404, codes: tuple[str, ...] = (), url: str = ""
     ) -> None:
         RegistryError.__init__(self, message, status=status, codes=codes, url=url)
+
+
+async def _says_use_https(resp: aiohttp.ClientResponse) -> bool:
+    """Tell whether a 400 is a TLS server's answer to a request sent in plain HTTP."""
+    try:
+        body = (await resp.read())[:1024].lower()
+    except aiohttp.ClientError:
+        return False
+    return b"http request" in body and b"https" in body
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:

@@ -82,8 +82,8 @@ def is_retryable(exc: BaseException) -> bool:
     """Tell whether a failure is transient: connection errors, timeouts, 5xx and 429."""
     if isinstance(exc, RateLimited):
         return True
-    if isinstance(exc, AuthError):
-        return False
+    if isinstance(exc, AuthError | aiohttp.ClientConnectorCertificateError):
+        return False  # a refused credential or an untrusted certificate will not change
     if isinstance(exc, RegistryError):
         return exc.status >= 500 or exc.status == 408
     return isinstance(

@@ -1,0 +1,792 @@
+"""RegistryClient against real registries on loopback, and fronts that misbehave on purpose.
+
+The anonymous, htpasswd, token and TLS registries are the real `docker-registry` of the
+fixtures. Behaviours a well-behaved registry never shows (5xx, 429, rate-limit headers,
+redirects to a storage host, refused monolithic uploads, paginated tag lists) come from
+`Front`: a small aiohttp server on 127.0.0.1 that forwards every request to a real
+registry, records what it saw, and misbehaves where a test tells it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import stamina
+import stamina.instrumentation
+from aiohttp import web
+from multidict import CIMultiDict
+
+import ocimirror.client as client_module
+from ocimirror import digest as digests
+from ocimirror.auth.credentials import Credentials
+from ocimirror.client import HostOptions, RegistryClient
+from ocimirror.errors import (
+    AuthError,
+    DigestMismatch,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    UploadRefused,
+)
+from ocimirror.stores.registry import RegistryStore
+from ocimirror.testkit.images import Blob, SampleImage, make_image, make_index, random_layer
+from ocimirror.testkit.registry import LocalRegistry, Request
+from ocimirror.testkit.seeding import seed
+
+ALICE = Credentials(username="alice", password="wonderland")
+BOB = Credentials(username="bob", password="builder")
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def connect(host: str, **kwargs: Any) -> AsyncIterator[RegistryClient]:
+    """A RegistryClient for `host`, closed afterwards."""
+    client = RegistryClient(host, **kwargs)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """Yield `data` in pieces, as a blob source would."""
+    for off in range(0, len(data), size):
+        yield data[off : off + size]
+
+
+async def push_blob(client: RegistryClient, repo: str, blob: Blob) -> None:
+    """Upload one blob with a fresh upload session (monolithic unless the client is chunked)."""
+    location = await client.start_upload(repo)
+    assert location is not None
+    await client.finish_upload(repo, location, blob.descriptor, chunks_of(blob.data))
+
+
+async def push_image(client: RegistryClient, repo: str, image: SampleImage, tag: str) -> None:
+    """Upload an image's blobs, child manifests by digest, then the top manifest by tag."""
+    for blob in image.all_blobs():
+        await push_blob(client, repo, blob)
+    for m in image.all_manifests()[:-1]:
+        await client.put_manifest(repo, m.digest, m)
+    await client.put_manifest(repo, tag, image.manifest)
+
+
+async def read_blob(client: RegistryClient, repo: str, digest: str) -> bytes:
+    """Return a blob's bytes through `open_blob`."""
+    out = bytearray()
+    async with client.open_blob(repo, digest) as chunks:
+        async for chunk in chunks:
+            out += chunk
+    return bytes(out)
+
+
+def kind_of(request: web.Request) -> str:
+    """What a request asks for (`manifest`, `blob`, `upload`, `tags`...), as the testkit says."""
+    return Request(request.method, request.path, 0).kind
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[int]:
+    """Serve `app` on 127.0.0.1 on a free port; yield the port."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port: int = runner.addresses[0][1]
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+# -- the misbehaving front ----------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request the front received, and the status it answered."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body_size: int
+    kind: str
+    status: int = 0
+
+
+#: Decides a request before it is forwarded: a response to answer instead, or None.
+Intercept = Callable[["Front", web.Request, bytes], Awaitable[web.StreamResponse | None]]
+
+_HOP_BY_HOP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
+)
+
+
+class Front:
+    """An HTTP server on 127.0.0.1 that forwards to a real registry, misbehaving on purpose."""
+
+    def __init__(
+        self,
+        upstream: LocalRegistry,
+        intercept: Intercept | None = None,
+        *,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.intercept = intercept
+        self.extra_headers = dict(extra_headers or {})
+        self.seen: list[Seen] = []
+        self.port = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`, what a client is given as the registry host."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`."""
+        return f"http://{self.host}"
+
+    def of(self, method: str | None = None, kind: str | None = None) -> list[Seen]:
+        """The requests seen, by method and kind."""
+        return [
+            s
+            for s in self.seen
+            if (method is None or s.method == method) and (kind is None or s.kind == kind)
+        ]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Front]:
+        """Serve until the block ends."""
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            self._session = session
+            async with serve(app) as port:
+                self.port = port
+                yield self
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen = Seen(
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            len(body),
+            kind_of(request),
+        )
+        self.seen.append(seen)
+        response = None
+        if self.intercept is not None:
+            response = await self.intercept(self, request, body)
+        if response is None:
+            response = await self.forward(request, body)
+        response.headers.update(self.extra_headers)
+        seen.status = response.status
+        return response
+
+    async def forward(
+        self, request: web.Request, body: bytes, *, path_qs: str | None = None
+    ) -> web.Response:
+        """Send the request on to the registry; answer what it answered."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(
+            request.method,
+            self.upstream.url + (path_qs or request.path_qs),
+            headers=headers,
+            data=body if body else None,
+            allow_redirects=False,
+        ) as resp:
+            data = await resp.read()
+            out: CIMultiDict[str] = CIMultiDict()
+            for k, v in resp.headers.items():
+                if k.lower() in _HOP_BY_HOP:
+                    continue
+                # Upload locations are absolute: keep the client talking to the front.
+                out.add(k, v.replace(self.upstream.url, self.url))
+            if request.method == "HEAD":
+                out["Content-Length"] = resp.headers.get("Content-Length", "0")
+                return web.Response(status=resp.status, headers=out)
+            return web.Response(status=resp.status, headers=out, body=data)
+
+
+def registry_error(status: int, code: str, headers: dict[str, str] | None = None) -> web.Response:
+    """A distribution-style error response."""
+    body = {"errors": [{"code": code, "message": f"the front says {status}"}]}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def fail_first(
+    method: str, kind: str, times: int, status: int, headers: dict[str, str] | None = None
+) -> Intercept:
+    """Answer the first `times` requests of `method` and `kind` with `status`."""
+    remaining = times
+
+    async def intercept(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        nonlocal remaining
+        if remaining > 0 and request.method == method and kind_of(request) == kind:
+            remaining -= 1
+            code = "TOOMANYREQUESTS" if status == 429 else "UNAVAILABLE"
+            return registry_error(status, code, headers)
+        return None
+
+    return intercept
+
+
+@pytest.fixture
+def no_retry_waits() -> Iterator[None]:
+    """stamina's test mode: no waits between attempts, the client's own attempt count."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
+
+
+@pytest.fixture
+def retry_waits() -> Iterator[list[float]]:
+    """The waits stamina schedules before each retry, in order."""
+    waits: list[float] = []
+    saved = stamina.instrumentation.get_on_retry_hooks()
+
+    def record(details: stamina.instrumentation.RetryDetails) -> None:
+        waits.append(details.wait_for)
+
+    stamina.instrumentation.set_on_retry_hooks([record])
+    try:
+        yield waits
+    finally:
+        stamina.instrumentation.set_on_retry_hooks(saved)
+
+
+# -- 1. an anonymous registry -------------------------------------------------------------
+
+
+async def test_anonymous_round_trip(registry: LocalRegistry) -> None:
+    image = make_image(layers=2, layer_size=5000, seed="anon")
+    await seed(registry, "lib/app", [("1", image)])
+    mark = registry.mark()
+    async with connect(registry.host) as client:
+        assert client.base == f"http://{registry.host}"
+
+        desc = await client.head_manifest("lib/app", "1")
+        assert desc is not None
+        assert desc.digest == image.digest
+        assert desc.media_type == image.manifest.media_type
+        assert desc.size == len(image.manifest.raw)
+        assert await client.head_manifest("lib/app", "missing") is None
+
+        by_tag = await client.get_manifest("lib/app", "1")
+        assert by_tag.raw == image.manifest.raw
+        assert by_tag.digest == image.digest
+        by_digest = await client.get_manifest("lib/app", image.digest)
+        assert by_digest.raw == image.manifest.raw
+        with pytest.raises(NotFound):
+            await client.get_manifest("lib/app", "missing")
+
+        for blob in image.all_blobs():
+            assert await client.blob_size("lib/app", blob.digest) == blob.size
+            assert await read_blob(client, "lib/app", blob.digest) == blob.data
+        absent = digests.of(b"never pushed")
+        assert await client.blob_size("lib/app", absent) is None
+        with pytest.raises(NotFound):
+            await read_blob(client, "lib/app", absent)
+
+        # Push: a new blob (monolithic), an index by digest and tag, a second tag.
+        index = make_index(["linux/amd64", "linux/arm64/v8"], layer_size=300, seed="anon-idx")
+        await push_image(client, "lib/multi", index, "latest")
+        await client.put_manifest("lib/app", "2", by_tag)
+        assert sorted(await client.list_tags("lib/app")) == ["1", "2"]
+        assert await client.list_tags("lib/multi") == ["latest"]
+        got = await client.get_manifest("lib/multi", "latest")
+        assert got.raw == index.manifest.raw
+        for blob in index.all_blobs():
+            assert await read_blob(client, "lib/multi", blob.digest) == blob.data
+        assert client.base == f"http://{registry.host}"
+        assert not client.chunked_uploads
+
+    assert registry.tags("lib/multi") == ["latest"]
+    # No PATCH: a registry that takes monolithic uploads gets one PUT per blob.
+    assert registry.count("PATCH", since=mark) == 0
+    assert registry.count("PUT", "upload", status=201, since=mark) == len(index.all_blobs())
+
+
+async def test_get_by_digest_verifies_the_bytes(registry: LocalRegistry) -> None:
+    """A registry that serves other bytes for a digest is caught, not believed."""
+    image = make_image(layer_size=100, seed="verify")
+    await seed(registry, "app", [("1", image)])
+    other = make_image(layer_size=100, seed="other").manifest.raw
+
+    async def swap(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if request.method == "GET" and kind_of(request) == "manifest":
+            resp = await front.forward(request, body)
+            return web.Response(
+                status=resp.status, body=other, headers={"Content-Type": resp.content_type}
+            )
+        return None
+
+    async with Front(registry, swap).running() as front, connect(front.host) as client:
+        with pytest.raises(DigestMismatch) as caught:
+            await client.get_manifest("app", image.digest)
+        assert caught.value.expected == image.digest
+        assert caught.value.actual == digests.of(other)
+        # By tag there is nothing to check against: the bytes are taken as they are.
+        assert (await client.get_manifest("app", "1")).raw == other
+    assert len(front.of("GET", "manifest")) == 2  # a mismatch is not retried
+
+
+def test_plain_http_only_for_loopback() -> None:
+    assert RegistryClient("127.0.0.1:5000").base == "http://127.0.0.1:5000"
+    assert RegistryClient("localhost:5000").base == "http://localhost:5000"
+    assert RegistryClient("[::1]:5000").base == "http://[::1]:5000"
+    assert RegistryClient("registry.example.com").base == "https://registry.example.com"
+    assert RegistryClient("10.1.2.3:5000").base == "https://10.1.2.3:5000"
+    forced = RegistryClient("registry.example.com", options=HostOptions(plain_http=True))
+    assert forced.base == "http://registry.example.com"
+    tls = RegistryClient("127.0.0.1:5000", options=HostOptions(plain_http=False))
+    assert tls.base == "https://127.0.0.1:5000"
+
+
+# -- 2. htpasswd (Basic auth) -------------------------------------------------------------
+
+
+async def test_htpasswd_with_credentials(htpasswd_registry: LocalRegistry) -> None:
+    image = make_image(layer_size=2000, seed="basic")
+    await seed(htpasswd_registry, "secret/app", [("1", image)])
+    async with connect(htpasswd_registry.host, credentials=ALICE) as client:
+        assert (await client.get_manifest("secret/app", "1")).raw == image.manifest.raw
+        assert await client.list_tags("secret/app") == ["1"]
+        blob = image.blobs[-1]
+        assert await read_blob(client, "secret/app", blob.digest) == blob.data
+        pushed = make_image(layer_size=700, seed="basic-push")
+        await push_image(client, "secret/other", pushed, "v1")
+        assert (await client.head_manifest("secret/other", "v1")) == pushed.descriptor
+        assert "TOKEN" not in client.requests  # Basic auth needs no token service
+    assert htpasswd_registry.tags("secret/other") == ["v1"]
+
+
+async def test_htpasswd_without_credentials(htpasswd_registry: LocalRegistry) -> None:
+    await seed(htpasswd_registry, "secret/app", [("1", make_image(layer_size=100))])
+    async with connect(htpasswd_registry.host) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.get_manifest("secret/app", "1")
+    err = caught.value
+    message = str(err)
+    assert f"{htpasswd_registry.host}/secret/app" in message
+    assert "401" in message
+    assert "unauthorized" in message.lower()
+    assert err.status == 401
+    assert "UNAUTHORIZED" in err.codes
+
+
+async def test_htpasswd_wrong_password(htpasswd_registry: LocalRegistry) -> None:
+    await seed(htpasswd_registry, "secret/app", [("1", make_image(layer_size=100))])
+    secret = "not-the-password-0xC0FFEE"
+    creds = Credentials(username="alice", password=secret)
+    mark = htpasswd_registry.mark()
+    async with connect(htpasswd_registry.host, credentials=creds) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.get_manifest("secret/app", "1")
+        shown = [str(caught.value), repr(caught.value), caught.value.url, repr(client)]
+        shown += [repr(client.credentials), str(client.credentials), repr(creds)]
+    assert "401" in str(caught.value)
+    assert htpasswd_registry.host in str(caught.value)
+    for text in shown:
+        assert secret not in text
+    assert "alice" in repr(creds)
+    assert "password=***" in repr(creds)
+    # One anonymous try, one with the (wrong) password; an AuthError is not retried.
+    assert htpasswd_registry.count("GET", "manifest", since=mark) == 2
+
+
+# -- 3. token auth ------------------------------------------------------------------------
+
+
+async def test_token_anonymous_pull_and_one_token(token_registry: LocalRegistry) -> None:
+    token_server = token_registry.token_server
+    assert token_server is not None
+    image = make_image(layers=3, layer_size=1000, seed="token")
+    await seed(token_registry, "pub/app", [("1", image)])
+    token_server.clear()
+    async with connect(token_registry.host) as client:
+        # Many concurrent first requests: all are refused, one token is fetched and shared.
+        sizes = await asyncio.gather(
+            *(client.blob_size("pub/app", b.digest) for b in image.all_blobs() * 4)
+        )
+        assert sizes == [b.size for b in image.all_blobs() * 4]
+        assert (await client.get_manifest("pub/app", "1")).raw == image.manifest.raw
+        assert await client.head_manifest("pub/app", "1") == image.descriptor
+        assert await client.list_tags("pub/app") == ["1"]
+        for blob in image.all_blobs():
+            assert await read_blob(client, "pub/app", blob.digest) == blob.data
+        assert client.requests["TOKEN"] == 1
+
+        # An anonymous push is refused (the token grants pull only), and not retried.
+        with pytest.raises(AuthError) as caught:
+            await client.put_manifest("pub/app", "2", image.manifest)
+        assert caught.value.status == 401
+    pulls = [r for r in token_server.requests if r.scopes == ("repository:pub/app:pull",)]
+    assert len(pulls) == 1
+    assert pulls[0].username is None
+    assert pulls[0].service == token_registry.service
+
+
+async def test_token_push_with_password(token_registry: LocalRegistry) -> None:
+    token_server = token_registry.token_server
+    assert token_server is not None
+    image = make_image(layers=2, layer_size=1500, seed="bob")
+    async with connect(token_registry.host, credentials=BOB) as client:
+        await push_image(client, "team/app", image, "v1")
+        assert (await client.get_manifest("team/app", "v1")).raw == image.manifest.raw
+        assert await client.list_tags("team/app") == ["v1"]
+    assert token_registry.tags("team/app") == ["v1"]
+    # The push token (pull,push) serves the pulls too: one token for everything.
+    assert token_server.tokens_issued(username="bob") == 1
+    (req,) = token_server.requests
+    assert req.method == "GET"
+    assert req.scopes == ("repository:team/app:pull,push",)
+
+
+async def test_token_identity_token_uses_oauth2_refresh(token_registry: LocalRegistry) -> None:
+    token_server = token_registry.token_server
+    assert token_server is not None
+    form = {
+        "grant_type": "password",
+        "username": "bob",
+        "password": "builder",
+        "client_id": "test",
+        "access_type": "offline",
+        "service": token_registry.service,
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(token_server.realm, data=form) as resp,
+    ):
+        assert resp.status == 200
+        refresh = (await resp.json())["refresh_token"]
+    token_server.clear()
+
+    image = make_image(layer_size=800, seed="identity")
+    creds = Credentials(identity_token=refresh)
+    assert refresh not in repr(creds)
+    async with connect(token_registry.host, credentials=creds) as client:
+        await push_image(client, "idt/app", image, "1")
+        assert (await client.get_manifest("idt/app", "1")).raw == image.manifest.raw
+    assert token_registry.tags("idt/app") == ["1"]
+    assert token_server.requests, "no token was fetched"
+    for req in token_server.requests:
+        assert (req.method, req.grant_type, req.status) == ("POST", "refresh_token", 200)
+        assert req.username == "bob"  # the refresh token stands for bob
+        assert req.client_id == "ocimirror"
+        assert req.service == token_registry.service
+
+
+# -- 4. TLS -------------------------------------------------------------------------------
+
+
+async def test_tls_with_ca_file(tls_registry: LocalRegistry, ca_cert: Path) -> None:
+    image = make_image(layer_size=900, seed="tls")
+    await seed(tls_registry, "tls/app", [("1", image)])
+    options = HostOptions(ca_file=str(ca_cert))
+    async with connect(tls_registry.host, options=options) as client:
+        # Loopback starts on plain HTTP and moves to HTTPS when the server speaks TLS.
+        assert client.base.startswith("http://")
+        assert (await client.get_manifest("tls/app", "1")).raw == image.manifest.raw
+        assert client.base == f"https://{tls_registry.host}"
+        assert await client.list_tags("tls/app") == ["1"]
+        await push_image(client, "tls/other", image, "2")
+    assert tls_registry.tags("tls/other") == ["2"]
+
+
+async def test_tls_without_the_ca_fails_on_verification(tls_registry: LocalRegistry) -> None:
+    await seed(tls_registry, "tls/app", [("1", make_image(layer_size=100))])
+    started = time.monotonic()
+    async with connect(tls_registry.host) as client:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError) as caught:
+            await client.head_manifest("tls/app", "1")
+        sent = client.requests["HEAD"]
+    assert "certificate verify failed" in str(caught.value).lower()
+    # A certificate that does not verify will not verify on a retry: fail at once.
+    assert sent == 2  # the plain HTTP probe, then HTTPS
+    assert time.monotonic() - started < 2.0
+
+
+async def test_tls_verify_false(tls_registry: LocalRegistry) -> None:
+    image = make_image(layer_size=100, seed="insecure")
+    await seed(tls_registry, "tls/app", [("1", image)])
+    async with connect(tls_registry.host, options=HostOptions(tls_verify=False)) as client:
+        assert (await client.get_manifest("tls/app", "1")).raw == image.manifest.raw
+        assert client.base.startswith("https://")
+
+
+# -- 5. retries ---------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_503_twice_then_ok(registry: LocalRegistry) -> None:
+    image = make_image(layer_size=100, seed="503")
+    await seed(registry, "app", [("1", image)])
+    intercept = fail_first("GET", "manifest", 2, 503)
+    async with Front(registry, intercept).running() as front, connect(front.host) as client:
+        assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
+    assert [s.status for s in front.of("GET", "manifest")] == [503, 503, 200]
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+async def test_503_on_other_calls_is_retried(registry: LocalRegistry) -> None:
+    image = make_image(layer_size=100, seed="503b")
+    await seed(registry, "app", [("1", image)])
+    blob = image.blobs[0]
+
+    async def flaky(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        # Every first request of a kind fails.
+        if len([s for s in front.seen if s.kind == kind_of(request)]) == 1:
+            return registry_error(503, "UNAVAILABLE")
+        return None
+
+    async with Front(registry, flaky).running() as front, connect(front.host) as client:
+        assert await client.head_manifest("app", "1") == image.descriptor
+        assert await client.blob_size("app", blob.digest) == blob.size
+        assert await client.list_tags("app") == ["1"]
+        await client.put_manifest("app", "2", image.manifest)
+    for kind in ("manifest", "blob", "tags"):
+        assert [s.status for s in front.of(kind=kind)][:2] == [503, 200]
+    assert registry.tags("app") == ["1", "2"]
+
+
+async def test_429_waits_for_retry_after(registry: LocalRegistry, retry_waits: list[float]) -> None:
+    image = make_image(layer_size=100, seed="429")
+    await seed(registry, "app", [("1", image)])
+    intercept = fail_first("GET", "manifest", 1, 429, {"Retry-After": "1"})
+    async with Front(registry, intercept).running() as front, connect(front.host) as client:
+        started = time.monotonic()
+        assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
+        elapsed = time.monotonic() - started
+    assert [s.status for s in front.of("GET", "manifest")] == [429, 200]
+    assert retry_waits == [1.0]  # exactly what the registry asked, no backoff or jitter
+    assert elapsed >= 0.9
+
+
+@pytest.mark.usefixtures("no_retry_waits")
+@pytest.mark.parametrize(("status", "error"), [(429, RateLimited), (503, RegistryError)])
+async def test_attempts_exhausted_name_the_status(
+    registry: LocalRegistry, status: int, error: type[RegistryError]
+) -> None:
+    await seed(registry, "app", [("1", make_image(layer_size=100))])
+    intercept = fail_first("GET", "manifest", 1000, status, {"Retry-After": "1"})
+    async with (
+        Front(registry, intercept).running() as front,
+        connect(front.host, attempts=3) as client,
+    ):
+        with pytest.raises(error) as caught:
+            await client.get_manifest("app", "1")
+    assert caught.value.status == status
+    assert f"HTTP {status}" in str(caught.value)
+    assert f"{front.host}/app:1" in str(caught.value)
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.retry_after == 1.0
+    assert len(front.of("GET", "manifest")) == 3
+
+
+async def test_404_is_not_retried(registry: LocalRegistry, retry_waits: list[float]) -> None:
+    await seed(registry, "app", [("1", make_image(layer_size=100))])
+    async with Front(registry).running() as front, connect(front.host) as client:
+        with pytest.raises(NotFound):
+            await client.get_manifest("app", "nope")
+        with pytest.raises(NotFound):
+            await client.get_manifest("nothing/here", "1")
+        assert await client.head_manifest("app", "nope") is None
+        assert await client.blob_size("app", digests.of(b"nope")) is None
+    assert [s.status for s in front.seen] == [404] * 4
+    assert retry_waits == []
+
+
+# -- 6. rate-limit headers ----------------------------------------------------------------
+
+
+async def test_rate_limit_remaining(registry: LocalRegistry) -> None:
+    await seed(registry, "app", [("1", make_image(layer_size=100))])
+    front = Front(registry, extra_headers={"RateLimit-Remaining": "42;w=21600"})
+    async with front.running(), connect(front.host) as client:
+        assert client.rate_limit_remaining is None
+        await client.head_manifest("app", "1")
+        assert client.rate_limit_remaining == 42
+        front.extra_headers["RateLimit-Remaining"] = "41;w=21600"
+        await client.list_tags("app")
+        assert client.rate_limit_remaining == 41
+
+
+# -- 7. blob redirects --------------------------------------------------------------------
+
+
+async def test_blob_redirect_to_storage_gets_no_credentials(
+    htpasswd_registry: LocalRegistry,
+) -> None:
+    image = make_image(layers=2, layer_size=300_000, seed="redirect")
+    await seed(htpasswd_registry, "secret/app", [("1", image)])
+    storage_seen: list[dict[str, str]] = []
+
+    async def storage(request: web.Request) -> web.Response:
+        """A storage backend on another host: serves the registry's bytes to anyone."""
+        storage_seen.append(dict(request.headers))
+        path = request.path.removeprefix("/storage")
+        repo = path.removeprefix("/v2/").partition("/blobs/")[0]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                htpasswd_registry.url + path, headers=htpasswd_registry.auth_headers(repo)
+            ) as resp,
+        ):
+            assert resp.status == 200
+            return web.Response(body=await resp.read())
+
+    app = web.Application()
+    app.router.add_get("/storage/{tail:.*}", storage)
+
+    async with serve(app) as storage_port:
+
+        async def redirect(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+            if request.method != "GET" or kind_of(request) != "blob":
+                return None
+            resp = await front.forward(request, body)  # the registry decides who may read
+            if resp.status != 200:
+                return resp
+            where = f"http://localhost:{storage_port}/storage{request.path}?X-Signature=s3-like"
+            return web.Response(status=307, headers={"Location": where})
+
+        async with (
+            Front(htpasswd_registry, redirect).running() as front,
+            connect(front.host, credentials=ALICE) as client,
+        ):
+            for blob in image.blobs:
+                data = await read_blob(client, "secret/app", blob.digest)
+                assert data == blob.data
+                assert digests.of(data) == blob.digest
+
+    assert len(storage_seen) == len(image.blobs)
+    for headers in storage_seen:
+        assert "Authorization" not in headers
+    redirected = [s for s in front.of("GET", "blob") if s.status == 307]
+    assert len(redirected) == len(image.blobs)
+    for s in redirected:
+        assert s.headers.get("Authorization", "").startswith("Basic ")
+
+
+# -- 8. refused monolithic uploads ---------------------------------------------------------
+
+
+async def refuse_monolithic(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+    """Answer 413 to a PUT that closes an upload with the whole blob in its body."""
+    closing = request.method == "PUT" and kind_of(request) == "upload"
+    if closing and "digest" in request.query and body:
+        return registry_error(413, "SIZE_INVALID")
+    return None
+
+
+async def test_refused_monolithic_upload_falls_back_to_chunks(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "CHUNK_SIZE", 64 * 1024)
+    blob = Blob("application/octet-stream", random_layer(200_000, seed="chunked"))
+    async with Front(registry, refuse_monolithic).running() as front:
+        client = RegistryClient(front.host)
+        store = RegistryStore(client)
+        try:
+            # The client says so with UploadRefused; the store then goes chunked.
+            with pytest.raises(UploadRefused) as caught:
+                await store.put_blob("app", blob.descriptor, chunks_of(blob.data))
+            assert caught.value.status == 413
+            assert client.chunked_uploads
+            assert await client.blob_size("app", blob.digest) is None
+            mark = registry.mark()
+            await store.put_blob("app", blob.descriptor, chunks_of(blob.data))
+            assert await client.blob_size("app", blob.digest) == blob.size
+            assert await read_blob(client, "app", blob.digest) == blob.data
+            # Later blobs go chunked straight away.
+            small = Blob("application/octet-stream", b"small blob")
+            await push_blob(client, "app", small)
+            assert await client.blob_size("app", small.digest) == small.size
+        finally:
+            await store.close()
+    patches = [r for r in registry.requests(since=mark) if r.method == "PATCH"]
+    assert len(patches) == 4 + 1  # 200,000 bytes in 64 KiB chunks, then the small blob
+    assert all(r.status == 202 for r in patches)
+    puts = front.of("PUT", "upload")
+    assert [s.status for s in puts] == [413, 201, 201]
+    assert [s.body_size for s in puts] == [blob.size, 0, 0]
+
+
+# -- 9. tag list pagination ---------------------------------------------------------------
+
+
+async def paginate(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+    """Serve tag lists two at a time with `Link` headers, whatever `n` the client asked.
+
+    distribution 2.8 ignores `n` for tags, so the front pages the registry's full list.
+    """
+    if request.method != "GET" or kind_of(request) != "tags":
+        return None
+    full = await front.forward(request, body, path_qs=request.path)
+    if full.status != 200:
+        return full
+    assert isinstance(full.body, bytes)
+    doc = json.loads(full.body)
+    last = request.query.get("last")
+    rest = [t for t in sorted(doc["tags"]) if last is None or t > last]
+    page = rest[:2]
+    resp = web.json_response({"name": doc["name"], "tags": page})
+    if len(rest) > 2:
+        resp.headers["Link"] = f'<{request.path}?n=2&last={page[-1]}>; rel="next"'
+    return resp
+
+
+async def test_tags_pagination(registry: LocalRegistry) -> None:
+    tags = [f"v{i}" for i in range(7)]
+    image = make_image(layer_size=100, seed="pages")
+    await seed(registry, "app", [(t, image) for t in tags])
+    async with Front(registry, paginate).running() as front, connect(front.host) as client:
+        got = await client.list_tags("app")
+    assert got == tags  # all of them, each once, in the order served
+    pages = front.of("GET", "tags")
+    assert len(pages) == 4
+    assert [p.query.get("last") for p in pages] == [None, "v1", "v3", "v5"]
+
+
+# -- 10. cross-repository mount -----------------------------------------------------------
+
+
+async def test_cross_repo_mount(registry: LocalRegistry) -> None:
+    blob = Blob("application/octet-stream", random_layer(50_000, seed="mount"))
+    async with connect(registry.host) as client:
+        await push_blob(client, "a", blob)
+        mark = registry.mark()
+        assert await client.start_upload("b", mount=blob.digest, from_repo="a") is None
+        assert await client.blob_size("b", blob.digest) == blob.size
+        assert await read_blob(client, "b", blob.digest) == blob.data
+        seen = registry.requests(since=mark)
+
+        # A mount from a repository without the blob opens an upload session instead.
+        absent = digests.of(b"nowhere")
+        location = await client.start_upload("c", mount=absent, from_repo="a")
+        assert location is not None
+        assert location.startswith(f"http://{registry.host}/v2/c/blobs/uploads/")
+        await client.cancel_upload(location)
+
+    posts = [r for r in seen if r.method == "POST" and r.kind == "upload"]
+    assert len(posts) == 1
+    assert posts[0].repository == "b"
+    assert f"mount={blob.digest}" in posts[0].query.replace("%3A", ":")
+    assert "from=a" in posts[0].query
+    assert posts[0].status == 201
+    assert not [r for r in seen if r.method in ("PATCH", "PUT")]
