@@ -45,7 +45,7 @@ USER_AGENT = "ocimirror/0.1"
 #: Bytes per PATCH when a registry refuses monolithic uploads.
 CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes per read from a blob response.
-READ_SIZE = 1024 * 1024
+READ_SIZE = 256 * 1024
 _TOKEN_MARGIN = 20.0
 
 
