@@ -1,0 +1,1 @@
+"""Scheduled sync: configuration, schedules, state and the planner."""
