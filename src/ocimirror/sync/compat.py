@@ -1,0 +1,163 @@
+"""Configs of the tools our users come from, read as they are into a native `Config`.
+
+- docker-sync (Altinity): `sync.images[].source/targets/mutableTags`,
+  `sync.registries[].url/name/auth{username,password,token,helper}`, `sync.interval`,
+  `sync.maxErrors`, `logging`, `telemetry.metrics.prometheus`. Keys are matched without
+  regard to case, as docker-sync's config library does. Tags not listed as mutable are
+  immutable: once mirrored they are not checked again.
+- Docker Mirror Image's `config.ini`: `[DEFAULT] refresh = 0|Nm|Nd|Nw`, then one section
+  per image with `image`, `tag` (one, a comma list, or none for every tag),
+  `source-repository` (the source registry, Docker Hub by default) and `project` (the
+  path under the target registry, which comes from a flag or `OCIMIRROR_TARGET_REGISTRY`).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .config import Config, ConfigFileError, _pydantic_problems, field_path
+
+TARGET_REGISTRY_ENV = "OCIMIRROR_TARGET_REGISTRY"
+
+
+def _lower_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_lower_keys(v) for v in data]
+    return data
+
+
+def _validated(native: dict[str, Any], source: str, what: str) -> Config:
+    try:
+        return Config.model_validate(native)
+    except ValidationError as e:
+        problems = [
+            (0, 0, f"{what}: {field_path(p.path)}", p.message) for p in _pydantic_problems(e)
+        ]
+        raise ConfigFileError(source, problems) from None
+
+
+def _go_duration(value: Any) -> str | int:
+    """docker-sync intervals are Go durations (`30m`, `1h0m0s`) or seconds, read as they are."""
+    return int(value) if isinstance(value, int | float) else str(value).strip()
+
+
+def from_docker_sync(text: str, source: str) -> tuple[Config, list[str]]:
+    """Convert docker-sync's YAML into a Config; return it with warnings."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigFileError(source, [(1, 1, "(syntax)", f"invalid YAML: {e}")]) from None
+    data = _lower_keys(raw or {})
+    sync = data.get("sync", data)
+    warnings: list[str] = []
+    registries: dict[str, Any] = {}
+    for i, reg in enumerate(sync.get("registries") or data.get("repositories") or []):
+        url = str(reg.get("url") or "").removeprefix("https://").removeprefix("http://")
+        host = url.split("/", 1)[0]
+        if not host:
+            raise ConfigFileError(source, [(0, 0, f"sync.registries[{i}].url", "missing")])
+        auth = reg.get("auth") or {}
+        creds: dict[str, Any] = {}
+        if auth.get("helper"):
+            creds["helper"] = auth["helper"]
+        elif auth.get("token"):
+            creds["token"] = auth["token"]
+        elif auth.get("username") or auth.get("password"):
+            creds["username"] = auth.get("username")
+            creds["password"] = auth.get("password")
+        registries[host] = {"credentials": creds or None}
+    mirrors = []
+    for i, img in enumerate(sync.get("images") or data.get("images") or []):
+        mirror: dict[str, Any] = {
+            "name": img.get("name") or img.get("source"),
+            "source": img.get("source"),
+            "targets": img.get("targets") or [],
+            "immutable_tags": ["*"],
+        }
+        mutable = img.get("mutabletags")
+        mirror["mutable_tags"] = [str(t) for t in (mutable or ["latest"])]
+        if img.get("ignoredtags"):
+            mirror["tags"] = {"exclude": [_glob_to_regex(str(t)) for t in img["ignoredtags"]]}
+        for key in sorted(set(img) - {"name", "source", "targets", "mutabletags", "ignoredtags"}):
+            warnings.append(f"sync.images[{i}].{key}: not supported, ignored")
+        mirrors.append(mirror)
+    native: dict[str, Any] = {"registries": registries, "mirrors": mirrors}
+    if "interval" in sync:
+        native["defaults"] = {"schedule": _go_duration(sync["interval"])}
+    if "maxerrors" in sync:
+        native["max_errors"] = int(sync["maxerrors"])
+    log = data.get("logging") or {}
+    if log:
+        level = str(log.get("level", "info")).lower()
+        native["logging"] = {
+            "format": str(log.get("format", "text")).lower(),
+            "level": "warning" if level == "warn" else level,
+            "color": "always" if log.get("colors") else "never",
+            "output": str(log.get("output", "stderr")),
+        }
+    prom = ((data.get("telemetry") or {}).get("metrics") or {}).get("prometheus") or {}
+    if prom.get("address"):
+        native["metrics"] = {"listen": prom["address"], "path": prom.get("path", "/metrics")}
+    return _validated(native, source, "docker-sync"), warnings
+
+
+def _glob_to_regex(glob: str) -> str:
+    """Translate a shell glob (`*`, `?`) into a full-match regex."""
+    parts = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in glob]
+    return "".join(parts)
+
+
+def from_ini(
+    text: str, source: str, *, target_registry: str | None = None
+) -> tuple[Config, list[str]]:
+    """Convert Docker Mirror Image's config.ini into a Config; return it with warnings."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source)
+    except configparser.Error as e:
+        line = getattr(e, "lineno", 0) or 0
+        raise ConfigFileError(source, [(line, 0, "(syntax)", str(e))]) from None
+    target = target_registry or os.environ.get(TARGET_REGISTRY_ENV)
+    if not target:
+        raise ConfigFileError(
+            source,
+            [
+                (
+                    0,
+                    0,
+                    "(target registry)",
+                    "config.ini names no target registry: give --target-registry or"
+                    f" {TARGET_REGISTRY_ENV}",
+                )
+            ],
+        )
+    target = target.rstrip("/")
+    refresh = parser.defaults().get("refresh", "0").strip()
+    warnings: list[str] = []
+    mirrors = []
+    for section in parser.sections():
+        s = parser[section]
+        image = s.get("image", section).strip()
+        registry = s.get("source-repository", "").strip().rstrip("/")
+        project = s.get("project", "").strip().strip("/")
+        src = f"{registry}/{image}" if registry else image
+        name = image.split("/")[-1]
+        dst = "/".join(p for p in (target, project, name) if p)
+        mirror: dict[str, Any] = {"name": section, "source": src, "targets": [dst]}
+        tags = [t.strip() for t in s.get("tag", "").split(",") if t.strip()]
+        if tags:
+            mirror["tags"] = {"exact": tags}
+        mirrors.append(mirror)
+        known = {"image", "tag", "source-repository", "project", "refresh"}
+        for key in sorted(set(s) - known - set(parser.defaults())):
+            warnings.append(f"[{section}] {key}: not supported, ignored")
+    native = {"defaults": {"schedule": refresh or "0"}, "mirrors": mirrors}
+    return _validated(native, source, "config.ini"), warnings

@@ -1,0 +1,488 @@
+"""The mirror configuration: pydantic models, YAML loading with positions, and secrets.
+
+A config file is YAML (or JSON). Every error names the file, the line and column of the
+offending value, and its field path (`mirrors[2].targets[0]`), so a mistake in a file of
+two hundred mirrors is found at once. Two other formats are read as they are:
+docker-sync's YAML and Docker Mirror Image's `config.ini` (see `compat`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ..errors import ConfigError, ReferenceError
+from ..reference import Reference
+from ..transfer.tags import TagFilter
+
+#: `${NAME}` or `${NAME:-default}` in a secret or any string value.
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+Format = Literal["ocimirror", "docker-sync", "docker-mirror-image-ini"]
+
+
+class _Model(BaseModel):
+    """Base of every config model: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Secret(_Model):
+    """A secret value: inline, from `${ENV}` (expanded at load), or read from a file."""
+
+    value: str | None = None
+    file: Path | None = None
+
+    def reveal(self) -> str:
+        """Return the secret's text (a file's content without its trailing newline)."""
+        if self.file is not None:
+            try:
+                return self.file.read_text().rstrip("\r\n")
+            except OSError as e:
+                raise ConfigError(f"cannot read secret file {self.file}: {e.strerror}") from e
+        return self.value or ""
+
+    def __repr__(self) -> str:
+        return f"Secret(file={self.file!s})" if self.file else "Secret('***')"
+
+    __str__ = __repr__
+
+
+def _secret(value: Any) -> Any:
+    """Accept `"text"`, `"${ENV}"`, `{"file": PATH}` or `{"env": NAME}` for a secret."""
+    if value is None or isinstance(value, Secret):
+        return value
+    if isinstance(value, str):
+        return Secret(value=value)
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        name = str(value["env"])
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return Secret(value=os.environ[name])
+    if isinstance(value, Mapping) and set(value) == {"file"}:
+        return Secret(file=Path(str(value["file"])).expanduser())
+    raise ValueError("a secret is a string, ${ENV_VAR}, {env: NAME} or {file: PATH}")
+
+
+SecretField = Annotated[Secret | None, Field(default=None)]
+
+
+class Credentials(_Model):
+    """How to log in to a registry: user/password, a token, a helper or docker's config."""
+
+    username: str | None = None
+    password: SecretField = None
+    token: SecretField = None
+    helper: str | None = None
+    docker_config: bool | Path = False
+
+    coerce_secrets = field_validator("password", "token", mode="before")(_secret)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Credentials:
+        ways = [
+            self.username is not None or self.password is not None,
+            self.token is not None,
+            self.helper is not None,
+            self.docker_config is not False,
+        ]
+        if sum(ways) > 1:
+            raise ValueError(
+                "give one of username/password, token, helper or docker_config, not several"
+            )
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class Tls(_Model):
+    """TLS settings for one registry."""
+
+    verify: bool = True
+    ca_file: Path | None = None
+    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+
+
+class Registry(_Model):
+    """Settings for one registry host."""
+
+    credentials: Credentials | None = None
+    tls: Tls = Tls()
+    max_concurrency: int = Field(default=32, ge=1, le=512)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    rate_limit_reserve: int | None = Field(default=None, ge=0)
+
+
+class Tags(_Model):
+    """Which tags of a repository to mirror (see `TagFilter`)."""
+
+    exact: list[str] = []
+    include: list[str] = []
+    exclude: list[str] = []
+    semver: str | None = None
+    latest: int | None = Field(default=None, ge=1)
+
+    @field_validator("exact", mode="before")
+    @classmethod
+    def _strings(cls, v: Any) -> Any:
+        if isinstance(v, str | int | float):
+            v = [v]
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Tags:
+        self.filter()  # raises ValueError with the regex or range at fault
+        return self
+
+    def filter(self) -> TagFilter:
+        """Return the TagFilter these settings describe."""
+        try:
+            return TagFilter(
+                tags=tuple(self.exact),
+                include=tuple(self.include),
+                exclude=tuple(self.exclude),
+                semver=self.semver,
+                latest=self.latest,
+            )
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    @property
+    def empty(self) -> bool:
+        """Tell whether no filter is set (then every tag is mirrored)."""
+        return self == Tags()
+
+
+def _reference(text: str) -> str:
+    try:
+        Reference.parse(text)
+    except ReferenceError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+class MirrorSettings(_Model):
+    """What a mirror may inherit from the top-level `defaults` block."""
+
+    tags: Tags | None = None
+    platforms: list[str] | None = None
+    immutable_tags: list[str] | None = None
+    mutable_tags: list[str] | None = None
+    schedule: str | int | None = None
+    include_foreign: bool | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            from .schedule import Schedule
+
+            Schedule.parse(v)
+        return v
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if p.count("/") not in (1, 2) or not all(p.split("/")):
+                raise ValueError(f"invalid platform {p!r}: expected os/arch[/variant]")
+        return v
+
+
+class Mirror(MirrorSettings):
+    """One mirror: a source (image, repository or list) copied to one or more targets."""
+
+    name: str | None = None
+    source: str | list[str]
+    targets: list[str] = Field(min_length=1)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _one_target(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("source")
+    @classmethod
+    def _sources(cls, v: str | list[str]) -> str | list[str]:
+        for text in [v] if isinstance(v, str) else v:
+            _reference(text)
+        if isinstance(v, list) and not v:
+            raise ValueError("a source list needs at least one image")
+        return v
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        for text in v:
+            _reference(text)
+        return v
+
+    @property
+    def sources(self) -> list[str]:
+        """The source references as a list."""
+        return [self.source] if isinstance(self.source, str) else list(self.source)
+
+    @property
+    def label(self) -> str:
+        """The mirror's name, or its first source when it has none."""
+        return self.name or self.sources[0]
+
+
+class Logging(_Model):
+    """Log output of the daemon and the sync command."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    color: Literal["auto", "always", "never"] = "auto"
+    output: str = "stderr"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+
+class Metrics(_Model):
+    """Where Prometheus metrics are served (none when `listen` is empty)."""
+
+    listen: str | None = None
+    path: str = "/metrics"
+
+
+class Config(_Model):
+    """A whole mirror configuration, with `defaults` merged into every mirror."""
+
+    version: Literal[1] = 1
+    state: str | None = None
+    concurrency: int = Field(default=16, ge=1, le=256)
+    max_errors: int = Field(default=0, ge=0)
+    logging: Logging = Logging()
+    metrics: Metrics = Metrics()
+    registries: dict[str, Registry] = {}
+    defaults: MirrorSettings = MirrorSettings()
+    mirrors: list[Mirror] = []
+
+    @field_validator("registries")
+    @classmethod
+    def _hosts(cls, v: dict[str, Registry]) -> dict[str, Registry]:
+        for host in v:
+            if "/" in host or not host:
+                raise ValueError(f"registry keys are host names (host[:port]), not {host!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _merge_and_check(self) -> Config:
+        merged = []
+        seen: set[str] = set()
+        for m in self.mirrors:
+            updates = {
+                k: getattr(self.defaults, k)
+                for k in MirrorSettings.model_fields
+                if getattr(m, k) is None and getattr(self.defaults, k) is not None
+            }
+            merged.append(m.model_copy(update=updates) if updates else m)
+            if m.name is not None:
+                if m.name in seen:
+                    raise ValueError(f"two mirrors are named {m.name!r}")
+                seen.add(m.name)
+        object.__setattr__(self, "mirrors", merged)
+        return self
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded config, the format it was read from, and any warnings."""
+
+    config: Config
+    format: Format
+    path: Path | None
+    warnings: tuple[str, ...] = ()
+
+
+Positions = dict[tuple[str | int, ...], tuple[int, int]]
+
+
+def _positions(node: yaml.Node, path: tuple[str | int, ...], out: Positions) -> None:
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            out[(*path, name)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+            _positions(value, (*path, name), out)
+            out[(*path, name)] = (value.start_mark.line + 1, value.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _positions(item, (*path, i), out)
+
+
+def _expand_env(data: Any, path: tuple[str | int, ...], problems: list[Problem]) -> Any:
+    """Expand `${VAR}` and `${VAR:-default}` in every string value."""
+    if isinstance(data, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.append(Problem(path, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV_REF.sub(sub, data)
+    if isinstance(data, dict):
+        return {k: _expand_env(v, (*path, k), problems) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_env(v, (*path, i), problems) for i, v in enumerate(data)]
+    return data
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (a field path) and what."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+def field_path(path: Sequence[str | int]) -> str:
+    """Render a path as `mirrors[2].tags.include[0]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+class ConfigFileError(ConfigError):
+    """A config that does not load: every problem with its file, line, column and path."""
+
+    def __init__(self, source: str, problems: Sequence[tuple[int, int, str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [
+            f"{source}:{line}:{col}: {path}: {msg}" if line else f"{source}: {path}: {msg}"
+            for line, col, path, msg in problems
+        ]
+        super().__init__("\n".join(lines))
+
+
+def _locate(path: tuple[str | int, ...], positions: Positions) -> tuple[int, int]:
+    """The position of the deepest part of `path` present in the file."""
+    for n in range(len(path), -1, -1):
+        if path[:n] in positions:
+            return positions[path[:n]]
+    return (1, 1)
+
+
+def _pydantic_problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for err in error.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        # Drop pydantic's union-branch labels such as 'str' / 'list[str]' / 'function-after'.
+        loc = tuple(p for p in loc if p not in ("str", "list[str]", "int", "constrained-str"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (misspelt?)"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        problems.append(Problem(loc, msg))
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate native ocimirror YAML; raise ConfigFileError with positions."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigFileError(
+            source, [(line, col, "(syntax)", f"invalid YAML: {problem}")]
+        ) from None
+    positions: Positions = {}
+    if node is not None:
+        _positions(node, (), positions)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(source, [(1, 1, "(top level)", "the config must be a mapping")])
+    problems: list[Problem] = []
+    data = _expand_env(data, (), problems)
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(e))
+    if problems:
+        located = sorted(
+            (*_locate(p.path, positions), field_path(p.path), p.message) for p in problems
+        )
+        raise ConfigFileError(source, located)
+    assert config is not None
+    return config
+
+
+def detect_format(text: str) -> Format:
+    """Tell which format a config file is in, from its content."""
+    stripped = "\n".join(
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    )
+    if re.match(r"\s*\[[^\]]+\]\s*$", stripped.splitlines()[0] if stripped else ""):
+        return "docker-mirror-image-ini"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return "ocimirror"
+    if isinstance(data, dict) and "mirrors" not in data:
+        keys = {str(k).lower() for k in data}
+        sync = data.get("sync")
+        if isinstance(sync, dict) and ("images" in sync or "registries" in sync):
+            return "docker-sync"
+        if "images" in keys and ("repositories" in keys or "telemetry" in keys):
+            return "docker-sync"
+    return "ocimirror"
+
+
+def load_config(path: Path | str, *, target_registry: str | None = None) -> Loaded:
+    """Read a config file in any supported format (detected from its content)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config: {e.strerror}") from None
+    fmt = detect_format(text)
+    if fmt == "ocimirror":
+        return Loaded(parse_config(text, str(p)), fmt, p)
+    from . import compat
+
+    if fmt == "docker-sync":
+        config, warnings = compat.from_docker_sync(text, str(p))
+    else:
+        config, warnings = compat.from_ini(text, str(p), target_registry=target_registry)
+    return Loaded(config, fmt, p, tuple(warnings))
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of the native config format."""
+    return Config.model_json_schema()

@@ -1,0 +1,53 @@
+"""The commented starting config that `ocimirror config init` writes."""
+
+EXAMPLE_CONFIG = """\
+# ocimirror mirror configuration (`ocimirror config validate FILE` checks it).
+version: 1
+
+# Where runs and mirrored digests are remembered. Default: a SQLite file next to this
+# config (NAME.state.db). PostgreSQL: postgresql://user@host/db
+# state: sqlite:///var/lib/ocimirror/state.db
+
+concurrency: 16        # images copied at once
+max_errors: 0          # `ocimirror run` stops after N failed passes in a row (0: never)
+
+logging:
+  format: text         # text | json
+  level: info          # debug | info | warning | error
+
+# metrics:
+#   listen: 127.0.0.1:9108   # Prometheus metrics at /metrics
+
+registries:
+  registry.example.com:
+    credentials:
+      username: mirror
+      password: ${MIRROR_PASSWORD}        # or {file: /run/secrets/mirror}
+    # tls: {verify: true, ca_file: /etc/ssl/my-ca.pem}
+    # max_concurrency: 32
+    # rate_limit_reserve: 20              # pause pulls when RateLimit-Remaining drops below
+  docker.io:
+    credentials:
+      docker_config: true                 # use ~/.docker/config.json
+
+# Inherited by every mirror that does not set its own.
+defaults:
+  schedule: 6h         # 30m, 6h, 1d, 1w; a cron expression ("0 3 * * *"); 0 = on demand
+  # platforms: [linux/amd64, linux/arm64]
+
+mirrors:
+  # A repository (no tag): the tags the filter selects.
+  - name: postgres
+    source: postgres
+    targets: [registry.example.com/mirror/postgres]
+    tags:
+      semver: ">=16"
+      latest: 3
+    immutable_tags: ["*.*.*"]   # release tags never change: once mirrored, never checked
+
+  # Single images (a tag each), all to one target repository prefix.
+  - name: base-images
+    source: [alpine:3.20, busybox:1.36]
+    targets: [registry.example.com/mirror]
+    schedule: "0 3 * * *"
+"""
