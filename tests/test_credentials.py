@@ -390,6 +390,19 @@ async def test_cred_helpers_win_over_auths(
     assert calls(helper_dir, "ecr") == ["get|123.dkr.ecr.example.com"]
 
 
+async def test_helpers_argument_wins_over_the_files(
+    tmp_path: Path, make_helper: MakeHelper, helper_dir: Path
+) -> None:
+    make_helper("vault", {"reg.example": ("robot", SECRET)})
+    config = write_config(
+        tmp_path / "config.json", {"auths": {"reg.example": {"auth": b64("stale:pw")}}}
+    )
+    keychain = Keychain(config_path=config, helpers={"https://reg.example/": "vault"})
+    assert await keychain.resolve("reg.example") == Credentials("robot", SECRET)
+    assert await keychain.resolve("other.example") == Credentials()
+    assert calls(helper_dir, "vault") == ["get|reg.example"]
+
+
 async def test_cred_helper_not_found_is_anonymous_not_auths(
     tmp_path: Path, make_helper: MakeHelper
 ) -> None:

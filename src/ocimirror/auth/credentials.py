@@ -269,9 +269,13 @@ class Keychain:
         *,
         config_path: str | Path | None = None,
         overrides: Mapping[str, Credentials] | None = None,
+        helpers: Mapping[str, str] | None = None,
         helper_timeout: float = HELPER_TIMEOUT,
     ) -> None:
-        """Read the auth files now (a broken one is a ConfigError); `overrides` win."""
+        """Read the auth files now (a broken one is a ConfigError); `overrides` win.
+
+        `helpers` names a `docker-credential-NAME` helper per host, ahead of the files.
+        """
         if config_path is not None:
             path = Path(config_path).expanduser()
             if path.is_dir():
@@ -283,6 +287,7 @@ class Keychain:
             f for p, required in candidates if (f := _load_auth_file(p, required=required))
         ]
         self._overrides = {normalize_host(h): c for h, c in (overrides or {}).items()}
+        self._helpers = {normalize_host(h): n for h, n in (helpers or {}).items()}
         self._helper_timeout = helper_timeout
         self._cache: dict[str, Credentials] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -305,6 +310,8 @@ class Keychain:
             return self._cache[key]
 
     async def _lookup(self, host: str) -> Credentials:
+        if host in self._helpers:
+            return await self._run_helper(self._helpers[host], host)
         for auth_file in self._files:
             creds, how = await self._from_file(auth_file, host)
             if not creds.anonymous:

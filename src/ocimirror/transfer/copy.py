@@ -168,14 +168,18 @@ class Copier:
 
     # -- images -----------------------------------------------------------------------
 
-    async def copy(self, src: Endpoint, dst: Endpoint) -> ImageResult:
-        """Copy one image or index; failures are returned in the result, not raised."""
+    async def copy(self, src: Endpoint, dst: Endpoint, *, dst_absent: bool = False) -> ImageResult:
+        """Copy one image or index; failures are returned in the result, not raised.
+
+        `dst_absent` says the caller already knows the destination lacks the tag (a
+        planner's HEAD), so it is not asked again.
+        """
         result = ImageResult(source=str(src), destination=str(dst))
         started = time.monotonic()
         async with self._images:
             self.progress.image_started(result.source, result.destination)
             try:
-                await self._copy(src, dst, result)
+                await self._copy(src, dst, result, dst_absent)
             except (TimeoutError, OcimirrorError, OSError) as e:
                 result.status = "failed"
                 result.error = str(e) or type(e).__name__
@@ -188,13 +192,15 @@ class Copier:
         self.progress.image_finished(result)
         return result
 
-    async def _copy(self, src: Endpoint, dst: Endpoint, result: ImageResult) -> None:
+    async def _copy(
+        self, src: Endpoint, dst: Endpoint, result: ImageResult, dst_absent: bool = False
+    ) -> None:
         opts = self.options
         filtering = bool(opts.platforms)
         # HEAD the destination first: when it is absent (a cold copy) we go straight to
         # one GET at the source; when present, a HEAD at the source decides.
         dst_desc = None
-        if not opts.force and not self._known_absent(dst):
+        if not opts.force and not dst_absent and not self._known_absent(dst):
             dst_desc = await dst.store.head_manifest(dst.repo, dst.ref)
         src_digest = src.ref if digests.is_valid(src.ref) else ""
         manifest: Manifest | None = None
@@ -241,6 +247,12 @@ class Copier:
         result.manifests_pushed += 1
         result.destination_digest = top.digest
         self._remember_manifest(dst, top.digest)
+
+    def cancel(self) -> None:
+        """Cancel the shared manifest and blob transfers still running (an aborted pass)."""
+        for task in [*self._manifest_tasks.values(), *self._blob_tasks.values()]:
+            if not task.done():
+                task.cancel()
 
     def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
         key = (dst.store.name, dst.repo, digest)
