@@ -1,27 +1,40 @@
-"""Logging setup: structlog to stderr as text (coloured on a terminal) or JSON lines."""
+"""Logging setup: structlog as text (coloured on a terminal) or JSON lines, to stderr,
+stdout or a file."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import stamina.instrumentation
 import structlog
 
 LogFormat = Literal["text", "json"]
+LogColor = Literal["auto", "always", "never"]
 
 
-def configure(*, fmt: LogFormat = "text", level: str = "info") -> None:
-    """Configure structlog and the standard logging module once for the process."""
+def configure(
+    *,
+    fmt: LogFormat = "text",
+    level: str = "info",
+    color: LogColor = "auto",
+    output: str = "stderr",
+) -> None:
+    """Configure structlog and the standard logging module once for the process.
+
+    `output` is `stderr`, `stdout` or a file path (appended to, line by line).
+    """
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
+    stream = _stream(output)
     renderer: structlog.typing.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        colors = stream.isatty() if color == "auto" else color == "always"
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -31,11 +44,21 @@ def configure(*, fmt: LogFormat = "text", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)
     stamina.instrumentation.set_on_retry_hooks([log_retry])
+
+
+def _stream(output: str) -> TextIO:
+    """The stream logs go to: stderr, stdout, or a file opened for appending."""
+    if output in ("", "stderr", "-"):
+        return sys.stderr
+    if output == "stdout":
+        return sys.stdout
+    # Open for the life of the process, as stderr is.
+    return open(output, "a", buffering=1, encoding="utf-8")
 
 
 def log_retry(details: stamina.instrumentation.RetryDetails) -> None:
