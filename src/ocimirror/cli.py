@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,6 +25,7 @@ from .logs import configure
 from .manifest import Platform
 from .progress import LogProgress, RichProgress
 from .reference import Reference, parse_prefix
+from .sync import commands as sync_commands
 from .transfer.copy import CopyOptions, Progress
 from .transfer.engine import RunSummary, Side, run_copies
 from .transfer.plan import plan_mirror
@@ -160,6 +162,7 @@ JsonOut = Annotated[
     bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only failures and the summary.")]
+TargetRegistry = sync_commands.TargetRegistry
 LogFormat = Annotated[
     str,
     typer.Option("--log-format", help="Log format when not on a terminal: text or json."),
@@ -453,6 +456,68 @@ def mirror(
         return plan_mirror(parse_prefix(destination), refs)
 
     _execute(pairs, args)
+
+
+config_app = typer.Typer(
+    help="Write, check and describe the mirror config file.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("init")
+def config_init(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Where to write it ('-' for stdout).")
+    ] = "mirror.yaml",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starting config."""
+    from .sync.example import EXAMPLE_CONFIG
+
+    if output == "-":
+        sys.stdout.write(EXAMPLE_CONFIG)
+        return
+    path = Path(output)
+    if path.exists() and not force:
+        raise _usage(f"{path} exists (use --force to overwrite it)")
+    path.write_text(EXAMPLE_CONFIG)
+    Console(stderr=True).print(f"wrote {escape(str(path))}", highlight=False)
+
+
+@config_app.command("validate")
+def config_validate(
+    path: Annotated[str, typer.Argument(help="The config file.")],
+    target_registry: TargetRegistry = None,
+) -> None:
+    """Check a config: every problem with file:line:column and its field path."""
+    from .sync.config import load_config
+
+    console = Console(stderr=True)
+    try:
+        loaded = load_config(path, target_registry=target_registry)
+    except OcimirrorError as e:
+        console.print(escape(str(e)), highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    for warning in loaded.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    n = len(loaded.config.mirrors)
+    console.print(
+        f"{escape(path)}: valid ({loaded.format} format, {n} mirror{'s' if n != 1 else ''})",
+        highlight=False,
+    )
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config format."""
+    from .sync.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+app.command("sync")(sync_commands.sync)
+app.command("run")(sync_commands.run)
+app.command("status")(sync_commands.status)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import stamina
 import structlog
@@ -250,7 +250,9 @@ class Copier:
 
     def cancel(self) -> None:
         """Cancel the shared manifest and blob transfers still running (an aborted pass)."""
-        for task in [*self._manifest_tasks.values(), *self._blob_tasks.values()]:
+        pending: list[asyncio.Future[Any]] = [*self._manifest_tasks.values()]
+        pending += self._blob_tasks.values()
+        for task in pending:
             if not task.done():
                 task.cancel()
 

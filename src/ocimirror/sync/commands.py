@@ -1,0 +1,337 @@
+"""The `ocimirror sync` and `ocimirror status` commands (registered by `ocimirror.cli`).
+
+Heavy modules (SQLAlchemy, the planner) are imported when a command runs, so the other
+commands start as fast as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .runner import MirrorPass, Mode
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+_MARK = {
+    "new": ("+", "green"),
+    "changed": ("~", "yellow"),
+    "missing-at-target": ("!", "red"),
+    "unchanged": ("=", "dim"),
+    "immutable": ("·", "dim"),
+}
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="The mirror config file.", metavar="FILE"),
+]
+StateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="State database URL (default: NAME.state.db beside the config).",
+        envvar="OCIMIRROR_STATE",
+        metavar="URL",
+    ),
+]
+TargetRegistry = Annotated[
+    str | None,
+    typer.Option(
+        "--target-registry",
+        help="Target registry for a Docker Mirror Image config.ini.",
+        envvar="OCIMIRROR_TARGET_REGISTRY",
+        metavar="REGISTRY[/PATH]",
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _configure_logs(cfg: Config) -> None:
+    """Set up logging as the config's `logging` block says."""
+    from ..logs import configure
+
+    lg = cfg.logging
+    configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
+
+
+def _one_off(
+    source: str,
+    target: str,
+    source_username: str | None,
+    source_password: str | None,
+    target_username: str | None,
+    target_password: str | None,
+) -> Config:
+    """docker-sync's one-off form as a one-mirror Config."""
+    from ..reference import Reference
+    from .config import Config
+
+    registries: dict[str, Any] = {}
+    for ref_text, user, password in (
+        (source, source_username, source_password),
+        (target, target_username, target_password),
+    ):
+        if user or password:
+            host = Reference.parse(ref_text).registry
+            registries[host] = {"credentials": {"username": user, "password": password}}
+    return Config.model_validate(
+        {"registries": registries, "mirrors": [{"source": source, "targets": [target]}]}
+    )
+
+
+def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) -> None:
+    for p in passes:
+        targets = sorted({str(t.target.repository_only()) for t in p.plan.tasks})
+        console.print(
+            f"[bold]{escape(p.mirror)}[/] → {escape(', '.join(targets) or '(nothing)')}",
+            highlight=False,
+        )
+        for t in p.plan.tasks:
+            if not verbose and t.reason in ("unchanged", "immutable"):
+                continue
+            mark, colour = _MARK[t.reason]
+            detail = ""
+            if t.reason == "changed":
+                detail = f"  {t.target_digest[7:19]} → {t.source_digest[7:19]}"
+            console.print(
+                f"  [{colour}]{mark} {escape(t.target.ref):<24} {t.reason}[/]{detail}",
+                highlight=False,
+            )
+        for e in p.plan.errors:
+            console.print(f"  [red]✗ {escape(e.reference)}: {escape(e.error)}[/]", highlight=False)
+        counts = {r: p.plan.count(r) for r in _MARK}
+        needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
+        console.print(
+            f"  {needed} to copy, {counts['unchanged']} unchanged,"
+            f" {counts['immutable']} immutable, {len(p.plan.errors)} errors",
+            highlight=False,
+        )
+
+
+def sync(
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan (what and why); copy nothing.")
+    ] = False,
+    missing_only: Annotated[
+        bool,
+        typer.Option("--missing-only", help="Copy only tags the target lacks; leave moved tags."),
+    ] = False,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option("--mirror", "-m", help="Only this mirror (by name); repeatable."),
+    ] = None,
+    state: StateOpt = None,
+    no_state: Annotated[
+        bool, typer.Option("--no-state", help="Use no state database (immutable tags off).")
+    ] = False,
+    source: Annotated[
+        str | None, typer.Option("--source", help="One-off: the source image or repository.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="One-off: the target repository.")
+    ] = None,
+    source_username: Annotated[str | None, typer.Option("--source-username")] = None,
+    source_password: Annotated[
+        str | None, typer.Option("--source-password", envvar="OCIMIRROR_SOURCE_PASSWORD")
+    ] = None,
+    target_username: Annotated[str | None, typer.Option("--target-username")] = None,
+    target_password: Annotated[
+        str | None, typer.Option("--target-password", envvar="OCIMIRROR_TARGET_PASSWORD")
+    ] = None,
+    target_registry: TargetRegistry = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="With --dry-run: list unchanged tags too.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
+) -> None:
+    """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
+    from ..errors import OcimirrorError
+    from .config import load_config
+    from .state import StateDB, default_url
+
+    console = Console(stderr=True)
+    try:
+        if (source is None) != (target is None):
+            raise _fail("--source and --target go together")
+        if source is not None and target is not None:
+            if config is not None:
+                raise _fail("give either --config or --source/--target, not both")
+            cfg = _one_off(
+                source, target, source_username, source_password, target_username, target_password
+            )
+            url = state
+        elif config is None:
+            raise _fail("give --config FILE (or a one-off --source and --target)")
+        else:
+            loaded = load_config(config, target_registry=target_registry)
+            for w in loaded.warnings:
+                console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+            cfg = loaded.config
+            url = state or cfg.state or default_url(config)
+        if mirror:
+            unknown = sorted(set(mirror) - {m.label for m in cfg.mirrors})
+            if unknown:
+                raise _fail(f"no mirror named {', '.join(unknown)} in the config")
+    except OcimirrorError as e:
+        raise _fail(str(e)) from None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    _configure_logs(cfg)
+    mode: Mode = "dry-run" if dry_run else "missing-only" if missing_only else "all"
+
+    async def go() -> list[MirrorPass]:
+        from .runner import sync_pass
+
+        if url is None or no_state:
+            return await sync_pass(cfg, state=None, mode=mode, mirrors=mirror)
+        async with StateDB(url) as db:
+            return await sync_pass(cfg, state=db, mode=mode, mirrors=mirror)
+
+    try:
+        passes = asyncio.run(go())
+    except OcimirrorError as e:
+        raise _fail(str(e)) from None
+    if json_out:
+        print(json.dumps([_pass_json(p) for p in passes], indent=2))
+    if dry_run:
+        _print_plan(console, passes, verbose=verbose)
+        raise typer.Exit(EXIT_OK if not any(p.plan.errors for p in passes) else EXIT_PARTIAL)
+    for p in passes:
+        colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
+        console.print(
+            f"[{colour}]{p.status}[/] {escape(p.mirror)}: {p.copied} copied,"
+            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable,"
+            f" {len(p.failed)} failed ({p.bytes / 1048576:.1f} MiB in {p.seconds:.1f} s)",
+            highlight=False,
+        )
+        for line in p.failed:
+            console.print(f"  [red]✗[/] {escape(line)}", highlight=False, soft_wrap=True)
+    statuses = {p.status for p in passes}
+    if statuses <= {"ok"}:
+        raise typer.Exit(EXIT_OK)
+    raise typer.Exit(EXIT_FAILED if statuses == {"failed"} else EXIT_PARTIAL)
+
+
+def _pass_json(p: MirrorPass) -> dict[str, Any]:
+    return {
+        "mirror": p.mirror,
+        "status": p.status,
+        "seconds": round(p.seconds, 3),
+        "tasks": [
+            {
+                "source": str(t.source),
+                "target": str(t.target),
+                "reason": t.reason,
+                "source_digest": t.source_digest,
+                "target_digest": t.target_digest,
+            }
+            for t in p.plan.tasks
+        ],
+        "copied": [
+            {"source": r.source, "target": r.destination, "status": r.status, "error": r.error}
+            for r in p.results
+        ],
+        "errors": p.failed,
+    }
+
+
+def run(
+    config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
+) -> None:
+    """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
+    from ..errors import OcimirrorError
+    from .daemon import Daemon
+
+    if config is None:
+        raise _fail("give --config FILE")
+    try:
+        daemon = Daemon(config, state_url=state, target_registry=target_registry)
+    except OcimirrorError as e:
+        raise _fail(str(e)) from None
+    _configure_logs(daemon.config)
+    raise typer.Exit(asyncio.run(daemon.run()))
+
+
+def status(
+    config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
+) -> None:
+    """Table: mirror, target, last run, result, digest mirrored, next run."""
+    from ..errors import OcimirrorError
+    from .config import load_config
+    from .daemon import schedule_of
+    from .state import StateDB, default_url
+
+    if config is None:
+        raise _fail("give --config FILE")
+    try:
+        cfg = load_config(config, target_registry=target_registry).config
+    except OcimirrorError as e:
+        raise _fail(str(e)) from None
+    url = state or cfg.state or default_url(config)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with StateDB(url) as db:
+            runs = await db.last_runs()
+            synced = {m.label: await db.synced(m.label) for m in cfg.mirrors}
+            return runs, synced
+
+    try:
+        runs, synced = asyncio.run(go())
+    except OcimirrorError as e:
+        raise _fail(str(e)) from None
+    table = Table("mirror", "target", "last run", "result", "digest", "next run")
+    now = datetime.now(UTC)
+    for m in cfg.mirrors:
+        run = runs.get(m.label)
+        schedule = schedule_of(m)
+        last = (run.finished_at or run.started_at) if run else None
+        nxt = schedule.next_run(now, last_run=last) if not schedule.on_demand else None
+        result = "-"
+        if run:
+            colour = {"ok": "green", "partial": "yellow"}.get(run.status, "red")
+            result = f"[{colour}]{escape(run.status)}[/]"
+            if run.error:
+                result += f": {escape(run.error)}"
+        for target in m.targets:
+            table.add_row(
+                escape(m.label),
+                escape(target),
+                last.strftime("%Y-%m-%d %H:%M") if last else "never",
+                result,
+                _digest_cell(target, synced.get(m.label, {})),
+                nxt.strftime("%Y-%m-%d %H:%M") if nxt else schedule.describe(),
+            )
+    Console().print(table)
+
+
+def _digest_cell(target: str, synced: dict[str, Any]) -> str:
+    """The digest mirrored under a target: one short digest, or how many tags."""
+    from ..errors import OcimirrorError
+    from ..reference import Reference
+
+    try:
+        repo = str(Reference.parse(target).repository_only())
+    except OcimirrorError:
+        repo = target
+    # A target is a repository, or a prefix when the source is a list.
+    mine = [ref for ref in synced if ref.startswith((repo + ":", repo + "@", repo + "/"))]
+    if not mine:
+        return "-"
+    if len(mine) == 1:
+        return str(synced[mine[0]].target_digest)[:19]
+    return f"{len(mine)} tags"

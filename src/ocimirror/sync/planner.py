@@ -1,0 +1,224 @@
+"""The planner: what a sync pass must do for each mirror, and why.
+
+For every (source tag, target) it emits a task with a reason:
+
+- `immutable`: the tag matches `immutable_tags` (and not `mutable_tags`) and the state
+  database says it was mirrored before: no request at all;
+- `new`: the target does not have the tag and never had it;
+- `missing-at-target`: the state says it was mirrored, but the target lost it;
+- `changed`: the target's digest differs from the source's (a moved tag);
+- `unchanged`: the same digest at both ends (one HEAD at each).
+
+Tags are listed only when a filter needs it; a literal tag costs one HEAD at the source.
+A target repository receiving several tags is listed once instead of a HEAD per absent
+tag. Filtered multi-arch images compare through the state (source digest → the filtered
+digest written last time), since their digests differ by design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ConfigError, NotFound, OcimirrorError
+from ..manifest import Descriptor
+from ..reference import Reference, join_prefix, parse_prefix
+from ..store import Store
+from ..transfer.tags import TagFilter
+from .config import Mirror
+
+Reason = Literal["new", "changed", "missing-at-target", "unchanged", "immutable"]
+NEEDS_COPY: frozenset[str] = frozenset({"new", "changed", "missing-at-target"})
+
+#: Opens the Store holding a reference (source or target side).
+StoreFor = Callable[[Reference, bool], Awaitable[Store]]
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the state database remembers of one destination reference."""
+
+    source_digest: str
+    target_digest: str
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """One tag of one mirror to one target, with the reason for what happens to it."""
+
+    mirror: str
+    source: Reference
+    target: Reference
+    reason: Reason
+    source_digest: str = ""
+    target_digest: str = ""
+    filtered: bool = False
+
+    @property
+    def needs_copy(self) -> bool:
+        """Tell whether the pass copies this task (in copy-all-needed mode)."""
+        return self.reason in NEEDS_COPY
+
+
+@dataclass(frozen=True)
+class PlanError:
+    """A source or target the planner could not look at."""
+
+    mirror: str
+    reference: str
+    error: str
+
+
+@dataclass
+class Plan:
+    """Everything a pass would do, in order."""
+
+    tasks: list[PlannedTask] = field(default_factory=list)
+    errors: list[PlanError] = field(default_factory=list)
+    #: Target repositories that do not exist yet (their listing said so).
+    new_targets: set[Reference] = field(default_factory=set)
+
+    def count(self, reason: str) -> int:
+        """Return how many tasks have `reason`."""
+        return sum(1 for t in self.tasks if t.reason == reason)
+
+
+def pairs_of(mirror: Mirror) -> list[tuple[Reference, Reference]]:
+    """Pair each source with each target: a repository, or a prefix for a list of sources."""
+    out = []
+    sources = [Reference.parse(s) for s in mirror.sources]
+    for target_text in mirror.targets:
+        for src in sources:
+            if isinstance(mirror.source, list):
+                dst = join_prefix(parse_prefix(target_text), src).repository_only()
+            else:
+                dst = Reference.parse(target_text)
+                if dst.tag or dst.digest:
+                    if not (src.tag or src.digest):
+                        raise ConfigError(
+                            f"{mirror.label}: target {target_text} has a tag but the source"
+                            f" {src} is a whole repository"
+                        )
+                else:
+                    dst = dst.repository_only()
+            out.append((src, dst))
+    return out
+
+
+def _matches(tag: str, globs: Sequence[str] | None) -> bool:
+    return any(fnmatch.fnmatchcase(tag, g) for g in globs or ())
+
+
+def is_immutable(mirror: Mirror, tag: str) -> bool:
+    """Tell whether a tag of this mirror is immutable (never checked once mirrored)."""
+    return _matches(tag, mirror.immutable_tags) and not _matches(tag, mirror.mutable_tags)
+
+
+async def plan_mirror(
+    mirror: Mirror,
+    *,
+    store_for: StoreFor,
+    known: Mapping[str, Known],
+    concurrency: int = 32,
+) -> Plan:
+    """Plan one mirror: list what needs listing, HEAD what needs checking, give reasons."""
+    plan = Plan()
+    sem = asyncio.Semaphore(concurrency)
+    filtering = bool(mirror.platforms)
+    try:
+        pairs = pairs_of(mirror)
+    except OcimirrorError as e:
+        plan.errors.append(PlanError(mirror.label, mirror.label, str(e)))
+        return plan
+
+    async def tags_of(src: Reference) -> list[Reference]:
+        if src.tag or src.digest:
+            return [src]
+        tag_filter = mirror.tags.filter() if mirror.tags is not None else TagFilter()
+        listed: list[str] = []
+        if tag_filter.needs_listing:
+            store = await store_for(src, False)
+            async with sem:
+                listed = await store.list_tags(src.repository)
+        return [src.with_tag(t) for t in tag_filter.select(listed)]
+
+    async def target_tags(dst: Reference, count: int) -> frozenset[str] | None:
+        """The target repository's tags when several go there (None: not listed)."""
+        if count < 2 or dst.transport != "docker":
+            return None
+        store = await store_for(dst, True)
+        try:
+            async with sem:
+                return frozenset(await store.list_tags(dst.repository))
+        except NotFound:
+            plan.new_targets.add(dst.repository_only())
+            return frozenset()
+        except OcimirrorError:
+            return None
+
+    async def head(store: Store, ref: Reference) -> Descriptor | None:
+        async with sem:
+            return await store.head_manifest(ref.repository, ref.ref)
+
+    async def one(src: Reference, dst: Reference, present: frozenset[str] | None) -> None:
+        key = str(dst)
+        tag = src.tag or ""
+        if tag and key in known and is_immutable(mirror, tag):
+            k = known[key]
+            plan.tasks.append(
+                PlannedTask(mirror.label, src, dst, "immutable", k.source_digest, k.target_digest)
+            )
+            return
+        try:
+            src_store = await store_for(src, False)
+            dst_store = await store_for(dst, True)
+            if src.digest:
+                src_digest = src.digest
+            else:
+                src_desc = await head(src_store, src)
+                if src_desc is None:
+                    raise NotFound(f"{src}: manifest unknown")
+                src_digest = src_desc.digest
+            absent = present is not None and dst.ref not in present
+            dst_desc = None if absent else await head(dst_store, dst)
+        except OcimirrorError as e:
+            plan.errors.append(PlanError(mirror.label, str(src), str(e)))
+            return
+        reason: Reason
+        dst_digest = dst_desc.digest if dst_desc else ""
+        if dst_desc is None:
+            reason = "missing-at-target" if key in known else "new"
+        elif dst_digest == src_digest or (
+            filtering and key in known and known[key] == Known(src_digest, dst_digest)
+        ):
+            reason = "unchanged"
+        else:
+            reason = "changed"
+        plan.tasks.append(
+            PlannedTask(mirror.label, src, dst, reason, src_digest, dst_digest, filtering)
+        )
+
+    async def pair(src: Reference, dst: Reference) -> None:
+        try:
+            sources = await tags_of(src)
+        except OcimirrorError as e:
+            plan.errors.append(PlanError(mirror.label, str(src), str(e)))
+            return
+        targets = [(s, dst if (dst.tag or dst.digest) else _inherit(dst, s)) for s in sources]
+        present = await target_tags(dst, len(targets))
+        await asyncio.gather(*(one(s, d, present) for s, d in targets))
+
+    await asyncio.gather(*(pair(s, d) for s, d in pairs))
+    plan.tasks.sort(key=lambda t: (str(t.target.repository_only()), t.target.ref))
+    return plan
+
+
+def _inherit(dst: Reference, src: Reference) -> Reference:
+    if src.tag:
+        return dst.with_tag(src.tag)
+    if src.digest:
+        return dst.with_digest(src.digest)
+    return dst.with_tag("latest")

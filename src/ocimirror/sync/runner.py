@@ -1,0 +1,248 @@
+"""One sync pass over the configured mirrors: plan, copy what is needed, remember it.
+
+The same function serves `ocimirror sync`, the daemon and (later) the HTTP service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from ..auth.credentials import Credentials, Keychain
+from ..client import HostOptions
+from ..errors import OcimirrorError
+from ..reference import Reference
+from ..store import Store
+from ..stores.pool import StorePool
+from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
+from .config import Config, Mirror
+from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
+from .state import StateDB, TaskRecord
+
+log = structlog.get_logger(__name__)
+
+Mode = Literal["all", "missing-only", "dry-run"]
+Trigger = Literal["schedule", "manual", "api", "cli"]
+
+
+@dataclass
+class MirrorPass:
+    """What one pass did for one mirror."""
+
+    mirror: str
+    plan: Plan
+    results: list[ImageResult] = field(default_factory=list)
+    seconds: float = 0.0
+    run_id: int | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        """Every failure of the pass, one line each."""
+        lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
+        lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
+        return lines
+
+    @property
+    def status(self) -> Literal["ok", "partial", "failed"]:
+        """`ok`, `partial` (some failures) or `failed` (nothing succeeded)."""
+        bad = len(self.failed)
+        if not bad:
+            return "ok"
+        good = sum(1 for r in self.results if r.status != "failed")
+        good += sum(1 for t in self.plan.tasks if not t.needs_copy)
+        return "partial" if good else "failed"
+
+    @property
+    def copied(self) -> int:
+        """Images copied."""
+        return sum(1 for r in self.results if r.status == "copied")
+
+    @property
+    def bytes(self) -> int:
+        """Bytes copied."""
+        return sum(r.bytes_copied for r in self.results)
+
+
+def keychain_for(config: Config) -> Keychain:
+    """Credentials as the config gives them; hosts it does not name use docker's files."""
+    overrides: dict[str, Credentials] = {}
+    helpers: dict[str, str] = {}
+    docker_config: str | None = None
+    for host, reg in config.registries.items():
+        c = reg.credentials
+        if c is None:
+            continue
+        if c.helper:
+            helpers[host] = c.helper
+        elif c.token is not None:
+            overrides[host] = Credentials(registry_token=c.token.reveal())
+        elif c.username is not None and c.password is not None:
+            overrides[host] = Credentials(username=c.username, password=c.password.reveal())
+        elif isinstance(c.docker_config, Path):
+            docker_config = str(c.docker_config)
+    return Keychain(config_path=docker_config, overrides=overrides, helpers=helpers)
+
+
+def host_options(config: Config, host: str) -> HostOptions:
+    """Connection settings for a registry host from the config (defaults otherwise)."""
+    reg = config.registries.get(host)
+    if reg is None and host == "registry-1.docker.io":
+        reg = config.registries.get("docker.io")
+    if reg is None:
+        return HostOptions()
+    return HostOptions(
+        tls_verify=reg.tls.verify,
+        ca_file=str(reg.tls.ca_file) if reg.tls.ca_file else None,
+        plain_http=reg.tls.plain_http,
+        max_concurrency=reg.max_concurrency,
+    )
+
+
+async def sync_pass(
+    config: Config,
+    *,
+    state: StateDB | None,
+    mode: Mode = "all",
+    mirrors: Sequence[str] | None = None,
+    trigger: Trigger = "cli",
+    progress: Progress | None = None,
+    pool: StorePool | None = None,
+) -> list[MirrorPass]:
+    """Run one pass over the selected mirrors (all by default); failures never stop it."""
+    chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
+    own_pool = pool is None
+    pool = pool or StorePool(keychain=keychain_for(config))
+    try:
+        passes = []
+        for mirror in chosen:
+            passes.append(await _one_mirror(config, mirror, pool, state, mode, trigger, progress))
+        return passes
+    finally:
+        if own_pool:
+            await pool.close()
+
+
+async def _one_mirror(
+    config: Config,
+    mirror: Mirror,
+    pool: StorePool,
+    state: StateDB | None,
+    mode: Mode,
+    trigger: Trigger,
+    progress: Progress | None,
+) -> MirrorPass:
+    started = time.monotonic()
+
+    async def store_for(ref: Reference, target: bool) -> Store:
+        options = host_options(config, ref.api_host) if ref.transport == "docker" else None
+        return await pool.store_for(ref, options=options, create=target)
+
+    known: dict[str, Known] = {}
+    run_id = None
+    if state is not None:
+        synced = await state.synced(mirror.label)
+        known = {k: Known(v.source_digest, v.target_digest) for k, v in synced.items()}
+        if mode != "dry-run":
+            run_id = await state.start_run(mirror.label, trigger)
+    plan = await plan_mirror(
+        mirror, store_for=store_for, known=known, concurrency=config.concurrency * 2
+    )
+    result = MirrorPass(mirror.label, plan, run_id=run_id)
+    if mode != "dry-run":
+        todo = [t for t in plan.tasks if t.needs_copy and (mode == "all" or t.reason != "changed")]
+        copier = Copier(
+            options=CopyOptions(
+                platforms=tuple(mirror.platforms or ()),
+                include_foreign=bool(mirror.include_foreign),
+            ),
+            image_concurrency=config.concurrency,
+            progress=progress,
+        )
+        for repo in plan.new_targets:
+            copier.note_destination(await store_for(repo, True), repo.repository, None)
+        try:
+            copies = await asyncio.gather(*(_copy(copier, t, store_for) for t in todo))
+        except BaseException:
+            copier.cancel()  # shared transfers are shielded from their waiters: stop them too
+            raise
+        result.results = list(copies)
+    result.seconds = time.monotonic() - started
+    if state is not None and run_id is not None:
+        await _record(state, run_id, mirror, result)
+    return result
+
+
+async def _copy(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
+    try:
+        src_store = await store_for(task.source, False)
+        dst_store = await store_for(task.target, True)
+    except OcimirrorError as e:
+        return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
+    src = Endpoint(src_store, task.source.repository, task.source_digest, str(task.source))
+    dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
+    return await copier.copy(src, dst, dst_absent=task.reason != "changed")
+
+
+async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
+    """Write the pass's task results and the run's outcome in two transactions."""
+    by_target = {r.destination: r for r in done.results}
+    records: list[TaskRecord] = []
+    for task in done.plan.tasks:
+        if task.reason == "immutable":
+            continue  # nothing was asked, nothing new to remember
+        r = by_target.get(str(task.target))
+        if r is None:  # not copied: unchanged, or a changed tag in missing-only mode
+            status: Literal["unchanged", "skipped"] = (
+                "unchanged" if task.reason == "unchanged" else "skipped"
+            )
+            records.append(
+                TaskRecord(
+                    mirror=mirror.label,
+                    target=str(task.target.repository_only()),
+                    source_ref=str(task.source),
+                    dest_ref=str(task.target),
+                    reason=task.reason,
+                    status=status,
+                    source_digest=task.source_digest or None,
+                    target_digest=task.target_digest or None,
+                    immutable=_immutable(mirror, task),
+                )
+            )
+            continue
+        records.append(
+            TaskRecord(
+                mirror=mirror.label,
+                target=str(task.target.repository_only()),
+                source_ref=str(task.source),
+                dest_ref=str(task.target),
+                reason=task.reason,
+                status="failed" if r.status == "failed" else r.status,
+                source_digest=r.source_digest or task.source_digest or None,
+                target_digest=r.destination_digest or None,
+                bytes=r.bytes_copied,
+                seconds=r.seconds,
+                error=r.error or None,
+                immutable=_immutable(mirror, task),
+            )
+        )
+    await state.record_tasks(run_id, records)
+    await state.finish_run(
+        run_id,
+        done.status,
+        copied=done.copied,
+        unchanged=done.plan.count("unchanged") + done.plan.count("immutable"),
+        failed=len(done.failed),
+        skipped=sum(1 for r in records if r.status == "skipped"),
+        bytes=done.bytes,
+        error="; ".join(done.failed[:3]) or None,
+    )
+
+
+def _immutable(mirror: Mirror, task: PlannedTask) -> bool:
+    return bool(task.source.tag) and is_immutable(mirror, task.source.tag or "")
