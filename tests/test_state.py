@@ -1,8 +1,10 @@
 """Tests of the state database: schema and migrations, runs, tasks, synced, jobs, URLs.
 
-Each test uses a real SQLite file under tmp_path. The backend-neutral ones also run on
-PostgreSQL when OCIMIRROR_TEST_POSTGRES_URL names a database they may wipe (its `public`
-schema is dropped before each test) and asyncpg is installed.
+Each test uses a real SQLite file under tmp_path. The backend-neutral ones (those taking
+`url` or `db`) also run on PostgreSQL: a throwaway server (`LocalPostgres`: initdb into a
+temp dir, on 127.0.0.1) started once per session, the first time a test needs it, and
+stopped at the end; its `public` schema is dropped before each test. Set
+OCIMIRROR_TEST_POSTGRES_URL to use an existing database instead, one the tests may wipe.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from ocimirror.sync.state import (
     metadata,
     normalise_url,
 )
+from ocimirror.testkit.postgres import LocalPostgres
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL")
 TABLES = {"alembic_version", "runs", "task_results", "synced", "jobs"}
@@ -93,23 +96,24 @@ async def _wipe_postgres(url: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(not PG_URL, reason="OCIMIRROR_TEST_POSTGRES_URL not set"),
-        ),
-    ]
-)
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Return the URL of a PostgreSQL database: OCIMIRROR_TEST_POSTGRES_URL, or a local one."""
+    if PG_URL:
+        yield PG_URL
+        return
+    with LocalPostgres() as server:
+        yield server.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Return the URL of an empty state database: a SQLite file, or a wiped PostgreSQL."""
     if request.param == "sqlite":
         return sqlite_url(tmp_path / "state.db")
-    assert PG_URL is not None
-    pytest.importorskip("asyncpg")
-    await _wipe_postgres(PG_URL)
-    return PG_URL
+    pg_url: str = request.getfixturevalue("postgres_url")
+    await _wipe_postgres(pg_url)
+    return pg_url
 
 
 @pytest.fixture
