@@ -37,6 +37,7 @@ from ocimirror.errors import (
     RegistryError,
     UploadRefused,
 )
+from ocimirror.ratelimit import Pacer
 from ocimirror.stores.registry import RegistryStore
 from ocimirror.testkit.images import Blob, SampleImage, make_image, make_index, random_layer
 from ocimirror.testkit.registry import LocalRegistry, Request
@@ -573,6 +574,8 @@ async def test_429_waits_for_retry_after(registry: LocalRegistry, retry_waits: l
         started = time.monotonic()
         assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
         elapsed = time.monotonic() - started
+        assert client.statuses[429] == 1
+        assert client.statuses[200] >= 1
     assert [s.status for s in front.of("GET", "manifest")] == [429, 200]
     assert retry_waits == [1.0]  # exactly what the registry asked, no backoff or jitter
     assert elapsed >= 0.9
@@ -625,6 +628,193 @@ async def test_rate_limit_remaining(registry: LocalRegistry) -> None:
         front.extra_headers["RateLimit-Remaining"] = "41;w=21600"
         await client.list_tags("app")
         assert client.rate_limit_remaining == 41
+
+
+class RecordingLog:
+    """Stands in for the client's structlog logger: keeps every warning."""
+
+    def __init__(self) -> None:
+        self.warnings: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """Record one warning line."""
+        self.warnings.append((event, fields))
+
+
+def scripted_remaining(script: list[str | None]) -> Intercept:
+    """Forward manifest requests, announcing the next `RateLimit-Remaining` of `script`.
+
+    None sends no header; once the script runs out every answer says 50.
+    """
+
+    async def intercept(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if kind_of(request) != "manifest":
+            return None
+        resp = await front.forward(request, body)
+        value = script.pop(0) if script else "50"
+        if value is not None:
+            resp.headers["RateLimit-Remaining"] = f"{value};w=21600"
+        return resp
+
+    return intercept
+
+
+async def test_rate_limit_reserve_waits_and_refreshes_with_head(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(layer_size=100, seed="reserve")
+    await seed(registry, "app", [("1", image)])
+    recorded = RecordingLog()
+    monkeypatch.setattr(client_module, "log", recorded)
+    # The GET leaves 5 (below the reserve of 10); the first HEAD still says 5, the next 50.
+    script: list[str | None] = ["5", "5", "50", "49"]
+    options = HostOptions(rate_limit_reserve=10, rate_limit_wait=0.05)
+    async with (
+        Front(registry, scripted_remaining(script)).running() as front,
+        connect(front.host, options=options) as client,
+    ):
+        assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
+        assert client.rate_limit_remaining == 5
+        assert len(front.seen) == 1
+        assert not recorded.warnings
+        assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
+        assert client.rate_limit_remaining == 49
+    assert [(s.method, s.kind) for s in front.seen] == [
+        ("GET", "manifest"),
+        ("HEAD", "manifest"),
+        ("HEAD", "manifest"),
+        ("GET", "manifest"),
+    ]
+    assert [s.path for s in front.seen] == ["/v2/app/manifests/1"] * 4
+    assert script == []
+    fields = {"host": front.host, "reserve": 10, "wait": 0.05}
+    assert recorded.warnings == [
+        ("rate limit reserve reached, waiting", {**fields, "remaining": 5}),
+        ("rate limit reserve reached, waiting", {**fields, "remaining": 5}),
+    ]
+
+
+async def test_rate_limit_reserve_one_task_refreshes_the_rest_wait(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(layer_size=100, seed="reserve-many")
+    await seed(registry, "app", [("1", image)])
+    monkeypatch.setattr(client_module, "log", RecordingLog())
+    script: list[str | None] = ["3", "4", "40"]
+    options = HostOptions(rate_limit_reserve=10, rate_limit_wait=0.05)
+    async with (
+        Front(registry, scripted_remaining(script)).running() as front,
+        connect(front.host, options=options) as client,
+    ):
+        await client.get_manifest("app", "1")
+        assert client.rate_limit_remaining == 3
+        got = await asyncio.gather(*(client.get_manifest("app", "1") for _ in range(5)))
+        assert {m.digest for m in got} == {image.digest}
+    # One task refreshed (twice); the other four waited behind it, then all five pulled.
+    assert [(s.method, s.kind) for s in front.seen] == [
+        ("GET", "manifest"),
+        ("HEAD", "manifest"),
+        ("HEAD", "manifest"),
+    ] + [("GET", "manifest")] * 5
+
+
+async def test_rate_limit_reserve_header_gone_means_go(
+    registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = make_image(layer_size=100, seed="reserve-gone")
+    await seed(registry, "app", [("1", image)])
+    monkeypatch.setattr(client_module, "log", RecordingLog())
+    script: list[str | None] = ["2", None, None]
+    options = HostOptions(rate_limit_reserve=10, rate_limit_wait=0.01)
+    async with (
+        Front(registry, scripted_remaining(script)).running() as front,
+        connect(front.host, options=options) as client,
+    ):
+        await client.get_manifest("app", "1")
+        assert client.rate_limit_remaining == 2
+        await client.get_manifest("app", "1")
+        assert client.rate_limit_remaining is None
+    assert [s.method for s in front.seen] == ["GET", "HEAD", "GET"]
+
+
+async def test_rate_limit_reserve_spares_heads_and_other_calls(registry: LocalRegistry) -> None:
+    """Only manifest GETs count on Docker Hub: HEADs, blobs and tags go on below the reserve."""
+    image = make_image(layer_size=100, seed="reserve-heads")
+    await seed(registry, "app", [("1", image)])
+    front = Front(registry, extra_headers={"RateLimit-Remaining": "1;w=21600"})
+    options = HostOptions(rate_limit_reserve=10, rate_limit_wait=3600)
+    async with front.running(), connect(front.host, options=options) as client:
+        assert await client.head_manifest("app", "1") == image.descriptor
+        assert client.rate_limit_remaining == 1
+        assert await client.list_tags("app") == ["1"]
+        blob = image.blobs[0]
+        assert await client.blob_size("app", blob.digest) == blob.size
+        assert await read_blob(client, "app", blob.digest) == blob.data
+    assert len(front.seen) == 4
+
+
+# -- 6b. request pace ---------------------------------------------------------------------
+
+
+class FakeTime:
+    """A clock that moves only when a sleeper wakes: each sleep ends at call time + delay."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        #: When each sleep ended, in fake time.
+        self.wakes: list[float] = []
+
+    def clock(self) -> float:
+        """The fake time."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Wake at `now + seconds`: the clock moves on to the latest wake so far."""
+        wake = self.now + seconds
+        self.wakes.append(wake)
+        self.now = max(self.now, wake)
+        await asyncio.sleep(0)
+
+
+def test_pacer_follows_host_options() -> None:
+    assert RegistryClient("127.0.0.1:5000").pacer.rate is None
+    paced = RegistryClient("127.0.0.1:5000", options=HostOptions(requests_per_second=3))
+    assert paced.pacer.rate == 3
+    assert paced.pacer.burst == 3
+    slow = RegistryClient("127.0.0.1:5000", options=HostOptions(requests_per_second=0.5))
+    assert slow.pacer.burst == 1
+
+
+async def test_every_request_takes_a_slot_in_the_pace(token_registry: LocalRegistry) -> None:
+    token_server = token_registry.token_server
+    assert token_server is not None
+    image = make_image(layers=2, layer_size=3000, seed="paced")
+    fake = FakeTime()
+    pacer = Pacer(5, burst=1, clock=fake.clock, sleep=fake.sleep)
+    options = HostOptions(requests_per_second=5)
+    token_server.clear()
+    mark = token_registry.mark()
+    async with connect(token_registry.host, credentials=BOB, options=options, pacer=pacer) as c:
+        assert c.pacer is pacer
+        c.chunked_uploads = True  # PATCH too
+        await push_image(c, "paced/app", image, "1")
+        assert (await c.get_manifest("paced/app", "1")).raw == image.manifest.raw
+        assert await c.head_manifest("paced/app", "1") == image.descriptor
+        blobs = image.all_blobs()
+        sizes = await asyncio.gather(*(c.blob_size("paced/app", b.digest) for b in blobs))
+        assert sizes == [b.size for b in blobs]
+        for blob in blobs:
+            assert await read_blob(c, "paced/app", blob.digest) == blob.data
+        assert await c.list_tags("paced/app") == ["1"]
+        sent = c.requests
+    assert {"TOKEN", "HEAD", "GET", "PUT", "PATCH", "POST"} <= set(sent)
+    # Every request either side saw took exactly one slot.
+    seen = len(token_registry.requests(since=mark)) + len(token_server.requests)
+    assert sent["TOKEN"] == len(token_server.requests) >= 1
+    assert pacer.slots == sum(sent.values()) == seen
+    # One slot every 0.2 s of fake time, each its own: the first at once, then 0.2, 0.4...
+    assert sorted(fake.wakes) == pytest.approx([0.2 * i for i in range(1, pacer.slots)])
+    assert fake.now == pytest.approx(0.2 * (pacer.slots - 1))
 
 
 # -- 7. blob redirects --------------------------------------------------------------------

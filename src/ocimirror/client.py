@@ -3,7 +3,9 @@
 It owns authentication (anonymous and credentialled bearer tokens, basic auth), retries
 of idempotent requests (stamina, honouring `Retry-After`), redirects for blob downloads
 (never forwarding `Authorization` to another host), uploads (monolithic, chunked,
-cross-repository mount) and request accounting. It knows nothing of copying.
+cross-repository mount), request accounting and the per-host limits: a request pace
+(`requests_per_second`) and a reserve of Docker Hub's manifest pulls
+(`rate_limit_reserve`). It knows nothing of copying.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .errors import (
     is_retryable,
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
+from .ratelimit import Pacer
 from .reference import is_loopback_host
 
 log = structlog.get_logger(__name__)
@@ -51,12 +54,18 @@ _TOKEN_MARGIN = 20.0
 
 @dataclass(frozen=True)
 class HostOptions:
-    """How to reach one registry host: TLS, plain HTTP and request concurrency."""
+    """How to reach one registry host: TLS, plain HTTP, request concurrency and limits."""
 
     tls_verify: bool = True
     ca_file: str | None = None
     plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
     max_concurrency: int = 32
+    #: Request starts per second (token fetches included), bursts of max(1, int(rate)).
+    requests_per_second: float | None = None
+    #: Hold manifest GETs while the registry's `RateLimit-Remaining` is below this.
+    rate_limit_reserve: int | None = None
+    #: Seconds to wait before re-checking the remaining count with a HEAD.
+    rate_limit_wait: float = 300.0
 
 
 @dataclass
@@ -100,9 +109,12 @@ class RegistryClient:
         credentials: Credentials | None = None,
         options: HostOptions | None = None,
         attempts: int = 5,
+        pacer: Pacer | None = None,
     ) -> None:
         self.host = host
         self.options = options or HostOptions()
+        #: Every request start takes a slot here (a no-op pace without a rate).
+        self.pacer = pacer or Pacer(self.options.requests_per_second)
         plain = self.options.plain_http
         #: A loopback host without an explicit choice starts on plain HTTP and moves to
         #: HTTPS if the server turns out to speak TLS (as Docker and crane allow both).
@@ -114,6 +126,8 @@ class RegistryClient:
         self.attempts = attempts
         #: Requests sent, by method (including token fetches under "TOKEN").
         self.requests: Counter[str] = Counter()
+        #: Registry API responses received, by HTTP status (a 429 counts once per answer).
+        self.statuses: Counter[int] = Counter()
         #: The last `RateLimit-Remaining` the registry announced, if any.
         self.rate_limit_remaining: int | None = None
         #: Set once the registry refuses a monolithic upload; later uploads go chunked.
@@ -123,6 +137,8 @@ class RegistryClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], _Token] = {}
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
+        #: Held by the one task waiting for the rate limit to recover; others queue on it.
+        self._rate_limit_lock = asyncio.Lock()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -159,11 +175,57 @@ class RegistryClient:
         """Return the absolute URL of an API path (`/v2/...`)."""
         return self.base + path
 
+    async def _start(self, method: str) -> None:
+        """Count a request about to be sent and wait for its slot in the pace."""
+        self.requests[method] += 1
+        await self.pacer.wait()
+
     def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
         value = resp.headers.get("RateLimit-Remaining")
         if value:
             with suppress(ValueError):
                 self.rate_limit_remaining = int(value.split(";", 1)[0].strip())
+
+    def _below_reserve(self) -> bool:
+        """Tell whether the last known remaining count is below the configured reserve."""
+        reserve = self.options.rate_limit_reserve
+        remaining = self.rate_limit_remaining
+        return reserve is not None and remaining is not None and remaining < reserve
+
+    async def _await_rate_limit(self, repo: str, ref: str) -> None:
+        """Hold a manifest GET while the registry's remaining pulls are below the reserve.
+
+        One task at a time waits, then refreshes the count with a HEAD of the same manifest
+        (HEADs do not count on Docker Hub); the others queue on the lock behind it.
+        """
+        if not self._below_reserve():
+            return
+        async with self._rate_limit_lock:
+            while self._below_reserve():
+                wait = self.options.rate_limit_wait
+                log.warning(
+                    "rate limit reserve reached, waiting",
+                    host=self.host,
+                    remaining=self.rate_limit_remaining,
+                    reserve=self.options.rate_limit_reserve,
+                    wait=wait,
+                )
+                await asyncio.sleep(wait)
+                await self._retrying(lambda: self._refresh_rate_limit(repo, ref))
+
+    async def _refresh_rate_limit(self, repo: str, ref: str) -> None:
+        """HEAD a manifest to learn the remaining count; no header means no limit now."""
+        resp = await self._send(
+            "HEAD",
+            self.url(f"/v2/{repo}/manifests/{ref}"),
+            scopes=self._scopes(repo),
+            headers={"Accept": mt.MANIFEST_ACCEPT},
+        )
+        resp.release()
+        # A 429 without the header tells nothing; any other answer without it means the
+        # registry no longer limits us (or the GET will say what is wrong).
+        if resp.status != 429 and not resp.headers.get("RateLimit-Remaining"):
+            self.rate_limit_remaining = None
 
     # -- authentication ---------------------------------------------------------------
 
@@ -208,7 +270,6 @@ class RegistryClient:
             raise AuthError(f"{self.host}: bearer challenge without a realm", url=self.base)
         service = self._challenge.service
         creds = self.credentials
-        self.requests["TOKEN"] += 1
         sorted_scopes = sorted(scopes)
         if creds.identity_token:
             form = {
@@ -220,6 +281,7 @@ class RegistryClient:
             }
             if sorted_scopes:
                 form["scope"] = " ".join(sorted_scopes)
+            await self._start("TOKEN")
             async with self.session.post(realm, data=form) as resp:
                 if resp.status not in (404, 405):
                     return await self._token_from(resp, realm)
@@ -234,6 +296,7 @@ class RegistryClient:
             params.append(("account", creds.username))
         sep = "&" if "?" in realm else "?"
         url = realm + (sep + urlencode(params) if params else "")
+        await self._start("TOKEN")
         async with self.session.get(url, headers=headers) as resp:
             return await self._token_from(resp, realm)
 
@@ -305,7 +368,7 @@ class RegistryClient:
             auth = await self._auth_header(scopes, stale=stale)
             if auth:
                 hdrs["Authorization"] = auth
-            self.requests[method] += 1
+            await self._start(method)
             probing = self._probe_scheme or self.base.startswith("https://")
             probing = probing and url.startswith(f"http://{self.host}/")
             try:
@@ -327,11 +390,12 @@ class RegistryClient:
                 self._probe_scheme = False
                 self.base = f"https://{self.host}"
                 url = "https://" + url.removeprefix("http://")
-                self.requests[method] += 1
+                await self._start(method)
                 resp = await self.session.request(
                     method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
                 )
             self._probe_scheme = False
+            self.statuses[resp.status] += 1
             self._note_rate_limit(resp)
             if resp.status != 401 or attempt == 1 or not replayable:
                 return resp
@@ -469,6 +533,8 @@ class RegistryClient:
                 )
             return m
 
+        # Outside the retries: a wait for the rate limit must not spend their time budget.
+        await self._await_rate_limit(repo, ref)
         result: Manifest = await self._retrying(once)
         return result
 
@@ -558,7 +624,7 @@ class RegistryClient:
                 )
             else:
                 # Storage backends (S3, CDNs) get no registry credentials.
-                self.requests["GET"] += 1
+                await self._start("GET")
                 resp = await self.session.get(location, allow_redirects=False)
         if resp.status != 200:
             raise await self._error(resp, where)
