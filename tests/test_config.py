@@ -88,6 +88,13 @@ def test_secret_from_a_file(tmp_path: Path) -> None:
 
 MISTAKES = [
     # (config text, line, column, path, words in the message)
+    (
+        "registries:\n  docker.io:\n    rate_limit_wait: 0\n",
+        3,
+        22,
+        "registries.docker.io.rate_limit_wait",
+        "longer than 0",
+    ),
     ("mirrors:\n  - source: alpine\n    targets: []\n", 3, 14, "mirrors[0].targets", "at least 1"),
     ("mirrors:\n  - source: alpine\n", 2, 5, "mirrors[0].targets", "required"),
     (
@@ -367,3 +374,28 @@ def test_config_commands(tmp_path: Path) -> None:
     assert "docker-sync format, 2 mirrors" in out.stderr
     schema = json.loads(run_ocimirror("config", "schema").stdout)
     assert schema["title"] == "Config"
+
+
+def test_registry_settings_reach_the_client() -> None:
+    from ocimirror.client import HostOptions
+    from ocimirror.sync.runner import host_options
+
+    config = parse_config(
+        "registries:\n"
+        "  docker.io:\n"
+        "    requests_per_second: 2.5\n"
+        "    rate_limit_reserve: 20\n"
+        "    rate_limit_wait: 90s\n"
+        "    max_concurrency: 4\n"
+        "    tls: {ca_file: /etc/ca.pem}\n",
+        "m.yaml",
+    )
+    options = host_options(config, "registry-1.docker.io")  # Docker Hub's API host
+    assert options == HostOptions(
+        ca_file="/etc/ca.pem",
+        max_concurrency=4,
+        requests_per_second=2.5,
+        rate_limit_reserve=20,
+        rate_limit_wait=90.0,
+    )
+    assert host_options(config, "elsewhere.example") == HostOptions()

@@ -125,6 +125,22 @@ class Registry(_Model):
     max_concurrency: int = Field(default=32, ge=1, le=512)
     requests_per_second: float | None = Field(default=None, gt=0)
     rate_limit_reserve: int | None = Field(default=None, ge=0)
+    rate_limit_wait: str | int = "5m"
+
+    @field_validator("rate_limit_wait")
+    @classmethod
+    def _wait(cls, v: str | int) -> str | int:
+        from .schedule import parse_interval
+
+        if parse_interval(v).total_seconds() <= 0:
+            raise ValueError("rate_limit_wait must be longer than 0")
+        return v
+
+    def rate_limit_wait_seconds(self) -> float:
+        """`rate_limit_wait` in seconds."""
+        from .schedule import parse_interval
+
+        return parse_interval(self.rate_limit_wait).total_seconds()
 
 
 class Tags(_Model):

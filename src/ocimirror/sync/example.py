@@ -14,6 +14,8 @@ max_errors: 0          # `ocimirror run` stops after N failed passes in a row (0
 logging:
   format: text         # text | json
   level: info          # debug | info | warning | error
+  # color: auto        # auto | always | never
+  # output: stderr     # stderr | stdout | a file path (appended to)
 
 # metrics:
 #   listen: 127.0.0.1:9108   # Prometheus metrics at /metrics
@@ -25,10 +27,12 @@ registries:
       password: ${MIRROR_PASSWORD}        # or {file: /run/secrets/mirror}
     # tls: {verify: true, ca_file: /etc/ssl/my-ca.pem}
     # max_concurrency: 32
-    # rate_limit_reserve: 20              # pause pulls when RateLimit-Remaining drops below
+    # requests_per_second: 10
   docker.io:
     credentials:
       docker_config: true                 # use ~/.docker/config.json
+    rate_limit_reserve: 20                # pause pulls while RateLimit-Remaining is below 20
+    rate_limit_wait: 5m                   # then look again (with a free HEAD) every 5 minutes
 
 # Inherited by every mirror that does not set its own.
 defaults:

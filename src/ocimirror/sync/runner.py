@@ -101,6 +101,9 @@ def host_options(config: Config, host: str) -> HostOptions:
         ca_file=str(reg.tls.ca_file) if reg.tls.ca_file else None,
         plain_http=reg.tls.plain_http,
         max_concurrency=reg.max_concurrency,
+        requests_per_second=reg.requests_per_second,
+        rate_limit_reserve=reg.rate_limit_reserve,
+        rate_limit_wait=reg.rate_limit_wait_seconds(),
     )
 
 
