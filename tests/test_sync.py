@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from ocimirror.sync.config import Config, parse_config
 from ocimirror.sync.runner import MirrorPass, sync_pass
@@ -175,3 +179,59 @@ def test_sync_command_and_status(registry_pair: tuple[LocalRegistry, LocalRegist
     assert out.returncode == 1
     assert "nope" in out.stderr
     assert "manifest unknown" in out.stderr
+
+
+async def test_docker_sync_and_ini_configs_plan_against_real_registries(
+    src_registry: LocalRegistry,
+    htpasswd_registry: LocalRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both foreign formats, read as they are, drive the planner and the copy."""
+    from ocimirror.sync.config import load_config
+
+    src, dst = src_registry, htpasswd_registry
+    user, password = dst.creds or ("", "")
+    await seed(src, "lib/app", [(t, make_image(layer_size=300, seed=t)) for t in ("1", "2")])
+    await seed(src, "tools/jq", [("1.7", make_image(layer_size=300, seed="jq"))])
+    docker_sync = tmp_path / "docker-sync.yaml"
+    docker_sync.write_text(
+        "sync:\n"
+        "  interval: 30m\n"
+        "  registries:\n"
+        f"    - url: {dst.host}\n"
+        f"      auth: {{username: {user}, password: {password}}}\n"
+        "  images:\n"
+        f"    - source: {src.host}/lib/app\n"
+        f"      targets: [{dst.host}/ds/app]\n"
+    )
+    loaded = load_config(docker_sync)
+    assert loaded.format == "docker-sync"
+    (plan,) = await sync_pass(loaded.config, state=None, mode="dry-run")
+    assert reasons(plan) == {"1": "new", "2": "new"}
+    (done,) = await sync_pass(loaded.config, state=None)
+    assert done.status == "ok"
+    assert dst.tags("ds/app") == ["1", "2"]
+    (warm,) = await sync_pass(loaded.config, state=None, mode="dry-run")
+    assert reasons(warm) == {"1": "unchanged", "2": "unchanged"}
+
+    ini = tmp_path / "config.ini"
+    ini.write_text(
+        "[DEFAULT]\nrefresh = 1d\n\n"
+        f"[app]\nimage = lib/app\ntag = 2\nsource-repository = {src.host}\nproject = ini\n\n"
+        f"[jq]\nimage = tools/jq\nsource-repository = {src.host}\n"
+    )
+    loaded = load_config(ini, target_registry=f"{dst.host}/mirror")
+    assert loaded.format == "docker-mirror-image-ini"
+    # config.ini has no credentials: they come from docker's config.json, as for docker.
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {dst.host: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    config = loaded.config
+    passes = await sync_pass(config, state=None, mode="dry-run")
+    assert {p.mirror: reasons(p) for p in passes} == {"app": {"2": "new"}, "jq": {"1.7": "new"}}
+    targets = sorted(str(t.target) for p in passes for t in p.plan.tasks)
+    assert targets == [f"{dst.host}/mirror/ini/app:2", f"{dst.host}/mirror/jq:1.7"]
+    passes = await sync_pass(config, state=None)
+    assert [p.status for p in passes] == ["ok", "ok"]
+    assert dst.tags("mirror/ini/app") == ["2"]
