@@ -1,0 +1,617 @@
+"""Benchmark a warm `ocimirror sync` pass against `skopeo sync --all` (issue 5).
+
+Run it as `.venv/bin/python bench/sync.py [--rounds N] [--json PATH] [--keep]`. A source
+registry is seeded with 20 repositories (`bench/r00` .. `bench/r19`) of 25 tags each, 500
+small distinct images. Each tool mirrors all of them into its own destination registry
+once (cold), so that everything is already there; then warm passes with nothing to do are
+measured, `--rounds` times each (default 3), the order of the tools alternating from one
+round to the next, and the median is reported:
+
+- `ocimirror sync -c bench.yml`: one mirror whose source is the list of 20 repositories
+  and whose target is the prefix `<dst>/mirror` (so `<dst>/mirror/bench/r00`...), with
+  the state database beside the config;
+- the same config with `immutable_tags: ["*"]`, into the same destination but with its
+  own state database: one unmeasured pass records the tags, then the measured ones;
+- `skopeo sync --all --src yaml --dest docker` with the 20 repositories (all tags) in
+  skopeo's YAML source format, to `<dst>/mirror/bench` (skopeo appends the last part of
+  each repository name, which gives the same names as ocimirror).
+
+Wall time, peak RSS and the requests both registries answered are measured as in
+`bench/run.py` (whose helpers this reuses); after every run the destination is checked
+against the source (every tag with its digest, every manifest and blob). The bars of the
+issue are judged for both ocimirror variants: writes and manifest GETs at either registry
+and requests per tag in the worst of the runs, the speed as skopeo's median time over
+ocimirror's. They are printed as a table; the exit status is 0 even when a bar fails,
+since this is a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ocimirror.testkit.images import SampleImage, derive_seed, make_image, random_layer
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.seeding import seed_sync
+from run import (
+    OCIMIRROR,
+    Expected,
+    RequestStats,
+    run_measured,
+    startup_baseline,
+    tool_versions,
+    verify,
+)
+
+REPOS = 20
+TAGS_PER_REPO = 25
+TOTAL_TAGS = REPOS * TAGS_PER_REPO
+#: Source repositories; each lands at `<dst>/mirror/<repo>` with both tools.
+REPO_NAMES: tuple[str, ...] = tuple(f"bench/r{i:02d}" for i in range(REPOS))
+TAG_NAMES: tuple[str, ...] = tuple(f"1.{i}.0" for i in range(TAGS_PER_REPO))
+#: Every image: a base layer shared by the tags of its repository, and one of its own.
+BASE_LAYER_SIZE = 4096
+OWN_LAYER_SIZE = 1024
+
+#: The runs: (name, label). The order of a round is this one or its reverse.
+VARIANTS: tuple[tuple[str, str], ...] = (
+    ("ocimirror", "ocimirror warm"),
+    ("ocimirror-immutable", "ocimirror warm (immutable tags)"),
+    ("skopeo", "skopeo warm"),
+)
+LABELS: dict[str, str] = dict(VARIANTS)
+
+#: ocimirror's closing line per mirror, "ok bench: ... (0.0 MiB in 1.8 s)": the pass itself.
+PASS_TIME = re.compile(r"^\S+ bench: .*\(.* in ([0-9.]+) s\)\s*$", re.MULTILINE)
+
+#: The bars of issue 5 for a warm pass with nothing to do.
+REQUESTS_PER_TAG_BAR = 2.2
+SPEED_BAR = 5.0
+
+
+# -- the corpus --------------------------------------------------------------------------
+
+
+def images(repo: str) -> Iterator[tuple[str, SampleImage]]:
+    """Yield the 25 tagged images of `repo`, each distinct, sharing a base layer."""
+    base = random_layer(BASE_LAYER_SIZE, seed=derive_seed("bench-sync", repo, "base"))
+    for tag in TAG_NAMES:
+        yield (
+            tag,
+            make_image(
+                layers=1,
+                layer_size=OWN_LAYER_SIZE,
+                seed=derive_seed("bench-sync", repo, tag),
+                shared_layers=[base],
+            ),
+        )
+
+
+def seed_source(src: LocalRegistry) -> dict[str, Expected]:
+    """Push every repository into `src`; return what each holds."""
+    expected: dict[str, Expected] = {}
+    for repo in REPO_NAMES:
+        expected[repo] = Expected()
+        seed_sync(src, repo, expected[repo].record(images(repo)))
+    return expected
+
+
+# -- configs and commands ----------------------------------------------------------------
+
+
+def ocimirror_config(
+    path: Path, src: LocalRegistry, dst: LocalRegistry, *, immutable: bool
+) -> Path:
+    """Write an ocimirror config mirroring every repository to `<dst>/mirror`."""
+    mirror: dict[str, Any] = {
+        "name": "bench",
+        "source": [f"{src.host}/{repo}" for repo in REPO_NAMES],
+        "targets": [f"{dst.host}/mirror"],
+    }
+    if immutable:
+        mirror["immutable_tags"] = ["*"]
+    path.write_text(yaml.safe_dump({"concurrency": 16, "mirrors": [mirror]}, sort_keys=False))
+    return path
+
+
+def skopeo_source(path: Path, src: LocalRegistry) -> Path:
+    """Write skopeo's YAML source file: every repository of `src`, all tags."""
+    doc = {src.host: {"tls-verify": False, "images": {repo: [] for repo in REPO_NAMES}}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def commands(
+    workdir: Path, skopeo: Skopeo, src: LocalRegistry, dsts: dict[str, LocalRegistry]
+) -> dict[str, list[str]]:
+    """Write the configs; return the command of each variant."""
+    plain = ocimirror_config(workdir / "bench.yml", src, dsts["ocimirror"], immutable=False)
+    immutable = ocimirror_config(
+        workdir / "bench-immutable.yml", src, dsts["ocimirror-immutable"], immutable=True
+    )
+    source = skopeo_source(workdir / "skopeo-source.yml", src)
+    return {
+        "ocimirror": [str(OCIMIRROR), "sync", "-c", str(plain)],
+        "ocimirror-immutable": [str(OCIMIRROR), "sync", "-c", str(immutable)],
+        "skopeo": skopeo.command(
+            "sync",
+            "--all",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            str(source),
+            f"{dsts['skopeo'].host}/mirror/bench",
+        ),
+    }
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncRun:
+    """One pass of one variant over the 500 tags."""
+
+    variant: str
+    phase: str
+    command: list[str]
+    exit_code: int
+    seconds: float
+    peak_rss_mib: float
+    src: RequestStats
+    dst: RequestStats
+    problems: list[str]
+    log_tail: str
+    #: ocimirror's own timing of the pass (no start-up), from its summary line.
+    pass_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the tool succeeded and the destination holds every tag and blob."""
+        return self.exit_code == 0 and not self.problems
+
+    @property
+    def requests(self) -> int:
+        """Requests at both registries together."""
+        return self.src.total + self.dst.total
+
+    @property
+    def per_tag(self) -> float:
+        """Requests at both registries per source tag."""
+        return self.requests / TOTAL_TAGS
+
+    @property
+    def writes(self) -> int:
+        """PUT, POST and PATCH requests at either registry."""
+        return self.src.writes + self.dst.writes
+
+    @property
+    def manifest_gets(self) -> int:
+        """Manifest GETs at either registry."""
+        return self.src.manifest_gets + self.dst.manifest_gets
+
+
+def check_destination(dst: LocalRegistry, expected: dict[str, Expected]) -> list[str]:
+    """Return what `dst` lacks or holds wrongly under `mirror/`, per repository."""
+    return [
+        f"mirror/{repo}: {problem}"
+        for repo, exp in expected.items()
+        for problem in verify(dst, f"mirror/{repo}", exp)
+    ]
+
+
+def measure(
+    variant: str,
+    phase: str,
+    cmd: list[str],
+    env: dict[str, str],
+    src: LocalRegistry,
+    dst: LocalRegistry,
+    expected: dict[str, Expected],
+    log: Path,
+    timeout: float,
+) -> SyncRun:
+    """Run `cmd` once, count both registries' requests, then check the destination."""
+    src_mark, dst_mark = src.mark(), dst.mark()
+    code, seconds, rss = run_measured(cmd, env, log, timeout)
+    src_stats = RequestStats.of(src.requests(since=src_mark))
+    dst_stats = RequestStats.of(dst.requests(since=dst_mark))
+    problems = check_destination(dst, expected)
+    tail = log.read_text("utf-8", "replace")[-2000:]
+    found = PASS_TIME.findall(tail) if variant.startswith("ocimirror") else []
+    pass_seconds = float(found[-1]) if found else None
+    run = SyncRun(
+        variant, phase, cmd, code, seconds, rss, src_stats, dst_stats, problems, tail, pass_seconds
+    )
+    status = "ok" if run.ok else f"FAILED (exit {code}; {'; '.join(problems[:3])})"
+    print(
+        f"  {phase:<7} {variant:<19} {seconds:7.2f} s {rss:6.1f} MiB  "
+        f"req src {src_stats.total:4} dst {dst_stats.total:4} ({run.per_tag:.2f}/tag)  {status}",
+        flush=True,
+    )
+    if code != 0:
+        print("    " + tail.strip().replace("\n", "\n    ")[-1500:], flush=True)
+    return run
+
+
+# -- judging -----------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    """The warm runs of one variant: medians and worst cases."""
+
+    variant: str
+    label: str
+    runs: int
+    seconds: list[float]
+    median_seconds: float
+    median_rss_mib: float
+    median_requests: float
+    max_requests: int
+    max_writes: int
+    max_manifest_gets: int
+    all_ok: bool
+    median_pass_seconds: float | None = None
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def per_tag(self) -> float:
+        """The worst run's requests at both registries per tag."""
+        return self.max_requests / TOTAL_TAGS
+
+
+def summarise(variant: str, runs: Sequence[SyncRun]) -> Summary:
+    """Medians of time, RSS and requests; worst of requests, writes and manifest GETs."""
+    median_run = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+    kinds: Counter[str] = Counter()
+    for stats in (median_run.src, median_run.dst):
+        kinds.update(stats.by_kind)
+    passes = [r.pass_seconds for r in runs if r.pass_seconds is not None]
+    return Summary(
+        variant=variant,
+        label=LABELS[variant],
+        runs=len(runs),
+        seconds=[r.seconds for r in runs],
+        median_seconds=statistics.median(r.seconds for r in runs),
+        median_rss_mib=statistics.median(r.peak_rss_mib for r in runs),
+        median_requests=statistics.median(r.requests for r in runs),
+        max_requests=max(r.requests for r in runs),
+        max_writes=max(r.writes for r in runs),
+        max_manifest_gets=max(r.manifest_gets for r in runs),
+        all_ok=all(r.ok for r in runs),
+        median_pass_seconds=statistics.median(passes) if passes else None,
+        by_kind=dict(sorted(kinds.items())),
+    )
+
+
+@dataclass
+class Bar:
+    """One bar of the issue for one ocimirror variant."""
+
+    variant: str
+    name: str
+    value: str
+    passed: bool
+
+
+def judge(om: Summary, sk: Summary) -> list[Bar]:
+    """Check an ocimirror variant's warm runs against the bars of issue 5."""
+    ratio = sk.median_seconds / om.median_seconds if om.median_seconds > 0 else 0.0
+    return [
+        Bar(
+            om.variant,
+            "every run correct (both tools)",
+            "yes" if om.all_ok and sk.all_ok else "no",
+            om.all_ok and sk.all_ok,
+        ),
+        Bar(om.variant, "no writes (PUT/POST/PATCH)", str(om.max_writes), om.max_writes == 0),
+        Bar(om.variant, "no manifest GETs", str(om.max_manifest_gets), om.max_manifest_gets == 0),
+        Bar(
+            om.variant,
+            f"< {REQUESTS_PER_TAG_BAR} requests/tag (both registries)",
+            f"{om.per_tag:.3f}",
+            om.per_tag < REQUESTS_PER_TAG_BAR,
+        ),
+        Bar(
+            om.variant,
+            f"skopeo time / ocimirror time >= {SPEED_BAR:g}",
+            f"{ratio:.2f}x",
+            ratio >= SPEED_BAR,
+        ),
+    ]
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def render(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    """Render a plain-text table, the columns in `right` right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return " | ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    sep = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *(line(row) for row in rows)])
+
+
+def results_table(summaries: Sequence[Summary], startup: float) -> str:
+    """One row per variant: median time and RSS, requests, writes, manifest GETs.
+
+    `minus start-up` takes the time of `ocimirror version` off ocimirror's median; `pass`
+    is ocimirror's own timing of the pass, from its summary line (0.1 s resolution).
+    """
+    header = [
+        "warm pass (median of runs)",
+        "seconds",
+        "runs (s)",
+        "minus start-up",
+        "pass",
+        "peak RSS MiB",
+        "requests",
+        "req/tag",
+        "writes",
+        "manifest GETs",
+    ]
+    rows = [
+        [
+            s.label,
+            f"{s.median_seconds:.2f}",
+            " ".join(f"{x:.2f}" for x in s.seconds),
+            f"{s.median_seconds - startup:.2f}" if s.variant != "skopeo" else "",
+            f"{s.median_pass_seconds:.1f}" if s.median_pass_seconds is not None else "",
+            f"{s.median_rss_mib:.1f}",
+            f"{s.median_requests:g}",
+            f"{s.median_requests / TOTAL_TAGS:.3f}",
+            str(s.max_writes),
+            str(s.max_manifest_gets),
+        ]
+        for s in summaries
+    ]
+    return render(header, rows, {1, 3, 4, 5, 6, 7, 8, 9})
+
+
+def bars_table(bars: Sequence[Bar]) -> str:
+    """One row per bar, one column per ocimirror variant: the value and PASS/FAIL."""
+    variants = list(dict.fromkeys(b.variant for b in bars))
+    names = list(dict.fromkeys(b.name for b in bars))
+    cell = {(b.variant, b.name): f"{b.value} {'PASS' if b.passed else 'FAIL'}" for b in bars}
+    header = ["bar", *(LABELS[v] for v in variants)]
+    rows = [[name, *(cell[(v, name)] for v in variants)] for name in names]
+    return render(header, rows, set(range(1, len(header))))
+
+
+def details(runs: Sequence[SyncRun]) -> str:
+    """Render the requests of every run by method and kind, for diagnosis."""
+    out = []
+    for r in runs:
+        src = ", ".join(f"{k} {n}" for k, n in r.src.by_kind.items()) or "-"
+        dst = ", ".join(f"{k} {n}" for k, n in r.dst.by_kind.items()) or "-"
+        out.append(f"{r.phase} {r.variant} ({r.seconds:.2f} s):")
+        out.append(f"    src ({r.src.total}, {r.src.errors} errors): {src}")
+        out.append(f"    dst ({r.dst.total}, {r.dst.errors} errors, {r.dst.writes} writes): {dst}")
+    return "\n".join(out)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="warm runs of each tool (default: %(default)s)"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="save raw results as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds before a run is killed (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
+
+
+@dataclass
+class Collected:
+    """What one benchmark session measured."""
+
+    machine: dict[str, str]
+    startup: dict[str, dict[str, float]]
+    seeding: dict[str, float]
+    runs: list[SyncRun]
+
+
+def collect(workdir: Path, args: argparse.Namespace) -> Collected:
+    """Start the registries, seed the source, run every pass; stop the registries."""
+    skopeo = Skopeo(workdir / "skopeo")
+    env = skopeo.env()
+    machine = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        **tool_versions(skopeo),
+    }
+    print(f"work dir {workdir}; {machine}", flush=True)
+    baseline = startup_baseline(skopeo, workdir)
+    print(
+        "startup (version command, best of 3): "
+        + ", ".join(
+            f"{t} {b['seconds']:.3f} s / {b['peak_rss_mib']:.1f} MiB" for t, b in baseline.items()
+        ),
+        flush=True,
+    )
+    src = LocalRegistry(workdir / "src", exact_counting=False)
+    dst_om = LocalRegistry(workdir / "dst-ocimirror", exact_counting=False)
+    dst_sk = LocalRegistry(workdir / "dst-skopeo", exact_counting=False)
+    # Both ocimirror variants mirror into the same destination, each with its own state.
+    dsts = {"ocimirror": dst_om, "ocimirror-immutable": dst_om, "skopeo": dst_sk}
+    runs: list[SyncRun] = []
+    try:
+        for registry in (src, dst_om, dst_sk):
+            registry.start()
+        print(
+            f"seeding {REPOS} repositories x {TAGS_PER_REPO} tags into {src.host}/bench/",
+            flush=True,
+        )
+        start = time.perf_counter()
+        expected = seed_source(src)
+        took = time.perf_counter() - start
+        blobs = sum(len(e.blobs) for e in expected.values())
+        blob_bytes = sum(e.blob_bytes for e in expected.values())
+        print(
+            f"  {sum(len(e.tags) for e in expected.values())} tags, {blobs} blobs, "
+            f"{blob_bytes / 2**20:.1f} MiB in {took:.1f} s",
+            flush=True,
+        )
+        cmds = commands(workdir, skopeo, src, dsts)
+
+        def run(variant: str, phase: str) -> None:
+            log = workdir / f"{variant}-{phase}.log"
+            runs.append(
+                measure(
+                    variant,
+                    phase,
+                    cmds[variant],
+                    env,
+                    src,
+                    dsts[variant],
+                    expected,
+                    log,
+                    args.timeout,
+                )
+            )
+
+        # Fill the destinations; the immutable variant's first pass records its tags.
+        run("ocimirror", "cold")
+        run("ocimirror-immutable", "record")
+        run("skopeo", "cold")
+        names = [name for name, _ in VARIANTS]
+        for position in range(args.rounds):
+            for variant in names if position % 2 == 0 else names[::-1]:
+                run(variant, f"warm-{position + 1}")
+    finally:
+        for registry in (dst_sk, dst_om, src):
+            registry.stop()
+    seeding = {"seconds": took, "blobs": blobs, "blob_bytes": blob_bytes}
+    return Collected(machine, baseline, seeding, runs)
+
+
+def report(collected: Collected, json_path: Path | None) -> None:
+    """Judge the warm runs and print the tables; write the raw results to `json_path`."""
+    runs = collected.runs
+    startup = collected.startup["ocimirror"]["seconds"]
+    warm = {
+        name: [r for r in runs if r.variant == name and r.phase.startswith("warm")]
+        for name, _ in VARIANTS
+    }
+    summaries = [summarise(name, warm[name]) for name, _ in VARIANTS]
+    by_variant = {s.variant: s for s in summaries}
+    bars = [
+        bar
+        for name in ("ocimirror", "ocimirror-immutable")
+        for bar in judge(by_variant[name], by_variant["skopeo"])
+    ]
+
+    print()
+    print(
+        f"{TOTAL_TAGS} tags in {REPOS} repositories, nothing to do; "
+        f"`ocimirror version` takes {startup:.2f} s (process start-up, best of 3)"
+    )
+    print()
+    print(results_table(summaries, startup))
+    print()
+    print(bars_table(bars))
+    print()
+    print("requests of the median warm run, both registries, by method and kind:")
+    for s in summaries:
+        print(f"  {s.label}: " + ", ".join(f"{k} {n}" for k, n in s.by_kind.items()))
+    print()
+    print("requests of every run by method and kind:")
+    print(details(runs))
+    print()
+    failed = [b for b in bars if not b.passed]
+    for b in failed:
+        print(f"FAIL {LABELS[b.variant]}: {b.name} ({b.value})")
+    print(
+        f"SUMMARY: {len(bars) - len(failed)}/{len(bars)} bars PASS"
+        + (f", {len(failed)} FAIL" if failed else " - all bars met")
+    )
+    if json_path:
+        raw: dict[str, Any] = {
+            "machine": collected.machine,
+            "startup": collected.startup,
+            "seeding": collected.seeding,
+            "runs": [asdict(r) for r in runs],
+            "summaries": [asdict(s) for s in summaries],
+            "bars": [asdict(b) for b in bars],
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(raw, indent=2) + "\n")
+        print(f"raw results written to {json_path}")
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit, so that `finally` blocks clean up."""
+    raise SystemExit(128 + signum)
+
+
+def _kill_running_tools() -> None:
+    """Kill any tool still running: `run_measured` starts each in a session of its own."""
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            pid = int(stat.parent.name)
+            if ppid == me and os.getsid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the report; return 0 whatever the verdicts."""
+    args = parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="ocimirror-bench-sync-"))
+    try:
+        collected = collect(workdir, args)
+    finally:
+        _kill_running_tools()
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report(collected, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
