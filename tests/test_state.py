@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from ocimirror.errors import ConfigError
 from ocimirror.sync.state import (
+    HEAD_REVISION,
     JobInfo,
     StateDB,
     StateError,
@@ -206,6 +208,23 @@ def test_the_initial_revision_is_the_head() -> None:
     assert [r.revision for r in revisions] == ["0001"]
     assert revisions[0].down_revision is None
     assert head_revision() == "0001"
+    assert head_revision() == HEAD_REVISION  # the constant that spares loading Alembic
+
+
+def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "state.db")
+    asyncio.run(StateDB(url).open())  # creates and migrates it
+    script = (
+        "import asyncio, sys\n"
+        "from ocimirror.sync.state import StateDB\n"
+        "async def main():\n"
+        f"    async with StateDB({url!r}) as db:\n"
+        "        print(await db.schema_version())\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [HEAD_REVISION, "False"]
 
 
 def _schema_diff(conn: Connection) -> list[Any]:

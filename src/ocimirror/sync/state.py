@@ -29,12 +29,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, get_args
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -56,6 +52,7 @@ from sqlalchemy import (
     false,
     func,
     insert,
+    inspect,
     literal,
     select,
     text,
@@ -68,6 +65,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from ..errors import ConfigError, OcimirrorError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 RunStatus = Literal["running", "ok", "partial", "failed", "interrupted"]
 Trigger = Literal["schedule", "manual", "api", "cli"]
@@ -87,6 +87,8 @@ SYNCED_STATUSES: frozenset[str] = frozenset({"copied", "unchanged"})
 
 #: Where Alembic finds `env.py` and `versions/`: a package resource, so no alembic.ini.
 SCRIPT_LOCATION = "ocimirror.sync:migrations"
+#: The newest revision in `migrations/versions` (a test checks it against Alembic's head).
+HEAD_REVISION = "0001"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 INTERRUPTED_ERROR = "interrupted: the process running it stopped before it finished"
@@ -383,6 +385,8 @@ def default_url(config_path: Path) -> str:
 
 def alembic_config(url: str | URL | None = None) -> Config:
     """Return an Alembic Config for the state migrations, with no alembic.ini needed."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", SCRIPT_LOCATION)
     if url is not None:
@@ -393,13 +397,25 @@ def alembic_config(url: str | URL | None = None) -> Config:
 
 def head_revision() -> str:
     """Return the newest schema revision this ocimirror knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the state migrations have no head revision"
     return head
 
 
 def _upgrade(conn: Connection) -> None:
-    """Migrate the schema to head on a sync connection, inside the caller's transaction."""
+    """Migrate the schema to head on a sync connection, inside the caller's transaction.
+
+    A database already at HEAD_REVISION is recognised with one query, without loading
+    Alembic (a third of a second at every start of `ocimirror sync`).
+    """
+    if _recorded_revision(conn) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     if conn.dialect.name == "postgresql":
         # Processes opening the database at once migrate one after the other (SQLite gets
         # the same from BEGIN IMMEDIATE); the lock goes with the transaction.
@@ -426,9 +442,12 @@ def _migration_lock() -> asyncio.Lock:
     return lock
 
 
-def _current_revision(conn: Connection) -> str | None:
-    """Return the schema revision recorded in the database, or None before any."""
-    return MigrationContext.configure(conn).get_current_revision()
+def _recorded_revision(conn: Connection) -> str | None:
+    """The revision in `alembic_version`, or None when there is no such table or row."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return str(rows[0]) if len(rows) == 1 else None
 
 
 def _make_parent_dir(database: str) -> None:
@@ -555,7 +574,7 @@ class StateDB:
     async def schema_version(self) -> str:
         """Return the Alembic revision the database is at."""
         async with self.engine.connect() as conn:
-            revision = await conn.run_sync(_current_revision)
+            revision = await conn.run_sync(_recorded_revision)
         if revision is None:
             raise StateError("the state database has no schema revision")
         return revision
