@@ -2,7 +2,9 @@
 # Debian's docker-registry (the CNCF distribution registry), skopeo (the independent judge),
 # apache2-utils (htpasswd) and postgresql (initdb and postgres, for the throwaway server the
 # state database tests start; Debian keeps them in /usr/lib/postgresql/*/bin, off PATH),
-# then a venv in .venv with the project and its test extras.
+# chromium (the headless browser the dashboard test drives through Playwright; never
+# `playwright install`, which downloads a browser of its own), then a venv in .venv with
+# the project and its test extras.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need=()
@@ -11,6 +13,7 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,1 @@
+"""`ocimirror serve`: the mirror as an HTTP service (Cloud Run mirror API, jobs, dashboard)."""
