@@ -25,6 +25,7 @@ from .logs import configure
 from .manifest import Platform
 from .progress import LogProgress, RichProgress
 from .reference import Reference, parse_prefix
+from .service import commands as service_commands
 from .sync import commands as sync_commands
 from .transfer.copy import CopyOptions, Progress
 from .transfer.engine import RunSummary, Side, run_copies
@@ -518,6 +519,7 @@ def config_schema() -> None:
 app.command("sync")(sync_commands.sync)
 app.command("run")(sync_commands.run)
 app.command("status")(sync_commands.status)
+app.command("serve")(service_commands.serve)
 
 
 @app.command()

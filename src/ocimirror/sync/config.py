@@ -279,6 +279,17 @@ class Metrics(_Model):
     path: str = "/metrics"
 
 
+class Api(_Model):
+    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require."""
+
+    tokens: list[Secret] = []
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        return [_secret(t) for t in v] if isinstance(v, list) else v
+
+
 class Config(_Model):
     """A whole mirror configuration, with `defaults` merged into every mirror."""
 
@@ -288,6 +299,7 @@ class Config(_Model):
     max_errors: int = Field(default=0, ge=0)
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
+    api: Api = Api()
     registries: dict[str, Registry] = {}
     defaults: MirrorSettings = MirrorSettings()
     mirrors: list[Mirror] = []

@@ -28,7 +28,7 @@ from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
 from ..stores.pool import StorePool
 from .config import Config, Mirror, load_config
-from .runner import keychain_for, sync_pass
+from .runner import Trigger, keychain_for, sync_pass
 from .schedule import Schedule
 from .state import StateDB, default_url
 
@@ -62,6 +62,7 @@ class Daemon:
     _reload_wanted: bool = field(init=False, default=False)
     metrics: MirrorMetrics = field(init=False, default_factory=MirrorMetrics)
     _pools: list[StorePool] = field(init=False, default_factory=list)
+    _triggered: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.config = self._load()
@@ -120,17 +121,35 @@ class Daemon:
 
     # -- the loop --------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Run until stopped; return the exit code (0, or 1 after max_errors failures)."""
+    def trigger(self, label: str) -> bool:
+        """Run a mirror now; False when it is already running (KeyError if unknown)."""
+        if not any(m.label == label for m in self.config.mirrors):
+            raise KeyError(label)
+        if label in self.running:
+            return False
+        self.next_run[label] = datetime.now(UTC)
+        self._triggered.add(label)
+        self._wake.set()
+        return True
+
+    async def run(
+        self, *, state: StateDB | None = None, signals: bool = True, metrics_server: bool = True
+    ) -> int:
+        """Run until stopped; return the exit code (0, or 1 after max_errors failures).
+
+        Embedded (in `ocimirror serve`) the caller passes its open `state`, handles the
+        signals itself and serves the metrics on its own port.
+        """
         loop = asyncio.get_running_loop()
-        for sig, handler in (
+        handlers = (
             (signal.SIGTERM, self.stop),
             (signal.SIGINT, self.stop),
             (signal.SIGHUP, self.reload),
-        ):
+        )
+        for sig, handler in handlers if signals else ():
             loop.add_signal_handler(sig, handler)
         url = self.state_url or self.config.state or default_url(self.config_path)
-        listen = self.config.metrics.listen
+        listen = self.config.metrics.listen if metrics_server else None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if listen:
@@ -138,7 +157,8 @@ class Daemon:
                         serve_metrics(self.metrics, listen, self.config.metrics.path)
                     )
                     log.info("metrics served", listen=listen, port=port)
-                state = await stack.enter_async_context(StateDB(url))
+                if state is None:
+                    state = await stack.enter_async_context(StateDB(url))
                 interrupted = await state.interrupt_running()
                 if interrupted:
                     log.warning(
@@ -160,7 +180,7 @@ class Daemon:
                     await asyncio.gather(*self.running.values(), return_exceptions=True)
                 return code
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig, _handler in handlers if signals else ():
                 loop.remove_signal_handler(sig)
 
     def _log_schedule(self) -> None:
@@ -225,10 +245,12 @@ class Daemon:
 
     async def _run(self, mirror: Mirror, state: StateDB, pool: StorePool) -> None:
         label = mirror.label
-        log.info("run started", mirror=label)
+        trigger: Trigger = "api" if label in self._triggered else "schedule"
+        self._triggered.discard(label)
+        log.info("run started", mirror=label, trigger=trigger)
         try:
             (done,) = await sync_pass(
-                self.config, state=state, mirrors=[label], trigger="schedule", pool=pool
+                self.config, state=state, mirrors=[label], trigger=trigger, pool=pool
             )
             if done.status == "failed":
                 self.failures_in_a_row += 1

@@ -1,0 +1,428 @@
+"""The aiohttp application of `ocimirror serve`: routes, access control and body checks.
+
+- `POST /` is the Cloud Run Docker Mirror contract, byte for byte: the same JSON in, the
+  same `{"ok":...}` out (one line), the same 400/413 plain-text answers for bad bodies.
+- `/api/v1/jobs` (asynchronous copies), `/api/v1/mirrors` (the configured mirrors and their
+  schedule), `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the dashboard at `/`.
+- With API tokens configured every write endpoint and the job API need
+  `Authorization: Bearer TOKEN` (401 otherwise); health, metrics and the read-only
+  dashboard stay open. A malformed body is refused before anything is copied.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+
+from ..metrics import MirrorMetrics
+from ..sync.daemon import Daemon, schedule_of
+from ..sync.state import StateDB
+from .dashboard import RunPoint, dashboard_data, render_dashboard
+from .jobs import JobManager
+from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView
+from .openapi import openapi_document
+
+log = structlog.get_logger("ocimirror.serve")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Paths open without a token even when tokens are configured.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/dashboard"})
+
+
+@dataclass
+class Service:
+    """Everything the handlers share: state database, jobs, the daemon and metrics."""
+
+    state: StateDB
+    jobs: JobManager
+    metrics: MirrorMetrics
+    daemon: Daemon | None = None
+    tokens: Sequence[str] = ()
+    ready: bool = False
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+class BodyError(Exception):
+    """A request body that cannot be used: the HTTP status and a message naming why."""
+
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """Read a request body of at most `limit` bytes (413 beyond, checked before reading)."""
+    too_large = BodyError(413, "Request body must not be larger than 1MB")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+def parse_mirror_request(body: bytes) -> MirrorRequest:
+    """Parse and validate a mirror request; a BodyError says what is wrong and where."""
+    if not body.strip():
+        raise BodyError(400, "Request body must not be empty")
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as e:
+        raise BodyError(
+            400, f"Request body contains badly-formed JSON (at position {e.start + 1})"
+        ) from None
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        # Like Go's Decoder.Decode: the first JSON value counts, anything after it is ignored.
+        doc, _end = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        if e.pos >= len(text.rstrip(" \t\n\r")):
+            raise BodyError(400, "Request body contains badly-formed JSON") from None
+        # Go counts the bytes read, the bad one included.
+        at = len(text[: e.pos + 1].encode())
+        raise BodyError(
+            400, f"Request body contains badly-formed JSON (at position {at})"
+        ) from None
+    if not isinstance(doc, dict):
+        where = start + 1 if isinstance(doc, list) else go_offset(text, ())
+        raise BodyError(
+            400, f'Request body contains an invalid value for the "" field (at position {where})'
+        )
+    try:
+        return MirrorRequest.model_validate(doc)
+    except ValidationError as e:
+        detail = [
+            {"field": _dotted(err["loc"]), "error": err["msg"], "type": err["type"]}
+            for err in e.errors(include_url=False, include_input=False)
+        ]
+        first = e.errors()[0]
+        loc = first["loc"]
+        if first["type"] == "extra_forbidden":
+            # Go's decoder names the unknown key alone, quoted.
+            message = f'Request body contains unknown field "{loc[-1]}"'
+        elif first["type"] == "missing":
+            message = f'Request body is missing the "{_dotted(loc)}" field'
+        else:
+            # As Go's UnmarshalTypeError: the struct path without indexes, and the offset.
+            field = ".".join(str(part) for part in loc if isinstance(part, str))
+            offset = go_offset(body.decode(), loc)
+            message = f'Request body contains an invalid value for the "{field}" field'
+            if offset is not None:
+                message += f" (at position {offset})"
+        raise BodyError(400, message, detail) from None
+
+
+def go_offset(text: str, loc: Sequence[int | str]) -> int | None:
+    """Where Go's JSON decoder reports a type error at `loc`: after a scalar, inside `{`/`[`."""
+    decoder = json.JSONDecoder()
+    ws = " \t\n\r"
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in ws:
+            i += 1
+        return i
+
+    def walk(i: int, path: Sequence[int | str]) -> int | None:
+        i = skip(i)
+        if not path:
+            if i < len(text) and text[i] in "{[":
+                return i + 1
+            try:
+                return decoder.raw_decode(text, i)[1]
+            except json.JSONDecodeError:
+                return None
+        want, rest = path[0], path[1:]
+        if i >= len(text) or text[i] not in "{[":
+            return None
+        closing = "}" if text[i] == "{" else "]"
+        i, n = i + 1, 0
+        while True:
+            i = skip(i)
+            if i >= len(text) or text[i] == closing:
+                return None
+            key: int | str = n
+            if closing == "}":
+                key, i = decoder.raw_decode(text, i)
+                i = skip(i) + 1  # the colon
+            if key == want:
+                return walk(i, rest)
+            i = decoder.raw_decode(text, skip(i))[1]
+            i = skip(i)
+            if i < len(text) and text[i] == ",":
+                i += 1
+            n += 1
+
+    try:
+        return walk(0, loc)
+    except (json.JSONDecodeError, IndexError):
+        return None
+
+
+def _dotted(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def json_response(model: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
+    """A JSON answer from a model (fields that are None left out) or plain data."""
+    if isinstance(model, BaseModel):
+        text = model.model_dump_json(exclude_none=True)
+    else:
+        text = json.dumps(model, default=str)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def api_error(
+    status: int, message: str, detail: list[dict[str, Any]] | None = None
+) -> web.Response:
+    """A JSON error answer of the API."""
+    return json_response(ApiError(error=message, detail=detail), status)
+
+
+# -- middleware -------------------------------------------------------------------------
+
+
+def _needs_token(request: web.Request) -> bool:
+    if request.path in OPEN_PATHS:
+        return False
+    # The dashboard page and the read-only mirror list are open; jobs and writes are not.
+    read_only = request.method in ("GET", "HEAD")
+    return not (read_only and request.path in ("/", "/api/v1/mirrors"))
+
+
+@web.middleware
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a bearer token where tokens are configured; log each request briefly."""
+    service = request.app[SERVICE]
+    if service.tokens and _needs_token(request):
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = scheme.lower() == "bearer" and any(
+            hmac.compare_digest(token.strip().encode(), t.encode()) for t in service.tokens
+        )
+        if not ok:
+            resp = api_error(401, "a valid API token is required (Authorization: Bearer TOKEN)")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="ocimirror"'
+            return resp
+    return await handler(request)
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def cloud_run_mirror(request: web.Request) -> web.Response:
+    """`POST /`: copy every entry, answer when done (the Cloud Run mirror contract)."""
+    service = request.app[SERVICE]
+    try:
+        mirror_request = parse_mirror_request(await read_body(request))
+    except BodyError as e:
+        # As Go's http.Error writes it: plain text, one line.
+        return web.Response(
+            text=e.message + "\n",
+            status=e.status,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+    response = await service.jobs.run_sync(mirror_request)
+    return web.Response(body=response.body(), content_type="application/json")
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """`POST /api/v1/jobs`: start copying and answer 202 with the job's id at once."""
+    service = request.app[SERVICE]
+    try:
+        mirror_request = parse_mirror_request(await read_body(request))
+    except BodyError as e:
+        return api_error(e.status, e.message, e.detail)
+    job, joined = await service.jobs.submit(mirror_request)
+    url = f"/api/v1/jobs/{job.id}"
+    accepted = JobAccepted(id=job.id, state=job.state, joined=joined, url=url)
+    resp = json_response(accepted, 202)
+    resp.headers["Location"] = url
+    return resp
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """`GET /api/v1/jobs`: recent jobs, newest first."""
+    service = request.app[SERVICE]
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        return api_error(400, "limit must be a whole number")
+    if not 1 <= limit <= 1000:
+        return api_error(400, "limit must be between 1 and 1000")
+    jobs = await service.jobs.list(limit)
+    return json_response({"jobs": [j.model_dump(mode="json") for j in jobs]})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """`GET /api/v1/jobs/{id}`: state, progress, per-entry results and errors."""
+    service = request.app[SERVICE]
+    job = await service.jobs.get(request.match_info["id"])
+    if job is None:
+        return api_error(404, "no such job")
+    return json_response(job)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """`DELETE /api/v1/jobs/{id}`: cancel a queued or running job."""
+    service = request.app[SERVICE]
+    job_id = request.match_info["id"]
+    job = await service.jobs.get(job_id)
+    if job is None:
+        return api_error(404, "no such job")
+    if not await service.jobs.cancel(job_id):
+        return api_error(409, f"job is {job.state}, not running")
+    job = await service.jobs.get(job_id)
+    assert job is not None
+    return json_response(job, 202)
+
+
+async def mirror_views(service: Service) -> list[MirrorView]:
+    """The configured mirrors with their last run and next run."""
+    daemon = service.daemon
+    if daemon is None:
+        return []
+    last = await service.state.last_runs()
+    views = []
+    for m in daemon.config.mirrors:
+        run = last.get(m.label)
+        success = await service.state.last_success(m.label)
+        views.append(
+            MirrorView(
+                name=m.label,
+                sources=list(m.sources),
+                targets=list(m.targets),
+                schedule=schedule_of(m).describe(),
+                running=m.label in daemon.running,
+                last_run=(run.finished_at or run.started_at) if run else None,
+                last_status=("running" if m.label in daemon.running else run.status)
+                if run
+                else None,
+                last_error=run.error if run else None,
+                last_success=success,
+                next_run=daemon.next_run.get(m.label),
+            )
+        )
+    return views
+
+
+async def list_mirrors(request: web.Request) -> web.Response:
+    """`GET /api/v1/mirrors`: each configured mirror, its last run, result and next run."""
+    views = await mirror_views(request.app[SERVICE])
+    return json_response({"mirrors": [v.model_dump(mode="json") for v in views]})
+
+
+async def sync_mirror(request: web.Request) -> web.Response:
+    """`POST /api/v1/mirrors/{name}/sync`: run one configured mirror now."""
+    service = request.app[SERVICE]
+    name = request.match_info["name"]
+    if service.daemon is None:
+        return api_error(404, "no mirrors are configured (start with -c FILE)")
+    try:
+        started = service.daemon.trigger(name)
+    except KeyError:
+        return api_error(404, f"no mirror named {name!r}")
+    if not started:
+        return api_error(409, f"mirror {name!r} is already running")
+    return json_response({"mirror": name, "state": "started"}, 202)
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    """`GET /`: the dashboard page."""
+    service = request.app[SERVICE]
+    mirrors = await mirror_views(service)
+    runs = {}
+    for m in mirrors:
+        runs[m.name] = [
+            RunPoint(
+                started_at=r.started_at,
+                seconds=((r.finished_at or r.started_at) - r.started_at).total_seconds(),
+                bytes=r.bytes,
+                status=r.status,
+            )
+            for r in reversed(await service.state.runs(m.name, limit=20))
+        ]
+    jobs = await service.jobs.list(20)
+    html = render_dashboard(mirrors=mirrors, runs=runs, jobs=jobs, now=datetime.now(UTC))
+    return web.Response(text=html, content_type="text/html")
+
+
+async def dashboard_json(request: web.Request) -> web.Response:
+    """`GET /api/v1/dashboard`: what the dashboard page polls for live progress."""
+    service = request.app[SERVICE]
+    mirrors = await mirror_views(service)
+    jobs: list[JobView] = await service.jobs.list(20)
+    return json_response(dashboard_data(mirrors, jobs))
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: the state database answers and start-up is done."""
+    service = request.app[SERVICE]
+    if not service.ready:
+        return json_response({"status": "starting"}, 503)
+    try:
+        await service.state.schema_version()
+    except Exception as e:  # any database failure means not ready
+        return json_response({"status": "unavailable", "error": str(e)}, 503)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    body = request.app[SERVICE].metrics.render()
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def openapi(_request: web.Request) -> web.Response:
+    """The OpenAPI document of this API."""
+    return json_response(openapi_document())
+
+
+def make_app(service: Service) -> web.Application:
+    """Build the application around a ready `Service`."""
+    # Bodies are limited by read_body (413 with the original's message); this is a backstop.
+    app = web.Application(middlewares=[access], client_max_size=MAX_BODY * 2)
+    app[SERVICE] = service
+    app.router.add_post("/", cloud_run_mirror)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/api/v1/dashboard", dashboard_json)
+    app.router.add_post("/api/v1/jobs", create_job)
+    app.router.add_get("/api/v1/jobs", list_jobs)
+    app.router.add_get("/api/v1/jobs/{id}", get_job)
+    app.router.add_delete("/api/v1/jobs/{id}", cancel_job)
+    app.router.add_get("/api/v1/mirrors", list_mirrors)
+    app.router.add_post("/api/v1/mirrors/{name}/sync", sync_mirror)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

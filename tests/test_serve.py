@@ -1,0 +1,436 @@
+"""`ocimirror serve` as a real process against real registries: the Cloud Run mirror
+contract byte for byte, jobs, configured mirrors, access control, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.images import make_image, make_index
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.seeding import seed
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Answer:
+    """One HTTP answer: status, headers and the exact body bytes."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+class Server:
+    """`ocimirror serve` in the background on a free port, its log in a file."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = workdir / f"serve-{self.port}.log"
+        self._out = self.log.open("a")
+        self.state = f"sqlite:///{workdir}/serve.state.db"
+        environ = {k: v for k, v in os.environ.items() if k != "OCIMIRROR_API_TOKENS"}
+        environ.update({"PORT": str(self.port), **(env or {})})
+        self.proc = subprocess.Popen(
+            ocimirror_command("serve", "--state", self.state, *args),
+            stdout=self._out,
+            stderr=self._out,
+            env=environ,
+        )
+        wait_for(self._ready, "the server to be ready")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.text()}")
+        try:
+            return self.call("GET", "/readyz").status == 200
+        except OSError:
+            return False
+
+    def text(self) -> str:
+        """Everything the server logged so far."""
+        return self.log.read_text()
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        """Send one request; any status comes back as an Answer."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, method=method
+        )
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        if data is not None and "Content-Type" not in (headers or {}):
+            req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return Answer(resp.status, dict(resp.headers), resp.read())
+        except urllib.error.HTTPError as e:
+            return Answer(e.code, dict(e.headers), e.read())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal it and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        """Make sure it is gone."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start servers that are stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, *args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+def job_done(server: Server, job_id: str, token: str | None = None) -> dict[str, Any]:
+    """Poll a job until it is no longer queued or running; return it."""
+    answer: dict[str, Any] = {}
+
+    def finished() -> bool:
+        nonlocal answer
+        answer = server.call("GET", f"/api/v1/jobs/{job_id}", token=token).json()
+        return answer["state"] not in ("queued", "running")
+
+    wait_for(finished, f"job {job_id}", timeout=120)
+    return answer
+
+
+# --------------------------------------------------------------------------- Cloud Run contract
+
+
+def test_cloud_run_contract_success_and_partial_failure(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    server_factory: Callable[..., Server],
+    skopeo: Skopeo,
+) -> None:
+    src, dst = registry_pair
+    index = make_index(["linux/amd64", "linux/arm64"], layer_size=300, seed="cr")
+    asyncio.run(seed(src, "lib/app", [("1", index)]))
+    server = server_factory()
+    ok = server.call(
+        "POST", "/", {"mirrors": [{"src": f"{src.host}/lib/app:1", "dst": f"{dst.host}/m/app:1"}]}
+    )
+    assert ok.status == 200
+    assert ok.body == b'{"ok":true}\n'
+    assert ok.headers["Content-Type"].startswith("application/json")
+    # All platforms, digest unchanged: the index is the same bytes.
+    assert skopeo.manifest(dst.ref("m/app:1"), registry=dst) == index.manifest.raw
+
+    partial = server.call(
+        "POST",
+        "/",
+        {
+            "mirrors": [
+                {"src": f"{src.host}/lib/app:1", "dst": f"{dst.host}/m/again:1"},
+                {"src": f"{src.host}/lib/none:1", "dst": f"{dst.host}/m/none:1"},
+                {"src": "Bad Reference", "dst": f"{dst.host}/m/bad:1"},
+            ],
+            "parallelism": 2,
+        },
+    )
+    assert partial.status == 200
+    doc = partial.json()
+    name = f"({src.host}/lib/none:1 to {dst.host}/m/none:1)"
+    prefix = f'{{"ok":false,"errors":[{{"index":1,"name":"{name}","error":"'.encode()
+    assert partial.body.startswith(prefix), partial.body
+    assert partial.body.endswith(b'"}]}\n')
+    assert [e["index"] for e in doc["errors"]] == [1, 2]
+    assert doc["errors"][1]["name"] == f"(Bad Reference to {dst.host}/m/bad:1)"
+    assert "manifest unknown" in doc["errors"][0]["error"].lower()
+    assert dst.tags("m/again") == ["1"]
+    assert dst.tags("m/none") == []
+
+
+INVALID = [
+    # (body, status, the exact answer of the Cloud Run mirror)
+    (b"", 400, b"Request body must not be empty\n"),
+    (b"{", 400, b"Request body contains badly-formed JSON\n"),
+    (b"{x}", 400, b"Request body contains badly-formed JSON (at position 2)\n"),
+    (
+        b'{"mirrors": 5}',
+        400,
+        b'Request body contains an invalid value for the "mirrors" field (at position 13)\n',
+    ),
+    (
+        b'{"mirrors":[{"src":"a","dst":7}]}',
+        400,
+        b'Request body contains an invalid value for the "mirrors.dst" field (at position 30)\n',
+    ),
+    (
+        b'{"parallelism":"x"}',
+        400,
+        b'Request body contains an invalid value for the "parallelism" field (at position 18)\n',
+    ),
+    (b'{"mirrorz":[]}', 400, b'Request body contains unknown field "mirrorz"\n'),
+    (
+        b'{"mirrors":[' + b'{"src":"a","dst":"b"},' * 50_000 + b'{"src":"a","dst":"b"}]}',
+        413,
+        b"Request body must not be larger than 1MB\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "answer"), INVALID, ids=range(len(INVALID)))
+def test_cloud_run_contract_invalid_input(
+    registry: LocalRegistry,
+    server_factory: Callable[..., Server],
+    body: bytes,
+    status: int,
+    answer: bytes,
+) -> None:
+    server = _shared_server(server_factory)
+    got = server.call("POST", "/", body)
+    assert (got.status, got.body) == (status, answer)
+    assert got.headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
+_SERVERS: dict[int, Server] = {}
+
+
+def _shared_server(factory: Callable[..., Server]) -> Server:
+    """One server for the parametrized invalid-input cases of one test (by factory)."""
+    key = id(factory)
+    if key not in _SERVERS or _SERVERS[key].proc.poll() is not None:
+        _SERVERS.clear()
+        _SERVERS[key] = factory()
+    return _SERVERS[key]
+
+
+def test_empty_request_is_ok_as_in_the_original(server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    assert server.call("POST", "/", b"{}").body == b'{"ok":true}\n'
+    assert server.call("POST", "/", b'{"mirrors":[]} trailing').body == b'{"ok":true}\n'
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_jobs_end_to_end(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], server_factory: Callable[..., Server]
+) -> None:
+    src, dst = registry_pair
+    images = {t: make_image(layer_size=400, seed=f"j{t}") for t in ("1.0", "1.1", "2.0-rc")}
+    asyncio.run(seed(src, "lib/app", list(images.items())))
+    server = server_factory()
+    body = {
+        "mirrors": [{"src": f"{src.host}/lib/app", "dst": f"{dst.host}/jobs/app"}],
+        "all_tags": True,
+        "exclude": [".*-rc"],
+    }
+    accepted = server.call("POST", "/api/v1/jobs", body)
+    assert accepted.status == 202
+    job_id = accepted.json()["id"]
+    assert accepted.headers["Location"] == f"/api/v1/jobs/{job_id}"
+    job = job_done(server, job_id)
+    assert job["state"] == "succeeded", job
+    assert job["progress"]["done"] == job["progress"]["total"] == 1
+    assert job["progress"]["bytes"] > 0
+    (entry,) = job["entries"]
+    assert entry["status"] == "copied"
+    assert entry["images"] == 2
+    assert dst.tags("jobs/app") == ["1.0", "1.1"]
+    listed = server.call("GET", "/api/v1/jobs").json()["jobs"]
+    assert [j["id"] for j in listed][:1] == [job_id]
+    assert server.call("GET", "/api/v1/jobs/nope").status == 404
+    # A malformed body is a 400 naming the field, and starts nothing.
+    bad = server.call("POST", "/api/v1/jobs", {"mirrors": [{"src": "a"}]})
+    assert bad.status == 400
+    assert bad.json()["detail"][0]["field"] == "mirrors[0].dst"
+    assert len(server.call("GET", "/api/v1/jobs").json()["jobs"]) == 1
+
+
+def test_the_same_pair_requested_five_times_at_once_copies_once(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], server_factory: Callable[..., Server]
+) -> None:
+    src, dst = registry_pair
+    image = make_image(layers=3, layer_size=4 << 20, seed="5x")
+    asyncio.run(seed(src, "lib/big", [("1", image)]))
+    server = server_factory()
+    body = {"mirrors": [{"src": f"{src.host}/lib/big:1", "dst": f"{dst.host}/five/big:1"}]}
+    mark = dst.mark()
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda _: server.call("POST", "/", body), range(5)))
+    assert [a.body for a in answers] == [b'{"ok":true}\n'] * 5
+    puts = [r for r in dst.requests(since=mark) if r.method == "PUT" and r.kind == "manifest"]
+    assert len(puts) == 1
+    uploads = [r for r in dst.requests(since=mark) if r.method == "POST"]
+    assert len(uploads) == len(list(image.all_blobs()))  # every blob uploaded once
+    # Through the job API: a second request while the first runs joins its job.
+    body = {"mirrors": [{"src": f"{src.host}/lib/big:1", "dst": f"{dst.host}/join/big:1"}]}
+    with ThreadPoolExecutor(2) as pool:
+        jobs = list(pool.map(lambda _: server.call("POST", "/api/v1/jobs", body).json(), range(2)))
+    assert jobs[0]["id"] == jobs[1]["id"]
+    assert sorted(j["joined"] for j in jobs) == [False, True]
+    assert job_done(server, jobs[0]["id"])["state"] == "succeeded"
+
+
+# --------------------------------------------------------------------------- access
+
+
+def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--host", "127.0.0.1", env={"OCIMIRROR_API_TOKENS": TOKEN})
+    guarded = [
+        ("POST", "/", {"mirrors": []}),
+        ("POST", "/api/v1/jobs", {"mirrors": []}),
+        ("GET", "/api/v1/jobs", None),
+        ("GET", "/api/v1/jobs/x", None),
+        ("DELETE", "/api/v1/jobs/x", None),
+        ("POST", "/api/v1/mirrors/x/sync", None),
+    ]
+    for method, path, body in guarded:
+        for token in (None, "wrong"):
+            answer = server.call(method, path, body, token=token)
+            assert answer.status == 401, (method, path, token)
+            assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert server.call("POST", "/", {"mirrors": []}, token=TOKEN).body == b'{"ok":true}\n'
+    assert server.call("GET", "/api/v1/jobs", token=TOKEN).status == 200
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/"):
+        assert server.call("GET", path).status == 200, path
+    assert TOKEN not in server.text()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a TCP socket listens on at `port` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def test_without_tokens_it_listens_on_loopback_only(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--host", "0.0.0.0")
+    assert "no API token configured: listening on 127.0.0.1 only" in server.text()
+    assert listening_addresses(server.port) == {"127.0.0.1"}
+    opened = server_factory("--host", "0.0.0.0", "--allow-unauthenticated")
+    assert listening_addresses(opened.port) == {"0.0.0.0"}
+
+
+# --------------------------------------------------------------------------- restart, mirrors
+
+
+def test_a_job_running_at_shutdown_is_marked_interrupted(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    server_factory: Callable[..., Server],
+) -> None:
+    src, dst = registry_pair
+    asyncio.run(seed(src, "lib/huge", [("1", make_image(layers=6, layer_size=48 << 20, seed="h"))]))
+    server = server_factory()
+    body = {"mirrors": [{"src": f"{src.host}/lib/huge:1", "dst": f"{dst.host}/r/huge:1"}]}
+    job_id = server.call("POST", "/api/v1/jobs", body).json()["id"]
+
+    def copying() -> bool:
+        job = server.call("GET", f"/api/v1/jobs/{job_id}").json()
+        return bool(job["progress"]["bytes"] > 0)
+
+    wait_for(copying, "the copy to be under way")
+    assert server.stop() == 0
+    assert dst.tags("r/huge") == []  # nothing half-written under the tag
+    again = server_factory()
+    job = again.call("GET", f"/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "interrupted"
+
+
+def test_configured_mirrors_run_on_demand_and_report(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    server_factory: Callable[..., Server],
+    tmp_path: Path,
+) -> None:
+    src, dst = registry_pair
+    asyncio.run(seed(src, "lib/cfg", [("1", make_image(layer_size=300, seed="cfg"))]))
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        "mirrors:\n"
+        "  - name: cfg\n"
+        f"    source: {src.host}/lib/cfg\n"
+        f"    targets: [{dst.host}/cfg/app]\n"
+        "    schedule: 0\n"
+    )
+    server = server_factory("-c", str(config))
+    (mirror,) = server.call("GET", "/api/v1/mirrors").json()["mirrors"]
+    assert mirror["name"] == "cfg"
+    assert mirror["last_run"] is None
+    assert mirror["next_run"] is None  # on demand
+    assert server.call("POST", "/api/v1/mirrors/cfg/sync").status == 202
+    assert server.call("POST", "/api/v1/mirrors/nope/sync").status == 404
+    wait_for(lambda: dst.tags("cfg/app") == ["1"], "the on-demand run")
+
+    def reported() -> bool:
+        (m,) = server.call("GET", "/api/v1/mirrors").json()["mirrors"]
+        return bool(m["last_status"] == "ok")
+
+    wait_for(reported, "the run in the mirror list")
+    metrics = server.call("GET", "/metrics").body.decode()
+    assert 'ocimirror_runs_total{mirror="cfg",status="ok"} 1.0' in metrics
+    page = server.call("GET", "/")
+    assert page.status == 200
+    assert b"cfg" in page.body
