@@ -452,7 +452,7 @@ async def test_interrupt_running_marks_runs_and_jobs(db: StateDB) -> None:
     finished = await db.create_job({"n": 3})
     await db.update_job(finished, state="done")
 
-    assert await db.interrupt_running() == 3
+    assert await db.interrupt_running() == 4  # two runs; the queued and the running job
     last = await db.last_runs()
     for run, mirror in ((left1, "a"), (left2, "b")):
         info = last[mirror]
@@ -462,12 +462,28 @@ async def test_interrupt_running_marks_runs_and_jobs(db: StateDB) -> None:
         assert "interrupted" in info.error
     assert (await db.runs("a"))[1].status == "ok"
     states = {j.id: j.state for j in await db.list_jobs()}
-    assert states == {queued: "queued", running: "interrupted", finished: "done"}
+    assert states == {queued: "interrupted", running: "interrupted", finished: "done"}
     job = await db.get_job(running)
     assert job is not None
     assert job.finished_at is not None
 
     assert await db.interrupt_running() == 0
+
+
+async def test_interrupt_runs_of_one_mirror_and_jobs_but_those_kept(db: StateDB) -> None:
+    a = await db.start_run("a", "schedule")
+    b = await db.start_run("b", "schedule")
+    mine = await db.create_job({"n": 1})
+    theirs = await db.create_job({"n": 2})
+    await db.update_job(mine, state="running")
+    await db.update_job(theirs, state="running")
+    assert await db.interrupt_runs(mirror="a") == 1
+    last = await db.last_runs()
+    assert (last["a"].id, last["a"].status) == (a, "interrupted")
+    assert (last["b"].id, last["b"].status) == (b, "running")
+    assert await db.interrupt_jobs(keep=[mine]) == 1
+    states = {j.id: j.state for j in await db.list_jobs()}
+    assert states == {mine: "running", theirs: "interrupted"}
 
 
 # --------------------------------------------------------------------------- jobs

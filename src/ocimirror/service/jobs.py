@@ -35,7 +35,6 @@ from typing import Any, Literal
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from ..auth.credentials import Keychain
 from ..errors import ConfigError, NotFound, OcimirrorError
@@ -48,7 +47,6 @@ from ..sync.config import Config
 from ..sync.runner import host_options, keychain_for
 from ..sync.state import INTERRUPTED_ERROR, JobInfo, StateDB
 from ..sync.state import JobState as StoredState
-from ..sync.state import jobs as jobs_table
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
 from ..transfer.plan import CopyTask, destination_for, plan_copy
 from ..transfer.tags import TagFilter
@@ -434,15 +432,10 @@ class JobManager:
 
     async def start(self) -> int:
         """Mark jobs a previous process left queued or running as interrupted; count them."""
-        stmt = select(jobs_table.c.id).where(jobs_table.c.state.in_(("queued", "running")))
-        async with self.state.engine.connect() as conn:
-            ids = list((await conn.scalars(stmt)).all())
-        stale = [job_id for job_id in ids if job_id not in self._jobs]
-        for job_id in stale:
-            await self.state.update_job(job_id, state="interrupted", error=INTERRUPTED_ERROR)
+        stale = await self.state.interrupt_jobs(keep=list(self._jobs))
         if stale:
-            log.info("interrupted jobs of a previous process", jobs=len(stale))
-        return len(stale)
+            log.info("interrupted jobs of a previous process", jobs=stale)
+        return stale
 
     async def close(self) -> None:
         """Stop every job still queued or running (marked interrupted) and close the pool."""

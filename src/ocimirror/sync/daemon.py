@@ -159,7 +159,7 @@ class Daemon:
                     log.info("metrics served", listen=listen, port=port)
                 if state is None:
                     state = await stack.enter_async_context(StateDB(url))
-                interrupted = await state.interrupt_running()
+                interrupted = await state.interrupt_runs()
                 if interrupted:
                     log.warning(
                         "runs left running by a previous process marked interrupted",
@@ -283,7 +283,7 @@ class Daemon:
                 log.warning("failure", mirror=label, error=line)
         except asyncio.CancelledError:
             log.warning("run aborted", mirror=label)
-            await asyncio.shield(state.interrupt_running())
+            await asyncio.shield(state.interrupt_runs(mirror=label))
             raise
         except Exception as e:  # a pass must never take the daemon down
             self.failures_in_a_row += 1

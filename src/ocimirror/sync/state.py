@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -723,28 +723,36 @@ class StateDB:
         return [_run_info(row) for row in rows]
 
     async def interrupt_running(self) -> int:
-        """Mark runs and jobs still 'running' (their process died) as interrupted; count them."""
-        now = _now()
+        """Mark runs and jobs still running (their process died) as interrupted; count them."""
+        return await self.interrupt_runs() + await self.interrupt_jobs()
+
+    async def interrupt_runs(self, mirror: str | None = None) -> int:
+        """Mark runs still 'running' (of one mirror, or all) as interrupted; count them."""
+        stmt = update(runs).where(runs.c.status == "running")
+        if mirror is not None:
+            stmt = stmt.where(runs.c.mirror == mirror)
+        stmt = stmt.values(
+            status="interrupted",
+            finished_at=_now(),
+            error=func.coalesce(runs.c.error, INTERRUPTED_ERROR),
+        )
         async with self._write() as conn:
-            run_result = await conn.execute(
-                update(runs)
-                .where(runs.c.status == "running")
-                .values(
-                    status="interrupted",
-                    finished_at=now,
-                    error=func.coalesce(runs.c.error, INTERRUPTED_ERROR),
-                )
-            )
-            job_result = await conn.execute(
-                update(jobs)
-                .where(jobs.c.state == "running")
-                .values(
-                    state="interrupted",
-                    finished_at=now,
-                    error=func.coalesce(jobs.c.error, INTERRUPTED_ERROR),
-                )
-            )
-        return int(run_result.rowcount) + int(job_result.rowcount)
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
+
+    async def interrupt_jobs(self, keep: Collection[str] = ()) -> int:
+        """Mark jobs left 'queued' or 'running' as interrupted, but those in `keep`; count them."""
+        stmt = update(jobs).where(jobs.c.state.in_(("queued", "running")))
+        if keep:
+            stmt = stmt.where(jobs.c.id.not_in(list(keep)))
+        stmt = stmt.values(
+            state="interrupted",
+            finished_at=_now(),
+            error=func.coalesce(jobs.c.error, INTERRUPTED_ERROR),
+        )
+        async with self._write() as conn:
+            result = await conn.execute(stmt)
+        return int(result.rowcount)
 
     # -- jobs ------------------------------------------------------------------------------
 
