@@ -23,18 +23,8 @@ from playwright.async_api import ConsoleMessage, Dialog, async_playwright, expec
 
 from ocimirror.service.dashboard import RunPoint, dashboard_data, render_dashboard
 from ocimirror.service.models import EntryError, EntryResult, JobView, MirrorView, Progress
+from ocimirror.testkit.browser import CHROMIUM, launch_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 TITLE = "ocimirror · test fleet"
@@ -216,14 +206,7 @@ async def test_dashboard_in_chromium(
     console_errors: list[str] = []
     dialogs: list[str] = []
     async with async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=FLAGS,
-            viewport={"width": 1280, "height": 900},
-            color_scheme="light",
-        )
+        context = await launch_chromium(pw, tmp_path / "profile", color_scheme="light")
         try:
             page = context.pages[0] if context.pages else await context.new_page()
 

@@ -434,3 +434,56 @@ def test_configured_mirrors_run_on_demand_and_report(
     page = server.call("GET", "/")
     assert page.status == 200
     assert b"cfg" in page.body
+
+
+# --------------------------------------------------------------------------- dashboard, live
+
+
+async def test_the_dashboard_of_a_real_service_in_chromium(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    server_factory: Callable[..., Server],
+    tmp_path: Path,
+) -> None:
+    """A configured mirror that ran and a job in flight, as Chromium shows them."""
+    from playwright.async_api import async_playwright, expect
+
+    from ocimirror.testkit.browser import launch_chromium
+
+    src, dst = registry_pair
+    await seed(src, "lib/web", [("1", make_image(layer_size=300, seed="web"))])
+    await seed(src, "lib/slow", [("1", make_image(layers=4, layer_size=24 << 20, seed="slow"))])
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        "mirrors:\n"
+        "  - name: web\n"
+        f"    source: {src.host}/lib/web\n"
+        f"    targets: [{dst.host}/live/web]\n"
+        "    schedule: 0\n"
+    )
+    server = await asyncio.to_thread(server_factory, "-c", str(config))
+    assert (await asyncio.to_thread(server.call, "POST", "/api/v1/mirrors/web/sync")).status == 202
+    await asyncio.to_thread(wait_for, lambda: dst.tags("live/web") == ["1"], "the mirror run")
+    body = {"mirrors": [{"src": f"{src.host}/lib/slow:1", "dst": f"{dst.host}/live/slow:1"}]}
+    job_id = (await asyncio.to_thread(server.call, "POST", "/api/v1/jobs", body)).json()["id"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        context = await launch_chromium(pw, tmp_path / "profile")
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            await page.goto(f"http://127.0.0.1:{server.port}/")
+            card = page.locator('article[data-mirror="web"]')
+            await expect(card).to_have_count(1)
+            await expect(card.locator("[data-field=status]")).to_have_text("ok", timeout=10_000)
+            await expect(card.locator("svg rect.bar")).to_have_count(1)  # the one run
+            await expect(page.get_by_text(job_id[:8]).first).to_be_visible()
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-live.png"), full_page=True)
+            assert errors == []
+        finally:
+            await context.close()
+    job = await asyncio.to_thread(job_done, server, job_id)
+    assert job["state"] == "succeeded"
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

@@ -6,6 +6,7 @@
   from the host's configuration).
 - `ocimirror.testkit.tokenserver`: `TokenServer`, a Docker registry token server.
 - `ocimirror.testkit.tls`: a self-signed CA and server certificate (`make_tls_files`).
+- `ocimirror.testkit.browser`: Debian's headless Chromium through Playwright.
 - `ocimirror.testkit.postgres`: `LocalPostgres`, a throwaway PostgreSQL server on loopback.
 
 Nothing is imported here, so `ocimirror.testkit.images` needs neither aiohttp's server
