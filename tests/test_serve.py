@@ -487,3 +487,21 @@ async def test_the_dashboard_of_a_real_service_in_chromium(
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def test_delete_cancels_a_running_job_and_leaves_no_tag(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    server_factory: Callable[..., Server],
+) -> None:
+    src, dst = registry_pair
+    asyncio.run(seed(src, "lib/long", [("1", make_image(layers=6, layer_size=48 << 20, seed="l"))]))
+    server = server_factory()
+    body = {"mirrors": [{"src": f"{src.host}/lib/long:1", "dst": f"{dst.host}/c/long:1"}]}
+    job_id = server.call("POST", "/api/v1/jobs", body).json()["id"]
+    cancelled = server.call("DELETE", f"/api/v1/jobs/{job_id}")
+    assert cancelled.status == 202
+    assert cancelled.json()["state"] == "cancelled"
+    assert server.call("DELETE", f"/api/v1/jobs/{job_id}").status == 409  # not running now
+    assert server.call("DELETE", "/api/v1/jobs/nope").status == 404
+    assert job_done(server, job_id)["state"] == "cancelled"
+    assert dst.tags("c/long") == []
