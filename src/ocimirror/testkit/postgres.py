@@ -30,8 +30,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
+
+from .lifecycle import StartStop
 
 #: Where Debian and Ubuntu install the server binaries, one directory per major version.
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -93,7 +94,7 @@ def _stop_leftovers() -> None:
     _LIVE.clear()
 
 
-class LocalPostgres:
+class LocalPostgres(StartStop):
     """A PostgreSQL server on 127.0.0.1 with a fresh cluster in a temporary directory."""
 
     def __init__(
@@ -372,19 +373,6 @@ class LocalPostgres:
         directory, self._directory = self._directory, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server and delete its directory."""
-        self.stop()
 
     def __repr__(self) -> str:
         """Show the address and directory."""

@@ -47,11 +47,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal, Self
 
 import yaml
 
+from .lifecycle import StartStop
 from .tls import TlsFiles
 from .tokenserver import Access, TokenServer
 
@@ -215,7 +215,7 @@ def _kill_leftovers() -> None:
     _LIVE.clear()
 
 
-class LocalRegistry:
+class LocalRegistry(StartStop):
     """A distribution registry subprocess on 127.0.0.1, with its storage in `directory`."""
 
     def __init__(
@@ -482,19 +482,6 @@ class LocalRegistry:
         """Stop and start again on the same port with the same storage."""
         self.stop()
         return self.start()
-
-    def __enter__(self) -> Self:
-        """Start the registry."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the registry."""
-        self.stop()
 
     def __repr__(self) -> str:
         """Show address, auth mode and directory."""

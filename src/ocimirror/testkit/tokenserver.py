@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self
 
 from aiohttp import web
@@ -58,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from .lifecycle import StartStop
 from .tls import TlsFiles, cert_pem, self_signed
 
 #: Signature algorithms the server can sign with.
@@ -154,7 +154,7 @@ def _split_scopes(values: Sequence[str]) -> list[str]:
     return [s for value in values for s in value.split(" ") if s]
 
 
-class TokenServer:
+class TokenServer(StartStop):
     """A Docker registry token server on 127.0.0.1, served from a background thread."""
 
     def __init__(
@@ -548,19 +548,6 @@ class TokenServer:
         with contextlib.suppress(RuntimeError):  # the loop may have closed in between
             loop.call_soon_threadsafe(stopping.set)
         thread.join(10)
-
-    def __enter__(self) -> Self:
-        """Start the server."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     def __repr__(self) -> str:
         """Show the realm."""

@@ -1,0 +1,31 @@
+"""`with server:` for the testkit's servers: started on entry, stopped on exit."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+
+class StartStop:
+    """A server with `start()` and `stop()`, usable as a context manager."""
+
+    def start(self) -> Self:
+        """Start the server and return it."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        """Start the server."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the server."""
+        self.stop()
