@@ -3,8 +3,9 @@
 # apache2-utils (htpasswd) and postgresql (initdb and postgres, for the throwaway server the
 # state database tests start; Debian keeps them in /usr/lib/postgresql/*/bin, off PATH),
 # chromium (the headless browser the dashboard test drives through Playwright; never
-# `playwright install`, which downloads a browser of its own), then a venv in .venv with
-# the project and its test extras.
+# `playwright install`, which downloads a browser of its own), podman (a second client
+# pulling through `ocimirror proxy` in the tests), then a venv in .venv with the project and
+# its test extras.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need=()
@@ -14,6 +15,7 @@ command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v podman >/dev/null 2>&1 || need+=(podman)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,594 @@
+"""ProxyCache: the pull-through cache of `ocimirror proxy`, against an upstream we control."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from ocimirror import digest as digests
+from ocimirror import mediatypes as mt
+from ocimirror.errors import (
+    DigestMismatch,
+    ManifestError,
+    NotFound,
+    RateLimited,
+    ReferenceError,
+    RegistryError,
+)
+from ocimirror.proxy.cache import CHUNK_SIZE, INDEX_NAME, BlobStream, ProxyCache, UpstreamBlob
+
+MiB = 1024 * 1024
+UPSTREAM = "registry-1.docker.io"
+
+MANIFEST = (
+    b'{"schemaVersion": 2,\n  "mediaType": "application/vnd.oci.image.manifest.v1+json",'
+    b' "config": {}, "layers": []}  \n'
+)
+INDEX = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Upstream:
+    """A fake upstream blob: counts how often it is opened, can pause, fail or lie."""
+
+    def __init__(
+        self,
+        data: bytes,
+        *,
+        chunk: int = 64 * 1024,
+        pause_at: int | None = None,
+        fail_at: int | None = None,
+        fail_on_open: Exception | None = None,
+        declare_size: int | None = None,
+    ) -> None:
+        self.data = data
+        self.chunk = chunk
+        self.pause_at = pause_at
+        self.fail_at = fail_at
+        self.fail_on_open = fail_on_open
+        self.declare_size = declare_size
+        self.opens = 0
+        self.sent = 0
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AsyncIterator[bytes] | UpstreamBlob]:
+        self.opens += 1
+        await asyncio.sleep(0)
+        if self.fail_on_open is not None:
+            raise self.fail_on_open
+        if self.declare_size is None:
+            yield self._chunks()
+        else:
+            yield UpstreamBlob(self._chunks(), self.declare_size)
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        for off in range(0, len(self.data), self.chunk):
+            if self.pause_at is not None and off >= self.pause_at and not self.resume.is_set():
+                self.paused.set()
+                await self.resume.wait()
+            if self.fail_at is not None and off >= self.fail_at:
+                raise RegistryError("upstream connection reset", status=502)
+            piece = self.data[off : off + self.chunk]
+            self.sent += len(piece)
+            yield piece
+            await asyncio.sleep(0)
+
+
+def blob_of(size: int, seed: int = 0) -> tuple[bytes, str]:
+    data = random.Random(seed).randbytes(size)
+    return data, digests.of(data)
+
+
+async def read_all(stream: BlobStream) -> bytes:
+    return b"".join([c async for c in stream])
+
+
+async def fetch_all(cache: ProxyCache, digest: str, up: Upstream, size: int | None = None) -> bytes:
+    async with cache.fetch_blob(digest, size, up.open) as stream:
+        return await read_all(stream)
+
+
+async def check_stream(
+    cache: ProxyCache,
+    digest: str,
+    up: Upstream,
+    expected: bytes,
+    on_chunk: Callable[[int], Awaitable[None]] | None = None,
+) -> int:
+    """Fetch through the cache, comparing chunk by chunk (no 50 MiB copies); return bytes."""
+    view = memoryview(expected)
+    got = 0
+    async with cache.fetch_blob(digest, len(expected), up.open) as stream:
+        async for chunk in stream:
+            assert len(chunk) <= CHUNK_SIZE
+            assert view[got : got + len(chunk)] == chunk
+            got += len(chunk)
+            if on_chunk is not None:
+                await on_chunk(got)
+    return got
+
+
+def stored_files(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in (cache_dir / "blobs").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+async def open_cache(tmp_path: Path) -> AsyncIterator[Callable[..., ProxyCache]]:
+    """Open ProxyCaches (on `tmp_path/cache` unless told); all are closed at teardown."""
+    opened: list[ProxyCache] = []
+
+    def make(directory: Path | None = None, **kwargs: object) -> ProxyCache:
+        cache = ProxyCache(directory or tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
+        opened.append(cache)
+        return cache
+
+    yield make
+    for cache in opened:
+        await cache.close()
+
+
+# --- manifests and tags ------------------------------------------------------------------
+
+
+async def test_manifest_round_trip_keeps_exact_bytes_and_media_type(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    dg = await cache.put_manifest(UPSTREAM, "library/alpine", "3.20", MANIFEST, mt.OCI_MANIFEST)
+    assert dg == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+    got = await cache.get_manifest(dg)
+    assert got is not None
+    assert (got.raw, got.media_type, got.digest, got.size) == (
+        MANIFEST,
+        mt.OCI_MANIFEST,
+        dg,
+        len(MANIFEST),
+    )
+    entry = cache.tag(UPSTREAM, "library/alpine", "3.20")
+    assert entry is not None
+    assert (entry.digest, entry.media_type, entry.fresh) == (dg, mt.OCI_MANIFEST, True)
+    # A manifest is a blob too, stored by digest.
+    assert cache.has_blob(dg)
+    assert cache.blob_size(dg) == len(MANIFEST)
+    path = cache.blob_path(dg)
+    assert path is not None
+    assert path.read_bytes() == MANIFEST
+    assert path == cache.directory / "blobs" / "sha256" / digests.encoded(dg)
+    # Tags are per upstream and repository.
+    assert cache.tag("quay.io", "library/alpine", "3.20") is None
+    assert cache.tag(UPSTREAM, "library/busybox", "3.20") is None
+    assert await cache.get_manifest(digests.of(b"other")) is None
+
+
+async def test_manifest_by_digest_is_verified_and_records_no_tag(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    index_digest = digests.of(INDEX)
+    assert await cache.put_manifest(UPSTREAM, "r", index_digest, INDEX, mt.OCI_INDEX) == (
+        index_digest
+    )
+    got = await cache.get_manifest(index_digest)
+    assert got is not None
+    assert (got.raw, got.media_type) == (INDEX, mt.OCI_INDEX)
+    assert cache.tag(UPSTREAM, "r", index_digest) is None
+    with pytest.raises(DigestMismatch):
+        await cache.put_manifest(UPSTREAM, "r", digests.of(b"x"), MANIFEST, mt.OCI_MANIFEST)
+    with pytest.raises(ReferenceError):
+        await cache.put_manifest(UPSTREAM, "r", "sha256:nothex", MANIFEST, mt.OCI_MANIFEST)
+    with pytest.raises(ManifestError):
+        await cache.put_manifest(UPSTREAM, "r", "big", b" " * (4 * MiB + 1), mt.OCI_MANIFEST)
+    assert not cache.has_blob(digests.of(MANIFEST))
+
+
+async def test_corrupt_manifest_file_is_dropped_not_served(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    dg = await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
+    path = cache.blob_path(dg)
+    assert path is not None
+    path.write_bytes(MANIFEST.replace(b"2", b"3"))
+    assert await cache.get_manifest(dg) is None
+    assert not cache.has_blob(dg)
+    assert cache.tag(UPSTREAM, "r", "t") is None
+    assert not path.exists()
+
+
+async def test_tag_goes_stale_after_ttl_and_touch_revalidates(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    clock = Clock()
+    cache = open_cache(tag_ttl=300.0, clock=clock)
+    dg = await cache.put_manifest(UPSTREAM, "r", "latest", MANIFEST, mt.OCI_MANIFEST)
+    start = clock.now
+    clock.advance(299.9)
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert entry.fresh
+    assert entry.fetched_at == start
+    clock.advance(0.1)
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert not entry.fresh  # stale, still answered: stale-if-error is the server's call
+    assert entry.digest == dg
+    # A HEAD that matched: fresh again from now.
+    assert cache.touch_tag(UPSTREAM, "r", "latest", dg)
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert entry.fresh
+    assert entry.fetched_at == clock.now
+    # A HEAD naming a manifest we do not have changes nothing: the server must GET it.
+    clock.advance(1000)
+    assert not cache.touch_tag(UPSTREAM, "r", "latest", digests.of(b"unknown"))
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert (entry.digest, entry.fresh) == (dg, False)
+    # A HEAD naming another manifest we have moves the tag without a GET.
+    other = await cache.put_manifest(UPSTREAM, "r", digests.of(INDEX), INDEX, mt.OCI_INDEX)
+    assert cache.touch_tag(UPSTREAM, "r", "latest", other)
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert (entry.digest, entry.media_type, entry.fresh) == (other, mt.OCI_INDEX, True)
+    # A new GET of the tag re-points it, and forget_tag drops it.
+    clock.advance(1000)
+    await cache.put_manifest(UPSTREAM, "r", "latest", MANIFEST, mt.OCI_MANIFEST)
+    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert entry is not None
+    assert (entry.digest, entry.fresh) == (dg, True)
+    assert cache.forget_tag(UPSTREAM, "r", "latest")
+    assert not cache.forget_tag(UPSTREAM, "r", "latest")
+    assert cache.tag(UPSTREAM, "r", "latest") is None
+    assert await cache.get_manifest(dg) is not None
+
+
+async def test_restart_sees_manifests_tags_blobs_and_access_order(
+    tmp_path: Path, open_cache: Callable[..., ProxyCache]
+) -> None:
+    clock = Clock()
+    cache = open_cache(clock=clock)
+    dg = await cache.put_manifest(UPSTREAM, "r", "v1", MANIFEST, mt.OCI_MANIFEST)
+    fetched_at = clock.now
+    blobs = [blob_of(1000, seed) for seed in range(3)]
+    for data, bdg in blobs:
+        clock.advance(1)
+        assert await fetch_all(cache, bdg, Upstream(data)) == data
+    clock.advance(1)
+    assert cache.blob_path(blobs[0][1]) is not None  # the oldest blob is now the newest hit
+    total = cache.total_bytes
+    assert total == len(MANIFEST) + 3000
+    await cache.close()
+    # A crash's leftover download is cleaned up at the next start.
+    leftover = tmp_path / "cache" / "blobs" / "sha256" / ".tmp-0123456789abcdef"
+    leftover.write_bytes(b"partial")
+
+    clock.advance(10)
+    again = open_cache(clock=clock)
+    assert not leftover.exists()
+    assert again.total_bytes == total
+    got = await again.get_manifest(dg)
+    assert got is not None
+    assert (got.raw, got.media_type) == (MANIFEST, mt.OCI_MANIFEST)
+    entry = again.tag(UPSTREAM, "r", "v1")
+    assert entry is not None
+    assert (entry.digest, entry.fetched_at, entry.fresh) == (dg, fetched_at, True)
+    for data, bdg in blobs:
+        clock.advance(1)
+        assert again.blob_size(bdg) == len(data)
+        up = Upstream(b"never used")
+        assert await fetch_all(again, bdg, up) == data
+        assert up.opens == 0
+    await again.close()
+
+    # The recorded access order survives: with room for one blob and the manifest, the
+    # most recently used survive (reads above touched the manifest, then blobs 0, 1, 2).
+    small = open_cache(max_bytes=len(MANIFEST) + 1000, clock=clock)
+    assert [small.has_blob(b) for _, b in blobs] == [False, False, True]
+    assert small.total_bytes == 1000
+    assert small.tag(UPSTREAM, "r", "v1") is None  # its manifest was the oldest
+
+
+# --- single-flight blob fetches ----------------------------------------------------------
+
+
+async def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(50 * MiB, seed=50)
+    up = Upstream(data, chunk=1 * MiB, pause_at=25 * MiB)
+    first_bytes = asyncio.Event()
+
+    async def saw(_: int) -> None:
+        first_bytes.set()
+
+    pulls = [asyncio.create_task(check_stream(cache, dg, up, data, saw)) for _ in range(10)]
+    await first_bytes.wait()
+    await up.paused.wait()
+    assert up.sent == 25 * MiB
+    assert not cache.has_blob(dg)
+    # An eleventh pull arriving mid-download gets everything from the start.
+    late = asyncio.create_task(check_stream(cache, dg, up, data))
+    await asyncio.sleep(0.01)
+    up.resume.set()
+    results = await asyncio.gather(*pulls, late)
+    assert results == [len(data)] * 11
+    assert up.opens == 1
+    assert cache.has_blob(dg)
+    assert cache.blob_size(dg) == len(data)
+    # Now it is a plain cache hit.
+    async with cache.fetch_blob(dg, None, up.open) as stream:
+        assert stream.cached
+        assert stream.size == len(data)
+    assert up.opens == 1
+    assert stored_files(cache.directory) == [digests.encoded(dg)]
+
+
+async def test_failure_mid_stream_reaches_every_waiter_and_stores_nothing(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(2 * MiB, seed=1)
+    broken = Upstream(data, fail_at=1 * MiB)
+    results = await asyncio.gather(
+        *(fetch_all(cache, dg, broken) for _ in range(4)), return_exceptions=True
+    )
+    assert broken.opens == 1
+    assert all(isinstance(r, RegistryError) for r in results), results
+    assert not cache.has_blob(dg)
+    assert stored_files(cache.directory) == []
+    assert cache.total_bytes == 0
+    # The next fetch tries the upstream again.
+    good = Upstream(data)
+    assert await fetch_all(cache, dg, good) == data
+    assert good.opens == 1
+    assert cache.has_blob(dg)
+
+
+async def test_upstream_refusal_is_raised_on_entering(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(1000)
+    for error in (NotFound("blob unknown"), RateLimited("slow down", retry_after=5)):
+        up = Upstream(data, fail_on_open=error)
+        entered = False
+        with pytest.raises(type(error)):
+            async with cache.fetch_blob(dg, None, up.open):
+                entered = True
+        assert not entered
+        assert up.opens == 1
+    assert stored_files(cache.directory) == []
+    with pytest.raises(ReferenceError):
+        async with cache.fetch_blob("sha256:../../etc", None, Upstream(data).open):
+            pass
+    with pytest.raises(NotFound):
+        async with cache.open_blob(dg):
+            pass
+
+
+async def test_digest_mismatch_withholds_the_end_and_stores_nothing(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, _ = blob_of(3 * MiB, seed=2)
+    _, wrong = blob_of(3 * MiB, seed=3)
+    up = Upstream(data)
+    received = [0, 0]
+
+    async def pull(i: int) -> None:
+        async with cache.fetch_blob(wrong, None, up.open) as stream:
+            async for chunk in stream:
+                received[i] += len(chunk)
+
+    results = await asyncio.gather(pull(0), pull(1), return_exceptions=True)
+    assert all(isinstance(r, DigestMismatch) for r in results), results
+    assert up.opens == 1
+    # No reader got a complete copy of the wrong content.
+    assert all(n < len(data) for n in received)
+    assert not cache.has_blob(wrong)
+    assert stored_files(cache.directory) == []
+
+
+async def test_size_is_enforced(open_cache: Callable[..., ProxyCache]) -> None:
+    cache = open_cache()
+    data, dg = blob_of(100_000, seed=4)
+    with pytest.raises(DigestMismatch):
+        await fetch_all(cache, dg, Upstream(data), size=len(data) - 1)
+    with pytest.raises(DigestMismatch):
+        await fetch_all(cache, dg, Upstream(data), size=len(data) + 1)
+    with pytest.raises(DigestMismatch):  # the upstream's Content-Length disagrees
+        await fetch_all(cache, dg, Upstream(data, declare_size=len(data) + 1), size=len(data))
+    assert stored_files(cache.directory) == []
+    # A size learnt from the upstream is shown to every reader.
+    up = Upstream(data, declare_size=len(data))
+    async with cache.fetch_blob(dg, None, up.open) as stream:
+        assert stream.size == len(data)
+        assert not stream.cached
+        assert await read_all(stream) == data
+
+
+async def test_a_cancelled_waiter_does_not_break_the_others(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(4 * MiB, seed=5)
+    up = Upstream(data, pause_at=2 * MiB)
+    got_some = asyncio.Event()
+
+    async def leader() -> None:
+        async with cache.fetch_blob(dg, None, up.open) as stream:
+            async for _ in stream:
+                got_some.set()
+                await asyncio.Event().wait()  # a client that stalls and is dropped
+
+    first = asyncio.create_task(leader())  # this one started the upstream fetch
+    await got_some.wait()
+    others = [asyncio.create_task(check_stream(cache, dg, up, data)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    up.resume.set()
+    assert await asyncio.gather(*others) == [len(data)] * 3
+    assert up.opens == 1
+    assert cache.has_blob(dg)
+
+
+async def test_download_finishes_in_background_when_every_waiter_left(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(2 * MiB, seed=6)
+    up = Upstream(data, pause_at=1 * MiB)
+
+    async def pull_then_leave() -> None:
+        async with cache.fetch_blob(dg, None, up.open):
+            await asyncio.Event().wait()
+
+    waiters = [asyncio.create_task(pull_then_leave()) for _ in range(2)]
+    await up.paused.wait()
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    up.resume.set()
+    for _ in range(100):
+        if cache.has_blob(dg):
+            break
+        await asyncio.sleep(0.01)
+    assert cache.has_blob(dg)
+    assert await fetch_all(cache, dg, up) == data
+    assert up.opens == 1
+
+
+async def test_close_stops_downloads_and_their_readers_get_an_error(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    cache = open_cache()
+    data, dg = blob_of(2 * MiB, seed=7)
+    up = Upstream(data, pause_at=1 * MiB)
+    pull = asyncio.create_task(fetch_all(cache, dg, up))
+    await up.paused.wait()
+    await cache.close()
+    with pytest.raises(Exception, match="closed"):
+        await pull
+    assert stored_files(cache.directory) == []
+
+
+# --- size limit ----------------------------------------------------------------------------
+
+
+async def test_lru_eviction_keeps_recently_used_blobs(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    clock = Clock()
+    cache = open_cache(max_bytes=3000, clock=clock)
+    blobs = [blob_of(1000, seed) for seed in range(10, 14)]
+    a, b, c, d = (dg for _, dg in blobs)
+    for data, dg in blobs[:3]:
+        clock.advance(1)
+        await fetch_all(cache, dg, Upstream(data))
+    assert cache.total_bytes == 3000
+    clock.advance(1)
+    assert cache.blob_path(a) is not None  # a hit protects the oldest
+    clock.advance(1)
+    await fetch_all(cache, d, Upstream(blobs[3][0]))
+    assert [cache.has_blob(x) for x in (a, b, c, d)] == [True, False, True, True]
+    assert cache.total_bytes == 3000
+    assert digests.encoded(b) not in stored_files(cache.directory)
+    assert len(stored_files(cache.directory)) == 3
+    # has_blob and blob_size are not hits: c is now the least recently used.
+    assert cache.has_blob(c)
+    assert cache.blob_size(c) == 1000
+    clock.advance(1)
+    await fetch_all(cache, b, Upstream(blobs[1][0]))
+    assert [cache.has_blob(x) for x in (a, b, c, d)] == [True, True, False, True]
+
+
+async def test_a_blob_being_streamed_is_not_evicted(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    clock = Clock()
+    cache = open_cache(max_bytes=2000, clock=clock)
+    blobs = [blob_of(1000, seed) for seed in range(20, 23)]
+    for data, dg in blobs[:2]:
+        clock.advance(1)
+        await fetch_all(cache, dg, Upstream(data))
+    clock.advance(1)
+    async with cache.open_blob(blobs[0][1]) as stream:
+        clock.advance(1)
+        cache.blob_path(blobs[1][1])  # now blobs[0] is the least recently used...
+        clock.advance(1)
+        await fetch_all(cache, blobs[2][1], Upstream(blobs[2][0]))
+        assert cache.has_blob(blobs[0][1])  # ...but it is being read
+        assert not cache.has_blob(blobs[1][1])
+        assert cache.total_bytes == 2000
+        assert await read_all(stream) == blobs[0][0]
+
+
+async def test_pinned_blobs_over_the_limit_are_evicted_once_released(
+    open_cache: Callable[..., ProxyCache],
+) -> None:
+    clock = Clock()
+    cache = open_cache(max_bytes=1000, clock=clock)
+    (old, old_dg), (new, new_dg) = blob_of(1000, 30), blob_of(1000, 31)
+    await fetch_all(cache, old_dg, Upstream(old))
+    async with cache.fetch_blob(new_dg, None, Upstream(new).open) as new_stream:
+        async with cache.open_blob(old_dg) as old_stream:
+            clock.advance(1)
+            assert await read_all(new_stream) == new
+            assert cache.total_bytes == 2000  # over the limit: both are being read
+            assert await read_all(old_stream) == old
+        assert not cache.has_blob(old_dg)  # released while `new` is still read: it goes
+        assert cache.total_bytes == 1000
+    assert cache.has_blob(new_dg)
+
+
+async def test_a_tag_goes_when_its_manifest_is_evicted(
+    tmp_path: Path, open_cache: Callable[..., ProxyCache]
+) -> None:
+    clock = Clock()
+    cache = open_cache(max_bytes=len(MANIFEST) + len(INDEX) + 1000, clock=clock)
+    dg = await cache.put_manifest(UPSTREAM, "r", "old", MANIFEST, mt.OCI_MANIFEST)
+    clock.advance(1)
+    kept = await cache.put_manifest(UPSTREAM, "r", "new", INDEX, mt.OCI_INDEX)
+    clock.advance(1)
+    data, bdg = blob_of(1000, seed=40)
+    await fetch_all(cache, bdg, Upstream(data))
+    assert cache.tag(UPSTREAM, "r", "old") is not None
+    clock.advance(1)
+    data2, bdg2 = blob_of(len(MANIFEST) - 10, seed=41)  # only the oldest must go
+    await fetch_all(cache, bdg2, Upstream(data2))
+    assert cache.tag(UPSTREAM, "r", "old") is None
+    assert await cache.get_manifest(dg) is None
+    assert cache.tag(UPSTREAM, "r", "new") is not None
+    await cache.close()
+    again = open_cache(clock=clock)
+    assert again.tag(UPSTREAM, "r", "old") is None
+    entry = again.tag(UPSTREAM, "r", "new")
+    assert entry is not None
+    assert entry.digest == kept
+    assert (tmp_path / "cache" / INDEX_NAME).is_file()
