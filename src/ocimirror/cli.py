@@ -24,6 +24,7 @@ from .errors import ConfigError, OcimirrorError
 from .logs import configure
 from .manifest import Platform
 from .progress import LogProgress, RichProgress
+from .proxy import commands as proxy_commands
 from .reference import Reference, parse_prefix
 from .service import commands as service_commands
 from .sync import commands as sync_commands
@@ -520,6 +521,7 @@ app.command("sync")(sync_commands.sync)
 app.command("run")(sync_commands.run)
 app.command("status")(sync_commands.status)
 app.command("serve")(service_commands.serve)
+app.command("proxy")(proxy_commands.proxy)
 
 
 @app.command()

@@ -1,0 +1,877 @@
+"""The aiohttp application of `ocimirror proxy`: a pull-only registry under its own name.
+
+Routes:
+
+- `/v2/` answers the ping: forwarded to a lone pass-through upstream (its challenge
+  rewritten), else answered here (401 with the proxy's own bearer challenge when some
+  pass-through upstream wants tokens, 200 otherwise).
+- `/v2/NAME/{manifests,blobs,tags,referrers}/...` (GET, HEAD): NAME is routed to an
+  upstream (containerd's `?ns=`, else a first path component naming an upstream, else
+  the default upstream) and rewritten to the upstream's name (prefix, `library/`).
+  Answers are rewritten back: `Location`, `Link`, the bearer challenge (realm -> the
+  proxy's `/_token[/NAME]`, scopes -> the client's names) and the `name` of a tag list.
+  Blob redirects to other hosts pass through unless `stream_blobs`.
+- `/v2/_catalog`: the default upstream's repositories under its prefix.
+- `/_token`, `/_token/NAME` (GET, and the OAuth2 POST form): every `repository:` scope is
+  mapped to the upstream's name and the request forwarded to the upstream's real realm;
+  its answer comes back unchanged, with the client's own credentials. An upstream without
+  token auth, or one the proxy logs in to itself, gets a placeholder token.
+- POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
+- `/metrics`, `/healthz`; any other path redirects a browser to the upstream's page.
+
+Cache hook: manifests go through `serve_manifest` and blobs through `serve_blob`; a
+pull-through cache (given to `make_proxy_app(..., cache=)`, kept as `Proxy.cache`) plugs in
+there, using `open_upstream` and `respond` for what it does not have, and `upstream_blob`
+as the upstream opener of a single-flight blob fetch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..client import READ_SIZE
+from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
+from ..reference import REPOSITORY_RE
+from .clientauth import CHALLENGE, ClientAuthenticator
+from .metrics import ProxyMetrics
+from .settings import ProxySettings
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .cache import ProxyCache
+
+log = structlog.get_logger("ocimirror.proxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Rewrites the query of a `Link` URL; None drops the link.
+QueryMap = Callable[[list[tuple[str, str]]], list[tuple[str, str]] | None]
+
+#: The token handed out when the upstream wants none; never forwarded upstream.
+ANONYMOUS_TOKEN = "ocimirror-proxy-anonymous"
+#: The `service` of the proxy's own challenge (several upstreams behind one ping).
+PROXY_SERVICE = "ocimirror-proxy"
+API_VERSION = {"Docker-Distribution-Api-Version": "registry/2.0"}
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_API_PATH = re.compile(r"^(?P<name>.+?)/(?P<kind>manifests|blobs|tags|referrers)/(?P<tail>.*)$")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "date",
+        "server",
+        "set-cookie",
+    }
+)
+_FORWARDED = (
+    "Accept",
+    "Accept-Encoding",
+    "Range",
+    "If-Range",
+    "If-None-Match",
+    "If-Modified-Since",
+    "User-Agent",
+)
+_HUB_NS = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a client's repository goes: the upstream, the route component, the name."""
+
+    upstream: Upstream
+    #: The client's first path component naming the upstream, with its slash ("" if none).
+    route: str
+    #: The client's repository without the route component.
+    repo: str
+
+    @property
+    def name(self) -> str:
+        """Return the repository name as the client sees it."""
+        return self.route + self.repo
+
+    @property
+    def upstream_repo(self) -> str:
+        """Return the repository name upstream."""
+        return self.upstream.upstream_repo(self.repo)
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """Return the token scopes a pull of this repository needs upstream."""
+        return frozenset({f"repository:{self.upstream_repo}:pull"})
+
+    def client_name(self, upstream_repo: str) -> str | None:
+        """Map an upstream repository name to the client's; None when it has none."""
+        if upstream_repo == self.upstream_repo:
+            return self.name
+        repo = self.upstream.client_repo(upstream_repo)
+        return None if repo is None else self.route + repo
+
+    def client_path(self, path: str) -> str | None:
+        """Map an upstream `/v2/...` path to the client's; None when it has none."""
+        if path in ("/v2/", "/v2/_catalog"):
+            return path
+        m = _API_PATH.match(path.removeprefix("/v2/")) if path.startswith("/v2/") else None
+        if m is None:
+            return None
+        name = self.client_name(m["name"])
+        return None if name is None else f"/v2/{name}/{m['kind']}/{m['tail']}"
+
+    def client_scope(self, scope: str) -> str:
+        """Map an upstream token scope to the client's (`repository:NAME:pull`)."""
+        parts = split_scope(scope)
+        if parts is None or not parts[0].startswith("repository"):
+            return scope
+        kind, name, actions = parts
+        mapped = self.client_name(name)
+        return scope if mapped is None else f"{kind}:{mapped}:{actions}"
+
+
+def split_scope(scope: str) -> tuple[str, str, str] | None:
+    """Split `type:name:actions` (the name may hold colons); None when malformed."""
+    kind, sep, rest = scope.partition(":")
+    name, sep2, actions = rest.rpartition(":")
+    if not sep or not sep2 or not kind or not name:
+        return None
+    return kind, name, actions
+
+
+class Proxy:
+    """Everything the handlers share: settings, upstreams, client auth, metrics, a cache."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        cache: ProxyCache | None = None,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        """Build the upstreams from the settings."""
+        self.settings = settings
+        force = settings.clients.enabled
+        self.upstreams = {u.name: Upstream(u, force_proxy_auth=force) for u in settings.upstreams}
+        self.named = {n: u for n, u in self.upstreams.items() if n}
+        self.default = (
+            self.upstreams.get(settings.default) if settings.default is not None else None
+        )
+        self.metrics = metrics or ProxyMetrics(lambda: list(self.upstreams.values()))
+        self.auth = ClientAuthenticator(
+            [t.reveal() for t in settings.clients.tokens], settings.clients.htpasswd
+        )
+        #: The pull-through cache, for `serve_manifest` and `serve_blob` (None: none).
+        self.cache = cache
+
+    @property
+    def only(self) -> Upstream | None:
+        """Return the upstream when there is exactly one."""
+        return next(iter(self.upstreams.values())) if len(self.upstreams) == 1 else None
+
+    def locate(self, name: str, ns: str | None = None) -> Route | None:
+        """Route a client's repository name: `?ns=`, a first component naming an upstream,
+        else the default upstream; None when nothing takes it."""
+        if ns:
+            key = ns.strip().lower()
+            key = "docker.io" if key in _HUB_NS else key
+            for u in self.upstreams.values():
+                if key in u.namespaces:
+                    return Route(u, "", name)
+        first, sep, rest = name.partition("/")
+        if sep and first in self.named:
+            return Route(self.named[first], first + "/", rest)
+        if self.default is not None:
+            return Route(self.default, "", name)
+        return None
+
+    def token_path(self, upstream: Upstream) -> str:
+        """Return the path of the proxy's token endpoint for an upstream."""
+        return f"/_token/{upstream.name}" if upstream.name else "/_token"
+
+    async def close(self) -> None:
+        """Close every upstream session."""
+        for u in self.upstreams.values():
+            await u.close()
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+# -- small answers ---------------------------------------------------------------------
+
+
+def oci_error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Return an OCI distribution error answer: `{"errors": [{code, message, detail}]}`."""
+    err: dict[str, Any] = {"code": code, "message": message}
+    if detail is not None:
+        err["detail"] = detail
+    return web.json_response(
+        {"errors": [err]}, status=status, headers={**API_VERSION, **(headers or {})}
+    )
+
+
+def unsupported(method: str) -> web.Response:
+    """Return the 405 every write method gets: the proxy is pull-only."""
+    return oci_error(
+        405,
+        "UNSUPPORTED",
+        "The operation is unsupported.",
+        detail=f"this registry proxy is pull-only: {method} is not allowed",
+        headers={"Allow": "GET, HEAD"},
+    )
+
+
+def unauthorized() -> web.Response:
+    """Return the 401 a client without valid credentials for the proxy gets."""
+    return oci_error(
+        401,
+        "UNAUTHORIZED",
+        "authentication required",
+        headers={"WWW-Authenticate": CHALLENGE},
+    )
+
+
+def anonymous_token() -> web.Response:
+    """Return a placeholder token for an upstream that needs none."""
+    issued = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return web.json_response(
+        {
+            "token": ANONYMOUS_TOKEN,
+            "access_token": ANONYMOUS_TOKEN,
+            "expires_in": 3600,
+            "issued_at": issued,
+        }
+    )
+
+
+def client_base(request: web.Request) -> str:
+    """Return the proxy's base URL as the client reached it (honouring X-Forwarded-*)."""
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    return f"{proto or request.scheme}://{host or request.host}"
+
+
+# -- rewriting -----------------------------------------------------------------------------
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str]) -> str:
+    """Point a bearer challenge at the proxy's realm, scopes in the client's names."""
+    from ..auth.challenge import parse_challenges
+
+    out = []
+    for ch in parse_challenges(header):
+        params = dict(ch.params)
+        if ch.scheme == "bearer":
+            params["realm"] = realm
+            if "scope" in params:
+                params["scope"] = " ".join(scope_map(s) for s in params["scope"].split())
+            scheme = "Bearer"
+        else:
+            scheme = ch.scheme.capitalize()
+        out.append(scheme + " " + ",".join(f'{k}="{_quote(v)}"' for k, v in params.items()))
+    return ", ".join(out)
+
+
+def _client_url(
+    url: str,
+    upstream: Upstream,
+    path_map: Callable[[str], str | None],
+    base: str,
+    query_map: QueryMap | None = None,
+) -> str | None:
+    """Map an upstream URL to the proxy's (relative if it was); None for a foreign one."""
+    absolute = urljoin(upstream.base + "/", url)
+    parts = urlsplit(absolute)
+    if parts.netloc.lower() != upstream.host.lower():
+        return None
+    path = path_map(parts.path)
+    if path is None:
+        return None
+    query = parts.query
+    if query_map is not None:
+        items = query_map(parse_qsl(query, keep_blank_values=True))
+        if items is None:
+            return None
+        query = urlencode(items)
+    local = path + (f"?{query}" if query else "")
+    return local if url.startswith("/") else base + local
+
+
+def rewrite_location(value: str, route: Route, base: str) -> str:
+    """Rewrite a `Location` to the proxy when it points at the upstream's API."""
+    mapped = _client_url(value, route.upstream, route.client_path, base)
+    if mapped is not None:
+        return base + mapped if mapped.startswith("/") else mapped
+    return urljoin(route.upstream.base + "/", value)
+
+
+def rewrite_links(
+    value: str,
+    route: Route,
+    base: str,
+    query_map: QueryMap | None = None,
+) -> str | None:
+    """Rewrite `Link: <URL>; rel="next"` values to the client's names; None to drop them."""
+    out = []
+    for part in re.finditer(r"<([^>]*)>([^,]*)", value):
+        url, params = part.group(1), part.group(2)
+        mapped = _client_url(url, route.upstream, route.client_path, base, query_map)
+        if mapped is None:
+            continue
+        out.append(f"<{mapped}>{params}")
+    return ", ".join(out) if out else None
+
+
+def response_headers(
+    request: web.Request,
+    route: Route,
+    resp: aiohttp.ClientResponse,
+    *,
+    link_query: QueryMap | None = None,
+) -> CIMultiDict[str]:
+    """Copy an upstream answer's headers for the client, rewritten to its names."""
+    proxy = request.app[PROXY]
+    base = client_base(request)
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in resp.headers.items():
+        lower = key.lower()
+        new: str | None = value
+        if lower in _HOP_BY_HOP:
+            continue
+        if lower == "location":
+            new = rewrite_location(value, route, base)
+        elif lower == "link":
+            new = rewrite_links(value, route, base, link_query)
+        elif lower == "www-authenticate":
+            if route.upstream.mode == "proxy":
+                continue
+            realm = base + proxy.token_path(route.upstream)
+            new = rewrite_challenge(value, realm, route.client_scope)
+        if new is not None:
+            out.add(key, new)
+    return out
+
+
+# -- upstream requests -----------------------------------------------------------------------
+
+
+def client_authorization(request: web.Request) -> str | None:
+    """The client's Authorization to pass upstream (never the proxy's own credentials)."""
+    proxy = request.app[PROXY]
+    header = request.headers.get("Authorization")
+    if proxy.auth.enabled or header == f"Bearer {ANONYMOUS_TOKEN}":
+        return None
+    return header
+
+
+def forwarded_headers(request: web.Request, *, identity: bool = False) -> dict[str, str]:
+    """The request headers that go upstream (content negotiation, ranges, caching).
+
+    Without the client's own Accept-Encoding (or with `identity`, for bodies the proxy
+    rewrites) the upstream is asked for the bytes as they are, not aiohttp's gzip.
+    """
+    out = {"Accept-Encoding": "identity"}
+    for name in _FORWARDED:
+        values = request.headers.getall(name, [])
+        if values:
+            out[name] = ", ".join(values)
+    if identity:
+        out["Accept-Encoding"] = "identity"
+    return out
+
+
+async def open_upstream(
+    request: web.Request,
+    route: Route,
+    path: str,
+    *,
+    method: str | None = None,
+    scopes: frozenset[str] | None = None,
+    identity: bool = False,
+) -> aiohttp.ClientResponse:
+    """Send the client's request for `path` (upstream names, with query) to the upstream."""
+    return await route.upstream.request(
+        method or request.method,
+        path,
+        headers=forwarded_headers(request, identity=identity),
+        client_auth=client_authorization(request),
+        scopes=route.scopes if scopes is None else scopes,
+    )
+
+
+async def respond(
+    request: web.Request,
+    route: Route,
+    resp: aiohttp.ClientResponse,
+    *,
+    body: bytes | None = None,
+    link_query: QueryMap | None = None,
+) -> web.StreamResponse:
+    """Answer the client with an upstream answer: headers rewritten, the body streamed
+    (or `body` instead); the upstream answer is released."""
+    proxy = request.app[PROXY]
+    label = route.upstream.label
+    try:
+        if resp.status >= 500:
+            proxy.metrics.upstream_errors.labels(label, f"http_{resp.status}").inc()
+        if resp.status == 401 and route.upstream.mode == "proxy":
+            proxy.metrics.upstream_errors.labels(label, "credentials").inc()
+            return oci_error(
+                403,
+                "DENIED",
+                "requested access to the resource is denied",
+                detail=f"the upstream {route.upstream.host} refused the proxy's credentials"
+                f" for {route.upstream_repo}",
+            )
+        headers = response_headers(request, route, resp, link_query=link_query)
+        if body is not None:
+            headers.popall("Content-Length", None)
+            headers.popall("Content-Encoding", None)
+            return web.Response(status=resp.status, body=body, headers=headers)
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        await out.prepare(request)
+        if request.method != "HEAD":
+            sent = 0
+            try:
+                async for chunk in resp.content.iter_chunked(READ_SIZE):
+                    await out.write(chunk)
+                    sent += len(chunk)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                proxy.metrics.upstream_errors.labels(label, "broken_body").inc()
+                log.warning("upstream body broken", upstream=label, path=request.path, error=str(e))
+                out.force_close()
+                return out
+            finally:
+                proxy.metrics.bytes.labels(label, "upstream").inc(sent)
+        await out.write_eof()
+        return out
+    finally:
+        resp.release()
+
+
+async def follow_redirects(
+    request: web.Request,
+    route: Route,
+    resp: aiohttp.ClientResponse,
+    *,
+    method: str | None = None,
+) -> aiohttp.ClientResponse:
+    """Follow an upstream's redirects (storage, CDN) on the proxy's side.
+
+    The upstream's own host gets the usual credentials, any other host none.
+    """
+    method = method or request.method
+    hops = 0
+    while resp.status in REDIRECTS and hops < 5:
+        hops += 1
+        location = urljoin(str(resp.url), resp.headers.get("Location", ""))
+        resp.release()
+        if urlsplit(location).netloc.lower() == route.upstream.host.lower():
+            resp = await open_upstream(request, route, location, method=method)
+            continue
+        headers = {k: v for k, v in forwarded_headers(request).items() if k != "Accept"}
+        resp = await route.upstream.client.send_raw(method, location, headers=headers)
+    return resp
+
+
+@asynccontextmanager
+async def upstream_blob(
+    request: web.Request, route: Route, path: str
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Open an upstream blob as a stream of bytes, redirects followed on the proxy's side
+    (what a cache's single-flight fetch needs); NotFound, AuthError or RegistryError
+    when the upstream does not give it."""
+    resp = await open_upstream(request, route, path, method="GET", identity=True)
+    resp = await follow_redirects(request, route, resp, method="GET")
+    try:
+        if resp.status != 200:
+            raise await route.upstream.client.error(resp, f"{route.upstream.host}/{path}")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                yield chunk
+
+        yield chunks()
+    finally:
+        resp.release()
+
+
+# -- the cache hooks -------------------------------------------------------------------------
+
+
+async def serve_manifest(
+    request: web.Request, route: Route, reference: str, path: str
+) -> web.StreamResponse:
+    """Answer a manifest GET or HEAD (the hook for a cache: `reference` is a tag or digest,
+    `path` the upstream's path with query)."""
+    resp = await open_upstream(request, route, path)
+    return await respond(request, route, resp)
+
+
+async def serve_blob(
+    request: web.Request, route: Route, digest: str, path: str
+) -> web.StreamResponse:
+    """Answer a blob GET or HEAD (the hook for a cache); redirects pass through to the
+    client unless `stream_blobs`, which serves the bytes from here."""
+    proxy = request.app[PROXY]
+    resp = await open_upstream(request, route, path)
+    if proxy.settings.stream_blobs and resp.status in REDIRECTS:
+        resp = await follow_redirects(request, route, resp)
+    return await respond(request, route, resp)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+async def serve_tags(request: web.Request, route: Route, path: str) -> web.StreamResponse:
+    """Answer a tag list, its `name` and `Link` in the client's names."""
+    resp = await open_upstream(request, route, path, identity=True)
+    if resp.status != 200 or request.method == "HEAD":
+        return await respond(request, route, resp)
+    raw = await resp.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and "name" in doc:
+        doc["name"] = route.name
+        raw = json.dumps(doc).encode()
+    return await respond(request, route, resp, body=raw)
+
+
+async def serve_catalog(request: web.Request) -> web.StreamResponse:
+    """Answer `/v2/_catalog` from the default upstream: its repositories under the prefix."""
+    proxy = request.app[PROXY]
+    upstream = proxy.default or proxy.only
+    if upstream is None:
+        return oci_error(404, "UNSUPPORTED", "no default upstream to list repositories of")
+    request["upstream"] = upstream.label
+    route = Route(upstream, "", "")
+    prefix = upstream.prefix + "/" if upstream.prefix else ""
+    query = [(k, v) for k, v in request.query.items() if k != "last"]
+    last = request.query.get("last")
+    if last or prefix:
+        query.append(("last", prefix + last if last else prefix))
+
+    def link_query(items: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        out = []
+        for k, v in items:
+            if k == "last":
+                mapped = upstream.client_repo(v)
+                if mapped is None:
+                    return None  # the next page lies beyond the prefix: this was the last
+                v = mapped
+            out.append((k, v))
+        return out
+
+    path = "/v2/_catalog" + (f"?{urlencode(query)}" if query else "")
+    resp = await open_upstream(
+        request, route, path, scopes=frozenset({"registry:catalog:*"}), identity=True
+    )
+    if resp.status != 200 or request.method == "HEAD":
+        return await respond(request, route, resp)
+    raw = await resp.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("repositories"), list):
+        repos = [upstream.client_repo(r) for r in doc["repositories"] if isinstance(r, str)]
+        doc["repositories"] = [r for r in repos if r is not None]
+        raw = json.dumps(doc).encode()
+    return await respond(request, route, resp, body=raw, link_query=link_query)
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    """Answer `/v2/`: the lone pass-through upstream's own answer, or the proxy's."""
+    proxy = request.app[PROXY]
+    passthrough = [u for u in proxy.upstreams.values() if u.mode == "passthrough"]
+    only = proxy.only
+    if only is not None and only.mode == "passthrough":
+        request["upstream"] = only.label
+        route = Route(only, "", "")
+        resp = await open_upstream(request, route, "/v2/", scopes=frozenset())
+        return await respond(request, route, resp)
+    if passthrough and not request.headers.get("Authorization"):
+        for u in passthrough:
+            if await u.challenge() is not None:
+                realm = client_base(request) + "/_token"
+                return oci_error(
+                    401,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                    headers={
+                        "WWW-Authenticate": f'Bearer realm="{realm}",service="{PROXY_SERVICE}"'
+                    },
+                )
+    return web.json_response({}, headers=API_VERSION)
+
+
+async def handle_v2(request: web.Request) -> web.StreamResponse:
+    """Route a `/v2/` request to its upstream (GET and HEAD only)."""
+    proxy = request.app[PROXY]
+    rest = request.path.removeprefix("/v2").removeprefix("/")
+    request["kind"] = "ping" if not rest else "other"
+    if request.method not in ("GET", "HEAD"):
+        request["kind"] = "refused"
+        return unsupported(request.method)
+    if not await proxy.auth.check(request.headers.get("Authorization")):
+        return unauthorized()
+    if not rest:
+        return await ping(request)
+    if rest == "_catalog":
+        request["kind"] = "catalog"
+        return await serve_catalog(request)
+    m = _API_PATH.match(rest)
+    if m is None:
+        return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
+    kind, tail = m["kind"], m["tail"]
+    request["kind"] = {"manifests": "manifest", "blobs": "blob"}.get(kind, kind)
+    if kind == "blobs" and (tail == "uploads" or tail.startswith("uploads/")):
+        request["kind"] = "refused"
+        return unsupported("an upload")
+    route = proxy.locate(m["name"], request.query.get("ns"))
+    if route is None:
+        return oci_error(
+            404, "NAME_UNKNOWN", "repository name not known to registry", detail={"name": m["name"]}
+        )
+    request["upstream"] = route.upstream.label
+    if not REPOSITORY_RE.fullmatch(route.repo):
+        return oci_error(400, "NAME_INVALID", "invalid repository name", detail={"name": m["name"]})
+    query = [(k, v) for k, v in request.query.items() if k != "ns"]
+    path = f"/v2/{route.upstream_repo}/{kind}/{tail}" + (f"?{urlencode(query)}" if query else "")
+    if kind == "manifests":
+        return await serve_manifest(request, route, tail, path)
+    if kind == "blobs":
+        return await serve_blob(request, route, tail, path)
+    if kind == "tags":
+        return await serve_tags(request, route, path)
+    resp = await open_upstream(request, route, path)
+    return await respond(request, route, resp)
+
+
+def _map_token_scope(
+    proxy: Proxy, scope: str, fixed: Upstream | None
+) -> tuple[Upstream | None, str]:
+    """Map one requested scope to the upstream's names; (None, scope) when not a repository."""
+    parts = split_scope(scope)
+    if parts is None or not parts[0].startswith("repository"):
+        return None, scope
+    kind, name, actions = parts
+    if fixed is not None:
+        repo = name
+        if fixed.name and name.startswith(fixed.name + "/"):
+            repo = name[len(fixed.name) + 1 :]
+        upstream = fixed
+    else:
+        route = proxy.locate(name)
+        if route is None:
+            return None, scope
+        upstream, repo = route.upstream, route.repo
+    return upstream, f"{kind}:{upstream.upstream_repo(repo)}:{actions}"
+
+
+async def handle_token(request: web.Request) -> web.StreamResponse:
+    """Forward a token request to the upstream's realm, scopes in the upstream's names."""
+    proxy = request.app[PROXY]
+    request["kind"] = "token"
+    if request.method not in ("GET", "POST"):
+        return unsupported(request.method)
+    if not await proxy.auth.check(request.headers.get("Authorization")):
+        return unauthorized()
+    name = request.match_info.get("name", "")
+    fixed: Upstream | None = None
+    if name:
+        fixed = proxy.named.get(name)
+        if fixed is None:
+            return oci_error(404, "NAME_UNKNOWN", f"no upstream named {name!r}")
+    else:
+        fixed = proxy.only
+    fields: list[tuple[str, str]]
+    if request.method == "POST":
+        form = await request.post()
+        fields = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    else:
+        fields = list(request.query.items())
+    chosen = fixed
+    out: list[tuple[str, str]] = []
+    for key, value in fields:
+        if key != "scope":
+            out.append((key, value))
+            continue
+        mapped = []
+        for scope in value.split():
+            upstream, new = _map_token_scope(proxy, scope, fixed)
+            if upstream is not None:
+                if chosen is None:
+                    chosen = upstream
+                elif upstream is not chosen:
+                    log.warning("token scope for another upstream dropped", scope=scope)
+                    continue
+            mapped.append(new)
+        if mapped:
+            out.append((key, " ".join(mapped)))
+    chosen = chosen or proxy.default
+    if chosen is None:
+        return anonymous_token()
+    request["upstream"] = chosen.label
+    if chosen.mode == "proxy":
+        # The proxy logs in itself and clients never see the upstream's challenge; a token
+        # got with its credentials must not reach them (it could carry `push`).
+        return anonymous_token()
+    challenge = await chosen.challenge()
+    if challenge is None:
+        return anonymous_token()
+    if challenge.service:
+        if any(k == "service" for k, _ in out):
+            out = [(k, challenge.service if k == "service" else v) for k, v in out]
+        else:
+            out.insert(0, ("service", challenge.service))
+    auth = request.headers.get("Authorization")
+    headers = {"Authorization": auth} if auth else {}
+    realm = challenge.realm
+    client = chosen.client
+    if request.method == "POST":
+        resp = await client.send_raw("POST", realm, headers=headers, data=out)
+    else:
+        url = realm + (("&" if "?" in realm else "?") + urlencode(out) if out else "")
+        resp = await client.send_raw("GET", url, headers=headers)
+    try:
+        body = await resp.read()
+    finally:
+        resp.release()
+    if resp.status >= 500:
+        proxy.metrics.upstream_errors.labels(chosen.label, f"token_http_{resp.status}").inc()
+    keep = ("Content-Type", "Cache-Control", "WWW-Authenticate", "Pragma")
+    answer = {k: resp.headers[k] for k in keep if k in resp.headers}
+    return web.Response(status=resp.status, body=body, headers=answer)
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    """Serve the Prometheus metrics."""
+    request["kind"] = "metrics"
+    if request.method not in ("GET", "HEAD"):
+        return unsupported(request.method)
+    body = request.app[PROXY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def handle_health(request: web.Request) -> web.StreamResponse:
+    """Answer liveness checks."""
+    request["kind"] = "health"
+    return web.Response(text="ok\n")
+
+
+async def handle_other(request: web.Request) -> web.StreamResponse:
+    """Send a browser to the upstream's page for the image (unless redirects are off)."""
+    proxy = request.app[PROXY]
+    request["kind"] = "redirect"
+    if request.method not in ("GET", "HEAD"):
+        request["kind"] = "refused"
+        return unsupported(request.method)
+    if not proxy.settings.browser_redirects:
+        return web.Response(status=404, text="404 page not found\n")
+    first, _, rest = request.path.lstrip("/").partition("/")
+    upstream, path = proxy.default or proxy.only, request.path
+    if first in proxy.named:
+        upstream, path = proxy.named[first], rest
+    if upstream is None:
+        return web.Response(status=404, text="404 page not found\n")
+    request["upstream"] = upstream.label
+    raise web.HTTPTemporaryRedirect(upstream.browser_url(path))
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn upstream failures into OCI errors and count every answer."""
+    proxy = request.app[PROXY]
+    started = time.monotonic()
+    resp: web.StreamResponse
+    try:
+        resp = await handler(request)
+    except web.HTTPException as e:
+        resp = e
+    except NotFound as e:
+        resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry", detail=str(e))
+    except RateLimited as e:
+        proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "http_429").inc()
+        wait = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else {}
+        resp = oci_error(429, "TOOMANYREQUESTS", "too many requests", headers=wait)
+    except AuthError as e:
+        proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "credentials").inc()
+        log.warning("upstream refused the proxy's credentials", path=request.path, error=str(e))
+        resp = oci_error(403, "DENIED", "requested access to the resource is denied", detail=str(e))
+    except (aiohttp.ClientError, TimeoutError, OcimirrorError) as e:
+        proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "unreachable").inc()
+        log.warning("upstream failed", path=request.path, error=str(e) or type(e).__name__)
+        resp = oci_error(
+            502, "UNAVAILABLE", "the upstream registry could not be reached", detail=str(e)
+        )
+    proxy.metrics.requests.labels(
+        request.get("upstream", "-"), request.get("kind", "other"), request.method, resp.status
+    ).inc()
+    log.debug(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=resp.status,
+        seconds=round(time.monotonic() - started, 4),
+    )
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+def make_proxy_app(
+    settings: ProxySettings,
+    *,
+    cache: ProxyCache | None = None,
+    metrics: ProxyMetrics | None = None,
+) -> web.Application:
+    """Build the proxy's aiohttp application (upstream sessions close with it)."""
+    proxy = Proxy(settings, cache=cache, metrics=metrics)
+    app = web.Application(middlewares=[_middleware])
+    app[PROXY] = proxy
+
+    async def close(_app: web.Application) -> None:
+        await proxy.close()
+
+    app.on_cleanup.append(close)
+    r = app.router
+    r.add_route("*", "/_token", handle_token)
+    r.add_route("*", "/_token/{name}", handle_token)
+    r.add_route("*", "/metrics", handle_metrics)
+    r.add_route("*", "/healthz", handle_health)
+    r.add_route("*", "/v2", handle_v2)
+    r.add_route("*", "/v2/{rest:.*}", handle_v2)
+    r.add_route("*", "/{rest:.*}", handle_other)
+    return app

@@ -1,0 +1,176 @@
+"""`ocimirror proxy` (registered by `ocimirror.cli`): serve registries under the proxy's name.
+
+The server is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from .settings import ProxySettings
+
+_EPILOG = (
+    "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
+    " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS and OCIMIRROR_PROXY_TOKENS."
+    " Flags win over the environment."
+)
+
+
+def proxy(
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port to listen on (default: $PORT, else 8080).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (default: 0.0.0.0).")
+    ] = None,
+    registry_host: Annotated[
+        str | None,
+        typer.Option(
+            "--registry-host",
+            help="The default upstream registry (default: $REGISTRY_HOST).",
+            metavar="HOST",
+        ),
+    ] = None,
+    repo_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--repo-prefix",
+            help="Repository prefix upstream: NAME is served from PREFIX/NAME"
+            " (default: $REPO_PREFIX).",
+            metavar="PREFIX",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML with several upstreams and client credentials.",
+            metavar="FILE",
+        ),
+    ] = None,
+    stream_blobs: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream-blobs/--redirect-blobs",
+            help="Serve blob bytes through the proxy instead of passing the upstream's"
+            " redirects (to its storage or CDN) on to clients.",
+            show_default=False,
+        ),
+    ] = None,
+    disable_browser_redirects: Annotated[
+        bool | None,
+        typer.Option(
+            "--disable-browser-redirects",
+            help="Answer 404 to non-/v2/ paths instead of redirecting to the upstream's page.",
+            show_default=False,
+        ),
+    ] = None,
+    keychain: Annotated[
+        bool,
+        typer.Option(
+            "--keychain",
+            help="Log in to the default upstream with docker's / podman's stored"
+            " credentials (credential helpers included).",
+        ),
+    ] = False,
+    authfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--authfile",
+            help="Like --keychain, from this docker config.json / auth.json only.",
+            metavar="FILE",
+        ),
+    ] = None,
+    client_token: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--client-token",
+            help="A token clients must present (Bearer, or as a Basic password); repeatable.",
+            metavar="TOKEN",
+        ),
+    ] = None,
+    htpasswd: Annotated[
+        Path | None,
+        typer.Option("--htpasswd", help="Users clients log in as (htpasswd file).", metavar="FILE"),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text or json.", metavar="FORMAT")
+    ] = "text",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning...")] = "info",
+) -> None:
+    """A pull-only registry proxy: serve upstream registries under this host's name."""
+    from ..errors import OcimirrorError
+    from ..logs import configure
+    from .settings import load_settings
+
+    console = Console(stderr=True)
+    try:
+        settings = load_settings(
+            port=port,
+            host=host,
+            registry_host=registry_host,
+            repo_prefix=repo_prefix,
+            config=config,
+            stream_blobs=stream_blobs,
+            disable_browser_redirects=disable_browser_redirects,
+            keychain=keychain,
+            authfile=authfile,
+            client_tokens=client_token or (),
+            htpasswd=htpasswd,
+        )
+        if log_format not in ("text", "json"):
+            raise ValueError(f"--log-format must be text or json, not {log_format!r}")
+    except (OcimirrorError, ValueError) as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    configure(fmt="json" if log_format == "json" else "text", level=log_level)
+    raise typer.Exit(asyncio.run(_serve(settings)))
+
+
+proxy.__doc__ = f"{proxy.__doc__}\n\n{_EPILOG}"
+
+
+async def _serve(settings: ProxySettings) -> int:
+    import structlog
+    from aiohttp import web
+
+    from .app import make_proxy_app
+
+    log = structlog.get_logger("ocimirror.proxy")
+    try:
+        app = make_proxy_app(settings)
+    except ValueError as e:
+        log.error(str(e))
+        return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "listening",
+            address=f"http://{settings.host}:{settings.port}",
+            upstreams={u.name or "(default)": f"{u.host}/{u.prefix}" for u in settings.upstreams},
+            stream_blobs=settings.stream_blobs,
+            client_auth=settings.clients.enabled,
+        )
+        await stop.wait()
+        log.info("stopping")
+        return 0
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,73 @@
+"""Prometheus metrics of `ocimirror proxy`, served on `/metrics`.
+
+- `ocimirror_proxy_requests_total{upstream,kind,method,status}`: requests answered.
+- `ocimirror_proxy_cache_hits_total{kind}` / `..._cache_misses_total{kind}`: for a cache.
+- `ocimirror_proxy_bytes_total{upstream,source}`: body bytes served, `source` being
+  `upstream` or `cache`.
+- `ocimirror_proxy_upstream_errors_total{upstream,reason}`: unreachable upstreams,
+  5xx answers, refused credentials.
+- `ocimirror_proxy_upstream_requests_total{upstream}` and
+  `ocimirror_proxy_upstream_throttled_total{upstream}`: requests sent upstream, 429s seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .upstream import Upstream
+
+
+class _UpstreamCollector(Collector):
+    def __init__(self, upstreams: Callable[[], Iterable[Upstream]]) -> None:
+        self._upstreams = upstreams
+
+    def collect(self) -> Iterable[Metric]:
+        sent = CounterMetricFamily(
+            "ocimirror_proxy_upstream_requests", "Requests sent upstream", labels=["upstream"]
+        )
+        throttled = CounterMetricFamily(
+            "ocimirror_proxy_upstream_throttled",
+            "HTTP 429 answers from upstream",
+            labels=["upstream"],
+        )
+        for u in self._upstreams():
+            sent.add_metric([u.label], sum(u.client.requests.values()))
+            throttled.add_metric([u.label], u.client.statuses[429])
+        return [sent, throttled]
+
+
+class ProxyMetrics:
+    """The proxy's metrics, in a registry of their own."""
+
+    def __init__(self, upstreams: Callable[[], Iterable[Upstream]] = tuple) -> None:
+        """Make the metrics; `upstreams` is read at every scrape."""
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ocimirror_proxy_requests", "Requests answered by the proxy",
+            ["upstream", "kind", "method", "status"], registry=r,
+        )  # fmt: skip
+        self.cache_hits = Counter(
+            "ocimirror_proxy_cache_hits", "Answers served from the cache", ["kind"], registry=r
+        )
+        self.cache_misses = Counter(
+            "ocimirror_proxy_cache_misses", "Cache lookups that went upstream", ["kind"], registry=r
+        )
+        self.bytes = Counter(
+            "ocimirror_proxy_bytes", "Body bytes served, by source (upstream or cache)",
+            ["upstream", "source"], registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "ocimirror_proxy_upstream_errors", "Upstream failures by reason",
+            ["upstream", "reason"], registry=r,
+        )  # fmt: skip
+        r.register(_UpstreamCollector(upstreams))
+
+    def render(self) -> bytes:
+        """Return the text exposition format of everything."""
+        return generate_latest(self.registry)

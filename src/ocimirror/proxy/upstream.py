@@ -1,0 +1,272 @@
+"""One upstream registry of the proxy: its address, repository prefix, names and auth.
+
+Names: the client's `foo` is the upstream's `PREFIX/foo`; on Docker Hub a single name
+gets `library/` (`alpine` -> `library/alpine`), after the prefix is applied.
+
+Auth, per upstream:
+
+- `passthrough`: the client's own `Authorization` goes upstream as it is. The upstream's
+  bearer challenge is learnt (realm and service) so that the proxy's `/_token` endpoint
+  can forward token requests to the real realm.
+- `proxy`: the proxy logs in itself and never forwards the client's header: a static
+  AUTH_HEADER (`Basic` and `Bearer` ones take part in the token dance, any other scheme is
+  sent as it is), or credentials from the config, a credential helper or docker's auth
+  files, looked up again every `credentials_refresh` seconds. Bearer tokens are fetched,
+  cached per scope and renewed before they expire by `RegistryClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+
+from ..auth.challenge import Challenge, parse_challenges
+from ..auth.credentials import ANONYMOUS, Credentials, Keychain
+from ..client import HostOptions, RegistryClient
+from ..errors import RegistryError
+from ..reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host
+from .settings import UpstreamConfig
+
+log = structlog.get_logger("ocimirror.proxy")
+
+_HUB_ALIASES = frozenset(
+    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+)
+#: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
+CHALLENGE_TTL = 600.0
+
+
+class UpstreamClient(RegistryClient):
+    """A RegistryClient that also sends raw requests for the proxy, answers unread."""
+
+    async def send_auth(
+        self, method: str, url: str, *, scopes: frozenset[str], headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send with the proxy's own credentials (401 -> learn, log in, retry once)."""
+        return await self._send(method, url, scopes=scopes, headers=headers, allow_redirects=False)
+
+    async def send_raw(
+        self, method: str, url: str, *, headers: dict[str, str], data: Any = None
+    ) -> aiohttp.ClientResponse:
+        """Send as it is (no credentials of our own), counted and paced like the others."""
+        await self._start(method)
+        resp = await self.session.request(
+            method, url, headers=headers, data=data, allow_redirects=False
+        )
+        self.statuses[resp.status] += 1
+        self._note_rate_limit(resp)
+        return resp
+
+    async def error(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
+        """Build the error for a failed answer (NotFound for 404), the body read."""
+        return await self._error(resp, what)
+
+    def set_credentials(self, credentials: Credentials) -> None:
+        """Use other credentials from now on, forgetting tokens got with the old ones."""
+        if credentials != self.credentials:
+            self.credentials = credentials
+            self._tokens.clear()
+
+
+def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
+    """Turn an AUTH_HEADER into credentials (Basic, Bearer) or keep it as a raw header."""
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            sep = ""
+        if sep:
+            return Credentials(username=user, password=password), None
+    elif scheme.lower() == "bearer" and value:
+        return Credentials(registry_token=value), None
+    return None, header.strip()
+
+
+class Upstream:
+    """One upstream registry and how the proxy maps names and authenticates to it."""
+
+    def __init__(self, config: UpstreamConfig, *, force_proxy_auth: bool = False) -> None:
+        """Prepare the upstream; nothing is sent until the first request."""
+        self.config = config
+        self.name = config.name
+        self.prefix = config.prefix
+        host = config.host
+        self.is_hub = host.lower() in _HUB_ALIASES
+        #: The host the API is reached at (registry-1.docker.io for Docker Hub).
+        self.host = DOCKER_HUB_API if self.is_hub else host
+        plain = config.tls.plain_http
+        if plain is None:
+            plain = is_loopback_host(self.host)
+        self.scheme: Literal["http", "https"] = "http" if plain else "https"
+        self.base = f"{self.scheme}://{self.host}"
+        default_ns = DOCKER_HUB if self.is_hub else host.lower()
+        #: containerd `?ns=` values routed here.
+        self.namespaces = frozenset(n.lower() for n in (config.namespaces or [default_ns]))
+        mode = config.auth
+        if mode == "auto":
+            mode = "proxy" if config.has_credentials or force_proxy_auth else "passthrough"
+        elif mode == "passthrough" and force_proxy_auth:
+            raise ValueError(
+                f"upstream {self.label}: clients log in to the proxy, so it cannot pass their"
+                " credentials through (auth: passthrough)"
+            )
+        self.mode: Literal["passthrough", "proxy"] = mode
+        self.static_header: str | None = None
+        credentials = ANONYMOUS
+        if config.auth_header is not None:
+            creds, raw = _static_credentials(config.auth_header.reveal())
+            credentials = creds or ANONYMOUS
+            self.static_header = raw
+        elif config.credentials is not None:
+            c = config.credentials
+            if c.token is not None:
+                credentials = Credentials(registry_token=c.token.reveal())
+            elif c.username is not None and c.password is not None:
+                credentials = Credentials(username=c.username, password=c.password.reveal())
+        #: Credentials are looked up (and again later) through a keychain.
+        self._keychain_based = config.credentials is not None and (
+            config.credentials.helper is not None or config.credentials.docker_config is not False
+        )
+        self._resolved_at = 0.0
+        self._creds_lock = asyncio.Lock()
+        options = HostOptions(
+            tls_verify=config.tls.verify,
+            ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
+            plain_http=plain,
+        )
+        self.client = UpstreamClient(self.host, credentials=credentials, options=options)
+        self._challenge: Challenge | None = None
+        self._challenge_at = 0.0
+        self._challenge_known = False
+        self._ping_lock = asyncio.Lock()
+
+    @property
+    def label(self) -> str:
+        """Name the upstream in logs and metrics: its name, else its host."""
+        return self.name or self.config.host
+
+    def __repr__(self) -> str:
+        """Show name, host, prefix and mode."""
+        where = f"{self.base}/{self.prefix}" if self.prefix else self.base
+        return f"<Upstream {self.name!r} {where} {self.mode}>"
+
+    # -- names ----------------------------------------------------------------------------
+
+    def upstream_repo(self, repo: str) -> str:
+        """Map a client's repository to the upstream's (prefix, then `library/` on the Hub)."""
+        full = f"{self.prefix}/{repo}" if self.prefix else repo
+        if self.is_hub and "/" not in full:
+            full = f"library/{full}"
+        return full
+
+    def client_repo(self, upstream_repo: str) -> str | None:
+        """Map an upstream repository back to the client's name; None outside the prefix."""
+        if not self.prefix:
+            return upstream_repo
+        if upstream_repo.startswith(self.prefix + "/"):
+            return upstream_repo[len(self.prefix) + 1 :]
+        return None
+
+    def browser_url(self, path: str) -> str:
+        """Return the upstream's web page for an image path (`/foo/bar`), as a browser sees it."""
+        path = path.strip("/")
+        full = "/".join(p for p in (self.prefix, path) if p)
+        if self.is_hub:
+            if not full:
+                return "https://hub.docker.com/"
+            name = full.removeprefix("library/")
+            if "/" not in name:
+                return f"https://hub.docker.com/_/{name}"
+            return f"https://hub.docker.com/r/{full}"
+        return f"{self.scheme}://{self.config.host}/{full}"
+
+    # -- credentials ------------------------------------------------------------------------
+
+    async def refresh_credentials(self) -> None:
+        """Look credentials up again (helpers, auth files) once they are older than allowed."""
+        if not self._keychain_based:
+            return
+        ttl = self.config.credentials_refresh
+        if time.monotonic() - self._resolved_at < ttl:
+            return
+        async with self._creds_lock:
+            if time.monotonic() - self._resolved_at < ttl:
+                return
+            c = self.config.credentials
+            assert c is not None
+            if c.helper is not None:
+                keychain = Keychain(helpers={self.config.host: c.helper})
+            else:
+                path = c.docker_config if not isinstance(c.docker_config, bool) else None
+                keychain = Keychain(config_path=path)
+            creds = await keychain.resolve(self.config.host)
+            self.client.set_credentials(creds)
+            self._resolved_at = time.monotonic()
+            log.debug("upstream credentials looked up", upstream=self.label, creds=repr(creds))
+
+    # -- challenges ---------------------------------------------------------------------------
+
+    def learn(self, header: str) -> None:
+        """Remember the upstream's bearer challenge from a WWW-Authenticate header."""
+        for ch in parse_challenges(header):
+            if ch.scheme == "bearer" and ch.realm:
+                self._challenge = Challenge("bearer", {"realm": ch.realm, "service": ch.service})
+                self._challenge_at = time.monotonic()
+                self._challenge_known = True
+                return
+
+    async def challenge(self) -> Challenge | None:
+        """Return the upstream's bearer challenge (realm, service), pinging once to learn it."""
+        fresh = time.monotonic() - self._challenge_at < CHALLENGE_TTL
+        if self._challenge_known and fresh:
+            return self._challenge
+        async with self._ping_lock:
+            if self._challenge_known and time.monotonic() - self._challenge_at < CHALLENGE_TTL:
+                return self._challenge
+            resp = await self.client.send_raw("GET", self.base + "/v2/", headers={})
+            resp.release()
+            self._challenge = None
+            self.learn(resp.headers.get("WWW-Authenticate", ""))
+            self._challenge_at = time.monotonic()
+            self._challenge_known = True
+            return self._challenge
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        client_auth: str | None,
+        scopes: frozenset[str],
+    ) -> aiohttp.ClientResponse:
+        """Send a request for `path` (with query, or an URL) upstream; the answer is unread."""
+        url = path if "://" in path else self.base + path
+        if self.mode == "proxy":
+            await self.refresh_credentials()
+            if self.static_header is not None:
+                return await self.client.send_raw(
+                    method, url, headers={**headers, "Authorization": self.static_header}
+                )
+            return await self.client.send_auth(method, url, scopes=scopes, headers=headers)
+        hdrs = dict(headers)
+        if client_auth:
+            hdrs["Authorization"] = client_auth
+        resp = await self.client.send_raw(method, url, headers=hdrs)
+        if resp.status == 401:
+            self.learn(resp.headers.get("WWW-Authenticate", ""))
+        return resp
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.client.close()
