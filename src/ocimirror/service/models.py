@@ -9,9 +9,9 @@ or the whole request may carry the copy options of the CLI; an entry's own value
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: Request bodies larger than this answer 413 (the original's limit: 1 MB).
 MAX_BODY = 1024 * 1024
@@ -21,10 +21,27 @@ DEFAULT_PARALLELISM = 5
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
-class _Strict(BaseModel):
-    """Unknown fields are errors, as the original's DisallowUnknownFields."""
+def _integral(value: Any) -> Any:
+    """A JSON number without a fraction is an integer, as JSON Schema says: 5.0 is 5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
-    model_config = ConfigDict(extra="forbid")
+
+#: The integer fields of a request: strict (no bool, no string), but 5.0 counts as 5.
+#: (The bounds go inside, before the validator, to stay `minimum`/`maximum` in the schema.)
+Latest = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+Parallelism = Annotated[int, Field(ge=0, le=256), BeforeValidator(_integral)]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors, as the original's DisallowUnknownFields; no coercion.
+
+    As the OpenAPI document (and Go's decoder) say: `"parallelism": false` or `"5"` and
+    `"all_tags": "true"` or `1` are invalid values, not 0, 5 and True.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class CopyOptionsModel(_Strict):
@@ -36,7 +53,7 @@ class CopyOptionsModel(_Strict):
     include: list[str] | None = Field(default=None, description="Tags to keep (full regex).")
     exclude: list[str] | None = Field(default=None, description="Tags to drop (full regex).")
     semver: str | None = Field(default=None, description="A semver range of tags, e.g. >=1.2.")
-    latest: int | None = Field(default=None, ge=1, description="Only the N highest versions.")
+    latest: Latest | None = Field(default=None, description="Only the N highest versions.")
     platforms: list[str] | None = Field(
         default=None, description="os/arch[/variant] globs; all platforms when unset."
     )
@@ -85,10 +102,8 @@ class MirrorRequest(CopyOptionsModel):
     mirrors: list[MirrorEntry] = Field(
         default_factory=list, description="The copies to make, in order."
     )
-    parallelism: int = Field(
+    parallelism: Parallelism = Field(
         default=DEFAULT_PARALLELISM,
-        ge=0,
-        le=256,
         description="Entries copied at once (0 means the default, 5).",
     )
 

@@ -147,6 +147,8 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "delete": {
                     "summary": "Cancel a job",
+                    "description": "Stops a queued or running job. The job is not removed:"
+                    " it stays readable, in state `cancelled`.",
                     "operationId": "cancelJob",
                     "security": _BEARER,
                     "parameters": [job_id],
@@ -172,6 +174,25 @@ def openapi_document() -> dict[str, Any]:
                                 "required": ["mirrors"],
                             },
                             "The mirrors",
+                        )
+                    },
+                }
+            },
+            "/api/v1/dashboard": {
+                "get": {
+                    "summary": "What the dashboard polls: the mirrors and the recent jobs",
+                    "operationId": "dashboardData",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "mirrors": {"type": "array", "items": _ref("MirrorView")},
+                                    "jobs": {"type": "array", "items": _ref("JobView")},
+                                },
+                                "required": ["mirrors", "jobs"],
+                            },
+                            "The mirrors and up to 20 jobs, newest first",
                         )
                     },
                 }
@@ -212,6 +233,13 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json({"type": "object"}, "Ready"),
                         "503": _json({"type": "object"}, "Not ready"),
                     },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}, "The OpenAPI 3.1 document")},
                 }
             },
             "/metrics": {
