@@ -235,3 +235,15 @@ async def test_docker_sync_and_ini_configs_plan_against_real_registries(
     passes = await sync_pass(config, state=None)
     assert [p.status for p in passes] == ["ok", "ok"]
     assert dst.tags("mirror/ini/app") == ["2"]
+
+
+def test_an_unreachable_registry_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        "mirrors:\n  - name: gone\n    source: 127.0.0.1:1/lib/app:1\n"
+        "    targets: [127.0.0.1:1/mirror/app]\n"
+    )
+    out = run_ocimirror("sync", "-c", str(config), "--no-state")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "127.0.0.1:1: cannot reach the registry: Connect call failed" in out.stderr, out.stderr

@@ -35,6 +35,7 @@ from .errors import (
     NotFound,
     RateLimited,
     RegistryError,
+    Unreachable,
     UploadRefused,
     is_retryable,
 )
@@ -92,6 +93,13 @@ def _scopes_cover(have: frozenset[str], want: frozenset[str]) -> bool:
         ):
             return False
     return True
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a connection failure in a few words (aiohttp's OSError text, else the type)."""
+    cause = getattr(exc, "os_error", None) or exc.__cause__ or exc
+    text = getattr(cause, "strerror", None) or str(cause)
+    return text or type(exc).__name__
 
 
 def repo_scope(repo: str, actions: str) -> str:
@@ -449,11 +457,19 @@ class RegistryClient:
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
         """Run an idempotent request function with retries on transient failures."""
-        async for attempt in stamina.retry_context(
-            on=_retry_hook, attempts=self.attempts, wait_initial=0.2, wait_max=10.0, timeout=120
-        ):
-            with attempt:
-                return await fn()
+        try:
+            async for attempt in stamina.retry_context(
+                on=_retry_hook,
+                attempts=self.attempts,
+                wait_initial=0.2,
+                wait_max=10.0,
+                timeout=120,
+            ):
+                with attempt:
+                    return await fn()
+        except (aiohttp.ClientConnectionError, TimeoutError, ConnectionError) as e:
+            # One readable line naming the host, as every other registry failure has.
+            raise Unreachable(f"{self.host}: cannot reach the registry: {_reason(e)}") from e
 
     # -- manifests --------------------------------------------------------------------
 

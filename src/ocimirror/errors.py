@@ -78,6 +78,10 @@ class UploadRefused(RegistryError):
     """Raised when a registry refuses a monolithic upload; the blob is retried chunked."""
 
 
+class Unreachable(RegistryError):
+    """Raised when a registry cannot be reached (DNS, refused connection, timeout, TLS)."""
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Tell whether a failure is transient: connection errors, timeouts, 5xx and 429."""
     if isinstance(exc, RateLimited):
