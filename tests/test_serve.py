@@ -421,6 +421,9 @@ def test_configured_mirrors_run_on_demand_and_report(
     assert mirror["last_run"] is None
     assert mirror["next_run"] is None  # on demand
     assert server.call("POST", "/api/v1/mirrors/cfg/sync").status == 202
+    # Asked for is running at once: a poller never mistakes the previous run for this one.
+    (asked,) = server.call("GET", "/api/v1/mirrors").json()["mirrors"]
+    assert asked["running"] is True or asked["last_status"] == "ok"
     assert server.call("POST", "/api/v1/mirrors/nope/sync").status == 404
     wait_for(lambda: dst.tags("cfg/app") == ["1"], "the on-demand run")
 

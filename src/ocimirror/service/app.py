@@ -304,10 +304,15 @@ async def mirror_views(service: Service) -> list[MirrorView]:
     daemon = service.daemon
     if daemon is None:
         return []
+    # The daemon first, the database second, so a pass is never shown done before it is:
+    # one asked for by the API counts as running from the moment it is asked for.
+    busy = daemon.busy()
     last = await service.state.last_runs()
     views = []
     for m in daemon.config.mirrors:
         run = last.get(m.label)
+        # Asked for, running, or started since `busy` was read: all "running".
+        running = m.label in busy or (run is not None and run.status == "running")
         success = await service.state.last_success(m.label)
         views.append(
             MirrorView(
@@ -315,11 +320,9 @@ async def mirror_views(service: Service) -> list[MirrorView]:
                 sources=list(m.sources),
                 targets=list(m.targets),
                 schedule=schedule_of(m).describe(),
-                running=m.label in daemon.running,
+                running=running,
                 last_run=(run.finished_at or run.started_at) if run else None,
-                last_status=("running" if m.label in daemon.running else run.status)
-                if run
-                else None,
+                last_status="running" if running else run.status if run else None,
                 last_error=run.error if run else None,
                 last_success=success,
                 next_run=daemon.next_run.get(m.label),

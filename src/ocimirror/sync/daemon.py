@@ -121,11 +121,15 @@ class Daemon:
 
     # -- the loop --------------------------------------------------------------------
 
+    def busy(self) -> set[str]:
+        """Mirrors running now, or asked to run and about to start."""
+        return set(self.running) | self._triggered
+
     def trigger(self, label: str) -> bool:
         """Run a mirror now; False when it is already running (KeyError if unknown)."""
         if not any(m.label == label for m in self.config.mirrors):
             raise KeyError(label)
-        if label in self.running:
+        if label in self.busy():
             return False
         self.next_run[label] = datetime.now(UTC)
         self._triggered.add(label)
