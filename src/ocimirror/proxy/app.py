@@ -19,10 +19,12 @@ Routes:
 - POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
 - `/metrics`, `/healthz`; any other path redirects a browser to the upstream's page.
 
-Cache hook: manifests go through `serve_manifest` and blobs through `serve_blob`; a
-pull-through cache (given to `make_proxy_app(..., cache=)`, kept as `Proxy.cache`) plugs in
-there, using `open_upstream` and `respond` for what it does not have, and `upstream_blob`
-as the upstream opener of a single-flight blob fetch.
+The pull-through cache: manifests go through `serve_manifest` and blobs through
+`serve_blob`; with a cache (`--cache`, or given to `make_proxy_app(..., cache=)`, kept as
+`Proxy.cache`) they hand over to `pullthrough`, which uses `open_upstream` and `respond`
+for what the cache does not have, and `open_upstream_blob` as the upstream opener of a
+single-flight blob fetch. With a cache the ping and `/_token` also answer on their own when
+the upstream cannot be reached, so that cached images can still be pulled.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +54,7 @@ from .settings import ProxySettings
 from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from .cache import ProxyCache
+    from .cache import ProxyCache, UpstreamBlob
 
 log = structlog.get_logger("ocimirror.proxy")
 
@@ -167,6 +169,8 @@ class Proxy:
         metrics: ProxyMetrics | None = None,
     ) -> None:
         """Build the upstreams from the settings."""
+        from .pullthrough import Grants
+
         self.settings = settings
         force = settings.clients.enabled
         self.upstreams = {u.name: Upstream(u, force_proxy_auth=force) for u in settings.upstreams}
@@ -180,6 +184,8 @@ class Proxy:
         )
         #: The pull-through cache, for `serve_manifest` and `serve_blob` (None: none).
         self.cache = cache
+        #: Who the pass-through upstreams let read what, for serving from the cache.
+        self.grants = Grants()
 
     @property
     def only(self) -> Upstream | None:
@@ -409,6 +415,17 @@ def forwarded_headers(request: web.Request, *, identity: bool = False) -> dict[s
     return out
 
 
+def negotiation_headers(request: web.Request) -> dict[str, str]:
+    """The request headers a cache's own upstream requests carry: the client's Accept and
+    User-Agent, never its ranges or conditions, and the bytes as they are."""
+    out = {"Accept-Encoding": "identity"}
+    for name in ("Accept", "User-Agent"):
+        values = request.headers.getall(name, [])
+        if values:
+            out[name] = ", ".join(values)
+    return out
+
+
 async def open_upstream(
     request: web.Request,
     route: Route,
@@ -417,12 +434,14 @@ async def open_upstream(
     method: str | None = None,
     scopes: frozenset[str] | None = None,
     identity: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    """Send the client's request for `path` (upstream names, with query) to the upstream."""
+    """Send the client's request for `path` (upstream names, with query) to the upstream
+    (with `headers` instead of the client's forwarded ones when given)."""
     return await route.upstream.request(
         method or request.method,
         path,
-        headers=forwarded_headers(request, identity=identity),
+        headers=forwarded_headers(request, identity=identity) if headers is None else headers,
         client_auth=client_authorization(request),
         scopes=route.scopes if scopes is None else scopes,
     )
@@ -484,34 +503,42 @@ async def follow_redirects(
     resp: aiohttp.ClientResponse,
     *,
     method: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
     """Follow an upstream's redirects (storage, CDN) on the proxy's side.
 
-    The upstream's own host gets the usual credentials, any other host none.
+    The upstream's own host gets the usual credentials, any other host none; `headers`
+    replace the client's forwarded ones when given.
     """
     method = method or request.method
+    sent = forwarded_headers(request) if headers is None else headers
     hops = 0
     while resp.status in REDIRECTS and hops < 5:
         hops += 1
         location = urljoin(str(resp.url), resp.headers.get("Location", ""))
         resp.release()
         if urlsplit(location).netloc.lower() == route.upstream.host.lower():
-            resp = await open_upstream(request, route, location, method=method)
+            resp = await open_upstream(request, route, location, method=method, headers=headers)
             continue
-        headers = {k: v for k, v in forwarded_headers(request).items() if k != "Accept"}
-        resp = await route.upstream.client.send_raw(method, location, headers=headers)
+        foreign = {k: v for k, v in sent.items() if k != "Accept"}
+        resp = await route.upstream.client.send_raw(method, location, headers=foreign)
     return resp
 
 
 @asynccontextmanager
-async def upstream_blob(
+async def open_upstream_blob(
     request: web.Request, route: Route, path: str
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """Open an upstream blob as a stream of bytes, redirects followed on the proxy's side
-    (what a cache's single-flight fetch needs); NotFound, AuthError or RegistryError
-    when the upstream does not give it."""
-    resp = await open_upstream(request, route, path, method="GET", identity=True)
-    resp = await follow_redirects(request, route, resp, method="GET")
+) -> AsyncIterator[UpstreamBlob]:
+    """Open a whole upstream blob, redirects followed on the proxy's side, with its size when
+    the upstream says (what a cache's single-flight fetch needs; the client's ranges and
+    conditions are left out); NotFound, AuthError or RegistryError when the upstream does
+    not give it."""
+    from .cache import UpstreamBlob
+
+    headers = negotiation_headers(request)
+    headers.pop("Accept", None)
+    resp = await open_upstream(request, route, path, method="GET", headers=headers)
+    resp = await follow_redirects(request, route, resp, method="GET", headers=headers)
     try:
         if resp.status != 200:
             raise await route.upstream.client.error(resp, f"{route.upstream.host}/{path}")
@@ -520,9 +547,19 @@ async def upstream_blob(
             async for chunk in resp.content.iter_chunked(READ_SIZE):
                 yield chunk
 
-        yield chunks()
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+        yield UpstreamBlob(chunks(), None if encoded else resp.content_length)
     finally:
         resp.release()
+
+
+@asynccontextmanager
+async def upstream_blob(
+    request: web.Request, route: Route, path: str
+) -> AsyncIterator[AsyncIterable[bytes]]:
+    """Open an upstream blob as a stream of bytes, as `open_upstream_blob` does."""
+    async with open_upstream_blob(request, route, path) as blob:
+        yield blob.chunks
 
 
 # -- the cache hooks -------------------------------------------------------------------------
@@ -531,8 +568,17 @@ async def upstream_blob(
 async def serve_manifest(
     request: web.Request, route: Route, reference: str, path: str
 ) -> web.StreamResponse:
-    """Answer a manifest GET or HEAD (the hook for a cache: `reference` is a tag or digest,
-    `path` the upstream's path with query)."""
+    """Answer a manifest GET or HEAD (`reference` is a tag or digest, `path` the upstream's
+    path with query), through the cache when there is one."""
+    if request.app[PROXY].cache is not None:
+        from .pullthrough import cached_manifest
+
+        return await cached_manifest(request, route, reference, path)
+    return await upstream_manifest(request, route, path)
+
+
+async def upstream_manifest(request: web.Request, route: Route, path: str) -> web.StreamResponse:
+    """Answer a manifest GET or HEAD from the upstream, as it answers."""
     resp = await open_upstream(request, route, path)
     return await respond(request, route, resp)
 
@@ -540,8 +586,17 @@ async def serve_manifest(
 async def serve_blob(
     request: web.Request, route: Route, digest: str, path: str
 ) -> web.StreamResponse:
-    """Answer a blob GET or HEAD (the hook for a cache); redirects pass through to the
-    client unless `stream_blobs`, which serves the bytes from here."""
+    """Answer a blob GET or HEAD, through the cache when there is one."""
+    if request.app[PROXY].cache is not None:
+        from .pullthrough import cached_blob
+
+        return await cached_blob(request, route, digest, path)
+    return await upstream_blob_answer(request, route, path)
+
+
+async def upstream_blob_answer(request: web.Request, route: Route, path: str) -> web.StreamResponse:
+    """Answer a blob GET or HEAD from the upstream; redirects pass through to the client
+    unless `stream_blobs`, which serves the bytes from here."""
     proxy = request.app[PROXY]
     resp = await open_upstream(request, route, path)
     if proxy.settings.stream_blobs and resp.status in REDIRECTS:
@@ -619,11 +674,25 @@ async def ping(request: web.Request) -> web.StreamResponse:
     if only is not None and only.mode == "passthrough":
         request["upstream"] = only.label
         route = Route(only, "", "")
-        resp = await open_upstream(request, route, "/v2/", scopes=frozenset())
+        try:
+            resp = await open_upstream(request, route, "/v2/", scopes=frozenset())
+        except (aiohttp.ClientError, TimeoutError) as e:
+            if proxy.cache is None:
+                raise
+            return offline_ping(request, only, "unreachable", str(e) or type(e).__name__)
+        if resp.status >= 500 and proxy.cache is not None:
+            resp.release()
+            return offline_ping(request, only, f"http_{resp.status}", f"HTTP {resp.status}")
         return await respond(request, route, resp)
     if passthrough and not request.headers.get("Authorization"):
         for u in passthrough:
-            if await u.challenge() is not None:
+            try:
+                challenge = await u.challenge()
+            except (aiohttp.ClientError, TimeoutError):
+                if proxy.cache is None:
+                    raise
+                challenge = u.last_challenge  # unreachable: as last seen, for the cache
+            if challenge is not None:
                 realm = client_base(request) + "/_token"
                 return oci_error(
                     401,
@@ -634,6 +703,26 @@ async def ping(request: web.Request) -> web.StreamResponse:
                     },
                 )
     return web.json_response({}, headers=API_VERSION)
+
+
+def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: str) -> web.Response:
+    """Answer the ping of a lone pass-through upstream that failed, so that cached images
+    can still be pulled: its last bearer challenge (realm: the proxy), else 200."""
+    proxy = request.app[PROXY]
+    proxy.metrics.upstream_errors.labels(upstream.label, reason).inc()
+    log.warning("upstream failed, the ping is answered by the proxy", error=error)
+    challenge = upstream.last_challenge
+    if challenge is None:
+        return web.json_response({}, headers=API_VERSION)
+    params = f'realm="{client_base(request)}/_token"'
+    if challenge.service:
+        params += f',service="{_quote(challenge.service)}"'
+    return oci_error(
+        401,
+        "UNAUTHORIZED",
+        "authentication required",
+        headers={"WWW-Authenticate": f"Bearer {params}"},
+    )
 
 
 async def handle_v2(request: web.Request) -> web.StreamResponse:
@@ -748,6 +837,22 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
         # The proxy logs in itself and clients never see the upstream's challenge; a token
         # got with its credentials must not reach them (it could carry `push`).
         return anonymous_token()
+    try:
+        return await forward_token(request, chosen, out)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        if proxy.cache is None:
+            raise
+        # Cached images stay pullable; an anonymous token grants no more than anonymous.
+        proxy.metrics.upstream_errors.labels(chosen.label, "token_unreachable").inc()
+        log.warning("token service unreachable, anonymous token given", error=str(e))
+        return anonymous_token()
+
+
+async def forward_token(
+    request: web.Request, chosen: Upstream, out: list[tuple[str, str]]
+) -> web.StreamResponse:
+    """Forward a token request (its fields in the upstream's names) to the upstream's realm."""
+    proxy = request.app[PROXY]
     challenge = await chosen.challenge()
     if challenge is None:
         return anonymous_token()
@@ -771,6 +876,9 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
         resp.release()
     if resp.status >= 500:
         proxy.metrics.upstream_errors.labels(chosen.label, f"token_http_{resp.status}").inc()
+        if proxy.cache is not None:
+            log.warning("token service failed, anonymous token given", status=resp.status)
+            return anonymous_token()
     keep = ("Content-Type", "Cache-Control", "WWW-Authenticate", "Pragma")
     answer = {k: resp.headers[k] for k in keep if k in resp.headers}
     return web.Response(status=resp.status, body=body, headers=answer)
@@ -857,13 +965,26 @@ def make_proxy_app(
     cache: ProxyCache | None = None,
     metrics: ProxyMetrics | None = None,
 ) -> web.Application:
-    """Build the proxy's aiohttp application (upstream sessions close with it)."""
+    """Build the proxy's aiohttp application (upstream sessions close with it).
+
+    Without a `cache` given, one is opened when the settings name a directory, and closed
+    with the application; a cache given is the caller's to close.
+    """
+    owned: ProxyCache | None = None
+    directory = settings.cache.directory
+    if cache is None and directory is not None:
+        from .cache import ProxyCache
+
+        c = settings.cache
+        cache = owned = ProxyCache(directory, max_bytes=c.max_size, tag_ttl=c.tag_ttl)
     proxy = Proxy(settings, cache=cache, metrics=metrics)
     app = web.Application(middlewares=[_middleware])
     app[PROXY] = proxy
 
     async def close(_app: web.Application) -> None:
         await proxy.close()
+        if owned is not None:
+            await owned.close()
 
     app.on_cleanup.append(close)
     r = app.router

@@ -553,6 +553,10 @@ class ProxyCache:
         """Tell whether a blob (or manifest) is cached, without counting it as a hit."""
         return digest in self._blobs
 
+    def fetching(self, digest: str) -> bool:
+        """Tell whether an upstream fetch of a blob is in flight."""
+        return digest in self._downloads
+
     def blob_size(self, digest: str) -> int | None:
         """Return the size of a cached blob, or None, without counting it as a hit."""
         return self._blobs.get(digest)

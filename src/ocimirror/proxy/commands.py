@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
-    " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS and OCIMIRROR_PROXY_TOKENS."
+    " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
+    " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_MAX_SIZE and OCIMIRROR_PROXY_TAG_TTL."
     " Flags win over the environment."
 )
 
@@ -102,6 +103,33 @@ def proxy(
         Path | None,
         typer.Option("--htpasswd", help="Users clients log in as (htpasswd file).", metavar="FILE"),
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Pull-through cache directory: blobs and manifests are kept and served from"
+            " here (default: $OCIMIRROR_PROXY_CACHE; none without it).",
+            metavar="DIR",
+        ),
+    ] = None,
+    cache_max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-max-size",
+            help="Size limit of the cache (20GiB, 500MB...): least recently used blobs are"
+            " evicted beyond it (default: no limit).",
+            metavar="SIZE",
+        ),
+    ] = None,
+    tag_ttl: Annotated[
+        str | None,
+        typer.Option(
+            "--tag-ttl",
+            help="How long a cached tag is served before it is revalidated upstream with a"
+            " HEAD (5m, 1h, 30s...; default 5m).",
+            metavar="DURATION",
+        ),
+    ] = None,
     log_format: Annotated[
         str, typer.Option("--log-format", help="text or json.", metavar="FORMAT")
     ] = "text",
@@ -126,6 +154,9 @@ def proxy(
             authfile=authfile,
             client_tokens=client_token or (),
             htpasswd=htpasswd,
+            cache=cache,
+            cache_max_size=cache_max_size,
+            tag_ttl=tag_ttl,
         )
         if log_format not in ("text", "json"):
             raise ValueError(f"--log-format must be text or json, not {log_format!r}")
@@ -146,9 +177,13 @@ async def _serve(settings: ProxySettings) -> int:
     from .app import make_proxy_app
 
     log = structlog.get_logger("ocimirror.proxy")
+    import sqlite3
+
+    from ..errors import OcimirrorError
+
     try:
         app = make_proxy_app(settings)
-    except ValueError as e:
+    except (ValueError, OSError, sqlite3.Error, OcimirrorError) as e:
         log.error(str(e))
         return 2
     loop = asyncio.get_running_loop()
@@ -166,6 +201,9 @@ async def _serve(settings: ProxySettings) -> int:
             upstreams={u.name or "(default)": f"{u.host}/{u.prefix}" for u in settings.upstreams},
             stream_blobs=settings.stream_blobs,
             client_auth=settings.clients.enabled,
+            cache=str(settings.cache.directory) if settings.cache.directory else None,
+            cache_max_size=settings.cache.max_size,
+            tag_ttl=settings.cache.tag_ttl,
         )
         await stop.wait()
         log.info("stopping")

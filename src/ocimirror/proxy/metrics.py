@@ -1,9 +1,12 @@
 """Prometheus metrics of `ocimirror proxy`, served on `/metrics`.
 
 - `ocimirror_proxy_requests_total{upstream,kind,method,status}`: requests answered.
-- `ocimirror_proxy_cache_hits_total{kind}` / `..._cache_misses_total{kind}`: for a cache.
+- `ocimirror_proxy_cache_hits_total{kind}` / `..._cache_misses_total{kind}`: answers from
+  the cache, and requests it could not answer (`kind`: `manifest` or `blob`).
+- `ocimirror_proxy_cache_coalesced_total{kind}`: misses that joined a fetch in flight.
+- `ocimirror_proxy_cache_stale_total{kind}`: stale copies served as the upstream failed.
 - `ocimirror_proxy_bytes_total{upstream,source}`: body bytes served, `source` being
-  `upstream` or `cache`.
+  `upstream` (as they come from the upstream, a cache fetch's included) or `cache`.
 - `ocimirror_proxy_upstream_errors_total{upstream,reason}`: unreachable upstreams,
   5xx answers, refused credentials.
 - `ocimirror_proxy_upstream_requests_total{upstream}` and
@@ -58,6 +61,14 @@ class ProxyMetrics:
         self.cache_misses = Counter(
             "ocimirror_proxy_cache_misses", "Cache lookups that went upstream", ["kind"], registry=r
         )
+        self.cache_coalesced = Counter(
+            "ocimirror_proxy_cache_coalesced", "Cache misses that joined a fetch in flight",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.cache_stale = Counter(
+            "ocimirror_proxy_cache_stale", "Stale cached copies served as the upstream failed",
+            ["kind"], registry=r,
+        )  # fmt: skip
         self.bytes = Counter(
             "ocimirror_proxy_bytes", "Body bytes served, by source (upstream or cache)",
             ["upstream", "source"], registry=r,

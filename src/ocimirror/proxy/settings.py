@@ -20,6 +20,13 @@ but `0`/`false`/`no`/`off`) and `PORT`. Flags win over the environment.
     clients:
       tokens: [{env: PROXY_TOKEN}]
       htpasswd: /etc/ocimirror/htpasswd
+    cache:                    # the pull-through cache (or just `cache: /var/cache/proxy`)
+      directory: /var/cache/ocimirror-proxy
+      max_size: 20GiB         # least-recently-used blobs go beyond it
+      tag_ttl: 5m             # a tag is revalidated upstream (HEAD) once older
+
+The cache's flags and variables: `--cache` ($OCIMIRROR_PROXY_CACHE), `--cache-max-size`
+($OCIMIRROR_PROXY_CACHE_MAX_SIZE), `--tag-ttl` ($OCIMIRROR_PROXY_TAG_TTL).
 
 Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.tokens`) are
 a string, `{env: NAME}` or `{file: PATH}`.
@@ -27,7 +34,9 @@ a string, `{env: NAME}` or `{file: PATH}`.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -38,11 +47,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError
 from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE
 from ..sync.config import Credentials, Secret, Tls
+from ..sync.schedule import parse_interval
 
 #: The port when neither --port nor $PORT says.
 DEFAULT_PORT = 8080
 #: Client tokens from the environment, comma-separated.
 TOKENS_ENV = "OCIMIRROR_PROXY_TOKENS"
+#: The cache directory, its size limit and the tag TTL from the environment.
+CACHE_ENV = "OCIMIRROR_PROXY_CACHE"
+CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
+TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
+#: Seconds a cached tag is served without asking the upstream, unless configured.
+DEFAULT_TAG_TTL = 300.0
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtpe])(i)?)?b?", re.IGNORECASE)
+_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 AuthMode = Literal["auto", "passthrough", "proxy"]
@@ -118,6 +136,69 @@ class UpstreamConfig(_Model):
         return self.auth_header is not None or self.credentials is not None
 
 
+def parse_size(text: str | int) -> int:
+    """Parse a size such as `20GiB`, `500MB`, `1.5G` or `1048576` into bytes.
+
+    `KiB`, `MiB`, `GiB`, `TiB` (and `Ki`, `Mi`...) are powers of 1024; `kB`, `MB`, `GB`,
+    `TB` (and `k`, `M`, `G`, `T`) powers of 1000; a bare number counts bytes.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"invalid size {text!r}")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"invalid size {text!r}: must be positive")
+        return text
+    m = _SIZE_RE.fullmatch(str(text).strip())
+    if m is None:
+        raise ValueError(f"invalid size {text!r}: expected for example 20GiB, 500MB or 1048576")
+    number, prefix, binary = m.groups()
+    base = 1024 if binary else 1000
+    size = float(number) * base ** _SIZE_POWERS[prefix.lower()] if prefix else float(number)
+    if not math.isfinite(size) or size < 1:
+        raise ValueError(f"invalid size {text!r}: must be at least one byte")
+    return int(size)
+
+
+def parse_ttl(text: str | float) -> float:
+    """Parse a tag TTL such as `5m`, `90s`, `1h` or a number of seconds."""
+    return parse_interval(text).total_seconds()
+
+
+class CacheConfig(_Model):
+    """The pull-through cache: its directory (None: no cache), size limit and tag TTL."""
+
+    directory: Path | None = None
+    #: Bytes kept at most (blobs and manifests); least recently used go first. None: no limit.
+    max_size: int | None = None
+    #: Seconds a cached tag is served before it is revalidated upstream with a HEAD.
+    tag_ttl: float = DEFAULT_TAG_TTL
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: Path | None) -> Path | None:
+        return None if v is None else v.expanduser()
+
+    @field_validator("max_size", mode="before")
+    @classmethod
+    def _max_size(cls, v: Any) -> Any:
+        return None if v is None else parse_size(v)
+
+    @field_validator("tag_ttl", mode="before")
+    @classmethod
+    def _tag_ttl(cls, v: Any) -> Any:
+        return parse_ttl(v)
+
+    @property
+    def enabled(self) -> bool:
+        """Tell whether there is a cache."""
+        return self.directory is not None
+
+
+def _cache_shorthand(value: Any) -> Any:
+    """Accept `cache: DIR` for `cache: {directory: DIR}`."""
+    return {"directory": value} if isinstance(value, str | Path) else value
+
+
 class ClientAuth(_Model):
     """Credentials clients must present to the proxy (none: the proxy is open)."""
 
@@ -143,6 +224,9 @@ class ProxyFile(_Model):
     stream_blobs: bool = False
     browser_redirects: bool = True
     clients: ClientAuth = ClientAuth()
+    cache: CacheConfig = CacheConfig()
+
+    coerce_cache = field_validator("cache", mode="before")(_cache_shorthand)
 
 
 class ProxySettings(_Model):
@@ -156,6 +240,7 @@ class ProxySettings(_Model):
     stream_blobs: bool = False
     browser_redirects: bool = True
     clients: ClientAuth = ClientAuth()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _check(self) -> ProxySettings:
@@ -233,6 +318,9 @@ def load_settings(
     authfile: Path | None = None,
     client_tokens: Sequence[str] = (),
     htpasswd: Path | None = None,
+    cache: Path | None = None,
+    cache_max_size: str | None = None,
+    tag_ttl: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ProxySettings:
     """Merge the flags (when given), the environment and the config file into settings."""
@@ -282,6 +370,7 @@ def load_settings(
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))
     if stream_blobs is not None:
         streaming = stream_blobs
+    cache_config = _cache_config(file.cache, cache, cache_max_size, tag_ttl, env)
     try:
         return ProxySettings(
             port=port_from(port, env),
@@ -291,6 +380,31 @@ def load_settings(
             stream_blobs=streaming,
             browser_redirects=redirects,
             clients=clients,
+            cache=cache_config,
         )
     except ValidationError as e:
         raise ConfigError(_problems(e)) from None
+
+
+def _cache_config(
+    file: CacheConfig,
+    directory: Path | None,
+    max_size: str | None,
+    tag_ttl: str | None,
+    env: Mapping[str, str],
+) -> CacheConfig:
+    """Merge the cache's flags, environment and config file (in that order of precedence)."""
+    update: dict[str, Any] = {}
+    env_dir = env.get(CACHE_ENV, "").strip()
+    if directory is not None or env_dir:
+        update["directory"] = (directory or Path(env_dir)).expanduser()
+    size = max_size if max_size is not None else env.get(CACHE_MAX_SIZE_ENV, "").strip() or None
+    ttl = tag_ttl if tag_ttl is not None else env.get(TAG_TTL_ENV, "").strip() or None
+    try:
+        if size is not None:
+            update["max_size"] = parse_size(size)
+        if ttl is not None:
+            update["tag_ttl"] = parse_ttl(ttl)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return file.model_copy(update=update) if update else file

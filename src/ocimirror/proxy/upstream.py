@@ -223,6 +223,11 @@ class Upstream:
                 self._challenge_known = True
                 return
 
+    @property
+    def last_challenge(self) -> Challenge | None:
+        """Return the bearer challenge last learnt, however old, without asking."""
+        return self._challenge
+
     async def challenge(self) -> Challenge | None:
         """Return the upstream's bearer challenge (realm, service), pinging once to learn it."""
         fresh = time.monotonic() - self._challenge_at < CHALLENGE_TTL
