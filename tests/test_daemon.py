@@ -5,36 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from ocimirror.sync.state import StateDB
 from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.images import make_image
-from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.polling import wait_for
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,28 +20,11 @@ import pytest
 
 from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.images import make_image, make_index
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.polling import wait_for
+from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
 from ocimirror.testkit.seeding import seed
 
 TOKEN = "s3cret-token-for-tests"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Answer:

@@ -6,6 +6,7 @@
   from the host's configuration).
 - `ocimirror.testkit.tokenserver`: `TokenServer`, a Docker registry token server.
 - `ocimirror.testkit.tls`: a self-signed CA and server certificate (`make_tls_files`).
+- `ocimirror.testkit.polling`: `wait_for`, polling a condition with a deadline.
 - `ocimirror.testkit.browser`: Debian's headless Chromium through Playwright.
 - `ocimirror.testkit.postgres`: `LocalPostgres`, a throwaway PostgreSQL server on loopback.
 
