@@ -325,6 +325,12 @@ def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
     assert head.status == 200
     assert head.headers["Content-Length"] == str(blob.size)
     assert head.headers["Docker-Content-Digest"] == blob.digest
+    whole = proxy.call("GET", f"/v2/big/blobs/{blob.digest}")  # sent with sendfile
+    assert whole.status == 200
+    assert hashlib.sha256(whole.body).hexdigest() == blob.digest.removeprefix("sha256:")
+    assert whole.headers["Content-Type"] == "application/octet-stream"
+    assert whole.headers["Docker-Content-Digest"] == blob.digest
+    assert whole.headers["Content-Length"] == str(blob.size)
     part = proxy.call("GET", f"/v2/big/blobs/{blob.digest}", headers={"Range": "bytes=10-19"})
     assert part.status == 206
     assert part.body == blob.data[10:20]

@@ -587,6 +587,15 @@ async def _whole_blob(
                     metrics.cache_coalesced.labels("blob").inc()
             source = "cache" if stream.cached else "upstream"
             stale = check is not None and check.stale
+            file = cache.blob_path(digest) if stream.cached else None
+            if file is not None:
+                # A whole cached blob goes out with sendfile (the kernel copies it): about
+                # twice the bytes per CPU second of reading chunks in a thread. The open
+                # stream keeps the file from being evicted while it is sent.
+                sendfile = web.FileResponse(file, headers=blob_headers(digest, stale=stale))
+                await sendfile.prepare(request)
+                metrics.bytes.labels(label, source).inc(stream.size or 0)
+                return sendfile
             out = web.StreamResponse(status=200, headers=blob_headers(digest, stale=stale))
             if stream.size is not None:
                 out.content_length = stream.size
