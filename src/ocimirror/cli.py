@@ -40,7 +40,8 @@ EXIT_PARTIAL = 3
 
 app = typer.Typer(
     name="ocimirror",
-    help="Mirror container images between OCI / Docker v2 registries and OCI layouts.",
+    help="Mirror container images between registries and OCI layouts: once, on a schedule,"
+    " as an HTTP service, or as a pull-through registry proxy.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
