@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE
-from ..sync.config import Credentials, Secret, Tls
+from ..sync.config import Credentials, Secret, Tls, coerce_secret
 from ..sync.schedule import parse_interval
 
 #: The port when neither --port nor $PORT says.
@@ -71,19 +71,8 @@ class _Model(BaseModel):
 
 
 def _secret(value: Any) -> Any:
-    """Accept `"text"`, `{env: NAME}` or `{file: PATH}` for a secret."""
-    if value is None or isinstance(value, Secret):
-        return value
-    if isinstance(value, str):
-        return Secret(value=value)
-    if isinstance(value, Mapping) and set(value) == {"env"}:
-        name = str(value["env"])
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return Secret(value=os.environ[name])
-    if isinstance(value, Mapping) and set(value) == {"file"}:
-        return Secret(file=Path(str(value["file"])).expanduser())
-    raise ValueError("a secret is a string, {env: NAME} or {file: PATH}")
+    """A secret as the sync config takes one, but `${ENV}` (expanded only there)."""
+    return coerce_secret(value, forms="a string, {env: NAME} or {file: PATH}")
 
 
 class UpstreamConfig(_Model):

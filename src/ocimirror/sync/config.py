@@ -62,8 +62,10 @@ class Secret(_Model):
     __str__ = __repr__
 
 
-def _secret(value: Any) -> Any:
-    """Accept `"text"`, `"${ENV}"`, `{"file": PATH}` or `{"env": NAME}` for a secret."""
+def coerce_secret(
+    value: Any, *, forms: str = "a string, ${ENV_VAR}, {env: NAME} or {file: PATH}"
+) -> Any:
+    """Accept `"text"`, `{"env": NAME}` or `{"file": PATH}` for a secret (`forms` names them)."""
     if value is None or isinstance(value, Secret):
         return value
     if isinstance(value, str):
@@ -75,7 +77,7 @@ def _secret(value: Any) -> Any:
         return Secret(value=os.environ[name])
     if isinstance(value, Mapping) and set(value) == {"file"}:
         return Secret(file=Path(str(value["file"])).expanduser())
-    raise ValueError("a secret is a string, ${ENV_VAR}, {env: NAME} or {file: PATH}")
+    raise ValueError(f"a secret is {forms}")
 
 
 SecretField = Annotated[Secret | None, Field(default=None)]
@@ -90,7 +92,7 @@ class Credentials(_Model):
     helper: str | None = None
     docker_config: bool | Path = False
 
-    coerce_secrets = field_validator("password", "token", mode="before")(_secret)
+    coerce_secrets = field_validator("password", "token", mode="before")(coerce_secret)
 
     @model_validator(mode="after")
     def _one_way(self) -> Credentials:
@@ -287,7 +289,7 @@ class Api(_Model):
     @field_validator("tokens", mode="before")
     @classmethod
     def _tokens(cls, v: Any) -> Any:
-        return [_secret(t) for t in v] if isinstance(v, list) else v
+        return [coerce_secret(t) for t in v] if isinstance(v, list) else v
 
 
 class Config(_Model):
