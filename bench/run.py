@@ -480,11 +480,10 @@ def startup_baseline(skopeo: Skopeo, workdir: Path) -> dict[str, dict[str, float
     return baseline
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print the report; return 0 whatever the verdicts."""
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="ocimirror-bench-"))
-    skopeo = Skopeo(workdir / "skopeo")
+def describe_machine(
+    skopeo: Skopeo, workdir: Path
+) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
+    """Print and return the machine and tool versions, and each tool's start-up baseline."""
     machine = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -500,6 +499,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         flush=True,
     )
+    return machine, baseline
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the report; return 0 whatever the verdicts."""
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="ocimirror-bench-"))
+    skopeo = Skopeo(workdir / "skopeo")
+    machine, baseline = describe_machine(skopeo, workdir)
     src = LocalRegistry(workdir / "src", exact_counting=False)
     results: list[RunResult] = []
     verdicts: list[Verdict] = []

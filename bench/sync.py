@@ -52,7 +52,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -76,9 +75,8 @@ from run import (
     OCIMIRROR,
     Expected,
     RequestStats,
+    describe_machine,
     run_measured,
-    startup_baseline,
-    tool_versions,
     verify,
 )
 
@@ -839,21 +837,7 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
     """Start the registries, seed the source, run every pass; stop the registries."""
     skopeo = Skopeo(workdir / "skopeo")
     env = skopeo.env()
-    machine = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": str(os.cpu_count()),
-        **tool_versions(skopeo),
-    }
-    print(f"work dir {workdir}; {machine}", flush=True)
-    baseline = startup_baseline(skopeo, workdir)
-    print(
-        "startup (version command, best of 3): "
-        + ", ".join(
-            f"{t} {b['seconds']:.3f} s / {b['peak_rss_mib']:.1f} MiB" for t, b in baseline.items()
-        ),
-        flush=True,
-    )
+    machine, baseline = describe_machine(skopeo, workdir)
     src = LocalRegistry(workdir / "src", exact_counting=False)
     dst_om = LocalRegistry(workdir / "dst-ocimirror", exact_counting=False)
     dst_sk = LocalRegistry(workdir / "dst-skopeo", exact_counting=False)
