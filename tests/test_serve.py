@@ -217,28 +217,15 @@ INVALID = [
 
 @pytest.mark.parametrize(("body", "status", "answer"), INVALID, ids=range(len(INVALID)))
 def test_cloud_run_contract_invalid_input(
-    registry: LocalRegistry,
     server_factory: Callable[..., Server],
     body: bytes,
     status: int,
     answer: bytes,
 ) -> None:
-    server = _shared_server(server_factory)
+    server = server_factory()
     got = server.call("POST", "/", body)
     assert (got.status, got.body) == (status, answer)
     assert got.headers["Content-Type"] == "text/plain; charset=utf-8"
-
-
-_SERVERS: dict[int, Server] = {}
-
-
-def _shared_server(factory: Callable[..., Server]) -> Server:
-    """One server for the parametrized invalid-input cases of one test (by factory)."""
-    key = id(factory)
-    if key not in _SERVERS or _SERVERS[key].proc.poll() is not None:
-        _SERVERS.clear()
-        _SERVERS[key] = factory()
-    return _SERVERS[key]
 
 
 def test_empty_request_is_ok_as_in_the_original(server_factory: Callable[..., Server]) -> None:
