@@ -13,6 +13,8 @@ stops every process, whether the test passed or not.
   `tls_files.ca_cert`) is the CA to trust.
 - `registry_factory` / `token_server_factory`: make others, stopped at teardown.
 - `skopeo`: skopeo with a private auth file and config (see `ocimirror.testkit.registry`).
+- `start_proxy`: start `ocimirror proxy` processes (`ProxyProcess`), stopped at teardown.
+- `s3`: an S3 stand-in (moto's server, one per session); `s3.bucket()` makes a fresh bucket.
 
 Each registry's `creds` is its (user, password), and `Skopeo.flags(registry, role)` the
 TLS and credential flags skopeo needs for it.
@@ -26,7 +28,9 @@ from typing import Any
 
 import pytest
 
+from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.tls import TlsFiles, make_tls_files
 from ocimirror.testkit.tokenserver import TokenServer
 
@@ -135,3 +139,28 @@ def ca_cert(tls_files: TlsFiles) -> Path:
 def skopeo(tmp_path_factory: pytest.TempPathFactory) -> Skopeo:
     """skopeo with a fresh private auth file; the host's configuration is never read."""
     return Skopeo(tmp_path_factory.mktemp("skopeo"))
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start `ocimirror proxy ARGS` processes; all are stopped at teardown."""
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
+        proxy = ProxyProcess(tmp_path, *args, env=env)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.terminate()
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[LocalS3]:
+    """moto's S3 server on loopback, one per session (a fresh bucket per test)."""
+    with LocalS3() as server:
+        yield server

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,135 +21,14 @@ from urllib.parse import urlencode
 import pytest
 
 from ocimirror import digest as digests
-from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.images import SampleImage, make_image, make_index
-from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
+from ocimirror.testkit.proxy import PROXY_COMMAND, PROXY_ENV, ProxyProcess
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.tokenserver import TokenServer
 
 TokenServerFactory = Callable[..., TokenServer]
 RegistryFactory = Callable[..., LocalRegistry]
-
-#: `ocimirror proxy`, as a user runs it.
-PROXY_COMMAND = ocimirror_command("proxy")
-_PROXY_ENV = (
-    "REGISTRY_HOST",
-    "REPO_PREFIX",
-    "AUTH_HEADER",
-    "DISABLE_BROWSER_REDIRECTS",
-    "PORT",
-    "STREAM_BLOBS",
-    "OCIMIRROR_PROXY_TOKENS",
-    "OCIMIRROR_PROXY_CACHE",
-    "OCIMIRROR_PROXY_CACHE_MAX_SIZE",
-    "OCIMIRROR_PROXY_TAG_TTL",
-)
-
-
-class Answer:
-    """One HTTP answer: status, headers and body."""
-
-    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    headers: dict[str, str] | None = None,
-    body: bytes | None = None,
-) -> Answer:
-    """Send one request to 127.0.0.1:port; redirects are not followed."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return Answer(resp.status, resp.headers, resp.read())
-    finally:
-        conn.close()
-
-
-class Proxy:
-    """The proxy command in the background on a free port, its log in a file."""
-
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log = workdir / f"proxy-{self.port}.log"
-        self._out = self.log.open("a")
-        environ = {k: v for k, v in os.environ.items() if k not in _PROXY_ENV}
-        environ.update({"PORT": str(self.port), **(env or {})})
-        self.proc = subprocess.Popen(
-            [*PROXY_COMMAND, "--host", "127.0.0.1", *args],
-            stdout=self._out,
-            stderr=self._out,
-            env=environ,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.text()}")
-            try:
-                if self.call("GET", "/healthz").status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"proxy not ready:\n{self.text()}")
-            time.sleep(0.05)
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.port}"
-
-    def ref(self, name: str) -> str:
-        """A skopeo reference through the proxy."""
-        return f"docker://{self.host}/{name}"
-
-    def text(self) -> str:
-        """Everything the proxy logged."""
-        return self.log.read_text()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Answer:
-        """Send one request to the proxy."""
-        return call(self.port, method, path, **kwargs)
-
-    def stop(self) -> None:
-        """Stop it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-
-
-@pytest.fixture
-def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
-    """Start proxies that are stopped at the end of the test."""
-    started: list[Proxy] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Proxy:
-        proxy = Proxy(tmp_path, *args, env=env)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for p in started:
-        if p.proc.poll() is None:
-            p.proc.terminate()
-    for p in started:
-        p.stop()
 
 
 def pull_to_oci(skopeo: Skopeo, ref: str, dest: Path, *args: str) -> None:
@@ -277,7 +154,10 @@ def stand_in() -> Iterator[StandIn]:
 
 
 def test_prefix_over_anonymous_upstream_skopeo_and_podman(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy], skopeo: Skopeo, tmp_path: Path
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    skopeo: Skopeo,
+    tmp_path: Path,
 ) -> None:
     index = make_index(["linux/amd64", "linux/arm64"], layer_size=2000, seed="px")
     image = make_image(layers=2, layer_size=5000, seed="px-single")
@@ -321,7 +201,7 @@ def test_prefix_over_anonymous_upstream_skopeo_and_podman(
 def test_token_auth_upstream_challenge_and_credentials(
     token_registry: LocalRegistry,
     token_server: TokenServer,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -369,7 +249,9 @@ def test_token_auth_upstream_challenge_and_credentials(
 
 
 def test_token_endpoint_rewrites_every_scope(
-    token_registry: LocalRegistry, token_server: TokenServer, start_proxy: Callable[..., Proxy]
+    token_registry: LocalRegistry,
+    token_server: TokenServer,
+    start_proxy: Callable[..., ProxyProcess],
 ) -> None:
     proxy = start_proxy("--registry-host", token_registry.host, "--repo-prefix", "pre")
     service = token_registry.service
@@ -428,7 +310,7 @@ def test_token_endpoint_rewrites_every_scope(
 
 def test_writes_refused_without_reaching_upstream(
     registry: LocalRegistry,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -472,7 +354,7 @@ def test_writes_refused_without_reaching_upstream(
 
 
 def test_browser_redirects_and_their_switch(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy]
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess]
 ) -> None:
     proxy = start_proxy("--registry-host", registry.host, "--repo-prefix", "mirror")
     answer = proxy.call("GET", "/team/app")
@@ -493,7 +375,7 @@ def test_browser_redirects_and_their_switch(
 
 
 def test_pagination_and_locations_in_client_names(
-    stand_in: StandIn, registry: LocalRegistry, start_proxy: Callable[..., Proxy]
+    stand_in: StandIn, registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess]
 ) -> None:
     proxy = start_proxy("--registry-host", stand_in.host, "--repo-prefix", "pre")
     tags = proxy.call("GET", "/v2/foo/tags/list?n=1")
@@ -522,7 +404,7 @@ def test_pagination_and_locations_in_client_names(
 
 
 def test_blob_redirects_pass_through_or_stream(
-    stand_in: StandIn, start_proxy: Callable[..., Proxy]
+    stand_in: StandIn, start_proxy: Callable[..., ProxyProcess]
 ) -> None:
     path = f"/v2/foo/blobs/{stand_in.digest}"
     token = {"Authorization": "Bearer client-token"}
@@ -553,7 +435,7 @@ def test_two_upstreams_and_containerd_ns(
     registry: LocalRegistry,
     token_registry: LocalRegistry,
     token_server: TokenServer,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -600,7 +482,7 @@ def test_two_upstreams_and_containerd_ns(
 def test_proxy_credentials_and_client_login(
     registry_factory: RegistryFactory,
     token_server_factory: TokenServerFactory,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -659,7 +541,7 @@ def test_proxy_credentials_and_client_login(
 
 
 def test_basic_auth_upstream_passes_through(
-    htpasswd_registry: LocalRegistry, start_proxy: Callable[..., Proxy], skopeo: Skopeo
+    htpasswd_registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], skopeo: Skopeo
 ) -> None:
     image = make_image(seed="basic")
     asyncio.run(seed(htpasswd_registry, "app", [("1", image)]))
@@ -672,7 +554,7 @@ def test_basic_auth_upstream_passes_through(
 
 
 def test_upstream_without_auth_gets_placeholder_tokens(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy]
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess]
 ) -> None:
     image = make_image(seed="anon")
     asyncio.run(seed(registry, "app", [("1", image)]))
@@ -688,7 +570,7 @@ def test_upstream_without_auth_gets_placeholder_tokens(
 
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
-    environ = {k: v for k, v in os.environ.items() if k not in _PROXY_ENV}
+    environ = {k: v for k, v in os.environ.items() if k not in PROXY_ENV}
     nothing = subprocess.run(PROXY_COMMAND, capture_output=True, text=True, env=environ)
     assert nothing.returncode == 2
     assert "REGISTRY_HOST" in nothing.stderr
@@ -703,11 +585,12 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
 
 
 def test_docker_hub_names_and_scopes() -> None:
-    from ocimirror.proxy.app import Proxy, Route, _map_token_scope
+    from ocimirror.proxy.app import Proxy as AppProxy
+    from ocimirror.proxy.app import Route, _map_token_scope
     from ocimirror.proxy.settings import load_settings
 
     settings = load_settings(registry_host="docker.io", env={})
-    proxy = Proxy(settings)
+    proxy = AppProxy(settings)
     hub = proxy.upstreams[""]
     assert hub.base == "https://registry-1.docker.io"
     assert hub.upstream_repo("alpine") == "library/alpine"
@@ -720,7 +603,7 @@ def test_docker_hub_names_and_scopes() -> None:
     assert route.client_scope("repository:library/alpine:pull") == "repository:alpine:pull"
     assert hub.browser_url("/alpine") == "https://hub.docker.com/_/alpine"
     assert hub.browser_url("/org/app") == "https://hub.docker.com/r/org/app"
-    prefixed = Proxy(load_settings(registry_host="docker.io", repo_prefix="myorg", env={}))
+    prefixed = AppProxy(load_settings(registry_host="docker.io", repo_prefix="myorg", env={}))
     assert prefixed.upstreams[""].upstream_repo("app") == "myorg/app"
     routed = proxy.locate("library/alpine", "docker.io")
     assert routed is not None

@@ -1,4 +1,8 @@
-"""ProxyCache: the pull-through cache of `ocimirror proxy`, against an upstream we control."""
+"""ProxyCache: the pull-through cache of `ocimirror proxy`, against an upstream we control.
+
+Every test runs with the blobs in a directory and in three object stores through obstore:
+in memory, `file://` and S3 (moto's server on loopback, a fresh bucket per test).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import obstore
 import pytest
 
 from ocimirror import digest as digests
@@ -17,11 +22,14 @@ from ocimirror.errors import (
     DigestMismatch,
     ManifestError,
     NotFound,
+    OcimirrorError,
     RateLimited,
     ReferenceError,
     RegistryError,
 )
 from ocimirror.proxy.cache import CHUNK_SIZE, INDEX_NAME, BlobStream, ProxyCache, UpstreamBlob
+from ocimirror.proxy.cachestore import ObjectBlobs, open_store
+from ocimirror.testkit.s3 import LocalS3
 
 MiB = 1024 * 1024
 UPSTREAM = "registry-1.docker.io"
@@ -102,13 +110,22 @@ def blob_of(size: int, seed: int = 0) -> tuple[bytes, str]:
     return data, digests.of(data)
 
 
+async def hit(cache: ProxyCache, digest: str) -> None:
+    """Read a cached blob (a hit, for the LRU order)."""
+    async with cache.open_blob(digest) as stream:
+        await read_all(stream)
+
+
 async def read_all(stream: BlobStream) -> bytes:
     return b"".join([c async for c in stream])
 
 
 async def fetch_all(cache: ProxyCache, digest: str, up: Upstream, size: int | None = None) -> bytes:
+    """Fetch a blob through the cache, and wait until it is kept (put, with an object store)."""
     async with cache.fetch_blob(digest, size, up.open) as stream:
-        return await read_all(stream)
+        data = await read_all(stream)
+    await cache.idle()
+    return data
 
 
 async def check_stream(
@@ -128,19 +145,62 @@ async def check_stream(
             got += len(chunk)
             if on_chunk is not None:
                 await on_chunk(got)
+    await cache.idle()
     return got
 
 
-def stored_files(cache_dir: Path) -> list[str]:
-    return sorted(p.name for p in (cache_dir / "blobs").rglob("*") if p.is_file())
+class Place:
+    """Where a test's caches keep their blobs: a directory, or one object store for all."""
+
+    def __init__(self, kind: str, tmp_path: Path, s3: LocalS3 | None) -> None:
+        self.kind = kind
+        if kind == "dir":
+            self.store = None
+        elif kind == "memory":
+            self.store = open_store("memory:///")
+        elif kind == "file":
+            self.store = open_store(f"file://{tmp_path / 'bucket'}")
+        else:
+            assert s3 is not None
+            self.store = open_store(s3.url(s3.bucket(), "cache"), s3.options)
+
+    async def stored(self, cache: ProxyCache) -> list[str]:
+        """The hex names of the blobs kept, once background deletes are done."""
+        await cache.idle()
+        if self.store is None:
+            return sorted(p.name for p in (cache.directory / "blobs").rglob("*") if p.is_file())
+        listed = obstore.list(self.store, "blobs/").collect()
+        return sorted(meta["path"].rsplit("/", 1)[1] for meta in listed)
+
+    def spool(self, cache: ProxyCache) -> Path:
+        """The directory downloads in progress are written to."""
+        if self.store is None:
+            return cache.directory / "blobs" / "sha256"
+        return cache.directory / "spool"
+
+    def overwrite(self, digest: str, data: bytes, cache: ProxyCache) -> None:
+        """Change a kept blob's bytes behind the cache's back."""
+        if self.store is None:
+            path = cache.blob_path(digest)
+            assert path is not None
+            path.write_bytes(data)
+        else:
+            obstore.put(self.store, ObjectBlobs.key(digest), data)
+
+
+@pytest.fixture(params=["dir", "memory", "file", "s3"])
+def place(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    s3 = request.getfixturevalue("s3") if request.param == "s3" else None
+    return Place(request.param, tmp_path, s3)
 
 
 @pytest.fixture
-async def open_cache(tmp_path: Path) -> AsyncIterator[Callable[..., ProxyCache]]:
-    """Open ProxyCaches (on `tmp_path/cache` unless told); all are closed at teardown."""
+async def open_cache(tmp_path: Path, place: Place) -> AsyncIterator[Callable[..., ProxyCache]]:
+    """Open ProxyCaches (on `tmp_path/cache` and `place` unless told); all closed at teardown."""
     opened: list[ProxyCache] = []
 
     def make(directory: Path | None = None, **kwargs: object) -> ProxyCache:
+        kwargs.setdefault("store", place.store)
         cache = ProxyCache(directory or tmp_path / "cache", **kwargs)  # type: ignore[arg-type]
         opened.append(cache)
         return cache
@@ -154,7 +214,7 @@ async def open_cache(tmp_path: Path) -> AsyncIterator[Callable[..., ProxyCache]]
 
 
 async def test_manifest_round_trip_keeps_exact_bytes_and_media_type(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     dg = await cache.put_manifest(UPSTREAM, "library/alpine", "3.20", MANIFEST, mt.OCI_MANIFEST)
@@ -167,19 +227,23 @@ async def test_manifest_round_trip_keeps_exact_bytes_and_media_type(
         dg,
         len(MANIFEST),
     )
-    entry = cache.tag(UPSTREAM, "library/alpine", "3.20")
+    entry = await cache.tag(UPSTREAM, "library/alpine", "3.20")
     assert entry is not None
     assert (entry.digest, entry.media_type, entry.fresh) == (dg, mt.OCI_MANIFEST, True)
     # A manifest is a blob too, stored by digest.
     assert cache.has_blob(dg)
     assert cache.blob_size(dg) == len(MANIFEST)
+    assert await place.stored(cache) == [digests.encoded(dg)]
     path = cache.blob_path(dg)
-    assert path is not None
-    assert path.read_bytes() == MANIFEST
-    assert path == cache.directory / "blobs" / "sha256" / digests.encoded(dg)
+    if place.store is None:
+        assert path == cache.directory / "blobs" / "sha256" / digests.encoded(dg)
+        assert path.read_bytes() == MANIFEST
+    else:
+        assert path is None  # no local file to send
+        assert bytes(obstore.get(place.store, ObjectBlobs.key(dg)).bytes()) == MANIFEST
     # Tags are per upstream and repository.
-    assert cache.tag("quay.io", "library/alpine", "3.20") is None
-    assert cache.tag(UPSTREAM, "library/busybox", "3.20") is None
+    assert await cache.tag("quay.io", "library/alpine", "3.20") is None
+    assert await cache.tag(UPSTREAM, "library/busybox", "3.20") is None
     assert await cache.get_manifest(digests.of(b"other")) is None
 
 
@@ -194,7 +258,7 @@ async def test_manifest_by_digest_is_verified_and_records_no_tag(
     got = await cache.get_manifest(index_digest)
     assert got is not None
     assert (got.raw, got.media_type) == (INDEX, mt.OCI_INDEX)
-    assert cache.tag(UPSTREAM, "r", index_digest) is None
+    assert await cache.tag(UPSTREAM, "r", index_digest) is None
     with pytest.raises(DigestMismatch):
         await cache.put_manifest(UPSTREAM, "r", digests.of(b"x"), MANIFEST, mt.OCI_MANIFEST)
     with pytest.raises(ReferenceError):
@@ -205,17 +269,17 @@ async def test_manifest_by_digest_is_verified_and_records_no_tag(
 
 
 async def test_corrupt_manifest_file_is_dropped_not_served(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     dg = await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
-    path = cache.blob_path(dg)
-    assert path is not None
-    path.write_bytes(MANIFEST.replace(b"2", b"3"))
-    assert await cache.get_manifest(dg) is None
-    assert not cache.has_blob(dg)
-    assert cache.tag(UPSTREAM, "r", "t") is None
-    assert not path.exists()
+    place.overwrite(dg, MANIFEST.replace(b"2", b"3"), cache)
+    # A cache with an object store keeps manifests in memory too: read with a fresh index.
+    again = cache if place.store is None else open_cache(cache.directory.parent / "again")
+    assert await again.get_manifest(dg) is None
+    assert not again.has_blob(dg)
+    assert await again.tag(UPSTREAM, "r", "t") is None
+    assert await place.stored(again) == []
 
 
 async def test_tag_goes_stale_after_ttl_and_touch_revalidates(
@@ -226,47 +290,47 @@ async def test_tag_goes_stale_after_ttl_and_touch_revalidates(
     dg = await cache.put_manifest(UPSTREAM, "r", "latest", MANIFEST, mt.OCI_MANIFEST)
     start = clock.now
     clock.advance(299.9)
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert entry.fresh
     assert entry.fetched_at == start
     clock.advance(0.1)
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert not entry.fresh  # stale, still answered: stale-if-error is the server's call
     assert entry.digest == dg
     # A HEAD that matched: fresh again from now.
-    assert cache.touch_tag(UPSTREAM, "r", "latest", dg)
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert await cache.touch_tag(UPSTREAM, "r", "latest", dg)
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert entry.fresh
     assert entry.fetched_at == clock.now
     # A HEAD naming a manifest we do not have changes nothing: the server must GET it.
     clock.advance(1000)
-    assert not cache.touch_tag(UPSTREAM, "r", "latest", digests.of(b"unknown"))
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert not await cache.touch_tag(UPSTREAM, "r", "latest", digests.of(b"unknown"))
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert (entry.digest, entry.fresh) == (dg, False)
     # A HEAD naming another manifest we have moves the tag without a GET.
     other = await cache.put_manifest(UPSTREAM, "r", digests.of(INDEX), INDEX, mt.OCI_INDEX)
-    assert cache.touch_tag(UPSTREAM, "r", "latest", other)
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    assert await cache.touch_tag(UPSTREAM, "r", "latest", other)
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert (entry.digest, entry.media_type, entry.fresh) == (other, mt.OCI_INDEX, True)
     # A new GET of the tag re-points it, and forget_tag drops it.
     clock.advance(1000)
     await cache.put_manifest(UPSTREAM, "r", "latest", MANIFEST, mt.OCI_MANIFEST)
-    entry = cache.tag(UPSTREAM, "r", "latest")
+    entry = await cache.tag(UPSTREAM, "r", "latest")
     assert entry is not None
     assert (entry.digest, entry.fresh) == (dg, True)
     assert cache.forget_tag(UPSTREAM, "r", "latest")
     assert not cache.forget_tag(UPSTREAM, "r", "latest")
-    assert cache.tag(UPSTREAM, "r", "latest") is None
+    assert await cache.tag(UPSTREAM, "r", "latest") is None
     assert await cache.get_manifest(dg) is not None
 
 
 async def test_restart_sees_manifests_tags_blobs_and_access_order(
-    tmp_path: Path, open_cache: Callable[..., ProxyCache]
+    tmp_path: Path, open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     clock = Clock()
     cache = open_cache(clock=clock)
@@ -277,12 +341,12 @@ async def test_restart_sees_manifests_tags_blobs_and_access_order(
         clock.advance(1)
         assert await fetch_all(cache, bdg, Upstream(data)) == data
     clock.advance(1)
-    assert cache.blob_path(blobs[0][1]) is not None  # the oldest blob is now the newest hit
+    await hit(cache, blobs[0][1])  # the oldest blob is now the newest hit
     total = cache.total_bytes
     assert total == len(MANIFEST) + 3000
     await cache.close()
     # A crash's leftover download is cleaned up at the next start.
-    leftover = tmp_path / "cache" / "blobs" / "sha256" / ".tmp-0123456789abcdef"
+    leftover = place.spool(cache) / ".tmp-0123456789abcdef"
     leftover.write_bytes(b"partial")
 
     clock.advance(10)
@@ -292,7 +356,7 @@ async def test_restart_sees_manifests_tags_blobs_and_access_order(
     got = await again.get_manifest(dg)
     assert got is not None
     assert (got.raw, got.media_type) == (MANIFEST, mt.OCI_MANIFEST)
-    entry = again.tag(UPSTREAM, "r", "v1")
+    entry = await again.tag(UPSTREAM, "r", "v1")
     assert entry is not None
     assert (entry.digest, entry.fetched_at, entry.fresh) == (dg, fetched_at, True)
     for data, bdg in blobs:
@@ -308,14 +372,14 @@ async def test_restart_sees_manifests_tags_blobs_and_access_order(
     small = open_cache(max_bytes=len(MANIFEST) + 1000, clock=clock)
     assert [small.has_blob(b) for _, b in blobs] == [False, False, True]
     assert small.total_bytes == 1000
-    assert small.tag(UPSTREAM, "r", "v1") is None  # its manifest was the oldest
+    assert await small.tag(UPSTREAM, "r", "v1") is None  # its manifest was the oldest
 
 
 # --- single-flight blob fetches ----------------------------------------------------------
 
 
 async def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     data, dg = blob_of(50 * MiB, seed=50)
@@ -344,11 +408,11 @@ async def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
         assert stream.cached
         assert stream.size == len(data)
     assert up.opens == 1
-    assert stored_files(cache.directory) == [digests.encoded(dg)]
+    assert await place.stored(cache) == [digests.encoded(dg)]
 
 
 async def test_failure_mid_stream_reaches_every_waiter_and_stores_nothing(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     data, dg = blob_of(2 * MiB, seed=1)
@@ -359,7 +423,7 @@ async def test_failure_mid_stream_reaches_every_waiter_and_stores_nothing(
     assert broken.opens == 1
     assert all(isinstance(r, RegistryError) for r in results), results
     assert not cache.has_blob(dg)
-    assert stored_files(cache.directory) == []
+    assert await place.stored(cache) == []
     assert cache.total_bytes == 0
     # The next fetch tries the upstream again.
     good = Upstream(data)
@@ -369,7 +433,7 @@ async def test_failure_mid_stream_reaches_every_waiter_and_stores_nothing(
 
 
 async def test_upstream_refusal_is_raised_on_entering(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     data, dg = blob_of(1000)
@@ -381,7 +445,7 @@ async def test_upstream_refusal_is_raised_on_entering(
                 entered = True
         assert not entered
         assert up.opens == 1
-    assert stored_files(cache.directory) == []
+    assert await place.stored(cache) == []
     with pytest.raises(ReferenceError):
         async with cache.fetch_blob("sha256:../../etc", None, Upstream(data).open):
             pass
@@ -391,7 +455,7 @@ async def test_upstream_refusal_is_raised_on_entering(
 
 
 async def test_digest_mismatch_withholds_the_end_and_stores_nothing(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     data, _ = blob_of(3 * MiB, seed=2)
@@ -410,10 +474,10 @@ async def test_digest_mismatch_withholds_the_end_and_stores_nothing(
     # No reader got a complete copy of the wrong content.
     assert all(n < len(data) for n in received)
     assert not cache.has_blob(wrong)
-    assert stored_files(cache.directory) == []
+    assert await place.stored(cache) == []
 
 
-async def test_size_is_enforced(open_cache: Callable[..., ProxyCache]) -> None:
+async def test_size_is_enforced(open_cache: Callable[..., ProxyCache], place: Place) -> None:
     cache = open_cache()
     data, dg = blob_of(100_000, seed=4)
     with pytest.raises(DigestMismatch):
@@ -422,7 +486,7 @@ async def test_size_is_enforced(open_cache: Callable[..., ProxyCache]) -> None:
         await fetch_all(cache, dg, Upstream(data), size=len(data) + 1)
     with pytest.raises(DigestMismatch):  # the upstream's Content-Length disagrees
         await fetch_all(cache, dg, Upstream(data, declare_size=len(data) + 1), size=len(data))
-    assert stored_files(cache.directory) == []
+    assert await place.stored(cache) == []
     # A size learnt from the upstream is shown to every reader.
     up = Upstream(data, declare_size=len(data))
     async with cache.fetch_blob(dg, None, up.open) as stream:
@@ -485,7 +549,7 @@ async def test_download_finishes_in_background_when_every_waiter_left(
 
 
 async def test_close_stops_downloads_and_their_readers_get_an_error(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     cache = open_cache()
     data, dg = blob_of(2 * MiB, seed=7)
@@ -495,14 +559,14 @@ async def test_close_stops_downloads_and_their_readers_get_an_error(
     await cache.close()
     with pytest.raises(Exception, match="closed"):
         await pull
-    assert stored_files(cache.directory) == []
+    assert await place.stored(cache) == []
 
 
 # --- size limit ----------------------------------------------------------------------------
 
 
 async def test_lru_eviction_keeps_recently_used_blobs(
-    open_cache: Callable[..., ProxyCache],
+    open_cache: Callable[..., ProxyCache], place: Place
 ) -> None:
     clock = Clock()
     cache = open_cache(max_bytes=3000, clock=clock)
@@ -513,13 +577,13 @@ async def test_lru_eviction_keeps_recently_used_blobs(
         await fetch_all(cache, dg, Upstream(data))
     assert cache.total_bytes == 3000
     clock.advance(1)
-    assert cache.blob_path(a) is not None  # a hit protects the oldest
+    await hit(cache, a)  # a hit protects the oldest
     clock.advance(1)
     await fetch_all(cache, d, Upstream(blobs[3][0]))
     assert [cache.has_blob(x) for x in (a, b, c, d)] == [True, False, True, True]
     assert cache.total_bytes == 3000
-    assert digests.encoded(b) not in stored_files(cache.directory)
-    assert len(stored_files(cache.directory)) == 3
+    assert digests.encoded(b) not in await place.stored(cache)
+    assert len(await place.stored(cache)) == 3
     # has_blob and blob_size are not hits: c is now the least recently used.
     assert cache.has_blob(c)
     assert cache.blob_size(c) == 1000
@@ -540,7 +604,7 @@ async def test_a_blob_being_streamed_is_not_evicted(
     clock.advance(1)
     async with cache.open_blob(blobs[0][1]) as stream:
         clock.advance(1)
-        cache.blob_path(blobs[1][1])  # now blobs[0] is the least recently used...
+        await hit(cache, blobs[1][1])  # now blobs[0] is the least recently used...
         clock.advance(1)
         await fetch_all(cache, blobs[2][1], Upstream(blobs[2][0]))
         assert cache.has_blob(blobs[0][1])  # ...but it is being read
@@ -560,6 +624,7 @@ async def test_pinned_blobs_over_the_limit_are_evicted_once_released(
         async with cache.open_blob(old_dg) as old_stream:
             clock.advance(1)
             assert await read_all(new_stream) == new
+            await cache.idle()  # an object store has it once it is put
             assert cache.total_bytes == 2000  # over the limit: both are being read
             assert await read_all(old_stream) == old
         assert not cache.has_blob(old_dg)  # released while `new` is still read: it goes
@@ -578,17 +643,126 @@ async def test_a_tag_goes_when_its_manifest_is_evicted(
     clock.advance(1)
     data, bdg = blob_of(1000, seed=40)
     await fetch_all(cache, bdg, Upstream(data))
-    assert cache.tag(UPSTREAM, "r", "old") is not None
+    assert await cache.tag(UPSTREAM, "r", "old") is not None
     clock.advance(1)
     data2, bdg2 = blob_of(len(MANIFEST) - 10, seed=41)  # only the oldest must go
     await fetch_all(cache, bdg2, Upstream(data2))
-    assert cache.tag(UPSTREAM, "r", "old") is None
+    assert await cache.tag(UPSTREAM, "r", "old") is None
     assert await cache.get_manifest(dg) is None
-    assert cache.tag(UPSTREAM, "r", "new") is not None
+    assert await cache.tag(UPSTREAM, "r", "new") is not None
     await cache.close()
     again = open_cache(clock=clock)
-    assert again.tag(UPSTREAM, "r", "old") is None
-    entry = again.tag(UPSTREAM, "r", "new")
+    assert await again.tag(UPSTREAM, "r", "old") is None
+    entry = await again.tag(UPSTREAM, "r", "new")
     assert entry is not None
     assert entry.digest == kept
     assert (tmp_path / "cache" / INDEX_NAME).is_file()
+
+
+# --- object stores -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "s3"])
+def bucket(request: pytest.FixtureRequest, tmp_path: Path) -> Place:
+    """An object store only (memory and S3)."""
+    s3 = request.getfixturevalue("s3") if request.param == "s3" else None
+    return Place(request.param, tmp_path, s3)
+
+
+async def test_a_cache_sharing_the_store_finds_blobs_manifests_and_tags(
+    tmp_path: Path, bucket: Place
+) -> None:
+    clock = Clock()
+    first = ProxyCache(tmp_path / "a", store=bucket.store, clock=clock)
+    other = ProxyCache(None, store=bucket.store, clock=clock)  # empty index, opened already
+    try:
+        dg = await first.put_manifest(UPSTREAM, "r", "v1", MANIFEST, mt.OCI_MANIFEST)
+        data, bdg = blob_of(300 * 1024, seed=50)
+        await fetch_all(first, bdg, Upstream(data))
+        assert not other.has_blob(bdg)
+        assert await other.discover(bdg)
+        assert other.blob_size(bdg) == len(data)
+        never = Upstream(b"never used")
+        assert await fetch_all(other, bdg, never) == data
+        assert never.opens == 0
+        async with other.open_range(bdg, 1000, 1999) as chunks:
+            assert b"".join([c async for c in chunks]) == data[1000:2000]
+        # A tag found in the store is stale: served only once a HEAD upstream agrees.
+        entry = await other.tag(UPSTREAM, "r", "v1")
+        assert entry is not None
+        assert (entry.digest, entry.media_type, entry.fresh) == (dg, mt.OCI_MANIFEST, False)
+        got = await other.get_manifest(dg)
+        assert got is not None
+        assert (got.raw, got.media_type) == (MANIFEST, mt.OCI_MANIFEST)
+        assert await other.touch_tag(UPSTREAM, "r", "v1", dg)
+        entry = await other.tag(UPSTREAM, "r", "v1")
+        assert entry is not None
+        assert entry.fresh
+        assert await other.tag(UPSTREAM, "r", "v2") is None
+        assert not await other.discover(digests.of(b"nowhere"))
+    finally:
+        await first.close()
+        await other.close()
+    assert not other.directory.exists()  # the temporary index went with it
+
+
+async def test_eviction_deletes_the_objects_and_tags_of_a_manifest(
+    tmp_path: Path, bucket: Place
+) -> None:
+    assert bucket.store is not None
+    clock = Clock()
+    cache = ProxyCache(tmp_path / "c", store=bucket.store, max_bytes=len(MANIFEST), clock=clock)
+    try:
+        await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
+        keys = sorted(m["path"] for m in obstore.list(bucket.store).collect())
+        assert keys == [
+            ObjectBlobs.key(digests.of(MANIFEST)),
+            ObjectBlobs.key(digests.of(MANIFEST), "manifests"),
+            f"tags/{UPSTREAM}/r/t",
+        ]
+        clock.advance(1)
+        data, bdg = blob_of(len(MANIFEST), seed=51)
+        await fetch_all(cache, bdg, Upstream(data))
+        await cache.idle()
+        assert [m["path"] for m in obstore.list(bucket.store).collect()] == [ObjectBlobs.key(bdg)]
+        # Put again right after an eviction: the pending delete goes first, then the put.
+        await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
+        await cache.idle()
+        again = ProxyCache(None, store=bucket.store)
+        try:
+            entry = await again.tag(UPSTREAM, "r", "t")
+            assert entry is not None
+            assert entry.digest == digests.of(MANIFEST)
+        finally:
+            await again.close()
+    finally:
+        await cache.close()
+
+
+async def test_a_failing_store_still_serves_from_upstream_and_keeps_nothing(
+    tmp_path: Path, s3: LocalS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = s3.bucket()
+    store = open_store(s3.url(name, "cache"), s3.options)
+    cache = ProxyCache(tmp_path / "c", store=store)
+    try:
+        s3.delete_bucket(name)  # every put and get fails from now on
+        data, dg = blob_of(6 * MiB, seed=52)
+        up = Upstream(data)
+        assert await fetch_all(cache, dg, up) == data
+        assert not cache.has_blob(dg)
+        assert list((tmp_path / "c" / "spool").iterdir()) == []
+        assert await fetch_all(cache, dg, up) == data
+        assert up.opens == 2
+        with pytest.raises(OcimirrorError, match=r"cache store .*write blobs/sha256/"):
+            await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
+        assert await cache.get_manifest(digests.of(MANIFEST)) is None
+        assert await cache.tag(UPSTREAM, "r", "t") is None
+    finally:
+        await cache.close()
+
+
+def test_a_store_that_cannot_be_listed_is_named_at_start(tmp_path: Path, s3: LocalS3) -> None:
+    store = open_store(s3.url("no-such-bucket"), s3.options)
+    with pytest.raises(OcimirrorError, match=r"cache store .*list blobs/"):
+        ProxyCache(tmp_path / "c", store=store, store_name="s3://no-such-bucket")

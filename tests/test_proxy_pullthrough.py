@@ -12,7 +12,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ import pytest
 
 from ocimirror import mediatypes as mt
 from ocimirror.testkit.images import SampleImage, make_image, make_index, random_layer
+from ocimirror.testkit.proxy import Answer, ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.tokenserver import TokenServer
-from test_proxy import Answer, Proxy, assert_layout_holds, pull_to_oci
+from test_proxy import assert_layout_holds, pull_to_oci
 
 RegistryFactory = Callable[..., LocalRegistry]
 TokenServerFactory = Callable[..., TokenServer]
@@ -33,24 +34,9 @@ MiB = 1024 * 1024
 ACCEPT_ALL = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 
 
-@pytest.fixture
-def start_proxy(tmp_path: Path) -> Iterator[Callable[..., Proxy]]:
-    """Start proxies that are stopped at the end of the test."""
-    started: list[Proxy] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Proxy:
-        proxy = Proxy(tmp_path, *args, env=env)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for p in started:
-        p.stop()
-
-
 def cached_proxy(
-    start: Callable[..., Proxy], registry: LocalRegistry, cache: Path, *args: str, **kw: str
-) -> Proxy:
+    start: Callable[..., ProxyProcess], registry: LocalRegistry, cache: Path, *args: str, **kw: str
+) -> ProxyProcess:
     """A proxy in front of `registry` with a cache in `cache`."""
     env = {"OCIMIRROR_PROXY_CACHE": str(cache), **kw}
     return start("--registry-host", registry.host, *args, env=env)
@@ -61,7 +47,7 @@ def api(requests: list[Request]) -> list[Request]:
     return [r for r in requests if r.kind in ("manifest", "blob")]
 
 
-def metric(proxy: Proxy, name: str, **labels: str) -> float:
+def metric(proxy: ProxyProcess, name: str, **labels: str) -> float:
     """The sum of a metric's samples that carry `labels`."""
     total = 0.0
     for line in proxy.call("GET", "/metrics").body.decode().splitlines():
@@ -74,7 +60,7 @@ def metric(proxy: Proxy, name: str, **labels: str) -> float:
     return total
 
 
-def get_manifest(proxy: Proxy, name: str, ref: str, accept: str = ACCEPT_ALL) -> Answer:
+def get_manifest(proxy: ProxyProcess, name: str, ref: str, accept: str = ACCEPT_ALL) -> Answer:
     """GET a manifest through the proxy."""
     return proxy.call("GET", f"/v2/{name}/manifests/{ref}", headers={"Accept": accept})
 
@@ -84,7 +70,7 @@ def get_manifest(proxy: Proxy, name: str, ref: str, accept: str = ACCEPT_ALL) ->
 
 def test_second_pull_comes_from_the_cache_and_tags_are_revalidated_with_head(
     registry: LocalRegistry,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -128,7 +114,7 @@ def test_second_pull_comes_from_the_cache_and_tags_are_revalidated_with_head(
 
 
 def test_tag_ttl_revalidation_follows_a_moved_tag_and_head_stays_head(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy], tmp_path: Path
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     images = [make_image(layer_size=500, seed=f"ttl-{i}") for i in range(3)]
     asyncio.run(seed(registry, "app", [("t", images[0])]))
@@ -172,7 +158,7 @@ def test_tag_ttl_revalidation_follows_a_moved_tag_and_head_stays_head(
 
 def test_pull_succeeds_from_the_cache_after_the_upstream_stopped(
     registry: LocalRegistry,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -256,7 +242,7 @@ class Flaky:
 
 
 def test_stale_copy_stands_in_for_429_and_5xx(
-    start_proxy: Callable[..., Proxy], tmp_path: Path
+    start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     image = make_image(seed="flaky")
     flaky = Flaky(image)
@@ -285,7 +271,7 @@ def test_stale_copy_stands_in_for_429_and_5xx(
 
 
 def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy], tmp_path: Path
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     image = make_image(layers=[random_layer(50 * MiB, seed="big")], seed="big")
     blob = image.blobs[1]
@@ -352,7 +338,7 @@ def _raw(registry: LocalRegistry, repo: str, ref: str, accept: str) -> Answer:
 
 @pytest.mark.parametrize("oci", [False, True], ids=["docker-list", "oci-index"])
 def test_manifests_keep_their_exact_bytes_and_media_type(
-    oci: bool, registry: LocalRegistry, start_proxy: Callable[..., Proxy], tmp_path: Path
+    oci: bool, registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     index = make_index(["linux/amd64", "linux/arm64"], oci=oci, seed=f"exact-{oci}")
     asyncio.run(seed(registry, "app", [("1", index)]))
@@ -402,7 +388,7 @@ def test_manifests_keep_their_exact_bytes_and_media_type(
 
 
 def test_size_limit_evicts_the_least_recently_used_blobs(
-    registry: LocalRegistry, start_proxy: Callable[..., Proxy], tmp_path: Path
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:
     images = [make_image(layer_size=150_000, seed=f"lru-{i}") for i in range(3)]
     asyncio.run(seed(registry, "app", [(str(i), img) for i, img in enumerate(images)]))
@@ -432,7 +418,7 @@ def test_size_limit_evicts_the_least_recently_used_blobs(
 def test_pass_through_auth_is_asked_for_cache_hits(
     registry_factory: RegistryFactory,
     token_server_factory: TokenServerFactory,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -478,7 +464,7 @@ def test_pass_through_auth_is_asked_for_cache_hits(
 def test_proxy_credentials_serve_cache_hits_without_the_upstream(
     registry_factory: RegistryFactory,
     token_server_factory: TokenServerFactory,
-    start_proxy: Callable[..., Proxy],
+    start_proxy: Callable[..., ProxyProcess],
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
@@ -531,7 +517,7 @@ def test_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
     assert (s.directory, s.max_size, s.tag_ttl) == (tmp_path / "from-file", 2 * 1024**3, 600)
     s = load_settings(
         config=config,
-        cache=tmp_path / "flag",
+        cache=str(tmp_path / "flag"),
         cache_max_size="500MB",
         tag_ttl="30s",
         env={**env, "OCIMIRROR_PROXY_CACHE": str(tmp_path / "env")},

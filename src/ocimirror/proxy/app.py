@@ -967,16 +967,23 @@ def make_proxy_app(
 ) -> web.Application:
     """Build the proxy's aiohttp application (upstream sessions close with it).
 
-    Without a `cache` given, one is opened when the settings name a directory, and closed
-    with the application; a cache given is the caller's to close.
+    Without a `cache` given, one is opened when the settings name one (a directory or an
+    object store), and closed with the application; a cache given is the caller's to close.
     """
     owned: ProxyCache | None = None
-    directory = settings.cache.directory
-    if cache is None and directory is not None:
+    c = settings.cache
+    if cache is None and c.enabled:
         from .cache import ProxyCache
+        from .cachestore import open_store
 
-        c = settings.cache
-        cache = owned = ProxyCache(directory, max_bytes=c.max_size, tag_ttl=c.tag_ttl)
+        store = open_store(c.store, c.store_options()) if c.store else None
+        cache = owned = ProxyCache(
+            c.directory,
+            store=store,
+            store_name=c.store or "",
+            max_bytes=c.max_size,
+            tag_ttl=c.tag_ttl,
+        )
     proxy = Proxy(settings, cache=cache, metrics=metrics)
     app = web.Application(middlewares=[_middleware])
     app[PROXY] = proxy

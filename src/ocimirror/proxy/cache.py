@@ -1,17 +1,24 @@
-"""The pull-through cache of `ocimirror proxy`: manifests, blobs and tags kept on disk.
+"""The pull-through cache of `ocimirror proxy`: manifests, blobs and tags, kept for reuse.
 
-The cache directory holds:
+The bytes are kept by a `cachestore` place: a directory (`--cache DIR`), or an object store
+(`--cache s3://bucket/prefix`, gs://, az://, file://, memory://). The cache directory
+(with an object store: `--cache-local DIR`, else a temporary one) holds:
 
     blobs/<alg>/<hex>     every blob, manifests included, content-addressed and verified
-    blobs/<alg>/.tmp-*    downloads in progress (a crash's leftovers go at the next start)
+                          (a directory cache only; an object store keeps them itself)
+    blobs/<alg>/.tmp-*    downloads in progress (spool/.tmp-* with an object store);
+                          a crash's leftovers go at the next start
     index.sqlite          manifests' media types, tag entries, access times for LRU
 
-The blob files are the truth. A blob is written to a temporary file and renamed into
+The blobs are the truth. A blob is written to a temporary file and moved (or put) into
 place only once its digest (and size, when known) checked out; the index row of a
-manifest is written after its file and removed before it, so a crash at worst leaves a
+manifest is written after its blob and removed before it, so a crash at worst leaves a
 blob the index does not call a manifest, which is simply fetched again. At startup the
-directory is scanned once for sizes (rows naming a missing file are dropped); from then
-on a running total is kept.
+blobs are listed once for sizes (rows naming a missing blob are dropped); from then on a
+running total is kept. An object store also keeps manifests' media types and tags beside
+the blobs, so a proxy with an empty index, or another proxy sharing the bucket, finds
+them: a blob, manifest or tag the index does not know is looked up in the store before
+the upstream is asked, and a tag found there is revalidated (a HEAD) before it is served.
 
 Policy is the server's, mechanism is here: manifests by digest and blobs are kept until
 evicted; `tag()` answers stale entries too (`fresh=False`) so the server can revalidate
@@ -23,12 +30,15 @@ that digest, including ones arriving mid-download, reads that growing file from 
 start. The last chunk is held back until the digest is verified, so no reader ever gets
 a complete copy of wrong content: on failure every reader gets the error and nothing is
 stored. A reader that goes away does not disturb the others, and when every reader has
-gone the download still runs to its end in the background, warming the cache.
+gone the download still runs to its end in the background, warming the cache. With an
+object store the verified file is then put there, callers arriving meanwhile still
+reading the local file.
 
 The access times that order eviction are updated on every hit in memory and written to
 the index lazily (every `FLUSH_EVERY` hits or `FLUSH_INTERVAL` seconds, with any other
 index write, and at `close()`); a blob without a recorded time counts from its file's
-mtime. One process, one event loop per cache directory.
+mtime (its object's last change). One process, one event loop per cache directory;
+several proxies may share an object store, each evicting by what it knows.
 """
 
 from __future__ import annotations
@@ -37,20 +47,26 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import structlog
 
 from .. import digest as digests
 from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
-from ..stores.layout import _fsync_dir, _open_temp, _write_atomic
+from ..stores.layout import _open_temp
+from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
+
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
 
 log = structlog.get_logger(__name__)
 
@@ -60,13 +76,14 @@ CHUNK_SIZE = 256 * 1024
 #: The name of the index database inside the cache directory.
 INDEX_NAME = "index.sqlite"
 
+#: With an object store, manifests' bytes kept in memory at most (the most recently used).
+MANIFEST_MEMORY = 32 * 1024 * 1024
+
 #: Access times are written to the index after this many unsaved hits...
 FLUSH_EVERY = 1000
 
 #: ...or when the oldest unsaved hit is this many seconds old.
 FLUSH_INTERVAL = 60.0
-
-_TMP_PREFIX = ".tmp-"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS manifests (
@@ -88,7 +105,6 @@ CREATE TABLE IF NOT EXISTS access (
 """
 
 _T = TypeVar("_T")
-TagKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -131,20 +147,6 @@ def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
-def _write_blob_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)
-
-
-def _read_verified(path: Path, digest: str) -> bytes | None:
-    """Return a small file's bytes if it exists and hashes to `digest`, else None."""
-    try:
-        raw = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return raw if digests.of(raw, digests.algorithm(digest)) == digest else None
-
-
 def _write_hashed(f: BinaryIO, h: Any, data: bytes) -> None:
     h.update(data)
     f.write(data)
@@ -158,6 +160,16 @@ def _sync(f: BinaryIO) -> None:
 
 def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
     return os.pread(f.fileno(), n, offset)
+
+
+def _close_later(chunks: AsyncGenerator[bytes]) -> None:
+    """Close an async generator from synchronous code (its cleanup runs in a task)."""
+    task = asyncio.get_running_loop().create_task(chunks.aclose())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 class _Handle:
@@ -233,14 +245,22 @@ class BlobStream:
     """A blob's bytes from its start, as an async iterator of chunks of up to 256 KiB."""
 
     def __init__(
-        self, progress: _Progress, handle: _Handle, release: Callable[[], None], *, cached: bool
+        self,
+        progress: _Progress,
+        handle: _Handle | None,
+        release: Callable[[], None],
+        *,
+        cached: bool,
+        chunks: AsyncGenerator[bytes] | None = None,
     ) -> None:
-        """Read `progress`'s file through `handle`; `release` runs once, at `close()`."""
+        """Read `progress`'s file through `handle` (or take `chunks`, a cached blob from an
+        object store); `release` runs once, at `close()`."""
         self.digest = progress.digest
-        #: True when served from a complete file, False when following a download.
+        #: True when served from a complete copy, False when following a download.
         self.cached = cached
         self._progress = progress
         self._handle = handle
+        self._chunks = chunks
         self._release: Callable[[], None] | None = release
         self._offset = 0
 
@@ -263,7 +283,10 @@ class BlobStream:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._chunks is not None:
+            return await anext(self._chunks)
         p = self._progress
+        assert self._handle is not None
         while True:
             changed = p.changed()
             if p.error is not None:
@@ -283,23 +306,40 @@ class BlobStream:
         """Close the file and unpin the blob; idempotent."""
         if self._release is not None:
             release, self._release = self._release, None
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
+            if self._chunks is not None:
+                _close_later(self._chunks)
             release()
 
 
 class ProxyCache:
-    """The on-disk pull-through cache: verified blobs and manifests, tags with a TTL, LRU."""
+    """The pull-through cache: verified blobs and manifests, tags with a TTL, LRU."""
 
     def __init__(
         self,
-        directory: Path,
+        directory: Path | None,
         *,
+        store: ObjectStore | None = None,
+        store_name: str = "",
         max_bytes: int | None = None,
         tag_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """Open (creating if needed) the cache at `directory`, scanning it once for sizes."""
+        """Open (creating if needed) the cache at `directory`, or in `store` with its index
+        and downloads in `directory` (None: a temporary directory, removed at `close()`);
+        the blobs are listed once for sizes."""
+        self._temporary = directory is None
+        if directory is None:
+            if store is None:
+                raise ValueError("a cache without an object store needs a directory")
+            directory = Path(tempfile.mkdtemp(prefix="ocimirror-proxy-cache-"))
         self.directory = Path(directory)
+        self._place: LocalBlobs | ObjectBlobs = (
+            LocalBlobs(self.directory)
+            if store is None
+            else ObjectBlobs(store, self.directory / "spool", name=store_name)
+        )
         self.max_bytes = max_bytes
         self.tag_ttl = tag_ttl
         self._clock = clock
@@ -311,9 +351,11 @@ class ProxyCache:
         self._downloads: dict[str, _Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pins: dict[str, int] = {}
+        self._raw: OrderedDict[str, bytes] = OrderedDict()
+        self._raw_bytes = 0
         self._total = 0
         self._closed = False
-        (self.directory / "blobs").mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.directory / INDEX_NAME, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -325,20 +367,8 @@ class ProxyCache:
     # -- startup ------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """Scan the blob files, then read the index, dropping rows for missing files."""
-        found: dict[str, tuple[int, float]] = {}
-        for alg_dir in (self.directory / "blobs").iterdir():
-            if not alg_dir.is_dir():
-                continue
-            for entry in os.scandir(alg_dir):
-                if entry.name.startswith(_TMP_PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
-                    continue
-                dg = f"{alg_dir.name}:{entry.name}"
-                if digests.is_valid(dg) and entry.is_file(follow_symlinks=False):
-                    st = entry.stat(follow_symlinks=False)
-                    found[dg] = (st.st_size, st.st_mtime)
+        """List the blobs, then read the index, dropping rows for missing blobs."""
+        found = self._place.scan()
         recorded = dict(self._db.execute("SELECT digest, atime FROM access").fetchall())
         atimes = {dg: float(recorded.get(dg, mtime)) for dg, (_, mtime) in found.items()}
         for dg in sorted(found, key=atimes.__getitem__):
@@ -360,12 +390,14 @@ class ProxyCache:
 
     # -- bookkeeping --------------------------------------------------------------------
 
-    def _path(self, digest: str) -> Path:
-        return self.directory / "blobs" / digests.algorithm(digest) / digests.encoded(digest)
+    @property
+    def place(self) -> str:
+        """Name where the blobs are kept (a directory or an object store)."""
+        return str(self._place)
 
     @property
     def total_bytes(self) -> int:
-        """Return the bytes held in blob files (manifests included)."""
+        """Return the bytes held in blobs (manifests included)."""
         return self._total
 
     def _touch(self, digest: str) -> None:
@@ -434,8 +466,11 @@ class ProxyCache:
             self._atimes.pop(dg, None)
             self._dirty.discard(dg)
             self._media_types.pop(dg, None)
-            with contextlib.suppress(FileNotFoundError):
-                self._path(dg).unlink()
+            raw = self._raw.pop(dg, None)
+            self._raw_bytes -= len(raw) if raw is not None else 0
+        for key in keys:
+            self._place.remove_tag(key)
+        self._place.remove(victims)
 
     def _delete_rows(self, digests_: list[str]) -> None:
         """Delete every index row about these digests (tags pointing at them included)."""
@@ -467,23 +502,38 @@ class ProxyCache:
             raise ReferenceError("empty tag")
         else:
             dg = digests.of(raw)
-        if dg in self._blobs:
+        if dg in self._blobs and (dg in self._media_types or self._place.local):
             self._touch(dg)
         else:
-            await asyncio.to_thread(_write_blob_file, self._path(dg), raw)
+            await self._place.write(dg, raw, media_type)
             self._add_blob(dg, len(raw))
-        self._media_types[dg] = media_type
-        now = self._clock()
+        key = (upstream, repo, reference)
+        tagged = not _is_digest(reference)
+        if tagged and self._tags.get(key, ("",))[0] != dg:
+            await self._place.write_tag(key, dg)
+        self._remember_manifest(dg, raw, media_type)
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
                 (dg, media_type),
             )
-            if not _is_digest(reference):
-                self._set_tag((upstream, repo, reference), dg, now)
+            if tagged:
+                self._set_tag(key, dg, self._clock())
         self.flush()
         self._evict()
         return dg
+
+    def _remember_manifest(self, digest: str, raw: bytes, media_type: str) -> None:
+        """Note a manifest's media type (and, with an object store, keep its bytes in memory)."""
+        self._media_types[digest] = media_type
+        if self._place.local:
+            return
+        self._raw.pop(digest, None)
+        self._raw[digest] = raw
+        self._raw_bytes += len(raw)
+        while self._raw_bytes > MANIFEST_MEMORY:
+            _, old = self._raw.popitem(last=False)
+            self._raw_bytes -= len(old)
 
     def _set_tag(self, key: TagKey, digest: str, fetched_at: float) -> None:
         self._tags[key] = (digest, fetched_at)
@@ -494,29 +544,68 @@ class ProxyCache:
         )
 
     async def get_manifest(self, digest: str) -> CachedManifest | None:
-        """Return a cached manifest by digest (re-verified on read), or None."""
+        """Return a cached manifest by digest (re-verified on read), or None.
+
+        With an object store, a manifest the index does not know is looked for there.
+        """
         media_type = self._media_types.get(digest)
-        if media_type is None:
-            return None
+        known = media_type is not None
+        raw = self._raw.get(digest) if known else None
+        if raw is not None:
+            self._raw.move_to_end(digest)
+            self._touch(digest)
+            return CachedManifest(digest, media_type or "", raw)
         self._pin(digest)
         try:
-            raw = await asyncio.to_thread(_read_verified, self._path(digest), digest)
+            if media_type is None:
+                media_type = await self._place.media_type(digest)
+                if media_type is None:
+                    return None
+            raw = await self._place.read(digest)
+        except OcimirrorError as e:
+            log.warning("proxy cache store failed", digest=digest, error=str(e))
+            return None
         finally:
             self._unpin(digest)
-        if digest not in self._media_types:
-            return None  # evicted meanwhile: the pin kept the file, not the index entry
-        if raw is None:
-            log.warning("proxy cache dropped a missing or corrupt manifest", digest=digest)
+        if raw is not None and digests.of(raw, digests.algorithm(digest)) != digest:
+            log.warning("proxy cache dropped a corrupt manifest", digest=digest)
             self._forget([digest])
             return None
+        if not known:
+            if raw is None or len(raw) > MAX_MANIFEST_SIZE:
+                return None
+            if digest not in self._blobs:
+                self._add_blob(digest, len(raw))
+            self._remember_manifest(digest, raw, media_type)
+            with self._db:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
+                    (digest, media_type),
+                )
+            self._evict()
+        elif digest not in self._media_types:
+            return None  # evicted meanwhile: the pin kept the file, not the index entry
+        elif raw is None:
+            log.warning("proxy cache dropped a missing manifest", digest=digest)
+            self._forget([digest])
+            return None
+        else:
+            self._remember_manifest(digest, raw, media_type)
         self._touch(digest)
         return CachedManifest(digest, media_type, raw)
 
-    def tag(self, upstream: str, repo: str, tag: str) -> TagEntry | None:
-        """Return where a tag pointed when last fetched, stale entries included, or None."""
-        entry = self._tags.get((upstream, repo, tag))
+    async def tag(self, upstream: str, repo: str, tag: str) -> TagEntry | None:
+        """Return where a tag pointed when last fetched, stale entries included, or None.
+
+        With an object store, a tag the index does not know is looked for there; one found
+        comes back stale, to be revalidated before it is served.
+        """
+        key = (upstream, repo, tag)
+        entry = self._tags.get(key)
         if entry is None:
-            return None
+            entry = await self._tag_from_store(key)
+            if entry is None:
+                return None
         dg, fetched_at = entry
         media_type = self._media_types.get(dg)
         if media_type is None:
@@ -524,7 +613,23 @@ class ProxyCache:
         fresh = self._clock() - fetched_at < self.tag_ttl
         return TagEntry(dg, media_type, fetched_at, fresh)
 
-    def touch_tag(self, upstream: str, repo: str, tag: str, digest: str) -> bool:
+    async def _tag_from_store(self, key: TagKey) -> tuple[str, float] | None:
+        """Find a tag in the object store (another proxy's, or this one's before a restart)."""
+        if self._place.local:
+            return None
+        try:
+            dg = await self._place.read_tag(key)
+        except OcimirrorError as e:
+            log.warning("proxy cache store failed", tag="/".join(key), error=str(e))
+            return None
+        if dg is None or not digests.is_valid(dg) or await self.get_manifest(dg) is None:
+            return None
+        if key not in self._tags:
+            with self._db:
+                self._set_tag(key, dg, 0.0)
+        return self._tags[key]
+
+    async def touch_tag(self, upstream: str, repo: str, tag: str, digest: str) -> bool:
         """Record that the upstream's tag points at `digest` as of now.
 
         Returns False, changing nothing, when that manifest is not cached: the caller must
@@ -532,13 +637,21 @@ class ProxyCache:
         """
         if digest not in self._media_types:
             return False
+        key = (upstream, repo, tag)
+        if self._tags.get(key, ("",))[0] != digest:
+            try:
+                await self._place.write_tag(key, digest)
+            except OcimirrorError as e:
+                log.warning("proxy cache store failed", tag="/".join(key), error=str(e))
         with self._db:
-            self._set_tag((upstream, repo, tag), digest, self._clock())
+            self._set_tag(key, digest, self._clock())
         return True
 
     def forget_tag(self, upstream: str, repo: str, tag: str) -> bool:
         """Drop a tag entry (its manifest stays); tell whether there was one."""
-        if self._tags.pop((upstream, repo, tag), None) is None:
+        key = (upstream, repo, tag)
+        self._place.remove_tag(key)
+        if self._tags.pop(key, None) is None:
             return False
         with self._db:
             self._db.execute(
@@ -569,30 +682,83 @@ class ProxyCache:
         """
         if digest not in self._blobs:
             return None
-        self._touch(digest)
-        return self._path(digest)
+        path = self._place.file(digest)
+        if path is not None:
+            self._touch(digest)
+        return path
 
-    def _open_cached(self, digest: str) -> BlobStream | None:
-        """Open a cached blob's file as a pinned stream, counting a hit, or return None."""
+    async def discover(self, digest: str) -> bool:
+        """Tell whether a blob is cached, looking in the object store for one the index does
+        not know (put there by another proxy); no hit is counted."""
+        if digest in self._blobs:
+            return True
+        if self._place.local or digest in self._downloads or not digests.is_valid(digest):
+            return False
+        try:
+            size = await self._place.lookup(digest)
+        except OcimirrorError as e:
+            log.warning("proxy cache store failed", digest=digest, error=str(e))
+            return False
+        if size is None:
+            return False
+        if digest not in self._blobs:
+            self._add_blob(digest, size)
+            self._evict()
+        return digest in self._blobs
+
+    async def _open_cached(self, digest: str) -> BlobStream | None:
+        """Open a cached blob as a pinned stream, counting a hit, or return None."""
         size = self._blobs.get(digest)
         if size is None:
             return None
-        path = self._path(digest)
+        path = self._place.file(digest)
+        handle: _Handle | None = None
+        chunks: AsyncGenerator[bytes] | None = None
         try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 -- closed by BlobStream.close
+            if path is not None:
+                # An open is quick; no thread hop, so the file seen in the index is the one opened.
+                f = open(path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 -- BlobStream closes
+                handle = _Handle(f)
+            else:
+                chunks = await self._place.open_range(digest, 0, size - 1)
         except (FileNotFoundError, NotADirectoryError):
-            log.warning("proxy cache dropped a blob whose file is gone", digest=digest)
+            log.warning("proxy cache dropped a blob that is gone", digest=digest)
             self._forget([digest])
+            return None
+        except OcimirrorError as e:
+            log.warning("proxy cache store failed", digest=digest, error=str(e))
             return None
         self._touch(digest)
         self._pin(digest)
-        progress = _Progress(digest, path, size, done=True)
-        return BlobStream(progress, _Handle(f), lambda: self._unpin(digest), cached=True)
+        progress = _Progress(digest, path or Path(digest), size, done=True)
+        release = partial(self._unpin, digest)
+        return BlobStream(progress, handle, release, cached=True, chunks=chunks)
+
+    @asynccontextmanager
+    async def open_range(
+        self, digest: str, first: int, last: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Read bytes `first`..`last` of a cached blob, pinned meanwhile, counting a hit;
+        NotFound when it is not (or no longer) there."""
+        if digest not in self._blobs:
+            raise NotFound(f"blob {digest} is not cached")
+        try:
+            chunks = await self._place.open_range(digest, first, last)
+        except (FileNotFoundError, NotADirectoryError):
+            self._forget([digest])
+            raise NotFound(f"blob {digest} is gone from the cache") from None
+        self._touch(digest)
+        self._pin(digest)
+        try:
+            yield chunks
+        finally:
+            await chunks.aclose()
+            self._unpin(digest)
 
     @asynccontextmanager
     async def open_blob(self, digest: str) -> AsyncIterator[BlobStream]:
         """Stream a cached blob, pinned against eviction meanwhile; NotFound if absent."""
-        stream = self._open_cached(digest)
+        stream = await self._open_cached(digest)
         if stream is None:
             raise NotFound(f"blob {digest} is not cached")
         try:
@@ -614,7 +780,7 @@ class ProxyCache:
             raise ReferenceError(f"invalid digest {digest!r}")
         if self._closed:
             raise OcimirrorError("the proxy cache is closed")
-        stream = self._open_cached(digest)
+        stream = await self._open_cached(digest)
         if stream is None:
             dl = self._downloads.get(digest) or self._start_download(digest, size, open_upstream)
             stream = self._follow(dl)
@@ -633,9 +799,7 @@ class ProxyCache:
     def _start_download(
         self, digest: str, size: int | None, open_upstream: OpenUpstream
     ) -> _Download:
-        final = self._path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp, f = _open_temp(final.parent)
+        tmp, f = _open_temp(self._place.spool(digest))
         dl = _Download(digest, tmp, f, size)
         self._downloads[digest] = dl
         task = asyncio.create_task(self._download(dl, open_upstream), name=f"fetch {digest}")
@@ -685,18 +849,45 @@ class ProxyCache:
                 log.info("proxy cache fetch failed", digest=dl.digest, error=str(e))
                 return  # the readers have it; nobody awaits this task
             raise
-        # No await from here on: a caller sees either the download or the stored blob.
         dl.handle.close()
-        final = self._path(dl.digest)
-        os.replace(dl.path, final)
+        if isinstance(self._place, ObjectBlobs):
+            await self._put(dl, total)
+            return
+        # No await from here on: a caller sees either the download or the stored blob.
+        self._place.commit(dl.digest, dl.path)
         del self._downloads[dl.digest]
         self._add_blob(dl.digest, total)
+        self._finish(dl, total)
+        self._evict()
+        await self._place.settle(dl.digest)
+
+    @staticmethod
+    def _finish(dl: _Download, total: int) -> None:
+        """Let every reader of a verified download have all of it."""
         dl.size = total
         dl.available = total
         dl.done = True
         dl.notify()
-        self._evict()
-        await asyncio.to_thread(_fsync_dir, final.parent)
+
+    async def _put(self, dl: _Download, total: int) -> None:
+        """Put a verified download in the object store; callers meanwhile read its file."""
+        assert isinstance(self._place, ObjectBlobs)
+        self._finish(dl, total)
+        stored = False
+        try:
+            await self._place.put_file(dl.digest, dl.path)
+            stored = True
+        except OcimirrorError as e:
+            log.warning("proxy cache store failed", digest=dl.digest, error=str(e))
+        finally:
+            # No await from here on: a caller sees either the download or the stored blob.
+            if self._downloads.get(dl.digest) is dl:
+                del self._downloads[dl.digest]
+            with contextlib.suppress(FileNotFoundError):
+                dl.path.unlink()  # readers still have it open
+        if stored:
+            self._add_blob(dl.digest, total)
+            self._evict()
 
     def _fail(self, dl: _Download, error: BaseException) -> None:
         """End a download: readers get `error`, the temporary file goes, nothing is kept."""
@@ -712,6 +903,13 @@ class ProxyCache:
 
     # -- lifetime -----------------------------------------------------------------------
 
+    async def idle(self) -> None:
+        """Wait until the work in the background is done: downloads in flight (and their
+        puts to an object store), deletes of evicted blobs."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._place.drain()
+
     async def close(self) -> None:
         """Stop downloads in flight (their readers get an error), save access times."""
         if self._closed:
@@ -723,6 +921,9 @@ class ProxyCache:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.flush()
         self._db.close()
+        await self._place.drain()
+        if self._temporary:
+            remove_tree(self.directory)
 
 
 __all__ = [

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
     " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
-    " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_MAX_SIZE and OCIMIRROR_PROXY_TAG_TTL."
+    " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
+    " OCIMIRROR_PROXY_TAG_TTL; an object-store cache reads AWS_*, GOOGLE_* and AZURE_* as"
+    " those clouds' tools do."
     " Flags win over the environment."
 )
 
@@ -104,11 +106,22 @@ def proxy(
         typer.Option("--htpasswd", help="Users clients log in as (htpasswd file).", metavar="FILE"),
     ] = None,
     cache: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--cache",
-            help="Pull-through cache directory: blobs and manifests are kept and served from"
-            " here (default: $OCIMIRROR_PROXY_CACHE; none without it).",
+            help="Pull-through cache: a directory, or an object store URL (s3://bucket/prefix,"
+            " gs://, az://, file://, memory://; credentials from AWS_*, GOOGLE_*, AZURE_*)"
+            " where blobs and manifests are kept and served from (default:"
+            " $OCIMIRROR_PROXY_CACHE; none without it).",
+            metavar="DIR|URL",
+        ),
+    ] = None,
+    cache_local: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-local",
+            help="With an object-store cache: the local directory for its index and downloads"
+            " in progress (default: $OCIMIRROR_PROXY_CACHE_LOCAL, else a temporary one).",
             metavar="DIR",
         ),
     ] = None,
@@ -155,6 +168,7 @@ def proxy(
             client_tokens=client_token or (),
             htpasswd=htpasswd,
             cache=cache,
+            cache_local=cache_local,
             cache_max_size=cache_max_size,
             tag_ttl=tag_ttl,
         )
@@ -201,7 +215,7 @@ async def _serve(settings: ProxySettings) -> int:
             upstreams={u.name or "(default)": f"{u.host}/{u.prefix}" for u in settings.upstreams},
             stream_blobs=settings.stream_blobs,
             client_auth=settings.clients.enabled,
-            cache=str(settings.cache.directory) if settings.cache.directory else None,
+            cache=settings.cache.where,
             cache_max_size=settings.cache.max_size,
             tag_ttl=settings.cache.tag_ttl,
         )

@@ -1,4 +1,4 @@
-"""The pull-through cache in the proxy's answers (`ocimirror proxy --cache DIR`).
+"""The pull-through cache in the proxy's answers (`ocimirror proxy --cache DIR|URL`).
 
 `cache.ProxyCache` is the mechanism; the policy is here:
 
@@ -33,16 +33,12 @@ client's first request for an object asks the upstream.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import aiohttp
 import structlog
@@ -76,8 +72,6 @@ STALE_GRANT_TTL = 86400.0
 GRANT_LIMIT = 100_000
 #: The `Warning` of an answer the upstream could not revalidate (RFC 7234).
 STALE_WARNING = '110 - "Response is Stale"'
-#: Bytes read per step of a ranged answer.
-RANGE_CHUNK = 1024 * 1024
 
 GrantKey = tuple[str, str, str, str]
 
@@ -358,7 +352,7 @@ async def _manifest_by_tag(
     """A manifest by tag: cached and fresh, revalidated with a HEAD, or fetched."""
     cache = _cache(request)
     proxy = request.app[PROXY]
-    entry = cache.tag(route.upstream.label, route.upstream_repo, tag)
+    entry = await cache.tag(route.upstream.label, route.upstream_repo, tag)
     if entry is None:
         return await fetch_manifest(request, route, path, tag=tag, store=tag)
     if not accepts(accept_header(request), entry.media_type):
@@ -403,7 +397,7 @@ async def _revalidate(
         return await relay(request, route, path, head)
     grant(request, route, tag)
     said = head.headers.get("Docker-Content-Digest")
-    if said == entry.digest and cache.touch_tag(
+    if said == entry.digest and await cache.touch_tag(
         route.upstream.label, route.upstream_repo, tag, said
     ):
         cached = await cache.get_manifest(said)
@@ -465,46 +459,37 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
-    return os.pread(f.fileno(), n, offset)
-
-
 async def _ranged_answer(
-    request: web.Request, route: Route, digest: str, file: Path, span: tuple[int, int], size: int
+    request: web.Request, route: Route, digest: str, span: tuple[int, int], size: int
 ) -> web.StreamResponse | None:
-    """Answer a range of a cached blob (206); None when its file went meanwhile."""
-    try:
-        f = await asyncio.to_thread(open, file, "rb", buffering=0)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+    """Answer a range of a cached blob (206); None when it went meanwhile or cannot be read."""
     proxy = request.app[PROXY]
-    proxy.metrics.cache_hits.labels("blob").inc()
     first, last = span
     try:
-        out = web.StreamResponse(status=206, headers=blob_headers(digest))
-        out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        out.content_length = last - first + 1
-        await out.prepare(request)
-        offset, sent = first, 0
-        try:
-            while offset <= last:
-                data = await asyncio.to_thread(
-                    _pread, f, min(RANGE_CHUNK, last + 1 - offset), offset
-                )
-                if not data:
-                    out.force_close()
-                    return out
-                await out.write(data)
-                offset += len(data)
-                sent += len(data)
-        except ConnectionResetError:
+        async with _cache(request).open_range(digest, first, last) as chunks:
+            proxy.metrics.cache_hits.labels("blob").inc()
+            out = web.StreamResponse(status=206, headers=blob_headers(digest))
+            out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+            out.content_length = last - first + 1
+            await out.prepare(request)
+            sent = 0
+            try:
+                async for data in chunks:
+                    await out.write(data)
+                    sent += len(data)
+            except ConnectionResetError:
+                return out
+            except OcimirrorError as e:
+                log.warning("cached blob read failed midway", digest=digest, error=str(e))
+                out.force_close()
+                return out
+            finally:
+                proxy.metrics.bytes.labels(route.upstream.label, "cache").inc(sent)
+            await out.write_eof()
             return out
-        finally:
-            proxy.metrics.bytes.labels(route.upstream.label, "cache").inc(sent)
-        await out.write_eof()
-        return out
-    finally:
-        f.close()
+    except (NotFound, OcimirrorError) as e:
+        log.info("cached blob range not served from the cache", digest=digest, error=str(e))
+        return None
 
 
 async def cached_blob(
@@ -514,6 +499,7 @@ async def cached_blob(
     cache = _cache(request)
     if not digests.is_valid(digest):
         return await upstream_blob_answer(request, route, path)
+    await cache.discover(digest)
     if request.method == "GET" and "Range" not in request.headers:
         return await _whole_blob(request, route, digest, path)
     metrics = request.app[PROXY].metrics
@@ -536,17 +522,8 @@ async def cached_blob(
     except Unsatisfiable:
         headers = {**blob_headers(digest), "Content-Range": f"bytes */{size}"}
         return web.Response(status=416, headers=headers)
-    file = cache.blob_path(digest)
-    if (
-        span is not None
-        and file is not None
-        and request.headers.get("If-Range")
-        in (
-            None,
-            f'"{digest}"',
-        )
-    ):
-        answer = await _ranged_answer(request, route, digest, file, span, size)
+    if span is not None and request.headers.get("If-Range") in (None, f'"{digest}"'):
+        answer = await _ranged_answer(request, route, digest, span, size)
         if answer is not None:
             return answer
     return await _whole_blob(request, route, digest, path, check=check)

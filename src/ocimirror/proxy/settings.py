@@ -25,11 +25,22 @@ but `0`/`false`/`no`/`off`) and `PORT`. Flags win over the environment.
       max_size: 20GiB         # least-recently-used blobs go beyond it
       tag_ttl: 5m             # a tag is revalidated upstream (HEAD) once older
 
-The cache's flags and variables: `--cache` ($OCIMIRROR_PROXY_CACHE), `--cache-max-size`
+or, with the blobs in an object store (`cache: s3://bucket/prefix` for short)::
+
+    cache:
+      store: s3://bucket/proxy-cache     # gs://, az://, file://, memory:// too
+      options:                           # obstore's, for the store; AWS_* etc. work too
+        endpoint: https://ACCOUNT.r2.cloudflarestorage.com
+        region: auto
+        secret_access_key: {env: R2_SECRET}
+      directory: /var/lib/ocimirror-proxy  # its index and downloads (default: temporary)
+
+The cache's flags and variables: `--cache DIR|URL` ($OCIMIRROR_PROXY_CACHE),
+`--cache-local DIR` ($OCIMIRROR_PROXY_CACHE_LOCAL), `--cache-max-size`
 ($OCIMIRROR_PROXY_CACHE_MAX_SIZE), `--tag-ttl` ($OCIMIRROR_PROXY_TAG_TTL).
 
-Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.tokens`) are
-a string, `{env: NAME}` or `{file: PATH}`.
+Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.tokens`,
+`cache.options` values) are a string, `{env: NAME}` or `{file: PATH}`.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from ..errors import ConfigError
 from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE
 from ..sync.config import Credentials, Secret, Tls, coerce_secret
 from ..sync.schedule import parse_interval
+from .cachestore import is_store_url
 
 #: The port when neither --port nor $PORT says.
 DEFAULT_PORT = 8080
@@ -55,6 +67,7 @@ DEFAULT_PORT = 8080
 TOKENS_ENV = "OCIMIRROR_PROXY_TOKENS"
 #: The cache directory, its size limit and the tag TTL from the environment.
 CACHE_ENV = "OCIMIRROR_PROXY_CACHE"
+CACHE_LOCAL_ENV = "OCIMIRROR_PROXY_CACHE_LOCAL"
 CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
 TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
@@ -154,9 +167,15 @@ def parse_ttl(text: str | float) -> float:
 
 
 class CacheConfig(_Model):
-    """The pull-through cache: its directory (None: no cache), size limit and tag TTL."""
+    """The pull-through cache: where (a directory, or an object store), size limit, tag TTL."""
 
+    #: The cache directory; with a `store`, where its index and downloads in progress go
+    #: (None: a temporary directory).
     directory: Path | None = None
+    #: An object store URL for the blobs (s3://bucket/prefix, gs://, az://, file://, memory://).
+    store: str | None = None
+    #: obstore's options for the store (endpoint, region, access_key_id...), secrets allowed.
+    options: dict[str, Secret] = {}
     #: Bytes kept at most (blobs and manifests); least recently used go first. None: no limit.
     max_size: int | None = None
     #: Seconds a cached tag is served before it is revalidated upstream with a HEAD.
@@ -166,6 +185,22 @@ class CacheConfig(_Model):
     @classmethod
     def _directory(cls, v: Path | None) -> Path | None:
         return None if v is None else v.expanduser()
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None and not is_store_url(v):
+            raise ValueError(
+                f"{v!r} is not an object store URL (s3://, gs://, az://, file://, memory://...)"
+            )
+        return v
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, v: Any) -> Any:
+        if not isinstance(v, Mapping):
+            return v
+        return {str(k): _secret(_option_text(x)) for k, x in v.items()}
 
     @field_validator("max_size", mode="before")
     @classmethod
@@ -180,11 +215,29 @@ class CacheConfig(_Model):
     @property
     def enabled(self) -> bool:
         """Tell whether there is a cache."""
-        return self.directory is not None
+        return self.directory is not None or self.store is not None
+
+    @property
+    def where(self) -> str | None:
+        """Name where the cache keeps blobs, for logs (None: no cache)."""
+        return self.store or (str(self.directory) if self.directory is not None else None)
+
+    def store_options(self) -> dict[str, str]:
+        """Return the store's options with their secrets revealed."""
+        return {k: v.reveal() for k, v in self.options.items()}
+
+
+def _option_text(value: Any) -> Any:
+    """A store option as obstore reads it: `true`/`false`, numbers as text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _cache_shorthand(value: Any) -> Any:
-    """Accept `cache: DIR` for `cache: {directory: DIR}`."""
+    """Accept `cache: DIR` for `cache: {directory: DIR}`, `cache: URL` for `{store: URL}`."""
+    if isinstance(value, str) and is_store_url(value):
+        return {"store": value}
     return {"directory": value} if isinstance(value, str | Path) else value
 
 
@@ -307,7 +360,8 @@ def load_settings(
     authfile: Path | None = None,
     client_tokens: Sequence[str] = (),
     htpasswd: Path | None = None,
-    cache: Path | None = None,
+    cache: str | None = None,
+    cache_local: Path | None = None,
     cache_max_size: str | None = None,
     tag_ttl: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -359,7 +413,7 @@ def load_settings(
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))
     if stream_blobs is not None:
         streaming = stream_blobs
-    cache_config = _cache_config(file.cache, cache, cache_max_size, tag_ttl, env)
+    cache_config = _cache_config(file.cache, cache, cache_local, cache_max_size, tag_ttl, env)
     try:
         return ProxySettings(
             port=port_from(port, env),
@@ -377,16 +431,29 @@ def load_settings(
 
 def _cache_config(
     file: CacheConfig,
-    directory: Path | None,
+    where: str | None,
+    local: Path | None,
     max_size: str | None,
     tag_ttl: str | None,
     env: Mapping[str, str],
 ) -> CacheConfig:
     """Merge the cache's flags, environment and config file (in that order of precedence)."""
     update: dict[str, Any] = {}
-    env_dir = env.get(CACHE_ENV, "").strip()
-    if directory is not None or env_dir:
-        update["directory"] = (directory or Path(env_dir)).expanduser()
+    where = where or env.get(CACHE_ENV, "").strip() or None
+    if where is not None:
+        if is_store_url(where):
+            update["store"] = where
+            update["directory"] = file.directory if file.store else None
+        else:
+            update.update(store=None, directory=Path(where).expanduser())
+    local = local or (Path(v) if (v := env.get(CACHE_LOCAL_ENV, "").strip()) else None)
+    if local is not None:
+        if not (update.get("store") or (file.store and "store" not in update)):
+            raise ConfigError(
+                "--cache-local ($OCIMIRROR_PROXY_CACHE_LOCAL) is for an object-store cache:"
+                " --cache names a directory, or nothing"
+            )
+        update["directory"] = local.expanduser()
     size = max_size if max_size is not None else env.get(CACHE_MAX_SIZE_ENV, "").strip() or None
     ttl = tag_ttl if tag_ttl is not None else env.get(TAG_TTL_ENV, "").strip() or None
     try:

@@ -1,0 +1,134 @@
+"""An S3 stand-in on loopback for tests of object-store caches: moto's server, in a child.
+
+`LocalS3` runs `python -m moto.server` (moto is a test dependency) on 127.0.0.1 on a free
+port, as its own process so its request handling does not share the tests' interpreter.
+`bucket()` creates a fresh, empty bucket and returns its name; `options` are the obstore
+options that reach it (`endpoint` over plain HTTP, any key pair: moto checks none of them),
+and `url(bucket, prefix)` names a place in it, `s3://bucket/prefix`. `requests()` counts
+what the server was asked, by method, from its log, as `Registry.requests` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import IO, Self
+
+from .lifecycle import StartStop
+from .polling import wait_for
+from .registry import free_port
+
+_LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
+
+
+class LocalS3(StartStop):
+    """moto's S3 server on loopback, started and stopped by the test."""
+
+    def __init__(self) -> None:
+        """Pick a port; nothing runs until `start()`."""
+        self.port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._log_path: Path | None = None
+        self._names = itertools.count(1)
+
+    @property
+    def endpoint(self) -> str:
+        """Return the server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def options(self) -> dict[str, str]:
+        """Return the obstore options that reach the server."""
+        return {
+            "endpoint": self.endpoint,
+            "access_key_id": "test",
+            "secret_access_key": "test",
+            "region": "us-east-1",
+        }
+
+    def url(self, bucket: str, prefix: str = "") -> str:
+        """Return `s3://bucket/prefix`."""
+        return f"s3://{bucket}/{prefix}".rstrip("/")
+
+    def _alive(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+
+    def start(self) -> Self:
+        """Start the server and wait until it answers."""
+        fd, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
+        self._log_path = Path(name)
+        self._log = open(fd, "wb")  # noqa: SIM115 -- closed by stop()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(
+                lambda: self._alive() or self._proc is None or self._proc.poll() is not None,
+                "moto's S3 server to answer",
+                timeout=60,
+            )
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"moto's server exited: {self._log_path.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def bucket(self) -> str:
+        """Create a fresh bucket and return its name."""
+        name = f"bucket-{next(self._names)}"
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+        return name
+
+    def delete_bucket(self, name: str) -> None:
+        """Delete a bucket and everything in it (moto allows a bucket that is not empty)."""
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="DELETE")
+        try:
+            with urllib.request.urlopen(req, timeout=10):
+                pass
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"cannot delete bucket {name}: HTTP {e.code}") from None
+
+    def requests(self) -> Counter[str]:
+        """Count the requests the server logged so far, by method."""
+        if self._log_path is None:
+            return Counter()
+        text = self._log_path.read_text(errors="replace")
+        return Counter(m.group(1) for m in _LOG_LINE.finditer(text))
+
+    def stop(self) -> None:
+        """Stop the server and remove its log."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._log_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._log_path.unlink()
+            self._log_path = None

@@ -1,0 +1,184 @@
+"""`ocimirror proxy --cache s3://...`: the pull-through cache in an object store (moto's S3
+server on loopback), as a real process in front of a real registry, checked with skopeo:
+pulls served from the bucket, a second proxy with an empty index sharing it, and the
+bucket standing in when the upstream is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import obstore
+import pytest
+
+from ocimirror import digest as digests
+from ocimirror.proxy.cachestore import ObjectBlobs, open_store
+from ocimirror.testkit.images import make_index
+from ocimirror.testkit.proxy import ProxyProcess
+from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.s3 import LocalS3
+from ocimirror.testkit.seeding import seed
+from test_proxy import assert_layout_holds, pull_to_oci
+from test_proxy_pullthrough import api, metric
+
+
+def s3_env(s3: LocalS3) -> dict[str, str]:
+    """The environment that points obstore at the S3 stand-in, as AWS_* does at AWS."""
+    return {
+        "AWS_ENDPOINT_URL": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_REGION": "us-east-1",
+    }
+
+
+def test_pulls_come_from_the_bucket_for_this_proxy_and_another_sharing_it(
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    skopeo: Skopeo,
+    s3: LocalS3,
+    tmp_path: Path,
+) -> None:
+    index = make_index(["linux/amd64", "linux/arm64"], layer_size=300_000, seed="s3-index")
+    asyncio.run(seed(registry, "team/app", [("1", index)]))
+    url = s3.url(s3.bucket(), "proxy-cache")
+    env = s3_env(s3)
+    first = start_proxy(
+        "--registry-host",
+        registry.host,
+        "--cache",
+        url,
+        "--cache-local",
+        str(tmp_path / "index-a"),
+        "--tag-ttl",
+        "1s",
+        env=env,
+    )
+    assert url in first.text()  # the start-up line names the cache
+    ref = "team/app:1"
+
+    pull_to_oci(skopeo, first.ref(ref), tmp_path / "first", "--all")
+    assert_layout_holds(tmp_path / "first", index)
+    # Everything is in the bucket: blobs, manifests (with their media types), the tag.
+    store = open_store(url, s3.options)
+    keys = {m["path"] for m in obstore.list(store).collect()}
+    manifests = index.all_manifests()
+    for blob in index.all_blobs():
+        assert ObjectBlobs.key(blob.digest) in keys
+    for m in manifests:
+        assert ObjectBlobs.key(m.digest) in keys
+        assert ObjectBlobs.key(m.digest, "manifests") in keys
+    assert f"tags/{registry.host}/team/app/1" in keys
+    assert bytes(obstore.get(store, f"tags/{registry.host}/team/app/1").bytes()) == (
+        index.digest.encode()
+    )
+
+    # Pulled again: not one GET upstream (the tag, fresh, not even a HEAD).
+    mark = registry.mark()
+    pull_to_oci(skopeo, first.ref(ref), tmp_path / "second", "--all")
+    assert_layout_holds(tmp_path / "second", index)
+    assert [r for r in api(registry.requests(since=mark)) if r.method == "GET"] == []
+    assert metric(first, "ocimirror_proxy_cache_hits_total", kind="blob") >= len(
+        list(index.all_blobs())
+    )
+
+    # Another proxy, its index empty (a temporary one), finds it all in the bucket: the
+    # upstream is asked with HEADs only (the tag's revalidation; each client's right to read).
+    other = start_proxy("--registry-host", registry.host, "--cache", url, env=env)
+    mark = registry.mark()
+    pull_to_oci(skopeo, other.ref(ref), tmp_path / "other", "--all")
+    assert_layout_holds(tmp_path / "other", index)
+    asked = api(registry.requests(since=mark))
+    assert asked
+    assert {r.method for r in asked} == {"HEAD"}
+
+    # The upstream gone, the bucket stands in (the tag is stale by now).
+    registry.stop()
+    time.sleep(1.1)
+    pull_to_oci(skopeo, first.ref(ref), tmp_path / "after", "--all")
+    assert_layout_holds(tmp_path / "after", index)
+    assert "serving the stale cached copy" in first.text()
+
+
+def test_a_blob_fetched_once_for_concurrent_pulls_is_put_once(
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    s3: LocalS3,
+    tmp_path: Path,
+) -> None:
+    from ocimirror.testkit.images import make_image
+
+    image = make_image(layers=1, layer_size=12 * 1024 * 1024, seed="s3-big")
+    asyncio.run(seed(registry, "big", [("1", image)]))
+    bucket = s3.bucket()
+    proxy = start_proxy("--registry-host", registry.host, "--cache", s3.url(bucket), env=s3_env(s3))
+    layer = max(image.all_blobs(), key=lambda b: b.size)
+    mark = registry.mark()
+    before = s3.requests()
+
+    async def pull_all() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        calls = [
+            loop.run_in_executor(None, proxy.call, "GET", f"/v2/big/blobs/{layer.digest}")
+            for _ in range(8)
+        ]
+        return [answer.body for answer in await asyncio.gather(*calls)]
+
+    bodies = asyncio.run(pull_all())
+    assert all(digests.of(body) == layer.digest for body in bodies)
+    gets = [r for r in registry.requests(since=mark) if r.kind == "blob" and r.method == "GET"]
+    assert len(gets) == 1
+    # One multipart upload: initiated once (POST), completed once (POST), 5 MiB parts.
+    deadline = time.monotonic() + 30
+    while (s3.requests() - before)["POST"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (s3.requests() - before)["POST"] == 2
+    store = open_store(s3.url(bucket), s3.options)
+    assert obstore.head(store, ObjectBlobs.key(layer.digest))["size"] == len(bodies[0])
+
+
+def test_cache_store_settings_from_flags_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocimirror.errors import ConfigError
+    from ocimirror.proxy.settings import load_settings
+
+    base = {"REGISTRY_HOST": "localhost:5000"}
+    s = load_settings(cache="s3://bucket/prefix", env=base).cache
+    assert (s.store, s.directory, s.enabled, s.where) == ("s3://bucket/prefix", None, True, s.store)
+    s = load_settings(cache="gs://b/p", cache_local=tmp_path / "idx", env=base).cache
+    assert (s.store, s.directory) == ("gs://b/p", tmp_path / "idx")
+    env = {**base, "OCIMIRROR_PROXY_CACHE": "memory:///", "OCIMIRROR_PROXY_CACHE_LOCAL": "/l"}
+    s = load_settings(env=env).cache
+    assert (s.store, s.directory) == ("memory:///", Path("/l"))
+    # A directory flag wins over a store in the file, and drops it.
+    config = tmp_path / "proxy.yaml"
+    monkeypatch.setenv("R2_SECRET", "s3cr3t")
+    config.write_text(
+        "cache:\n  store: s3://bucket/cache\n  directory: /var/lib/px\n"
+        "  options: {endpoint: 'https://acct.r2.cloudflarestorage.com', region: auto,\n"
+        "            secret_access_key: {env: R2_SECRET}, virtual_hosted_style_request: false}\n"
+    )
+    s = load_settings(config=config, env=base).cache
+    assert (s.store, s.directory) == ("s3://bucket/cache", Path("/var/lib/px"))
+    assert s.store_options() == {
+        "endpoint": "https://acct.r2.cloudflarestorage.com",
+        "region": "auto",
+        "secret_access_key": "s3cr3t",
+        "virtual_hosted_style_request": "false",
+    }
+    assert "s3cr3t" not in repr(s)
+    s = load_settings(config=config, cache=str(tmp_path / "d"), env=base).cache
+    assert (s.store, s.directory) == (None, tmp_path / "d")
+    config.write_text("cache: s3://short/hand\n")
+    assert load_settings(config=config, env=base).cache.store == "s3://short/hand"
+    # Mistakes are named.
+    with pytest.raises(ConfigError, match=r"--cache-local .* is for an object-store cache"):
+        load_settings(cache=str(tmp_path / "d"), cache_local=tmp_path / "x", env=base)
+    config.write_text("cache: {store: /not/a/url}\n")
+    with pytest.raises(ConfigError, match=r"cache\.store.*not an object store URL"):
+        load_settings(config=config, env=base)
+    with pytest.raises(ConfigError, match=r"cache store s3://b/p: .*"):
+        open_store("s3://b/p", {"no_such_option": "x"})
