@@ -714,6 +714,7 @@ class ProxyCache:
         path = self._place.file(digest)
         handle: _Handle | None = None
         chunks: AsyncGenerator[bytes] | None = None
+        self._pin(digest)  # before any await: not evicted while it is being opened
         try:
             if path is not None:
                 # An open is quick; no thread hop, so the file seen in the index is the one opened.
@@ -724,12 +725,23 @@ class ProxyCache:
         except (FileNotFoundError, NotADirectoryError):
             log.warning("proxy cache dropped a blob that is gone", digest=digest)
             self._forget([digest])
+            self._unpin(digest)
             return None
         except OcimirrorError as e:
             log.warning("proxy cache store failed", digest=digest, error=str(e))
+            self._unpin(digest)
+            return None
+        except BaseException:
+            self._unpin(digest)
+            raise
+        if digest not in self._blobs:  # dropped meanwhile
+            if chunks is not None:
+                await chunks.aclose()
+            if handle is not None:
+                handle.close()
+            self._unpin(digest)
             return None
         self._touch(digest)
-        self._pin(digest)
         progress = _Progress(digest, path or Path(digest), size, done=True)
         release = partial(self._unpin, digest)
         return BlobStream(progress, handle, release, cached=True, chunks=chunks)
@@ -742,17 +754,21 @@ class ProxyCache:
         NotFound when it is not (or no longer) there."""
         if digest not in self._blobs:
             raise NotFound(f"blob {digest} is not cached")
-        try:
-            chunks = await self._place.open_range(digest, first, last)
-        except (FileNotFoundError, NotADirectoryError):
-            self._forget([digest])
-            raise NotFound(f"blob {digest} is gone from the cache") from None
-        self._touch(digest)
         self._pin(digest)
         try:
-            yield chunks
+            try:
+                chunks = await self._place.open_range(digest, first, last)
+            except (FileNotFoundError, NotADirectoryError):
+                self._forget([digest])
+                raise NotFound(f"blob {digest} is gone from the cache") from None
+            try:
+                if digest not in self._blobs:
+                    raise NotFound(f"blob {digest} is gone from the cache")
+                self._touch(digest)
+                yield chunks
+            finally:
+                await chunks.aclose()
         finally:
-            await chunks.aclose()
             self._unpin(digest)
 
     @asynccontextmanager
