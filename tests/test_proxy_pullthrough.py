@@ -330,6 +330,32 @@ def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
     assert api(registry.requests(since=mark)) == []
 
 
+def test_concurrent_gets_of_an_uncached_tag_make_one_upstream_get(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    index = make_index(["linux/amd64", "linux/arm64"], seed="tag-flight")
+    asyncio.run(seed(registry, "app", [("1", index)]))
+    proxy = cached_proxy(start_proxy, registry, tmp_path / "cache")
+    mark = registry.mark()
+    results: list[tuple[int, bytes]] = []
+    start = threading.Barrier(20)
+
+    def pull() -> None:
+        start.wait()
+        answer = get_manifest(proxy, "app", "1")
+        results.append((answer.status, answer.body))
+
+    threads = [threading.Thread(target=pull) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [(200, index.manifest.raw)] * 20
+    asked = [(r.method, r.reference) for r in api(registry.requests(since=mark))]
+    assert asked == [("GET", "1")]
+    assert metric(proxy, "ocimirror_proxy_cache_coalesced_total", kind="manifest") >= 1
+
+
 def _raw(registry: LocalRegistry, repo: str, ref: str, accept: str) -> Answer:
     got = registry.http("GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": accept})
     assert got.status == 200

@@ -169,7 +169,7 @@ class Proxy:
         metrics: ProxyMetrics | None = None,
     ) -> None:
         """Build the upstreams from the settings."""
-        from .pullthrough import Grants
+        from .pullthrough import Flights, Grants
 
         self.settings = settings
         force = settings.clients.enabled
@@ -186,6 +186,8 @@ class Proxy:
         self.cache = cache
         #: Who the pass-through upstreams let read what, for serving from the cache.
         self.grants = Grants()
+        #: Manifest fetches of uncached tags in flight, for later askers to wait on.
+        self.flights = Flights()
 
     @property
     def only(self) -> Upstream | None:

@@ -13,6 +13,8 @@
 - Manifests keep the exact bytes and media type received. A cached manifest whose media
   type the client's `Accept` does not take goes upstream instead; what comes back is
   stored by digest only (the tag keeps the manifest it had).
+- A tag not cached is fetched once for the GETs of it in flight together (same Accept and,
+  pass-through, the same credentials; `Flights`); the others are answered from the cache.
 - A blob not cached is fetched once however many clients want it at the same time, and
   streamed to each as it arrives (`ProxyCache.fetch_blob`); a HEAD or a ranged GET of a
   blob not cached goes upstream as without the cache. Cached blobs answer ranges.
@@ -33,6 +35,7 @@ client's first request for an object asks the upstream.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -103,6 +106,30 @@ class Grants:
             if at is not None and now - at < max_age:
                 return True
         return False
+
+
+class Flights:
+    """Fetches in flight by key, so that askers of the same thing wait for the first one."""
+
+    def __init__(self) -> None:
+        """Start with none in flight."""
+        self._flying: dict[tuple[str, ...], asyncio.Event] = {}
+
+    def joined(self, key: tuple[str, ...]) -> asyncio.Event | None:
+        """Return the event a fetch of `key` in flight sets when done; None when none is."""
+        return self._flying.get(key)
+
+    @asynccontextmanager
+    async def lead(self, key: tuple[str, ...]) -> AsyncIterator[None]:
+        """Be the fetch of `key` in flight until the block ends (however it ends)."""
+        done = asyncio.Event()
+        self._flying[key] = done
+        try:
+            yield
+        finally:
+            if self._flying.get(key) is done:
+                del self._flying[key]
+            done.set()
 
 
 @dataclass(frozen=True)
@@ -349,10 +376,24 @@ async def _manifest_by_digest(
 async def _manifest_by_tag(
     request: web.Request, route: Route, tag: str, path: str
 ) -> web.StreamResponse:
-    """A manifest by tag: cached and fresh, revalidated with a HEAD, or fetched."""
+    """A manifest by tag: cached and fresh, revalidated with a HEAD, or fetched.
+
+    A GET of a tag not cached waits for a fetch of it in flight for the same Accept (and,
+    pass-through, the same client credentials), then is answered from what that stored.
+    """
     cache = _cache(request)
     proxy = request.app[PROXY]
     entry = await cache.tag(route.upstream.label, route.upstream_repo, tag)
+    if entry is None and request.method == "GET":
+        who = client_identity(request) if route.upstream.mode == "passthrough" else ""
+        key = (route.upstream.label, route.upstream_repo, tag, accept_header(request), who)
+        flight = proxy.flights.joined(key)
+        if flight is None:
+            async with proxy.flights.lead(key):
+                return await fetch_manifest(request, route, path, tag=tag, store=tag)
+        await flight.wait()
+        proxy.metrics.cache_coalesced.labels("manifest").inc()
+        entry = await cache.tag(route.upstream.label, route.upstream_repo, tag)
     if entry is None:
         return await fetch_manifest(request, route, path, tag=tag, store=tag)
     if not accepts(accept_header(request), entry.media_type):
