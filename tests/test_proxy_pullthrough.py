@@ -480,11 +480,19 @@ def test_pass_through_auth_is_asked_for_cache_hits(
     )  # fmt: skip
     assert bad.returncode != 0
 
-    # Bob again: the upstream is asked (HEADs) and the bytes come from the cache.
+    # Bob again: the upstream is asked (HEADs) and the bytes come from the cache; the
+    # anonymous ping is answered as the upstream answered the proxy's own, not sent on.
     mark = private.mark()
     pull_to_oci(skopeo, proxy.ref("secret/app:1"), tmp_path / "again", "--src-creds=bob:builder")
     assert_layout_holds(tmp_path / "again", image)
-    assert [r for r in api(private.requests(since=mark)) if r.method == "GET"] == []
+    asked = private.requests(since=mark)
+    assert [r for r in api(asked) if r.method == "GET"] == []
+    assert [r for r in asked if r.kind == "base"] == []
+    ping = proxy.call("GET", "/v2/")
+    assert ping.status == 401
+    assert ping.headers["WWW-Authenticate"] == (
+        f'Bearer realm="http://{proxy.host}/_token",service="{private.service}"'
+    )
 
 
 def test_proxy_credentials_serve_cache_hits_without_the_upstream(

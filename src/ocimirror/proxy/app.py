@@ -45,6 +45,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..auth.challenge import Challenge
 from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
 from ..reference import REPOSITORY_RE
@@ -675,6 +676,10 @@ async def ping(request: web.Request) -> web.StreamResponse:
     only = proxy.only
     if only is not None and only.mode == "passthrough":
         request["upstream"] = only.label
+        if proxy.cache is not None and not request.headers.get("Authorization"):
+            answer = await cached_ping(request, only)
+            if answer is not None:
+                return answer
         route = Route(only, "", "")
         try:
             resp = await open_upstream(request, route, "/v2/", scopes=frozenset())
@@ -707,15 +712,23 @@ async def ping(request: web.Request) -> web.StreamResponse:
     return web.json_response({}, headers=API_VERSION)
 
 
-def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: str) -> web.Response:
-    """Answer the ping of a lone pass-through upstream that failed, so that cached images
-    can still be pulled: its last bearer challenge (realm: the proxy), else 200."""
-    proxy = request.app[PROXY]
-    proxy.metrics.upstream_errors.labels(upstream.label, reason).inc()
-    log.warning("upstream failed, the ping is answered by the proxy", error=error)
-    challenge = upstream.last_challenge
-    if challenge is None:
+async def cached_ping(request: web.Request, upstream: Upstream) -> web.Response | None:
+    """Answer an anonymous ping of a lone pass-through upstream as it answered the proxy's
+    own (asked at most once per `CHALLENGE_TTL`): 200, or its bearer challenge with the
+    proxy's realm; None when it answered otherwise (its own answer is then passed on)."""
+    try:
+        challenge = await upstream.challenge()
+    except (aiohttp.ClientError, TimeoutError) as e:
+        return offline_ping(request, upstream, "unreachable", str(e) or type(e).__name__)
+    if upstream.ping_status == 200:
         return web.json_response({}, headers=API_VERSION)
+    if upstream.ping_status == 401 and challenge is not None:
+        return _bearer_challenge(request, challenge)
+    return None
+
+
+def _bearer_challenge(request: web.Request, challenge: Challenge) -> web.Response:
+    """A 401 with an upstream's bearer challenge, its realm the proxy's `/_token`."""
     params = f'realm="{client_base(request)}/_token"'
     if challenge.service:
         params += f',service="{_quote(challenge.service)}"'
@@ -725,6 +738,18 @@ def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: s
         "authentication required",
         headers={"WWW-Authenticate": f"Bearer {params}"},
     )
+
+
+def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: str) -> web.Response:
+    """Answer the ping of a lone pass-through upstream that failed, so that cached images
+    can still be pulled: its last bearer challenge (realm: the proxy), else 200."""
+    proxy = request.app[PROXY]
+    proxy.metrics.upstream_errors.labels(upstream.label, reason).inc()
+    log.warning("upstream failed, the ping is answered by the proxy", error=error)
+    challenge = upstream.last_challenge
+    if challenge is None:
+        return web.json_response({}, headers=API_VERSION)
+    return _bearer_challenge(request, challenge)
 
 
 async def handle_v2(request: web.Request) -> web.StreamResponse:

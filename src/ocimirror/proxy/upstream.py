@@ -147,6 +147,8 @@ class Upstream:
         self._challenge_at = 0.0
         self._challenge_known = False
         self._ping_lock = asyncio.Lock()
+        #: The status of the last anonymous ping (`challenge()`); None before the first.
+        self.ping_status: int | None = None
 
     @property
     def label(self) -> str:
@@ -238,6 +240,7 @@ class Upstream:
                 return self._challenge
             resp = await self.client.send_raw("GET", self.base + "/v2/", headers={})
             resp.release()
+            self.ping_status = resp.status
             self._challenge = None
             self.learn(resp.headers.get("WWW-Authenticate", ""))
             self._challenge_at = time.monotonic()
