@@ -24,16 +24,6 @@ from test_proxy import assert_layout_holds, pull_to_oci
 from test_proxy_pullthrough import api, metric
 
 
-def s3_env(s3: LocalS3) -> dict[str, str]:
-    """The environment that points obstore at the S3 stand-in, as AWS_* does at AWS."""
-    return {
-        "AWS_ENDPOINT_URL": s3.endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test-secret",
-        "AWS_REGION": "us-east-1",
-    }
-
-
 def test_pulls_come_from_the_bucket_for_this_proxy_and_another_sharing_it(
     registry: LocalRegistry,
     start_proxy: Callable[..., ProxyProcess],
@@ -44,7 +34,7 @@ def test_pulls_come_from_the_bucket_for_this_proxy_and_another_sharing_it(
     index = make_index(["linux/amd64", "linux/arm64"], layer_size=300_000, seed="s3-index")
     asyncio.run(seed(registry, "team/app", [("1", index)]))
     url = s3.url(s3.bucket(), "proxy-cache")
-    env = s3_env(s3)
+    env = s3.environment()
     first = start_proxy(
         "--registry-host",
         registry.host,
@@ -113,7 +103,9 @@ def test_a_blob_fetched_once_for_concurrent_pulls_is_put_once(
     image = make_image(layers=1, layer_size=12 * 1024 * 1024, seed="s3-big")
     asyncio.run(seed(registry, "big", [("1", image)]))
     bucket = s3.bucket()
-    proxy = start_proxy("--registry-host", registry.host, "--cache", s3.url(bucket), env=s3_env(s3))
+    proxy = start_proxy(
+        "--registry-host", registry.host, "--cache", s3.url(bucket), env=s3.environment()
+    )
     layer = max(image.all_blobs(), key=lambda b: b.size)
     mark = registry.mark()
     before = s3.requests()
@@ -182,3 +174,62 @@ def test_cache_store_settings_from_flags_environment_and_file(
         load_settings(config=config, env=base)
     with pytest.raises(ConfigError, match=r"cache store s3://b/p: .*"):
         open_store("s3://b/p", {"no_such_option": "x"})
+
+
+def test_cache_redirect_sends_clients_to_the_bucket_for_cached_blobs(
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    skopeo: Skopeo,
+    s3: LocalS3,
+    tmp_path: Path,
+) -> None:
+    index = make_index(["linux/amd64", "linux/arm64"], layer_size=200_000, seed="s3-redirect")
+    asyncio.run(seed(registry, "team/app", [("1", index)]))
+    url = s3.url(s3.bucket(), "c")
+    proxy = start_proxy(
+        "--registry-host", registry.host, "--cache", url, "--cache-redirect", env=s3.environment()
+    )
+    ref = proxy.ref("team/app:1")
+    pull_to_oci(skopeo, ref, tmp_path / "first", "--all")  # fills the bucket
+    assert_layout_holds(tmp_path / "first", index)
+    layer = max(index.all_blobs(), key=lambda b: b.size)
+    answer = proxy.call("GET", f"/v2/team/app/blobs/{layer.digest}")
+    assert answer.status == 307
+    assert answer.headers["Location"].startswith(f"{s3.endpoint}/")
+    assert "X-Amz-Signature=" in answer.headers["Location"]
+    assert answer.headers["Docker-Content-Digest"] == layer.digest
+    assert answer.body == b""
+
+    # skopeo follows the redirects: the blobs come from the bucket, not the proxy.
+    before = s3.requests()["GET"]
+    sent = metric(proxy, "ocimirror_proxy_bytes_total", source="cache")
+    mark = registry.mark()
+    pull_to_oci(skopeo, ref, tmp_path / "second", "--all")
+    assert_layout_holds(tmp_path / "second", index)
+    assert [r for r in api(registry.requests(since=mark)) if r.method == "GET"] == []
+    assert s3.requests()["GET"] - before >= len(index.all_blobs())
+    manifest_bytes = sum(m.size for m in index.all_manifests())
+    assert metric(proxy, "ocimirror_proxy_bytes_total", source="cache") - sent <= manifest_bytes
+    # A blob not cached is not redirected: it is fetched (once) and streamed.
+    other = make_index(["linux/amd64"], layer_size=1000, seed="s3-redirect-2")
+    asyncio.run(seed(registry, "team/app", [("2", other)]))
+    fresh = other.children[0].blobs[-1]
+    got = proxy.call("GET", f"/v2/team/app/blobs/{fresh.digest}")
+    assert (got.status, got.body) == (200, fresh.data)
+
+
+def test_cache_redirect_needs_a_store_that_signs(tmp_path: Path) -> None:
+    from ocimirror.errors import ConfigError
+    from ocimirror.proxy.settings import load_settings
+
+    base = {"REGISTRY_HOST": "localhost:5000"}
+    assert load_settings(cache="s3://b/p", cache_redirect=True, env=base).cache.redirect
+    env = {**base, "OCIMIRROR_PROXY_CACHE": "gs://b/p", "OCIMIRROR_PROXY_CACHE_REDIRECT": "1"}
+    assert load_settings(env=env).cache.redirect
+    for where in (str(tmp_path), "memory:///", "file:///tmp/x"):
+        with pytest.raises(ConfigError, match="redirect needs a store that can presign"):
+            load_settings(cache=where, cache_redirect=True, env=base)
+    config = tmp_path / "p.yaml"
+    config.write_text("cache: {directory: /x, redirect: true}\n")
+    with pytest.raises(ConfigError, match=r"cache.*redirect needs a store"):
+        load_settings(config=config, env=base)

@@ -53,6 +53,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -75,6 +76,9 @@ CHUNK_SIZE = 256 * 1024
 
 #: The name of the index database inside the cache directory.
 INDEX_NAME = "index.sqlite"
+
+#: Seconds a presigned URL of a cached blob (`--cache-redirect`) stays valid.
+REDIRECT_LIFETIME = 1200.0
 
 #: With an object store, manifests' bytes kept in memory at most (the most recently used).
 MANIFEST_MEMORY = 32 * 1024 * 1024
@@ -705,6 +709,20 @@ class ProxyCache:
             self._add_blob(digest, size)
             self._evict()
         return digest in self._blobs
+
+    async def blob_url(self, digest: str, lifetime: float = REDIRECT_LIFETIME) -> str | None:
+        """Return a presigned URL of a cached blob's object, counting a hit; None when it is
+        not cached, the store cannot sign (a directory, memory, file) or signing failed."""
+        if digest not in self._blobs or not isinstance(self._place, ObjectBlobs):
+            return None
+        try:
+            url = await self._place.presign(digest, timedelta(seconds=lifetime))
+        except (OcimirrorError, NotImplementedError, TypeError) as e:
+            log.warning("proxy cache store cannot presign", digest=digest, error=str(e))
+            return None
+        if digest in self._blobs:
+            self._touch(digest)
+        return url
 
     async def _open_cached(self, digest: str) -> BlobStream | None:
         """Open a cached blob as a pinned stream, counting a hit, or return None."""

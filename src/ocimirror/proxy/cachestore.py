@@ -58,6 +58,10 @@ STORE_SCHEMES = (
     "http://",
 )
 
+#: Parts of one multipart put in flight at a time (5 MiB each; obstore's default is 12, so
+#: 60 MiB of memory per blob being put).
+PUT_CONCURRENCY = 4
+
 #: The longest a store request may take (a whole blob streamed to a slow client).
 STORE_REQUEST_TIMEOUT = "1h"
 
@@ -292,7 +296,7 @@ class ObjectBlobs:
 
         await self._settled(key)
         with self._errors(f"write {key}", reading=False):
-            await obstore.put_async(self.store, key, data)
+            await obstore.put_async(self.store, key, data, max_concurrency=PUT_CONCURRENCY)
 
     async def _get(self, key: str) -> bytes | None:
         import obstore
@@ -383,6 +387,19 @@ class ObjectBlobs:
                 raise OcimirrorError(f"cache store {self.name}: {key} gave {seen} of {want} bytes")
 
         return chunks()
+
+    async def presign(self, digest: str, lifetime: timedelta) -> str:
+        """Return a URL that lets anyone GET a blob's object for `lifetime`."""
+        import obstore
+        from obstore.store import AzureStore, GCSStore, S3Store
+
+        store = self.store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            raise NotImplementedError(f"cache store {self.name} cannot presign URLs")
+        key = self.key(digest)
+        with self._errors(f"presign {key}", reading=False):
+            url: str = await obstore.sign_async(store, "GET", key, lifetime)
+        return url
 
     async def lookup(self, digest: str) -> int | None:
         """Return the size of a blob in the store (put by another proxy, say), or None."""

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
     " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
-    " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
+    " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_REDIRECT,"
+    " OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
     " OCIMIRROR_PROXY_TAG_TTL; an object-store cache reads AWS_*, GOOGLE_* and AZURE_* as"
     " those clouds' tools do."
     " Flags win over the environment."
@@ -125,6 +126,16 @@ def proxy(
             metavar="DIR",
         ),
     ] = None,
+    cache_redirect: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache-redirect/--no-cache-redirect",
+            help="With an s3://, gs:// or az:// cache: answer a GET of a cached blob with a"
+            " redirect to a presigned URL of it, so the bytes go from the bucket to the client"
+            " (default: $OCIMIRROR_PROXY_CACHE_REDIRECT, else off: bytes go through the proxy).",
+            show_default=False,
+        ),
+    ] = None,
     cache_max_size: Annotated[
         str | None,
         typer.Option(
@@ -169,6 +180,7 @@ def proxy(
             htpasswd=htpasswd,
             cache=cache,
             cache_local=cache_local,
+            cache_redirect=cache_redirect,
             cache_max_size=cache_max_size,
             tag_ttl=tag_ttl,
         )
@@ -216,6 +228,7 @@ async def _serve(settings: ProxySettings) -> int:
             stream_blobs=settings.stream_blobs,
             client_auth=settings.clients.enabled,
             cache=settings.cache.where,
+            cache_redirect=settings.cache.redirect,
             cache_max_size=settings.cache.max_size,
             tag_ttl=settings.cache.tag_ttl,
         )

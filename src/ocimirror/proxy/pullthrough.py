@@ -540,7 +540,11 @@ async def cached_blob(
     cache = _cache(request)
     if not digests.is_valid(digest):
         return await upstream_blob_answer(request, route, path)
-    await cache.discover(digest)
+    cached = await cache.discover(digest)
+    if cached and request.method == "GET" and request.app[PROXY].settings.cache.redirect:
+        answer = await _redirect_to_store(request, route, digest, path)
+        if answer is not None:
+            return answer
     if request.method == "GET" and "Range" not in request.headers:
         return await _whole_blob(request, route, digest, path)
     metrics = request.app[PROXY].metrics
@@ -568,6 +572,23 @@ async def cached_blob(
         if answer is not None:
             return answer
     return await _whole_blob(request, route, digest, path, check=check)
+
+
+async def _redirect_to_store(
+    request: web.Request, route: Route, digest: str, path: str
+) -> web.StreamResponse | None:
+    """Send the client to a presigned URL of a cached blob (`--cache-redirect`), once it
+    may read it; None when the store cannot sign (the bytes then go through the proxy)."""
+    check = await authorize(request, route, "blob", digest, path, DIGEST_GRANT_TTL)
+    if check.refusal is not None:
+        return check.refusal
+    url = await _cache(request).blob_url(digest)
+    if url is None:
+        return None
+    request.app[PROXY].metrics.cache_hits.labels("blob").inc()
+    headers = {**blob_headers(digest, stale=check.stale), "Location": url}
+    del headers["Content-Type"]
+    return web.Response(status=307, headers=headers)
 
 
 async def _whole_blob(

@@ -34,9 +34,11 @@ or, with the blobs in an object store (`cache: s3://bucket/prefix` for short)::
         region: auto
         secret_access_key: {env: R2_SECRET}
       directory: /var/lib/ocimirror-proxy  # its index and downloads (default: temporary)
+      redirect: false                      # true: cached blobs by presigned URL (s3/gs/az)
 
 The cache's flags and variables: `--cache DIR|URL` ($OCIMIRROR_PROXY_CACHE),
-`--cache-local DIR` ($OCIMIRROR_PROXY_CACHE_LOCAL), `--cache-max-size`
+`--cache-local DIR` ($OCIMIRROR_PROXY_CACHE_LOCAL), `--cache-redirect`
+($OCIMIRROR_PROXY_CACHE_REDIRECT), `--cache-max-size`
 ($OCIMIRROR_PROXY_CACHE_MAX_SIZE), `--tag-ttl` ($OCIMIRROR_PROXY_TAG_TTL).
 
 Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.tokens`,
@@ -68,6 +70,9 @@ TOKENS_ENV = "OCIMIRROR_PROXY_TOKENS"
 #: The cache directory, its size limit and the tag TTL from the environment.
 CACHE_ENV = "OCIMIRROR_PROXY_CACHE"
 CACHE_LOCAL_ENV = "OCIMIRROR_PROXY_CACHE_LOCAL"
+CACHE_REDIRECT_ENV = "OCIMIRROR_PROXY_CACHE_REDIRECT"
+#: The stores whose objects can be handed out as presigned URLs.
+SIGNING_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "adl://")
 CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
 TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
@@ -176,6 +181,9 @@ class CacheConfig(_Model):
     store: str | None = None
     #: obstore's options for the store (endpoint, region, access_key_id...), secrets allowed.
     options: dict[str, Secret] = {}
+    #: Answer a GET of a cached blob with a redirect to a presigned URL of the store's
+    #: object (s3://, gs://, az:// only), so the bytes go from the bucket to the client.
+    redirect: bool = False
     #: Bytes kept at most (blobs and manifests); least recently used go first. None: no limit.
     max_size: int | None = None
     #: Seconds a cached tag is served before it is revalidated upstream with a HEAD.
@@ -211,6 +219,22 @@ class CacheConfig(_Model):
     @classmethod
     def _tag_ttl(cls, v: Any) -> Any:
         return parse_ttl(v)
+
+    @model_validator(mode="after")
+    def _redirect_needs_signing(self) -> CacheConfig:
+        problem = self.redirect_problem()
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def redirect_problem(self) -> str | None:
+        """Say why `redirect` cannot work with this store; None when it can (or is off)."""
+        if self.redirect and not (self.store and self.store.lower().startswith(SIGNING_SCHEMES)):
+            where = repr(self.store) if self.store else "a directory"
+            return (
+                f"redirect needs a store that can presign URLs: s3://, gs:// or az://, not {where}"
+            )
+        return None
 
     @property
     def enabled(self) -> bool:
@@ -362,6 +386,7 @@ def load_settings(
     htpasswd: Path | None = None,
     cache: str | None = None,
     cache_local: Path | None = None,
+    cache_redirect: bool | None = None,
     cache_max_size: str | None = None,
     tag_ttl: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -413,7 +438,9 @@ def load_settings(
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))
     if stream_blobs is not None:
         streaming = stream_blobs
-    cache_config = _cache_config(file.cache, cache, cache_local, cache_max_size, tag_ttl, env)
+    cache_config = _cache_config(
+        file.cache, cache, cache_local, cache_max_size, tag_ttl, env, cache_redirect
+    )
     try:
         return ProxySettings(
             port=port_from(port, env),
@@ -436,9 +463,14 @@ def _cache_config(
     max_size: str | None,
     tag_ttl: str | None,
     env: Mapping[str, str],
+    redirect: bool | None = None,
 ) -> CacheConfig:
     """Merge the cache's flags, environment and config file (in that order of precedence)."""
     update: dict[str, Any] = {}
+    if redirect is None and env.get(CACHE_REDIRECT_ENV, "").strip():
+        redirect = env_flag(env.get(CACHE_REDIRECT_ENV))
+    if redirect is not None:
+        update["redirect"] = redirect
     where = where or env.get(CACHE_ENV, "").strip() or None
     if where is not None:
         if is_store_url(where):
@@ -463,4 +495,8 @@ def _cache_config(
             update["tag_ttl"] = parse_ttl(ttl)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return file.model_copy(update=update) if update else file
+    merged = file.model_copy(update=update) if update else file
+    problem = merged.redirect_problem()
+    if problem:
+        raise ConfigError(f"--cache-redirect: {problem}")
+    return merged

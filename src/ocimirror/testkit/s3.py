@@ -55,6 +55,15 @@ class LocalS3(StartStop):
             "region": "us-east-1",
         }
 
+    def environment(self) -> dict[str, str]:
+        """Return the environment that points obstore (and AWS tools) at the server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_REGION": "us-east-1",
+        }
+
     def url(self, bucket: str, prefix: str = "") -> str:
         """Return `s3://bucket/prefix`."""
         return f"s3://{bucket}/{prefix}".rstrip("/")
