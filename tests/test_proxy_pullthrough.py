@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
 import re
 import threading
 import time
@@ -328,6 +329,26 @@ def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_upstream_fetch(
     )
     assert beyond.status == 416
     assert api(registry.requests(since=mark)) == []
+
+
+def test_cached_blobs_go_out_one_after_another_on_one_keep_alive_connection(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    image = make_image(layers=3, layer_size=200_000, seed="keep-alive")
+    asyncio.run(seed(registry, "app", [("1", image)]))
+    proxy = cached_proxy(start_proxy, registry, tmp_path / "cache")
+    for blob in image.blobs:  # fill the cache
+        assert proxy.call("GET", f"/v2/app/blobs/{blob.digest}").status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    try:
+        for _ in range(20):
+            for blob in image.blobs:  # whole cached blobs go out with sendfile
+                conn.request("GET", f"/v2/app/blobs/{blob.digest}")
+                resp = conn.getresponse()
+                assert (resp.status, resp.read()) == (200, blob.data)
+    finally:
+        conn.close()
+    assert "Unhandled exception" not in proxy.text()
 
 
 def test_concurrent_gets_of_an_uncached_tag_make_one_upstream_get(

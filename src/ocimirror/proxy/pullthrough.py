@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from .. import digest as digests
 from ..errors import AuthError, NotFound, OcimirrorError, RegistryError
@@ -574,6 +575,22 @@ async def cached_blob(
     return await _whole_blob(request, route, digest, path, check=check)
 
 
+class SentFile(web.FileResponse):
+    """A FileResponse sent inside the handler (so the blob stays pinned while it goes out),
+    which aiohttp's own `prepare()` after the handler then leaves alone.
+
+    aiohttp 3.14 prepares the returned response again; a FileResponse re-opens its file
+    and fails an assertion once the first one has sent everything, and the connection is
+    dropped: a keep-alive client's next request on it got `Server disconnected`.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """Send the file the first time; later calls are no-ops."""
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def _redirect_to_store(
     request: web.Request, route: Route, digest: str, path: str
 ) -> web.StreamResponse | None:
@@ -631,7 +648,7 @@ async def _whole_blob(
                 # A whole cached blob goes out with sendfile (the kernel copies it): about
                 # twice the bytes per CPU second of reading chunks in a thread. The open
                 # stream keeps the file from being evicted while it is sent.
-                sendfile = web.FileResponse(file, headers=blob_headers(digest, stale=stale))
+                sendfile = SentFile(file, headers=blob_headers(digest, stale=stale))
                 await sendfile.prepare(request)
                 metrics.bytes.labels(label, source).inc(stream.size or 0)
                 return sendfile
