@@ -1,7 +1,7 @@
 """Benchmark `ocimirror proxy --cache` against pulling from the registry directly (issue 3).
 
 Run it as `.venv/bin/python bench/proxy.py [--corpus large,small] [--rounds N]
-[--clients N] [--json PATH] [--keep]`. It checks the bars of issue 3: *pull throughput
+[--clients N] [--cache-store dir|s3] [--cache-redirect] [--json PATH] [--keep]`. It checks the bars of issue 3: *pull throughput
 through the proxy (cache hit) at least 80% of pulling from the registry directly; 50
 concurrent clients served without errors.*
 
@@ -34,6 +34,11 @@ its cache. Then, for each corpus:
    upstream registry's access log (counted from a `mark()`) must show exactly one blob
    GET per blob.
 
+With `--cache-store s3` the proxies cache in S3 instead of a directory: moto's server on
+loopback (`testkit.LocalS3`, a bucket per proxy), a Python stand-in, so what is measured is
+the stand-in as much as the proxy; `--cache-redirect` then has cached blobs fetched from it
+by presigned URL.
+
 Results are printed as tables with the bars and PASS/FAIL; the exit status is 0 even when
 a bar fails, since this is a report. The registries, proxies and work dirs are removed on
 exit (also on Ctrl-C and SIGTERM) unless `--keep`.
@@ -45,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -69,7 +75,9 @@ import aiohttp
 
 from ocimirror import mediatypes as mt
 from ocimirror.testkit.images import SampleImage, derive_seed, make_image
+from ocimirror.testkit.proxy import PROXY_ENV
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo, free_port
+from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed_sync
 from run import OCIMIRROR, RequestStats, run_measured, tool_versions
 from sync import _kill_running_tools, memory_mib, render
@@ -83,19 +91,6 @@ CLIENTS = 50
 CLIENT_PARALLEL = 3
 #: What a client that takes every manifest type sends.
 ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
-#: The proxy's settings the environment could give; the benchmark's proxies get none.
-PROXY_ENV = (
-    "REGISTRY_HOST",
-    "REPO_PREFIX",
-    "AUTH_HEADER",
-    "DISABLE_BROWSER_REDIRECTS",
-    "PORT",
-    "STREAM_BLOBS",
-    "OCIMIRROR_PROXY_TOKENS",
-    "OCIMIRROR_PROXY_CACHE",
-    "OCIMIRROR_PROXY_CACHE_MAX_SIZE",
-    "OCIMIRROR_PROXY_TAG_TTL",
-)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -177,12 +172,18 @@ def reset_peak(pid: int) -> bool:
 
 
 class ProxyProcess:
-    """`ocimirror proxy --cache DIR` in front of `upstream`, on a loopback port."""
+    """`ocimirror proxy --cache DIR|URL` in front of `upstream`, on a loopback port."""
 
     def __init__(
-        self, upstream: LocalRegistry, cache: Path, log: Path, env: dict[str, str]
+        self,
+        upstream: LocalRegistry,
+        cache: Path | str,
+        log: Path,
+        env: dict[str, str],
+        extra: Sequence[str] = (),
     ) -> None:
-        """Prepare the command; nothing runs until `start()`."""
+        """Prepare the command (`cache`: a directory or a store URL); nothing runs until
+        `start()`."""
         self.port = free_port()
         self.cache = cache
         self.log = log
@@ -199,6 +200,7 @@ class ProxyProcess:
             str(cache),
             "--tag-ttl",
             "1h",
+            *extra,
         ]
         self.env = {k: v for k, v in env.items() if k not in PROXY_ENV}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -465,11 +467,12 @@ def curl_pull(host: str, info: ImageInfo, parallel: int, timeout: float) -> tupl
     cmd = [
         "curl",
         "-sS",
+        "-L",  # a proxy with --cache-redirect sends blobs' GETs to the bucket
         "--parallel",
         "--parallel-max",
         str(min(parallel, len(digests))),
         "-w",
-        "%{http_code} %{size_download} %{url_effective}\\n",
+        "%{http_code} %{size_download} %{url}\\n",
     ]
     for digest in digests:
         cmd += ["-o", "/dev/null", f"{base}/blobs/{digest}"]
@@ -1023,6 +1026,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=6,
         help="blobs curl fetches at a time (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cache-store",
+        choices=("dir", "s3"),
+        default="dir",
+        help="where the proxy caches: a directory, or S3 (moto's server on loopback, a"
+        " Python stand-in: it measures the stand-in as much as the proxy) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cache-redirect",
+        action="store_true",
+        help="with --cache-store s3: the proxy redirects clients to presigned URLs of cached"
+        " blobs (the bytes then come from the S3 stand-in)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="save raw results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -1038,6 +1054,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown corpus {unknown}; choose from {', '.join(CORPORA)}")
     if args.rounds < 1 or args.clients < 1 or args.raw_parallel < 1:
         parser.error("--rounds, --clients and --raw-parallel must be at least 1")
+    if args.cache_redirect and args.cache_store != "s3":
+        parser.error("--cache-redirect needs --cache-store s3")
     args.corpora = [CORPORA[n] for n in names]
     return args
 
@@ -1071,6 +1089,14 @@ def collect(workdir: Path, scratch: Path, args: argparse.Namespace) -> Collected
         .stdout.split("\n")[0]
         .split(" (")[0],
     }
+    s3: LocalS3 | None = None
+    if args.cache_store == "s3":
+        s3 = LocalS3().start()
+        machine["cache"] = f"S3 (moto {importlib.metadata.version('moto')} on loopback)"
+        if args.cache_redirect:
+            machine["cache"] += ", --cache-redirect"
+    else:
+        machine["cache"] = "directory"
     print(f"work dir {workdir}, scratch {scratch}; {machine}", flush=True)
     registry = LocalRegistry(workdir / "upstream", exact_counting=False)
     images: list[ImageInfo] = []
@@ -1084,7 +1110,13 @@ def collect(workdir: Path, scratch: Path, args: argparse.Namespace) -> Collected
     watch.start()
 
     def start_proxy(name: str) -> ProxyProcess:
-        proxy = ProxyProcess(registry, workdir / f"cache-{name}", workdir / f"{name}.log", env)
+        cache: Path | str = workdir / f"cache-{name}"
+        proxy_env = env
+        if s3 is not None:
+            cache = s3.url(s3.bucket(), name)
+            proxy_env = {**env, **s3.environment()}
+        extra = ["--cache-redirect"] if args.cache_redirect else []
+        proxy = ProxyProcess(registry, cache, workdir / f"{name}.log", proxy_env, extra)
         started.append(proxy)
         ready = proxy.start()
         rss = memory_mib(proxy.pid)
@@ -1168,6 +1200,8 @@ def collect(workdir: Path, scratch: Path, args: argparse.Namespace) -> Collected
         for proxy in started:
             proxy.stop()
         registry.stop()
+        if s3 is not None:
+            s3.stop()
     took = time.perf_counter() - began
     return Collected(machine, images, seeding, pulls, concurrency, proxies, foreign, took)
 
