@@ -3,9 +3,9 @@
 # apache2-utils (htpasswd) and postgresql (initdb and postgres, for the throwaway server the
 # state database tests start; Debian keeps them in /usr/lib/postgresql/*/bin, off PATH),
 # chromium (the headless browser the dashboard test drives through Playwright; never
-# `playwright install`, which downloads a browser of its own), podman (a second client
-# pulling through `ocimirror proxy` in the tests), then a venv in .venv with the project and
-# its test extras.
+# `playwright install`, which downloads a browser of its own), podman and containerd (more
+# clients pulling through `ocimirror proxy` in the tests: containerd's registry mirrors
+# send `?ns=`), then a venv in .venv with the project and its test extras.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need=()
@@ -16,6 +16,7 @@ command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initd
     || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
