@@ -79,7 +79,7 @@ from ocimirror.testkit.proxy import PROXY_ENV
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo, free_port
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed_sync
-from run import OCIMIRROR, RequestStats, run_measured, tool_versions
+from run import OCIMIRROR, ChildServer, RequestStats, run_measured, tool_versions
 from sync import _kill_running_tools, memory_mib, render
 
 MiB = 1024 * 1024
@@ -171,8 +171,10 @@ def reset_peak(pid: int) -> bool:
     return True
 
 
-class ProxyProcess:
+class ProxyProcess(ChildServer):
     """`ocimirror proxy --cache DIR|URL` in front of `upstream`, on a loopback port."""
+
+    what = "proxy"
 
     def __init__(
         self,
@@ -184,68 +186,13 @@ class ProxyProcess:
     ) -> None:
         """Prepare the command (`cache`: a directory or a store URL); nothing runs until
         `start()`."""
-        self.port = free_port()
+        port = free_port()
+        command = [
+            str(OCIMIRROR), "proxy", "--registry-host", upstream.host, "--host", "127.0.0.1",
+            "--port", str(port), "--cache", str(cache), "--tag-ttl", "1h", *extra,
+        ]  # fmt: skip
+        super().__init__(command, {k: v for k, v in env.items() if k not in PROXY_ENV}, log, port)
         self.cache = cache
-        self.log = log
-        self.command = [
-            str(OCIMIRROR),
-            "proxy",
-            "--registry-host",
-            upstream.host,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--cache",
-            str(cache),
-            "--tag-ttl",
-            "1h",
-            *extra,
-        ]
-        self.env = {k: v for k, v in env.items() if k not in PROXY_ENV}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        """The proxy's process id."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def start(self, timeout: float = 60.0) -> float:
-        """Start the proxy; return the seconds until `/healthz` answered 200."""
-        start = time.perf_counter()
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=self.env,
-                start_new_session=True,
-            )
-        while time.perf_counter() - start < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"proxy exited with {self.proc.returncode}: {self.tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://{self.host}/healthz", timeout=2) as r,
-            ):
-                if r.status == 200:
-                    return time.perf_counter() - start
-            time.sleep(0.02)
-        raise RuntimeError(f"proxy not ready after {timeout:g} s: {self.tail()}")
-
-    def tail(self, chars: int = 1500) -> str:
-        """The end of the proxy's output."""
-        try:
-            return self.log.read_text("utf-8", "replace")[-chars:]
-        except OSError:
-            return ""
 
     def metrics(self) -> dict[str, float]:
         """The proxy's cache counters from `/metrics`, as `name{kind}` -> value."""
@@ -259,20 +206,6 @@ class ProxyProcess:
                 if m:
                     out[f"{m[1]} {m[2]}"] = float(m[3])
         return out
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then wait; return the exit code (None if it had to be killed)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                return None
-        return self.proc.returncode
 
 
 @dataclass

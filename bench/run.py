@@ -19,6 +19,7 @@ the exit status is 0 even when a bar fails, since this is a report.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -180,6 +182,85 @@ with open(out, "w") as f:
     json.dump({"code": os.waitstatus_to_exitcode(status), "seconds": seconds,
                "maxrss_kib": usage.ru_maxrss}, f)
 """
+
+
+class ChildServer:
+    """An ocimirror server as a child process in a session of its own, its output in a log:
+    `start()` waits for a health URL to answer 200, `stop()` sends SIGTERM and waits."""
+
+    #: The path polled until it answers 200.
+    health_path = "/healthz"
+    #: What to call it in errors.
+    what = "ocimirror"
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path, port: int) -> None:
+        """Prepare the command; nothing runs until `start()`."""
+        self.command = command
+        self.env = env
+        self.log = log
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def healthy(self) -> bool:
+        """Tell whether the health path answers 200 now."""
+        url = f"http://{self.host}{self.health_path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return bool(r.status == 200)
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def start(self, timeout: float = 60.0) -> float:
+        """Start the process; return the seconds until the health path answered 200."""
+        start = time.perf_counter()
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=self.env,
+                start_new_session=True,
+            )
+        while time.perf_counter() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.what} exited with {self.proc.returncode}: {self.tail()}")
+            if self.healthy():
+                return time.perf_counter() - start
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.what} not ready after {timeout:g} s: {self.tail()}")
+
+    def tail(self, chars: int = 1500) -> str:
+        """The end of the process's output."""
+        try:
+            return self.log.read_text("utf-8", "replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then wait; return the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                return None
+        return self.proc.returncode
 
 
 def run_measured(

@@ -56,7 +56,6 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +72,7 @@ from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
 from ocimirror.testkit.seeding import seed_sync
 from run import (
     OCIMIRROR,
+    ChildServer,
     Expected,
     RequestStats,
     describe_machine,
@@ -334,7 +334,7 @@ class PassSeen:
     polls: int
 
 
-class ServeProcess:
+class ServeProcess(ChildServer):
     """`ocimirror serve -c FILE` on a loopback port: started once, passes triggered over HTTP.
 
     No API token is configured, so it listens on 127.0.0.1 only and needs none. It runs in
@@ -342,63 +342,24 @@ class ServeProcess:
     sends SIGTERM and waits for a clean exit.
     """
 
+    health_path = "/readyz"
+    what = "ocimirror serve"
+
     def __init__(self, config: Path, state_url: str, env: dict[str, str], log: Path) -> None:
         """Prepare the command; nothing runs until `start()`."""
-        self.port = free_port()
+        port = free_port()
+        command = [
+            str(OCIMIRROR), "serve", "-c", str(config), "--port", str(port),
+            "--state", state_url,
+        ]  # fmt: skip
+        env = {k: v for k, v in env.items() if k != "OCIMIRROR_API_TOKENS"}
+        super().__init__(command, env, log, port)
         self.state_url = state_url
-        self.log = log
-        self.command = [
-            str(OCIMIRROR),
-            "serve",
-            "-c",
-            str(config),
-            "--port",
-            str(self.port),
-            "--state",
-            state_url,
-        ]
-        self.env = {k: v for k, v in env.items() if k != "OCIMIRROR_API_TOKENS"}
-        self.proc: subprocess.Popen[bytes] | None = None
         self._conn: http.client.HTTPConnection | None = None
-
-    @property
-    def pid(self) -> int:
-        """The serve process's id."""
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
-    def start(self, timeout: float = 60.0) -> float:
-        """Start the process; return the seconds until `/readyz` answered 200."""
-        start = time.perf_counter()
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=self.env,
-                start_new_session=True,
-            )
-        deadline = start + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ocimirror serve exited with {self.proc.returncode}: {self}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.request("GET", "/readyz")[0] == 200:
-                    return time.perf_counter() - start
-            time.sleep(0.02)
-        raise RuntimeError(f"ocimirror serve not ready after {timeout:g} s: {self}")
 
     def __str__(self) -> str:
         """The log's tail, for error messages."""
-        return self.log_tail(1500)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        """The end of the serve process's output."""
-        try:
-            return self.log.read_text("utf-8", "replace")[-chars:]
-        except OSError:
-            return ""
+        return self.tail(1500)
 
     def request(self, method: str, path: str) -> tuple[int, bytes]:
         """Send one request on a kept-alive connection (reconnecting once); return it."""
@@ -455,21 +416,11 @@ class ServeProcess:
             time.sleep(poll)
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then wait for the exit; return its code (None if it had to be killed)."""
+        """Close the kept-alive connection, then stop the process."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                return None
-        return self.proc.returncode
+        return super().stop(timeout)
 
 
 async def _latest_runs(url: str, limit: int) -> list[RunInfo]:
@@ -537,7 +488,7 @@ def measure_pass(
         src=src_stats,
         dst=dst_stats,
         problems=problems,
-        log_tail=serve.log_tail(),
+        log_tail=serve.tail(2000),
         pass_seconds=pass_seconds,
         wall_seconds=seen.wall_seconds if seen is not None else None,
         polls=seen.polls if seen is not None else None,
