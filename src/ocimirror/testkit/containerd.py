@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Self
 
-from .lifecycle import StartStop
+from .lifecycle import StartStop, terminate
 
 
 class ContainerdError(RuntimeError):
@@ -100,12 +100,7 @@ class LocalContainerd(StartStop):
     def stop(self) -> None:
         """Stop containerd."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc, 15)
             self._proc = None
         if self._out is not None:
             self._out.close()

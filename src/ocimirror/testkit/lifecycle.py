@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM a child process and wait for it; SIGKILL it after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class StartStop:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .command import ocimirror_command
+from .lifecycle import terminate
 from .registry import free_port
 
 #: `ocimirror proxy`, as a user runs it.
@@ -114,11 +115,5 @@ class ProxyProcess:
 
     def stop(self) -> None:
         """Stop it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._out.close()

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Self
 
-from .lifecycle import StartStop
+from .lifecycle import StartStop, terminate
 from .polling import wait_for
 from .registry import free_port
 
@@ -127,12 +127,7 @@ class LocalS3(StartStop):
     def stop(self) -> None:
         """Stop the server and remove its log."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc)
             self._proc = None
         if self._log is not None:
             self._log.close()
