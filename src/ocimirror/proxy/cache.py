@@ -515,21 +515,25 @@ class ProxyCache:
         tagged = not _is_digest(reference)
         if tagged and self._tags.get(key, ("",))[0] != dg:
             await self._place.write_tag(key, dg)
-        self._remember_manifest(dg, raw, media_type)
+        self._keep_raw(dg, raw)
         with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
-                (dg, media_type),
-            )
+            self._note_manifest(dg, media_type)
             if tagged:
                 self._set_tag(key, dg, self._clock())
         self.flush()
         self._evict()
         return dg
 
-    def _remember_manifest(self, digest: str, raw: bytes, media_type: str) -> None:
-        """Note a manifest's media type (and, with an object store, keep its bytes in memory)."""
+    def _note_manifest(self, digest: str, media_type: str) -> None:
+        """Record that a blob is a manifest of this media type (within a transaction)."""
         self._media_types[digest] = media_type
+        self._db.execute(
+            "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
+            (digest, media_type),
+        )
+
+    def _keep_raw(self, digest: str, raw: bytes) -> None:
+        """With an object store, keep a manifest's bytes in memory (the most recent ones)."""
         if self._place.local:
             return
         self._raw.pop(digest, None)
@@ -580,12 +584,9 @@ class ProxyCache:
                 return None
             if digest not in self._blobs:
                 self._add_blob(digest, len(raw))
-            self._remember_manifest(digest, raw, media_type)
+            self._keep_raw(digest, raw)
             with self._db:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
-                    (digest, media_type),
-                )
+                self._note_manifest(digest, media_type)
             self._evict()
         elif digest not in self._media_types:
             return None  # evicted meanwhile: the pin kept the file, not the index entry
@@ -594,7 +595,7 @@ class ProxyCache:
             self._forget([digest])
             return None
         else:
-            self._remember_manifest(digest, raw, media_type)
+            self._keep_raw(digest, raw)
         self._touch(digest)
         return CachedManifest(digest, media_type, raw)
 
