@@ -226,7 +226,9 @@ def test_cache_redirect_needs_a_store_that_signs(tmp_path: Path) -> None:
     assert load_settings(cache="s3://b/p", cache_redirect=True, env=base).cache.redirect
     env = {**base, "OCIMIRROR_PROXY_CACHE": "gs://b/p", "OCIMIRROR_PROXY_CACHE_REDIRECT": "1"}
     assert load_settings(env=env).cache.redirect
-    for where in (str(tmp_path), "memory:///", "file:///tmp/x"):
+    r2 = "https://acct.r2.cloudflarestorage.com/bucket"
+    assert load_settings(cache=r2, cache_redirect=True, env=base).cache.redirect
+    for where in (str(tmp_path), "memory:///", "file:///tmp/x", "https://example.com/dav"):
         with pytest.raises(ConfigError, match="redirect needs a store that can presign"):
             load_settings(cache=where, cache_redirect=True, env=base)
     config = tmp_path / "p.yaml"

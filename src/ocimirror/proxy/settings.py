@@ -71,8 +71,10 @@ TOKENS_ENV = "OCIMIRROR_PROXY_TOKENS"
 CACHE_ENV = "OCIMIRROR_PROXY_CACHE"
 CACHE_LOCAL_ENV = "OCIMIRROR_PROXY_CACHE_LOCAL"
 CACHE_REDIRECT_ENV = "OCIMIRROR_PROXY_CACHE_REDIRECT"
-#: The stores whose objects can be handed out as presigned URLs.
+#: The stores whose objects can be handed out as presigned URLs: by scheme, or by the host
+#: of an https:// URL that obstore opens as S3 or Azure (R2 included).
 SIGNING_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "adl://")
+SIGNING_HOSTS = (".amazonaws.com", ".r2.cloudflarestorage.com", ".blob.core.windows.net")
 CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
 TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
@@ -229,7 +231,7 @@ class CacheConfig(_Model):
 
     def redirect_problem(self) -> str | None:
         """Say why `redirect` cannot work with this store; None when it can (or is off)."""
-        if self.redirect and not (self.store and self.store.lower().startswith(SIGNING_SCHEMES)):
+        if self.redirect and not (self.store and can_presign(self.store)):
             where = repr(self.store) if self.store else "a directory"
             return (
                 f"redirect needs a store that can presign URLs: s3://, gs:// or az://, not {where}"
@@ -249,6 +251,15 @@ class CacheConfig(_Model):
     def store_options(self) -> dict[str, str]:
         """Return the store's options with their secrets revealed."""
         return {k: v.reveal() for k, v in self.options.items()}
+
+
+def can_presign(url: str) -> bool:
+    """Tell whether a store URL names a store that can presign URLs (S3, GCS, Azure)."""
+    low = url.lower()
+    if low.startswith(SIGNING_SCHEMES):
+        return True
+    host = low.removeprefix("https://").split("/", 1)[0] if low.startswith("https://") else ""
+    return host.endswith(SIGNING_HOSTS)
 
 
 def _option_text(value: Any) -> Any:
