@@ -92,7 +92,7 @@ def test_pulls_come_from_the_bucket_for_this_proxy_and_another_sharing_it(
     assert "serving the stale cached copy" in first.text()
 
 
-def test_a_blob_fetched_once_for_concurrent_pulls_is_put_once(
+def test_ten_concurrent_pulls_of_a_50_mib_blob_make_one_fetch_and_one_put(
     registry: LocalRegistry,
     start_proxy: Callable[..., ProxyProcess],
     s3: LocalS3,
@@ -100,7 +100,7 @@ def test_a_blob_fetched_once_for_concurrent_pulls_is_put_once(
 ) -> None:
     from ocimirror.testkit.images import make_image
 
-    image = make_image(layers=1, layer_size=12 * 1024 * 1024, seed="s3-big")
+    image = make_image(layers=1, layer_size=50 * 1024 * 1024, seed="s3-big")
     asyncio.run(seed(registry, "big", [("1", image)]))
     bucket = s3.bucket()
     proxy = start_proxy(
@@ -110,25 +110,28 @@ def test_a_blob_fetched_once_for_concurrent_pulls_is_put_once(
     mark = registry.mark()
     before = s3.requests()
 
-    async def pull_all() -> list[bytes]:
-        loop = asyncio.get_running_loop()
-        calls = [
-            loop.run_in_executor(None, proxy.call, "GET", f"/v2/big/blobs/{layer.digest}")
-            for _ in range(8)
-        ]
-        return [answer.body for answer in await asyncio.gather(*calls)]
+    def pull() -> tuple[int, str, int]:
+        answer = proxy.call("GET", f"/v2/big/blobs/{layer.digest}")
+        return answer.status, digests.of(answer.body), len(answer.body)
 
-    bodies = asyncio.run(pull_all())
-    assert all(digests.of(body) == layer.digest for body in bodies)
+    async def pull_all(n: int) -> list[tuple[int, str, int]]:
+        loop = asyncio.get_running_loop()
+        return list(await asyncio.gather(*(loop.run_in_executor(None, pull) for _ in range(n))))
+
+    assert asyncio.run(pull_all(10)) == [(200, layer.digest, layer.size)] * 10
     gets = [r for r in registry.requests(since=mark) if r.kind == "blob" and r.method == "GET"]
-    assert len(gets) == 1
+    assert len(gets) == 1  # counted in the upstream registry's log
     # One multipart upload: initiated once (POST), completed once (POST), 5 MiB parts.
     deadline = time.monotonic() + 30
     while (s3.requests() - before)["POST"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert (s3.requests() - before)["POST"] == 2
+    assert (s3.requests() - before)["PUT"] == -(-layer.size // (5 * 1024 * 1024))  # the parts
     store = open_store(s3.url(bucket), s3.options)
-    assert obstore.head(store, ObjectBlobs.key(layer.digest))["size"] == len(bodies[0])
+    assert obstore.head(store, ObjectBlobs.key(layer.digest))["size"] == layer.size
+    # From the bucket now, the upstream gone.
+    registry.stop()
+    assert asyncio.run(pull_all(3)) == [(200, layer.digest, layer.size)] * 3
 
 
 def test_cache_store_settings_from_flags_environment_and_file(
