@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from ..sync.config import Config
+    from ..sync.config import Config, Loaded
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
@@ -112,24 +112,24 @@ def serve(
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..sync.config import Config, load_config
+    from ..sync.config import Config, Loaded, load_config
 
     console = Console(stderr=True)
     try:
-        cfg = load_config(config).config if config is not None else Config()
+        loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
         bind_port = port_from(port)
     except (OcimirrorError, ValueError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    lg = cfg.logging
+    lg = loaded.config.logging
     configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
     raise typer.Exit(
-        asyncio.run(_serve(cfg, config, bind_port, host, state, allow_unauthenticated))
+        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated))
     )
 
 
 async def _serve(
-    cfg: Config,
+    loaded: Loaded,
     config_path: Path | None,
     port: int,
     host: str | None,
@@ -148,15 +148,14 @@ async def _serve(
     from .jobs import JobManager
 
     log = structlog.get_logger("ocimirror.serve")
+    cfg = loaded.config
     tokens = tokens_from(cfg)
     bind, warning = listen_address(
         host, tokens=bool(tokens), allow_unauthenticated=allow_unauthenticated
     )
     if warning:
         log.warning(warning)
-    daemon = Daemon(config_path) if config_path is not None and cfg.mirrors else None
-    if daemon is not None:
-        daemon.config = cfg
+    daemon = Daemon(config_path, loaded=loaded) if config_path is not None and cfg.mirrors else None
     metrics = daemon.metrics if daemon is not None else MirrorMetrics()
     url = state_url or cfg.state
     if url is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from ..client import RegistryClient
 from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
 from ..stores.pool import StorePool
-from .config import Config, Mirror, load_config
+from .config import Config, Loaded, Mirror, load_config
 from .runner import Trigger, keychain_for, sync_pass
 from .schedule import Schedule
 from .state import StateDB, default_url
@@ -52,6 +52,8 @@ class Daemon:
     config_path: Path
     state_url: str | None = None
     target_registry: str | None = None
+    #: The config as the caller already read it from `config_path` (None: read it here).
+    loaded: InitVar[Loaded | None] = None
     config: Config = field(init=False)
     next_run: dict[str, datetime | None] = field(init=False, default_factory=dict)
     running: dict[str, asyncio.Task[None]] = field(init=False, default_factory=dict)
@@ -64,15 +66,16 @@ class Daemon:
     _pools: list[StorePool] = field(init=False, default_factory=list)
     _triggered: set[str] = field(init=False, default_factory=set)
 
-    def __post_init__(self) -> None:
-        self.config = self._load()
+    def __post_init__(self, loaded: Loaded | None) -> None:
+        self.config = self._load(loaded)
         self.metrics.watch_clients(self._clients)
 
     def _clients(self) -> list[RegistryClient]:
         return [c for pool in self._pools for c in pool.registry_clients()]
 
-    def _load(self) -> Config:
-        loaded = load_config(self.config_path, target_registry=self.target_registry)
+    def _load(self, loaded: Loaded | None = None) -> Config:
+        if loaded is None:
+            loaded = load_config(self.config_path, target_registry=self.target_registry)
         for warning in loaded.warnings:
             log.warning("config", warning=warning)
         with contextlib.suppress(OSError):
