@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from ocimirror.errors import (
     RegistryError,
     Unreachable,
     UploadRefused,
+    is_retryable,
 )
 from ocimirror.ratelimit import Pacer
 from ocimirror.stores.registry import RegistryStore
@@ -522,6 +524,21 @@ async def test_tls_without_the_ca_fails_on_verification(tls_registry: LocalRegis
     assert "certificate verify failed" in str(caught.value).lower()
     # A certificate that does not verify will not verify on a retry: fail at once.
     assert sent == 2  # the plain HTTP probe, then HTTPS
+
+
+async def test_a_name_that_does_not_resolve_fails_at_once() -> None:
+    async with connect("no-such-registry.invalid") as client:  # RFC 2606: never resolves
+        with pytest.raises(Unreachable) as caught:
+            await client.head_manifest("app", "1")
+        sent = client.requests["HEAD"]
+    cause = caught.value.__cause__
+    assert isinstance(cause, aiohttp.ClientConnectorDNSError)
+    assert str(caught.value).startswith("no-such-registry.invalid: cannot reach the registry: ")
+    assert sent == 1  # "no such name" is an answer, not a failure to retry
+    # A resolver that failed (EAI_AGAIN) is retried like any other connection failure.
+    again = type(cause)(cause._conn_key, socket.gaierror(socket.EAI_AGAIN, "Try again"))
+    assert is_retryable(again)
+    assert not is_retryable(cause)
 
 
 async def test_tls_verify_false(tls_registry: LocalRegistry) -> None:

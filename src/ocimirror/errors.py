@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import aiohttp
 
@@ -82,12 +83,20 @@ class Unreachable(RegistryError):
     """Raised when a registry cannot be reached (DNS, refused connection, timeout, TLS)."""
 
 
+def _no_such_name(exc: aiohttp.ClientConnectorDNSError) -> bool:
+    """Tell whether the resolver said the name does not exist (not that it failed)."""
+    errno = getattr(exc.os_error, "errno", None)
+    return errno in {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Tell whether a failure is transient: connection errors, timeouts, 5xx and 429."""
     if isinstance(exc, RateLimited):
         return True
     if isinstance(exc, AuthError | aiohttp.ClientConnectorCertificateError):
         return False  # a refused credential or an untrusted certificate will not change
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) and _no_such_name(exc):
+        return False  # a name that does not exist will not (a resolver timing out may)
     if isinstance(exc, RegistryError):
         return exc.status >= 500 or exc.status == 408
     return isinstance(
