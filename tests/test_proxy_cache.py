@@ -659,6 +659,55 @@ async def test_a_tag_goes_when_its_manifest_is_evicted(
     assert (tmp_path / "cache" / INDEX_NAME).is_file()
 
 
+# --- many clients at once -----------------------------------------------------------------
+
+
+async def test_random_concurrent_use_under_a_size_limit_keeps_the_books_straight(
+    open_cache: Callable[..., ProxyCache], place: Place
+) -> None:
+    """Fetches, hits, ranges, manifests and evictions interleaved: every answer is right,
+    and afterwards what the cache counts is what the place holds."""
+    rng = random.Random(7)
+    blobs = [blob_of(rng.choice((3_000, 40_000, 300_000)), seed=100 + i) for i in range(12)]
+    sizes = {dg: len(data) for data, dg in blobs}
+    limit = 700_000  # about half of it all: evictions all along
+    cache = open_cache(max_bytes=limit)
+    manifests = [MANIFEST, INDEX]
+
+    async def client(n: int) -> None:
+        local = random.Random(n * 1000 + 7)
+        for _ in range(25):
+            data, dg = local.choice(blobs)
+            op = local.random()
+            if op < 0.6:
+                assert await fetch_all(cache, dg, Upstream(data)) == data
+            elif op < 0.8:
+                first = local.randrange(len(data))
+                last = min(len(data) - 1, first + local.randrange(50_000))
+                try:
+                    async with cache.open_range(dg, first, last) as chunks:
+                        assert b"".join([c async for c in chunks]) == data[first : last + 1]
+                except NotFound:
+                    pass  # not cached (or evicted) just now
+            else:
+                raw = local.choice(manifests)
+                got = await cache.put_manifest(UPSTREAM, "r", f"t{n}", raw, mt.OCI_MANIFEST)
+                cached = await cache.get_manifest(got)
+                assert cached is None or cached.raw == raw  # evicted at once, maybe
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(client(n) for n in range(8)))
+    await cache.idle()
+    held = [dg for dg in sizes if cache.has_blob(dg)]
+    held += [digests.of(m) for m in manifests if cache.has_blob(digests.of(m))]
+    assert cache.total_bytes <= limit
+    expected = sum(sizes.get(dg, 0) for dg in held) + sum(
+        len(m) for m in manifests if digests.of(m) in held
+    )
+    assert cache.total_bytes == expected
+    assert sorted(await place.stored(cache)) == sorted(digests.encoded(dg) for dg in held)
+
+
 # --- object stores -------------------------------------------------------------------------
 
 

@@ -506,22 +506,25 @@ class ProxyCache:
             raise ReferenceError("empty tag")
         else:
             dg = digests.of(raw)
-        if dg in self._blobs and (dg in self._media_types or self._place.local):
-            self._touch(dg)
-        else:
-            await self._place.write(dg, raw, media_type)
-            self._add_blob(dg, len(raw))
         key = (upstream, repo, reference)
         tagged = not _is_digest(reference)
-        if tagged and self._tags.get(key, ("",))[0] != dg:
-            await self._place.write_tag(key, dg)
-        self._keep_raw(dg, raw)
-        with self._db:
-            self._note_manifest(dg, media_type)
-            if tagged:
-                self._set_tag(key, dg, self._clock())
+        self._pin(dg)  # not evicted between its writes and its index entries
+        try:
+            if dg in self._blobs and (dg in self._media_types or self._place.local):
+                self._touch(dg)
+            else:
+                await self._place.write(dg, raw, media_type)
+                self._add_blob(dg, len(raw))
+            if tagged and self._tags.get(key, ("",))[0] != dg:
+                await self._place.write_tag(key, dg)
+            self._keep_raw(dg, raw)
+            with self._db:
+                self._note_manifest(dg, media_type)
+                if tagged:
+                    self._set_tag(key, dg, self._clock())
+        finally:
+            self._unpin(dg)  # evicts, if over the limit
         self.flush()
-        self._evict()
         return dg
 
     def _note_manifest(self, digest: str, media_type: str) -> None:
@@ -644,10 +647,15 @@ class ProxyCache:
             return False
         key = (upstream, repo, tag)
         if self._tags.get(key, ("",))[0] != digest:
+            self._pin(digest)
             try:
                 await self._place.write_tag(key, digest)
             except OcimirrorError as e:
                 log.warning("proxy cache store failed", tag="/".join(key), error=str(e))
+            finally:
+                self._unpin(digest)
+            if digest not in self._media_types:
+                return False  # dropped meanwhile (a corrupt copy, say)
         with self._db:
             self._set_tag(key, digest, self._clock())
         return True
