@@ -514,21 +514,12 @@ async def _ranged_answer(
             out.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
             out.content_length = last - first + 1
             await out.prepare(request)
-            sent = 0
-            try:
-                async for data in chunks:
-                    await out.write(data)
-                    sent += len(data)
-            except ConnectionResetError:
-                return out
-            except OcimirrorError as e:
+
+            def failed(e: Exception) -> None:
                 log.warning("cached blob read failed midway", digest=digest, error=str(e))
-                out.force_close()
-                return out
-            finally:
-                proxy.metrics.bytes.labels(route.upstream.label, "cache").inc(sent)
-            await out.write_eof()
-            return out
+
+            counter = proxy.metrics.bytes.labels(route.upstream.label, "cache")
+            return await pour(out, chunks, counter.inc, failed)
     except (NotFound, OcimirrorError) as e:
         log.info("cached blob range not served from the cache", digest=digest, error=str(e))
         return None
@@ -573,6 +564,32 @@ async def cached_blob(
         if answer is not None:
             return answer
     return await _whole_blob(request, route, digest, path, check=check)
+
+
+async def pour(
+    out: web.StreamResponse,
+    chunks: AsyncIterator[bytes],
+    count: Callable[[int], None],
+    failed: Callable[[Exception], None],
+) -> web.StreamResponse:
+    """Write `chunks` into a prepared response and end it; `count` gets the bytes sent. A
+    client that went away ends it quietly; a source failing midway (`failed` is told) cuts
+    the connection, so the client sees a short body, never a complete wrong one."""
+    sent = 0
+    try:
+        async for data in chunks:
+            await out.write(data)
+            sent += len(data)
+    except ConnectionResetError:
+        return out
+    except (OcimirrorError, aiohttp.ClientError, TimeoutError, OSError) as e:
+        failed(e)
+        out.force_close()
+        return out
+    finally:
+        count(sent)
+    await out.write_eof()
+    return out
 
 
 class SentFile(web.FileResponse):
@@ -656,22 +673,15 @@ async def _whole_blob(
             if stream.size is not None:
                 out.content_length = stream.size
             await out.prepare(request)
-            sent = 0
-            try:
-                async for chunk in stream:
-                    await out.write(chunk)
-                    sent += len(chunk)
-            except ConnectionResetError:
-                return out
-            except (OcimirrorError, aiohttp.ClientError, TimeoutError, OSError) as e:
+
+            def failed(e: Exception) -> None:
+                if stream.cached:
+                    log.warning("cached blob read failed midway", digest=digest, error=str(e))
+                    return
                 metrics.upstream_errors.labels(label, "broken_body").inc()
                 log.warning("blob fetch failed midway", upstream=label, digest=digest, error=str(e))
-                out.force_close()
-                return out
-            finally:
-                metrics.bytes.labels(label, source).inc(sent)
-            await out.write_eof()
-            return out
+
+            return await pour(out, stream, metrics.bytes.labels(label, source).inc, failed)
     except AuthError:
         if not starts or route.upstream.mode != "passthrough":
             raise
