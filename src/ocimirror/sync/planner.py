@@ -180,7 +180,7 @@ async def plan_mirror(
             else:
                 src_desc = await head(src_store, src)
                 if src_desc is None:
-                    raise NotFound(f"{src}: manifest unknown")
+                    raise NotFound("manifest unknown")  # PlanError names `src`
                 src_digest = src_desc.digest
             absent = present is not None and dst.ref not in present
             dst_desc = None if absent else await head(dst_store, dst)

@@ -44,10 +44,7 @@ class MirrorPass:
     @property
     def failed(self) -> list[str]:
         """Every failure of the pass, one line each."""
-        lines = [
-            e.error if e.error.startswith(e.reference) else f"{e.reference}: {e.error}"
-            for e in self.plan.errors
-        ]
+        lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
         lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
         return lines
 
