@@ -315,6 +315,14 @@ async def test_run_lifecycle_last_runs_and_last_success(db: StateDB) -> None:
     assert history[1].bytes == 1234
     assert [r.id for r in await db.runs("a", limit=1)] == [r2]
 
+    # Every mirror at once, in one query each (the dashboard's and the mirrors API's).
+    assert await db.last_successes() == {"a": T0 + timedelta(minutes=1)}
+    recent = await db.recent_runs()
+    assert {m: [r.id for r in rs] for m, rs in recent.items()} == {"a": [r2, r1], "b": [r3]}
+    assert recent["a"][1].bytes == 1234
+    limited = await db.recent_runs(limit=1)
+    assert {m: [r.id for r in rs] for m, rs in limited.items()} == {"a": [r2], "b": [r3]}
+
 
 async def test_finish_run_refuses_unknown_runs_and_statuses(db: StateDB) -> None:
     with pytest.raises(LookupError):

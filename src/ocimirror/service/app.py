@@ -308,12 +308,12 @@ async def mirror_views(service: Service) -> list[MirrorView]:
     # one asked for by the API counts as running from the moment it is asked for.
     busy = daemon.busy()
     last = await service.state.last_runs()
+    successes = await service.state.last_successes()
     views = []
     for m in daemon.config.mirrors:
         run = last.get(m.label)
         # Asked for, running, or started since `busy` was read: all "running".
         running = m.label in busy or (run is not None and run.status == "running")
-        success = await service.state.last_success(m.label)
         views.append(
             MirrorView(
                 name=m.label,
@@ -324,7 +324,7 @@ async def mirror_views(service: Service) -> list[MirrorView]:
                 last_run=(run.finished_at or run.started_at) if run else None,
                 last_status="running" if running else run.status if run else None,
                 last_error=run.error if run else None,
-                last_success=success,
+                last_success=successes.get(m.label),
                 next_run=daemon.next_run.get(m.label),
             )
         )
@@ -356,17 +356,19 @@ async def dashboard(request: web.Request) -> web.Response:
     """`GET /`: the dashboard page."""
     service = request.app[SERVICE]
     mirrors = await mirror_views(service)
-    runs = {}
-    for m in mirrors:
-        runs[m.name] = [
+    recent = await service.state.recent_runs(limit=20) if mirrors else {}
+    runs = {
+        m.name: [
             RunPoint(
                 started_at=r.started_at,
                 seconds=((r.finished_at or r.started_at) - r.started_at).total_seconds(),
                 bytes=r.bytes,
                 status=r.status,
             )
-            for r in reversed(await service.state.runs(m.name, limit=20))
+            for r in reversed(recent.get(m.name, []))
         ]
+        for m in mirrors
+    }
     jobs = await service.jobs.list(20)
     html = render_dashboard(mirrors=mirrors, runs=runs, jobs=jobs, now=datetime.now(UTC))
     return web.Response(text=html, content_type="text/html")

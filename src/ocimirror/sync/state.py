@@ -715,6 +715,37 @@ class StateDB:
             value: datetime | None = await conn.scalar(stmt)
         return value
 
+    async def last_successes(self) -> dict[str, datetime]:
+        """Return, per mirror with one, when its latest run with status ok finished."""
+        stmt = (
+            select(runs.c.mirror, func.max(runs.c.finished_at))
+            .where(runs.c.status == "ok")
+            .group_by(runs.c.mirror)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return {mirror: at for mirror, at in rows if at is not None}
+
+    async def recent_runs(self, limit: int = 20) -> dict[str, list[RunInfo]]:
+        """Return the latest `limit` runs of every mirror, newest first, in one query."""
+        rank = (
+            func.row_number()
+            .over(partition_by=runs.c.mirror, order_by=runs.c.id.desc())
+            .label("rank")
+        )
+        ranked = select(runs, rank).subquery()
+        stmt = (
+            select(ranked)
+            .where(ranked.c.rank <= limit)
+            .order_by(ranked.c.mirror, ranked.c.id.desc())
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        out: dict[str, list[RunInfo]] = {}
+        for row in rows:
+            out.setdefault(row.mirror, []).append(_run_info(row))
+        return out
+
     async def runs(self, mirror: str, limit: int = 20) -> list[RunInfo]:
         """Return the latest runs of `mirror`, newest first."""
         stmt = select(runs).where(runs.c.mirror == mirror).order_by(runs.c.id.desc()).limit(limit)
