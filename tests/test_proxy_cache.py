@@ -807,6 +807,11 @@ async def test_a_failing_store_still_serves_from_upstream_and_keeps_nothing(
             await cache.put_manifest(UPSTREAM, "r", "t", MANIFEST, mt.OCI_MANIFEST)
         assert await cache.get_manifest(digests.of(MANIFEST)) is None
         assert await cache.tag(UPSTREAM, "r", "t") is None
+        counts = cache.store_requests()
+        assert counts is not None
+        requests, failures = counts
+        assert failures["put"] == requests["put"] == 3  # two blobs, one manifest
+        assert failures["list"] == 0
     finally:
         await cache.close()
 

@@ -64,6 +64,12 @@ def test_pulls_come_from_the_bucket_for_this_proxy_and_another_sharing_it(
     assert bytes(obstore.get(store, f"tags/{registry.host}/team/app/1").bytes()) == (
         index.digest.encode()
     )
+    # Every request to the bucket is counted: a put per blob, two per manifest (its media
+    # type beside it), one for the tag; nothing failed.
+    puts = metric(first, "ocimirror_proxy_store_requests_total", op="put")
+    assert puts == len(index.all_blobs()) + 2 * len(manifests) + 1
+    assert metric(first, "ocimirror_proxy_store_requests_total", op="list") == 1
+    assert metric(first, "ocimirror_proxy_store_errors_total") == 0
 
     # Pulled again: not one GET upstream (the tag, fresh, not even a HEAD).
     mark = registry.mark()

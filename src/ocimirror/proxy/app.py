@@ -179,7 +179,10 @@ class Proxy:
         self.default = (
             self.upstreams.get(settings.default) if settings.default is not None else None
         )
-        self.metrics = metrics or ProxyMetrics(lambda: list(self.upstreams.values()))
+        self.metrics = metrics or ProxyMetrics(
+            lambda: list(self.upstreams.values()),
+            lambda: self.cache.store_requests() if self.cache is not None else None,
+        )
         self.auth = ClientAuthenticator(
             [t.reveal() for t in settings.clients.tokens], settings.clients.htpasswd
         )

@@ -49,7 +49,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -393,6 +393,13 @@ class ProxyCache:
             self._db.execute("DELETE FROM tags WHERE digest NOT IN (SELECT digest FROM manifests)")
 
     # -- bookkeeping --------------------------------------------------------------------
+
+    def store_requests(self) -> tuple[Counter[str], Counter[str]] | None:
+        """Return the requests sent to the object store and those that failed, by operation
+        (None: the blobs are in a directory)."""
+        if isinstance(self._place, ObjectBlobs):
+            return self._place.requests, self._place.failures
+        return None
 
     @property
     def place(self) -> str:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections import Counter
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -230,6 +231,9 @@ class ObjectBlobs:
         self.spool_dir = Path(spool)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self._deleting: dict[str, asyncio.Task[None]] = {}
+        #: Requests sent to the store, and those that failed, by operation.
+        self.requests: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
 
     def __str__(self) -> str:
         """Name the place in logs."""
@@ -260,7 +264,7 @@ class ObjectBlobs:
 
         _clear_temps(self.spool_dir)
         found: dict[str, tuple[int, float]] = {}
-        with self._errors("list blobs/", reading=False):
+        with self._errors("list", "list blobs/", reading=False):
             for batch in obstore.list(self.store, "blobs/", chunk_size=1000):
                 for meta in batch:
                     alg, _, hexpart = meta["path"].removeprefix("blobs/").partition("/")
@@ -272,9 +276,12 @@ class ObjectBlobs:
     # -- object I/O: every call waits for a pending delete of its key ------------------------
 
     @contextlib.contextmanager
-    def _errors(self, action: str, *, reading: bool = True) -> Iterator[None]:
-        """Turn the store's failures into one-line OcimirrorErrors; a read's missing object
-        stays a FileNotFoundError (a write's is a failure: no bucket, say)."""
+    def _errors(self, op: str | None, action: str, *, reading: bool = True) -> Iterator[None]:
+        """Count a request to the store (`op`: get, put, head, list, sign; None: not one) and
+        turn its failures into one-line OcimirrorErrors; a read's missing object stays a
+        FileNotFoundError (a write's is a failure: no bucket, say)."""
+        if op is not None:
+            self.requests[op] += 1
         try:
             yield
         except (OcimirrorError, GeneratorExit):
@@ -282,8 +289,10 @@ class ObjectBlobs:
         except FileNotFoundError as e:
             if reading:
                 raise
+            self.failures[op or "get"] += 1
             raise OcimirrorError(f"cache store {self.name}: {action}: {brief(e)}") from e
         except Exception as e:
+            self.failures[op or "get"] += 1
             raise OcimirrorError(f"cache store {self.name}: {action}: {brief(e)}") from e
 
     async def _settled(self, key: str) -> None:
@@ -295,7 +304,7 @@ class ObjectBlobs:
         import obstore
 
         await self._settled(key)
-        with self._errors(f"write {key}", reading=False):
+        with self._errors("put", f"write {key}", reading=False):
             await obstore.put_async(self.store, key, data, max_concurrency=PUT_CONCURRENCY)
 
     async def _get(self, key: str) -> bytes | None:
@@ -303,7 +312,7 @@ class ObjectBlobs:
 
         await self._settled(key)
         try:
-            with self._errors(f"read {key}"):
+            with self._errors("get", f"read {key}"):
                 got = await obstore.get_async(self.store, key)
                 return bytes(await got.bytes_async())
         except FileNotFoundError:
@@ -313,12 +322,14 @@ class ObjectBlobs:
         """Delete objects in the background (at once, when no event loop runs)."""
         import obstore
 
+        self.requests["delete"] += 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             try:
                 obstore.delete(self.store, keys)
             except Exception as e:
+                self.failures["delete"] += 1
                 log.warning("proxy cache store failed", store=self.name, error=brief(e))
             return
 
@@ -329,6 +340,7 @@ class ObjectBlobs:
             try:
                 await obstore.delete_async(self.store, keys)
             except Exception as e:
+                self.failures["delete"] += 1
                 log.warning("proxy cache store failed", store=self.name, error=brief(e))
 
         task = loop.create_task(run(), name=f"delete {keys[0]}")
@@ -373,13 +385,13 @@ class ObjectBlobs:
 
         key = self.key(digest)
         await self._settled(key)
-        with self._errors(f"read {key}"):
+        with self._errors("get", f"read {key}"):
             got = await obstore.get_async(self.store, key, options={"range": (first, last + 1)})
         want = last + 1 - first
 
         async def chunks() -> AsyncGenerator[bytes]:
             seen = 0
-            with self._errors(f"read {key}"):
+            with self._errors(None, f"read {key}"):
                 async for chunk in got.stream(min_chunk_size=READ_CHUNK):
                     seen += len(chunk)
                     yield bytes(chunk)
@@ -397,7 +409,7 @@ class ObjectBlobs:
         if not isinstance(store, S3Store | GCSStore | AzureStore):
             raise NotImplementedError(f"cache store {self.name} cannot presign URLs")
         key = self.key(digest)
-        with self._errors(f"presign {key}", reading=False):
+        with self._errors("sign", f"presign {key}", reading=False):
             url: str = await obstore.sign_async(store, "GET", key, lifetime)
         return url
 
@@ -408,7 +420,7 @@ class ObjectBlobs:
         key = self.key(digest)
         await self._settled(key)
         try:
-            with self._errors(f"look up {key}"):
+            with self._errors("head", f"look up {key}"):
                 meta = await obstore.head_async(self.store, key)
         except FileNotFoundError:
             return None

@@ -11,10 +11,14 @@
   5xx answers, refused credentials.
 - `ocimirror_proxy_upstream_requests_total{upstream}` and
   `ocimirror_proxy_upstream_throttled_total{upstream}`: requests sent upstream, 429s seen.
+- `ocimirror_proxy_store_requests_total{op}` and `ocimirror_proxy_store_errors_total{op}`:
+  requests to an object-store cache (`get`, `put`, `head`, `list`, `delete`, `sign`; a
+  multipart put counts once), and those that failed.
 """
 
 from __future__ import annotations
 
+from collections import Counter as CounterType
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter
@@ -44,11 +48,40 @@ class _UpstreamCollector(Collector):
         return [sent, throttled]
 
 
+StoreCounts = tuple[CounterType[str], CounterType[str]]
+
+
+class _StoreCollector(Collector):
+    def __init__(self, counts: Callable[[], StoreCounts | None]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        counts = self._counts()
+        if counts is None:
+            return []
+        sent = CounterMetricFamily(
+            "ocimirror_proxy_store_requests", "Requests to the cache's object store", labels=["op"]
+        )
+        failed = CounterMetricFamily(
+            "ocimirror_proxy_store_errors", "Failed requests to the cache's object store",
+            labels=["op"],
+        )  # fmt: skip
+        requests, failures = counts
+        for op in sorted(requests):
+            sent.add_metric([op], requests[op])
+            failed.add_metric([op], failures[op])
+        return [sent, failed]
+
+
 class ProxyMetrics:
     """The proxy's metrics, in a registry of their own."""
 
-    def __init__(self, upstreams: Callable[[], Iterable[Upstream]] = tuple) -> None:
-        """Make the metrics; `upstreams` is read at every scrape."""
+    def __init__(
+        self,
+        upstreams: Callable[[], Iterable[Upstream]] = tuple,
+        store: Callable[[], StoreCounts | None] = lambda: None,
+    ) -> None:
+        """Make the metrics; `upstreams` and `store` are read at every scrape."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -78,6 +111,7 @@ class ProxyMetrics:
             ["upstream", "reason"], registry=r,
         )  # fmt: skip
         r.register(_UpstreamCollector(upstreams))
+        r.register(_StoreCollector(store))
 
     def render(self) -> bytes:
         """Return the text exposition format of everything."""
