@@ -749,6 +749,16 @@ async def test_a_cache_sharing_the_store_finds_blobs_manifests_and_tags(
         assert entry.fresh
         assert await other.tag(UPSTREAM, "r", "v2") is None
         assert not await other.discover(digests.of(b"nowhere"))
+        # Twenty askers of a tag the index does not know share one lookup in the store.
+        third = ProxyCache(None, store=bucket.store, clock=clock)
+        try:
+            entries = await asyncio.gather(*(third.tag(UPSTREAM, "r", "v1") for _ in range(20)))
+            assert {e.digest if e else None for e in entries} == {dg}
+            counts = third.store_requests()
+            assert counts is not None
+            assert counts[0]["get"] == 3  # the tag, the manifest's media type, its bytes
+        finally:
+            await third.close()
     finally:
         await first.close()
         await other.close()

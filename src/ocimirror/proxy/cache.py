@@ -356,6 +356,7 @@ class ProxyCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pins: dict[str, int] = {}
         self._raw: OrderedDict[str, bytes] = OrderedDict()
+        self._tag_lookups: dict[TagKey, asyncio.Future[tuple[str, float] | None]] = {}
         self._raw_bytes = 0
         self._total = 0
         self._closed = False
@@ -629,9 +630,18 @@ class ProxyCache:
         return TagEntry(dg, media_type, fetched_at, fresh)
 
     async def _tag_from_store(self, key: TagKey) -> tuple[str, float] | None:
-        """Find a tag in the object store (another proxy's, or this one's before a restart)."""
+        """Find a tag in the object store (another proxy's, or this one's before a restart);
+        callers asking for the same tag at once share one lookup."""
         if self._place.local:
             return None
+        lookup = self._tag_lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up_tag(key))
+            self._tag_lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._tag_lookups.pop(key, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up_tag(self, key: TagKey) -> tuple[str, float] | None:
         try:
             dg = await self._place.read_tag(key)
         except OcimirrorError as e:
