@@ -56,13 +56,9 @@ class LocalS3(StartStop):
         }
 
     def environment(self) -> dict[str, str]:
-        """Return the environment that points obstore (and AWS tools) at the server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_REGION": "us-east-1",
-        }
+        """Return the same as the environment (AWS_ENDPOINT, AWS_ACCESS_KEY_ID...), as obstore
+        and the AWS tools read it."""
+        return {f"AWS_{key.upper()}": value for key, value in self.options.items()}
 
     def url(self, bucket: str, prefix: str = "") -> str:
         """Return `s3://bucket/prefix`."""
