@@ -37,7 +37,7 @@ import structlog
 from pydantic import ValidationError
 
 from ..auth.credentials import Keychain
-from ..errors import ConfigError, NotFound, OcimirrorError
+from ..errors import ConfigError, OcimirrorError
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..reference import Reference
@@ -748,13 +748,10 @@ class JobManager:
         """List a destination repository's tags once, so absent tags need no HEAD."""
         try:
             store = await self._store(dst)
-            tags: frozenset[str] | None = frozenset(await store.list_tags(dst.repository))
-        except NotFound:
-            tags = None
         except OcimirrorError as e:
             log.debug("destination not listed", repository=str(dst), error=str(e))
             return
-        copier.note_destination(store, dst.repository, tags)
+        await copier.list_destination(store, dst.repository)
 
     async def _copy(self, shared: _SharedCopier, flight: _Flight, task: CopyTask) -> ImageResult:
         """Copy one image of a flight with the shared Copier."""

@@ -155,6 +155,18 @@ class Copier:
         """
         self._dst_listing[(store.name, repo)] = tags
 
+    async def list_destination(self, store: Store, repo: str) -> None:
+        """List a destination repository's tags once and `note_destination` them; a listing
+        that fails is not fatal: the copies HEAD each tag instead (and report what is wrong)."""
+        try:
+            tags: frozenset[str] | None = frozenset(await store.list_tags(repo))
+        except NotFound:
+            tags = None
+        except OcimirrorError as e:
+            log.debug("destination not listed", store=store.name, repository=repo, error=str(e))
+            return
+        self.note_destination(store, repo, tags)
+
     def _known_absent(self, dst: Endpoint) -> bool:
         key = (dst.store.name, dst.repo)
         if key not in self._dst_listing or digests.is_valid(dst.ref):

@@ -12,7 +12,7 @@ import structlog
 
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
-from ..errors import NotFound, OcimirrorError
+from ..errors import OcimirrorError
 from ..reference import Reference
 from ..stores.pool import StorePool
 from .copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
@@ -165,14 +165,11 @@ async def _list_destinations(
             store = await pool.store_for(
                 ref, options=side.options, credentials=side.credentials, create=True
             )
-            tags: frozenset[str] | None = frozenset(await store.list_tags(ref.repository))
-        except NotFound:
-            tags = None
         except OcimirrorError as e:
-            # Not fatal: the copies HEAD each tag instead (and report what is wrong).
+            # Not fatal: the copies open it themselves (and report what is wrong).
             log.debug("destination not listed", repository=str(ref), error=str(e))
             return
-        copier.note_destination(store, ref.repository, tags)
+        await copier.list_destination(store, ref.repository)
 
     await asyncio.gather(*(one(g) for g in by_repo.values()))
 
