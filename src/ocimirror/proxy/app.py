@@ -610,12 +610,16 @@ async def upstream_blob_answer(request: web.Request, route: Route, path: str) ->
     return await respond(request, route, resp)
 
 
-# -- handlers -----------------------------------------------------------------------------------
-
-
-async def serve_tags(request: web.Request, route: Route, path: str) -> web.StreamResponse:
-    """Answer a tag list, its `name` and `Link` in the client's names."""
-    resp = await open_upstream(request, route, path, identity=True)
+async def respond_json(
+    request: web.Request,
+    route: Route,
+    resp: aiohttp.ClientResponse,
+    rewrite: Callable[[dict[str, Any]], bool],
+    *,
+    link_query: QueryMap | None = None,
+) -> web.StreamResponse:
+    """Answer with an upstream's JSON object, `rewrite` putting the client's names in it
+    (False: nothing to change); any other answer goes on as it came."""
     if resp.status != 200 or request.method == "HEAD":
         return await respond(request, route, resp)
     raw = await resp.read()
@@ -623,10 +627,25 @@ async def serve_tags(request: web.Request, route: Route, path: str) -> web.Strea
         doc = json.loads(raw)
     except ValueError:
         doc = None
-    if isinstance(doc, dict) and "name" in doc:
-        doc["name"] = route.name
+    if isinstance(doc, dict) and rewrite(doc):
         raw = json.dumps(doc).encode()
-    return await respond(request, route, resp, body=raw)
+    return await respond(request, route, resp, body=raw, link_query=link_query)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+async def serve_tags(request: web.Request, route: Route, path: str) -> web.StreamResponse:
+    """Answer a tag list, its `name` and `Link` in the client's names."""
+    resp = await open_upstream(request, route, path, identity=True)
+
+    def rename(doc: dict[str, Any]) -> bool:
+        if "name" not in doc:
+            return False
+        doc["name"] = route.name
+        return True
+
+    return await respond_json(request, route, resp, rename)
 
 
 async def serve_catalog(request: web.Request) -> web.StreamResponse:
@@ -658,18 +677,15 @@ async def serve_catalog(request: web.Request) -> web.StreamResponse:
     resp = await open_upstream(
         request, route, path, scopes=frozenset({"registry:catalog:*"}), identity=True
     )
-    if resp.status != 200 or request.method == "HEAD":
-        return await respond(request, route, resp)
-    raw = await resp.read()
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("repositories"), list):
+
+    def rename(doc: dict[str, Any]) -> bool:
+        if not isinstance(doc.get("repositories"), list):
+            return False
         repos = [upstream.client_repo(r) for r in doc["repositories"] if isinstance(r, str)]
         doc["repositories"] = [r for r in repos if r is not None]
-        raw = json.dumps(doc).encode()
-    return await respond(request, route, resp, body=raw, link_query=link_query)
+        return True
+
+    return await respond_json(request, route, resp, rename, link_query=link_query)
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
