@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from ocimirror.sync.state import StateDB
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.registry import LocalRegistry, free_port
@@ -45,36 +44,11 @@ def mirror_yaml(
     return "\n".join(lines) + "\n"
 
 
-class Daemon:
+class Daemon(Background):
     """`ocimirror run -c FILE` in the background, its log in a file."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._out = log.open("a")
-        self.proc = subprocess.Popen(
-            ocimirror_command("run", "-c", str(config)), stdout=self._out, stderr=self._out
-        )
-
-    def text(self) -> str:
-        """Everything the daemon logged so far."""
-        return self.log.read_text()
-
-    def signal(self, sig: int) -> None:
-        """Send a signal."""
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        """Wait for the exit code."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._out.close()
-
-    def kill(self) -> None:
-        """Make sure it is gone."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(["run", "-c", str(config)], log)
 
 
 def test_daemon_schedules_reloads_and_stops(

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
@@ -40,35 +38,18 @@ class Answer:
         return json.loads(self.body)
 
 
-class Server:
+class Server(Background):
     """`ocimirror serve` in the background on a free port, its log in a file."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.log = workdir / f"serve-{self.port}.log"
-        self._out = self.log.open("a")
         self.state = f"sqlite:///{workdir}/serve.state.db"
         environ = {k: v for k, v in os.environ.items() if k != "OCIMIRROR_API_TOKENS"}
         environ.update({"PORT": str(self.port), **(env or {})})
-        self.proc = subprocess.Popen(
-            ocimirror_command("serve", "--state", self.state, *args),
-            stdout=self._out,
-            stderr=self._out,
-            env=environ,
+        super().__init__(
+            ["serve", "--state", self.state, *args], workdir / f"serve-{self.port}.log", environ
         )
-        wait_for(self._ready, "the server to be ready")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.text()}")
-        try:
-            return self.call("GET", "/readyz").status == 200
-        except OSError:
-            return False
-
-    def text(self) -> str:
-        """Everything the server logged so far."""
-        return self.log.read_text()
+        self.wait_ready(lambda: self.call("GET", "/readyz").status == 200, "serve")
 
     def call(
         self,
@@ -95,21 +76,6 @@ class Server:
                 return Answer(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as e:
             return Answer(e.code, dict(e.headers), e.read())
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Signal it and wait for the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._out.close()
-
-    def kill(self) -> None:
-        """Make sure it is gone."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture

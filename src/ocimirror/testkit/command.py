@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from signal import SIGTERM
+
+from .polling import wait_for
 
 
 def ocimirror_command(*args: str) -> list[str]:
@@ -28,3 +32,69 @@ def run_ocimirror(
         timeout=timeout,
         check=False,
     )
+
+
+class Background:
+    """`ocimirror ARGS` running in the background, its output appended to a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
+        """Start it (`env`: the whole environment; None: this process's)."""
+        self.log = log
+        self._out = log.open("a")
+        self.proc = subprocess.Popen(
+            ocimirror_command(*args),
+            stdout=self._out,
+            stderr=self._out,
+            env=None if env is None else dict(env),
+        )
+
+    def text(self) -> str:
+        """Everything it logged so far."""
+        return self.log.read_text()
+
+    def wait_ready(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        """Wait until `ready()` holds (an OSError counts as not yet); fail with the log if
+        the process exits first or `timeout` passes."""
+
+        def check() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{what} exited with {self.proc.returncode}:\n{self.text()}")
+            try:
+                return ready()
+            except OSError:
+                return False
+
+        try:
+            wait_for(check, f"{what} to be ready", timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{self.text()}") from None
+
+    def signal(self, sig: int) -> None:
+        """Send a signal (if it still runs)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the exit code."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._out.close()
+
+    def stop(self, sig: int = SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` and wait for the exit code; SIGKILL after `timeout` (the code says so)."""
+        self.signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        """Make sure it is gone, at once."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()

@@ -2,7 +2,7 @@
 
 `ProxyProcess(workdir, *args, env=...)` starts the command on a free loopback port (the
 proxy's own variables in the tests' environment are dropped first, so only `env` sets
-them), waits for `/healthz`, and logs to a file in `workdir`; `call()` sends one request
+them), waits for `/healthz`, and logs to a file in `workdir` (a `command.Background`); `call()` sends one request
 to a port and returns an `Answer` without following redirects.
 """
 
@@ -11,13 +11,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from .command import ocimirror_command
-from .lifecycle import terminate
+from .command import Background, ocimirror_command
 from .registry import free_port
 
 #: `ocimirror proxy`, as a user runs it.
@@ -68,33 +65,17 @@ def call(
         conn.close()
 
 
-class ProxyProcess:
+class ProxyProcess(Background):
     """The proxy command in the background on a free port, its log in a file."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.log = workdir / f"proxy-{self.port}.log"
-        self._out = self.log.open("a")
         environ = {k: v for k, v in os.environ.items() if k not in PROXY_ENV}
         environ.update({"PORT": str(self.port), **(env or {})})
-        self.proc = subprocess.Popen(
-            [*PROXY_COMMAND, "--host", "127.0.0.1", *args],
-            stdout=self._out,
-            stderr=self._out,
-            env=environ,
+        super().__init__(
+            ["proxy", "--host", "127.0.0.1", *args], workdir / f"proxy-{self.port}.log", environ
         )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"proxy exited with {self.proc.returncode}:\n{self.text()}")
-            try:
-                if self.call("GET", "/healthz").status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"proxy not ready:\n{self.text()}")
-            time.sleep(0.05)
+        self.wait_ready(lambda: self.call("GET", "/healthz").status == 200, "the proxy")
 
     @property
     def host(self) -> str:
@@ -105,15 +86,6 @@ class ProxyProcess:
         """A skopeo reference through the proxy."""
         return f"docker://{self.host}/{name}"
 
-    def text(self) -> str:
-        """Everything the proxy logged."""
-        return self.log.read_text()
-
     def call(self, method: str, path: str, **kwargs: Any) -> Answer:
         """Send one request to the proxy."""
         return call(self.port, method, path, **kwargs)
-
-    def stop(self) -> None:
-        """Stop it."""
-        terminate(self.proc)
-        self._out.close()
