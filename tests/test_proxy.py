@@ -31,6 +31,18 @@ TokenServerFactory = Callable[..., TokenServer]
 RegistryFactory = Callable[..., LocalRegistry]
 
 
+def private_image(
+    registry_factory: RegistryFactory, token_server_factory: TokenServerFactory, seed_text: str
+) -> tuple[LocalRegistry, SampleImage]:
+    """A token-auth registry that lets only bob (password builder) pull, holding one image
+    made from `seed_text` at secret/app:1."""
+    server = token_server_factory(users={"bob": "builder"}, anonymous_pull=False)
+    private = registry_factory("private", auth="token", token_server=server)
+    image = make_image(seed=seed_text)
+    asyncio.run(seed(private, "secret/app", [("1", image)]))
+    return private, image
+
+
 def pull_to_oci(skopeo: Skopeo, ref: str, dest: Path, *args: str) -> None:
     """skopeo copy through the proxy (plain HTTP) into an OCI layout."""
     skopeo.run("copy", "--src-tls-verify=false", *args, ref, f"oci:{dest}:t")
@@ -486,10 +498,9 @@ def test_proxy_credentials_and_client_login(
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
-    server = token_server_factory(users={"bob": "builder"}, anonymous_pull=False)
-    private = registry_factory("private", auth="token", token_server=server)
-    image = make_image(seed="private")
-    asyncio.run(seed(private, "secret/app", [("1", image)]))
+    private, image = private_image(registry_factory, token_server_factory, "private")
+    server = private.token_server
+    assert server is not None
     auth_header = "Basic " + base64.b64encode(b"bob:builder").decode()
     proxy = start_proxy(
         "--registry-host",

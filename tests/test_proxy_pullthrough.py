@@ -26,7 +26,7 @@ from ocimirror.testkit.proxy import Answer, ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.tokenserver import TokenServer
-from test_proxy import assert_layout_holds, pull_to_oci
+from test_proxy import assert_layout_holds, private_image, pull_to_oci
 
 RegistryFactory = Callable[..., LocalRegistry]
 TokenServerFactory = Callable[..., TokenServer]
@@ -469,10 +469,7 @@ def test_pass_through_auth_is_asked_for_cache_hits(
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
-    server = token_server_factory(users={"bob": "builder"}, anonymous_pull=False)
-    private = registry_factory("private", auth="token", token_server=server)
-    image = make_image(seed="private-cache")
-    asyncio.run(seed(private, "secret/app", [("1", image)]))
+    private, image = private_image(registry_factory, token_server_factory, "private-cache")
     proxy = cached_proxy(start_proxy, private, tmp_path / "cache")
     pull_to_oci(skopeo, proxy.ref("secret/app:1"), tmp_path / "bob", "--src-creds=bob:builder")
     assert_layout_holds(tmp_path / "bob", image)
@@ -523,10 +520,7 @@ def test_proxy_credentials_serve_cache_hits_without_the_upstream(
     skopeo: Skopeo,
     tmp_path: Path,
 ) -> None:
-    server = token_server_factory(users={"bob": "builder"}, anonymous_pull=False)
-    private = registry_factory("private", auth="token", token_server=server)
-    image = make_image(seed="proxy-creds-cache")
-    asyncio.run(seed(private, "secret/app", [("1", image)]))
+    private, image = private_image(registry_factory, token_server_factory, "proxy-creds-cache")
     auth_header = "Basic " + base64.b64encode(b"bob:builder").decode()
     config = tmp_path / "proxy.yaml"
     config.write_text(
