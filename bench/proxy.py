@@ -79,7 +79,14 @@ from ocimirror.testkit.proxy import PROXY_ENV
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo, free_port
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed_sync
-from run import OCIMIRROR, ChildServer, RequestStats, run_measured, tool_versions
+from run import (
+    OCIMIRROR,
+    ChildServer,
+    RequestStats,
+    pick_corpora,
+    run_measured,
+    tool_versions,
+)
 from sync import _kill_running_tools, memory_mib, render
 
 MiB = 1024 * 1024
@@ -981,15 +988,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds before a pull or a phase is given up (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.corpus.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CORPORA]
-    if unknown or not names:
-        parser.error(f"unknown corpus {unknown}; choose from {', '.join(CORPORA)}")
+    args.corpora = pick_corpora(parser, args.corpus, CORPORA)
     if args.rounds < 1 or args.clients < 1 or args.raw_parallel < 1:
         parser.error("--rounds, --clients and --raw-parallel must be at least 1")
     if args.cache_redirect and args.cache_store != "s3":
         parser.error("--cache-redirect needs --cache-store s3")
-    args.corpora = [CORPORA[n] for n in names]
     return args
 
 

@@ -32,10 +32,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ocimirror import mediatypes as mt
 from ocimirror.testkit.images import (
@@ -62,6 +62,9 @@ RSS_BAR_MIB = 150.0
 
 WRITE_METHODS = frozenset({"PUT", "POST", "PATCH"})
 ACCEPT = ", ".join([mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST])
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,25 @@ class RequestStats:
             writes=sum(1 for r in requests if r.method in WRITE_METHODS),
             errors=sum(1 for r in requests if r.status >= 400),
         )
+
+
+def traffic_lines(src: RequestStats, dst: RequestStats) -> list[str]:
+    """Two indented lines: what the source and the destination registry were asked."""
+    asked_src = ", ".join(f"{k} {n}" for k, n in src.by_kind.items()) or "-"
+    asked_dst = ", ".join(f"{k} {n}" for k, n in dst.by_kind.items()) or "-"
+    return [
+        f"    src ({src.total}, {src.errors} errors): {asked_src}",
+        f"    dst ({dst.total}, {dst.errors} errors, {dst.writes} writes): {asked_dst}",
+    ]
+
+
+def pick_corpora(parser: argparse.ArgumentParser, text: str, known: Mapping[str, T]) -> list[T]:
+    """The corpora a comma-separated `--corpus` names; a usage error for unknown ones."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"unknown corpus {unknown}; choose from {', '.join(known)}")
+    return [known[n] for n in names]
 
 
 @dataclass
@@ -499,11 +521,8 @@ def details(results: Sequence[RunResult]) -> str:
     """Render the requests of every run by method and kind, for diagnosis."""
     out = []
     for r in results:
-        src = ", ".join(f"{k} {n}" for k, n in r.src.by_kind.items()) or "-"
-        dst = ", ".join(f"{k} {n}" for k, n in r.dst.by_kind.items()) or "-"
         out.append(f"{r.corpus} {r.phase} {r.tool}:")
-        out.append(f"    src ({r.src.total}, {r.src.errors} errors): {src}")
-        out.append(f"    dst ({r.dst.total}, {r.dst.errors} errors, {r.dst.writes} writes): {dst}")
+        out += traffic_lines(r.src, r.dst)
     return "\n".join(out)
 
 
@@ -524,11 +543,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds before a run is killed (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.corpus.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CORPORA]
-    if unknown or not names:
-        parser.error(f"unknown corpus {unknown}; choose from {', '.join(CORPORA)}")
-    args.corpora = [CORPORA[n] for n in names]
+    args.corpora = pick_corpora(parser, args.corpus, CORPORA)
     return args
 
 

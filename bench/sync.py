@@ -77,6 +77,7 @@ from run import (
     RequestStats,
     describe_machine,
     run_measured,
+    traffic_lines,
     verify,
 )
 
@@ -726,12 +727,9 @@ def details(runs: Sequence[SyncRun]) -> str:
     """Render the requests of every run by method and kind, for diagnosis."""
     out = []
     for r in runs:
-        src = ", ".join(f"{k} {n}" for k, n in r.src.by_kind.items()) or "-"
-        dst = ", ".join(f"{k} {n}" for k, n in r.dst.by_kind.items()) or "-"
         wall = f", {r.wall_seconds:.2f} s POST to done" if r.wall_seconds is not None else ""
         out.append(f"{r.phase} {r.variant} ({r.seconds:.2f} s{wall}):")
-        out.append(f"    src ({r.src.total}, {r.src.errors} errors): {src}")
-        out.append(f"    dst ({r.dst.total}, {r.dst.errors} errors, {r.dst.writes} writes): {dst}")
+        out += traffic_lines(r.src, r.dst)
     return "\n".join(out)
 
 
