@@ -61,9 +61,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 import structlog
 
 from .. import digest as digests
+from ..atomicfile import open_temp
 from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
-from ..stores.layout import _open_temp
 from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
 
 if TYPE_CHECKING:
@@ -859,7 +859,7 @@ class ProxyCache:
     def _start_download(
         self, digest: str, size: int | None, open_upstream: OpenUpstream
     ) -> _Download:
-        tmp, f = _open_temp(self._place.spool(digest))
+        tmp, f = open_temp(self._place.spool(digest))
         dl = _Download(digest, tmp, f, size)
         self._downloads[digest] = dl
         task = asyncio.create_task(self._download(dl, open_upstream), name=f"fetch {digest}")

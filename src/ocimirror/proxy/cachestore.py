@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import structlog
 
 from .. import digest as digests
+from ..atomicfile import TEMP_PREFIX, fsync_dir, write_atomic
 from ..errors import ConfigError, OcimirrorError
-from ..stores.layout import _fsync_dir, _write_atomic
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -67,7 +67,7 @@ PUT_CONCURRENCY = 4
 STORE_REQUEST_TIMEOUT = "1h"
 
 #: The prefix of a download in progress; a crash's leftovers are removed at start-up.
-TMP_PREFIX = ".tmp-"
+TMP_PREFIX = TEMP_PREFIX
 
 TagKey = tuple[str, str, str]
 
@@ -96,7 +96,7 @@ def _read_file(path: Path) -> bytes | None:
 
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, data)
+    write_atomic(path, data)
 
 
 def _clear_temps(directory: Path) -> None:
@@ -165,7 +165,7 @@ class LocalBlobs:
 
     async def settle(self, digest: str) -> None:
         """Make a committed blob's directory entry durable."""
-        await asyncio.to_thread(_fsync_dir, self.path(digest).parent)
+        await asyncio.to_thread(fsync_dir, self.path(digest).parent)
 
     def remove(self, digests_: list[str]) -> None:
         """Delete blobs (and what is kept about them)."""

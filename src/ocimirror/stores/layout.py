@@ -8,16 +8,15 @@ The layout holds one repository, so every `repo` argument is ignored:
 
 Tags live in `index.json`; a manifest put by digest (the child of an index) is only a
 blob. Every write goes to a temporary file in the same directory and is renamed into
-place, so a reader never sees half a file and a failed write leaves nothing behind.
+place (`ocimirror.atomicfile`), so a reader never sees half a file and a failed write
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO
 
 from .. import digest as digests
 from .. import mediatypes as mt
+from ..atomicfile import commit_temp, discard_temp, open_temp, write_atomic
 from ..errors import DigestMismatch, ManifestError, NotFound, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 
@@ -37,8 +37,6 @@ LAYOUT_VERSION = "1.0.0"
 
 #: How much is read or written per thread hop when streaming a blob.
 CHUNK_SIZE = 1024 * 1024
-
-_TMP_PREFIX = ".tmp-"
 
 
 def _is_digest(ref: str) -> bool:
@@ -62,58 +60,9 @@ def _read_small(path: Path) -> bytes | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry change to disk, where the platform allows it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _open_temp(directory: Path) -> tuple[Path, BinaryIO]:
-    """Create a fresh temporary file in `directory` (mode 0644 less the umask)."""
-    while True:
-        tmp = directory / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        return tmp, os.fdopen(fd, "wb")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a synced temporary file and a rename."""
-    tmp, f = _open_temp(path.parent)
-    try:
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_chunk(f: BinaryIO, h: Any, data: bytes) -> None:
     h.update(data)
     f.write(data)
-
-
-def _finish_temp(f: BinaryIO, tmp: Path, final: Path) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _discard_temp(f: BinaryIO, tmp: Path) -> None:
-    f.close()
-    tmp.unlink(missing_ok=True)
 
 
 class LayoutStore:
@@ -163,7 +112,7 @@ class LayoutStore:
         marker = self.path / "oci-layout"
         if _stat_file(marker) is None:
             doc = {"imageLayoutVersion": LAYOUT_VERSION}
-            _write_atomic(marker, json.dumps(doc, separators=(",", ":")).encode())
+            write_atomic(marker, json.dumps(doc, separators=(",", ":")).encode())
 
     def _load_index(self) -> dict[str, Any]:
         """Read and check `index.json`; an absent one is an empty index."""
@@ -283,7 +232,7 @@ class LayoutStore:
         if _stat_file(path) is not None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, data)
+        write_atomic(path, data)
 
     def _set_tag(self, tag: str, entry: dict[str, Any]) -> None:
         index = self._load_index()
@@ -291,7 +240,7 @@ class LayoutStore:
         index["manifests"] = [*kept, entry]
         index.setdefault("schemaVersion", 2)
         index.setdefault("mediaType", mt.OCI_INDEX)
-        _write_atomic(self.index_path, json.dumps(index, separators=(",", ":")).encode())
+        write_atomic(self.index_path, json.dumps(index, separators=(",", ":")).encode())
 
     async def list_tags(self, repo: str) -> list[str]:
         """Return the tags named in `index.json`, sorted and without duplicates."""
@@ -333,7 +282,7 @@ class LayoutStore:
             return
         await self._ensure_layout()
         await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-        tmp, f = await asyncio.to_thread(_open_temp, final.parent)
+        tmp, f = await asyncio.to_thread(open_temp, final.parent)
         h = digests.hasher(desc.digest)
         total = 0
         pending = bytearray()
@@ -359,10 +308,10 @@ class LayoutStore:
                     f"{actual} ({total} bytes, expected {desc.size})",
                     f"blob {desc.digest}",
                 )
-            await asyncio.to_thread(_finish_temp, f, tmp, final)
+            await asyncio.to_thread(commit_temp, f, tmp, final)
         except BaseException:
             # Synchronous on purpose: cleanup must run even when the task is cancelled.
-            _discard_temp(f, tmp)
+            discard_temp(f, tmp)
             raise
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
