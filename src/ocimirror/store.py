@@ -4,6 +4,8 @@ A registry, an OCI layout directory, an in-memory store and (later) object stora
 answer the same small async protocol, so a copy is always "read from one Store, write to
 another", in every direction. Repositories are named within a store (`library/alpine`);
 a store that holds a single repository (an OCI layout directory) ignores the name.
+Callers ask a store what it can do through its attributes (`verifies_blobs`, `remote`),
+never by its type or its reference's scheme; stores/schemes.py opens the right one.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class Store(Protocol):
     #: them a second time. A registry does (`?digest=` is checked, DIGEST_INVALID
     #: otherwise), and so do the layout and memory stores.
     verifies_blobs: bool
+
+    #: True when every call is a request to a server that rations them (a registry):
+    #: one tag listing of a destination then saves a HEAD per tag copied there. False
+    #: for local stores (a layout directory, memory), where a lookup costs nothing.
+    remote: bool
 
     async def head_manifest(self, repo: str, ref: str) -> Descriptor | None:
         """Return the descriptor of a manifest by tag or digest, or None if absent."""

@@ -73,6 +73,7 @@ class LayoutStore:
         self.path = Path(path)
         self.name = f"oci:{os.fspath(path)}"
         self.verifies_blobs = True
+        self.remote = False
         self.create = create
         self._index_lock = asyncio.Lock()
         self._init_lock = asyncio.Lock()

@@ -16,6 +16,7 @@ class MemoryStore:
     def __init__(self, name: str = "memory") -> None:
         self.name = name
         self.verifies_blobs = True
+        self.remote = False
         self.manifests: dict[tuple[str, str], Manifest] = {}
         self.tags: dict[tuple[str, str], str] = {}
         self.blobs: dict[str, bytes] = {}

@@ -18,6 +18,8 @@ class RegistryStore:
         self.name = client.host
         #: The registry checks the digest of every upload (DIGEST_INVALID otherwise).
         self.verifies_blobs = True
+        #: Every call is an HTTP request the registry may count.
+        self.remote = True
         # Upload sessions opened by a failed mount, reused by the put that follows.
         self._pending: dict[tuple[str, str], str] = {}
 

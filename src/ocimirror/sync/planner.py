@@ -147,9 +147,11 @@ async def plan_mirror(
 
     async def target_tags(dst: Reference, count: int) -> frozenset[str] | None:
         """The target repository's tags when several go there (None: not listed)."""
-        if count < 2 or dst.transport != "docker":
+        if count < 2:
             return None
         store = await store_for(dst, True)
+        if not store.remote:
+            return None  # a local lookup costs nothing: no listing needed
         try:
             async with sem:
                 return frozenset(await store.list_tags(dst.repository))

@@ -159,7 +159,7 @@ async def _list_destinations(
 
     async def one(group: list[CopyTask]) -> None:
         ref = group[0].destination
-        if ref.transport != "docker" or (len(group) < 2 and not all_tags):
+        if len(group) < 2 and not all_tags:
             return
         try:
             store = await pool.store_for(
@@ -169,7 +169,8 @@ async def _list_destinations(
             # Not fatal: the copies open it themselves (and report what is wrong).
             log.debug("destination not listed", repository=str(ref), error=str(e))
             return
-        await copier.list_destination(store, ref.repository)
+        if store.remote:  # a local store's lookups cost nothing: no listing needed
+            await copier.list_destination(store, ref.repository)
 
     await asyncio.gather(*(one(g) for g in by_repo.values()))
 
