@@ -23,6 +23,10 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 NAME_TOTAL_LENGTH_MAX = 255
 
+#: The schemes this module parses (`Reference.transport`); stores/schemes.py opens each.
+REGISTRY_TRANSPORT = "docker"
+LAYOUT_TRANSPORT = "oci"
+
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[_.]|__|[-]+)"
 _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
@@ -113,7 +117,7 @@ def _validate_repository(repo: str, where: str) -> str:
 class Reference:
     """A parsed image or repository reference: a registry repository or an OCI layout."""
 
-    transport: str  # "docker" or "oci"
+    transport: str  # the scheme: REGISTRY_TRANSPORT or LAYOUT_TRANSPORT
     registry: str
     repository: str
     tag: str | None = None
@@ -153,7 +157,7 @@ class Reference:
         _validate_repository(repo, where)
         if registry == DOCKER_HUB and "/" not in repo:
             repo = f"library/{repo}"
-        return cls("docker", registry, repo, tag, digest)
+        return cls(REGISTRY_TRANSPORT, registry, repo, tag, digest)
 
     @classmethod
     def _parse_oci(cls, rest: str, where: str) -> Reference:
@@ -166,7 +170,7 @@ class Reference:
             _validate_tag(tag, where)
         if not path:
             raise ReferenceError(f"{where}: missing layout directory after 'oci:'")
-        return cls("oci", "", "", tag, digest, path)
+        return cls(LAYOUT_TRANSPORT, "", "", tag, digest, path)
 
     @property
     def api_host(self) -> str:
@@ -181,14 +185,14 @@ class Reference:
     @property
     def name(self) -> str:
         """The repository's full name, without tag or digest."""
-        if self.transport == "oci":
-            return f"oci:{self.path}"
+        if self.transport != REGISTRY_TRANSPORT:
+            return f"{self.transport}:{self.path}"
         return f"{self.registry}/{self.repository}" if self.repository else self.registry
 
     @property
     def is_loopback(self) -> bool:
         """Tell whether the registry runs on this machine (plain HTTP allowed)."""
-        return self.transport == "docker" and is_loopback_host(self.registry)
+        return self.transport == REGISTRY_TRANSPORT and is_loopback_host(self.registry)
 
     def with_tag(self, tag: str) -> Reference:
         """Return this repository with `tag` and no digest."""
@@ -208,14 +212,12 @@ class Reference:
 
     def __str__(self) -> str:
         suffix = (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-        if self.transport == "oci":
-            return f"oci:{self.path}{suffix}"
         return f"{self.name}{suffix}"
 
     def familiar(self) -> str:
         """Docker's short form: `alpine:3.20` rather than `docker.io/library/alpine:3.20`."""
         text = str(self)
-        if self.transport == "docker" and self.registry == DOCKER_HUB:
+        if self.transport == REGISTRY_TRANSPORT and self.registry == DOCKER_HUB:
             text = text[len(DOCKER_HUB) + 1 :]
             if text.startswith("library/") and "/" not in self.repository[len("library/") :]:
                 text = text[len("library/") :]
@@ -240,16 +242,16 @@ def parse_prefix(text: str) -> Reference:
     registry = _normalise_domain(domain, where)
     if repo:
         _validate_repository(repo, where)
-    return Reference("docker", registry, repo)
+    return Reference(REGISTRY_TRANSPORT, registry, repo)
 
 
 def join_prefix(prefix: Reference, source: Reference) -> Reference:
     """Place `source` under `prefix`, keeping its path: `PREFIX/library/alpine:3.20`."""
-    if source.transport != "docker":
+    if source.transport != REGISTRY_TRANSPORT:
         raise ReferenceError(f"{source}: only registry images can be mirrored under a prefix")
     repo = f"{prefix.repository}/{source.repository}" if prefix.repository else source.repository
     if len(f"{prefix.registry}/{repo}") > NAME_TOTAL_LENGTH_MAX:
         raise ReferenceError(
             f"{prefix.registry}/{repo}: name longer than {NAME_TOTAL_LENGTH_MAX} characters"
         )
-    return Reference("docker", prefix.registry, repo, source.tag, source.digest)
+    return Reference(REGISTRY_TRANSPORT, prefix.registry, repo, source.tag, source.digest)

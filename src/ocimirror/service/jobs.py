@@ -43,6 +43,7 @@ from ..metrics import MirrorMetrics
 from ..reference import Reference
 from ..store import Store
 from ..stores.pool import StorePool
+from ..stores.schemes import scheme_for
 from ..sync.config import Config
 from ..sync.runner import host_options, keychain_for
 from ..sync.state import INTERRUPTED_ERROR, JobInfo, StateDB
@@ -152,7 +153,7 @@ def _plan(entry: MirrorEntry, request: MirrorRequest) -> _Plan:
     try:
         src, dst = Reference.parse(entry.src), Reference.parse(entry.dst)
         for ref in (src, dst):
-            if ref.transport != "docker":
+            if not scheme_for(ref).registry_host:
                 raise ConfigError(f"{ref}: only registry references are accepted here")
         if not options.all_tags:
             dst = destination_for(src, dst)

@@ -1,1 +1,1 @@
-"""Store implementations: registry, OCI layout directory and in-memory."""
+"""Store implementations (registry, OCI layout directory, in-memory) and the scheme table."""

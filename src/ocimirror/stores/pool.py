@@ -1,4 +1,4 @@
-"""StorePool: opens one Store per place (registry host or layout directory) and closes them."""
+"""StorePool: opens one Store per place (registry host, layout directory, ...) and closes them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions, RegistryClient
 from ..reference import Reference
 from ..store import Store
-from .layout import LayoutStore
 from .registry import RegistryStore
+from .schemes import Opening, scheme_for
 
 
 class StorePool:
@@ -25,20 +25,25 @@ class StorePool:
         credentials: Credentials | None = None,
         create: bool = False,
     ) -> Store:
-        """Return the Store holding `ref`; `credentials` override the keychain's."""
-        if ref.transport == "oci":
-            key: tuple[object, ...] = ("oci", ref.path)
-            if key not in self._stores:
-                self._stores[key] = LayoutStore(ref.path, create=create)
-            return self._stores[key]
-        opts = options or HostOptions()
-        creds = (
-            credentials if credentials is not None else await self.keychain.resolve(ref.registry)
-        )
-        key = ("docker", ref.api_host, opts, creds)
+        """Return the Store holding `ref`; `credentials` override the keychain's.
+
+        The store is opened by the scheme of `ref` (stores/schemes.py); host options and
+        credentials only apply to a scheme that names a registry host.
+        """
+        scheme = scheme_for(ref)
+        opts: HostOptions | None = None
+        creds: Credentials | None = None
+        if scheme.registry_host:
+            opts = options or HostOptions()
+            creds = (
+                credentials
+                if credentials is not None
+                else await self.keychain.resolve(ref.registry)
+            )
+        key = (scheme.name, scheme.place(ref), opts, creds)
         if key not in self._stores:
-            client = RegistryClient(ref.api_host, credentials=creds, options=opts)
-            self._stores[key] = RegistryStore(client)
+            opening = Opening(options=opts, credentials=creds, create=create)
+            self._stores[key] = scheme.open(ref, opening)
         return self._stores[key]
 
     def registry_clients(self) -> list[RegistryClient]:

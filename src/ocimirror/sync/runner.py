@@ -20,6 +20,7 @@ from ..errors import OcimirrorError
 from ..reference import Reference
 from ..store import Store
 from ..stores.pool import StorePool
+from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
 from .config import Config, Mirror
 from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
@@ -143,7 +144,7 @@ async def _one_mirror(
     started = time.monotonic()
 
     async def store_for(ref: Reference, target: bool) -> Store:
-        options = host_options(config, ref.api_host) if ref.transport == "docker" else None
+        options = host_options(config, ref.api_host) if scheme_for(ref).registry_host else None
         return await pool.store_for(ref, options=options, create=target)
 
     known: dict[str, Known] = {}
