@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
+from ..patterns import TagPattern, compile_pattern
 
 __all__ = ["SemverRange", "TagFilter", "Version", "natural_key"]
 
@@ -499,16 +500,8 @@ def _as_strings(name: str, value: object) -> tuple[str, ...]:
     return items
 
 
-def _compile(kind: str, patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    compiled: list[re.Pattern[str]] = []
-    for pattern in patterns:
-        if not pattern:
-            raise ConfigError(f"empty {kind} regex")
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ConfigError(f"invalid {kind} regex {pattern!r}: {exc}") from None
-    return tuple(compiled)
+def _compile(kind: str, patterns: tuple[str, ...]) -> tuple[TagPattern, ...]:
+    return tuple(compile_pattern(pattern, kind) for pattern in patterns)
 
 
 @dataclass(frozen=True)
@@ -516,7 +509,8 @@ class TagFilter:
     """Which tags of a repository to copy (see the module docstring for how parts combine).
 
     `tags` are exact tags, always copied unless excluded. `include`/`exclude` are regexes
-    that must match the whole tag (`re.fullmatch`). `semver` keeps only version tags in the
+    that must match the whole tag, compiled with RE2 (`ocimirror.patterns`: linear time,
+    no backreferences or lookaround). `semver` keeps only version tags in the
     range; `latest` keeps the N highest distinct versions (tags that share a version, such
     as `1.2` and `v1.2.0`, count once), prereleases included unless the range or an
     exclude removes them (`semver="*"` keeps releases only). An empty filter selects all.
@@ -527,8 +521,8 @@ class TagFilter:
     exclude: tuple[str, ...] = ()
     semver: str | None = None
     latest: int | None = None
-    _include: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
-    _exclude: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _include: tuple[TagPattern, ...] = field(init=False, repr=False, compare=False)
+    _exclude: tuple[TagPattern, ...] = field(init=False, repr=False, compare=False)
     _range: SemverRange | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
