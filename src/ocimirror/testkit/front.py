@@ -8,6 +8,7 @@ a real registry, records what it saw, and answers otherwise where a test tells i
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,12 +28,14 @@ def kind_of(request: web.Request) -> str:
 
 
 @asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[int]:
-    """Serve `app` on 127.0.0.1 on a free port; yield the port."""
+async def serve(
+    app: web.Application, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """Serve `app` on 127.0.0.1 on a free port (over TLS with `ssl_context`); yield the port."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port: int = runner.addresses[0][1]
         yield port
