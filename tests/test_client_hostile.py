@@ -11,6 +11,7 @@ which must end with a clear error line and no traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,8 @@ from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
 from ocimirror.errors import AuthError, NotFound, RegistryError
 from ocimirror.stores.registry import RegistryStore
+from ocimirror.sync.config import parse_config
+from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front, kind_of, serve
 from ocimirror.testkit.images import Blob, make_image, random_layer
@@ -475,3 +478,70 @@ async def test_anonymous_token_from_a_plain_http_service_still_works(
             finally:
                 await client.close()
     assert [p.split("?")[0] for _, p, _ in other.seen] == ["/token"]
+
+
+# -- tags a registry should never list ------------------------------------------------------
+
+#: Names a hostile (or broken) registry lists among its tags: none is a tag.
+BAD_TAGS = ["..", "x" * 200, "-dash", "a/b"]
+
+
+def listing_bad_tags(front: Front) -> None:
+    """Make `front` add BAD_TAGS to every tags list the registry answers."""
+
+    async def add(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if kind_of(request) != "tags":
+            return None
+        resp = await front.forward(request, body)
+        assert isinstance(resp.body, bytes)
+        doc = json.loads(resp.body)
+        return web.json_response({**doc, "tags": [*BAD_TAGS[:2], *doc["tags"], *BAD_TAGS[2:]]})
+
+    front.intercept = add
+
+
+async def test_all_tags_copy_skips_invalid_tags_and_copies_the_others(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    src, dst = registry_pair
+    await seed(src, "app", [(t, make_image(layer_size=300, seed=t)) for t in ("1", "2")])
+    async with Front(src).running() as front:
+        listing_bad_tags(front)
+        out = await ocimirror(
+            "copy", "--all-tags", "--json", f"{front.host}/app", f"{dst.host}/app"
+        )
+        assert out.returncode == 0, out.stderr
+        text = await ocimirror("copy", "--all-tags", f"{front.host}/app", f"{dst.host}/app2")
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True
+    assert summary["counts"] == {"copied": 2, "unchanged": 0, "failed": 0}
+    assert summary["skipped"] == [
+        {"source": f"{front.host}/app", "tag": t, "reason": "invalid tag"} for t in BAD_TAGS
+    ]
+    assert dst.tags("app") == dst.tags("app2") == ["1", "2"]
+    # Never asked for: no bad name became a request path.
+    assert all(
+        s.path.endswith(("/tags/list", "/manifests/1", "/manifests/2")) or "/blobs/" in s.path
+        for s in front.seen
+    )
+    assert text.returncode == 0, text.stderr
+    assert f"skipped {front.host}/app: invalid tag '..'" in text.stderr
+    assert f"skipped {front.host}/app: invalid tag 'xxxxxxxx" in text.stderr
+    assert "Traceback" not in text.stderr
+
+
+async def test_sync_plan_skips_invalid_tags(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    src, dst = registry_pair
+    await seed(src, "lib/app", [(t, make_image(layer_size=300, seed=t)) for t in ("1", "2")])
+    async with Front(src).running() as front:
+        listing_bad_tags(front)
+        config = parse_config(
+            f"mirrors:\n  - name: app\n    source: {front.host}/lib/app\n"
+            f"    targets: [{dst.host}/mirror/app]\n"
+        )
+        (dry,) = await sync_pass(config, state=None, mode="dry-run")
+    assert dry.plan.errors == []
+    assert {t.target.ref: t.reason for t in dry.plan.tasks} == {"1": "new", "2": "new"}
+    assert dry.status == "ok"

@@ -28,7 +28,7 @@ from typing import Literal
 from ..errors import ConfigError
 from ..patterns import TagPattern, compile_pattern
 
-__all__ = ["SemverRange", "TagFilter", "Version", "natural_key"]
+__all__ = ["SemverRange", "TagFilter", "Version", "natural_key", "shown", "split_listed"]
 
 _NUM = r"0|[1-9][0-9]*"
 # Minor and patch may carry leading zeros ("22.04", "2024.01.15"); see `Version.parse`.
@@ -485,6 +485,25 @@ def natural_key(tag: str) -> _NaturalKey:
     if version is not None:
         return (0, version.sort_key(), chunks, tag)
     return (1, (), chunks, tag)
+
+
+def split_listed(tags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split a registry's tag listing into valid tags and names outside the tag grammar.
+
+    A registry may list anything (`..`, a 200-character name); such a name is skipped by
+    the caller, with a warning, and never becomes a reference or a URL.
+    """
+    valid: list[str] = []
+    invalid: list[str] = []
+    for tag in tags:
+        (valid if _TAG_RE.fullmatch(tag) else invalid).append(tag)
+    return valid, invalid
+
+
+def shown(tag: str, limit: int = 80) -> str:
+    """Quote a name a registry gave for a message: repr, cut to `limit` characters."""
+    text = repr(tag)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _as_strings(name: str, value: object) -> tuple[str, ...]:
