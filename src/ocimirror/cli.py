@@ -31,7 +31,7 @@ from .sync import commands as sync_commands
 from .transfer.copy import CopyOptions, Progress
 from .transfer.engine import RunSummary, Side, run_copies
 from .transfer.plan import plan_mirror
-from .transfer.tags import TagFilter
+from .transfer.tags import TagFilter, shown
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -276,6 +276,12 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
         f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)
+    for skip in summary.skipped:
+        console.print(
+            f"[yellow]skipped[/] {escape(skip.source)}: {skip.reason} {escape(shown(skip.tag))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if failed:
         console.print("[red]failed:[/]", highlight=False)
         for r in failed:
