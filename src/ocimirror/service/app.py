@@ -6,13 +6,16 @@
   schedule), `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the dashboard at `/`.
 - With API tokens configured every write endpoint and the job API need
   `Authorization: Bearer TOKEN` (401 otherwise); health, metrics and the read-only
-  dashboard stay open. A malformed body is refused before anything is copied.
+  dashboard stay open. A malformed body is refused before anything is copied: over 1 MB
+  (413, however it is sent), nested deeper than `MAX_DEPTH`, or with more than
+  `max_entries` entries (413).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +40,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Paths open without a token even when tokens are configured.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/dashboard"})
+#: Entries one request may have unless `api.max_entries` says otherwise.
+DEFAULT_MAX_ENTRIES = 1000
+#: How deeply a request body's arrays and objects may nest (a request needs 3).
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Service:
     metrics: MirrorMetrics
     daemon: Daemon | None = None
     tokens: Sequence[str] = ()
+    max_entries: int = DEFAULT_MAX_ENTRIES
     ready: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -69,17 +77,48 @@ class BodyError(Exception):
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
-    """Read a request body of at most `limit` bytes (413 beyond, checked before reading)."""
+    """Read a whole request body of at most `limit` bytes (413 beyond).
+
+    A Content-Length over the limit is refused before reading; otherwise the body is read
+    piece by piece as it arrives (chunked or not) until its end, or until it is too long.
+    """
     too_large = BodyError(413, "Request body must not be larger than 1MB")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise too_large
-    return body
+    body = bytearray()
+    while True:
+        # read(n) answers what has arrived (up to n bytes), b"" only at the body's end.
+        piece = await request.content.read(limit + 1 - len(body))
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > limit:
+            raise too_large
 
 
-def parse_mirror_request(body: bytes) -> MirrorRequest:
+#: A JSON string (skipped) or a bracket (counted) when measuring how deep a body nests.
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _too_deep(text: str, start: int, limit: int = MAX_DEPTH) -> int | None:
+    """Where the body first nests deeper than `limit` (a string index), else None."""
+    if text.count("[", start) + text.count("{", start) <= limit:
+        return None
+    depth = 0
+    for match in _NESTING.finditer(text, start):
+        c = match.group()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return match.start()
+        elif c in "]}":
+            depth -= 1
+            if depth <= 0:
+                return None  # the value ended: what follows is ignored, as by Go's decoder
+    return None
+
+
+def parse_mirror_request(body: bytes, max_entries: int = DEFAULT_MAX_ENTRIES) -> MirrorRequest:
     """Parse and validate a mirror request; a BodyError says what is wrong and where."""
     if not body.strip():
         raise BodyError(400, "Request body must not be empty")
@@ -90,9 +129,18 @@ def parse_mirror_request(body: bytes) -> MirrorRequest:
             400, f"Request body contains badly-formed JSON (at position {e.start + 1})"
         ) from None
     start = len(text) - len(text.lstrip(" \t\n\r"))
+    deep = _too_deep(text, start)
+    if deep is not None:
+        raise BodyError(
+            400,
+            f"Request body contains JSON nested more than {MAX_DEPTH} deep"
+            f" (at position {len(text[: deep + 1].encode())})",
+        )
     try:
         # Like Go's Decoder.Decode: the first JSON value counts, anything after it is ignored.
         doc, _end = json.JSONDecoder().raw_decode(text, start)
+    except RecursionError:  # a backstop: _too_deep refuses such bodies first
+        raise BodyError(400, "Request body contains badly-formed JSON") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip(" \t\n\r")):
             raise BodyError(400, "Request body contains badly-formed JSON") from None
@@ -105,6 +153,13 @@ def parse_mirror_request(body: bytes) -> MirrorRequest:
         where = start + 1 if isinstance(doc, list) else go_offset(text, ())
         raise BodyError(
             400, f'Request body contains an invalid value for the "" field (at position {where})'
+        )
+    entries = doc.get("mirrors")
+    if isinstance(entries, list) and len(entries) > max_entries:
+        raise BodyError(
+            413,
+            f"Request body has {len(entries)} mirrors entries: at most {max_entries} are"
+            " accepted in one request (api.max_entries)",
         )
     try:
         return MirrorRequest.model_validate(doc)
@@ -234,7 +289,8 @@ async def cloud_run_mirror(request: web.Request) -> web.Response:
     """`POST /`: copy every entry, answer when done (the Cloud Run mirror contract)."""
     service = request.app[SERVICE]
     try:
-        mirror_request = parse_mirror_request(await read_body(request))
+        body = await read_body(request)
+        mirror_request = parse_mirror_request(body, service.max_entries)
     except BodyError as e:
         # As Go's http.Error writes it: plain text, one line.
         return web.Response(
@@ -252,7 +308,8 @@ async def create_job(request: web.Request) -> web.Response:
     """`POST /api/v1/jobs`: start copying and answer 202 with the job's id at once."""
     service = request.app[SERVICE]
     try:
-        mirror_request = parse_mirror_request(await read_body(request))
+        body = await read_body(request)
+        mirror_request = parse_mirror_request(body, service.max_entries)
     except BodyError as e:
         return api_error(e.status, e.message, e.detail)
     job, joined = await service.jobs.submit(mirror_request)

@@ -185,7 +185,14 @@ async def _serve(
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
             await jobs.start()
-            service = Service(state=state, jobs=jobs, metrics=metrics, daemon=daemon, tokens=tokens)
+            service = Service(
+                state=state,
+                jobs=jobs,
+                metrics=metrics,
+                daemon=daemon,
+                tokens=tokens,
+                max_entries=cfg.api.max_entries,
+            )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
             site = web.TCPSite(runner, bind, port)

@@ -80,7 +80,10 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(_ref("MirrorResponse"), "Done: ok, or the errors"),
                         "400": {"description": "The body is not a valid request", **text_error},
                         "401": _UNAUTHORIZED,
-                        "413": {"description": "The body is over 1 MB", **text_error},
+                        "413": {
+                            "description": "The body is over 1 MB, or has too many entries",
+                            **text_error,
+                        },
                     },
                 },
                 "get": {
@@ -104,7 +107,7 @@ def openapi_document() -> dict[str, Any]:
                         "202": _json(_ref("JobAccepted"), "Started (or joined a running job)"),
                         "400": _error("The body is not a valid request"),
                         "401": _UNAUTHORIZED,
-                        "413": _error("The body is over 1 MB"),
+                        "413": _error("The body is over 1 MB, or has too many entries"),
                     },
                 },
                 "get": {

@@ -282,9 +282,13 @@ class Metrics(_Model):
 
 
 class Api(_Model):
-    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require."""
+    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require.
+
+    `max_entries`: the most `mirrors` entries one request may have.
+    """
 
     tokens: list[Secret] = []
+    max_entries: int = Field(default=1000, ge=1)
 
     @field_validator("tokens", mode="before")
     @classmethod
