@@ -1,13 +1,17 @@
 """`ocimirror serve` against the requests of issue 11: each one sent as the attacker did.
 
-Bodies that arrive in pieces (with a length or chunked), bodies too large, too deep or with
-too many entries, and finished jobs piling up in memory. The service runs as a real process
-on loopback; raw sockets send what urllib would not.
+A web page driving the service (a cross-origin `text/plain` POST, a DNS-rebinding `Host`),
+the dashboard's data read without a token, bodies that arrive in pieces (with a length or
+chunked), bodies too large, too deep or with too many entries, and finished jobs piling up
+in memory. The service runs as a real process on loopback; raw sockets send what urllib
+would not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import http.client
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -15,11 +19,15 @@ from typing import Any
 
 import pytest
 
+from ocimirror.service import access
+from ocimirror.service.access import AccessPolicy, split_host
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
 from ocimirror.sync.state import StateDB
+from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
-from test_serve import Server
+from ocimirror.testkit.seeding import seed
+from test_serve import TOKEN, Server
 
 EVIL = "http://evil.example"
 PLAIN = {"Content-Type": "text/plain"}
@@ -50,6 +58,100 @@ def copy_body(src: LocalRegistry, dst: LocalRegistry, repo: str) -> bytes:
     """A request copying `lib/app:1` from `src` to `dst`'s `repo`."""
     entry = {"src": f"{src.host}/lib/app:1", "dst": f"{dst.host}/{repo}:1"}
     return json.dumps({"mirrors": [entry]}).encode()
+
+
+# --------------------------------------------------------------------------- web pages
+
+
+def test_a_cross_origin_post_is_refused_and_copies_nothing(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], server: Server
+) -> None:
+    src, dst = registry_pair
+    asyncio.run(seed(src, "lib/app", [("1", make_image(layer_size=200, seed="xo"))]))
+    body = copy_body(src, dst, "stolen/app")
+    src_mark, dst_mark = src.mark(), dst.mark()
+    for path in ("/", "/api/v1/jobs"):
+        # What a page's fetch(url, {method: "POST", mode: "no-cors", body}) sends.
+        forged = server.call("POST", path, body, headers={**PLAIN, "Origin": EVIL})
+        assert forged.status == 403, (path, forged.body)
+        assert "cross-origin request refused" in forged.json()["error"]
+        # The same with JSON, and with the sandboxed frame's `null`: refused alike.
+        for origin in (EVIL, "null", f"http://127.0.0.1:{server.port}.evil.example"):
+            answer = server.call("POST", path, body, headers={"Origin": origin})
+            assert answer.status == 403, (path, origin)
+        # Without an Origin (not a browser), text/plain is still not an API write.
+        typed = server.call("POST", path, body, headers=PLAIN)
+        assert typed.status == 415, (path, typed.body)
+        assert b"Content-Type must be application/json" in typed.body
+    assert server.call("GET", "/api/v1/jobs").json()["jobs"] == []
+    assert src.requests(since=src_mark) == []
+    assert dst.requests(since=dst_mark) == []
+    assert dst.tags("stolen/app") == []
+    # A POST from the dashboard's own origin is fine.
+    same = server.call("POST", "/", b"{}", headers={"Origin": f"http://127.0.0.1:{server.port}"})
+    assert same.body == b'{"ok":true}\n'
+
+
+def test_a_dns_rebinding_host_is_refused(server_factory: Callable[..., Server]) -> None:
+    server = server_factory()
+    port = server.port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", "", "a b"):
+        for method, path, body in (("GET", "/api/v1/jobs", None), ("POST", "/", b"{}")):
+            answer = server.call(method, path, body, headers={"Host": host})
+            assert answer.status == 403, (host, path)
+            assert "is not an address this service answers on" in answer.json()["error"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LOCALHOST:{port}"):
+        assert server.call("GET", "/api/v1/jobs", headers={"Host": host}).status == 200, host
+    # Health and readiness answer whatever the Host (probes use the pod's address).
+    assert server.call("GET", "/healthz", headers={"Host": "10.1.2.3:80"}).status == 200
+    # A name allowed explicitly, from the flag or the environment, with any port.
+    named = server_factory(
+        "--allowed-host", "mirror.internal", env={"OCIMIRROR_ALLOWED_HOSTS": "other.internal"}
+    )
+    for host in ("mirror.internal", "mirror.internal:443", "other.internal:8080"):
+        answer = named.call("POST", "/", b"{}", headers={"Host": host, "Origin": f"http://{host}"})
+        assert answer.body == b'{"ok":true}\n', host
+    assert named.call("GET", "/api/v1/jobs", headers={"Host": "evil.example"}).status == 403
+
+
+def test_with_tokens_the_dashboard_and_its_data_need_one(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--host", "127.0.0.1", env={"OCIMIRROR_API_TOKENS": TOKEN})
+    assert server.call("GET", "/api/v1/dashboard").status == 401
+    assert server.call("GET", "/api/v1/dashboard", token="wrong").status == 401
+    assert server.call("GET", "/api/v1/dashboard", token=TOKEN).json() == {
+        "mirrors": [],
+        "jobs": [],
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+    def send(
+        method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> http.client.HTTPResponse:
+        conn.request(method, path, body=body, headers=headers or {})
+        answer = conn.getresponse()
+        answer.read()
+        return answer
+
+    try:
+        assert send("GET", "/?token=wrong").status == 401
+        # The token in the URL once: kept in a cookie, the URL cleaned.
+        login = send("GET", f"/?token={TOKEN}")
+        assert login.status == 303
+        assert login.headers["Location"] == "/"
+        cookie = login.headers["Set-Cookie"]
+        assert cookie.startswith(f"{access.TOKEN_COOKIE}={TOKEN};")
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        jar = {"Cookie": cookie.split(";", 1)[0]}
+        for path in ("/", "/api/v1/dashboard", "/api/v1/jobs"):
+            assert send("GET", path, headers=jar).status == 200, path
+        # The cookie reads; it never writes (a write takes the Authorization header).
+        assert send("POST", "/api/v1/jobs", b"{}", {**jar, **JSON}).status == 401
+    finally:
+        conn.close()
+    assert TOKEN not in server.text()
 
 
 # --------------------------------------------------------------------------- bodies
@@ -235,3 +337,84 @@ async def test_a_job_whose_last_write_failed_stays_true(
     done = await manager.wait(view.id)
     assert done.state == "failed"  # not the "running" the database still says
     assert manager.held() == 1
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(access.hmac, "compare_digest", recording)
+    policy = AccessPolicy.of(tokens=["first-token", TOKEN])
+    assert policy.token_ok(TOKEN)
+    assert policy.token_ok(f" {TOKEN} ")
+    for wrong in ("first", TOKEN[:-1], TOKEN + "x", ""):
+        assert not policy.token_ok(wrong), wrong
+    # Every token is compared every time, by hmac.compare_digest: no early exit.
+    assert len(compared) == 2 * 6
+    assert {b for _, b in compared} == {b"first-token", TOKEN.encode()}
+
+
+HOSTS = [
+    # (bind, allowed, Host, ok)
+    ("127.0.0.1", (), "127.0.0.1:8080", True),
+    ("127.0.0.1", (), "localhost:8080", True),
+    ("127.0.0.1", (), "[::1]:8080", True),
+    ("127.0.0.1", (), "127.0.0.1:8081", False),
+    ("127.0.0.1", (), "127.0.0.1", False),  # port 80
+    ("127.0.0.1", (), "evil.example:8080", False),
+    ("127.0.0.1", (), "localhost.evil.example:8080", False),
+    ("127.0.0.1", (), None, False),
+    ("127.0.0.1", ("mirror.lan",), "mirror.lan", True),
+    ("127.0.0.1", ("*",), "anything.example", True),
+    ("10.0.0.5", (), "10.0.0.5:8080", True),
+    ("10.0.0.5", (), "localhost:8080", False),
+    ("::1", (), "[::1]:8080", True),
+    ("0.0.0.0", (), "mirror.run.app", True),  # every interface: unknown names
+    ("0.0.0.0", ("mirror.lan",), "mirror.run.app", False),
+    ("0.0.0.0", ("mirror.lan",), "localhost:8080", True),
+]
+
+
+@pytest.mark.parametrize(("bind", "allowed", "host", "ok"), HOSTS)
+def test_which_hosts_are_served(
+    bind: str, allowed: tuple[str, ...], host: str | None, ok: bool
+) -> None:
+    policy = AccessPolicy.of(bind=bind, port=8080, allowed_hosts=allowed)
+    assert policy.host_ok(host) is ok
+
+
+ORIGINS = [
+    # (Origin, Host, ok)
+    (None, "127.0.0.1:8080", True),
+    ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+    ("http://localhost:8080", "localhost:8080", True),
+    ("http://localhost:8080", "127.0.0.1:8080", False),
+    ("http://127.0.0.1:8081", "127.0.0.1:8080", False),
+    ("https://mirror.lan", "mirror.lan", True),
+    ("https://mirror.lan", "mirror.lan:443", True),
+    ("http://evil.example", "127.0.0.1:8080", False),
+    ("null", "127.0.0.1:8080", False),
+    ("file://", "127.0.0.1:8080", False),
+    ("http://proxy.lan", "127.0.0.1:8080", True),  # an allowed name in front
+]
+
+
+@pytest.mark.parametrize(("origin", "host", "ok"), ORIGINS)
+def test_which_origins_are_the_services_own(origin: str | None, host: str, ok: bool) -> None:
+    policy = AccessPolicy.of(port=8080, allowed_hosts=["proxy.lan"])
+    assert policy.origin_ok(origin, host) is ok
+
+
+def test_host_headers_are_parsed_strictly() -> None:
+    assert split_host("Example.COM:81") == ("example.com", 81)
+    assert split_host("[::1]:8080") == ("[::1]", 8080)
+    assert split_host("[::1]") == ("[::1]", None)
+    for bad in ("", ":80", "a:b", "a:", "a:0", "a:70000", "[::1", "a/b", "a@b", "::1"):
+        assert split_host(bad) is None, bad
