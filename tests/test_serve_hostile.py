@@ -154,6 +154,43 @@ def test_with_tokens_the_dashboard_and_its_data_need_one(
     assert TOKEN not in server.text()
 
 
+async def test_with_tokens_the_dashboard_polls_in_chromium(
+    server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    """`/?token=T` once: the page loads without it in the URL and its polling succeeds."""
+    from playwright.async_api import async_playwright, expect
+
+    from ocimirror.testkit.browser import launch_chromium
+
+    env = {"OCIMIRROR_API_TOKENS": TOKEN}
+    server = await asyncio.to_thread(server_factory, "--host", "127.0.0.1", env=env)
+    base = f"http://127.0.0.1:{server.port}"
+    async with async_playwright() as pw:
+        context = await launch_chromium(pw, tmp_path / "profile")
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            polled: list[int] = []
+            page.on(
+                "response",
+                lambda r: polled.append(r.status) if r.url.endswith("/api/v1/dashboard") else None,
+            )
+            first = await page.goto(f"{base}/")
+            assert first is not None
+            assert first.status == 401  # no token, no page
+            await page.goto(f"{base}/?token={TOKEN}")
+            assert page.url == f"{base}/"  # the token left the URL (and the history)
+            await expect(page.locator("#updated")).to_contain_text("updated ", timeout=15_000)
+            assert polled
+            assert set(polled) == {200}
+            await expect(page.locator("#conn")).to_be_hidden()
+            cookies = await context.cookies(base)
+            (cookie,) = [c for c in cookies if c["name"] == access.TOKEN_COOKIE]
+            assert cookie["httpOnly"]
+            assert cookie["sameSite"] == "Strict"
+        finally:
+            await context.close()
+
+
 # --------------------------------------------------------------------------- bodies
 
 
