@@ -67,6 +67,7 @@ class Server(Background):
         )
         for k, v in (headers or {}).items():
             req.add_header(k, v)
+        # API writes are JSON (a browser cannot send that cross-origin unasked).
         if data is not None and "Content-Type" not in (headers or {}):
             req.add_header("Content-Type", "application/json")
         if token:
@@ -265,7 +266,7 @@ def test_the_same_pair_requested_five_times_at_once_copies_once(
 # --------------------------------------------------------------------------- access
 
 
-def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
+def test_tokens_guard_every_route_but_health(
     server_factory: Callable[..., Server],
 ) -> None:
     server = server_factory("--host", "127.0.0.1", env={"OCIMIRROR_API_TOKENS": TOKEN})
@@ -276,6 +277,12 @@ def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
         ("GET", "/api/v1/jobs/x", None),
         ("DELETE", "/api/v1/jobs/x", None),
         ("POST", "/api/v1/mirrors/x/sync", None),
+        # The dashboard's data are the jobs' data: guarded alike (issue 11).
+        ("GET", "/api/v1/dashboard", None),
+        ("GET", "/api/v1/mirrors", None),
+        ("GET", "/", None),
+        ("GET", "/metrics", None),
+        ("GET", "/openapi.json", None),
     ]
     for method, path, body in guarded:
         for token in (None, "wrong"):
@@ -284,8 +291,10 @@ def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
             assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     assert server.call("POST", "/", {"mirrors": []}, token=TOKEN).body == b'{"ok":true}\n'
     assert server.call("GET", "/api/v1/jobs", token=TOKEN).status == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/"):
+    for path in ("/healthz", "/readyz"):
         assert server.call("GET", path).status == 200, path
+    for path in ("/metrics", "/openapi.json", "/", "/api/v1/dashboard"):
+        assert server.call("GET", path, token=TOKEN).status == 200, path
     assert TOKEN not in server.text()
 
 
@@ -355,11 +364,11 @@ def test_configured_mirrors_run_on_demand_and_report(
     assert mirror["name"] == "cfg"
     assert mirror["last_run"] is None
     assert mirror["next_run"] is None  # on demand
-    assert server.call("POST", "/api/v1/mirrors/cfg/sync").status == 202
+    assert server.call("POST", "/api/v1/mirrors/cfg/sync", {}).status == 202
     # Asked for is running at once: a poller never mistakes the previous run for this one.
     (asked,) = server.call("GET", "/api/v1/mirrors").json()["mirrors"]
     assert asked["running"] is True or asked["last_status"] == "ok"
-    assert server.call("POST", "/api/v1/mirrors/nope/sync").status == 404
+    assert server.call("POST", "/api/v1/mirrors/nope/sync", {}).status == 404
     wait_for(lambda: dst.tags("cfg/app") == ["1"], "the on-demand run")
 
     def reported() -> bool:
@@ -399,7 +408,9 @@ async def test_the_dashboard_of_a_real_service_in_chromium(
         "    schedule: 0\n"
     )
     server = await asyncio.to_thread(server_factory, "-c", str(config))
-    assert (await asyncio.to_thread(server.call, "POST", "/api/v1/mirrors/web/sync")).status == 202
+    assert (
+        await asyncio.to_thread(server.call, "POST", "/api/v1/mirrors/web/sync", {})
+    ).status == 202
     await asyncio.to_thread(wait_for, lambda: dst.tags("live/web") == ["1"], "the mirror run")
     body = {"mirrors": [{"src": f"{src.host}/lib/slow:1", "dst": f"{dst.host}/live/slow:1"}]}
     job_id = (await asyncio.to_thread(server.call, "POST", "/api/v1/jobs", body)).json()["id"]

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 DEFAULT_PORT = 8080
 #: API tokens from the environment, comma-separated.
 TOKENS_ENV = "OCIMIRROR_API_TOKENS"
+#: Host names allowed besides the address served, comma-separated.
+ALLOWED_HOSTS_ENV = "OCIMIRROR_ALLOWED_HOSTS"
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,6 +75,13 @@ def tokens_from(config: Config) -> list[str]:
     return [t for t in tokens if t]
 
 
+def allowed_hosts_from(config: Config, flags: list[str] | None) -> list[str]:
+    """Allowed Host names: --allowed-host, api.allowed_hosts and $OCIMIRROR_ALLOWED_HOSTS."""
+    names = [*(flags or []), *config.api.allowed_hosts]
+    names += os.environ.get(ALLOWED_HOSTS_ENV, "").split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
 def serve(
     config: Annotated[
         Path | None,
@@ -108,6 +117,16 @@ def serve(
             " as Cloud Run IAM, authenticates callers).",
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A name (besides the address served) that requests may give as Host and"
+            " Origin, e.g. a reverse proxy's; repeatable; * allows any Host (also"
+            f" api.allowed_hosts, ${ALLOWED_HOSTS_ENV}).",
+            metavar="NAME",
+        ),
+    ] = None,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
@@ -124,7 +143,17 @@ def serve(
     lg = loaded.config.logging
     configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
     raise typer.Exit(
-        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated))
+        asyncio.run(
+            _serve(
+                loaded,
+                config,
+                bind_port,
+                host,
+                state,
+                allow_unauthenticated,
+                allowed_hosts_from(loaded.config, allowed_host),
+            )
+        )
     )
 
 
@@ -135,6 +164,7 @@ async def _serve(
     host: str | None,
     state_url: str | None,
     allow_unauthenticated: bool,
+    allowed_hosts: list[str],
 ) -> int:
     import structlog
     from aiohttp import web
@@ -144,6 +174,7 @@ async def _serve(
     from ..sync.daemon import Daemon
     from ..sync.runner import keychain_for
     from ..sync.state import StateDB, default_url
+    from .access import AccessPolicy
     from .app import Service, make_app
     from .jobs import JobManager
 
@@ -185,7 +216,21 @@ async def _serve(
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
             await jobs.start()
-            service = Service(state=state, jobs=jobs, metrics=metrics, daemon=daemon, tokens=tokens)
+            policy = AccessPolicy.of(
+                tokens=tokens,
+                bind=bind,
+                port=port,
+                allowed_hosts=allowed_hosts,
+                allow_unauthenticated=allow_unauthenticated,
+            )
+            service = Service(
+                state=state,
+                jobs=jobs,
+                metrics=metrics,
+                daemon=daemon,
+                policy=policy,
+                max_entries=cfg.api.max_entries,
+            )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
             site = web.TCPSite(runner, bind, port)

@@ -20,13 +20,17 @@ ends. The database's `done` state is the API's `succeeded`. Cancelling a job can
 copies only it was waiting for; since a tag is always written last, nothing half-written
 is left. Jobs still queued or running when the process stopped are marked `interrupted`
 by `start()`, and `close()` interrupts the jobs it stops.
+
+Only queued and running jobs are held in memory: a finished job is read back from the
+database (its final write is awaited before it is let go), so memory does not grow with
+the jobs served. A job whose final write failed is kept, up to `KEEP_UNSAVED`, so that
+what the API answers stays true.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,8 +77,8 @@ FlightKey = tuple[str, str, ResolvedOptions]
 METRICS_LABEL = "(jobs)"
 #: The error of an entry whose job was cancelled before it finished.
 CANCELLED_ERROR = "cancelled before the copy finished"
-#: Finished jobs kept in memory, answered without the database.
-KEEP_FINISHED = 256
+#: Finished jobs whose final write failed, kept in memory to answer with (the oldest go).
+KEEP_UNSAVED = 64
 #: Seconds `cancel()` and `close()` wait for cancelled copies to stop.
 STOP_TIMEOUT = 30.0
 
@@ -422,7 +426,7 @@ class JobManager:
         self.image_concurrency = image_concurrency
         self.metrics = metrics
         self._jobs: dict[str, _Job] = {}  # queued or running
-        self._finished: OrderedDict[str, _Job] = OrderedDict()
+        self._unsaved: OrderedDict[str, JobView] = OrderedDict()
         self._flights: dict[FlightKey, _Flight] = {}
         self._copiers: dict[tuple[str, str, CopyOptions], _SharedCopier] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -471,9 +475,13 @@ class JobManager:
         return view
 
     def view(self, job_id: str) -> JobView | None:
-        """Return a job of this process (running, or recently finished), else None."""
-        job = self._jobs.get(job_id) or self._finished.get(job_id)
-        return None if job is None else job.view()
+        """Return a job of this process still queued or running (else None)."""
+        job = self._jobs.get(job_id)
+        return job.view() if job is not None else self._unsaved.get(job_id)
+
+    def held(self) -> int:
+        """Count the jobs held in memory (queued, running, or finished but not written)."""
+        return len(self._jobs) + len(self._unsaved)
 
     async def get(self, job_id: str) -> JobView | None:
         """Return a job, live or from the state database; None if there is none."""
@@ -622,19 +630,23 @@ class JobManager:
 
         return forget
 
-    async def _save(self, job: _Job) -> None:
+    async def _save(self, job: _Job) -> bool:
         """Write the job's state, progress and entries; never cancelled half-way.
 
         Writes are ordered, and coalesced: a change made while an earlier write waits its
-        turn is written by that one (it takes its snapshot when its turn comes).
+        turn is written by that one (it takes its snapshot when its turn comes). Tell
+        whether the write succeeded.
         """
         task = job.pending_write
         if task is None:
             task = job.pending_write = asyncio.create_task(self._persist(job))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        with contextlib.suppress(Exception):  # logged by _persist
+        try:
             await asyncio.shield(task)
+        except Exception:  # logged by _persist
+            return False
+        return True
 
     async def _persist(self, job: _Job) -> None:
         async with job.lock:
@@ -667,13 +679,16 @@ class JobManager:
             job.error = "cancelled"
         elif state == "interrupted":
             job.error = INTERRUPTED_ERROR
+        saved = False
         try:
-            await self._save(job)
+            saved = await self._save(job)
         finally:
+            # Written: the database answers for it from now on. Not written: keep its view.
             self._jobs.pop(job.id, None)
-            self._finished[job.id] = job
-            while len(self._finished) > KEEP_FINISHED:
-                self._finished.popitem(last=False)
+            if not saved:
+                self._unsaved[job.id] = job.view()
+                while len(self._unsaved) > KEEP_UNSAVED:
+                    self._unsaved.popitem(last=False)
             job.done.set()
             log.info("job finished", job=job.id, state=state, error=job.error)
 

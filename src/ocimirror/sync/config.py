@@ -282,9 +282,16 @@ class Metrics(_Model):
 
 
 class Api(_Model):
-    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require."""
+    """`ocimirror serve`: bearer tokens every route but health needs, and request limits.
+
+    `allowed_hosts`: names (besides the address served) that a request's `Host` and
+    `Origin` may carry, e.g. the name of a reverse proxy in front; `*` allows any Host.
+    `max_entries`: the most `mirrors` entries one request may have.
+    """
 
     tokens: list[Secret] = []
+    allowed_hosts: list[str] = []
+    max_entries: int = Field(default=1000, ge=1)
 
     @field_validator("tokens", mode="before")
     @classmethod
