@@ -527,7 +527,8 @@ async def follow_redirects(
             resp = await open_upstream(request, route, location, method=method, headers=headers)
             continue
         foreign = {k: v for k, v in sent.items() if k != "Accept"}
-        resp = await route.upstream.client.send_raw(method, location, headers=foreign)
+        # Redirects lead blobs to storage: the blobs' pool, as what led there.
+        resp = await route.upstream.blob_client.send_raw(method, location, headers=foreign)
     return resp
 
 

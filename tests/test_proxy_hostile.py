@@ -1,0 +1,106 @@
+"""`ocimirror proxy` probed as an attacker would (issue 11): slow readers of big blobs do
+not starve manifests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from ocimirror.testkit.proxy import ProxyProcess
+
+# -- slow readers ----------------------------------------------------------------------------
+
+
+class EndlessBlobs:
+    """A stand-in upstream: manifests answer at once, every blob is an endless body (sent
+    as fast as the reader takes it, which for a client that reads nothing is never)."""
+
+    MANIFEST = b'{"schemaVersion":2}'
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/blobs/" in self.path:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 40))
+                    self.end_headers()
+                    chunk = b"\0" * 65536
+                    try:
+                        while not outer.done.is_set():
+                            self.wfile.write(chunk)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
+                body = b"{}" if self.path == "/v2/" else outer.MANIFEST
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`."""
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        """Let the endless bodies end and stop serving."""
+        self.done.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def stalled_reader(port: int, path: str) -> socket.socket:
+    """Ask for `path`, read the answer's headers, then read nothing more (the socket is
+    kept open by the caller)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)  # a hang guard only
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: proxy\r\n\r\n".encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        data = sock.recv(1024)
+        assert data, "the proxy closed the connection"
+        got += data
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    return sock
+
+
+def test_slow_blob_readers_do_not_starve_manifests(
+    start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """32 clients that stop reading an endless blob each hold an upstream connection (as
+    many as a pool holds): manifests and pings are still answered."""
+    upstream = EndlessBlobs()
+    readers: list[socket.socket] = []
+    try:
+        proxy = start_proxy(env={"REGISTRY_HOST": upstream.host, "REPO_PREFIX": "team"})
+        digest = "sha256:" + "ab" * 32
+        # Each reader has its headers, so each holds an upstream connection from here on.
+        readers = [stalled_reader(proxy.port, f"/v2/app/blobs/{digest}") for _ in range(32)]
+        answer = proxy.call("GET", "/v2/app/manifests/latest")  # 30 s timeout: a hang guard
+        assert answer.status == 200
+        assert answer.body == EndlessBlobs.MANIFEST
+        assert proxy.call("GET", "/v2/").status == 200
+    finally:
+        for sock in readers:
+            sock.close()
+        upstream.stop()
