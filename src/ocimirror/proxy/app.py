@@ -19,6 +19,9 @@ Routes:
 - POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
 - `/metrics`, `/healthz`; any other path redirects a browser to the upstream's page.
 
+Error answers carry an OCI code and a short message of the proxy's own: never an
+upstream's host, prefix, URL or error text (those go to the log).
+
 The pull-through cache: manifests go through `serve_manifest` and blobs through
 `serve_blob`; with a cache (`--cache`, or given to `make_proxy_app(..., cache=)`, kept as
 `Proxy.cache`) they hand over to `pullthrough`, which uses `open_upstream` and `respond`
@@ -50,6 +53,7 @@ from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
 from ..reference import REPOSITORY_RE
 from .clientauth import CHALLENGE, ClientAuthenticator
+from .errorbody import error_body
 from .metrics import ProxyMetrics
 from .settings import ProxySettings
 from .upstream import Upstream
@@ -470,17 +474,20 @@ async def respond(
             proxy.metrics.upstream_errors.labels(label, f"http_{resp.status}").inc()
         if resp.status == 401 and route.upstream.mode == "proxy":
             proxy.metrics.upstream_errors.labels(label, "credentials").inc()
-            return oci_error(
-                403,
-                "DENIED",
-                "requested access to the resource is denied",
-                detail=f"the upstream {route.upstream.host} refused the proxy's credentials"
-                f" for {route.upstream_repo}",
+            log.warning(
+                "the upstream refused the proxy's credentials",
+                upstream=label,
+                repository=route.upstream_repo,
             )
+            return oci_error(403, "DENIED", "requested access to the resource is denied")
         headers = response_headers(request, route, resp, link_query=link_query)
+        if resp.status >= 400 and body is None:
+            body = await error_body(request, resp)
         if body is not None:
             headers.popall("Content-Length", None)
             headers.popall("Content-Encoding", None)
+            if resp.status >= 400:
+                headers["Content-Type"] = "application/json"
             return web.Response(status=resp.status, body=body, headers=headers)
         out = web.StreamResponse(status=resp.status, headers=headers)
         await out.prepare(request)
@@ -548,7 +555,7 @@ async def open_upstream_blob(
     resp = await follow_redirects(request, route, resp, method="GET", headers=headers)
     try:
         if resp.status != 200:
-            raise await route.upstream.client.error(resp, f"{route.upstream.host}/{path}")
+            raise await route.upstream.client.error(resp, route.upstream.host + path)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in resp.content.iter_chunked(READ_SIZE):
@@ -976,7 +983,8 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as e:
         resp = e
     except NotFound as e:
-        resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry", detail=str(e))
+        log.info("upstream has no such blob", path=request.path, error=str(e))
+        resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry")
     except RateLimited as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "http_429").inc()
         wait = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else {}
@@ -984,13 +992,11 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     except AuthError as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "credentials").inc()
         log.warning("upstream refused the proxy's credentials", path=request.path, error=str(e))
-        resp = oci_error(403, "DENIED", "requested access to the resource is denied", detail=str(e))
+        resp = oci_error(403, "DENIED", "requested access to the resource is denied")
     except (aiohttp.ClientError, TimeoutError, OcimirrorError) as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "unreachable").inc()
         log.warning("upstream failed", path=request.path, error=str(e) or type(e).__name__)
-        resp = oci_error(
-            502, "UNAVAILABLE", "the upstream registry could not be reached", detail=str(e)
-        )
+        resp = oci_error(502, "UNAVAILABLE", "the upstream registry could not be reached")
     proxy.metrics.requests.labels(
         request.get("upstream", "-"), request.get("kind", "other"), request.method, resp.status
     ).inc()
