@@ -1,5 +1,10 @@
-"""`ocimirror proxy` probed as an attacker would (issue 11): its error answers name no
-upstream host, prefix or URL; slow readers of big blobs do not starve manifests."""
+"""`ocimirror proxy` probed as an attacker would (issue 11): a proxy with a prefix and its
+own credentials must never send anything outside `PREFIX/` upstream, whatever the path
+(`..`, `%2F`, `%2e%2e`, `%3F`) or the route; its error answers name no
+upstream host, prefix or URL; slow readers of big blobs do not starve manifests.
+
+Each hostile request is sent as it is (http.client sends the path unnormalised) and the
+upstream's own access log says what reached it."""
 
 from __future__ import annotations
 
@@ -11,9 +16,16 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+import yarl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ocimirror.proxy.paths import Refused, api_query, parse_api_path, upstream_path
+from ocimirror.proxy.settings import UpstreamConfig
+from ocimirror.proxy.upstream import Upstream
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
@@ -62,6 +74,117 @@ def assert_generic_error(body: bytes, registry: LocalRegistry) -> None:
         assert leak not in text, f"{leak!r} in {text!r}"
 
 
+TRAVERSALS = [
+    # manifests: the issue's request, unencoded with --path-as-is, %2e%2e, lowercase %2f
+    f"/v2/app/manifests/..{F}..{F}..{F}other{F}secret{F}manifests{F}t0000",
+    "/v2/app/manifests/../../../other/secret/manifests/t0000",
+    "/v2/app/manifests/%2e%2e/%2e%2e/%2e%2e/other/secret/manifests/t0000",
+    "/v2/app/manifests/%2e%2e%2f%2e%2e%2f%2e%2e%2fother%2fsecret%2fmanifests%2ft0000",
+    "/v2/app/manifests/.%2e/.%2e/.%2e/other/secret/manifests/t0000",
+    # blobs
+    f"/v2/app/blobs/..{F}..{F}..{F}other{F}secret{F}blobs{F}{SECRET_BLOB}",
+    f"/v2/app/blobs/../../../other/secret/blobs/{SECRET_BLOB}",
+    f"/v2/app/blobs/%2e%2e/%2e%2e/%2e%2e/other/secret/blobs/{SECRET_BLOB}",
+    # tags lists
+    f"/v2/app/tags/..{F}..{F}..{F}other{F}secret{F}tags{F}list",
+    "/v2/app/tags/../../../other/secret/tags/list",
+    "/v2/app/tags/%2e%2e/%2e%2e/%2e%2e/other/secret/tags/list",
+    # referrers
+    f"/v2/app/referrers/..{F}..{F}..{F}other{F}secret{F}referrers{F}{SECRET_BLOB}",
+    f"/v2/app/referrers/../../../other/secret/referrers/{SECRET_BLOB}",
+    f"/v2/app/referrers/%2e%2e/%2e%2e/%2e%2e/other/secret/referrers/{SECRET_BLOB}",
+    # the name itself
+    f"/v2/app{F}..{F}..{F}other{F}secret/manifests/t0000",
+    "/v2/%2e%2e/other/secret/manifests/t0000",
+    "/v2/../other/secret/manifests/t0000",
+    "/v2/./app/manifests/1",
+    "/v2/app/./manifests/1",
+    # outside /v2/: the upstream's /debug/vars
+    f"/v2/app/manifests/..{F}..{F}..{F}..{F}debug{F}vars",
+    "/v2/app/manifests/../../../../debug/vars",
+    "/v2/app/manifests/%2e%2e/%2e%2e/%2e%2e/%2e%2e/debug/vars",
+    f"/v2/..{F}debug{F}vars",
+    # a query string injected
+    f"/v2/app/manifests/..{F}..{F}..{F}other{F}secret{F}manifests{F}t0000%3Fx=1",
+    "/v2/app/manifests/1%3Fdigest=sha256:00",
+    "/v2/app/tags/list%3Fn=1",
+    f"/v2/app/blobs/{SECRET_BLOB}%3Fx=1",
+    # routes that are no routes
+    "/v2/app/manifests/",
+    "/v2/app/manifests/1/extra",
+    "/v2/app/tags/all",
+    "/v2/app/blobs/latest",
+    "/v2/app/referrers/latest",
+    "/v2/app/manifests/sha256:1234",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_hostile_path_refused_and_never_sent_upstream(hostile: Hostile, path: str) -> None:
+    mark = hostile.registry.mark()
+    answer = hostile.proxy.call("GET", path)
+    assert 400 <= answer.status < 500, (answer.status, answer.body)
+    assert answer.json()["errors"][0]["code"]
+    assert_generic_error(answer.body, hostile.registry)
+    assert [str(r) for r in hostile.registry.requests(since=mark)] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/..{F}..{F}debug{F}vars",
+        f"/debug{F}vars",
+        "/../../debug/vars",
+        "/%2e%2e/other/secret",
+        f"/app{F}..{F}..{F}other",
+    ],
+)
+def test_browser_redirect_cannot_climb_out_of_the_prefix(hostile: Hostile, path: str) -> None:
+    mark = hostile.registry.mark()
+    answer = hostile.proxy.call("GET", path)
+    assert answer.status == 404, (answer.status, answer.headers.get("Location"))
+    assert hostile.registry.requests(since=mark) == []
+
+
+def test_browser_redirect_stays_on_the_upstream_under_the_prefix(hostile: Hostile) -> None:
+    for path, page in [("/team2/app", "team2/app"), ("//evil.example/x", "evil.example/x")]:
+        answer = hostile.proxy.call("GET", path)
+        assert answer.status == 307
+        assert answer.headers["Location"] == f"http://{hostile.registry.host}/team/{page}"
+
+
+def test_valid_paths_reach_only_prefix_with_known_query(hostile: Hostile) -> None:
+    mark = hostile.registry.mark()
+    ok = hostile.proxy.call(
+        "GET", "/v2/app/manifests/1", headers={"Accept": APP.manifest.media_type}
+    )
+    assert ok.status == 200
+    assert ok.body == APP.manifest.raw
+    blob = APP.blobs[-1]
+    assert hostile.proxy.call("GET", f"/v2/app/blobs/{blob.digest}").body == blob.data
+    tags = hostile.proxy.call("GET", "/v2/app/tags/list?n=5&evil=1&ns=x%26y")
+    assert tags.status == 200
+    assert tags.json() == {"name": "app", "tags": ["1"]}
+    seen = [r for r in hostile.registry.requests(since=mark) if r.path != "/v2/"]
+    assert {(r.path, r.query) for r in seen if r.status != 401} == {
+        ("/v2/team/app/manifests/1", ""),
+        (f"/v2/team/app/blobs/{blob.digest}", ""),
+        ("/v2/team/app/tags/list", "n=5"),
+    }
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["n=1%26last%3Dx", "n=-1", "last=..%2F..%2Fx", "n=1&n=2", "last=a%3Fb"],
+)
+def test_bad_tag_list_query_refused(hostile: Hostile, query: str) -> None:
+    mark = hostile.registry.mark()
+    answer = hostile.proxy.call("GET", f"/v2/app/tags/list?{query}")
+    assert answer.status == 400
+    assert_generic_error(answer.body, hostile.registry)
+    assert hostile.registry.requests(since=mark) == []
+
+
 def test_upstream_errors_reach_clients_generic(hostile: Hostile) -> None:
     """A missing tag or repository: the upstream's code, the proxy's short message; no
     upstream name (`team/...`), host or text, and no doubled slash."""
@@ -101,6 +224,94 @@ def test_unreachable_upstream_answer_names_nothing(
     assert answer.status == 502
     assert str(port) not in answer.body.decode()
     assert "team" not in answer.body.decode()
+
+
+# -- the router, as a property ---------------------------------------------------------------
+
+_PIECES = st.sampled_from(
+    [
+        "..",
+        ".",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%2F",
+        "%3F",
+        "%3f",
+        "%23",
+        "%25",
+        "%00",
+        "/",
+        "?",
+        "#",
+        "\\",
+        ":",
+        "app",
+        "a",
+        "x.y",
+        "a-b",
+        "a__b",
+        "manifests",
+        "blobs",
+        "tags",
+        "list",
+        "referrers",
+        "uploads",
+        "sha256:" + "a" * 64,
+        "sha512:" + "b" * 128,
+        "debug",
+        "vars",
+        "latest",
+        "v1.0",
+    ]
+)
+_RAW = st.lists(_PIECES, max_size=14).map("".join) | st.text(
+    alphabet=st.sampled_from("./%2eEfF3a:b-_?#\\"), max_size=40
+)
+_UPSTREAM = Upstream(UpstreamConfig(host="127.0.0.1:5000", prefix="team"))
+
+
+def _mapped(raw: str, query: list[tuple[str, str]]) -> str | None:
+    """The upstream path the router maps a raw path and query to; None when refused."""
+    try:
+        api = parse_api_path(raw)
+        return upstream_path(_UPSTREAM.upstream_repo(api.name), api, api_query(api.kind, query))
+    except Refused as e:
+        if not 400 <= e.status < 500:
+            raise
+        return None
+
+
+@settings(deadline=None, max_examples=2000)
+@given(_RAW, st.lists(st.tuples(st.sampled_from(["n", "last", "artifactType", "x"]), _RAW)))
+def test_every_accepted_path_maps_under_the_prefix(raw: str, query: list[tuple[str, str]]) -> None:
+    """Whatever the router accepts maps to an upstream path under `/v2/team/`, without a
+    dot-segment or a query it did not build, and the URL library sends it unchanged."""
+    path = _mapped(raw, query)
+    if path is None:
+        return
+    bare, _, qs = path.partition("?")
+    assert bare.startswith("/v2/team/")
+    assert all(unquote(s) not in (".", "..") and "/" not in unquote(s) for s in bare.split("/"))
+    url = yarl.URL("http://127.0.0.1:5000" + path)
+    assert url.raw_path == bare
+    assert url.path.startswith("/v2/team/")
+    assert {k for k in url.query} <= {"n", "last", "artifactType"}
+    assert qs == url.raw_query_string
+
+
+def test_the_router_accepts_the_routes() -> None:
+    """The property above is not empty: every route is accepted, mapped as expected."""
+    digest = "sha256:" + "a" * 64
+    assert _mapped("app/manifests/v1.0", []) == "/v2/team/app/manifests/v1.0"
+    assert _mapped(f"a/b/manifests/{digest}", []) == f"/v2/team/a/b/manifests/{digest}"
+    assert _mapped(f"app/blobs/{digest}", [("x", "1")]) == f"/v2/team/app/blobs/{digest}"
+    assert _mapped("app/tags/list", [("n", "2"), ("last", "a"), ("x", "y")]) == (
+        "/v2/team/app/tags/list?n=2&last=a"
+    )
+    assert _mapped(f"app/referrers/{digest}", [("artifactType", "a/b")]) == (
+        f"/v2/team/app/referrers/{digest}?artifactType=a%2Fb"
+    )
 
 
 # -- slow readers ----------------------------------------------------------------------------

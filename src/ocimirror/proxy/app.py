@@ -5,7 +5,9 @@ Routes:
 - `/v2/` answers the ping: forwarded to a lone pass-through upstream (its challenge
   rewritten), else answered here (401 with the proxy's own bearer challenge when some
   pass-through upstream wants tokens, 200 otherwise).
-- `/v2/NAME/{manifests,blobs,tags,referrers}/...` (GET, HEAD): NAME is routed to an
+- `/v2/NAME/{manifests,blobs,tags,referrers}/...` (GET, HEAD), parsed strictly from the
+  raw path (`paths`: anything but an exact route is refused before an upstream is asked,
+  and the upstream's path is built from the validated parts): NAME is routed to an
   upstream (containerd's `?ns=`, else a first path component naming an upstream, else
   the default upstream) and rewritten to the upstream's name (prefix, `library/`).
   Answers are rewritten back: `Location`, `Link`, the bearer challenge (realm -> the
@@ -17,7 +19,8 @@ Routes:
   its answer comes back unchanged, with the client's own credentials. An upstream without
   token auth, or one the proxy logs in to itself, gets a placeholder token.
 - POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
-- `/metrics`, `/healthz`; any other path redirects a browser to the upstream's page.
+- `/metrics`, `/healthz`; any other path whose segments are repository path components
+  redirects a browser to the upstream's page.
 
 Error answers carry an OCI code and a short message of the proxy's own: never an
 upstream's host, prefix, URL or error text (those go to the log).
@@ -51,10 +54,20 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..auth.challenge import Challenge
 from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
-from ..reference import REPOSITORY_RE
+from ..reference import PATH_COMPONENT_RE
 from .clientauth import CHALLENGE, ClientAuthenticator
 from .errorbody import error_body
 from .metrics import ProxyMetrics
+from .paths import (
+    Refused,
+    api_query,
+    catalog_query,
+    is_repository,
+    parse_api_path,
+    split_raw,
+    unknown_route,
+    upstream_path,
+)
 from .settings import ProxySettings
 from .upstream import Upstream
 
@@ -665,10 +678,7 @@ async def serve_catalog(request: web.Request) -> web.StreamResponse:
     request["upstream"] = upstream.label
     route = Route(upstream, "", "")
     prefix = upstream.prefix + "/" if upstream.prefix else ""
-    query = [(k, v) for k, v in request.query.items() if k != "last"]
-    last = request.query.get("last")
-    if last or prefix:
-        query.append(("last", prefix + last if last else prefix))
+    query = catalog_query(request.query.items(), prefix)
 
     def link_query(items: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
         out = []
@@ -780,43 +790,44 @@ def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: s
 
 
 async def handle_v2(request: web.Request) -> web.StreamResponse:
-    """Route a `/v2/` request to its upstream (GET and HEAD only)."""
+    """Route a `/v2/` request to its upstream (GET and HEAD only), the path parsed strictly
+    from its raw form (`paths.parse_api_path`): a path that is no exact route is refused
+    here and never reaches an upstream."""
     proxy = request.app[PROXY]
-    rest = request.path.removeprefix("/v2").removeprefix("/")
-    request["kind"] = "ping" if not rest else "other"
+    raw = request.raw_path.partition("?")[0]
+    rest = "" if raw in ("/v2", "/v2/") else raw[4:] if raw.startswith("/v2/") else None
+    request["kind"] = "ping" if rest == "" else "other"
     if request.method not in ("GET", "HEAD"):
         request["kind"] = "refused"
         return unsupported(request.method)
     if not await proxy.auth.check(request.headers.get("Authorization")):
         return unauthorized()
+    if rest is None:  # a path the router saw normalised (`/x/../v2/...`): refused as sent
+        raise unknown_route()
     if not rest:
         return await ping(request)
-    if rest == "_catalog":
+    if split_raw(rest) == ["_catalog"]:
         request["kind"] = "catalog"
         return await serve_catalog(request)
-    m = _API_PATH.match(rest)
-    if m is None:
-        return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
-    kind, tail = m["kind"], m["tail"]
-    request["kind"] = {"manifests": "manifest", "blobs": "blob"}.get(kind, kind)
-    if kind == "blobs" and (tail == "uploads" or tail.startswith("uploads/")):
+    try:
+        api = parse_api_path(rest)
+    except Refused:
         request["kind"] = "refused"
-        return unsupported("an upload")
-    route = proxy.locate(m["name"], request.query.get("ns"))
+        raise
+    request["kind"] = {"manifests": "manifest", "blobs": "blob"}.get(api.kind, api.kind)
+    route = proxy.locate(api.name, request.query.get("ns"))
     if route is None:
-        return oci_error(
-            404, "NAME_UNKNOWN", "repository name not known to registry", detail={"name": m["name"]}
-        )
+        raise unknown_route()
     request["upstream"] = route.upstream.label
-    if not REPOSITORY_RE.fullmatch(route.repo):
-        return oci_error(400, "NAME_INVALID", "invalid repository name", detail={"name": m["name"]})
-    query = [(k, v) for k, v in request.query.items() if k != "ns"]
-    path = f"/v2/{route.upstream_repo}/{kind}/{tail}" + (f"?{urlencode(query)}" if query else "")
-    if kind == "manifests":
-        return await serve_manifest(request, route, tail, path)
-    if kind == "blobs":
-        return await serve_blob(request, route, tail, path)
-    if kind == "tags":
+    if not is_repository(route.repo):
+        raise Refused(400, "NAME_INVALID", "invalid repository name")
+    query = api_query(api.kind, request.query.items())
+    path = upstream_path(route.upstream_repo, api, query)
+    if api.kind == "manifests":
+        return await serve_manifest(request, route, api.reference, path)
+    if api.kind == "blobs":
+        return await serve_blob(request, route, api.reference, path)
+    if api.kind == "tags":
         return await serve_tags(request, route, path)
     resp = await open_upstream(request, route, path)
     return await respond(request, route, resp)
@@ -962,12 +973,15 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
         return unsupported(request.method)
     if not proxy.settings.browser_redirects:
         return web.Response(status=404, text="404 page not found\n")
-    first, _, rest = request.path.lstrip("/").partition("/")
-    upstream, path = proxy.default or proxy.only, request.path
-    if first in proxy.named:
-        upstream, path = proxy.named[first], rest
-    if upstream is None:
+    # From the raw path, each segment a repository path component: nothing that could
+    # climb out of the prefix on the upstream's site (`..`, `%2F`) is passed on.
+    parts = [p for p in split_raw(request.raw_path.partition("?")[0]) if p]
+    upstream = proxy.default or proxy.only
+    if parts and parts[0] in proxy.named:
+        upstream, parts = proxy.named[parts[0]], parts[1:]
+    if upstream is None or not all(PATH_COMPONENT_RE.fullmatch(p) for p in parts):
         return web.Response(status=404, text="404 page not found\n")
+    path = "/".join(parts)
     request["upstream"] = upstream.label
     raise web.HTTPTemporaryRedirect(upstream.browser_url(path))
 
@@ -982,6 +996,9 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         resp = await handler(request)
     except web.HTTPException as e:
         resp = e
+    except Refused as e:
+        allow = {"Allow": "GET, HEAD"} if e.status == 405 else None
+        resp = oci_error(e.status, e.code, e.message, headers=allow)
     except NotFound as e:
         log.info("upstream has no such blob", path=request.path, error=str(e))
         resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry")

@@ -32,7 +32,7 @@ from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials, Keychain
 from ..client import HostOptions, RegistryClient
 from ..errors import RegistryError
-from ..reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host
+from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_loopback_host
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
@@ -195,8 +195,11 @@ class Upstream:
         return None
 
     def browser_url(self, path: str) -> str:
-        """Return the upstream's web page for an image path (`/foo/bar`), as a browser sees it."""
+        """Return the upstream's web page for an image path (`/foo/bar`), as a browser sees it;
+        ValueError unless the path is a repository name (nothing to climb out with)."""
         path = path.strip("/")
+        if path and not REPOSITORY_RE.fullmatch(path):
+            raise ValueError("not a repository name")
         full = "/".join(p for p in (self.prefix, path) if p)
         if self.is_hub:
             if not full:
