@@ -1,6 +1,6 @@
 """`ocimirror proxy` probed as an attacker would (issue 11): a proxy with a prefix and its
 own credentials must never send anything outside `PREFIX/` upstream, whatever the path
-(`..`, `%2F`, `%2e%2e`, `%3F`) or the route; its error answers name no
+(`..`, `%2F`, `%2e%2e`, `%3F`), the route or the token scopes; its error answers name no
 upstream host, prefix or URL; slow readers of big blobs do not starve manifests.
 
 Each hostile request is sent as it is (http.client sends the path unnormalised) and the
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 import pytest
 import yarl
@@ -30,6 +30,7 @@ from ocimirror.testkit.images import make_image
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.tokenserver import TokenServer
 
 USER, PASSWORD = "alice", "wonderland"
 AUTH_HEADER = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -224,6 +225,65 @@ def test_unreachable_upstream_answer_names_nothing(
     assert answer.status == 502
     assert str(port) not in answer.body.decode()
     assert "team" not in answer.body.decode()
+
+
+# -- /_token ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scope", "sent"),
+    [
+        ("repository:app:pull", ("repository:team/app:pull",)),
+        ("repository:app:pull,push", ("repository:team/app:pull",)),
+        ("repository:app:*", ("repository:team/app:pull",)),
+        ("repository:app:push", ()),
+        ("repository:app:delete", ()),
+        ("registry:catalog:*", ()),
+        ("Repository:app:pull", ()),
+        ("REPOSITORY:app:pull", ()),
+        ("repository:app:pull:extra", ()),
+        ("repository:app", ()),
+        ("repository(plugin):app:pull", ()),
+        ("repository:../other/secret:pull", ()),
+        ("repository:app/../../other/secret:pull", ()),
+        ("repository:%2e%2e/other/secret:pull", ()),
+        ("repository:App:pull", ()),
+        (
+            "repository:app:pull registry:catalog:* repository:../x:pull repository:b/c:*",
+            ("repository:team/app:pull", "repository:team/b/c:pull"),
+        ),
+    ],
+)
+def test_token_scopes_only_repository_pull_in_the_prefix(
+    token_registry: LocalRegistry,
+    token_server: TokenServer,
+    start_proxy: Callable[..., ProxyProcess],
+    scope: str,
+    sent: tuple[str, ...],
+) -> None:
+    """Every scope is parsed; only `repository:NAME:...` with a valid NAME and pull (or
+    `*`) goes on, prefixed and as `pull`; anything else is dropped (the upstream then
+    grants nothing for it), for the GET and the OAuth2 POST alike."""
+    proxy = start_proxy("--registry-host", token_registry.host, "--repo-prefix", "team")
+    basic = "Basic " + base64.b64encode(b"bob:builder").decode()
+    query = urlencode([("service", token_registry.service), ("scope", scope), ("evil", "1")])
+    token_server.clear()
+    answer = proxy.call("GET", f"/_token?{query}", headers={"Authorization": basic})
+    assert answer.status == 200, answer.body
+    assert [r.scopes for r in token_server.requests] == [sent]
+    form = urlencode(
+        {
+            "grant_type": "password",
+            "username": "bob",
+            "password": "builder",
+            "client_id": "t",
+            "service": token_registry.service,
+            "scope": scope,
+        }
+    ).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert proxy.call("POST", "/_token", body=form, headers=headers).status == 200
+    assert token_server.requests[-1].scopes == sent
 
 
 # -- the router, as a property ---------------------------------------------------------------

@@ -14,9 +14,10 @@ Routes:
   proxy's `/_token[/NAME]`, scopes -> the client's names) and the `name` of a tag list.
   Blob redirects to other hosts pass through unless `stream_blobs`.
 - `/v2/_catalog`: the default upstream's repositories under its prefix.
-- `/_token`, `/_token/NAME` (GET, and the OAuth2 POST form): every `repository:` scope is
-  mapped to the upstream's name and the request forwarded to the upstream's real realm;
-  its answer comes back unchanged, with the client's own credentials. An upstream without
+- `/_token`, `/_token/NAME` (GET, and the OAuth2 POST form): every `repository:NAME:pull`
+  scope is mapped to the upstream's name (others are dropped, `pull,push` asks for `pull`)
+  and the request forwarded to the upstream's real realm; its answer comes back
+  unchanged, with the client's own credentials. An upstream without
   token auth, or one the proxy logs in to itself, gets a placeholder token.
 - POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
 - `/metrics`, `/healthz`; any other path whose segments are repository path components
@@ -64,6 +65,7 @@ from .paths import (
     catalog_query,
     is_repository,
     parse_api_path,
+    pull_scope,
     split_raw,
     unknown_route,
     upstream_path,
@@ -157,23 +159,15 @@ class Route:
         name = self.client_name(m["name"])
         return None if name is None else f"/v2/{name}/{m['kind']}/{m['tail']}"
 
-    def client_scope(self, scope: str) -> str:
-        """Map an upstream token scope to the client's (`repository:NAME:pull`)."""
-        parts = split_scope(scope)
-        if parts is None or not parts[0].startswith("repository"):
-            return scope
-        kind, name, actions = parts
-        mapped = self.client_name(name)
-        return scope if mapped is None else f"{kind}:{mapped}:{actions}"
-
-
-def split_scope(scope: str) -> tuple[str, str, str] | None:
-    """Split `type:name:actions` (the name may hold colons); None when malformed."""
-    kind, sep, rest = scope.partition(":")
-    name, sep2, actions = rest.rpartition(":")
-    if not sep or not sep2 or not kind or not name:
-        return None
-    return kind, name, actions
+    def client_scope(self, scope: str) -> str | None:
+        """Map an upstream token scope to the client's (`repository:NAME:pull`); None for
+        one the client has no name for (another type, a name outside the prefix), which
+        its `/_token` would not take anyway."""
+        parts = scope.split(":")
+        if len(parts) != 3 or parts[0] != "repository":
+            return None
+        mapped = self.client_name(parts[1])
+        return None if mapped is None else f"repository:{mapped}:pull"
 
 
 class Proxy:
@@ -312,8 +306,9 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str]) -> str:
-    """Point a bearer challenge at the proxy's realm, scopes in the client's names."""
+def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str | None]) -> str:
+    """Point a bearer challenge at the proxy's realm, scopes in the client's names (those
+    without one are left out)."""
     from ..auth.challenge import parse_challenges
 
     out = []
@@ -322,7 +317,10 @@ def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str]) 
         if ch.scheme == "bearer":
             params["realm"] = realm
             if "scope" in params:
-                params["scope"] = " ".join(scope_map(s) for s in params["scope"].split())
+                mapped = (scope_map(s) for s in params.pop("scope").split())
+                scopes = " ".join(s for s in mapped if s is not None)
+                if scopes:
+                    params["scope"] = scopes
             scheme = "Bearer"
         else:
             scheme = ch.scheme.capitalize()
@@ -833,14 +831,31 @@ async def handle_v2(request: web.Request) -> web.StreamResponse:
     return await respond(request, route, resp)
 
 
+#: The fields of a token request passed on to the upstream's realm (others are dropped).
+TOKEN_FIELDS = frozenset(
+    {
+        "service",
+        "scope",
+        "account",
+        "client_id",
+        "offline_token",
+        "grant_type",
+        "username",
+        "password",
+        "refresh_token",
+        "access_type",
+    }
+)
+
+
 def _map_token_scope(
     proxy: Proxy, scope: str, fixed: Upstream | None
-) -> tuple[Upstream | None, str]:
-    """Map one requested scope to the upstream's names; (None, scope) when not a repository."""
-    parts = split_scope(scope)
-    if parts is None or not parts[0].startswith("repository"):
-        return None, scope
-    kind, name, actions = parts
+) -> tuple[Upstream, str] | None:
+    """Map one requested scope to the upstream's names (`repository:NAME:pull`); None for
+    a scope the proxy does not pass on (`paths.pull_scope`), or a name it cannot map."""
+    name = pull_scope(scope)
+    if name is None:
+        return None
     if fixed is not None:
         repo = name
         if fixed.name and name.startswith(fixed.name + "/"):
@@ -849,9 +864,12 @@ def _map_token_scope(
     else:
         route = proxy.locate(name)
         if route is None:
-            return None, scope
+            return None
         upstream, repo = route.upstream, route.repo
-    return upstream, f"{kind}:{upstream.upstream_repo(repo)}:{actions}"
+    mapped = upstream.upstream_repo(repo)
+    if not is_repository(repo) or not is_repository(mapped):
+        return None
+    return upstream, f"repository:{mapped}:pull"
 
 
 async def handle_token(request: web.Request) -> web.StreamResponse:
@@ -879,18 +897,23 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
     chosen = fixed
     out: list[tuple[str, str]] = []
     for key, value in fields:
+        if key not in TOKEN_FIELDS:
+            continue
         if key != "scope":
             out.append((key, value))
             continue
         mapped = []
         for scope in value.split():
-            upstream, new = _map_token_scope(proxy, scope, fixed)
-            if upstream is not None:
-                if chosen is None:
-                    chosen = upstream
-                elif upstream is not chosen:
-                    log.warning("token scope for another upstream dropped", scope=scope)
-                    continue
+            found = _map_token_scope(proxy, scope, fixed)
+            if found is None:
+                log.info("token scope dropped: only repository pull scopes are passed on")
+                continue
+            upstream, new = found
+            if chosen is None:
+                chosen = upstream
+            elif upstream is not chosen:
+                log.warning("token scope for another upstream dropped")
+                continue
             mapped.append(new)
         if mapped:
             out.append((key, " ".join(mapped)))

@@ -1,4 +1,4 @@
-"""What the proxy accepts from clients, parsed strictly: `/v2/` paths and their queries.
+"""What the proxy accepts from clients, parsed strictly: `/v2/` paths, queries, token scopes.
 
 A client's path is split on its raw slashes before anything is decoded, and each segment
 is decoded on its own, so an encoded slash (`%2F`), dot (`%2e`) or question mark (`%3F`)
@@ -13,6 +13,9 @@ Anything else is refused (`Refused`, with the OCI code and status to answer) bef
 upstream is asked. The upstream's path is built from the validated parts, each quoted,
 under `/v2/UPSTREAM_NAME/`, and its query only from the parameters the route knows (`n`
 and `last` for tags, `artifactType` for referrers), each validated.
+
+Token scopes: only `repository:NAME:ACTIONS` (exactly that lowercase type, three parts,
+NAME per the grammar) is taken, and it never asks for more than `pull`.
 """
 
 from __future__ import annotations
@@ -167,3 +170,16 @@ def catalog_query(items: Iterable[tuple[str, str]], prefix: str) -> list[tuple[s
     if last or prefix:
         out.append(("last", prefix + last if last else prefix))
     return out
+
+
+def pull_scope(scope: str) -> str | None:
+    """The client's repository named by a token scope it may ask for; None when the scope
+    is not exactly `repository:NAME:ACTIONS` with a valid NAME and `pull` (or `*`) among
+    the actions. Whatever else it asks for, the proxy only ever asks for `pull`."""
+    parts = scope.split(":")
+    if len(parts) != 3 or parts[0] != "repository" or not is_repository(parts[1]):
+        return None
+    actions = parts[2].split(",")
+    if "pull" not in actions and "*" not in actions:
+        return None
+    return parts[1]
