@@ -43,6 +43,7 @@ from .errors import (
     is_retryable,
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
+from .netpolicy import AddressPolicy
 from .ratelimit import Pacer
 from .reference import is_loopback_host
 
@@ -74,6 +75,8 @@ class HostOptions:
     rate_limit_reserve: int | None = None
     #: Seconds to wait before re-checking the remaining count with a HEAD.
     rate_limit_wait: float = 300.0
+    #: Where connections may go (serve's API jobs); None: anywhere.
+    address_policy: AddressPolicy | None = None
 
 
 @dataclass
@@ -188,7 +191,8 @@ class RegistryClient:
     def session(self) -> aiohttp.ClientSession:
         """Return the HTTP session, creating it on first use (inside the event loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            policy = self.options.address_policy
+            connector = (policy.connector if policy else aiohttp.TCPConnector)(
                 limit=self.options.max_concurrency, ssl=self._ssl(), ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(

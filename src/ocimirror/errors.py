@@ -6,6 +6,7 @@
     ├── ManifestError         a manifest we cannot or will not handle
     ├── NotFound              a manifest, blob or repository does not exist
     ├── DigestMismatch        content does not hash to the digest it was asked for
+    ├── AddressRefused        a registry address that the address policy refuses
     └── RegistryError         any other error answered by a registry (status, codes)
         ├── AuthError         401/403, or a credential that cannot be obtained
         ├── UploadRefused     a monolithic upload refused: retry the blob chunked
@@ -49,6 +50,10 @@ class DigestMismatch(OcimirrorError):
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class AddressRefused(OcimirrorError):
+    """Raised for a registry whose address the address policy refuses (see netpolicy)."""
 
 
 class RegistryError(OcimirrorError):

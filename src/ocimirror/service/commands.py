@@ -6,9 +6,11 @@ The heavy parts (the server, SQLAlchemy) are imported when the command runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,12 +19,15 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    from ..netpolicy import AddressPolicy
     from ..sync.config import Config, Loaded
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
 #: API tokens from the environment, comma-separated.
 TOKENS_ENV = "OCIMIRROR_API_TOKENS"
+#: More registries API jobs may reach, comma-separated (as --allow-registry).
+ALLOWED_ENV = "OCIMIRROR_ALLOWED_REGISTRIES"
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,6 +78,41 @@ def tokens_from(config: Config) -> list[str]:
     return [t for t in tokens if t]
 
 
+def address_policy(config: Config, allow: Sequence[str], allow_private: bool) -> AddressPolicy:
+    """Where API jobs may copy from and to.
+
+    Registries the config names (`registries:` keys, the mirrors' sources and targets,
+    `api.allowed_registries`), $OCIMIRROR_ALLOWED_REGISTRIES and --allow-registry are
+    reached at any address; any other host only at public addresses, unless
+    --allow-private-networks or `api.allow_private_networks`.
+    """
+    from ..errors import ReferenceError
+    from ..netpolicy import AddressPolicy
+    from ..reference import Reference
+
+    names: list[str] = []
+    for key in config.registries:
+        names.append(key)
+        with contextlib.suppress(ReferenceError):  # docker.io: at registry-1.docker.io
+            names.append(Reference.parse(f"{key}/a").api_host)
+    for mirror in config.mirrors:
+        for text in [*mirror.sources, *mirror.targets]:
+            ref = Reference.parse(text)
+            if ref.transport == "docker":
+                names += [ref.registry, ref.api_host]
+    names += config.api.allowed_registries
+    names += [h.strip() for h in os.environ.get(ALLOWED_ENV, "").split(",") if h.strip()]
+    names += allow
+    try:
+        return AddressPolicy(
+            allowed=tuple(dict.fromkeys(names)),
+            allow_private=allow_private or config.api.allow_private_networks,
+            hint="allow it with --allow-registry",
+        )
+    except ValueError as e:
+        raise ValueError(f"--allow-registry or ${ALLOWED_ENV}: {e}") from None
+
+
 def serve(
     config: Annotated[
         Path | None,
@@ -108,6 +148,24 @@ def serve(
             " as Cloud Run IAM, authenticates callers).",
         ),
     ] = False,
+    allow_registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-registry",
+            help="A registry (HOST[:PORT], a glob such as *.corp.example, or an address range"
+            " such as 10.1.0.0/16) that API jobs may reach even at a loopback, private or"
+            " link-local address; repeatable. Registries named in the config are allowed.",
+            metavar="HOST[:PORT]",
+        ),
+    ] = None,
+    allow_private_networks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-networks",
+            help="Let API jobs reach any registry at loopback, private and link-local"
+            " addresses (by default only the allowed registries, else public addresses).",
+        ),
+    ] = False,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
@@ -118,13 +176,14 @@ def serve(
     try:
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
         bind_port = port_from(port)
+        policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)
     except (OcimirrorError, ValueError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     lg = loaded.config.logging
     configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
     raise typer.Exit(
-        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated))
+        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated, policy))
     )
 
 
@@ -135,6 +194,7 @@ async def _serve(
     host: str | None,
     state_url: str | None,
     allow_unauthenticated: bool,
+    policy: AddressPolicy,
 ) -> int:
     import structlog
     from aiohttp import web
@@ -183,7 +243,7 @@ async def _serve(
         async with StateDB(url) as state:
             pool = StorePool(keychain=keychain_for(cfg))
             metrics.watch_clients(pool.registry_clients)
-            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
+            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
             await jobs.start()
             service = Service(state=state, jobs=jobs, metrics=metrics, daemon=daemon, tokens=tokens)
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
@@ -191,6 +251,11 @@ async def _serve(
             site = web.TCPSite(runner, bind, port)
             await site.start()
             log.info("listening", address=f"http://{bind}:{port}", tokens=len(tokens))
+            log.info(
+                "API jobs may reach",
+                registries=list(policy.allowed),
+                private_networks=policy.allow_private,
+            )
             daemon_task = (
                 asyncio.create_task(daemon.run(state=state, signals=False, metrics_server=False))
                 if daemon is not None

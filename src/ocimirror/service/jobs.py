@@ -29,7 +29,7 @@ import builtins
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -37,9 +37,11 @@ import structlog
 from pydantic import ValidationError
 
 from ..auth.credentials import Keychain
+from ..client import HostOptions
 from ..errors import ConfigError, OcimirrorError
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
+from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..store import Store
 from ..stores.pool import StorePool
@@ -147,14 +149,17 @@ def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
     )
 
 
-def _plan(entry: MirrorEntry, request: MirrorRequest) -> _Plan:
-    """Parse an entry; a bad reference or option becomes the entry's error."""
+def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | None) -> _Plan:
+    """Parse an entry; a bad reference or option, or a refused registry, is its error."""
     options = entry.resolved(request)
     try:
         src, dst = Reference.parse(entry.src), Reference.parse(entry.dst)
         for ref in (src, dst):
             if not scheme_for(ref).registry_host:
                 raise ConfigError(f"{ref}: only registry references are accepted here")
+            refused = policy.refusal(ref.api_host) if policy is not None else None
+            if refused is not None:
+                raise refused
         if not options.all_tags:
             dst = destination_for(src, dst)
         _tag_filter(options)
@@ -404,15 +409,19 @@ class JobManager:
         image_concurrency: int = 16,
         metrics: MirrorMetrics | None = None,
         config: Config | None = None,
+        policy: AddressPolicy | None = None,
     ) -> None:
         """Use `state` for jobs and `pool` for registries.
 
         Without a pool one is made (and closed by `close()`) on `keychain`, else on the
         credentials of `config`. `config` also gives each registry host its connection
-        settings (TLS, plain HTTP, request limits), as in scheduled sync.
+        settings (TLS, plain HTTP, request limits), as in scheduled sync. `policy` says
+        which registry addresses entries may reach (refused at once when it can tell from
+        the reference, else at connection time); None reaches any (a trusted caller).
         """
         self.state = state
         self.config = config
+        self.policy = policy
         self._own_pool = pool is None
         if pool is None:
             if keychain is None and config is not None:
@@ -522,7 +531,7 @@ class JobManager:
     async def _submit(self, request: MirrorRequest) -> tuple[_Job, bool, builtins.list[_Plan]]:
         if self._closed:
             raise RuntimeError("the job manager is closed")
-        plans = [_plan(entry, request) for entry in request.mirrors]
+        plans = [_plan(entry, request, self.policy) for entry in request.mirrors]
         keys = frozenset(p.key for p in plans)
         async with self._submit_lock:
             for job in self._jobs.values():
@@ -743,6 +752,8 @@ class JobManager:
     async def _store(self, ref: Reference) -> Store:
         """The store of a registry reference, with the config's settings for its host."""
         options = host_options(self.config, ref.api_host) if self.config is not None else None
+        if self.policy is not None:
+            options = replace(options or HostOptions(), address_policy=self.policy)
         return await self.pool.store_for(ref, options=options)
 
     async def _note_destination(self, copier: Copier, dst: Reference) -> None:

@@ -282,9 +282,21 @@ class Metrics(_Model):
 
 
 class Api(_Model):
-    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require."""
+    """`ocimirror serve`: API tokens, and the registries that API callers may reach."""
 
     tokens: list[Secret] = []
+    #: Registries (`host[:port]`, globs, address ranges) API jobs may reach at any address.
+    allowed_registries: list[str] = []
+    #: Let API jobs reach loopback, private and link-local addresses of any registry.
+    allow_private_networks: bool = False
+
+    @field_validator("allowed_registries")
+    @classmethod
+    def _allowed(cls, v: list[str]) -> list[str]:
+        from ..netpolicy import AddressPolicy
+
+        AddressPolicy(allowed=tuple(v))  # a ValueError names the entry at fault
+        return v
 
     @field_validator("tokens", mode="before")
     @classmethod
