@@ -1,5 +1,5 @@
 """`ocimirror serve` reached on behalf of its callers: where API jobs may connect (the address
-policy).
+policy) and what their errors may say (never what an internal service answered).
 
 Each test sends the request that showed the hole (issue 11): a `src` naming a loopback
 service, a name resolving to loopback, a manifest redirect to loopback, open and closed ports.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import socketserver
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,13 +20,14 @@ from typing import Any
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from ocimirror.errors import public_message, registry_public, scrub
 from ocimirror.netpolicy import AddressPolicy, address_refusal
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
 from ocimirror.sync.config import Config, Registry, Tls
 from ocimirror.sync.state import StateDB
 from ocimirror.testkit.command import run_ocimirror
-from ocimirror.testkit.registry import free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from test_serve import Server, job_done
 
 SECRET = "hunter2-never-echo-this"
@@ -96,6 +98,25 @@ class Internal:
     def port(self) -> int:
         """Its port."""
         return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Banner:
+    """A loopback TCP service that is not HTTP: it writes a banner and hangs up."""
+
+    def __init__(self) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(f"SSH-2.0-OpenSSH_9.2 {SECRET}\r\n".encode())
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = int(self.server.server_address[1])
 
     def stop(self) -> None:
         """Stop serving."""
@@ -229,6 +250,18 @@ def test_bad_allowed_registry_is_a_clear_error(tmp_path: Path) -> None:
     assert "address range" in done.stderr
 
 
+def test_registry_answers_reach_callers_as_status_and_codes_only() -> None:
+    public = registry_public("r.example/a:1", 400, ("UNSUPPORTED", "lower case", "X" * 60))
+    assert public == "r.example/a:1: HTTP 400 UNSUPPORTED (the operation is unsupported)"
+    text = scrub(f"token service http://10.0.0.9/auth?x={SECRET} said 'x' \x1b[31m{'y' * 300}")
+    assert SECRET not in text
+    assert "10.0.0.9" not in text
+    assert "\x1b" not in text
+    assert len(text) <= 120
+    assert public_message(KeyError(SECRET)) == "internal error (the server log has the details)"
+    assert public_message(ConnectionRefusedError(SECRET)) == "a registry could not be reached"
+
+
 # -- serve: refused before any connection -----------------------------------------------------
 
 
@@ -264,17 +297,64 @@ def test_internal_addresses_are_refused_before_any_request(
 
 
 def test_open_and_closed_ports_give_the_same_error(
-    internal: Internal, started: list[Server], tmp_path: Path
+    internal: Internal, dst_registry: LocalRegistry, started: list[Server], tmp_path: Path
 ) -> None:
     closed = free_port()
-    refusing = start(started, tmp_path)
-    open_, shut = mirror(
-        refusing,
-        (f"{internal.host}/json/app:1", "registry.example.com/a/b"),
-        (f"127.0.0.1:{closed}/json/app:1", "registry.example.com/a/b"),
-    )
-    assert open_.replace(str(internal.port), "PORT") == shut.replace(str(closed), "PORT")
+    banner = Banner()
+    try:
+        refusing = start(started, tmp_path)
+        open_, shut = mirror(
+            refusing,
+            (f"{internal.host}/json/app:1", "registry.example.com/a/b"),
+            (f"127.0.0.1:{closed}/json/app:1", "registry.example.com/a/b"),
+        )
+        assert open_.replace(str(internal.port), "PORT") == shut.replace(str(closed), "PORT")
+        # Allowed, a service that is not HTTP reads as a closed port, and nothing of it shows.
+        allowing = Server(tmp_path, "--allow-private-networks", private=False)
+        started.append(allowing)
+        talking, silent = mirror(
+            allowing,
+            (f"127.0.0.1:{banner.port}/a/app:1", f"{dst_registry.host}/a/b"),
+            (f"127.0.0.1:{closed}/a/app:1", f"{dst_registry.host}/a/b"),
+        )
+    finally:
+        banner.stop()
+    assert talking == f"registry 127.0.0.1:{banner.port} could not be reached"
+    assert silent == f"registry 127.0.0.1:{closed} could not be reached"
     assert internal.requests == []
+
+
+# -- serve: an allowed internal service is not read back --------------------------------------
+
+
+def test_allowed_internal_service_is_not_echoed(
+    internal: Internal, dst_registry: LocalRegistry, started: list[Server], tmp_path: Path
+) -> None:
+    # Allowed by the config, the destination by the environment.
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"api:\n  allowed_registries: ['{internal.host}']\n")
+    env = {"OCIMIRROR_ALLOWED_REGISTRIES": dst_registry.host}
+    server = start(started, tmp_path, "-c", str(config), env=env)
+    dst = f"{dst_registry.host}/copy/app"
+    as_json, as_text = mirror(
+        server, (f"{internal.host}/json/app:1", dst), (f"{internal.host}/text/app:1", dst)
+    )
+    assert (
+        as_json
+        == f"{internal.host}/json/app:1: HTTP 400 UNSUPPORTED (the operation is unsupported)"
+    )
+    assert as_text == f"{internal.host}/text/app:1: HTTP 403"
+    assert internal.requests  # it was reached: the policy allowed it
+    # Nothing it wrote shows anywhere: the answer, the jobs API, the dashboard.
+    answer = server.call(
+        "POST", "/api/v1/jobs", {"mirrors": [{"src": f"{internal.host}/json/app:1", "dst": dst}]}
+    )
+    job_done(server, answer.json()["id"])
+    for path in ("/api/v1/jobs", "/api/v1/dashboard", "/"):
+        body = server.call("GET", path).body.decode()
+        assert internal.host in body
+        for leaked in (SECRET, "db password", "db.internal", "postgres://"):
+            assert leaked not in body, path
 
 
 def test_manifest_redirect_to_loopback_is_refused(
@@ -324,7 +404,7 @@ async def test_name_resolving_to_loopback_is_refused_at_connect(
     refused, allowed = (e.error for e in response.errors)
     assert refused == f"registry {evil} is not allowed: loopback address; {HINT}"
     # The name allowed explicitly is reached, whatever its address.
-    assert allowed.startswith(f"{good}/json/good:1: HTTP 400")
+    assert allowed == f"{good}/json/good:1: HTTP 400 UNSUPPORTED (the operation is unsupported)"
     assert destination.requests
     assert internal.requests
     assert not [r for r in internal.requests if "evil" in r]

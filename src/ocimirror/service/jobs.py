@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from ..auth.credentials import Keychain
 from ..client import HostOptions
-from ..errors import ConfigError, OcimirrorError
+from ..errors import ConfigError, OcimirrorError, public_message, scrub
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..netpolicy import AddressPolicy
@@ -192,9 +192,9 @@ class _Outcome:
         failed = [r for r in results if r.status == "failed"]
         error = None
         if len(results) == 1 and failed:
-            error = one_line(failed[0].error)
+            error = _public(failed[0])
         elif failed:
-            shown = "; ".join(f"{r.destination}: {one_line(r.error)}" for r in failed[:3])
+            shown = "; ".join(f"{r.destination}: {_public(r)}" for r in failed[:3])
             more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
             error = f"{len(failed)} of {len(results)} images failed: {shown}{more}"
         copied = sum(1 for r in results if r.status == "copied")
@@ -209,6 +209,11 @@ class _Outcome:
             error=error,
             digests={r.destination: r.destination_digest for r in results if r.status != "failed"},
         )
+
+
+def _public(result: ImageResult) -> str:
+    """A failed image's error as the API shows it (the detail is in the server log)."""
+    return one_line(result.public_error or scrub(result.error))
 
 
 class _Router:
@@ -587,7 +592,7 @@ class JobManager:
             raise
         except Exception as e:  # a bug: the entry fails, the job goes on
             log.exception("job entry crashed", job=job.id, entry=index)
-            outcome = _Outcome.failed(f"{type(e).__name__}: {e}")
+            outcome = _Outcome.failed(public_message(e))
         _apply(result, outcome)
         await self._save(job)
 
@@ -732,16 +737,25 @@ class JobManager:
             if options.all_tags and tasks and shared.users == 1:
                 await self._note_destination(shared.copier, dst)
             results = await asyncio.gather(*(self._copy(shared, flight, t) for t in tasks))
+            for r in results:
+                if r.status == "failed":  # the detail stays here; the API shows `_public`
+                    log.warning(
+                        "image copy failed",
+                        source=r.source,
+                        destination=r.destination,
+                        error=r.error,
+                    )
             outcome = _Outcome.of(list(results))
             self._count(results)
             return outcome
         except OcimirrorError as e:
+            log.warning("copy failed", source=str(src), destination=str(dst), error=str(e))
             self._count_failure()
-            return _Outcome.failed(str(e) or type(e).__name__)
+            return _Outcome.failed(public_message(e))
         except Exception as e:  # a bug: this copy fails, nothing else
             log.exception("copy crashed", source=str(src), destination=str(dst))
             self._count_failure()
-            return _Outcome.failed(f"{type(e).__name__}: {e}")
+            return _Outcome.failed(public_message(e))
         finally:
             shared.users -= 1
             if shared.users == 0:
@@ -772,7 +786,9 @@ class JobManager:
             src_store = await self._store(task.source)
             dst_store = await self._store(task.destination)
         except OcimirrorError as e:
-            return ImageResult(source, destination, status="failed", error=str(e))
+            return ImageResult(
+                source, destination, status="failed", error=str(e), public_error=public_message(e)
+            )
         shared.router.flights.setdefault(destination, flight)
         try:
             return await shared.copier.copy(
