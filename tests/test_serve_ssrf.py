@@ -22,9 +22,10 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from ocimirror.errors import public_message, registry_public, scrub
 from ocimirror.netpolicy import AddressPolicy, address_refusal
+from ocimirror.service.commands import address_policy
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
-from ocimirror.sync.config import Config, Registry, Tls
+from ocimirror.sync.config import Api, Config, Registry, Tls
 from ocimirror.sync.state import StateDB
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.registry import LocalRegistry, free_port
@@ -236,6 +237,33 @@ def test_policy_allows_by_name_port_glob_and_range() -> None:
         AddressPolicy(allowed=("host:99999",))
     with pytest.raises(ValueError, match="address range"):
         AddressPolicy(allowed=("10.0.0.0/99",))
+
+
+def test_serve_allows_the_registries_its_config_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = Config.model_validate(
+        {
+            "registries": {"docker.io": {}, "10.0.0.5:5000": {}},
+            "mirrors": [{"source": "127.0.0.1:6000/lib/app", "targets": ["[::1]:7000/m/app"]}],
+            "api": {"allowed_registries": ["*.corp.example"]},
+        }
+    )
+    monkeypatch.setenv("OCIMIRROR_ALLOWED_REGISTRIES", " 192.168.0.0/16 , ")
+    policy = address_policy(config, ["localhost:5000"], allow_private=False)
+    for allowed in (
+        "registry-1.docker.io",
+        "10.0.0.5:5000",
+        "127.0.0.1:6000",
+        "[::1]:7000",
+        "a.corp.example",
+        "192.168.3.4",
+        "localhost:5000",
+    ):
+        assert policy.refusal(allowed) is None, allowed
+    for refused in ("10.0.0.5:5001", "127.0.0.1:6001", "localhost:5001", "172.16.0.1"):
+        assert str(policy.refusal(refused)).endswith(f"; {HINT}"), refused
+    assert not policy.allow_private
+    private = config.model_copy(update={"api": Api(allow_private_networks=True)})
+    assert address_policy(private, [], allow_private=False).allow_private
 
 
 def test_bad_allowed_registry_is_a_clear_error(tmp_path: Path) -> None:

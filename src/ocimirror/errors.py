@@ -192,6 +192,8 @@ def public_message(exc: BaseException) -> str:
         if isinstance(cause, RegistryError) and cause.public:
             return cause.public
         cause = cause.__cause__
+    if isinstance(exc, AddressRefused):
+        return " ".join(str(exc).split())  # ours, whole: what was refused and how to allow it
     if isinstance(exc, OcimirrorError):
         return scrub(str(exc) or type(exc).__name__)
     if isinstance(exc, aiohttp.ClientError | OSError | asyncio.TimeoutError):

@@ -34,6 +34,9 @@ from .errors import AddressRefused
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+if not hasattr(aiohttp.TCPConnector, "_resolve_host"):  # pragma: no cover
+    raise ImportError("aiohttp.TCPConnector._resolve_host is gone: GuardedConnector needs it")
+
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
