@@ -50,7 +50,8 @@ class Internal:
     """A loopback HTTP service that must not be read through serve; it records requests.
 
     `/v2/json/…` answers 400 with `JSON_ERROR`, `/v2/text/…` 403 with a plain-text
-    secret, `/v2/redirect/…` 307 to `redirect_to` (same path); anything else 404.
+    secret, `/v2/redirect/…` 307 to `redirect_to` (same path), `/v2/realm/…` 401 with a
+    bearer challenge whose realm is `redirect_to`; anything else 404.
     """
 
     def __init__(self) -> None:
@@ -74,6 +75,10 @@ class Internal:
                 elif "/text/" in self.path:
                     status, body = 403, f"config: password={SECRET}\n".encode()
                     headers["Content-Type"] = "text/plain"
+                elif "/realm/" in self.path and outer.redirect_to:
+                    status, body = 401, b""
+                    realm = f'Bearer realm="{outer.redirect_to}/token",service="x"'
+                    headers["WWW-Authenticate"] = realm
                 elif "/redirect/" in self.path and outer.redirect_to:
                     status, body = 307, b""
                     headers["Location"] = outer.redirect_to + self.path
@@ -385,19 +390,25 @@ def test_allowed_internal_service_is_not_echoed(
             assert leaked not in body, path
 
 
-def test_manifest_redirect_to_loopback_is_refused(
+def test_redirect_and_token_realm_to_loopback_are_refused(
     internal: Internal, started: list[Server], tmp_path: Path
 ) -> None:
     redirector = Internal()
     redirector.redirect_to = f"http://{internal.host}"
     try:
         server = start(started, tmp_path, "--allow-registry", redirector.host)
-        (error,) = mirror(server, (f"{redirector.host}/redirect/app:1", f"{redirector.host}/a/b"))
+        redirected, challenged = mirror(
+            server,
+            (f"{redirector.host}/redirect/app:1", f"{redirector.host}/a/b"),
+            (f"{redirector.host}/realm/app:1", f"{redirector.host}/a/b"),
+        )
     finally:
         redirector.stop()
-    assert error == f"registry {internal.host} is not allowed: loopback address; {HINT}"
+    assert redirected == f"registry {internal.host} is not allowed: loopback address; {HINT}"
+    # A token realm is a redirect too.
+    assert challenged == redirected
     assert redirector.requests  # the allowed registry was asked
-    assert internal.requests == []  # its redirect was not followed
+    assert internal.requests == []  # neither its redirect nor its realm was followed
 
 
 # -- in process: a name that resolves to loopback ---------------------------------------------
