@@ -39,15 +39,25 @@ class Answer:
 
 
 class Server(Background):
-    """`ocimirror serve` in the background on a free port, its log in a file."""
+    """`ocimirror serve` in the background on a free port, its log in a file.
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    The test registries are on loopback, which API jobs may not reach by default: unless
+    `private` is False the server starts with `--allow-private-networks`.
+    """
+
+    def __init__(
+        self, workdir: Path, *args: str, env: dict[str, str] | None = None, private: bool = True
+    ) -> None:
         self.port = free_port()
         self.state = f"sqlite:///{workdir}/serve.state.db"
-        environ = {k: v for k, v in os.environ.items() if k != "OCIMIRROR_API_TOKENS"}
+        unset = ("OCIMIRROR_API_TOKENS", "OCIMIRROR_ALLOWED_REGISTRIES")
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
         environ.update({"PORT": str(self.port), **(env or {})})
+        allow = ["--allow-private-networks"] if private else []
         super().__init__(
-            ["serve", "--state", self.state, *args], workdir / f"serve-{self.port}.log", environ
+            ["serve", "--state", self.state, *allow, *args],
+            workdir / f"serve-{self.port}.log",
+            environ,
         )
         self.wait_ready(lambda: self.call("GET", "/readyz").status == 200, "serve")
 
@@ -84,8 +94,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start servers that are stopped at the end of the test."""
     started: list[Server] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(tmp_path, *args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, private: bool = True) -> Server:
+        server = Server(tmp_path, *args, env=env, private=private)
         started.append(server)
         return server
 

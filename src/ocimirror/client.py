@@ -41,8 +41,10 @@ from .errors import (
     Unreachable,
     UploadRefused,
     is_retryable,
+    registry_public,
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
+from .netpolicy import AddressPolicy
 from .ratelimit import Pacer
 from .reference import is_loopback_host
 
@@ -74,6 +76,8 @@ class HostOptions:
     rate_limit_reserve: int | None = None
     #: Seconds to wait before re-checking the remaining count with a HEAD.
     rate_limit_wait: float = 300.0
+    #: Where connections may go (serve's API jobs); None: anywhere.
+    address_policy: AddressPolicy | None = None
 
 
 @dataclass
@@ -188,7 +192,8 @@ class RegistryClient:
     def session(self) -> aiohttp.ClientSession:
         """Return the HTTP session, creating it on first use (inside the event loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            policy = self.options.address_policy
+            connector = (policy.connector if policy else aiohttp.TCPConnector)(
                 limit=self.options.max_concurrency, ssl=self._ssl(), ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
@@ -561,13 +566,14 @@ class RegistryClient:
         status = resp.status
         text = f"{what}: HTTP {status}" + (f" {detail}" if detail else "")
         url = str(resp.url)
+        public = registry_public(what, status, codes)
         if status == 404:
-            return _NotFoundError(text, status=status, codes=codes, url=url)
+            return _NotFoundError(text, status=status, codes=codes, url=url, public=public)
         if status in (401, 403):
-            return AuthError(text, status=status, codes=codes, url=url)
+            return AuthError(text, status=status, codes=codes, url=url, public=public)
         if status == 429:
-            return RateLimited(text, retry_after=_retry_after(resp), url=url)
-        return RegistryError(text, status=status, codes=codes, url=url)
+            return RateLimited(text, retry_after=_retry_after(resp), url=url, public=public)
+        return RegistryError(text, status=status, codes=codes, url=url, public=public)
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
         """Run an idempotent request function with retries on transient failures."""
@@ -581,9 +587,18 @@ class RegistryClient:
             ):
                 with attempt:
                     return await fn()
-        except (aiohttp.ClientConnectionError, TimeoutError, ConnectionError) as e:
-            # One readable line naming the host, as every other registry failure has.
-            raise Unreachable(f"{self.host}: cannot reach the registry: {_reason(e)}") from e
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientResponseError,  # something answered, not in HTTP
+            TimeoutError,
+            ConnectionError,
+        ) as e:
+            # One readable line naming the host, as every other registry failure has; the
+            # public form is the same whatever the cause (an open port reads as a closed one).
+            raise Unreachable(
+                f"{self.host}: cannot reach the registry: {_reason(e)}",
+                public=f"registry {self.host} could not be reached",
+            ) from e
 
     # -- manifests --------------------------------------------------------------------
 
@@ -889,9 +904,15 @@ class _NotFoundError(NotFound, RegistryError):
     """A 404 from a registry: both NotFound and a RegistryError with status and codes."""
 
     def __init__(
-        self, message: str, *, status: int = 404, codes: tuple[str, ...] = (), url: str = ""
+        self,
+        message: str,
+        *,
+        status: int = 404,
+        codes: tuple[str, ...] = (),
+        url: str = "",
+        public: str = "",
     ) -> None:
-        RegistryError.__init__(self, message, status=status, codes=codes, url=url)
+        RegistryError.__init__(self, message, status=status, codes=codes, url=url, public=public)
 
 
 async def _says_use_https(resp: aiohttp.ClientResponse) -> bool:

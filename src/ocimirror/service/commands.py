@@ -6,9 +6,11 @@ The heavy parts (the server, SQLAlchemy) are imported when the command runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
+    from ..netpolicy import AddressPolicy
     from ..sync.config import Config, Loaded
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
@@ -25,6 +28,8 @@ DEFAULT_PORT = 8080
 TOKENS_ENV = "OCIMIRROR_API_TOKENS"
 #: Host names allowed besides the address served, comma-separated.
 ALLOWED_HOSTS_ENV = "OCIMIRROR_ALLOWED_HOSTS"
+#: More registries API jobs may reach, comma-separated (as --allow-registry).
+ALLOWED_ENV = "OCIMIRROR_ALLOWED_REGISTRIES"
 
 
 def _is_loopback(host: str) -> bool:
@@ -82,6 +87,41 @@ def allowed_hosts_from(config: Config, flags: list[str] | None) -> list[str]:
     return [n.strip() for n in names if n.strip()]
 
 
+def address_policy(config: Config, allow: Sequence[str], allow_private: bool) -> AddressPolicy:
+    """Where API jobs may copy from and to.
+
+    Registries the config names (`registries:` keys, the mirrors' sources and targets,
+    `api.allowed_registries`), $OCIMIRROR_ALLOWED_REGISTRIES and --allow-registry are
+    reached at any address; any other host only at public addresses, unless
+    --allow-private-networks or `api.allow_private_networks`.
+    """
+    from ..errors import ReferenceError
+    from ..netpolicy import AddressPolicy
+    from ..reference import Reference
+
+    names: list[str] = []
+    for key in config.registries:
+        names.append(key)
+        with contextlib.suppress(ReferenceError):  # docker.io: at registry-1.docker.io
+            names.append(Reference.parse(f"{key}/a").api_host)
+    for mirror in config.mirrors:
+        for text in [*mirror.sources, *mirror.targets]:
+            ref = Reference.parse(text)
+            if ref.transport == "docker":
+                names += [ref.registry, ref.api_host]
+    names += config.api.allowed_registries
+    names += [h.strip() for h in os.environ.get(ALLOWED_ENV, "").split(",") if h.strip()]
+    names += allow
+    try:
+        return AddressPolicy(
+            allowed=tuple(dict.fromkeys(names)),
+            allow_private=allow_private or config.api.allow_private_networks,
+            hint="allow it with --allow-registry",
+        )
+    except ValueError as e:
+        raise ValueError(f"--allow-registry or ${ALLOWED_ENV}: {e}") from None
+
+
 def serve(
     config: Annotated[
         Path | None,
@@ -127,6 +167,24 @@ def serve(
             metavar="NAME",
         ),
     ] = None,
+    allow_registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-registry",
+            help="A registry (HOST[:PORT], a glob such as *.corp.example, or an address range"
+            " such as 10.1.0.0/16) that API jobs may reach even at a loopback, private or"
+            " link-local address; repeatable. Registries named in the config are allowed.",
+            metavar="HOST[:PORT]",
+        ),
+    ] = None,
+    allow_private_networks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-networks",
+            help="Let API jobs reach any registry at loopback, private and link-local"
+            " addresses (by default only the allowed registries, else public addresses).",
+        ),
+    ] = False,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
@@ -137,6 +195,7 @@ def serve(
     try:
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
         bind_port = port_from(port)
+        policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)
     except (OcimirrorError, ValueError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -152,6 +211,7 @@ def serve(
                 state,
                 allow_unauthenticated,
                 allowed_hosts_from(loaded.config, allowed_host),
+                policy,
             )
         )
     )
@@ -165,6 +225,7 @@ async def _serve(
     state_url: str | None,
     allow_unauthenticated: bool,
     allowed_hosts: list[str],
+    policy: AddressPolicy,
 ) -> int:
     import structlog
     from aiohttp import web
@@ -214,9 +275,9 @@ async def _serve(
         async with StateDB(url) as state:
             pool = StorePool(keychain=keychain_for(cfg))
             metrics.watch_clients(pool.registry_clients)
-            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
+            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
             await jobs.start()
-            policy = AccessPolicy.of(
+            access = AccessPolicy.of(
                 tokens=tokens,
                 bind=bind,
                 port=port,
@@ -228,7 +289,7 @@ async def _serve(
                 jobs=jobs,
                 metrics=metrics,
                 daemon=daemon,
-                policy=policy,
+                policy=access,
                 max_entries=cfg.api.max_entries,
             )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
@@ -236,6 +297,11 @@ async def _serve(
             site = web.TCPSite(runner, bind, port)
             await site.start()
             log.info("listening", address=f"http://{bind}:{port}", tokens=len(tokens))
+            log.info(
+                "API jobs may reach",
+                registries=list(policy.allowed),
+                private_networks=policy.allow_private,
+            )
             daemon_task = (
                 asyncio.create_task(daemon.run(state=state, signals=False, metrics_server=False))
                 if daemon is not None

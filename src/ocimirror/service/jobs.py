@@ -33,7 +33,7 @@ import asyncio
 import builtins
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -41,9 +41,11 @@ import structlog
 from pydantic import ValidationError
 
 from ..auth.credentials import Keychain
-from ..errors import ConfigError, OcimirrorError
+from ..client import HostOptions
+from ..errors import ConfigError, OcimirrorError, public_message, scrub
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
+from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..store import Store
 from ..stores.pool import StorePool
@@ -151,14 +153,17 @@ def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
     )
 
 
-def _plan(entry: MirrorEntry, request: MirrorRequest) -> _Plan:
-    """Parse an entry; a bad reference or option becomes the entry's error."""
+def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | None) -> _Plan:
+    """Parse an entry; a bad reference or option, or a refused registry, is its error."""
     options = entry.resolved(request)
     try:
         src, dst = Reference.parse(entry.src), Reference.parse(entry.dst)
         for ref in (src, dst):
             if not scheme_for(ref).registry_host:
                 raise ConfigError(f"{ref}: only registry references are accepted here")
+            refused = policy.refusal(ref.api_host) if policy is not None else None
+            if refused is not None:
+                raise refused
         if not options.all_tags:
             dst = destination_for(src, dst)
         _tag_filter(options)
@@ -191,9 +196,9 @@ class _Outcome:
         failed = [r for r in results if r.status == "failed"]
         error = None
         if len(results) == 1 and failed:
-            error = one_line(failed[0].error)
+            error = _public(failed[0])
         elif failed:
-            shown = "; ".join(f"{r.destination}: {one_line(r.error)}" for r in failed[:3])
+            shown = "; ".join(f"{r.destination}: {_public(r)}" for r in failed[:3])
             more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
             error = f"{len(failed)} of {len(results)} images failed: {shown}{more}"
         copied = sum(1 for r in results if r.status == "copied")
@@ -208,6 +213,11 @@ class _Outcome:
             error=error,
             digests={r.destination: r.destination_digest for r in results if r.status != "failed"},
         )
+
+
+def _public(result: ImageResult) -> str:
+    """A failed image's error as the API shows it (the detail is in the server log)."""
+    return one_line(result.public_error or scrub(result.error))
 
 
 class _Router:
@@ -408,15 +418,19 @@ class JobManager:
         image_concurrency: int = 16,
         metrics: MirrorMetrics | None = None,
         config: Config | None = None,
+        policy: AddressPolicy | None = None,
     ) -> None:
         """Use `state` for jobs and `pool` for registries.
 
         Without a pool one is made (and closed by `close()`) on `keychain`, else on the
         credentials of `config`. `config` also gives each registry host its connection
-        settings (TLS, plain HTTP, request limits), as in scheduled sync.
+        settings (TLS, plain HTTP, request limits), as in scheduled sync. `policy` says
+        which registry addresses entries may reach (refused at once when it can tell from
+        the reference, else at connection time); None reaches any (a trusted caller).
         """
         self.state = state
         self.config = config
+        self.policy = policy
         self._own_pool = pool is None
         if pool is None:
             if keychain is None and config is not None:
@@ -530,7 +544,7 @@ class JobManager:
     async def _submit(self, request: MirrorRequest) -> tuple[_Job, bool, builtins.list[_Plan]]:
         if self._closed:
             raise RuntimeError("the job manager is closed")
-        plans = [_plan(entry, request) for entry in request.mirrors]
+        plans = [_plan(entry, request, self.policy) for entry in request.mirrors]
         keys = frozenset(p.key for p in plans)
         async with self._submit_lock:
             for job in self._jobs.values():
@@ -586,7 +600,7 @@ class JobManager:
             raise
         except Exception as e:  # a bug: the entry fails, the job goes on
             log.exception("job entry crashed", job=job.id, entry=index)
-            outcome = _Outcome.failed(f"{type(e).__name__}: {e}")
+            outcome = _Outcome.failed(public_message(e))
         _apply(result, outcome)
         await self._save(job)
 
@@ -738,16 +752,25 @@ class JobManager:
             if options.all_tags and tasks and shared.users == 1:
                 await self._note_destination(shared.copier, dst)
             results = await asyncio.gather(*(self._copy(shared, flight, t) for t in tasks))
+            for r in results:
+                if r.status == "failed":  # the detail stays here; the API shows `_public`
+                    log.warning(
+                        "image copy failed",
+                        source=r.source,
+                        destination=r.destination,
+                        error=r.error,
+                    )
             outcome = _Outcome.of(list(results))
             self._count(results)
             return outcome
         except OcimirrorError as e:
+            log.warning("copy failed", source=str(src), destination=str(dst), error=str(e))
             self._count_failure()
-            return _Outcome.failed(str(e) or type(e).__name__)
+            return _Outcome.failed(public_message(e))
         except Exception as e:  # a bug: this copy fails, nothing else
             log.exception("copy crashed", source=str(src), destination=str(dst))
             self._count_failure()
-            return _Outcome.failed(f"{type(e).__name__}: {e}")
+            return _Outcome.failed(public_message(e))
         finally:
             shared.users -= 1
             if shared.users == 0:
@@ -758,6 +781,8 @@ class JobManager:
     async def _store(self, ref: Reference) -> Store:
         """The store of a registry reference, with the config's settings for its host."""
         options = host_options(self.config, ref.api_host) if self.config is not None else None
+        if self.policy is not None:
+            options = replace(options or HostOptions(), address_policy=self.policy)
         return await self.pool.store_for(ref, options=options)
 
     async def _note_destination(self, copier: Copier, dst: Reference) -> None:
@@ -776,7 +801,9 @@ class JobManager:
             src_store = await self._store(task.source)
             dst_store = await self._store(task.destination)
         except OcimirrorError as e:
-            return ImageResult(source, destination, status="failed", error=str(e))
+            return ImageResult(
+                source, destination, status="failed", error=str(e), public_error=public_message(e)
+            )
         shared.router.flights.setdefault(destination, flight)
         try:
             return await shared.copier.copy(

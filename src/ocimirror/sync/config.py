@@ -282,7 +282,8 @@ class Metrics(_Model):
 
 
 class Api(_Model):
-    """`ocimirror serve`: bearer tokens every route but health needs, and request limits.
+    """`ocimirror serve`: bearer tokens every route but health needs, request limits, and
+    the registries that API callers may reach.
 
     `allowed_hosts`: names (besides the address served) that a request's `Host` and
     `Origin` may carry, e.g. the name of a reverse proxy in front; `*` allows any Host.
@@ -292,6 +293,18 @@ class Api(_Model):
     tokens: list[Secret] = []
     allowed_hosts: list[str] = []
     max_entries: int = Field(default=1000, ge=1)
+    #: Registries (`host[:port]`, globs, address ranges) API jobs may reach at any address.
+    allowed_registries: list[str] = []
+    #: Let API jobs reach loopback, private and link-local addresses of any registry.
+    allow_private_networks: bool = False
+
+    @field_validator("allowed_registries")
+    @classmethod
+    def _allowed(cls, v: list[str]) -> list[str]:
+        from ..netpolicy import AddressPolicy
+
+        AddressPolicy(allowed=tuple(v))  # a ValueError names the entry at fault
+        return v
 
     @field_validator("tokens", mode="before")
     @classmethod
