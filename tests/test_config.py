@@ -399,3 +399,10 @@ def test_registry_settings_reach_the_client() -> None:
         rate_limit_wait=90.0,
     )
     assert host_options(config, "elsewhere.example") == HostOptions()
+
+
+def test_hub_settings_under_any_hub_name_reach_the_client() -> None:
+    from ocimirror.sync.runner import host_options
+
+    config = parse_config("registries:\n  index.docker.io:\n    max_concurrency: 3\n", "m.yaml")
+    assert host_options(config, "registry-1.docker.io").max_concurrency == 3

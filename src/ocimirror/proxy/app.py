@@ -48,7 +48,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..auth.challenge import Challenge
 from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
-from ..reference import REPOSITORY_RE
+from ..reference import DOCKER_HUB, REPOSITORY_RE, is_docker_hub
 from .clientauth import CHALLENGE, ClientAuthenticator
 from .metrics import ProxyMetrics
 from .settings import ProxySettings
@@ -95,7 +95,6 @@ _FORWARDED = (
     "If-Modified-Since",
     "User-Agent",
 )
-_HUB_NS = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ class Proxy:
         else the default upstream; None when nothing takes it."""
         if ns:
             key = ns.strip().lower()
-            key = "docker.io" if key in _HUB_NS else key
+            key = DOCKER_HUB if is_docker_hub(key) else key
             for u in self.upstreams.values():
                 if key in u.namespaces:
                     return Route(u, "", name)

@@ -30,14 +30,11 @@ from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials, Keychain
 from ..client import HostOptions, RegistryClient
 from ..errors import RegistryError
-from ..reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host
+from ..reference import DOCKER_HUB, DOCKER_HUB_API, is_docker_hub, is_loopback_host
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
 
-_HUB_ALIASES = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
 CHALLENGE_TTL = 600.0
 
@@ -99,7 +96,7 @@ class Upstream:
         self.name = config.name
         self.prefix = config.prefix
         host = config.host
-        self.is_hub = host.lower() in _HUB_ALIASES
+        self.is_hub = is_docker_hub(host)
         #: The host the API is reached at (registry-1.docker.io for Docker Hub).
         self.host = DOCKER_HUB_API if self.is_hub else host
         plain = config.tls.plain_http

@@ -17,7 +17,7 @@ import structlog
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
 from ..errors import OcimirrorError
-from ..reference import Reference
+from ..reference import Reference, is_docker_hub
 from ..store import Store
 from ..stores.pool import StorePool
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
@@ -92,8 +92,9 @@ def keychain_for(config: Config) -> Keychain:
 def host_options(config: Config, host: str) -> HostOptions:
     """Connection settings for a registry host from the config (defaults otherwise)."""
     reg = config.registries.get(host)
-    if reg is None and host == "registry-1.docker.io":
-        reg = config.registries.get("docker.io")
+    if reg is None and is_docker_hub(host):
+        # The Hub is reached at registry-1.docker.io but configured under any of its names.
+        reg = next((r for h, r in config.registries.items() if is_docker_hub(h)), None)
     if reg is None:
         return HostOptions()
     return HostOptions(
