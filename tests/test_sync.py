@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ocimirror.state.db import StateDB
 from ocimirror.sync.config import Config, parse_config
 from ocimirror.sync.runner import MirrorPass, sync_pass
-from ocimirror.sync.state import StateDB
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo

@@ -24,8 +24,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from ..metrics import MirrorMetrics
+from ..state.db import StateDB
 from ..sync.daemon import Daemon, schedule_of
-from ..sync.state import StateDB
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
 from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView

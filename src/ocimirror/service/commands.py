@@ -140,10 +140,10 @@ async def _serve(
     from aiohttp import web
 
     from ..metrics import MirrorMetrics
+    from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
     from ..sync.daemon import Daemon
     from ..sync.runner import keychain_for
-    from ..sync.state import StateDB, default_url
     from .app import Service, make_app
     from .jobs import JobManager
 

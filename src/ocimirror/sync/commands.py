@@ -161,8 +161,8 @@ def sync(
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
     from ..errors import OcimirrorError
+    from ..state.db import StateDB, default_url
     from .config import load_config
-    from .state import StateDB, default_url
 
     console = Console(stderr=True)
     try:
@@ -272,9 +272,9 @@ def status(
 ) -> None:
     """Table: mirror, target, last run, result, digest mirrored, next run."""
     from ..errors import OcimirrorError
+    from ..state.db import StateDB, default_url
     from .config import load_config
     from .daemon import schedule_of
-    from .state import StateDB, default_url
 
     if config is None:
         raise _fail("give --config FILE")

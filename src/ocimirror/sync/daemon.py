@@ -26,11 +26,11 @@ import structlog
 from ..client import RegistryClient
 from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
+from ..state.db import StateDB, default_url
 from ..stores.pool import StorePool
 from .config import Config, Loaded, Mirror, load_config
 from .runner import Trigger, keychain_for, sync_pass
 from .schedule import Schedule
-from .state import StateDB, default_url
 
 log = structlog.get_logger("ocimirror.daemon")
 

@@ -18,12 +18,12 @@ from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
 from ..errors import OcimirrorError
 from ..reference import Reference, is_docker_hub
+from ..state.db import StateDB, TaskRecord
 from ..store import Store
 from ..stores.pool import StorePool
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
 from .config import Config, Mirror
 from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
-from .state import StateDB, TaskRecord
 
 log = structlog.get_logger(__name__)
 
