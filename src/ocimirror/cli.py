@@ -27,6 +27,7 @@ from .progress import LogProgress, RichProgress
 from .proxy import commands as proxy_commands
 from .reference import Reference, parse_prefix
 from .service import commands as service_commands
+from .settings.connection import keychain_from
 from .sync import commands as sync_commands
 from .transfer.copy import CopyOptions, Progress
 from .transfer.engine import RunSummary, Side, run_copies
@@ -357,7 +358,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             include_foreign=a["include_foreign"],
             force=a["force"],
         )
-        keychain = Keychain(config_path=a["authfile"])
+        keychain = keychain_from({}, authfile=a["authfile"])
     except (OcimirrorError, ValueError) as e:
         raise _usage(str(e)) from None
     code = _run(
@@ -493,7 +494,7 @@ def config_validate(
     target_registry: TargetRegistry = None,
 ) -> None:
     """Check a config: every problem with file:line:column and its field path."""
-    from .sync.config import load_config
+    from .settings.config import load_config
 
     console = Console(stderr=True)
     try:
@@ -513,7 +514,7 @@ def config_validate(
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON Schema of the config format."""
-    from .sync.config import json_schema
+    from .settings.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
 

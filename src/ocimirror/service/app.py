@@ -24,8 +24,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from ..metrics import MirrorMetrics
+from ..settings.schedule import schedule_of
 from ..state.db import StateDB
-from ..sync.daemon import Daemon, schedule_of
+from ..sync.daemon import Daemon
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
 from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from ..sync.config import Config, Loaded
+    from ..settings.config import Config, Loaded
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
@@ -112,7 +112,7 @@ def serve(
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..sync.config import Config, Loaded, load_config
+    from ..settings.config import Config, Loaded, load_config
 
     console = Console(stderr=True)
     try:
@@ -140,10 +140,10 @@ async def _serve(
     from aiohttp import web
 
     from ..metrics import MirrorMetrics
+    from ..settings.connection import keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
     from ..sync.daemon import Daemon
-    from ..sync.runner import keychain_for
     from .app import Service, make_app
     from .jobs import JobManager
 

@@ -41,12 +41,12 @@ from ..errors import ConfigError, OcimirrorError
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..reference import Reference
+from ..settings.config import Config
+from ..settings.connection import host_options, keychain_for
 from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
 from ..state.db import JobState as StoredState
 from ..store import Store
 from ..stores.pool import StorePool
-from ..sync.config import Config
-from ..sync.runner import host_options, keychain_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
 from ..transfer.plan import CopyTask, destination_for, plan_copy
 from ..transfer.tags import TagFilter

@@ -26,9 +26,9 @@ from typing import Literal
 from ..errors import ConfigError, NotFound, OcimirrorError
 from ..manifest import Descriptor
 from ..reference import Reference, join_prefix, parse_prefix
+from ..settings.config import Mirror
 from ..store import Store
 from ..transfer.tags import TagFilter
-from .config import Mirror
 
 Reason = Literal["new", "changed", "missing-at-target", "unchanged", "immutable"]
 NEEDS_COPY: frozenset[str] = frozenset({"new", "changed", "missing-at-target"})
