@@ -20,6 +20,7 @@ from rich.markup import escape
 from . import __version__
 from .auth.credentials import Credentials, Keychain, parse_user_pass
 from .client import HostOptions
+from .compose import scheduled_mirrors
 from .errors import ConfigError, OcimirrorError
 from .logs import configure
 from .manifest import Platform
@@ -522,7 +523,8 @@ def config_schema() -> None:
 app.command("sync")(sync_commands.sync)
 app.command("run")(sync_commands.run)
 app.command("status")(sync_commands.status)
-app.command("serve")(service_commands.serve)
+# serve -c runs the sync daemon beside the API: composed here, above both faces.
+app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
 
 

@@ -26,11 +26,11 @@ from pydantic import BaseModel, ValidationError
 from ..metrics import MirrorMetrics
 from ..settings.schedule import schedule_of
 from ..state.db import StateDB
-from ..sync.daemon import Daemon
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
 from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView
 from .openapi import openapi_document
+from .scheduled import ScheduledMirrors
 
 log = structlog.get_logger("ocimirror.serve")
 
@@ -47,7 +47,7 @@ class Service:
     state: StateDB
     jobs: JobManager
     metrics: MirrorMetrics
-    daemon: Daemon | None = None
+    daemon: ScheduledMirrors | None = None
     tokens: Sequence[str] = ()
     ready: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))

@@ -1,5 +1,8 @@
 """`ocimirror serve` (registered by `ocimirror.cli`): the HTTP service, and the daemon with it.
 
+The daemon comes from the command's context object, a `MirrorsFactory` that the CLI gives
+(`ocimirror.compose`): this face does not import the sync face.
+
 The heavy parts (the server, SQLAlchemy) are imported when the command runs.
 """
 
@@ -18,6 +21,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from ..settings.config import Config, Loaded
+    from .scheduled import MirrorsFactory
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
@@ -74,6 +78,7 @@ def tokens_from(config: Config) -> list[str]:
 
 
 def serve(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -124,7 +129,7 @@ def serve(
     lg = loaded.config.logging
     configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
     raise typer.Exit(
-        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated))
+        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated, ctx.obj))
     )
 
 
@@ -135,6 +140,7 @@ async def _serve(
     host: str | None,
     state_url: str | None,
     allow_unauthenticated: bool,
+    scheduled: MirrorsFactory | None,
 ) -> int:
     import structlog
     from aiohttp import web
@@ -143,7 +149,6 @@ async def _serve(
     from ..settings.connection import keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
-    from ..sync.daemon import Daemon
     from .app import Service, make_app
     from .jobs import JobManager
 
@@ -155,7 +160,11 @@ async def _serve(
     )
     if warning:
         log.warning(warning)
-    daemon = Daemon(config_path, loaded=loaded) if config_path is not None and cfg.mirrors else None
+    daemon = (
+        scheduled(config_path, loaded)
+        if scheduled is not None and config_path is not None and cfg.mirrors
+        else None
+    )
     metrics = daemon.metrics if daemon is not None else MirrorMetrics()
     url = state_url or cfg.state
     if url is None:
