@@ -82,7 +82,7 @@ from run import (
 )
 
 if TYPE_CHECKING:
-    from ocimirror.sync.state import RunInfo
+    from ocimirror.state.db import RunInfo
 
 REPOS = 20
 TAGS_PER_REPO = 25
@@ -430,7 +430,7 @@ class ServeProcess(ChildServer):
 
 async def _latest_runs(url: str, limit: int) -> list[RunInfo]:
     """The mirror's latest runs in the state database, newest first (`RunInfo`)."""
-    from ocimirror.sync.state import StateDB  # SQLAlchemy: only when the resident runs
+    from ocimirror.state.db import StateDB  # SQLAlchemy: only when the resident runs
 
     async with StateDB(url) as state:
         return list(await state.runs(MIRROR, limit=limit))

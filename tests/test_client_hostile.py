@@ -24,8 +24,8 @@ import ocimirror.client as client_module
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
 from ocimirror.errors import AuthError, NotFound, RegistryError
+from ocimirror.settings.config import parse_config
 from ocimirror.stores.registry import RegistryStore
-from ocimirror.sync.config import parse_config
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front, kind_of, serve

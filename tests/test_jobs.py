@@ -15,9 +15,9 @@ from ocimirror.metrics import MirrorMetrics
 from ocimirror.reference import Reference
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import JobView, MirrorEntry, MirrorRequest
+from ocimirror.state.db import StateDB
 from ocimirror.store import Store
 from ocimirror.stores.pool import StorePool
-from ocimirror.sync.state import StateDB
 from ocimirror.testkit.images import make_image, make_index, random_layer
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed, store_for

@@ -42,7 +42,7 @@ from ocimirror.metrics import MirrorMetrics
 from ocimirror.service.app import Service, make_app
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.openapi import openapi_document
-from ocimirror.sync.state import StateDB
+from ocimirror.state.db import StateDB
 from test_serve import TOKEN, Server
 
 #: Fuzzed cases per operation (the coverage phase's cases come on top), and stateful

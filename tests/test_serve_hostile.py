@@ -23,7 +23,7 @@ from ocimirror.service import access
 from ocimirror.service.access import AccessPolicy, split_host
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
-from ocimirror.sync.state import StateDB
+from ocimirror.state.db import StateDB
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed

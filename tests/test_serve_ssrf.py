@@ -25,8 +25,9 @@ from ocimirror.netpolicy import AddressPolicy, address_refusal
 from ocimirror.service.commands import address_policy
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
-from ocimirror.sync.config import Api, Config, Registry, Tls
-from ocimirror.sync.state import StateDB
+from ocimirror.settings.config import Api, Config
+from ocimirror.settings.registries import Registry, Tls
+from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.registry import LocalRegistry, free_port
 from test_serve import Server, job_done

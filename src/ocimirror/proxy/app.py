@@ -55,7 +55,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..auth.challenge import Challenge
 from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
-from ..reference import PATH_COMPONENT_RE
+from ..reference import DOCKER_HUB, PATH_COMPONENT_RE, is_docker_hub
 from .clientauth import CHALLENGE, ClientAuthenticator
 from .errorbody import error_body
 from .metrics import ProxyMetrics
@@ -114,7 +114,6 @@ _FORWARDED = (
     "If-Modified-Since",
     "User-Agent",
 )
-_HUB_NS = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -214,7 +213,7 @@ class Proxy:
         else the default upstream; None when nothing takes it."""
         if ns:
             key = ns.strip().lower()
-            key = "docker.io" if key in _HUB_NS else key
+            key = DOCKER_HUB if is_docker_hub(key) else key
             for u in self.upstreams.values():
                 if key in u.namespaces:
                     return Route(u, "", name)

@@ -22,6 +22,7 @@ import base64
 import binascii
 import re
 import time
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -29,17 +30,15 @@ import aiohttp
 import structlog
 
 from ..auth.challenge import Challenge, parse_challenges
-from ..auth.credentials import ANONYMOUS, Credentials, Keychain
-from ..client import HostOptions, RegistryClient
+from ..auth.credentials import ANONYMOUS, Credentials
+from ..client import RegistryClient
 from ..errors import RegistryError
-from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_loopback_host
+from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
+from ..settings.connection import keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
 
-_HUB_ALIASES = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
 #: A blob's path (`/v2/NAME/blobs/DIGEST`), in an URL or a path with a query.
 _BLOB_PATH = re.compile(r"/blobs/[^/?#]+(?:[?#]|$)")
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
@@ -103,7 +102,7 @@ class Upstream:
         self.name = config.name
         self.prefix = config.prefix
         host = config.host
-        self.is_hub = host.lower() in _HUB_ALIASES
+        self.is_hub = is_docker_hub(host)
         #: The host the API is reached at (registry-1.docker.io for Docker Hub).
         self.host = DOCKER_HUB_API if self.is_hub else host
         plain = config.tls.plain_http
@@ -130,22 +129,14 @@ class Upstream:
             credentials = creds or ANONYMOUS
             self.static_header = raw
         elif config.credentials is not None:
-            c = config.credentials
-            if c.token is not None:
-                credentials = Credentials(registry_token=c.token.reveal())
-            elif c.username is not None and c.password is not None:
-                credentials = Credentials(username=c.username, password=c.password.reveal())
+            credentials = static_credentials(config.credentials) or ANONYMOUS
         #: Credentials are looked up (and again later) through a keychain.
         self._keychain_based = config.credentials is not None and (
             config.credentials.helper is not None or config.credentials.docker_config is not False
         )
         self._resolved_at = 0.0
         self._creds_lock = asyncio.Lock()
-        options = HostOptions(
-            tls_verify=config.tls.verify,
-            ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
-            plain_http=plain,
-        )
+        options = replace(tls_options(config.tls), plain_http=plain)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
         self.client = UpstreamClient(self.host, credentials=credentials, options=options)
         #: Blob requests (and the redirects they lead to), on their own connection pool,
@@ -222,13 +213,8 @@ class Upstream:
         async with self._creds_lock:
             if time.monotonic() - self._resolved_at < ttl:
                 return
-            c = self.config.credentials
-            assert c is not None
-            if c.helper is not None:
-                keychain = Keychain(helpers={self.config.host: c.helper})
-            else:
-                path = c.docker_config if not isinstance(c.docker_config, bool) else None
-                keychain = Keychain(config_path=path)
+            assert self.config.credentials is not None
+            keychain = keychain_from({self.config.host: self.config.credentials})
             creds = await keychain.resolve(self.config.host)
             for client in self.clients:
                 client.set_credentials(creds)

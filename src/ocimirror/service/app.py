@@ -26,13 +26,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from ..metrics import MirrorMetrics
-from ..sync.daemon import Daemon, schedule_of
-from ..sync.state import StateDB
+from ..settings.schedule import schedule_of
+from ..state.db import StateDB
 from .access import JSON_TYPE, OPEN_PATHS, TOKEN_COOKIE, AccessPolicy
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
 from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView
 from .openapi import openapi_document
+from .scheduled import ScheduledMirrors
 
 log = structlog.get_logger("ocimirror.serve")
 
@@ -51,7 +52,7 @@ class Service:
     state: StateDB
     jobs: JobManager
     metrics: MirrorMetrics
-    daemon: Daemon | None = None
+    daemon: ScheduledMirrors | None = None
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     max_entries: int = DEFAULT_MAX_ENTRIES
     ready: bool = False

@@ -1,5 +1,8 @@
 """`ocimirror serve` (registered by `ocimirror.cli`): the HTTP service, and the daemon with it.
 
+The daemon comes from the command's context object, a `MirrorsFactory` that the CLI gives
+(`ocimirror.compose`): this face does not import the sync face.
+
 The heavy parts (the server, SQLAlchemy) are imported when the command runs.
 """
 
@@ -20,7 +23,8 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
-    from ..sync.config import Config, Loaded
+    from ..settings.config import Config, Loaded
+    from .scheduled import MirrorsFactory
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
@@ -123,6 +127,7 @@ def address_policy(config: Config, allow: Sequence[str], allow_private: bool) ->
 
 
 def serve(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -189,7 +194,7 @@ def serve(
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..sync.config import Config, Loaded, load_config
+    from ..settings.config import Config, Loaded, load_config
 
     console = Console(stderr=True)
     try:
@@ -212,6 +217,7 @@ def serve(
                 allow_unauthenticated,
                 allowed_hosts_from(loaded.config, allowed_host),
                 policy,
+                ctx.obj,
             )
         )
     )
@@ -226,15 +232,15 @@ async def _serve(
     allow_unauthenticated: bool,
     allowed_hosts: list[str],
     policy: AddressPolicy,
+    scheduled: MirrorsFactory | None,
 ) -> int:
     import structlog
     from aiohttp import web
 
     from ..metrics import MirrorMetrics
+    from ..settings.connection import keychain_for
+    from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
-    from ..sync.daemon import Daemon
-    from ..sync.runner import keychain_for
-    from ..sync.state import StateDB, default_url
     from .access import AccessPolicy
     from .app import Service, make_app
     from .jobs import JobManager
@@ -247,7 +253,11 @@ async def _serve(
     )
     if warning:
         log.warning(warning)
-    daemon = Daemon(config_path, loaded=loaded) if config_path is not None and cfg.mirrors else None
+    daemon = (
+        scheduled(config_path, loaded)
+        if scheduled is not None and config_path is not None and cfg.mirrors
+        else None
+    )
     metrics = daemon.metrics if daemon is not None else MirrorMetrics()
     url = state_url or cfg.state
     if url is None:

@@ -47,13 +47,13 @@ from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
+from ..settings.config import Config
+from ..settings.connection import host_options, keychain_for
+from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
+from ..state.db import JobState as StoredState
 from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
-from ..sync.config import Config
-from ..sync.runner import host_options, keychain_for
-from ..sync.state import INTERRUPTED_ERROR, JobInfo, StateDB
-from ..sync.state import JobState as StoredState
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
 from ..transfer.plan import CopyTask, destination_for, plan_copy
 from ..transfer.tags import TagFilter

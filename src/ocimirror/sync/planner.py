@@ -28,9 +28,9 @@ import structlog
 from ..errors import ConfigError, NotFound, OcimirrorError
 from ..manifest import Descriptor
 from ..reference import Reference, join_prefix, parse_prefix
+from ..settings.config import Mirror
 from ..store import Store
 from ..transfer.tags import TagFilter, shown, split_listed
-from .config import Mirror
 
 log = structlog.get_logger(__name__)
 
