@@ -272,3 +272,8 @@ def test_a_foreign_character_is_refused(
             return
     with pytest.raises(ReferenceError):
         Reference.parse(mutated)
+
+
+def test_property_tests_run_without_a_deadline() -> None:
+    """The profile tests/conftest.py loads: an example's duration never fails a test."""
+    assert settings().deadline is None
