@@ -1,11 +1,11 @@
 """`ocimirror serve` (registered by `ocimirror.cli`): the HTTP service, and the daemon with it.
 
-The heavy parts (the server, SQLAlchemy) are imported when the command runs.
+The heavy parts (asyncio, rich, the server, SQLAlchemy, the config's pydantic models) are
+imported when the command runs: registering it costs `ocimirror --help` nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import os
@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
@@ -187,6 +185,11 @@ def serve(
     ] = False,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.markup import escape
+
     from ..errors import OcimirrorError
     from ..logs import configure
     from ..sync.config import Config, Loaded, load_config
@@ -227,6 +230,8 @@ async def _serve(
     allowed_hosts: list[str],
     policy: AddressPolicy,
 ) -> int:
+    import asyncio
+
     import structlog
     from aiohttp import web
 
