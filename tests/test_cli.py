@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from ocimirror import __version__
+from ocimirror.cli import app
 from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
@@ -75,6 +78,16 @@ def test_help_and_version_import_nothing_heavy(args: list[str]) -> None:
 def test_the_probe_sees_what_a_command_imports() -> None:
     """The check above can fail: a command that reads the config loads pydantic and yaml."""
     assert {"pydantic", "yaml"} <= loaded_after("ocimirror.cli", "config", "schema")
+
+
+def test_version_is_answered_without_typer() -> None:
+    """`ocimirror version` skips the command line and prints what its command prints."""
+    assert "typer" not in loaded_after("ocimirror.__main__", "version")
+    assert "typer" in loaded_after("ocimirror.__main__", "version", "--help")
+    out = ocimirror("version")
+    assert out.returncode == 0
+    assert out.stdout == f"ocimirror {__version__}\n"
+    assert CliRunner().invoke(app, ["version"]).stdout == out.stdout
 
 
 async def test_copy_json_summary_and_exit_codes(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from . import __version__
+from . import version_line
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .sync import commands as sync_commands
@@ -579,7 +579,7 @@ app.command("proxy")(proxy_commands.proxy)
 @app.command()
 def version() -> None:
     """Print the version."""
-    print(f"ocimirror {__version__}")
+    print(version_line())
 
 
 #: Boolean flags spelled as skopeo spells them: bare (true) or `--flag=false`.
