@@ -18,21 +18,35 @@ stops every process, whether the test passed or not.
 
 Each registry's `creds` is its (user, password), and `Skopeo.flags(registry, role)` the
 TLS and credential flags skopeo needs for it.
+
+Property tests (hypothesis) run without deadlines: how long one example takes depends on
+the machine's load, and no test may depend on the machine's speed. The `default` profile
+is loaded unless HYPOTHESIS_PROFILE names another; `ci` (loaded when CI is set) also
+derandomizes, so a run in CI explores the same examples every time, and prints the blob
+that reproduces a failure.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.tls import TlsFiles, make_tls_files
 from ocimirror.testkit.tokenserver import TokenServer
+
+settings.register_profile("default", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+)
 
 HTPASSWD_USERS = {"alice": "wonderland"}
 TOKEN_USERS = {"bob": "builder"}

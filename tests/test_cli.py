@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from ocimirror import __version__
+from ocimirror.cli import app
 from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
@@ -22,6 +27,67 @@ def test_help_lists_the_commands_and_flags() -> None:
     out = ocimirror("copy", "--help")
     for flag in ("--all-tags", "--platform", "--src-tls-verify", "--dest-creds", "--json"):
         assert flag in out.stdout
+
+
+#: Imported only by the commands that use them: no help page nor `version` may load them.
+HEAVY = frozenset({"aiohttp", "asyncio", "sqlalchemy", "structlog", "yaml", "obstore", "ssl"})
+
+
+def loaded_after(entry: str, *args: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after `ocimirror ARGS` ran."""
+    probe = (
+        "import contextlib, io, json, sys\n"
+        f"sys.argv = ['ocimirror', *{list(args)!r}]\n"
+        f"from {entry} import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main()\n"
+        "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["copy", "--help"],
+        ["mirror", "--help"],
+        ["sync", "--help"],
+        ["run", "--help"],
+        ["status", "--help"],
+        ["serve", "--help"],
+        ["proxy", "--help"],
+        ["config", "validate", "--help"],
+        ["version"],
+    ],
+)
+def test_help_and_version_import_nothing_heavy(args: list[str]) -> None:
+    """Help pages and `version` start without the engine, the servers or the config models."""
+    loaded = loaded_after("ocimirror.cli", *args)
+    assert "ocimirror" in loaded
+    assert not loaded & HEAVY
+    if args == ["--help"]:
+        # typer builds pydantic validators for the options of the command it runs; the
+        # top-level help runs none, so pydantic is not needed there.
+        assert "pydantic" not in loaded
+
+
+def test_the_probe_sees_what_a_command_imports() -> None:
+    """The check above can fail: a command that reads the config loads pydantic and yaml."""
+    assert {"pydantic", "yaml"} <= loaded_after("ocimirror.cli", "config", "schema")
+
+
+def test_version_is_answered_without_typer() -> None:
+    """`ocimirror version` skips the command line and prints what its command prints."""
+    assert "typer" not in loaded_after("ocimirror.__main__", "version")
+    assert "typer" in loaded_after("ocimirror.__main__", "version", "--help")
+    out = ocimirror("version")
+    assert out.returncode == 0
+    assert out.stdout == f"ocimirror {__version__}\n"
+    assert CliRunner().invoke(app, ["version"]).stdout == out.stdout
 
 
 async def test_copy_json_summary_and_exit_codes(

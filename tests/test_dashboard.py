@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import ConsoleMessage, Dialog, async_playwright, expect
 
-from ocimirror.service.dashboard import RunPoint, dashboard_data, render_dashboard
+from ocimirror.service.dashboard import (
+    ERROR_PREVIEW,
+    RECENT_JOBS,
+    RunPoint,
+    dashboard_data,
+    render_dashboard,
+)
 from ocimirror.service.models import EntryError, EntryResult, JobView, MirrorView, Progress
 from ocimirror.testkit.browser import CHROMIUM, launch_chromium
 
@@ -349,3 +356,18 @@ def test_empty_dashboard_renders() -> None:
     assert "No mirrors are configured" in html
     assert 'data-refresh=""' in html
     assert 'id="conn"' not in html
+
+
+def test_the_page_inlines_the_package_css_and_script() -> None:
+    """The CSS and script come from the package's static/ files, the limits put in."""
+    static = resources.files("ocimirror.service").joinpath("static")
+    css = static.joinpath("dashboard.css").read_text(encoding="utf-8")
+    js = static.joinpath("dashboard.js").read_text(encoding="utf-8")
+    html = render_dashboard(mirrors=[], runs={}, jobs=[], now=datetime(2024, 5, 1, 12, 0))
+    assert f"<style>\n{css}</style>" in html
+    script = re.search(r"<script>\n(.*)</script>", html, re.S)
+    assert script is not None
+    assert "__PREVIEW__" in js
+    assert "__RECENT__" in js
+    assert "__" not in script.group(1)
+    assert f"PREVIEW = {ERROR_PREVIEW}, RECENT = {RECENT_JOBS};" in script.group(1)

@@ -294,3 +294,8 @@ def test_every_hub_name_is_docker_hub(host: str) -> None:
 )
 def test_other_hosts_are_not_docker_hub(host: str) -> None:
     assert not is_docker_hub(host)
+
+
+def test_property_tests_run_without_a_deadline() -> None:
+    """The profile tests/conftest.py loads: an example's duration never fails a test."""
+    assert settings().deadline is None

@@ -2,38 +2,36 @@
 
 Exit codes: 0 every image copied or already there; 1 every image failed (or a fatal
 error); 2 a usage error (bad reference, option or credential); 3 some images failed.
+
+Only typer is imported up front: `--help` and `version` need nothing else. The engine,
+aiohttp, rich's console and the config's pydantic models are imported inside the
+commands that use them (tests/test_cli.py checks that the help path stays without them).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from . import __version__
-from .auth.credentials import Credentials, Keychain, parse_user_pass
-from .client import HostOptions
+from . import version_line
 from .compose import scheduled_mirrors
-from .errors import ConfigError, OcimirrorError
-from .logs import configure
-from .manifest import Platform
-from .progress import LogProgress, RichProgress
 from .proxy import commands as proxy_commands
-from .reference import Reference, parse_prefix
 from .service import commands as service_commands
-from .settings.connection import keychain_from
 from .sync import commands as sync_commands
-from .transfer.copy import CopyOptions, Progress
-from .transfer.engine import RunSummary, Side, run_copies
-from .transfer.plan import plan_mirror
-from .transfer.tags import TagFilter, shown
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .auth.credentials import Credentials, Keychain
+    from .reference import Reference
+    from .transfer.copy import CopyOptions
+    from .transfer.engine import RunSummary, Side
+    from .transfer.tags import TagFilter
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -176,12 +174,17 @@ LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning
 
 
 def _usage(message: str) -> typer.Exit:
+    from rich.console import Console
+    from rich.markup import escape
+
     Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 
 def _truth(value: str, flag: str) -> bool:
     """Read a boolean flag value the way skopeo's flags take it (`--flag=false`)."""
+    from .errors import ConfigError
+
     text = value.strip().lower()
     if text in ("true", "1", "yes", "t"):
         return True
@@ -191,6 +194,9 @@ def _truth(value: str, flag: str) -> bool:
 
 
 def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials | None:
+    from .auth.credentials import Credentials, parse_user_pass
+    from .errors import ConfigError
+
     if creds and token:
         raise ConfigError(f"give either --{flag}-creds or --{flag}-token, not both")
     if creds:
@@ -201,6 +207,9 @@ def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials
 
 
 def _parse_platforms(platforms: list[str] | None) -> tuple[str, ...]:
+    from .errors import ConfigError
+    from .manifest import Platform
+
     out = []
     for p in platforms or []:
         for part in p.split(","):
@@ -226,6 +235,14 @@ def _run(
     json_out: bool,
     quiet: bool,
 ) -> int:
+    import asyncio
+
+    from rich.console import Console
+
+    from .progress import LogProgress, RichProgress
+    from .transfer.copy import Progress
+    from .transfer.engine import run_copies
+
     interactive = sys.stderr.isatty() and not json_out and not quiet
     console = Console(stderr=True)
     holder: list[RichProgress] = []
@@ -259,6 +276,10 @@ def _run(
 
 
 def _report(summary: RunSummary, *, console: Console, json_out: bool, interactive: bool) -> int:
+    from rich.markup import escape
+
+    from .transfer.tags import shown
+
     if json_out:
         print(json.dumps(summary.to_json(), indent=2))
     counts = summary.to_json()["counts"]
@@ -312,6 +333,9 @@ def _sides(
     dest_ca_file: str | None,
     plain_http: bool,
 ) -> tuple[Side, Side]:
+    from .client import HostOptions
+    from .transfer.engine import Side
+
     plain = True if plain_http else None
     src = Side(
         HostOptions(tls_verify=src_tls_verify, ca_file=src_ca_file, plain_http=plain),
@@ -331,6 +355,9 @@ def _filter(
     semver: str | None,
     latest: int | None,
 ) -> TagFilter | None:
+    from .errors import ConfigError
+    from .transfer.tags import TagFilter
+
     if not all_tags:
         if include or exclude or semver or latest is not None:
             raise ConfigError("--include, --exclude, --semver and --latest need --all-tags")
@@ -345,6 +372,10 @@ def _filter(
 
 def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str, Any]) -> None:
     """Validate everything a copy command was given, run it, and exit with its code."""
+    from .errors import OcimirrorError
+    from .logs import configure
+    from .transfer.copy import CopyOptions
+
     configure(fmt="json" if a["log_format"] == "json" else "text", level=a["log_level"])
     try:
         planned = pairs()
@@ -365,6 +396,8 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             include_foreign=a["include_foreign"],
             force=a["force"],
         )
+        from .settings.connection import keychain_from
+
         keychain = keychain_from({}, authfile=a["authfile"])
     except (OcimirrorError, ValueError) as e:
         raise _usage(str(e)) from None
@@ -415,6 +448,8 @@ def copy(
 ) -> None:
     """Copy an image, or with --all-tags a repository, keeping digests."""
     args = dict(locals())
+    from .reference import Reference
+
     _execute(lambda: [(Reference.parse(source), Reference.parse(destination))], args)
 
 
@@ -461,6 +496,9 @@ def mirror(
     args = dict(locals())
 
     def pairs() -> list[tuple[Reference, Reference]]:
+        from .reference import Reference, parse_prefix
+        from .transfer.plan import plan_mirror
+
         refs = [Reference.parse(i) for i in images]
         if all_tags:
             refs = [Reference(r.transport, r.registry, r.repository, path=r.path) for r in refs]
@@ -483,6 +521,9 @@ def config_init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented starting config."""
+    from rich.console import Console
+    from rich.markup import escape
+
     from .sync.example import EXAMPLE_CONFIG
 
     if output == "-":
@@ -501,6 +542,10 @@ def config_validate(
     target_registry: TargetRegistry = None,
 ) -> None:
     """Check a config: every problem with file:line:column and its field path."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .errors import OcimirrorError
     from .settings.config import load_config
 
     console = Console(stderr=True)
@@ -537,7 +582,7 @@ app.command("proxy")(proxy_commands.proxy)
 @app.command()
 def version() -> None:
     """Print the version."""
-    print(f"ocimirror {__version__}")
+    print(version_line())
 
 
 #: Boolean flags spelled as skopeo spells them: bare (true) or `--flag=false`.

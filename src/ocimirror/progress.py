@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import structlog
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING
 
-from .transfer.copy import ImageResult
+import structlog
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
+
+    from .transfer.copy import ImageResult
 
 log = structlog.get_logger("ocimirror")
 
@@ -24,6 +20,16 @@ class RichProgress:
     """Draws one bar for all bytes and one per image in flight, like a download manager."""
 
     def __init__(self, console: Console, total_images: int) -> None:
+        # Imported here: output that is not a terminal gets LogProgress and needs none of it.
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.console = console
         self.bars = Progress(
             TextColumn("{task.description}", justify="left"),

@@ -3,12 +3,13 @@
 The daemon comes from the command's context object, a `MirrorsFactory` that the CLI gives
 (`ocimirror.compose`): this face does not import the sync face.
 
-The heavy parts (the server, SQLAlchemy) are imported when the command runs.
+
+The heavy parts (asyncio, rich, the server, SQLAlchemy, the config's pydantic models) are
+imported when the command runs: registering it costs `ocimirror --help` nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import os
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
@@ -192,6 +191,11 @@ def serve(
     ] = False,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.markup import escape
+
     from ..errors import OcimirrorError
     from ..logs import configure
     from ..settings.config import Config, Loaded, load_config
@@ -234,6 +238,8 @@ async def _serve(
     policy: AddressPolicy,
     scheduled: MirrorsFactory | None,
 ) -> int:
+    import asyncio
+
     import structlog
     from aiohttp import web
 

@@ -1,23 +1,21 @@
 """The `ocimirror sync` and `ocimirror status` commands (registered by `ocimirror.cli`).
 
-Heavy modules (SQLAlchemy, the planner) are imported when a command runs, so the other
-commands start as fast as before.
+Heavy modules (asyncio, rich, SQLAlchemy, the config's pydantic models, the planner) are
+imported when a command runs: registering the commands costs `ocimirror --help` nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..settings.config import Config
     from .runner import MirrorPass, Mode
 
@@ -56,6 +54,9 @@ TargetRegistry = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+    from rich.markup import escape
+
     Console(stderr=True).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
@@ -94,6 +95,8 @@ def _one_off(
 
 
 def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) -> None:
+    from rich.markup import escape
+
     for p in passes:
         targets = sorted({str(t.target.repository_only()) for t in p.plan.tasks})
         console.print(
@@ -160,6 +163,11 @@ def sync(
     json_out: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.markup import escape
+
     from ..errors import OcimirrorError
     from ..settings.config import load_config
     from ..state.db import StateDB, default_url
@@ -254,6 +262,8 @@ def run(
     config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
 ) -> None:
     """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
+    import asyncio
+
     from ..errors import OcimirrorError
     from .daemon import Daemon
 
@@ -271,6 +281,12 @@ def status(
     config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
 ) -> None:
     """Table: mirror, target, last run, result, digest mirrored, next run."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     from ..errors import OcimirrorError
     from ..settings.config import load_config
     from ..settings.schedule import schedule_of
