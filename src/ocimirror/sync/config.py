@@ -145,6 +145,28 @@ class Registry(_Model):
         return parse_interval(self.rate_limit_wait).total_seconds()
 
 
+class Bucket(_Model):
+    """Settings for one bucket holding the registry layout (keyed `s3://BUCKET`,
+    `r2://ACCOUNT/BUCKET`, `s3:REGION:BUCKET`, `gs://BUCKET`, `az://ACCOUNT/CONTAINER`).
+    What is left out comes from the cloud's environment (AWS_*, GOOGLE_*, AZURE_*)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    #: username: the access key id; password: the secret access key (or Azure's account key).
+    credentials: Credentials | None = None
+    #: A key prefix the layout lives under (`mirror` gives `mirror/v2/...`).
+    prefix: str = ""
+    #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _keys_only(self) -> Bucket:
+        c = self.credentials
+        if c is not None and (c.username is None or c.token or c.helper or c.docker_config):
+            raise ValueError("a bucket's credentials are username (key id) and password (secret)")
+        return self
+
+
 class Tags(_Model):
     """Which tags of a repository to mirror (see `TagFilter`)."""
 
@@ -303,6 +325,7 @@ class Config(_Model):
     metrics: Metrics = Metrics()
     api: Api = Api()
     registries: dict[str, Registry] = {}
+    buckets: dict[str, Bucket] = {}
     defaults: MirrorSettings = MirrorSettings()
     mirrors: list[Mirror] = []
 
@@ -312,6 +335,18 @@ class Config(_Model):
         for host in v:
             if "/" in host or not host:
                 raise ValueError(f"registry keys are host names (host[:port]), not {host!r}")
+        return v
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: dict[str, Bucket]) -> dict[str, Bucket]:
+        from ..reference import parse_bucket
+
+        for name in v:
+            try:
+                parse_bucket(name)
+            except ReferenceError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @model_validator(mode="after")

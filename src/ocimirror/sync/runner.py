@@ -17,8 +17,9 @@ import structlog
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
 from ..errors import OcimirrorError
-from ..reference import Reference
+from ..reference import Reference, parse_bucket
 from ..store import Store
+from ..stores.objectstore import BucketSettings, bucket_key
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
@@ -90,6 +91,23 @@ def keychain_for(config: Config) -> Keychain:
     return Keychain(config_path=docker_config, overrides=overrides, helpers=helpers)
 
 
+def bucket_settings(config: Config) -> dict[str, BucketSettings]:
+    """The config's `buckets`, keyed as StorePool looks them up (`s3://BUCKET`...)."""
+    out: dict[str, BucketSettings] = {}
+    for name, b in config.buckets.items():
+        ref = parse_bucket(name)
+        c = b.credentials
+        out[bucket_key(ref)] = BucketSettings(
+            endpoint=b.endpoint or "",
+            region=b.region or ref.region,
+            access_key_id=(c.username or "") if c else "",
+            secret_access_key=c.password.reveal() if c and c.password else "",
+            prefix=b.prefix,
+            allow_http=b.allow_http,
+        )
+    return out
+
+
 def host_options(config: Config, host: str) -> HostOptions:
     """Connection settings for a registry host from the config (defaults otherwise)."""
     reg = config.registries.get(host)
@@ -121,7 +139,7 @@ async def sync_pass(
     """Run one pass over the selected mirrors (all by default); failures never stop it."""
     chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
     own_pool = pool is None
-    pool = pool or StorePool(keychain=keychain_for(config))
+    pool = pool or StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
     try:
         passes = []
         for mirror in chosen:
