@@ -294,6 +294,57 @@ sync:
         assert _get(store.store, "v2")[0] == b"{}"
 
 
+def test_docker_sync_readme_r2_example_as_printed_is_a_yaml_error_with_position(
+    tmp_path: Path,
+) -> None:
+    from ocimirror.errors import ConfigError
+    from ocimirror.sync.config import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "sync:\n"
+        "    images:\n"
+        "        - source: docker.io/library/ubuntu\n"
+        "          targets:\n"
+        f"            - r2:{ACCOUNT}:docker-sync-test:ubuntu # r2:<endpoint>:<bucket>:<image>\n"
+        "      registries:\n"
+        "            - auth:\n"
+        '                password: "SECRET_ACCES_KEY"\n'
+        '                username: "ACCESS_KEY_ID"\n'
+        "              name: R2\n"
+        f"              url: r2:{ACCOUNT}:docker-sync-test # r2:<endpoint>:<bucket>\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert str(err.value).startswith(f"{config}:6:7: (syntax): invalid YAML:")
+
+
+def test_docker_sync_one_off_form_syncs_into_r2_with_the_target_key_pair(
+    s3: LocalS3, src_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    import asyncio
+
+    image = make_image(seed="one-off")
+    asyncio.run(seed(src_registry, "library/ubuntu", [("latest", image)]))
+    bucket = s3.bucket()
+    r = run_ocimirror(
+        "sync",
+        "--no-state",
+        "--source",
+        f"{src_registry.host}/library/ubuntu:latest",
+        "--target",
+        f"r2:{ACCOUNT}:{bucket}:ubuntu",
+        "--target-username",
+        "test",
+        "--target-password",
+        "test",
+        env={"OCIMIRROR_R2_ENDPOINT": s3.endpoint},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = open_bucket(Reference.parse(f"s3://{bucket}/ubuntu"), _settings(s3.endpoint))
+    assert _get(store.store, "v2/ubuntu/manifests/latest")[0] == image.manifest.raw
+
+
 def test_wrong_credentials_are_access_denied_naming_the_bucket() -> None:
     from ocimirror.testkit.s3 import DenyingS3
 
@@ -307,3 +358,57 @@ def test_wrong_credentials_are_access_denied_naming_the_bucket() -> None:
         with pytest.raises(AuthError) as err:
             asyncio.run(store.get_manifest("app", "1"))
         assert str(err.value) == "s3://locked-bucket: read v2/app/manifests/1: access denied"
+
+
+# -- served back by nginx (the docs/static-registry.md recipe) ----------------------------
+
+
+def test_the_docs_carry_the_tested_nginx_recipe() -> None:
+    from ocimirror.testkit.nginx import SERVER_BLOCK
+
+    doc = (Path(__file__).parent.parent / "docs" / "static-registry.md").read_text()
+    assert SERVER_BLOCK.replace("{listen}", "80").replace("{root}", "/srv/www") in doc
+
+
+def test_nginx_serves_a_file_layout_that_skopeo_and_podman_pull(
+    src_registry: LocalRegistry, skopeo: Skopeo, tmp_path: Path
+) -> None:
+    import asyncio
+    import shutil
+
+    from ocimirror.testkit.nginx import StaticNginx
+    from ocimirror.testkit.podman import podman_pull
+
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed (scripts/bootstrap.sh installs it)")
+    index = make_index(["linux/amd64", "linux/arm64"], seed="nginx-index")
+    single = make_image(seed="nginx-single", oci=False)
+    asyncio.run(seed(src_registry, "team/app", [("multi", index), ("single", single)]))
+    site = tmp_path / "site"
+    for tag in ("multi", "single"):
+        r = run_ocimirror(
+            "copy", f"{src_registry.host}/team/app:{tag}", f"file://{site}//team/app:{tag}"
+        )
+        assert r.returncode == 0, r.stderr
+    with StaticNginx(site) as nginx:
+        for tag, image in (("multi", index), ("single", single)):
+            ref = f"docker://{nginx.host}/team/app:{tag}"
+            raw = skopeo.run("inspect", "--raw", "--tls-verify=false", ref).stdout
+            assert raw.encode() == image.manifest.raw
+            req = urllib.request.Request(
+                f"http://{nginx.host}/v2/team/app/manifests/{image.digest}", method="HEAD"
+            )
+            with urllib.request.urlopen(req) as resp:
+                assert resp.headers["Content-Type"] == image.manifest.media_type
+                assert resp.headers["Docker-Content-Digest"] == image.digest
+            out = tmp_path / f"out-{tag}"
+            # dir: keeps manifests as they are (and checks every blob against its digest).
+            skopeo.run("copy", "--src-tls-verify=false", "--all", ref, f"dir:{out}")
+            assert (out / "manifest.json").read_bytes() == image.manifest.raw
+        with urllib.request.urlopen(f"http://{nginx.host}/v2/") as resp:
+            assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        if shutil.which("podman") is None:
+            pytest.skip("podman is not installed (scripts/bootstrap.sh installs it)")
+        result = podman_pull(skopeo, f"{nginx.host}/team/app:single")
+        assert result.returncode == 0, result.stderr
+        assert single.blobs[0].digest.split(":")[1] in result.stdout
