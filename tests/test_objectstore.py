@@ -11,6 +11,7 @@ import obstore
 import pytest
 from obstore.store import MemoryStore
 
+from ocimirror import digest as digests
 from ocimirror import mediatypes as mt
 from ocimirror.errors import AuthError, DigestMismatch, ManifestError, NotFound, ReferenceError
 from ocimirror.reference import Reference
@@ -208,6 +209,12 @@ async def test_a_failed_multipart_upload_is_aborted_in_s3(s3: LocalS3) -> None:
         await store.put_blob("app", desc, _chunks(data, 1024 * 1024))
     assert await store.blob_size("app", desc.digest) is None
     assert "<Upload>" not in _pending_uploads(s3, bucket)
+    # The same stream with its right digest: three parts, one object, the same bytes.
+    right = type(wrong)(wrong.media_type, digests.of(data), len(data))
+    await store.put_blob("app", right, _chunks(data, 1024 * 1024))
+    assert await store.blob_size("app", right.digest) == len(data)
+    async with store.open_blob("app", right) as chunks:
+        assert b"".join([c async for c in chunks]) == data
 
 
 async def test_a_missing_bucket_is_one_line_naming_bucket_and_key(s3: LocalS3) -> None:
@@ -346,9 +353,9 @@ def test_docker_sync_one_off_form_syncs_into_r2_with_the_target_key_pair(
 
 
 def test_wrong_credentials_are_access_denied_naming_the_bucket() -> None:
-    from ocimirror.testkit.s3 import DenyingS3
+    from ocimirror.testkit.s3 import RefusingS3
 
-    with DenyingS3() as server:
+    with RefusingS3() as server:
         store = open_bucket(
             Reference.parse("s3://locked-bucket/app:1"),
             _settings(server.endpoint),
@@ -412,3 +419,35 @@ def test_nginx_serves_a_file_layout_that_skopeo_and_podman_pull(
         result = podman_pull(skopeo, f"{nginx.host}/team/app:single")
         assert result.returncode == 0, result.stderr
         assert single.blobs[0].digest.split(":")[1] in result.stdout
+
+
+def test_a_wrong_region_is_named_with_bucket_and_key() -> None:
+    import asyncio
+
+    from ocimirror.errors import StoreError
+    from ocimirror.testkit.s3 import RefusingS3
+
+    with RefusingS3(400, "AuthorizationHeaderMalformed") as server:
+        store = open_bucket(Reference.parse("s3://far-bucket/app:1"), _settings(server.endpoint))
+        with pytest.raises(StoreError) as err:
+            asyncio.run(store.get_manifest("app", "1"))
+        assert str(err.value) == (
+            "s3://far-bucket: read v2/app/manifests/1: wrong region"
+            " (the bucket is in another region; set its region)"
+        )
+
+
+def test_copy_into_a_missing_bucket_fails_in_one_line_naming_bucket_and_key(
+    s3: LocalS3, src_registry: LocalRegistry
+) -> None:
+    import asyncio
+
+    asyncio.run(seed(src_registry, "team/app", [("1", make_image(seed="nobucket"))]))
+    r = run_ocimirror(
+        "copy", f"{src_registry.host}/team/app:1", "s3://no-such-bucket/team/app:1", env=_env(s3)
+    )
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if "no-such-bucket" in line]
+    assert any(
+        "s3://no-such-bucket: write v2: the bucket does not exist" in line for line in lines
+    ), r.stderr

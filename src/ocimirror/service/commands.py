@@ -142,7 +142,7 @@ async def _serve(
     from ..metrics import MirrorMetrics
     from ..stores.pool import StorePool
     from ..sync.daemon import Daemon
-    from ..sync.runner import keychain_for
+    from ..sync.runner import bucket_settings, keychain_for
     from ..sync.state import StateDB, default_url
     from .app import Service, make_app
     from .jobs import JobManager
@@ -181,7 +181,7 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         async with StateDB(url) as state:
-            pool = StorePool(keychain=keychain_for(cfg))
+            pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
             await jobs.start()

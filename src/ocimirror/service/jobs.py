@@ -45,7 +45,7 @@ from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..sync.config import Config
-from ..sync.runner import host_options, keychain_for
+from ..sync.runner import bucket_settings, host_options, keychain_for
 from ..sync.state import INTERRUPTED_ERROR, JobInfo, StateDB
 from ..sync.state import JobState as StoredState
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
@@ -417,7 +417,8 @@ class JobManager:
         if pool is None:
             if keychain is None and config is not None:
                 keychain = keychain_for(config)
-            pool = StorePool(keychain=keychain)
+            settings = bucket_settings(config) if config is not None else None
+            pool = StorePool(keychain=keychain, settings=settings)
         self.pool = pool
         self.image_concurrency = image_concurrency
         self.metrics = metrics

@@ -28,7 +28,7 @@ from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
 from ..stores.pool import StorePool
 from .config import Config, Loaded, Mirror, load_config
-from .runner import Trigger, keychain_for, sync_pass
+from .runner import Trigger, pool_for, sync_pass
 from .schedule import Schedule
 from .state import StateDB, default_url
 
@@ -202,7 +202,7 @@ class Daemon:
             )
 
     async def _loop(self, state: StateDB) -> int:
-        pool = StorePool(keychain=keychain_for(self.config))
+        pool = pool_for(self.config)
         self._pools.append(pool)
         retired: list[StorePool] = []
         try:
@@ -211,7 +211,7 @@ class Daemon:
                     self._do_reload()
                     # New credentials take effect for new runs; running ones keep theirs.
                     retired.append(pool)
-                    pool = StorePool(keychain=keychain_for(self.config))
+                    pool = pool_for(self.config)
                     self._pools.append(pool)
                 now = datetime.now(UTC)
                 for m in self.config.mirrors:

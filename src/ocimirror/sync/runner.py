@@ -108,6 +108,11 @@ def bucket_settings(config: Config) -> dict[str, BucketSettings]:
     return out
 
 
+def pool_for(config: Config) -> StorePool:
+    """A StorePool with the config's credentials and bucket settings."""
+    return StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
+
+
 def host_options(config: Config, host: str) -> HostOptions:
     """Connection settings for a registry host from the config (defaults otherwise)."""
     reg = config.registries.get(host)
@@ -139,7 +144,7 @@ async def sync_pass(
     """Run one pass over the selected mirrors (all by default); failures never stop it."""
     chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
     own_pool = pool is None
-    pool = pool or StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
+    pool = pool or pool_for(config)
     try:
         passes = []
         for mirror in chosen:

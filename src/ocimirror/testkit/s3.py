@@ -136,17 +136,18 @@ class LocalS3(StartStop):
             self._log_path = None
 
 
-class DenyingS3(StartStop):
-    """An S3 endpoint on loopback that refuses every request as S3 does a wrong key pair:
-    403 with an `AccessDenied` error document (moto accepts any keys, so it cannot)."""
+class RefusingS3(StartStop):
+    """An S3 endpoint on loopback that refuses every request with one S3 error, as S3 does
+    a wrong key pair (403 AccessDenied, the default) or a request signed for the wrong
+    region (400 AuthorizationHeaderMalformed): moto accepts any keys and any region."""
 
-    BODY = (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-        b"<Message>Access Denied</Message></Error>"
-    )
-
-    def __init__(self) -> None:
-        """Nothing runs until `start()`."""
+    def __init__(self, status: int = 403, code: str = "AccessDenied") -> None:
+        """Answer `status` with an error document of `code`; nothing runs until `start()`."""
+        self.status = status
+        self.body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{code}</Message></Error>"
+        ).encode()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -158,14 +159,14 @@ class DenyingS3(StartStop):
 
     def start(self) -> Self:
         """Serve on a free port in a thread."""
-        body = self.BODY
+        body, status = self.body, self.status
 
         class Deny(BaseHTTPRequestHandler):
             def _deny(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                self.send_response(403)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
