@@ -451,3 +451,39 @@ def test_copy_into_a_missing_bucket_fails_in_one_line_naming_bucket_and_key(
     assert any(
         "s3://no-such-bucket: write v2: the bucket does not exist" in line for line in lines
     ), r.stderr
+
+
+def test_sync_config_buckets_section_prefix_and_a_warm_pass_of_heads(
+    s3: LocalS3, src_registry: LocalRegistry, tmp_path: Path
+) -> None:
+    import asyncio
+
+    images = [("1", make_image(seed="warm-1")), ("2", make_image(seed="warm-2", oci=False))]
+    asyncio.run(seed(src_registry, "team/app", images))
+    bucket = s3.bucket()
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        f"""\
+buckets:
+  s3://{bucket}:
+    endpoint: {s3.endpoint}
+    region: us-east-1
+    credentials: {{username: test, password: test}}
+    prefix: registry
+mirrors:
+  - source: [{src_registry.host}/team/app:1, {src_registry.host}/team/app:2]
+    targets: [s3://{bucket}/mirror]
+"""
+    )
+    r = run_ocimirror("sync", "-c", str(config), "--no-state")
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = open_bucket(Reference.parse(f"s3://{bucket}/x"), _settings(s3.endpoint))
+    listed = _get(store.store, "registry/v2/mirror/team/app/tags/list")[0]
+    assert json.loads(listed) == {"name": "mirror/team/app", "tags": ["1", "2"]}
+    before = s3.requests()
+    r = run_ocimirror("sync", "-c", str(config), "--no-state")
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = s3.requests()
+    spent = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    # One HEAD per tag at the bucket, nothing read or written.
+    assert spent == {"HEAD": 2}

@@ -188,6 +188,7 @@ class BucketStore:
         self.local = local
         self._tag_locks: dict[str, asyncio.Lock] = {}
         self._root_written = False
+        self._root_lock = asyncio.Lock()
 
     # -- keys and errors ----------------------------------------------------------------
 
@@ -258,9 +259,12 @@ class BucketStore:
     async def _ensure_root(self) -> None:
         """Write the `v2` object (`{}`) before the first write of this store (not in a
         directory, where `v2` is the directory: the web server answers `/v2/` itself)."""
-        if not self._root_written and not self.local:
-            await self._put(f"{self.root}v2", b"{}", "application/json", SHORT_LIVED)
-            self._root_written = True
+        if self._root_written or self.local:
+            return
+        async with self._root_lock:
+            if not self._root_written:
+                await self._put(f"{self.root}v2", b"{}", "application/json", SHORT_LIVED)
+                self._root_written = True
 
     # -- manifests ----------------------------------------------------------------------
 
