@@ -17,7 +17,8 @@ there each manifest is also written as `<ref>.<kind>` (`.oci-index`, `.oci-manif
 `.docker-list`, `.docker-manifest`), which lets nginx give it its media type by
 extension (docs/static-registry.md).
 
-Writes: a blob is streamed in parts (multipart upload beyond one part, bounded memory)
+Writes: a blob is streamed in 5 MiB parts (multipart upload beyond one part; at most
+UPLOADS large blobs at once, so memory stays bounded whatever the copier's concurrency)
 while its digest is computed; a mismatch raises before the last part is handed to obstore,
 which then aborts the upload, so no object appears under the final key. A tag's
 `tags/list` is read, changed and written back: two writers adding tags to the same
@@ -29,6 +30,7 @@ never torn).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -63,11 +65,17 @@ DIGEST_ATTRIBUTE = "docker-content-digest"
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT_LIVED = "public, max-age=60"
 
-#: The size of each part of a blob upload; blobs up to one part are put in one request.
-PART_SIZE = 8 * 1024 * 1024
+#: The size of each part of a blob upload (S3's smallest); a blob up to one part is put
+#: in one request.
+PART_SIZE = 5 * 1024 * 1024
 
-#: Parts in flight per blob (memory per blob: about PART_SIZE * (PUT_CONCURRENCY + 1)).
-PUT_CONCURRENCY = 4
+#: Parts in flight per blob (memory per blob: about PART_SIZE * (PUT_CONCURRENCY + 2)).
+PUT_CONCURRENCY = 2
+
+#: Blobs above SMALL_BLOB uploaded at once per store, whatever the copier's concurrency:
+#: with the two above, the uploads hold at most about 60 MiB.
+UPLOADS = 3
+SMALL_BLOB = 1024 * 1024
 
 #: The bytes read per step of a blob download.
 READ_CHUNK = 1024 * 1024
@@ -189,6 +197,7 @@ class BucketStore:
         self._tag_locks: dict[str, asyncio.Lock] = {}
         self._root_written = False
         self._root_lock = asyncio.Lock()
+        self._uploads = asyncio.Semaphore(UPLOADS)
 
     # -- keys and errors ----------------------------------------------------------------
 
@@ -409,18 +418,23 @@ class BucketStore:
 
         key = self.key(repo, "blobs", desc.digest)
         await self._ensure_root()
-        parts = _parts(digests.verified(chunks, desc.digest, desc.size, f"blob {desc.digest}"))
+        # obstore regroups the stream into PART_SIZE parts itself; `verified` withholds the
+        # last chunk until the digest is known, so a mismatch aborts the upload.
+        parts = digests.verified(chunks, desc.digest, desc.size, f"blob {desc.digest}")
         attributes = {"Content-Type": "application/octet-stream", "Cache-Control": IMMUTABLE}
-        with self._errors("write", key):
-            await obstore.put_async(
-                self.store,
-                key,
-                parts,
-                attributes=None if self.local else attributes,
-                use_multipart=desc.size > PART_SIZE,
-                chunk_size=PART_SIZE,
-                max_concurrency=PUT_CONCURRENCY,
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            if desc.size > SMALL_BLOB:
+                await stack.enter_async_context(self._uploads)
+            with self._errors("write", key):
+                await obstore.put_async(
+                    self.store,
+                    key,
+                    parts,
+                    attributes=None if self.local else attributes,
+                    use_multipart=desc.size > PART_SIZE,
+                    chunk_size=PART_SIZE,
+                    max_concurrency=PUT_CONCURRENCY,
+                )
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Copy a blob from another repository of the bucket, server-side (no bytes move)."""
@@ -438,18 +452,6 @@ class BucketStore:
 
     async def close(self) -> None:
         """Nothing to release: obstore's connections close with the store object."""
-
-
-async def _parts(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Regroup a stream into PART_SIZE pieces (the last one shorter)."""
-    pending = bytearray()
-    async for chunk in chunks:
-        pending += chunk
-        while len(pending) >= PART_SIZE:
-            yield bytes(pending[:PART_SIZE])
-            del pending[:PART_SIZE]
-    if pending:
-        yield bytes(pending)
 
 
 __all__ = [
