@@ -163,9 +163,12 @@ async def test_a_bucket_without_tags_list_is_listed_from_its_tag_objects(tmp_pat
     store = open_bucket(Reference.parse(f"file://{tmp_path}//app:1"))
     image = make_image(seed="listing", oci=False)
     await push(store, "app", image, "1")
-    await push(store, "app", image, "2")
+    await push(store, "app", image, "3.20")
     (tmp_path / "v2/app/tags/list").unlink()
-    assert await store.list_tags("app") == ["1", "2"]
+    assert await store.list_tags("app") == ["1", "3.20"]
+    layer = image.blobs[-1]
+    assert await store.mount_blob("other/app", layer.descriptor, "app")
+    assert (tmp_path / f"v2/other/app/blobs/{layer.digest}").read_bytes() == layer.data
     # A directory keeps no metadata: a typed twin carries the media type for nginx.
     twin = tmp_path / "v2/app/manifests/1.docker-manifest"
     assert twin.read_bytes() == image.manifest.raw
@@ -487,3 +490,30 @@ mirrors:
     spent = {k: after[k] - before[k] for k in after if after[k] != before[k]}
     # One HEAD per tag at the bucket, nothing read or written.
     assert spent == {"HEAD": 2}
+
+
+async def test_tags_put_at_once_by_one_store_all_reach_tags_list() -> None:
+    import asyncio
+
+    mem = MemoryStore()
+    store = BucketStore(mem, name="memory://")
+    image = make_image(seed="many-tags")
+    await push(store, "app", image, "base")
+    tags = [f"t{i}" for i in range(12)]
+    await asyncio.gather(*(store.put_manifest("app", t, image.manifest) for t in tags))
+    assert await store.list_tags("app") == sorted([*tags, "base"])
+
+
+def test_a_bad_buckets_entry_is_named_with_its_line() -> None:
+    from ocimirror.errors import ConfigError
+    from ocimirror.sync.config import parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config("buckets:\n  s3://Bad_Bucket: {}\n", "m.yaml")
+    assert "invalid bucket name 'Bad_Bucket'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse_config("buckets:\n  s3://good-bucket:\n    credentials: {token: x}\n", "m.yaml")
+    assert str(err.value) == (
+        "m.yaml:3:5: buckets.s3://good-bucket: a bucket's credentials are username (key id)"
+        " and password (secret)"
+    )

@@ -373,7 +373,8 @@ class BucketStore:
             async for batch in obstore.list(self.store, prefix, chunk_size=1000):
                 for meta in batch:
                     name = meta["path"].removeprefix(prefix)
-                    if "/" not in name and not _is_digest(name) and "." not in name[1:]:
+                    twin = name.rpartition(".")[2] in TYPED_EXTENSIONS.values()
+                    if "/" not in name and not _is_digest(name) and not twin:
                         found.add(name)
         if not found:
             raise NotFound(f"{self.name}: repository {repo} unknown")
