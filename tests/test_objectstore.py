@@ -517,3 +517,10 @@ def test_a_bad_buckets_entry_is_named_with_its_line() -> None:
         "m.yaml:3:5: buckets.s3://good-bucket: a bucket's credentials are username (key id)"
         " and password (secret)"
     )
+
+
+def test_a_missing_directory_source_is_not_found_and_not_made(tmp_path: Path) -> None:
+    ref = Reference.parse(f"file://{tmp_path}/none//app:1")
+    with pytest.raises(NotFound, match="no such directory"):
+        open_bucket(ref, create=False)
+    assert not (tmp_path / "none").exists()

@@ -145,8 +145,8 @@ def store_options(
     elif ref.transport == "gs":
         if key_id or secret:
             raise ConfigError(
-                f"{ref.place}: GCS takes its credentials from GOOGLE_APPLICATION_CREDENTIALS"
-                " (or the config's options), not a username and password"
+                f"{ref.place}: GCS takes its credentials from GOOGLE_APPLICATION_CREDENTIALS,"
+                " not a username and password"
             )
         url = f"gs://{ref.registry}"
     elif ref.transport == "az":
@@ -167,13 +167,21 @@ def store_options(
 
 
 def open_bucket(
-    ref: Reference, settings: BucketSettings | None = None, credentials: Credentials | None = None
+    ref: Reference,
+    settings: BucketSettings | None = None,
+    credentials: Credentials | None = None,
+    *,
+    create: bool = True,
 ) -> BucketStore:
-    """Open the BucketStore for a bucket reference (no request is made until used)."""
+    """Open the BucketStore for a bucket reference (no request is made until used).
+
+    A directory (`file://`) is made when missing if `create` (a destination); else a
+    missing one is NotFound. A bucket is never created: a missing one fails its requests.
+    """
     s = settings or BucketSettings()
     url, opts = store_options(ref, s, credentials)
-    if ref.transport == "file":
-        os.makedirs(ref.registry, exist_ok=True)
+    if ref.transport == "file" and not create and not os.path.isdir(ref.registry):
+        raise NotFound(f"{ref.place}: no such directory")
     store = open_store(url, opts, what="bucket", any_http=False)
     local = ref.transport == "file"
     return BucketStore(store, name=ref.place, prefix=s.prefix, local=local)

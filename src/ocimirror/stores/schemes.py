@@ -79,7 +79,7 @@ def _open_layout(ref: Reference, opening: Opening) -> Store:
 
 def _open_bucket(ref: Reference, opening: Opening) -> Store:
     settings = opening.settings if isinstance(opening.settings, BucketSettings) else None
-    return open_bucket(ref, settings, opening.credentials)
+    return open_bucket(ref, settings, opening.credentials, create=opening.create)
 
 
 _SCHEMES: dict[str, Scheme] = {}
