@@ -82,7 +82,7 @@ from run import (
 )
 
 if TYPE_CHECKING:
-    from ocimirror.sync.state import RunInfo
+    from ocimirror.state.db import RunInfo
 
 REPOS = 20
 TAGS_PER_REPO = 25
@@ -362,13 +362,17 @@ class ServeProcess(ChildServer):
         """The log's tail, for error messages."""
         return self.tail(1500)
 
-    def request(self, method: str, path: str) -> tuple[int, bytes]:
-        """Send one request on a kept-alive connection (reconnecting once); return it."""
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """Send one request on a kept-alive connection (reconnecting once); return it.
+
+        A body goes as application/json (the only type the API's writes take).
+        """
+        headers = {"Content-Type": "application/json"} if body is not None else {}
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
             try:
-                self._conn.request(method, path)
+                self._conn.request(method, path, body=body, headers=headers)
                 resp = self._conn.getresponse()
                 return resp.status, resp.read()
             except (OSError, http.client.HTTPException):
@@ -399,7 +403,7 @@ class ServeProcess(ChildServer):
         """
         before = self.mirror().get("last_run")
         start = time.perf_counter()
-        status, body = self.request("POST", f"/api/v1/mirrors/{MIRROR}/sync")
+        status, body = self.request("POST", f"/api/v1/mirrors/{MIRROR}/sync", b"{}")
         if status != 202:
             raise RuntimeError(f"POST .../{MIRROR}/sync: {status} {body[:200]!r}")
         polls = 0
@@ -426,7 +430,7 @@ class ServeProcess(ChildServer):
 
 async def _latest_runs(url: str, limit: int) -> list[RunInfo]:
     """The mirror's latest runs in the state database, newest first (`RunInfo`)."""
-    from ocimirror.sync.state import StateDB  # SQLAlchemy: only when the resident runs
+    from ocimirror.state.db import StateDB  # SQLAlchemy: only when the resident runs
 
     async with StateDB(url) as state:
         return list(await state.runs(MIRROR, limit=limit))

@@ -12,6 +12,7 @@ from ocimirror import mediatypes as mt
 from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import seed
 
 
 def write_layout(path: Path, tag: str, raw: bytes, media_type: str) -> str:
@@ -91,3 +92,35 @@ def test_tampered_manifest_digest_mismatch(tmp_path: Path, registry: LocalRegist
     (line,) = failure_lines(out.stderr)
     assert "digest mismatch" in line
     assert registry.tags("t") == []
+
+
+async def test_tag_patterns_cannot_freeze_a_copy(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    """`(a+)+` against a 41-character tag: a backtracking engine would run for days.
+
+    The child's timeout is only a hang guard; the assertions are on what it copied.
+    """
+    src, dst = registry_pair
+    hostile = "a" * 40 + "b"
+    image = make_image(layer_size=200, seed="redos")
+    await seed(src, "app", [(hostile, image), ("aaaa", image)])
+    out = ocimirror(
+        "copy", "--all-tags", "--include", "(a+)+", f"{src.host}/app", f"{dst.host}/app"
+    )
+    assert out.returncode == 0, out.stderr
+    assert dst.tags("app") == ["aaaa"]
+
+
+@pytest.mark.parametrize(("flag", "pattern"), [("--include", r"(a)\1"), ("--exclude", "v(?=1)")])
+def test_a_tag_pattern_re2_cannot_run_is_a_usage_error(
+    registry: LocalRegistry, flag: str, pattern: str
+) -> None:
+    mark = registry.mark()
+    out = ocimirror("copy", "--all-tags", flag, pattern, f"{registry.host}/app", "oci:/nowhere")
+    assert out.returncode == 2, out.stderr
+    kind = flag.removeprefix("--")
+    assert f"unsupported {kind} regex {pattern!r}" in out.stderr
+    assert "no backreferences or lookaround" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert registry.requests(since=mark) == []

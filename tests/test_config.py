@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from ocimirror.errors import ConfigError
-from ocimirror.sync.compat import TARGET_REGISTRY_ENV
-from ocimirror.sync.config import (
+from ocimirror.settings.compat import TARGET_REGISTRY_ENV
+from ocimirror.settings.config import (
     ConfigFileError,
-    Secret,
     detect_format,
     json_schema,
     load_config,
     parse_config,
 )
+from ocimirror.settings.secrets import Secret
 
 GOOD = """\
 state: sqlite:///tmp/state.db
@@ -275,7 +275,7 @@ def test_docker_sync_yaml_is_read_as_is(tmp_path: Path) -> None:
     assert ubuntu.mutable_tags == ["latest", "noble"]
     assert alpine.mutable_tags == ["latest"]
     assert ubuntu.schedule == "1h0m0s"
-    from ocimirror.sync.schedule import Schedule
+    from ocimirror.settings.schedule import Schedule
 
     assert Schedule.parse(ubuntu.schedule).describe() == "every 1h"
 
@@ -378,7 +378,7 @@ def test_config_commands(tmp_path: Path) -> None:
 
 def test_registry_settings_reach_the_client() -> None:
     from ocimirror.client import HostOptions
-    from ocimirror.sync.runner import host_options
+    from ocimirror.settings.connection import host_options
 
     config = parse_config(
         "registries:\n"
@@ -399,3 +399,10 @@ def test_registry_settings_reach_the_client() -> None:
         rate_limit_wait=90.0,
     )
     assert host_options(config, "elsewhere.example") == HostOptions()
+
+
+def test_hub_settings_under_any_hub_name_reach_the_client() -> None:
+    from ocimirror.settings.connection import host_options
+
+    config = parse_config("registries:\n  index.docker.io:\n    max_concurrency: 3\n", "m.yaml")
+    assert host_options(config, "registry-1.docker.io").max_concurrency == 3

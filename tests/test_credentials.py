@@ -301,6 +301,7 @@ HUB_NAMES = [
     "docker.io",
     "index.docker.io",
     "registry-1.docker.io",
+    "registry.hub.docker.com",
     "https://index.docker.io/v1/",
 ]
 
@@ -613,9 +614,10 @@ async def test_results_are_cached_per_host(
     results = await asyncio.gather(
         *(keychain.resolve(name) for name in [*HUB_NAMES, *HUB_NAMES, "ghcr.io", "ghcr.io"])
     )
-    assert results[:8] == [Credentials("bob", "pw")] * 8
-    assert results[8].anonymous
-    assert results[9].anonymous
+    hub = 2 * len(HUB_NAMES)
+    assert results[:hub] == [Credentials("bob", "pw")] * hub
+    assert results[hub].anonymous
+    assert results[hub + 1].anonymous
     assert sorted(calls(helper_dir, "store")) == sorted([f"get|{DOCKER_HUB_SERVER}", "get|ghcr.io"])
     await keychain.resolve("docker.io")
     assert len(calls(helper_dir, "store")) == 2

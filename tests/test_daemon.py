@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ocimirror.sync.state import StateDB
+from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.polling import wait_for

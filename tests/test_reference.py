@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocimirror.errors import ReferenceError
-from ocimirror.reference import Reference, join_prefix, parse_prefix
+from ocimirror.reference import Reference, is_docker_hub, join_prefix, parse_prefix
 
 D = "sha256:" + "ab" * 32
 
@@ -272,3 +272,25 @@ def test_a_foreign_character_is_refused(
             return
     with pytest.raises(ReferenceError):
         Reference.parse(mutated)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "docker.io",
+        "Docker.IO",
+        "index.docker.io",
+        "registry-1.docker.io",
+        "registry.hub.docker.com",
+    ],
+)
+def test_every_hub_name_is_docker_hub(host: str) -> None:
+    assert is_docker_hub(host)
+    assert Reference.parse(f"{host}/library/alpine").registry == "docker.io"
+
+
+@pytest.mark.parametrize(
+    "host", ["ghcr.io", "docker.io.evil.example", "hub.docker.com", "localhost"]
+)
+def test_other_hosts_are_not_docker_hub(host: str) -> None:
+    assert not is_docker_hub(host)

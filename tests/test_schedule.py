@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ocimirror.sync.schedule import MAX_INTERVAL, Schedule, format_interval, parse_interval
+from ocimirror.settings.durations import MAX_INTERVAL, format_interval, parse_interval
+from ocimirror.settings.schedule import Schedule
 
 T0 = datetime(2026, 1, 1, 2, 59, tzinfo=UTC)
 ACCEPTED = "expected 0 (on demand), a number of seconds, or a duration such as"

@@ -39,15 +39,25 @@ class Answer:
 
 
 class Server(Background):
-    """`ocimirror serve` in the background on a free port, its log in a file."""
+    """`ocimirror serve` in the background on a free port, its log in a file.
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    The test registries are on loopback, which API jobs may not reach by default: unless
+    `private` is False the server starts with `--allow-private-networks`.
+    """
+
+    def __init__(
+        self, workdir: Path, *args: str, env: dict[str, str] | None = None, private: bool = True
+    ) -> None:
         self.port = free_port()
         self.state = f"sqlite:///{workdir}/serve.state.db"
-        environ = {k: v for k, v in os.environ.items() if k != "OCIMIRROR_API_TOKENS"}
+        unset = ("OCIMIRROR_API_TOKENS", "OCIMIRROR_ALLOWED_REGISTRIES")
+        environ = {k: v for k, v in os.environ.items() if k not in unset}
         environ.update({"PORT": str(self.port), **(env or {})})
+        allow = ["--allow-private-networks"] if private else []
         super().__init__(
-            ["serve", "--state", self.state, *args], workdir / f"serve-{self.port}.log", environ
+            ["serve", "--state", self.state, *allow, *args],
+            workdir / f"serve-{self.port}.log",
+            environ,
         )
         self.wait_ready(lambda: self.call("GET", "/readyz").status == 200, "serve")
 
@@ -67,6 +77,7 @@ class Server(Background):
         )
         for k, v in (headers or {}).items():
             req.add_header(k, v)
+        # API writes are JSON (a browser cannot send that cross-origin unasked).
         if data is not None and "Content-Type" not in (headers or {}):
             req.add_header("Content-Type", "application/json")
         if token:
@@ -83,8 +94,8 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start servers that are stopped at the end of the test."""
     started: list[Server] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(tmp_path, *args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, private: bool = True) -> Server:
+        server = Server(tmp_path, *args, env=env, private=private)
         started.append(server)
         return server
 
@@ -265,7 +276,7 @@ def test_the_same_pair_requested_five_times_at_once_copies_once(
 # --------------------------------------------------------------------------- access
 
 
-def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
+def test_tokens_guard_every_route_but_health(
     server_factory: Callable[..., Server],
 ) -> None:
     server = server_factory("--host", "127.0.0.1", env={"OCIMIRROR_API_TOKENS": TOKEN})
@@ -276,6 +287,12 @@ def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
         ("GET", "/api/v1/jobs/x", None),
         ("DELETE", "/api/v1/jobs/x", None),
         ("POST", "/api/v1/mirrors/x/sync", None),
+        # The dashboard's data are the jobs' data: guarded alike (issue 11).
+        ("GET", "/api/v1/dashboard", None),
+        ("GET", "/api/v1/mirrors", None),
+        ("GET", "/", None),
+        ("GET", "/metrics", None),
+        ("GET", "/openapi.json", None),
     ]
     for method, path, body in guarded:
         for token in (None, "wrong"):
@@ -284,8 +301,10 @@ def test_tokens_guard_writes_and_jobs_but_not_health_or_metrics(
             assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     assert server.call("POST", "/", {"mirrors": []}, token=TOKEN).body == b'{"ok":true}\n'
     assert server.call("GET", "/api/v1/jobs", token=TOKEN).status == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/"):
+    for path in ("/healthz", "/readyz"):
         assert server.call("GET", path).status == 200, path
+    for path in ("/metrics", "/openapi.json", "/", "/api/v1/dashboard"):
+        assert server.call("GET", path, token=TOKEN).status == 200, path
     assert TOKEN not in server.text()
 
 
@@ -355,11 +374,11 @@ def test_configured_mirrors_run_on_demand_and_report(
     assert mirror["name"] == "cfg"
     assert mirror["last_run"] is None
     assert mirror["next_run"] is None  # on demand
-    assert server.call("POST", "/api/v1/mirrors/cfg/sync").status == 202
+    assert server.call("POST", "/api/v1/mirrors/cfg/sync", {}).status == 202
     # Asked for is running at once: a poller never mistakes the previous run for this one.
     (asked,) = server.call("GET", "/api/v1/mirrors").json()["mirrors"]
     assert asked["running"] is True or asked["last_status"] == "ok"
-    assert server.call("POST", "/api/v1/mirrors/nope/sync").status == 404
+    assert server.call("POST", "/api/v1/mirrors/nope/sync", {}).status == 404
     wait_for(lambda: dst.tags("cfg/app") == ["1"], "the on-demand run")
 
     def reported() -> bool:
@@ -399,7 +418,9 @@ async def test_the_dashboard_of_a_real_service_in_chromium(
         "    schedule: 0\n"
     )
     server = await asyncio.to_thread(server_factory, "-c", str(config))
-    assert (await asyncio.to_thread(server.call, "POST", "/api/v1/mirrors/web/sync")).status == 202
+    assert (
+        await asyncio.to_thread(server.call, "POST", "/api/v1/mirrors/web/sync", {})
+    ).status == 202
     await asyncio.to_thread(wait_for, lambda: dst.tags("live/web") == ["1"], "the mirror run")
     body = {"mirrors": [{"src": f"{src.host}/lib/slow:1", "dst": f"{dst.host}/live/slow:1"}]}
     job_id = (await asyncio.to_thread(server.call, "POST", "/api/v1/jobs", body)).json()["id"]

@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ocimirror.errors import ConfigError
-from ocimirror.sync.state import (
+from ocimirror.state.db import (
     HEAD_REVISION,
     JobInfo,
     StateDB,
@@ -216,7 +216,7 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path: Path) ->
     asyncio.run(StateDB(url).open())  # creates and migrates it
     script = (
         "import asyncio, sys\n"
-        "from ocimirror.sync.state import StateDB\n"
+        "from ocimirror.state.db import StateDB\n"
         "async def main():\n"
         f"    async with StateDB({url!r}) as db:\n"
         "        print(await db.schema_version())\n"
@@ -706,7 +706,7 @@ async def test_instances_create_the_schema_at_once(url: str) -> None:
 
 OPENER = """
 import asyncio, sys
-from ocimirror.sync.state import StateDB
+from ocimirror.state.db import StateDB
 
 async def main(url: str) -> None:
     async with StateDB(url) as db:

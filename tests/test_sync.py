@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ocimirror.sync.config import Config, parse_config
+from ocimirror.settings.config import Config, parse_config
+from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import MirrorPass, sync_pass
-from ocimirror.sync.state import StateDB
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
@@ -188,7 +188,7 @@ async def test_docker_sync_and_ini_configs_plan_against_real_registries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Both foreign formats, read as they are, drive the planner and the copy."""
-    from ocimirror.sync.config import load_config
+    from ocimirror.settings.config import load_config
 
     src, dst = src_registry, htpasswd_registry
     user, password = dst.creds or ("", "")

@@ -6,6 +6,7 @@ import functools
 import itertools
 import random
 import re
+import threading
 
 import pytest
 from hypothesis import given
@@ -690,6 +691,52 @@ def test_lists_are_accepted_and_stored_as_tuples() -> None:
 def test_filter_errors(kwargs: dict[str, object], pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         TagFilter(**kwargs)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- ReDoS
+
+
+def test_nested_quantifier_pattern_matches_in_linear_time() -> None:
+    """`(a+)+` against 40 a's and a b: Python's re needs ~2^40 steps; RE2 answers at once.
+
+    The thread join is only a hang guard (a backtracking engine never returns); the
+    assertions are on the answers.
+    """
+    hostile = "a" * 40 + "b"
+    results: list[list[str]] = []
+
+    def select() -> None:
+        include = TagFilter(include=("(a+)+",))
+        exclude = TagFilter(exclude=("(a|aa)+c",))
+        results.append(include.select([hostile, "aaaa"]))
+        results.append(exclude.select([hostile, "aaac"]))
+
+    worker = threading.Thread(target=select, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "tag pattern matching backtracked"
+    assert results == [["aaaa"], [hostile]]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "problem"),
+    [
+        (r"(a)\1", "invalid escape sequence"),
+        (r"v(?=1)", "invalid perl operator"),
+        (r"(?<!x)y", "invalid perl operator"),
+    ],
+)
+def test_backreference_and_lookaround_are_refused_by_name(pattern: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        TagFilter(include=(pattern,))
+    message = str(caught.value)
+    assert message.startswith(f"unsupported include regex {pattern!r}: {problem}")
+    assert message.endswith("(tag patterns use RE2: no backreferences or lookaround)")
+
+
+def test_overlong_pattern_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"exclude regex 'x{40}'… is too long \(5000 char"):
+        TagFilter(exclude=("x" * 5000,))
 
 
 # --------------------------------------------------------------------------- properties

@@ -20,6 +20,7 @@ from rich.markup import escape
 from . import __version__
 from .auth.credentials import Credentials, Keychain, parse_user_pass
 from .client import HostOptions
+from .compose import scheduled_mirrors
 from .errors import ConfigError, OcimirrorError
 from .logs import configure
 from .manifest import Platform
@@ -27,11 +28,12 @@ from .progress import LogProgress, RichProgress
 from .proxy import commands as proxy_commands
 from .reference import Reference, parse_prefix
 from .service import commands as service_commands
+from .settings.connection import keychain_from
 from .sync import commands as sync_commands
 from .transfer.copy import CopyOptions, Progress
 from .transfer.engine import RunSummary, Side, run_copies
 from .transfer.plan import plan_mirror
-from .transfer.tags import TagFilter
+from .transfer.tags import TagFilter, shown
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -276,6 +278,12 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
         f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)
+    for skip in summary.skipped:
+        console.print(
+            f"[yellow]skipped[/] {escape(skip.source)}: {skip.reason} {escape(shown(skip.tag))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if failed:
         console.print("[red]failed:[/]", highlight=False)
         for r in failed:
@@ -357,7 +365,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             include_foreign=a["include_foreign"],
             force=a["force"],
         )
-        keychain = Keychain(config_path=a["authfile"])
+        keychain = keychain_from({}, authfile=a["authfile"])
     except (OcimirrorError, ValueError) as e:
         raise _usage(str(e)) from None
     code = _run(
@@ -493,7 +501,7 @@ def config_validate(
     target_registry: TargetRegistry = None,
 ) -> None:
     """Check a config: every problem with file:line:column and its field path."""
-    from .sync.config import load_config
+    from .settings.config import load_config
 
     console = Console(stderr=True)
     try:
@@ -513,7 +521,7 @@ def config_validate(
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON Schema of the config format."""
-    from .sync.config import json_schema
+    from .settings.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
 
@@ -521,7 +529,8 @@ def config_schema() -> None:
 app.command("sync")(sync_commands.sync)
 app.command("run")(sync_commands.run)
 app.command("status")(sync_commands.status)
-app.command("serve")(service_commands.serve)
+# serve -c runs the sync daemon beside the API: composed here, above both faces.
+app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
 
 

@@ -1,8 +1,9 @@
 """RegistryClient: the OCI distribution API of one registry host, over aiohttp.
 
 It owns authentication (anonymous and credentialled bearer tokens, basic auth), retries
-of idempotent requests (stamina, honouring `Retry-After`), redirects for blob downloads
-(never forwarding `Authorization` to another host), uploads (monolithic, chunked,
+of idempotent requests (stamina, honouring `Retry-After`), redirects of GETs and HEADs
+(followed here, not by aiohttp: `Authorization` goes only to the registry's own scheme, host
+and port, and never from HTTPS down to HTTP), uploads (monolithic, chunked,
 cross-repository mount), request accounting and the per-host limits: a request pace
 (`requests_per_second`) and a reserve of Docker Hub's manifest pulls
 (`rate_limit_reserve`). It knows nothing of copying.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import ssl
 import time
 from collections import Counter
@@ -20,11 +22,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import urlencode, urljoin
 
 import aiohttp
 import stamina
 import structlog
+import yarl
 
 from . import mediatypes as mt
 from .auth.challenge import Challenge, parse_challenges
@@ -38,8 +41,10 @@ from .errors import (
     Unreachable,
     UploadRefused,
     is_retryable,
+    registry_public,
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
+from .netpolicy import AddressPolicy
 from .ratelimit import Pacer
 from .reference import is_loopback_host
 
@@ -51,6 +56,10 @@ CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes per read from a blob response.
 READ_SIZE = 256 * 1024
 _TOKEN_MARGIN = 20.0
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 5
+#: One `<url>; params` entry of a Link header.
+_LINK_RE = re.compile(r"<([^>]*)>([^,<]*)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class HostOptions:
     rate_limit_reserve: int | None = None
     #: Seconds to wait before re-checking the remaining count with a HEAD.
     rate_limit_wait: float = 300.0
+    #: Where connections may go (serve's API jobs); None: anywhere.
+    address_policy: AddressPolicy | None = None
 
 
 @dataclass
@@ -100,6 +111,26 @@ def _reason(exc: BaseException) -> str:
     cause = getattr(exc, "os_error", None) or exc.__cause__ or exc
     text = getattr(cause, "strerror", None) or str(cause)
     return text or type(exc).__name__
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Return the (scheme, host, port) a URL points at, default ports filled in.
+
+    Credentials given for one registry go only to requests whose origin is the registry's.
+    """
+    try:
+        u = yarl.URL(url)
+        return (u.scheme.lower(), (u.host or "").lower(), u.port)
+    except (TypeError, ValueError):
+        return ("", "", None)
+
+
+def shown_origin(url: str) -> str:
+    """Return `scheme://host[:port]` of a URL for a message (no path, no query secrets)."""
+    scheme, host, port = origin(url)
+    if not host:
+        return "an invalid URL"
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
 
 
 def repo_scope(repo: str, actions: str) -> str:
@@ -161,7 +192,8 @@ class RegistryClient:
     def session(self) -> aiohttp.ClientSession:
         """Return the HTTP session, creating it on first use (inside the event loop)."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+            policy = self.options.address_policy
+            connector = (policy.connector if policy else aiohttp.TCPConnector)(
                 limit=self.options.max_concurrency, ssl=self._ssl(), ttl_dns_cache=300
             )
             self._session = aiohttp.ClientSession(
@@ -279,6 +311,13 @@ class RegistryClient:
         service = self._challenge.service
         creds = self.credentials
         sorted_scopes = sorted(scopes)
+        secret = creds.identity_token or self._basic_header()
+        if secret and self.base.startswith("https://") and origin(realm)[0] != "https":
+            raise AuthError(
+                f"{self.host}: refused to send credentials to the token service"
+                f" {shown_origin(realm)}: it is not HTTPS",
+                url=realm,
+            )
         if creds.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -290,7 +329,7 @@ class RegistryClient:
             if sorted_scopes:
                 form["scope"] = " ".join(sorted_scopes)
             await self._start("TOKEN")
-            async with self.session.post(realm, data=form) as resp:
+            async with self.session.post(realm, data=form, allow_redirects=False) as resp:
                 if resp.status not in (404, 405):
                     return await self._token_from(resp, realm)
         params: list[tuple[str, str]] = []
@@ -305,7 +344,7 @@ class RegistryClient:
         sep = "&" if "?" in realm else "?"
         url = realm + (sep + urlencode(params) if params else "")
         await self._start("TOKEN")
-        async with self.session.get(url, headers=headers) as resp:
+        async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
             return await self._token_from(resp, realm)
 
     async def _token_from(self, resp: aiohttp.ClientResponse, realm: str) -> _Token:
@@ -369,11 +408,91 @@ class RegistryClient:
         replayable: bool = True,
         allow_redirects: bool = True,
     ) -> aiohttp.ClientResponse:
-        """Send one request with auth; on 401 learn the challenge and try once more."""
+        """Send a request with auth; a GET or HEAD follows redirects (see `_follow`).
+
+        Other methods never follow one: a redirect answer is theirs to refuse.
+        """
+        resp = await self._send_here(
+            method, url, scopes=scopes, headers=headers, data=data, replayable=replayable
+        )
+        if allow_redirects and method in ("GET", "HEAD"):
+            resp = await self._follow(method, resp, scopes=scopes, headers=headers)
+        return resp
+
+    def _is_ours(self, url: str) -> bool:
+        """Tell whether a URL is on the registry's own scheme, host and port."""
+        return origin(url) == origin(self.base)
+
+    def _upgraded(self, url: str) -> str:
+        """Take `http://HOST/…` as `https://HOST/…` once the registry is reached over HTTPS.
+
+        Registries behind a TLS-terminating proxy often write their own links in HTTP;
+        an upgrade to the registry's origin never sends anything elsewhere.
+        """
+        if self.base.startswith("https://") and url.startswith(f"http://{self.host}/"):
+            return "https://" + url.removeprefix("http://")
+        return url
+
+    async def _follow(
+        self,
+        method: str,
+        resp: aiohttp.ClientResponse,
+        *,
+        scopes: frozenset[str],
+        headers: dict[str, str] | None,
+    ) -> aiohttp.ClientResponse:
+        """Follow redirects: with credentials on the registry's origin, without elsewhere.
+
+        Storage backends (S3, CDNs) get no registry credentials; a redirect from HTTPS to
+        plain HTTP, to another scheme or past `_MAX_REDIRECTS` hops is refused.
+        """
+        plain = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+        hops = 0
+        while resp.status in _REDIRECTS:
+            here, status = str(resp.url), resp.status
+            location = resp.headers.get("Location", "")
+            resp.release()
+            hops += 1
+            if hops > _MAX_REDIRECTS:
+                raise RegistryError(f"{self.host}: more than {_MAX_REDIRECTS} redirects", url=here)
+            if not location:
+                raise RegistryError(f"{self.host}: HTTP {status} redirect without a Location")
+            target = urljoin(here, location)
+            scheme = origin(target)[0]
+            if scheme not in ("http", "https") or not origin(target)[1]:
+                raise RegistryError(f"{self.host}: refused a redirect to {shown_origin(target)}")
+            if scheme == "http" and origin(here)[0] == "https":
+                raise RegistryError(
+                    f"{self.host}: refused a redirect from HTTPS down to plain HTTP"
+                    f" ({shown_origin(target)})"
+                )
+            if self._is_ours(target):
+                resp = await self._send_here(method, target, scopes=scopes, headers=headers)
+            else:
+                await self._start(method)
+                resp = await self.session.request(
+                    method, target, headers=plain, allow_redirects=False
+                )
+        return resp
+
+    async def _send_here(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: frozenset[str],
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+        replayable: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """Send one request with auth; on 401 learn the challenge and try once more.
+
+        The Authorization header goes only to the registry's own origin (`_is_ours`).
+        """
         hdrs = dict(headers or {})
         stale = ""
         for attempt in range(2):
-            auth = await self._auth_header(scopes, stale=stale)
+            auth = await self._auth_header(scopes, stale=stale) if self._is_ours(url) else None
             if auth:
                 hdrs["Authorization"] = auth
             await self._start(method)
@@ -381,7 +500,7 @@ class RegistryClient:
             probing = probing and url.startswith(f"http://{self.host}/")
             try:
                 resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
+                    method, url, headers=hdrs, data=data, allow_redirects=False
                 )
             except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
                 if not probing:
@@ -400,13 +519,13 @@ class RegistryClient:
                 url = "https://" + url.removeprefix("http://")
                 await self._start(method)
                 resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=allow_redirects
+                    method, url, headers=hdrs, data=data, allow_redirects=False
                 )
             self._probe_scheme = False
             self.statuses[resp.status] += 1
             self._note_rate_limit(resp)
-            if resp.status != 401 or attempt == 1 or not replayable:
-                return resp
+            if resp.status != 401 or attempt == 1 or not replayable or not self._is_ours(url):
+                return resp  # another host's challenge is never learnt
             known = self._auth_scheme
             if not self._learn_challenge(resp, hdrs.get("Authorization", "")):
                 return resp
@@ -447,13 +566,14 @@ class RegistryClient:
         status = resp.status
         text = f"{what}: HTTP {status}" + (f" {detail}" if detail else "")
         url = str(resp.url)
+        public = registry_public(what, status, codes)
         if status == 404:
-            return _NotFoundError(text, status=status, codes=codes, url=url)
+            return _NotFoundError(text, status=status, codes=codes, url=url, public=public)
         if status in (401, 403):
-            return AuthError(text, status=status, codes=codes, url=url)
+            return AuthError(text, status=status, codes=codes, url=url, public=public)
         if status == 429:
-            return RateLimited(text, retry_after=_retry_after(resp), url=url)
-        return RegistryError(text, status=status, codes=codes, url=url)
+            return RateLimited(text, retry_after=_retry_after(resp), url=url, public=public)
+        return RegistryError(text, status=status, codes=codes, url=url, public=public)
 
     async def _retrying(self, fn: Callable[[], Any]) -> Any:
         """Run an idempotent request function with retries on transient failures."""
@@ -467,9 +587,18 @@ class RegistryClient:
             ):
                 with attempt:
                     return await fn()
-        except (aiohttp.ClientConnectionError, TimeoutError, ConnectionError) as e:
-            # One readable line naming the host, as every other registry failure has.
-            raise Unreachable(f"{self.host}: cannot reach the registry: {_reason(e)}") from e
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientResponseError,  # something answered, not in HTTP
+            TimeoutError,
+            ConnectionError,
+        ) as e:
+            # One readable line naming the host, as every other registry failure has; the
+            # public form is the same whatever the cause (an open port reads as a closed one).
+            raise Unreachable(
+                f"{self.host}: cannot reach the registry: {_reason(e)}",
+                public=f"registry {self.host} could not be reached",
+            ) from e
 
     # -- manifests --------------------------------------------------------------------
 
@@ -573,30 +702,38 @@ class RegistryClient:
         await self._retrying(once)
 
     async def list_tags(self, repo: str) -> list[str]:
-        """Return every tag of a repository, following `Link` pagination."""
+        """Return every tag of a repository, following `Link` pagination on this host.
+
+        A next-page link to another scheme, host or port is refused (our credentials would
+        follow it); an answer that is not the tags document is a RegistryError.
+        """
+        what = f"{self.host}/{repo}: tags list"
         tags: list[str] = []
-        path: str | None = f"/v2/{repo}/tags/list?n=1000"
+        url: str | None = self.url(f"/v2/{repo}/tags/list?n=1000")
         seen: set[str] = set()
-        while path and path not in seen:
-            seen.add(path)
-            url = urljoin(self.base + "/", path)
+        while url and url not in seen:
+            seen.add(url)
 
             async def once(url: str = url) -> tuple[list[str], str | None]:
                 resp = await self._send("GET", url, scopes=self._scopes(repo))
                 if resp.status != 200:
-                    raise await self._error(resp, f"{self.host}/{repo}: tags list")
+                    raise await self._error(resp, what)
                 try:
-                    body = await resp.json(content_type=None)
+                    raw = await resp.read()
                 finally:
                     resp.release()
-                link = resp.headers.get("Link", "")
-                nxt = None
-                if 'rel="next"' in link:
-                    nxt = link.split(";", 1)[0].strip().strip("<>")
-                return list((body or {}).get("tags") or []), nxt
+                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
+                return _tags_of(raw, what), None if nxt is None else self._upgraded(nxt)
 
-            page, path = await self._retrying(once)
+            page, url = await self._retrying(once)
             tags.extend(page)
+            if not page:
+                break  # an empty page that links to another: nothing more to read
+            if url is not None and not self._is_ours(url):
+                raise RegistryError(
+                    f"{what}: the next-page link points at another host"
+                    f" ({shown_origin(url)}); refused, the credentials are for {self.base}"
+                )
         return tags
 
     # -- blobs ------------------------------------------------------------------------
@@ -622,26 +759,10 @@ class RegistryClient:
     async def open_blob(self, repo: str, digest: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET a blob as a stream, following redirects without leaking credentials."""
         where = f"{self.host}/{repo}@{digest}"
+        # Redirects to storage backends (S3, CDNs) are followed without credentials.
         resp = await self._send(
-            "GET",
-            self.url(f"/v2/{repo}/blobs/{digest}"),
-            scopes=self._scopes(repo),
-            allow_redirects=False,
+            "GET", self.url(f"/v2/{repo}/blobs/{digest}"), scopes=self._scopes(repo)
         )
-        hops = 0
-        while resp.status in (301, 302, 303, 307, 308) and hops < 5:
-            hops += 1
-            location = urljoin(str(resp.url), resp.headers.get("Location", ""))
-            resp.release()
-            same = urlsplit(location).netloc == urlsplit(self.base).netloc
-            if same:
-                resp = await self._send(
-                    "GET", location, scopes=self._scopes(repo), allow_redirects=False
-                )
-            else:
-                # Storage backends (S3, CDNs) get no registry credentials.
-                await self._start("GET")
-                resp = await self.session.get(location, allow_redirects=False)
         if resp.status != 200:
             raise await self._error(resp, where)
 
@@ -677,7 +798,7 @@ class RegistryClient:
             location = resp.headers.get("Location")
             if not location:
                 raise RegistryError(f"{self.host}/{repo}: upload started without a Location")
-            return urljoin(self.base + "/", location)
+            return self._upload_url(repo, location, self.url(f"/v2/{repo}/blobs/uploads/"))
 
         result: str | None = await self._retrying(once)
         return result
@@ -750,7 +871,7 @@ class RegistryClient:
                 raise await self._error(resp, f"{where}: chunk at {offset} refused")
             resp.release()
             offset += len(data)
-            location = urljoin(self.base + "/", resp.headers.get("Location", location))
+            location = self._upload_url(repo, resp.headers.get("Location", location), location)
 
         async for chunk in chunks:
             buf += chunk
@@ -761,6 +882,20 @@ class RegistryClient:
             await flush(bytes(buf))
         return location
 
+    def _upload_url(self, repo: str, location: str, base: str) -> str:
+        """Resolve an upload `Location`; one on another host is refused.
+
+        The spec lets a registry send uploads elsewhere, but our PUTs, PATCHes and DELETEs
+        would carry the destination's credentials there: refused.
+        """
+        url = self._upgraded(urljoin(base, location))
+        if not self._is_ours(url):
+            raise RegistryError(
+                f"{self.host}/{repo}: the registry sent the upload to another host"
+                f" ({shown_origin(url)}); refused, the credentials are for {self.base}"
+            )
+        return url
+
     def _scopes(self, repo: str, *, push: bool = False) -> frozenset[str]:
         return frozenset({repo_scope(repo, "pull,push" if push else "pull")})
 
@@ -769,9 +904,15 @@ class _NotFoundError(NotFound, RegistryError):
     """A 404 from a registry: both NotFound and a RegistryError with status and codes."""
 
     def __init__(
-        self, message: str, *, status: int = 404, codes: tuple[str, ...] = (), url: str = ""
+        self,
+        message: str,
+        *,
+        status: int = 404,
+        codes: tuple[str, ...] = (),
+        url: str = "",
+        public: str = "",
     ) -> None:
-        RegistryError.__init__(self, message, status=status, codes=codes, url=url)
+        RegistryError.__init__(self, message, status=status, codes=codes, url=url, public=public)
 
 
 async def _says_use_https(resp: aiohttp.ClientResponse) -> bool:
@@ -801,3 +942,28 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 def _with_query(url: str, **params: str) -> str:
     sep = "&" if "?" in url else "?"
     return url + sep + urlencode(params)
+
+
+def _tags_of(raw: bytes, what: str) -> list[str]:
+    """Read the tags of one tags-list page; RegistryError when it is not that document."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise RegistryError(f"{what}: the answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what}: the answer is not a JSON object")
+    tags = doc.get("tags")
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise RegistryError(f"{what}: 'tags' is not a list of strings")
+    return tags
+
+
+def _next_link(header: str, base: str) -> str | None:
+    """Return the absolute URL of the `rel="next"` entry of a Link header, if any."""
+    for target, params in _LINK_RE.findall(header):
+        rels = re.findall(r'rel\s*=\s*"?([^";]*)"?', params, re.IGNORECASE)
+        if any("next" in r.lower().split() for r in rels):
+            return str(urljoin(base, target.strip()))
+    return None

@@ -7,17 +7,22 @@
     ├── NotFound              a manifest, blob or repository does not exist
     ├── DigestMismatch        content does not hash to the digest it was asked for
     ├── StoreError            an object store (bucket) refused or failed a request
+    ├── AddressRefused        a registry address that the address policy refuses
     └── RegistryError         any other error answered by a registry (status, codes)
         ├── AuthError         401/403, or a credential that cannot be obtained
         ├── UploadRefused     a monolithic upload refused: retry the blob chunked
-        └── RateLimited       429, with the Retry-After delay when the registry gave one
+        ├── RateLimited       429, with the Retry-After delay when the registry gave one
+        └── Unreachable       no answer: DNS, refused connection, timeout, TLS, not HTTP
 
 `is_retryable` is the one predicate that says which failures deserve another try.
+`public_message` is what an API may tell its caller of a failure: a registry's status and
+error codes with the specification's own words, never what the registry wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import aiohttp
@@ -60,16 +65,30 @@ class StoreError(OcimirrorError):
     """
 
 
+class AddressRefused(OcimirrorError):
+    """Raised for a registry whose address the address policy refuses (see netpolicy)."""
+
+
 class RegistryError(OcimirrorError):
-    """Raised for an error response from a registry."""
+    """Raised for an error response from a registry.
+
+    `public` is the error as an API may show it to its caller (see `public_message`).
+    """
 
     def __init__(
-        self, message: str, *, status: int = 0, codes: tuple[str, ...] = (), url: str = ""
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        codes: tuple[str, ...] = (),
+        url: str = "",
+        public: str = "",
     ) -> None:
         super().__init__(message)
         self.status = status
         self.codes = codes
         self.url = url
+        self.public = public
 
 
 class AuthError(RegistryError):
@@ -79,8 +98,10 @@ class AuthError(RegistryError):
 class RateLimited(RegistryError):
     """Raised on HTTP 429; `retry_after` is the delay the registry asked for, in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, url: str = "") -> None:
-        super().__init__(message, status=429, codes=("TOOMANYREQUESTS",), url=url)
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, url: str = "", public: str = ""
+    ) -> None:
+        super().__init__(message, status=429, codes=("TOOMANYREQUESTS",), url=url, public=public)
         self.retry_after = retry_after
 
 
@@ -115,3 +136,75 @@ def is_retryable(exc: BaseException) -> bool:
         | asyncio.TimeoutError
         | ConnectionError,
     )
+
+
+# -- what an API may tell its caller ---------------------------------------------------
+
+#: The distribution specification's error codes and their messages.
+SPEC_MESSAGES = {
+    "BLOB_UNKNOWN": "blob unknown to registry",
+    "BLOB_UPLOAD_INVALID": "blob upload invalid",
+    "BLOB_UPLOAD_UNKNOWN": "blob upload unknown to registry",
+    "DIGEST_INVALID": "provided digest did not match uploaded content",
+    "MANIFEST_BLOB_UNKNOWN": "manifest references a manifest or blob unknown to registry",
+    "MANIFEST_INVALID": "manifest invalid",
+    "MANIFEST_UNKNOWN": "manifest unknown to registry",
+    "NAME_INVALID": "invalid repository name",
+    "NAME_UNKNOWN": "repository name not known to registry",
+    "SIZE_INVALID": "provided length did not match content length",
+    "UNAUTHORIZED": "authentication required",
+    "DENIED": "requested access to the resource is denied",
+    "UNSUPPORTED": "the operation is unsupported",
+    "TOOMANYREQUESTS": "too many requests",
+}
+#: The most of a message of ours an API shows (after `scrub`).
+PUBLIC_LENGTH = 120
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def registry_public(what: str, status: int, codes: tuple[str, ...]) -> str:
+    """A registry's error answer for an API: what was asked, the status and the codes.
+
+    Codes that look like codes are kept, with the specification's message when it has
+    one; the registry's own messages and details are left out.
+    """
+    parts = []
+    for code in dict.fromkeys(codes):
+        if _CODE.fullmatch(code):
+            known = SPEC_MESSAGES.get(code)
+            parts.append(f"{code} ({known})" if known else code)
+    return f"{what}: HTTP {status}" + (f" {', '.join(parts)}" if parts else "")
+
+
+def scrub(text: str, limit: int = PUBLIC_LENGTH) -> str:
+    """One short printable line of `text`, without URLs and quoted values."""
+    text = _URL.sub("<url>", text)
+    text = _QUOTED.sub("'…'", text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def public_message(exc: BaseException) -> str:
+    """What an API may tell its caller of a failure, never what a remote service wrote.
+
+    Registry answers give their status and codes (`registry_public`), every failure to get
+    an answer reads `registry HOST could not be reached` whatever the cause, our own
+    messages are scrubbed (`scrub`), and anything unexpected is an internal error.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # an UploadRefused wraps its cause
+        seen.add(id(cause))
+        if isinstance(cause, RegistryError) and cause.public:
+            return cause.public
+        cause = cause.__cause__
+    if isinstance(exc, AddressRefused):
+        return " ".join(str(exc).split())  # ours, whole: what was refused and how to allow it
+    if isinstance(exc, OcimirrorError):
+        return scrub(str(exc) or type(exc).__name__)
+    if isinstance(exc, aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        return "a registry could not be reached"
+    return "internal error (the server log has the details)"

@@ -26,7 +26,10 @@ from .errors import ReferenceError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+#: Every host name Docker Hub answers to (`is_docker_hub` is the one test for it).
+DOCKER_HUB_ALIASES = frozenset(
+    {DOCKER_HUB, "index.docker.io", DOCKER_HUB_API, "registry.hub.docker.com"}
+)
 NAME_TOTAL_LENGTH_MAX = 255
 
 #: The schemes this module parses (`Reference.transport`); stores/schemes.py opens each.
@@ -105,10 +108,15 @@ def _split_domain(name: str) -> tuple[str, str]:
     return "", name
 
 
+def is_docker_hub(host: str) -> bool:
+    """Tell whether a registry host name (any case, no port) is one of Docker Hub's."""
+    return host.lower() in DOCKER_HUB_ALIASES
+
+
 def _normalise_domain(domain: str, where: str) -> str:
     if not DOMAIN_RE.fullmatch(domain):
         raise ReferenceError(f"{where}: invalid registry host {domain!r}")
-    if domain.lower() in _HUB_ALIASES:
+    if is_docker_hub(domain):
         return DOCKER_HUB
     return domain
 

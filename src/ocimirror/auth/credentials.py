@@ -23,7 +23,8 @@ The auth files, in order:
   `${XDG_CONFIG_HOME:-~/.config}/containers/auth.json` (where `podman login` writes).
   The legacy `~/.dockercfg` is not read.
 
-Hosts match as in docker: `docker.io`, `index.docker.io`, `registry-1.docker.io` and
+Hosts match as in docker: Docker Hub's names (`docker.io`, `index.docker.io`,
+`registry-1.docker.io`, `registry.hub.docker.com`; see `reference.is_docker_hub`) and
 `https://index.docker.io/v1/` are one Docker Hub; keys may be URLs (`https://host:5000`,
 `http://host/v2/`) and count as their `host[:port]`. Keys scoped to a repository or
 namespace (`quay.io/org`, which podman can write) are ignored: credentials here are per
@@ -47,18 +48,18 @@ from typing import Any
 import structlog
 
 from ..errors import AuthError, ConfigError
+from ..reference import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
 
 log = structlog.get_logger(__name__)
 
-#: The key ocimirror uses for Docker Hub.
-DOCKER_HUB = "docker.io"
 #: The server URL docker stores Docker Hub credentials under (and gives to helpers).
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 #: Seconds a credential helper may take to answer.
 HELPER_TIMEOUT = 30.0
 
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
-_HUB_KEYS = (DOCKER_HUB_SERVER, "docker.io", "index.docker.io", "registry-1.docker.io")
+#: The auth-file keys that hold Docker Hub's credentials, most preferred first: docker's own
+#: server URL (what `docker login` writes), ocimirror's name, then the other aliases.
+_HUB_KEYS = (DOCKER_HUB_SERVER, DOCKER_HUB, *sorted(DOCKER_HUB_ALIASES - {DOCKER_HUB}))
 _NOT_FOUND = "credentials not found"
 _TOKEN_USERNAME = "<token>"
 _HELPER_NAME_RE = re.compile(r"[^/\\\s]+")
@@ -116,7 +117,7 @@ def normalize_host(server: str) -> str:
             rest = rest[len(scheme) :]
             break
     host = rest.split("/", 1)[0].lower()
-    return DOCKER_HUB if host in _HUB_ALIASES else host
+    return DOCKER_HUB if is_docker_hub(host) else host
 
 
 def server_url(host: str) -> str:

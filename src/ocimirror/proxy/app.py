@@ -5,19 +5,26 @@ Routes:
 - `/v2/` answers the ping: forwarded to a lone pass-through upstream (its challenge
   rewritten), else answered here (401 with the proxy's own bearer challenge when some
   pass-through upstream wants tokens, 200 otherwise).
-- `/v2/NAME/{manifests,blobs,tags,referrers}/...` (GET, HEAD): NAME is routed to an
+- `/v2/NAME/{manifests,blobs,tags,referrers}/...` (GET, HEAD), parsed strictly from the
+  raw path (`paths`: anything but an exact route is refused before an upstream is asked,
+  and the upstream's path is built from the validated parts): NAME is routed to an
   upstream (containerd's `?ns=`, else a first path component naming an upstream, else
   the default upstream) and rewritten to the upstream's name (prefix, `library/`).
   Answers are rewritten back: `Location`, `Link`, the bearer challenge (realm -> the
   proxy's `/_token[/NAME]`, scopes -> the client's names) and the `name` of a tag list.
   Blob redirects to other hosts pass through unless `stream_blobs`.
 - `/v2/_catalog`: the default upstream's repositories under its prefix.
-- `/_token`, `/_token/NAME` (GET, and the OAuth2 POST form): every `repository:` scope is
-  mapped to the upstream's name and the request forwarded to the upstream's real realm;
-  its answer comes back unchanged, with the client's own credentials. An upstream without
+- `/_token`, `/_token/NAME` (GET, and the OAuth2 POST form): every `repository:NAME:pull`
+  scope is mapped to the upstream's name (others are dropped, `pull,push` asks for `pull`)
+  and the request forwarded to the upstream's real realm; its answer comes back
+  unchanged, with the client's own credentials. An upstream without
   token auth, or one the proxy logs in to itself, gets a placeholder token.
 - POST, PUT, PATCH and DELETE anywhere but `/_token`: 405 `UNSUPPORTED`, nothing sent on.
-- `/metrics`, `/healthz`; any other path redirects a browser to the upstream's page.
+- `/metrics`, `/healthz`; any other path whose segments are repository path components
+  redirects a browser to the upstream's page.
+
+Error answers carry an OCI code and a short message of the proxy's own: never an
+upstream's host, prefix, URL or error text (those go to the log).
 
 The pull-through cache: manifests go through `serve_manifest` and blobs through
 `serve_blob`; with a cache (`--cache`, or given to `make_proxy_app(..., cache=)`, kept as
@@ -48,9 +55,21 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from ..auth.challenge import Challenge
 from ..client import READ_SIZE
 from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
-from ..reference import REPOSITORY_RE
+from ..reference import DOCKER_HUB, PATH_COMPONENT_RE, is_docker_hub
 from .clientauth import CHALLENGE, ClientAuthenticator
+from .errorbody import error_body
 from .metrics import ProxyMetrics
+from .paths import (
+    Refused,
+    api_query,
+    catalog_query,
+    is_repository,
+    parse_api_path,
+    pull_scope,
+    split_raw,
+    unknown_route,
+    upstream_path,
+)
 from .settings import ProxySettings
 from .upstream import Upstream
 
@@ -95,7 +114,6 @@ _FORWARDED = (
     "If-Modified-Since",
     "User-Agent",
 )
-_HUB_NS = frozenset({"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 
 
 @dataclass(frozen=True)
@@ -140,23 +158,15 @@ class Route:
         name = self.client_name(m["name"])
         return None if name is None else f"/v2/{name}/{m['kind']}/{m['tail']}"
 
-    def client_scope(self, scope: str) -> str:
-        """Map an upstream token scope to the client's (`repository:NAME:pull`)."""
-        parts = split_scope(scope)
-        if parts is None or not parts[0].startswith("repository"):
-            return scope
-        kind, name, actions = parts
-        mapped = self.client_name(name)
-        return scope if mapped is None else f"{kind}:{mapped}:{actions}"
-
-
-def split_scope(scope: str) -> tuple[str, str, str] | None:
-    """Split `type:name:actions` (the name may hold colons); None when malformed."""
-    kind, sep, rest = scope.partition(":")
-    name, sep2, actions = rest.rpartition(":")
-    if not sep or not sep2 or not kind or not name:
-        return None
-    return kind, name, actions
+    def client_scope(self, scope: str) -> str | None:
+        """Map an upstream token scope to the client's (`repository:NAME:pull`); None for
+        one the client has no name for (another type, a name outside the prefix), which
+        its `/_token` would not take anyway."""
+        parts = scope.split(":")
+        if len(parts) != 3 or parts[0] != "repository":
+            return None
+        mapped = self.client_name(parts[1])
+        return None if mapped is None else f"repository:{mapped}:pull"
 
 
 class Proxy:
@@ -203,7 +213,7 @@ class Proxy:
         else the default upstream; None when nothing takes it."""
         if ns:
             key = ns.strip().lower()
-            key = "docker.io" if key in _HUB_NS else key
+            key = DOCKER_HUB if is_docker_hub(key) else key
             for u in self.upstreams.values():
                 if key in u.namespaces:
                     return Route(u, "", name)
@@ -295,8 +305,9 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str]) -> str:
-    """Point a bearer challenge at the proxy's realm, scopes in the client's names."""
+def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str | None]) -> str:
+    """Point a bearer challenge at the proxy's realm, scopes in the client's names (those
+    without one are left out)."""
     from ..auth.challenge import parse_challenges
 
     out = []
@@ -305,7 +316,10 @@ def rewrite_challenge(header: str, realm: str, scope_map: Callable[[str], str]) 
         if ch.scheme == "bearer":
             params["realm"] = realm
             if "scope" in params:
-                params["scope"] = " ".join(scope_map(s) for s in params["scope"].split())
+                mapped = (scope_map(s) for s in params.pop("scope").split())
+                scopes = " ".join(s for s in mapped if s is not None)
+                if scopes:
+                    params["scope"] = scopes
             scheme = "Bearer"
         else:
             scheme = ch.scheme.capitalize()
@@ -470,17 +484,20 @@ async def respond(
             proxy.metrics.upstream_errors.labels(label, f"http_{resp.status}").inc()
         if resp.status == 401 and route.upstream.mode == "proxy":
             proxy.metrics.upstream_errors.labels(label, "credentials").inc()
-            return oci_error(
-                403,
-                "DENIED",
-                "requested access to the resource is denied",
-                detail=f"the upstream {route.upstream.host} refused the proxy's credentials"
-                f" for {route.upstream_repo}",
+            log.warning(
+                "the upstream refused the proxy's credentials",
+                upstream=label,
+                repository=route.upstream_repo,
             )
+            return oci_error(403, "DENIED", "requested access to the resource is denied")
         headers = response_headers(request, route, resp, link_query=link_query)
+        if resp.status >= 400 and body is None:
+            body = await error_body(request, resp)
         if body is not None:
             headers.popall("Content-Length", None)
             headers.popall("Content-Encoding", None)
+            if resp.status >= 400:
+                headers["Content-Type"] = "application/json"
             return web.Response(status=resp.status, body=body, headers=headers)
         out = web.StreamResponse(status=resp.status, headers=headers)
         await out.prepare(request)
@@ -527,7 +544,8 @@ async def follow_redirects(
             resp = await open_upstream(request, route, location, method=method, headers=headers)
             continue
         foreign = {k: v for k, v in sent.items() if k != "Accept"}
-        resp = await route.upstream.client.send_raw(method, location, headers=foreign)
+        # Redirects lead blobs to storage: the blobs' pool, as what led there.
+        resp = await route.upstream.blob_client.send_raw(method, location, headers=foreign)
     return resp
 
 
@@ -547,7 +565,7 @@ async def open_upstream_blob(
     resp = await follow_redirects(request, route, resp, method="GET", headers=headers)
     try:
         if resp.status != 200:
-            raise await route.upstream.client.error(resp, f"{route.upstream.host}/{path}")
+            raise await route.upstream.client.error(resp, route.upstream.host + path)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in resp.content.iter_chunked(READ_SIZE):
@@ -657,10 +675,7 @@ async def serve_catalog(request: web.Request) -> web.StreamResponse:
     request["upstream"] = upstream.label
     route = Route(upstream, "", "")
     prefix = upstream.prefix + "/" if upstream.prefix else ""
-    query = [(k, v) for k, v in request.query.items() if k != "last"]
-    last = request.query.get("last")
-    if last or prefix:
-        query.append(("last", prefix + last if last else prefix))
+    query = catalog_query(request.query.items(), prefix)
 
     def link_query(items: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
         out = []
@@ -772,56 +787,74 @@ def offline_ping(request: web.Request, upstream: Upstream, reason: str, error: s
 
 
 async def handle_v2(request: web.Request) -> web.StreamResponse:
-    """Route a `/v2/` request to its upstream (GET and HEAD only)."""
+    """Route a `/v2/` request to its upstream (GET and HEAD only), the path parsed strictly
+    from its raw form (`paths.parse_api_path`): a path that is no exact route is refused
+    here and never reaches an upstream."""
     proxy = request.app[PROXY]
-    rest = request.path.removeprefix("/v2").removeprefix("/")
-    request["kind"] = "ping" if not rest else "other"
+    raw = request.raw_path.partition("?")[0]
+    rest = "" if raw in ("/v2", "/v2/") else raw[4:] if raw.startswith("/v2/") else None
+    request["kind"] = "ping" if rest == "" else "other"
     if request.method not in ("GET", "HEAD"):
         request["kind"] = "refused"
         return unsupported(request.method)
     if not await proxy.auth.check(request.headers.get("Authorization")):
         return unauthorized()
+    if rest is None:  # a path the router saw normalised (`/x/../v2/...`): refused as sent
+        raise unknown_route()
     if not rest:
         return await ping(request)
-    if rest == "_catalog":
+    if split_raw(rest) == ["_catalog"]:
         request["kind"] = "catalog"
         return await serve_catalog(request)
-    m = _API_PATH.match(rest)
-    if m is None:
-        return oci_error(404, "NAME_UNKNOWN", "repository name not known to registry")
-    kind, tail = m["kind"], m["tail"]
-    request["kind"] = {"manifests": "manifest", "blobs": "blob"}.get(kind, kind)
-    if kind == "blobs" and (tail == "uploads" or tail.startswith("uploads/")):
+    try:
+        api = parse_api_path(rest)
+    except Refused:
         request["kind"] = "refused"
-        return unsupported("an upload")
-    route = proxy.locate(m["name"], request.query.get("ns"))
+        raise
+    request["kind"] = {"manifests": "manifest", "blobs": "blob"}.get(api.kind, api.kind)
+    route = proxy.locate(api.name, request.query.get("ns"))
     if route is None:
-        return oci_error(
-            404, "NAME_UNKNOWN", "repository name not known to registry", detail={"name": m["name"]}
-        )
+        raise unknown_route()
     request["upstream"] = route.upstream.label
-    if not REPOSITORY_RE.fullmatch(route.repo):
-        return oci_error(400, "NAME_INVALID", "invalid repository name", detail={"name": m["name"]})
-    query = [(k, v) for k, v in request.query.items() if k != "ns"]
-    path = f"/v2/{route.upstream_repo}/{kind}/{tail}" + (f"?{urlencode(query)}" if query else "")
-    if kind == "manifests":
-        return await serve_manifest(request, route, tail, path)
-    if kind == "blobs":
-        return await serve_blob(request, route, tail, path)
-    if kind == "tags":
+    if not is_repository(route.repo):
+        raise Refused(400, "NAME_INVALID", "invalid repository name")
+    query = api_query(api.kind, request.query.items())
+    path = upstream_path(route.upstream_repo, api, query)
+    if api.kind == "manifests":
+        return await serve_manifest(request, route, api.reference, path)
+    if api.kind == "blobs":
+        return await serve_blob(request, route, api.reference, path)
+    if api.kind == "tags":
         return await serve_tags(request, route, path)
     resp = await open_upstream(request, route, path)
     return await respond(request, route, resp)
 
 
+#: The fields of a token request passed on to the upstream's realm (others are dropped).
+TOKEN_FIELDS = frozenset(
+    {
+        "service",
+        "scope",
+        "account",
+        "client_id",
+        "offline_token",
+        "grant_type",
+        "username",
+        "password",
+        "refresh_token",
+        "access_type",
+    }
+)
+
+
 def _map_token_scope(
     proxy: Proxy, scope: str, fixed: Upstream | None
-) -> tuple[Upstream | None, str]:
-    """Map one requested scope to the upstream's names; (None, scope) when not a repository."""
-    parts = split_scope(scope)
-    if parts is None or not parts[0].startswith("repository"):
-        return None, scope
-    kind, name, actions = parts
+) -> tuple[Upstream, str] | None:
+    """Map one requested scope to the upstream's names (`repository:NAME:pull`); None for
+    a scope the proxy does not pass on (`paths.pull_scope`), or a name it cannot map."""
+    name = pull_scope(scope)
+    if name is None:
+        return None
     if fixed is not None:
         repo = name
         if fixed.name and name.startswith(fixed.name + "/"):
@@ -830,9 +863,12 @@ def _map_token_scope(
     else:
         route = proxy.locate(name)
         if route is None:
-            return None, scope
+            return None
         upstream, repo = route.upstream, route.repo
-    return upstream, f"{kind}:{upstream.upstream_repo(repo)}:{actions}"
+    mapped = upstream.upstream_repo(repo)
+    if not is_repository(repo) or not is_repository(mapped):
+        return None
+    return upstream, f"repository:{mapped}:pull"
 
 
 async def handle_token(request: web.Request) -> web.StreamResponse:
@@ -860,18 +896,23 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
     chosen = fixed
     out: list[tuple[str, str]] = []
     for key, value in fields:
+        if key not in TOKEN_FIELDS:
+            continue
         if key != "scope":
             out.append((key, value))
             continue
         mapped = []
         for scope in value.split():
-            upstream, new = _map_token_scope(proxy, scope, fixed)
-            if upstream is not None:
-                if chosen is None:
-                    chosen = upstream
-                elif upstream is not chosen:
-                    log.warning("token scope for another upstream dropped", scope=scope)
-                    continue
+            found = _map_token_scope(proxy, scope, fixed)
+            if found is None:
+                log.info("token scope dropped: only repository pull scopes are passed on")
+                continue
+            upstream, new = found
+            if chosen is None:
+                chosen = upstream
+            elif upstream is not chosen:
+                log.warning("token scope for another upstream dropped")
+                continue
             mapped.append(new)
         if mapped:
             out.append((key, " ".join(mapped)))
@@ -954,12 +995,15 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
         return unsupported(request.method)
     if not proxy.settings.browser_redirects:
         return web.Response(status=404, text="404 page not found\n")
-    first, _, rest = request.path.lstrip("/").partition("/")
-    upstream, path = proxy.default or proxy.only, request.path
-    if first in proxy.named:
-        upstream, path = proxy.named[first], rest
-    if upstream is None:
+    # From the raw path, each segment a repository path component: nothing that could
+    # climb out of the prefix on the upstream's site (`..`, `%2F`) is passed on.
+    parts = [p for p in split_raw(request.raw_path.partition("?")[0]) if p]
+    upstream = proxy.default or proxy.only
+    if parts and parts[0] in proxy.named:
+        upstream, parts = proxy.named[parts[0]], parts[1:]
+    if upstream is None or not all(PATH_COMPONENT_RE.fullmatch(p) for p in parts):
         return web.Response(status=404, text="404 page not found\n")
+    path = "/".join(parts)
     request["upstream"] = upstream.label
     raise web.HTTPTemporaryRedirect(upstream.browser_url(path))
 
@@ -974,8 +1018,12 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         resp = await handler(request)
     except web.HTTPException as e:
         resp = e
+    except Refused as e:
+        allow = {"Allow": "GET, HEAD"} if e.status == 405 else None
+        resp = oci_error(e.status, e.code, e.message, headers=allow)
     except NotFound as e:
-        resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry", detail=str(e))
+        log.info("upstream has no such blob", path=request.path, error=str(e))
+        resp = oci_error(404, "BLOB_UNKNOWN", "blob unknown to registry")
     except RateLimited as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "http_429").inc()
         wait = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else {}
@@ -983,13 +1031,11 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     except AuthError as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "credentials").inc()
         log.warning("upstream refused the proxy's credentials", path=request.path, error=str(e))
-        resp = oci_error(403, "DENIED", "requested access to the resource is denied", detail=str(e))
+        resp = oci_error(403, "DENIED", "requested access to the resource is denied")
     except (aiohttp.ClientError, TimeoutError, OcimirrorError) as e:
         proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "unreachable").inc()
         log.warning("upstream failed", path=request.path, error=str(e) or type(e).__name__)
-        resp = oci_error(
-            502, "UNAVAILABLE", "the upstream registry could not be reached", detail=str(e)
-        )
+        resp = oci_error(502, "UNAVAILABLE", "the upstream registry could not be reached")
     proxy.metrics.requests.labels(
         request.get("upstream", "-"), request.get("kind", "other"), request.method, resp.status
     ).inc()

@@ -43,8 +43,8 @@ class _UpstreamCollector(Collector):
             labels=["upstream"],
         )
         for u in self._upstreams():
-            sent.add_metric([u.label], sum(u.client.requests.values()))
-            throttled.add_metric([u.label], u.client.statuses[429])
+            sent.add_metric([u.label], sum(sum(c.requests.values()) for c in u.clients))
+            throttled.add_metric([u.label], sum(c.statuses[429] for c in u.clients))
         return [sent, throttled]
 
 

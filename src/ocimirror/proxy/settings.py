@@ -59,8 +59,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE
-from ..sync.config import Credentials, Secret, Tls, coerce_secret
-from ..sync.schedule import parse_interval
+from ..settings.durations import parse_interval
+from ..settings.registries import CredentialsConfig, Tls
+from ..settings.secrets import Secret, coerce_secret
 from .cachestore import is_store_url
 
 #: The port when neither --port nor $PORT says.
@@ -106,7 +107,7 @@ class UpstreamConfig(_Model):
     namespaces: list[str] | None = None
     #: A static Authorization header for the upstream (serverless-registry-proxy's AUTH_HEADER).
     auth_header: Secret | None = None
-    credentials: Credentials | None = None
+    credentials: CredentialsConfig | None = None
     #: Seconds before credentials from a helper or auth file are looked up again.
     credentials_refresh: float = Field(default=300.0, gt=0)
     #: `passthrough`: clients' own tokens; `proxy`: the proxy logs in; `auto`: proxy if it
@@ -418,11 +419,11 @@ def load_settings(
                 "REGISTRY_HOST (--registry-host) names the default upstream, but the config"
                 " has one too"
             )
-        creds: Credentials | None = None
+        creds: CredentialsConfig | None = None
         if authfile is not None:
-            creds = Credentials(docker_config=authfile)
+            creds = CredentialsConfig(docker_config=authfile)
         elif keychain:
-            creds = Credentials(docker_config=True)
+            creds = CredentialsConfig(docker_config=True)
         try:
             upstreams.append(
                 UpstreamConfig(

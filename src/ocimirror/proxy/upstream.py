@@ -20,24 +20,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import time
+from dataclasses import replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
 from ..auth.challenge import Challenge, parse_challenges
-from ..auth.credentials import ANONYMOUS, Credentials, Keychain
-from ..client import HostOptions, RegistryClient
+from ..auth.credentials import ANONYMOUS, Credentials
+from ..client import RegistryClient
 from ..errors import RegistryError
-from ..reference import DOCKER_HUB, DOCKER_HUB_API, is_loopback_host
+from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
+from ..settings.connection import keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
 
-_HUB_ALIASES = frozenset(
-    {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-)
+#: A blob's path (`/v2/NAME/blobs/DIGEST`), in an URL or a path with a query.
+_BLOB_PATH = re.compile(r"/blobs/[^/?#]+(?:[?#]|$)")
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
 CHALLENGE_TTL = 600.0
 
@@ -99,7 +102,7 @@ class Upstream:
         self.name = config.name
         self.prefix = config.prefix
         host = config.host
-        self.is_hub = host.lower() in _HUB_ALIASES
+        self.is_hub = is_docker_hub(host)
         #: The host the API is reached at (registry-1.docker.io for Docker Hub).
         self.host = DOCKER_HUB_API if self.is_hub else host
         plain = config.tls.plain_http
@@ -126,29 +129,34 @@ class Upstream:
             credentials = creds or ANONYMOUS
             self.static_header = raw
         elif config.credentials is not None:
-            c = config.credentials
-            if c.token is not None:
-                credentials = Credentials(registry_token=c.token.reveal())
-            elif c.username is not None and c.password is not None:
-                credentials = Credentials(username=c.username, password=c.password.reveal())
+            credentials = static_credentials(config.credentials) or ANONYMOUS
         #: Credentials are looked up (and again later) through a keychain.
         self._keychain_based = config.credentials is not None and (
             config.credentials.helper is not None or config.credentials.docker_config is not False
         )
         self._resolved_at = 0.0
         self._creds_lock = asyncio.Lock()
-        options = HostOptions(
-            tls_verify=config.tls.verify,
-            ca_file=str(config.tls.ca_file) if config.tls.ca_file else None,
-            plain_http=plain,
-        )
+        options = replace(tls_options(config.tls), plain_http=plain)
+        #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
         self.client = UpstreamClient(self.host, credentials=credentials, options=options)
+        #: Blob requests (and the redirects they lead to), on their own connection pool,
+        #: which slow readers of big blobs may fill without starving anything else.
+        self.blob_client = UpstreamClient(self.host, credentials=credentials, options=options)
         self._challenge: Challenge | None = None
         self._challenge_at = 0.0
         self._challenge_known = False
         self._ping_lock = asyncio.Lock()
         #: The status of the last anonymous ping (`challenge()`); None before the first.
         self.ping_status: int | None = None
+
+    @property
+    def clients(self) -> tuple[UpstreamClient, UpstreamClient]:
+        """Return both clients: the one for everything but blobs, and the blobs' one."""
+        return self.client, self.blob_client
+
+    def client_for(self, path: str) -> UpstreamClient:
+        """Return the client whose pool a request for `path` (or an URL) goes through."""
+        return self.blob_client if is_blob_path(path) else self.client
 
     @property
     def label(self) -> str:
@@ -178,8 +186,11 @@ class Upstream:
         return None
 
     def browser_url(self, path: str) -> str:
-        """Return the upstream's web page for an image path (`/foo/bar`), as a browser sees it."""
+        """Return the upstream's web page for an image path (`/foo/bar`), as a browser sees it;
+        ValueError unless the path is a repository name (nothing to climb out with)."""
         path = path.strip("/")
+        if path and not REPOSITORY_RE.fullmatch(path):
+            raise ValueError("not a repository name")
         full = "/".join(p for p in (self.prefix, path) if p)
         if self.is_hub:
             if not full:
@@ -202,15 +213,11 @@ class Upstream:
         async with self._creds_lock:
             if time.monotonic() - self._resolved_at < ttl:
                 return
-            c = self.config.credentials
-            assert c is not None
-            if c.helper is not None:
-                keychain = Keychain(helpers={self.config.host: c.helper})
-            else:
-                path = c.docker_config if not isinstance(c.docker_config, bool) else None
-                keychain = Keychain(config_path=path)
+            assert self.config.credentials is not None
+            keychain = keychain_from({self.config.host: self.config.credentials})
             creds = await keychain.resolve(self.config.host)
-            self.client.set_credentials(creds)
+            for client in self.clients:
+                client.set_credentials(creds)
             self._resolved_at = time.monotonic()
             log.debug("upstream credentials looked up", upstream=self.label, creds=repr(creds))
 
@@ -260,21 +267,30 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request for `path` (with query, or an URL) upstream; the answer is unread."""
         url = path if "://" in path else self.base + path
+        client = self.client_for(path)
         if self.mode == "proxy":
             await self.refresh_credentials()
             if self.static_header is not None:
-                return await self.client.send_raw(
+                return await client.send_raw(
                     method, url, headers={**headers, "Authorization": self.static_header}
                 )
-            return await self.client.send_auth(method, url, scopes=scopes, headers=headers)
+            return await client.send_auth(method, url, scopes=scopes, headers=headers)
         hdrs = dict(headers)
         if client_auth:
             hdrs["Authorization"] = client_auth
-        resp = await self.client.send_raw(method, url, headers=hdrs)
+        resp = await client.send_raw(method, url, headers=hdrs)
         if resp.status == 401:
             self.learn(resp.headers.get("WWW-Authenticate", ""))
         return resp
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        await self.client.close()
+        """Close the HTTP sessions."""
+        for client in self.clients:
+            await client.close()
+
+
+def is_blob_path(path: str) -> bool:
+    """Tell whether a path (or an absolute URL) names a blob of the API: `.../blobs/DIGEST`."""
+    if "://" in path:
+        path = urlsplit(path).path
+    return path.startswith("/v2/") and _BLOB_PATH.search(path.partition("?")[0]) is not None

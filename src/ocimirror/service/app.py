@@ -4,15 +4,17 @@
   same `{"ok":...}` out (one line), the same 400/413 plain-text answers for bad bodies.
 - `/api/v1/jobs` (asynchronous copies), `/api/v1/mirrors` (the configured mirrors and their
   schedule), `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and the dashboard at `/`.
-- With API tokens configured every write endpoint and the job API need
-  `Authorization: Bearer TOKEN` (401 otherwise); health, metrics and the read-only
-  dashboard stay open. A malformed body is refused before anything is copied.
+- Who may call (see `access`): a foreign `Host` or `Origin` is refused (403) before
+  anything else; with API tokens configured every route but `/healthz` and `/readyz` needs
+  one (401 otherwise); API writes must be `application/json` (415). A malformed body is
+  refused before anything is copied: over 1 MB (413, however it is sent), nested deeper
+  than `MAX_DEPTH`, or with more than `max_entries` entries (413).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,19 +26,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from ..metrics import MirrorMetrics
-from ..sync.daemon import Daemon, schedule_of
-from ..sync.state import StateDB
+from ..settings.schedule import schedule_of
+from ..state.db import StateDB
+from .access import JSON_TYPE, OPEN_PATHS, TOKEN_COOKIE, AccessPolicy
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
 from .models import MAX_BODY, ApiError, JobAccepted, JobView, MirrorRequest, MirrorView
 from .openapi import openapi_document
+from .scheduled import ScheduledMirrors
 
 log = structlog.get_logger("ocimirror.serve")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Paths open without a token even when tokens are configured.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/api/v1/dashboard"})
+#: Entries one request may have unless `api.max_entries` says otherwise.
+DEFAULT_MAX_ENTRIES = 1000
+#: How deeply a request body's arrays and objects may nest (a request needs 3).
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -46,13 +52,16 @@ class Service:
     state: StateDB
     jobs: JobManager
     metrics: MirrorMetrics
-    daemon: Daemon | None = None
-    tokens: Sequence[str] = ()
+    daemon: ScheduledMirrors | None = None
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
+    max_entries: int = DEFAULT_MAX_ENTRIES
     ready: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 SERVICE = web.AppKey("service", Service)
+#: Set by the access middleware: the request carried a valid bearer token.
+AUTHENTICATED = "ocimirror.authenticated"
 
 
 class BodyError(Exception):
@@ -69,17 +78,48 @@ class BodyError(Exception):
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
-    """Read a request body of at most `limit` bytes (413 beyond, checked before reading)."""
+    """Read a whole request body of at most `limit` bytes (413 beyond).
+
+    A Content-Length over the limit is refused before reading; otherwise the body is read
+    piece by piece as it arrives (chunked or not) until its end, or until it is too long.
+    """
     too_large = BodyError(413, "Request body must not be larger than 1MB")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise too_large
-    return body
+    body = bytearray()
+    while True:
+        # read(n) answers what has arrived (up to n bytes), b"" only at the body's end.
+        piece = await request.content.read(limit + 1 - len(body))
+        if not piece:
+            return bytes(body)
+        body += piece
+        if len(body) > limit:
+            raise too_large
 
 
-def parse_mirror_request(body: bytes) -> MirrorRequest:
+#: A JSON string (skipped) or a bracket (counted) when measuring how deep a body nests.
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def _too_deep(text: str, start: int, limit: int = MAX_DEPTH) -> int | None:
+    """Where the body first nests deeper than `limit` (a string index), else None."""
+    if text.count("[", start) + text.count("{", start) <= limit:
+        return None
+    depth = 0
+    for match in _NESTING.finditer(text, start):
+        c = match.group()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return match.start()
+        elif c in "]}":
+            depth -= 1
+            if depth <= 0:
+                return None  # the value ended: what follows is ignored, as by Go's decoder
+    return None
+
+
+def parse_mirror_request(body: bytes, max_entries: int = DEFAULT_MAX_ENTRIES) -> MirrorRequest:
     """Parse and validate a mirror request; a BodyError says what is wrong and where."""
     if not body.strip():
         raise BodyError(400, "Request body must not be empty")
@@ -90,9 +130,18 @@ def parse_mirror_request(body: bytes) -> MirrorRequest:
             400, f"Request body contains badly-formed JSON (at position {e.start + 1})"
         ) from None
     start = len(text) - len(text.lstrip(" \t\n\r"))
+    deep = _too_deep(text, start)
+    if deep is not None:
+        raise BodyError(
+            400,
+            f"Request body contains JSON nested more than {MAX_DEPTH} deep"
+            f" (at position {len(text[: deep + 1].encode())})",
+        )
     try:
         # Like Go's Decoder.Decode: the first JSON value counts, anything after it is ignored.
         doc, _end = json.JSONDecoder().raw_decode(text, start)
+    except RecursionError:  # a backstop: _too_deep refuses such bodies first
+        raise BodyError(400, "Request body contains badly-formed JSON") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text.rstrip(" \t\n\r")):
             raise BodyError(400, "Request body contains badly-formed JSON") from None
@@ -105,6 +154,13 @@ def parse_mirror_request(body: bytes) -> MirrorRequest:
         where = start + 1 if isinstance(doc, list) else go_offset(text, ())
         raise BodyError(
             400, f'Request body contains an invalid value for the "" field (at position {where})'
+        )
+    entries = doc.get("mirrors")
+    if isinstance(entries, list) and len(entries) > max_entries:
+        raise BodyError(
+            413,
+            f"Request body has {len(entries)} mirrors entries: at most {max_entries} are"
+            " accepted in one request (api.max_entries)",
         )
     try:
         return MirrorRequest.model_validate(doc)
@@ -128,6 +184,17 @@ def parse_mirror_request(body: bytes) -> MirrorRequest:
             if offset is not None:
                 message += f" (at position {offset})"
         raise BodyError(400, message, detail) from None
+
+
+def empty_object(body: bytes) -> None:
+    """Check a body that carries nothing is a JSON object (its members are ignored)."""
+    text = body.decode(errors="replace").strip(" \t\n\r")
+    try:
+        if _too_deep(text, 0) is None and isinstance(json.loads(text), dict):
+            return
+    except (json.JSONDecodeError, RecursionError):
+        pass
+    raise BodyError(400, "Request body must be a JSON object, such as {}")
 
 
 def go_offset(text: str, loc: Sequence[int | str]) -> int | None:
@@ -202,29 +269,80 @@ def api_error(
 # -- middleware -------------------------------------------------------------------------
 
 
-def _needs_token(request: web.Request) -> bool:
-    if request.path in OPEN_PATHS:
-        return False
-    # The dashboard page and the read-only mirror list are open; jobs and writes are not.
-    read_only = request.method in ("GET", "HEAD")
-    return not (read_only and request.path in ("/", "/api/v1/mirrors"))
+def _bearer(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
+
+
+def _unauthorized() -> web.Response:
+    resp = api_error(
+        401,
+        "a valid API token is required (Authorization: Bearer TOKEN; for the dashboard,"
+        " open /?token=TOKEN once)",
+    )
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="ocimirror"'
+    return resp
+
+
+def _shown(value: str) -> str:
+    """A header value quoted for an error message, cut short."""
+    return repr(value[:100])
 
 
 @web.middleware
 async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a bearer token where tokens are configured; log each request briefly."""
-    service = request.app[SERVICE]
-    if service.tokens and _needs_token(request):
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        ok = scheme.lower() == "bearer" and any(
-            hmac.compare_digest(token.strip().encode(), t.encode()) for t in service.tokens
-        )
-        if not ok:
-            resp = api_error(401, "a valid API token is required (Authorization: Bearer TOKEN)")
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="ocimirror"'
-            return resp
+    """Refuse a foreign Host or Origin, and require a token where tokens are configured."""
+    policy = request.app[SERVICE].policy
+    if request.path not in OPEN_PATHS:
+        host = request.headers.get("Host")
+        if not policy.host_ok(host):
+            return api_error(
+                403,
+                f"Host {_shown(host or '')} is not an address this service answers on"
+                " (allow a name with --allowed-host)",
+            )
+        origin = request.headers.get("Origin")
+        if not policy.origin_ok(origin, host):
+            return api_error(
+                403, f"cross-origin request refused: Origin {_shown(origin or '')} is foreign"
+            )
+    request[AUTHENTICATED] = False
+    if policy.tokens:
+        given = _bearer(request)
+        if given is None and request.method in ("GET", "HEAD"):
+            given = request.cookies.get(TOKEN_COOKIE)  # reading only: the dashboard
+        request[AUTHENTICATED] = given is not None and policy.token_ok(given)
+        if request.method == "GET" and request.path == "/" and "token" in request.query:
+            return _dashboard_login(request, policy)
+        if policy.needs_token(request.path) and not request[AUTHENTICATED]:
+            return _unauthorized()
     return await handler(request)
+
+
+def _dashboard_login(request: web.Request, policy: AccessPolicy) -> web.Response:
+    """`GET /?token=TOKEN`: keep the token in a cookie and show `/` without it in the URL."""
+    if not policy.token_ok(request.query["token"]):
+        return _unauthorized()
+    resp = web.Response(status=303, headers={"Location": "/"})
+    resp.set_cookie(
+        TOKEN_COOKIE,
+        request.query["token"].strip(),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    return resp
+
+
+def _wrong_type(request: web.Request) -> str | None:
+    """Why an API write's Content-Type is refused, or None when it is application/json."""
+    given = request.headers.get("Content-Type")
+    if given is not None and request.content_type.lower() == JSON_TYPE:
+        return None
+    shown = "none" if given is None else _shown(given)
+    return f"Content-Type must be {JSON_TYPE} (got {shown})"
 
 
 # -- handlers -------------------------------------------------------------------------
@@ -234,7 +352,12 @@ async def cloud_run_mirror(request: web.Request) -> web.Response:
     """`POST /`: copy every entry, answer when done (the Cloud Run mirror contract)."""
     service = request.app[SERVICE]
     try:
-        mirror_request = parse_mirror_request(await read_body(request))
+        # Scheduler and curl callers send any type; a caller nobody authenticated, JSON.
+        wrong = _wrong_type(request)
+        if wrong is not None and not service.policy.any_body_type(request[AUTHENTICATED]):
+            raise BodyError(415, wrong)
+        body = await read_body(request)
+        mirror_request = parse_mirror_request(body, service.max_entries)
     except BodyError as e:
         # As Go's http.Error writes it: plain text, one line.
         return web.Response(
@@ -251,8 +374,12 @@ async def cloud_run_mirror(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     """`POST /api/v1/jobs`: start copying and answer 202 with the job's id at once."""
     service = request.app[SERVICE]
+    wrong = _wrong_type(request)
+    if wrong is not None:
+        return api_error(415, wrong)
     try:
-        mirror_request = parse_mirror_request(await read_body(request))
+        body = await read_body(request)
+        mirror_request = parse_mirror_request(body, service.max_entries)
     except BodyError as e:
         return api_error(e.status, e.message, e.detail)
     job, joined = await service.jobs.submit(mirror_request)
@@ -341,6 +468,13 @@ async def sync_mirror(request: web.Request) -> web.Response:
     """`POST /api/v1/mirrors/{name}/sync`: run one configured mirror now."""
     service = request.app[SERVICE]
     name = request.match_info["name"]
+    wrong = _wrong_type(request)
+    if wrong is not None:
+        return api_error(415, wrong)
+    try:
+        empty_object(await read_body(request))
+    except BodyError as e:
+        return api_error(e.status, e.message)
     if service.daemon is None:
         return api_error(404, "no mirrors are configured (start with -c FILE)")
     try:

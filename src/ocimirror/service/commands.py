@@ -1,14 +1,19 @@
 """`ocimirror serve` (registered by `ocimirror.cli`): the HTTP service, and the daemon with it.
 
+The daemon comes from the command's context object, a `MirrorsFactory` that the CLI gives
+(`ocimirror.compose`): this face does not import the sync face.
+
 The heavy parts (the server, SQLAlchemy) are imported when the command runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,12 +22,18 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from ..sync.config import Config, Loaded
+    from ..netpolicy import AddressPolicy
+    from ..settings.config import Config, Loaded
+    from .scheduled import MirrorsFactory
 
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
 #: API tokens from the environment, comma-separated.
 TOKENS_ENV = "OCIMIRROR_API_TOKENS"
+#: Host names allowed besides the address served, comma-separated.
+ALLOWED_HOSTS_ENV = "OCIMIRROR_ALLOWED_HOSTS"
+#: More registries API jobs may reach, comma-separated (as --allow-registry).
+ALLOWED_ENV = "OCIMIRROR_ALLOWED_REGISTRIES"
 
 
 def _is_loopback(host: str) -> bool:
@@ -73,7 +84,50 @@ def tokens_from(config: Config) -> list[str]:
     return [t for t in tokens if t]
 
 
+def allowed_hosts_from(config: Config, flags: list[str] | None) -> list[str]:
+    """Allowed Host names: --allowed-host, api.allowed_hosts and $OCIMIRROR_ALLOWED_HOSTS."""
+    names = [*(flags or []), *config.api.allowed_hosts]
+    names += os.environ.get(ALLOWED_HOSTS_ENV, "").split(",")
+    return [n.strip() for n in names if n.strip()]
+
+
+def address_policy(config: Config, allow: Sequence[str], allow_private: bool) -> AddressPolicy:
+    """Where API jobs may copy from and to.
+
+    Registries the config names (`registries:` keys, the mirrors' sources and targets,
+    `api.allowed_registries`), $OCIMIRROR_ALLOWED_REGISTRIES and --allow-registry are
+    reached at any address; any other host only at public addresses, unless
+    --allow-private-networks or `api.allow_private_networks`.
+    """
+    from ..errors import ReferenceError
+    from ..netpolicy import AddressPolicy
+    from ..reference import Reference
+
+    names: list[str] = []
+    for key in config.registries:
+        names.append(key)
+        with contextlib.suppress(ReferenceError):  # docker.io: at registry-1.docker.io
+            names.append(Reference.parse(f"{key}/a").api_host)
+    for mirror in config.mirrors:
+        for text in [*mirror.sources, *mirror.targets]:
+            ref = Reference.parse(text)
+            if ref.transport == "docker":
+                names += [ref.registry, ref.api_host]
+    names += config.api.allowed_registries
+    names += [h.strip() for h in os.environ.get(ALLOWED_ENV, "").split(",") if h.strip()]
+    names += allow
+    try:
+        return AddressPolicy(
+            allowed=tuple(dict.fromkeys(names)),
+            allow_private=allow_private or config.api.allow_private_networks,
+            hint="allow it with --allow-registry",
+        )
+    except ValueError as e:
+        raise ValueError(f"--allow-registry or ${ALLOWED_ENV}: {e}") from None
+
+
 def serve(
+    ctx: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -108,23 +162,64 @@ def serve(
             " as Cloud Run IAM, authenticates callers).",
         ),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A name (besides the address served) that requests may give as Host and"
+            " Origin, e.g. a reverse proxy's; repeatable; * allows any Host (also"
+            f" api.allowed_hosts, ${ALLOWED_HOSTS_ENV}).",
+            metavar="NAME",
+        ),
+    ] = None,
+    allow_registry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-registry",
+            help="A registry (HOST[:PORT], a glob such as *.corp.example, or an address range"
+            " such as 10.1.0.0/16) that API jobs may reach even at a loopback, private or"
+            " link-local address; repeatable. Registries named in the config are allowed.",
+            metavar="HOST[:PORT]",
+        ),
+    ] = None,
+    allow_private_networks: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private-networks",
+            help="Let API jobs reach any registry at loopback, private and link-local"
+            " addresses (by default only the allowed registries, else public addresses).",
+        ),
+    ] = False,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..sync.config import Config, Loaded, load_config
+    from ..settings.config import Config, Loaded, load_config
 
     console = Console(stderr=True)
     try:
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
         bind_port = port_from(port)
+        policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)
     except (OcimirrorError, ValueError) as e:
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     lg = loaded.config.logging
     configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
     raise typer.Exit(
-        asyncio.run(_serve(loaded, config, bind_port, host, state, allow_unauthenticated))
+        asyncio.run(
+            _serve(
+                loaded,
+                config,
+                bind_port,
+                host,
+                state,
+                allow_unauthenticated,
+                allowed_hosts_from(loaded.config, allowed_host),
+                policy,
+                ctx.obj,
+            )
+        )
     )
 
 
@@ -135,15 +230,18 @@ async def _serve(
     host: str | None,
     state_url: str | None,
     allow_unauthenticated: bool,
+    allowed_hosts: list[str],
+    policy: AddressPolicy,
+    scheduled: MirrorsFactory | None,
 ) -> int:
     import structlog
     from aiohttp import web
 
     from ..metrics import MirrorMetrics
+    from ..settings.connection import bucket_settings, keychain_for
+    from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
-    from ..sync.daemon import Daemon
-    from ..sync.runner import bucket_settings, keychain_for
-    from ..sync.state import StateDB, default_url
+    from .access import AccessPolicy
     from .app import Service, make_app
     from .jobs import JobManager
 
@@ -155,7 +253,11 @@ async def _serve(
     )
     if warning:
         log.warning(warning)
-    daemon = Daemon(config_path, loaded=loaded) if config_path is not None and cfg.mirrors else None
+    daemon = (
+        scheduled(config_path, loaded)
+        if scheduled is not None and config_path is not None and cfg.mirrors
+        else None
+    )
     metrics = daemon.metrics if daemon is not None else MirrorMetrics()
     url = state_url or cfg.state
     if url is None:
@@ -183,14 +285,33 @@ async def _serve(
         async with StateDB(url) as state:
             pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
-            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics)
+            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
             await jobs.start()
-            service = Service(state=state, jobs=jobs, metrics=metrics, daemon=daemon, tokens=tokens)
+            access = AccessPolicy.of(
+                tokens=tokens,
+                bind=bind,
+                port=port,
+                allowed_hosts=allowed_hosts,
+                allow_unauthenticated=allow_unauthenticated,
+            )
+            service = Service(
+                state=state,
+                jobs=jobs,
+                metrics=metrics,
+                daemon=daemon,
+                policy=access,
+                max_entries=cfg.api.max_entries,
+            )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
             site = web.TCPSite(runner, bind, port)
             await site.start()
             log.info("listening", address=f"http://{bind}:{port}", tokens=len(tokens))
+            log.info(
+                "API jobs may reach",
+                registries=list(policy.allowed),
+                private_networks=policy.allow_private,
+            )
             daemon_task = (
                 asyncio.create_task(daemon.run(state=state, signals=False, metrics_server=False))
                 if daemon is not None

@@ -20,16 +20,20 @@ ends. The database's `done` state is the API's `succeeded`. Cancelling a job can
 copies only it was waiting for; since a tag is always written last, nothing half-written
 is left. Jobs still queued or running when the process stopped are marked `interrupted`
 by `start()`, and `close()` interrupts the jobs it stops.
+
+Only queued and running jobs are held in memory: a finished job is read back from the
+database (its final write is awaited before it is let go), so memory does not grow with
+the jobs served. A job whose final write failed is kept, up to `KEEP_UNSAVED`, so that
+what the API answers stays true.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -37,17 +41,19 @@ import structlog
 from pydantic import ValidationError
 
 from ..auth.credentials import Keychain
-from ..errors import ConfigError, OcimirrorError
+from ..client import HostOptions
+from ..errors import ConfigError, OcimirrorError, public_message, scrub
 from ..manifest import Platform
 from ..metrics import MirrorMetrics
+from ..netpolicy import AddressPolicy
 from ..reference import Reference
+from ..settings.config import Config
+from ..settings.connection import bucket_settings, host_options, keychain_for
+from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
+from ..state.db import JobState as StoredState
 from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
-from ..sync.config import Config
-from ..sync.runner import bucket_settings, host_options, keychain_for
-from ..sync.state import INTERRUPTED_ERROR, JobInfo, StateDB
-from ..sync.state import JobState as StoredState
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
 from ..transfer.plan import CopyTask, destination_for, plan_copy
 from ..transfer.tags import TagFilter
@@ -73,8 +79,8 @@ FlightKey = tuple[str, str, ResolvedOptions]
 METRICS_LABEL = "(jobs)"
 #: The error of an entry whose job was cancelled before it finished.
 CANCELLED_ERROR = "cancelled before the copy finished"
-#: Finished jobs kept in memory, answered without the database.
-KEEP_FINISHED = 256
+#: Finished jobs whose final write failed, kept in memory to answer with (the oldest go).
+KEEP_UNSAVED = 64
 #: Seconds `cancel()` and `close()` wait for cancelled copies to stop.
 STOP_TIMEOUT = 30.0
 
@@ -147,14 +153,17 @@ def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
     )
 
 
-def _plan(entry: MirrorEntry, request: MirrorRequest) -> _Plan:
-    """Parse an entry; a bad reference or option becomes the entry's error."""
+def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | None) -> _Plan:
+    """Parse an entry; a bad reference or option, or a refused registry, is its error."""
     options = entry.resolved(request)
     try:
         src, dst = Reference.parse(entry.src), Reference.parse(entry.dst)
         for ref in (src, dst):
             if not scheme_for(ref).registry_host:
                 raise ConfigError(f"{ref}: only registry references are accepted here")
+            refused = policy.refusal(ref.api_host) if policy is not None else None
+            if refused is not None:
+                raise refused
         if not options.all_tags:
             dst = destination_for(src, dst)
         _tag_filter(options)
@@ -187,9 +196,9 @@ class _Outcome:
         failed = [r for r in results if r.status == "failed"]
         error = None
         if len(results) == 1 and failed:
-            error = one_line(failed[0].error)
+            error = _public(failed[0])
         elif failed:
-            shown = "; ".join(f"{r.destination}: {one_line(r.error)}" for r in failed[:3])
+            shown = "; ".join(f"{r.destination}: {_public(r)}" for r in failed[:3])
             more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
             error = f"{len(failed)} of {len(results)} images failed: {shown}{more}"
         copied = sum(1 for r in results if r.status == "copied")
@@ -204,6 +213,11 @@ class _Outcome:
             error=error,
             digests={r.destination: r.destination_digest for r in results if r.status != "failed"},
         )
+
+
+def _public(result: ImageResult) -> str:
+    """A failed image's error as the API shows it (the detail is in the server log)."""
+    return one_line(result.public_error or scrub(result.error))
 
 
 class _Router:
@@ -404,15 +418,19 @@ class JobManager:
         image_concurrency: int = 16,
         metrics: MirrorMetrics | None = None,
         config: Config | None = None,
+        policy: AddressPolicy | None = None,
     ) -> None:
         """Use `state` for jobs and `pool` for registries.
 
         Without a pool one is made (and closed by `close()`) on `keychain`, else on the
         credentials of `config`. `config` also gives each registry host its connection
-        settings (TLS, plain HTTP, request limits), as in scheduled sync.
+        settings (TLS, plain HTTP, request limits), as in scheduled sync. `policy` says
+        which registry addresses entries may reach (refused at once when it can tell from
+        the reference, else at connection time); None reaches any (a trusted caller).
         """
         self.state = state
         self.config = config
+        self.policy = policy
         self._own_pool = pool is None
         if pool is None:
             if keychain is None and config is not None:
@@ -423,7 +441,7 @@ class JobManager:
         self.image_concurrency = image_concurrency
         self.metrics = metrics
         self._jobs: dict[str, _Job] = {}  # queued or running
-        self._finished: OrderedDict[str, _Job] = OrderedDict()
+        self._unsaved: OrderedDict[str, JobView] = OrderedDict()
         self._flights: dict[FlightKey, _Flight] = {}
         self._copiers: dict[tuple[str, str, CopyOptions], _SharedCopier] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -472,9 +490,13 @@ class JobManager:
         return view
 
     def view(self, job_id: str) -> JobView | None:
-        """Return a job of this process (running, or recently finished), else None."""
-        job = self._jobs.get(job_id) or self._finished.get(job_id)
-        return None if job is None else job.view()
+        """Return a job of this process still queued or running (else None)."""
+        job = self._jobs.get(job_id)
+        return job.view() if job is not None else self._unsaved.get(job_id)
+
+    def held(self) -> int:
+        """Count the jobs held in memory (queued, running, or finished but not written)."""
+        return len(self._jobs) + len(self._unsaved)
 
     async def get(self, job_id: str) -> JobView | None:
         """Return a job, live or from the state database; None if there is none."""
@@ -523,7 +545,7 @@ class JobManager:
     async def _submit(self, request: MirrorRequest) -> tuple[_Job, bool, builtins.list[_Plan]]:
         if self._closed:
             raise RuntimeError("the job manager is closed")
-        plans = [_plan(entry, request) for entry in request.mirrors]
+        plans = [_plan(entry, request, self.policy) for entry in request.mirrors]
         keys = frozenset(p.key for p in plans)
         async with self._submit_lock:
             for job in self._jobs.values():
@@ -579,7 +601,7 @@ class JobManager:
             raise
         except Exception as e:  # a bug: the entry fails, the job goes on
             log.exception("job entry crashed", job=job.id, entry=index)
-            outcome = _Outcome.failed(f"{type(e).__name__}: {e}")
+            outcome = _Outcome.failed(public_message(e))
         _apply(result, outcome)
         await self._save(job)
 
@@ -623,19 +645,23 @@ class JobManager:
 
         return forget
 
-    async def _save(self, job: _Job) -> None:
+    async def _save(self, job: _Job) -> bool:
         """Write the job's state, progress and entries; never cancelled half-way.
 
         Writes are ordered, and coalesced: a change made while an earlier write waits its
-        turn is written by that one (it takes its snapshot when its turn comes).
+        turn is written by that one (it takes its snapshot when its turn comes). Tell
+        whether the write succeeded.
         """
         task = job.pending_write
         if task is None:
             task = job.pending_write = asyncio.create_task(self._persist(job))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        with contextlib.suppress(Exception):  # logged by _persist
+        try:
             await asyncio.shield(task)
+        except Exception:  # logged by _persist
+            return False
+        return True
 
     async def _persist(self, job: _Job) -> None:
         async with job.lock:
@@ -668,13 +694,16 @@ class JobManager:
             job.error = "cancelled"
         elif state == "interrupted":
             job.error = INTERRUPTED_ERROR
+        saved = False
         try:
-            await self._save(job)
+            saved = await self._save(job)
         finally:
+            # Written: the database answers for it from now on. Not written: keep its view.
             self._jobs.pop(job.id, None)
-            self._finished[job.id] = job
-            while len(self._finished) > KEEP_FINISHED:
-                self._finished.popitem(last=False)
+            if not saved:
+                self._unsaved[job.id] = job.view()
+                while len(self._unsaved) > KEEP_UNSAVED:
+                    self._unsaved.popitem(last=False)
             job.done.set()
             log.info("job finished", job=job.id, state=state, error=job.error)
 
@@ -724,16 +753,25 @@ class JobManager:
             if options.all_tags and tasks and shared.users == 1:
                 await self._note_destination(shared.copier, dst)
             results = await asyncio.gather(*(self._copy(shared, flight, t) for t in tasks))
+            for r in results:
+                if r.status == "failed":  # the detail stays here; the API shows `_public`
+                    log.warning(
+                        "image copy failed",
+                        source=r.source,
+                        destination=r.destination,
+                        error=r.error,
+                    )
             outcome = _Outcome.of(list(results))
             self._count(results)
             return outcome
         except OcimirrorError as e:
+            log.warning("copy failed", source=str(src), destination=str(dst), error=str(e))
             self._count_failure()
-            return _Outcome.failed(str(e) or type(e).__name__)
+            return _Outcome.failed(public_message(e))
         except Exception as e:  # a bug: this copy fails, nothing else
             log.exception("copy crashed", source=str(src), destination=str(dst))
             self._count_failure()
-            return _Outcome.failed(f"{type(e).__name__}: {e}")
+            return _Outcome.failed(public_message(e))
         finally:
             shared.users -= 1
             if shared.users == 0:
@@ -744,6 +782,8 @@ class JobManager:
     async def _store(self, ref: Reference) -> Store:
         """The store of a registry reference, with the config's settings for its host."""
         options = host_options(self.config, ref.api_host) if self.config is not None else None
+        if self.policy is not None:
+            options = replace(options or HostOptions(), address_policy=self.policy)
         return await self.pool.store_for(ref, options=options)
 
     async def _note_destination(self, copier: Copier, dst: Reference) -> None:
@@ -762,7 +802,9 @@ class JobManager:
             src_store = await self._store(task.source)
             dst_store = await self._store(task.destination)
         except OcimirrorError as e:
-            return ImageResult(source, destination, status="failed", error=str(e))
+            return ImageResult(
+                source, destination, status="failed", error=str(e), public_error=public_message(e)
+            )
         shared.router.flights.setdefault(destination, flight)
         try:
             return await shared.copier.copy(

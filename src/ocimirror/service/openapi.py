@@ -33,7 +33,23 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _UNAUTHORIZED = _error("A valid API token is required (when tokens are configured)")
+_FORBIDDEN = _error("The request's Host or Origin is not this service's")
+_NOT_JSON = _error("The body is not sent as application/json")
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+#: Open to anyone from anywhere: no token, no Host or Origin check.
+_OPEN = frozenset({"/healthz", "/readyz"})
+
+
+def _guarded(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every operation but health and readiness: a token (401) and a Host and Origin (403)."""
+    for path, item in paths.items():
+        if path in _OPEN:
+            continue
+        for operation in item.values():
+            operation.setdefault("security", _BEARER)
+            operation["responses"].setdefault("401", _UNAUTHORIZED)
+            operation["responses"].setdefault("403", _FORBIDDEN)
+    return paths
 
 
 @cache
@@ -58,7 +74,7 @@ def openapi_document() -> dict[str, Any]:
     text_error = {
         "content": {"text/plain": {"schema": {"type": "string"}}},
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "ocimirror",
@@ -80,7 +96,15 @@ def openapi_document() -> dict[str, Any]:
                         "200": _json(_ref("MirrorResponse"), "Done: ok, or the errors"),
                         "400": {"description": "The body is not a valid request", **text_error},
                         "401": _UNAUTHORIZED,
-                        "413": {"description": "The body is over 1 MB", **text_error},
+                        "413": {
+                            "description": "The body is over 1 MB, or has too many entries",
+                            **text_error,
+                        },
+                        "415": {
+                            "description": "Not application/json, from a caller nobody"
+                            " authenticated (no tokens, no --allow-unauthenticated)",
+                            **text_error,
+                        },
                     },
                 },
                 "get": {
@@ -104,7 +128,8 @@ def openapi_document() -> dict[str, Any]:
                         "202": _json(_ref("JobAccepted"), "Started (or joined a running job)"),
                         "400": _error("The body is not a valid request"),
                         "401": _UNAUTHORIZED,
-                        "413": _error("The body is over 1 MB"),
+                        "413": _error("The body is over 1 MB, or has too many entries"),
+                        "415": _NOT_JSON,
                     },
                 },
                 "get": {
@@ -210,9 +235,18 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string"},
                         }
                     ],
+                    "requestBody": {
+                        "required": True,
+                        "description": "A JSON object, `{}` (its members are ignored): a"
+                        " write is application/json, which a browser cannot send"
+                        " cross-origin unasked.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
                     "responses": {
                         "202": _json({"type": "object"}, "Started"),
+                        "400": _error("The body is not a JSON object"),
                         "401": _UNAUTHORIZED,
+                        "415": _NOT_JSON,
                         "404": _error("No such mirror"),
                         "409": _error("Already running"),
                     },
@@ -256,3 +290,5 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    _guarded(document["paths"])
+    return document

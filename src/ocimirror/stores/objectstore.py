@@ -33,10 +33,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import structlog
 
 from .. import digest as digests
 from .. import mediatypes as mt
@@ -57,6 +60,10 @@ from .obstores import brief, open_store
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
+
+log = structlog.get_logger(__name__)
+
+_STATUS = re.compile(r"status code: (\d{3})")
 
 #: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest).
 DIGEST_ATTRIBUTE = "docker-content-digest"
@@ -237,7 +244,8 @@ class BucketStore:
             if isinstance(e, PermissionDeniedError | UnauthenticatedError) or (
                 "AccessDenied" in text or "InvalidAccessKeyId" in text
             ):
-                raise AuthError(f"{where}: access denied", status=403) from None
+                message = f"{where}: access denied"
+                raise AuthError(message, status=403, public=message) from None
             if any(
                 w in text
                 for w in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocation")
@@ -247,7 +255,16 @@ class BucketStore:
                 ) from None
             if isinstance(e, FileNotFoundError):
                 raise
-            raise StoreError(f"{where}: {brief(e)}") from None
+            # Our words only: what the store wrote goes to the debug log, not the message.
+            log.debug("object store request failed", store=self.name, key=key, error=brief(e))
+            if self.local:  # a directory: the cause is the filesystem's, and ours to show
+                raise StoreError(f"{where}: {brief(e)}") from None
+            status = _STATUS.search(text)
+            if status:
+                raise StoreError(f"{where}: the store answered HTTP {status.group(1)}") from None
+            raise StoreError(
+                f"{where}: {type(e).__name__} (no answer, or not one we know)"
+            ) from None
 
     async def _put(self, key: str, data: bytes, content_type: str, cache: str, **meta: str) -> None:
         import obstore

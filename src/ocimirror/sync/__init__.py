@@ -1,1 +1,1 @@
-"""Scheduled sync: configuration, schedules, state and the planner."""
+"""Scheduled sync: the planner, one pass over the mirrors, the daemon and their commands."""

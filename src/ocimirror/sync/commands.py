@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ..settings.config import Config
     from .runner import MirrorPass, Mode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -78,7 +78,7 @@ def _one_off(
 ) -> Config:
     """docker-sync's one-off form as a one-mirror Config."""
     from ..reference import Reference
-    from .config import Config
+    from ..settings.config import Config
 
     registries: dict[str, Any] = {}
     buckets: dict[str, Any] = {}
@@ -170,8 +170,8 @@ def sync(
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
     from ..errors import OcimirrorError
-    from .config import load_config
-    from .state import StateDB, default_url
+    from ..settings.config import load_config
+    from ..state.db import StateDB, default_url
 
     console = Console(stderr=True)
     try:
@@ -281,9 +281,9 @@ def status(
 ) -> None:
     """Table: mirror, target, last run, result, digest mirrored, next run."""
     from ..errors import OcimirrorError
-    from .config import load_config
-    from .daemon import schedule_of
-    from .state import StateDB, default_url
+    from ..settings.config import load_config
+    from ..settings.schedule import schedule_of
+    from ..state.db import StateDB, default_url
 
     if config is None:
         raise _fail("give --config FILE")

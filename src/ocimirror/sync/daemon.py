@@ -26,23 +26,17 @@ import structlog
 from ..client import RegistryClient
 from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
+from ..settings.config import Config, Loaded, Mirror, load_config
+from ..settings.connection import pool_for
+from ..settings.schedule import schedule_of
+from ..state.db import StateDB, default_url
 from ..stores.pool import StorePool
-from .config import Config, Loaded, Mirror, load_config
-from .runner import Trigger, pool_for, sync_pass
-from .schedule import Schedule
-from .state import StateDB, default_url
+from .runner import Trigger, sync_pass
 
 log = structlog.get_logger("ocimirror.daemon")
 
-#: The schedule of a mirror that names none (and has no default).
-DEFAULT_SCHEDULE = "6h"
 #: How often the config file's modification time is looked at.
 WATCH_SECONDS = 2.0
-
-
-def schedule_of(mirror: Mirror) -> Schedule:
-    """The mirror's schedule (6h when the config gives none)."""
-    return Schedule.parse(mirror.schedule if mirror.schedule is not None else DEFAULT_SCHEDULE)
 
 
 @dataclass

@@ -23,12 +23,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import structlog
+
 from ..errors import ConfigError, NotFound, OcimirrorError
 from ..manifest import Descriptor
 from ..reference import Reference, join_prefix, parse_prefix
+from ..settings.config import Mirror
 from ..store import Store
-from ..transfer.tags import TagFilter
-from .config import Mirror
+from ..transfer.tags import TagFilter, shown, split_listed
+
+log = structlog.get_logger(__name__)
 
 Reason = Literal["new", "changed", "missing-at-target", "unchanged", "immutable"]
 NEEDS_COPY: frozenset[str] = frozenset({"new", "changed", "missing-at-target"})
@@ -142,7 +146,11 @@ async def plan_mirror(
         if tag_filter.needs_listing:
             store = await store_for(src, False)
             async with sem:
-                listed = await store.list_tags(src.repository)
+                listed, invalid = split_listed(await store.list_tags(src.repository))
+            for tag in invalid:
+                log.warning(
+                    "invalid tag skipped", mirror=mirror.label, source=str(src), tag=shown(tag)
+                )
         return [src.with_tag(t) for t in tag_filter.select(listed)]
 
     async def target_tags(dst: Reference, count: int) -> frozenset[str] | None:

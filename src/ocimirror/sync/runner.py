@@ -9,23 +9,20 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import structlog
 
-from ..auth.credentials import Credentials, Keychain
-from ..client import HostOptions
 from ..errors import OcimirrorError
-from ..reference import Reference, parse_bucket
+from ..reference import Reference
+from ..settings.config import Config, Mirror
+from ..settings.connection import host_options, pool_for
+from ..state.db import StateDB, TaskRecord
 from ..store import Store
-from ..stores.objectstore import BucketSettings, bucket_key
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
-from .config import Config, Mirror
 from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
-from .state import StateDB, TaskRecord
 
 log = structlog.get_logger(__name__)
 
@@ -69,66 +66,6 @@ class MirrorPass:
     def bytes(self) -> int:
         """Bytes copied."""
         return sum(r.bytes_copied for r in self.results)
-
-
-def keychain_for(config: Config) -> Keychain:
-    """Credentials as the config gives them; hosts it does not name use docker's files."""
-    overrides: dict[str, Credentials] = {}
-    helpers: dict[str, str] = {}
-    docker_config: str | None = None
-    for host, reg in config.registries.items():
-        c = reg.credentials
-        if c is None:
-            continue
-        if c.helper:
-            helpers[host] = c.helper
-        elif c.token is not None:
-            overrides[host] = Credentials(registry_token=c.token.reveal())
-        elif c.username is not None and c.password is not None:
-            overrides[host] = Credentials(username=c.username, password=c.password.reveal())
-        elif isinstance(c.docker_config, Path):
-            docker_config = str(c.docker_config)
-    return Keychain(config_path=docker_config, overrides=overrides, helpers=helpers)
-
-
-def bucket_settings(config: Config) -> dict[str, BucketSettings]:
-    """The config's `buckets`, keyed as StorePool looks them up (`s3://BUCKET`...)."""
-    out: dict[str, BucketSettings] = {}
-    for name, b in config.buckets.items():
-        ref = parse_bucket(name)
-        c = b.credentials
-        out[bucket_key(ref)] = BucketSettings(
-            endpoint=b.endpoint or "",
-            region=b.region or ref.region,
-            access_key_id=(c.username or "") if c else "",
-            secret_access_key=c.password.reveal() if c and c.password else "",
-            prefix=b.prefix,
-            allow_http=b.allow_http,
-        )
-    return out
-
-
-def pool_for(config: Config) -> StorePool:
-    """A StorePool with the config's credentials and bucket settings."""
-    return StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
-
-
-def host_options(config: Config, host: str) -> HostOptions:
-    """Connection settings for a registry host from the config (defaults otherwise)."""
-    reg = config.registries.get(host)
-    if reg is None and host == "registry-1.docker.io":
-        reg = config.registries.get("docker.io")
-    if reg is None:
-        return HostOptions()
-    return HostOptions(
-        tls_verify=reg.tls.verify,
-        ca_file=str(reg.tls.ca_file) if reg.tls.ca_file else None,
-        plain_http=reg.tls.plain_http,
-        max_concurrency=reg.max_concurrency,
-        requests_per_second=reg.requests_per_second,
-        rate_limit_reserve=reg.rate_limit_reserve,
-        rate_limit_wait=reg.rate_limit_wait_seconds(),
-    )
 
 
 async def sync_pass(

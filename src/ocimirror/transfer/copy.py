@@ -24,6 +24,7 @@ from ..errors import (
     RateLimited,
     UploadRefused,
     is_retryable,
+    public_message,
 )
 from ..manifest import Descriptor, Manifest, filter_index
 from ..mediatypes import is_index
@@ -75,6 +76,8 @@ class ImageResult:
     manifests_pushed: int = 0
     seconds: float = 0.0
     error: str = ""
+    #: The error as an API may show it to its caller (`errors.public_message`).
+    public_error: str = ""
 
     @property
     def filtered(self) -> bool:
@@ -195,10 +198,12 @@ class Copier:
             except (TimeoutError, OcimirrorError, OSError) as e:
                 result.status = "failed"
                 result.error = str(e) or type(e).__name__
+                result.public_error = public_message(e)
                 log.debug("image copy failed", source=result.source, error=result.error)
             except Exception as e:
                 result.status = "failed"
                 result.error = f"{type(e).__name__}: {e}"
+                result.public_error = public_message(e)
                 log.exception("image copy crashed", source=result.source)
         result.seconds = time.monotonic() - started
         self.progress.image_finished(result)

@@ -30,6 +30,15 @@ class Side:
     credentials: Credentials | None = None
 
 
+@dataclass(frozen=True)
+class SkippedTag:
+    """A tag a source listed that is not a valid tag name, so it was not copied."""
+
+    source: str
+    tag: str
+    reason: str = "invalid tag"
+
+
 @dataclass
 class RunSummary:
     """Every image result of a run, plus request counts per registry host."""
@@ -37,6 +46,8 @@ class RunSummary:
     results: list[ImageResult] = field(default_factory=list)
     requests: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Listed source tags skipped because they break the tag grammar (not failures).
+    skipped: list[SkippedTag] = field(default_factory=list)
 
     @property
     def failed(self) -> list[ImageResult]:
@@ -76,6 +87,9 @@ class RunSummary:
                 for r in self.results
             ],
             "counts": counts,
+            "skipped": [
+                {"source": s.source, "tag": s.tag, "reason": s.reason} for s in self.skipped
+            ],
             "bytes": sum(r.bytes_copied for r in self.results),
             "seconds": round(self.seconds, 3),
             "requests": self.requests,
@@ -101,7 +115,7 @@ async def run_copies(
     pool = StorePool(keychain=keychain)
     try:
         planned = await asyncio.gather(
-            *(_plan(pool, s, d, src_side, all_tags, tag_filter) for s, d in pairs)
+            *(_plan(pool, s, d, src_side, all_tags, tag_filter, summary) for s, d in pairs)
         )
         tasks: list[CopyTask] = []
         for item in planned:
@@ -186,11 +200,20 @@ async def _plan(
     side: Side,
     all_tags: bool,
     tag_filter: TagFilter | None,
+    summary: RunSummary,
 ) -> list[CopyTask] | ImageResult:
+    invalid: list[str] = []
     try:
         store = await pool.store_for(src, options=side.options, credentials=side.credentials)
         return await plan_copy(
-            src, dst, source_store=store, all_tags=all_tags, tag_filter=tag_filter
+            src,
+            dst,
+            source_store=store,
+            all_tags=all_tags,
+            tag_filter=tag_filter,
+            invalid=invalid,
         )
     except OcimirrorError as e:
         return ImageResult(str(src), str(dst), status="failed", error=str(e))
+    finally:
+        summary.skipped.extend(SkippedTag(str(src), tag) for tag in invalid)

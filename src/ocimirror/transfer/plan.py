@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from ..errors import ConfigError
 from ..reference import Reference, join_prefix
 from ..store import Store
-from .tags import TagFilter
+from .tags import TagFilter, shown, split_listed
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,13 @@ async def plan_copy(
     source_store: Store,
     all_tags: bool = False,
     tag_filter: TagFilter | None = None,
+    invalid: list[str] | None = None,
 ) -> list[CopyTask]:
-    """Plan one image, or every selected tag of a repository when `all_tags` is set."""
+    """Plan one image, or every selected tag of a repository when `all_tags` is set.
+
+    A listed tag outside the tag grammar (`..`, too long) is skipped with a warning and
+    appended to `invalid` when given: one bad name never fails the other tags.
+    """
     if not all_tags:
         return [CopyTask(source, destination_for(source, destination))]
     if source.tag or source.digest:
@@ -47,7 +56,11 @@ async def plan_copy(
         raise ConfigError(
             f"--all-tags takes a destination repository without a tag or digest, not {destination}"
         )
-    tags = await source_store.list_tags(source.repository)
+    tags, bad = split_listed(await source_store.list_tags(source.repository))
+    for tag in bad:
+        log.warning("invalid tag skipped", repository=str(source), tag=shown(tag))
+    if invalid is not None:
+        invalid.extend(bad)
     chosen = (tag_filter or TagFilter()).select(tags)
     return [CopyTask(source.with_tag(t), destination.with_tag(t)) for t in chosen]
 

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
+from ..patterns import TagPattern, compile_pattern
 
-__all__ = ["SemverRange", "TagFilter", "Version", "natural_key"]
+__all__ = ["SemverRange", "TagFilter", "Version", "natural_key", "shown", "split_listed"]
 
 _NUM = r"0|[1-9][0-9]*"
 # Minor and patch may carry leading zeros ("22.04", "2024.01.15"); see `Version.parse`.
@@ -486,6 +487,25 @@ def natural_key(tag: str) -> _NaturalKey:
     return (1, (), chunks, tag)
 
 
+def split_listed(tags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split a registry's tag listing into valid tags and names outside the tag grammar.
+
+    A registry may list anything (`..`, a 200-character name); such a name is skipped by
+    the caller, with a warning, and never becomes a reference or a URL.
+    """
+    valid: list[str] = []
+    invalid: list[str] = []
+    for tag in tags:
+        (valid if _TAG_RE.fullmatch(tag) else invalid).append(tag)
+    return valid, invalid
+
+
+def shown(tag: str, limit: int = 80) -> str:
+    """Quote a name a registry gave for a message: repr, cut to `limit` characters."""
+    text = repr(tag)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _as_strings(name: str, value: object) -> tuple[str, ...]:
     """Return `value` as a tuple of strings, or raise ConfigError."""
     if isinstance(value, str):
@@ -499,16 +519,8 @@ def _as_strings(name: str, value: object) -> tuple[str, ...]:
     return items
 
 
-def _compile(kind: str, patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
-    compiled: list[re.Pattern[str]] = []
-    for pattern in patterns:
-        if not pattern:
-            raise ConfigError(f"empty {kind} regex")
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ConfigError(f"invalid {kind} regex {pattern!r}: {exc}") from None
-    return tuple(compiled)
+def _compile(kind: str, patterns: tuple[str, ...]) -> tuple[TagPattern, ...]:
+    return tuple(compile_pattern(pattern, kind) for pattern in patterns)
 
 
 @dataclass(frozen=True)
@@ -516,7 +528,8 @@ class TagFilter:
     """Which tags of a repository to copy (see the module docstring for how parts combine).
 
     `tags` are exact tags, always copied unless excluded. `include`/`exclude` are regexes
-    that must match the whole tag (`re.fullmatch`). `semver` keeps only version tags in the
+    that must match the whole tag, compiled with RE2 (`ocimirror.patterns`: linear time,
+    no backreferences or lookaround). `semver` keeps only version tags in the
     range; `latest` keeps the N highest distinct versions (tags that share a version, such
     as `1.2` and `v1.2.0`, count once), prereleases included unless the range or an
     exclude removes them (`semver="*"` keeps releases only). An empty filter selects all.
@@ -527,8 +540,8 @@ class TagFilter:
     exclude: tuple[str, ...] = ()
     semver: str | None = None
     latest: int | None = None
-    _include: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
-    _exclude: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _include: tuple[TagPattern, ...] = field(init=False, repr=False, compare=False)
+    _exclude: tuple[TagPattern, ...] = field(init=False, repr=False, compare=False)
     _range: SemverRange | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""The state database of scheduled sync: runs, per-image results, what is synced, and jobs.
+"""The state database of sync passes and the jobs API: runs, image results, synced, jobs.
 
 SQLAlchemy Core on an async engine: SQLite (aiosqlite) by default, PostgreSQL (asyncpg) by
 URL. `StateDB.open()` migrates the schema to the newest Alembic revision, so a database
@@ -86,7 +86,7 @@ JOB_FINAL_STATES: frozenset[str] = frozenset({"done", "failed", "cancelled", "in
 SYNCED_STATUSES: frozenset[str] = frozenset({"copied", "unchanged"})
 
 #: Where Alembic finds `env.py` and `versions/`: a package resource, so no alembic.ini.
-SCRIPT_LOCATION = "ocimirror.sync:migrations"
+SCRIPT_LOCATION = "ocimirror.state:migrations"
 #: The newest revision in `migrations/versions` (a test checks it against Alembic's head).
 HEAD_REVISION = "0001"
 #: Milliseconds a SQLite connection waits for another writer before giving up.

@@ -1,4 +1,4 @@
-"""The mirror configuration: pydantic models, YAML loading with positions, and secrets.
+"""The mirror configuration file (sync, `run`, `serve -c`): models, YAML loading with positions.
 
 A config file is YAML (or JSON). Every error names the file, the line and column of the
 offending value, and its field path (`mirrors[2].targets[0]`), so a mistake in a file of
@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError, ReferenceError
 from ..reference import Reference
 from ..transfer.tags import TagFilter
+from .registries import Bucket, Registry
+from .secrets import Secret, coerce_secret
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -39,132 +34,6 @@ class _Model(BaseModel):
     """Base of every config model: unknown keys are errors, values are checked strictly."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Secret(_Model):
-    """A secret value: inline, from `${ENV}` (expanded at load), or read from a file."""
-
-    value: str | None = None
-    file: Path | None = None
-
-    def reveal(self) -> str:
-        """Return the secret's text (a file's content without its trailing newline)."""
-        if self.file is not None:
-            try:
-                return self.file.read_text().rstrip("\r\n")
-            except OSError as e:
-                raise ConfigError(f"cannot read secret file {self.file}: {e.strerror}") from e
-        return self.value or ""
-
-    def __repr__(self) -> str:
-        return f"Secret(file={self.file!s})" if self.file else "Secret('***')"
-
-    __str__ = __repr__
-
-
-def coerce_secret(
-    value: Any, *, forms: str = "a string, ${ENV_VAR}, {env: NAME} or {file: PATH}"
-) -> Any:
-    """Accept `"text"`, `{"env": NAME}` or `{"file": PATH}` for a secret (`forms` names them)."""
-    if value is None or isinstance(value, Secret):
-        return value
-    if isinstance(value, str):
-        return Secret(value=value)
-    if isinstance(value, Mapping) and set(value) == {"env"}:
-        name = str(value["env"])
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return Secret(value=os.environ[name])
-    if isinstance(value, Mapping) and set(value) == {"file"}:
-        return Secret(file=Path(str(value["file"])).expanduser())
-    raise ValueError(f"a secret is {forms}")
-
-
-SecretField = Annotated[Secret | None, Field(default=None)]
-
-
-class Credentials(_Model):
-    """How to log in to a registry: user/password, a token, a helper or docker's config."""
-
-    username: str | None = None
-    password: SecretField = None
-    token: SecretField = None
-    helper: str | None = None
-    docker_config: bool | Path = False
-
-    coerce_secrets = field_validator("password", "token", mode="before")(coerce_secret)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> Credentials:
-        ways = [
-            self.username is not None or self.password is not None,
-            self.token is not None,
-            self.helper is not None,
-            self.docker_config is not False,
-        ]
-        if sum(ways) > 1:
-            raise ValueError(
-                "give one of username/password, token, helper or docker_config, not several"
-            )
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        return self
-
-
-class Tls(_Model):
-    """TLS settings for one registry."""
-
-    verify: bool = True
-    ca_file: Path | None = None
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
-
-
-class Registry(_Model):
-    """Settings for one registry host."""
-
-    credentials: Credentials | None = None
-    tls: Tls = Tls()
-    max_concurrency: int = Field(default=32, ge=1, le=512)
-    requests_per_second: float | None = Field(default=None, gt=0)
-    rate_limit_reserve: int | None = Field(default=None, ge=0)
-    rate_limit_wait: str | int = "5m"
-
-    @field_validator("rate_limit_wait")
-    @classmethod
-    def _wait(cls, v: str | int) -> str | int:
-        from .schedule import parse_interval
-
-        if parse_interval(v).total_seconds() <= 0:
-            raise ValueError("rate_limit_wait must be longer than 0")
-        return v
-
-    def rate_limit_wait_seconds(self) -> float:
-        """`rate_limit_wait` in seconds."""
-        from .schedule import parse_interval
-
-        return parse_interval(self.rate_limit_wait).total_seconds()
-
-
-class Bucket(_Model):
-    """Settings for one bucket holding the registry layout (keyed `s3://BUCKET`,
-    `r2://ACCOUNT/BUCKET`, `s3:REGION:BUCKET`, `gs://BUCKET`, `az://ACCOUNT/CONTAINER`).
-    What is left out comes from the cloud's environment (AWS_*, GOOGLE_*, AZURE_*)."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    #: username: the access key id; password: the secret access key (or Azure's account key).
-    credentials: Credentials | None = None
-    #: A key prefix the layout lives under (`mirror` gives `mirror/v2/...`).
-    prefix: str = ""
-    #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
-    allow_http: bool = False
-
-    @model_validator(mode="after")
-    def _keys_only(self) -> Bucket:
-        c = self.credentials
-        if c is not None and (c.username is None or c.token or c.helper or c.docker_config):
-            raise ValueError("a bucket's credentials are username (key id) and password (secret)")
-        return self
 
 
 class Tags(_Model):
@@ -304,9 +173,29 @@ class Metrics(_Model):
 
 
 class Api(_Model):
-    """`ocimirror serve`: bearer tokens that the write endpoints and the job API require."""
+    """`ocimirror serve`: bearer tokens every route but health needs, request limits, and
+    the registries that API callers may reach.
+
+    `allowed_hosts`: names (besides the address served) that a request's `Host` and
+    `Origin` may carry, e.g. the name of a reverse proxy in front; `*` allows any Host.
+    `max_entries`: the most `mirrors` entries one request may have.
+    """
 
     tokens: list[Secret] = []
+    allowed_hosts: list[str] = []
+    max_entries: int = Field(default=1000, ge=1)
+    #: Registries (`host[:port]`, globs, address ranges) API jobs may reach at any address.
+    allowed_registries: list[str] = []
+    #: Let API jobs reach loopback, private and link-local addresses of any registry.
+    allow_private_networks: bool = False
+
+    @field_validator("allowed_registries")
+    @classmethod
+    def _allowed(cls, v: list[str]) -> list[str]:
+        from ..netpolicy import AddressPolicy
+
+        AddressPolicy(allowed=tuple(v))  # a ValueError names the entry at fault
+        return v
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -1,0 +1,96 @@
+"""Registry settings every face shares: credentials, TLS and per-host limits.
+
+`CredentialsConfig` says how to log in to a registry (user/password, a token, a helper or
+docker's config files), `Tls` how to reach it, `Registry` adds the per-host limits.
+`Bucket` is the same for a bucket holding the registry layout (endpoint, region, key pair,
+key prefix). `connection` turns them into client options, a keychain and bucket settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from .durations import parse_interval
+from .secrets import SecretField, SettingsModel, coerce_secret
+
+
+class CredentialsConfig(SettingsModel):
+    """How to log in to a registry: user/password, a token, a helper or docker's config."""
+
+    username: str | None = None
+    password: SecretField = None
+    token: SecretField = None
+    helper: str | None = None
+    docker_config: bool | Path = False
+
+    coerce_secrets = field_validator("password", "token", mode="before")(coerce_secret)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> CredentialsConfig:
+        ways = [
+            self.username is not None or self.password is not None,
+            self.token is not None,
+            self.helper is not None,
+            self.docker_config is not False,
+        ]
+        if sum(ways) > 1:
+            raise ValueError(
+                "give one of username/password, token, helper or docker_config, not several"
+            )
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class Tls(SettingsModel):
+    """TLS settings for one registry."""
+
+    verify: bool = True
+    ca_file: Path | None = None
+    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
+
+
+class Registry(SettingsModel):
+    """Settings for one registry host."""
+
+    credentials: CredentialsConfig | None = None
+    tls: Tls = Tls()
+    max_concurrency: int = Field(default=32, ge=1, le=512)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    rate_limit_reserve: int | None = Field(default=None, ge=0)
+    rate_limit_wait: str | int = "5m"
+
+    @field_validator("rate_limit_wait")
+    @classmethod
+    def _wait(cls, v: str | int) -> str | int:
+        if parse_interval(v).total_seconds() <= 0:
+            raise ValueError("rate_limit_wait must be longer than 0")
+        return v
+
+    def rate_limit_wait_seconds(self) -> float:
+        """`rate_limit_wait` in seconds."""
+        return parse_interval(self.rate_limit_wait).total_seconds()
+
+
+class Bucket(SettingsModel):
+    """Settings for one bucket holding the registry layout (keyed `s3://BUCKET`,
+    `r2://ACCOUNT/BUCKET`, `s3:REGION:BUCKET`, `gs://BUCKET`, `az://ACCOUNT/CONTAINER`).
+    What is left out comes from the cloud's environment (AWS_*, GOOGLE_*, AZURE_*)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    #: username: the access key id; password: the secret access key (or Azure's account key).
+    credentials: CredentialsConfig | None = None
+    #: A key prefix the layout lives under (`mirror` gives `mirror/v2/...`).
+    prefix: str = ""
+    #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _keys_only(self) -> Bucket:
+        c = self.credentials
+        if c is not None and (c.username is None or c.token or c.helper or c.docker_config):
+            raise ValueError("a bucket's credentials are username (key id) and password (secret)")
+        return self
