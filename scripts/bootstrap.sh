@@ -5,7 +5,8 @@
 # chromium (the headless browser the dashboard test drives through Playwright; never
 # `playwright install`, which downloads a browser of its own), podman and containerd (more
 # clients pulling through `ocimirror proxy` in the tests: containerd's registry mirrors
-# send `?ns=`), then a venv in .venv with the project and its test extras.
+# send `?ns=`), nginx (serving a bucket layout written to a directory: the tested recipe of
+# docs/static-registry.md), then a venv in .venv with the project and its test extras.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need=()
@@ -17,6 +18,7 @@ command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initd
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -62,7 +62,7 @@ async def test_an_unknown_scheme_is_an_error_naming_it_and_the_known_ones(
         await pool.store_for(ref)
     message = str(err.value)
     assert "unknown store scheme 's9'" in message
-    assert "known: docker, oci" in message
+    assert "known: az, docker, file, gs, oci, r2, s3" in message
     assert message.startswith("s9:bucket/app:v1:")
 
 

@@ -6,6 +6,7 @@
     ├── ManifestError         a manifest we cannot or will not handle
     ├── NotFound              a manifest, blob or repository does not exist
     ├── DigestMismatch        content does not hash to the digest it was asked for
+    ├── StoreError            an object store (bucket) refused or failed a request
     ├── AddressRefused        a registry address that the address policy refuses
     └── RegistryError         any other error answered by a registry (status, codes)
         ├── AuthError         401/403, or a credential that cannot be obtained
@@ -54,6 +55,14 @@ class DigestMismatch(OcimirrorError):
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
         self.expected = expected
         self.actual = actual
+
+
+class StoreError(OcimirrorError):
+    """Raised when an object store (S3, GCS, Azure, R2, a directory) fails a request.
+
+    obstore retries transient failures itself, so this is never retried again; a refused
+    credential is an AuthError instead.
+    """
 
 
 class AddressRefused(OcimirrorError):

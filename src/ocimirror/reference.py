@@ -6,6 +6,12 @@
     docker://quay.io/org/app        skopeo's transport prefix is accepted
     oci:./bundle:1.2                an OCI image layout directory, tag 1.2
     oci:./bundle@sha256:…           the same layout, by digest
+    s3://bucket/app:1.2             repository app in an S3 bucket (also gs://BUCKET/…)
+    az://account/container/app      the same in an Azure container
+    r2://account/bucket/app         the same in a Cloudflare R2 bucket
+    s3:us-east-1:bucket:app         docker-sync's forms: s3:REGION:BUCKET:IMAGE and
+    r2:account:bucket:app           r2:ACCOUNT-ID:BUCKET:IMAGE
+    file:///srv/www//app:1.2        the bucket layout in a directory ('//' ends the directory)
 
 The grammar is the one of the distribution reference package (`reference.go`).
 """
@@ -29,6 +35,14 @@ NAME_TOTAL_LENGTH_MAX = 255
 #: The schemes this module parses (`Reference.transport`); stores/schemes.py opens each.
 REGISTRY_TRANSPORT = "docker"
 LAYOUT_TRANSPORT = "oci"
+#: The bucket schemes (stores/objectstore.py): the registry layout in object storage.
+BUCKET_TRANSPORTS = ("s3", "gs", "az", "r2", "file")
+#: The bucket schemes docker-sync writes as `SCHEME:REGION-OR-ACCOUNT:BUCKET[:IMAGE]`.
+COLON_BUCKET_TRANSPORTS = ("s3", "r2")
+_BUCKET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,221}[a-z0-9]")
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
+_REGION_RE = re.compile(r"[a-z0-9-]{1,32}")
+_COLON_FORM_RE = re.compile(r"([a-z][a-z0-9]*):[^:/@]+:[^:/@]+(?::|$)")
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[_.]|__|[-]+)"
@@ -121,16 +135,101 @@ def _validate_repository(repo: str, where: str) -> str:
     return repo
 
 
+def _image_part(rest: str, where: str) -> tuple[str, str | None, str | None]:
+    """Split `REPO[:TAG][@DIGEST]` inside a bucket and check each part."""
+    digest = None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        validate_digest(digest, where)
+    tag = None
+    slash, colon = rest.rfind("/"), rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], _validate_tag(rest[colon + 1 :], where)
+    if len(rest) > NAME_TOTAL_LENGTH_MAX:
+        raise ReferenceError(f"{where}: name longer than {NAME_TOTAL_LENGTH_MAX} characters")
+    return _validate_repository(rest, where), tag, digest
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str, where: str) -> str:
+    if not pattern.fullmatch(value):
+        raise ReferenceError(f"{where}: invalid {what} {value!r}")
+    return value
+
+
+def _parse_bucket_place(
+    text: str, where: str, *, whole: bool = False
+) -> tuple[Reference, str] | None:
+    """Parse the bucket part of a bucket reference: (the bucket, what follows it), or None
+    when `text` is not one. With `whole`, a `file://` path without '//' is all directory."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in BUCKET_TRANSPORTS:
+        if scheme == "file":
+            directory, dsep, after = rest.partition("//")
+            if not directory.startswith("/") or directory == "/":
+                raise ReferenceError(f"{where}: file:// needs an absolute directory")
+            if not dsep and not whole and "/" in directory.rstrip("/"):
+                raise ReferenceError(
+                    f"{where}: end the directory with '//' before the repository"
+                    " (file:///srv/www//library/alpine)"
+                )
+            return Reference("file", directory.rstrip("/"), ""), after
+        parts = rest.split("/", 2 if scheme in ("az", "r2") else 1)
+        if scheme in ("az", "r2"):
+            if len(parts) < 2:
+                owner = "ACCOUNT/CONTAINER" if scheme == "az" else "ACCOUNT/BUCKET"
+                raise ReferenceError(f"{where}: expected {scheme}://{owner}/REPOSITORY")
+            account = _check(_ACCOUNT_RE, parts[0], "account", where)
+            name = _check(_BUCKET_NAME_RE, parts[1], "bucket or container name", where)
+            return Reference(scheme, f"{account}/{name}", ""), "/".join(parts[2:])
+        bucket = _check(_BUCKET_NAME_RE, parts[0], "bucket name", where)
+        return Reference(scheme, bucket, ""), "/".join(parts[1:])
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in COLON_BUCKET_TRANSPORTS and text.split("/", 1)[0].count(":") >= 2:
+        parts = rest.split(":", 2)
+        if len(parts) < 2:
+            owner = "REGION" if scheme == "s3" else "ACCOUNT-ID"
+            raise ReferenceError(f"{where}: expected {scheme}:{owner}:BUCKET[:IMAGE]")
+        bucket = _check(_BUCKET_NAME_RE, parts[1], "bucket name", where)
+        after = parts[2] if len(parts) > 2 else ""
+        if scheme == "s3":
+            region = _check(_REGION_RE, parts[0], "region", where)
+            return Reference("s3", bucket, "", region=region), after
+        account = _check(_ACCOUNT_RE, parts[0], "account id", where)
+        return Reference("r2", f"{account}/{bucket}", ""), after
+    return None
+
+
+def parse_bucket(text: str) -> Reference:
+    """Parse a bucket's own name (`s3://bucket`, `s3:REGION:BUCKET`, `r2:ACCOUNT:BUCKET`,
+    `az://ACCOUNT/CONTAINER`, `file:///dir`), as config keys write it."""
+    where = f"bucket {text!r}"
+    found = _parse_bucket_place(text, where, whole=True)
+    if found is None:
+        raise ReferenceError(
+            f"{where}: expected s3://BUCKET, gs://BUCKET, az://ACCOUNT/CONTAINER,"
+            " r2://ACCOUNT/BUCKET, file:///DIR, s3:REGION:BUCKET or r2:ACCOUNT-ID:BUCKET"
+        )
+    ref, rest = found
+    if rest:
+        raise ReferenceError(f"{where}: a bucket, without repository ({rest!r})")
+    return ref
+
+
 @dataclass(frozen=True)
 class Reference:
     """A parsed image or repository reference: a registry repository or an OCI layout."""
 
-    transport: str  # the scheme: REGISTRY_TRANSPORT or LAYOUT_TRANSPORT
+    #: The scheme: REGISTRY_TRANSPORT, LAYOUT_TRANSPORT or one of BUCKET_TRANSPORTS. For
+    #: a bucket, `registry` is the bucket (`ACCOUNT/NAME` for az and r2; the directory
+    #: for file) and `repository` the repository inside it.
+    transport: str
     registry: str
     repository: str
     tag: str | None = None
     digest: str | None = None
     path: str = ""
+    #: The bucket's region, when the reference names it (`s3:REGION:BUCKET:IMAGE`).
+    region: str = ""
 
     @classmethod
     def parse(cls, text: str) -> Reference:
@@ -140,13 +239,24 @@ class Reference:
             raise ReferenceError(f"{where}: empty or padded reference")
         if text.startswith("oci:"):
             return cls._parse_oci(text[4:], where)
+        bucket = _parse_bucket_place(text, where)
+        if bucket is not None:
+            ref, rest = bucket
+            repo, tag, digest = _image_part(rest, where)
+            return replace(ref, repository=repo, tag=tag, digest=digest)
         if text.startswith("docker://"):
             text = text[len("docker://") :]
         elif "://" in text:
             scheme = text.split("://", 1)[0]
             raise ReferenceError(
                 f"{where}: unsupported transport {scheme!r} (use a registry reference,"
-                " docker://… or oci:DIR[:TAG])"
+                " docker://…, oci:DIR[:TAG], or a bucket: s3://, gs://, az://, r2://, file://)"
+            )
+        odd = _COLON_FORM_RE.match(text)
+        if odd and "/" not in text.split("@", 1)[0]:
+            raise ReferenceError(
+                f"{where}: unknown bucket scheme {odd.group(1)!r} (docker-sync's forms are"
+                " s3:REGION:BUCKET:IMAGE and r2:ACCOUNT-ID:BUCKET:IMAGE)"
             )
         rest, digest = text, None
         if "@" in rest:
@@ -193,9 +303,32 @@ class Reference:
     @property
     def name(self) -> str:
         """The repository's full name, without tag or digest."""
+        if self.transport in BUCKET_TRANSPORTS:
+            return self.place + (
+                (f":{self.repository}" if self.region else f"{self._sep}{self.repository}")
+                if self.repository
+                else ""
+            )
         if self.transport != REGISTRY_TRANSPORT:
             return f"{self.transport}:{self.path}"
         return f"{self.registry}/{self.repository}" if self.repository else self.registry
+
+    @property
+    def place(self) -> str:
+        """A bucket's own name, without repository: `s3://bucket`, `r2://account/bucket`,
+        `file:///dir` (`s3:REGION:BUCKET` when written with its region)."""
+        if self.region:
+            return f"{self.transport}:{self.region}:{self.registry}"
+        return f"{self.transport}://{self.registry}"
+
+    @property
+    def _sep(self) -> str:
+        return "//" if self.transport == "file" else "/"
+
+    @property
+    def is_bucket(self) -> bool:
+        """Tell whether the reference names a repository in a bucket (or its file form)."""
+        return self.transport in BUCKET_TRANSPORTS
 
     @property
     def is_loopback(self) -> bool:
@@ -237,6 +370,13 @@ def parse_prefix(text: str) -> Reference:
     where = f"destination prefix {text!r}"
     if text.startswith("docker://"):
         text = text[len("docker://") :]
+    bucket = _parse_bucket_place(text, where, whole=True)
+    if bucket is not None:
+        ref, rest = bucket
+        rest = rest.strip("/")
+        if "@" in rest or ":" in rest:
+            raise ReferenceError(f"{where}: expected a bucket[/PATH], without tag or digest")
+        return replace(ref, repository=_validate_repository(rest, where) if rest else "")
     text = text.rstrip("/")
     if not text:
         raise ReferenceError(f"{where}: empty")
@@ -258,6 +398,10 @@ def join_prefix(prefix: Reference, source: Reference) -> Reference:
     if source.transport != REGISTRY_TRANSPORT:
         raise ReferenceError(f"{source}: only registry images can be mirrored under a prefix")
     repo = f"{prefix.repository}/{source.repository}" if prefix.repository else source.repository
+    if prefix.is_bucket:
+        if len(repo) > NAME_TOTAL_LENGTH_MAX:
+            raise ReferenceError(f"{repo}: name longer than {NAME_TOTAL_LENGTH_MAX} characters")
+        return replace(prefix, repository=repo, tag=source.tag, digest=source.digest)
     if len(f"{prefix.registry}/{repo}") > NAME_TOTAL_LENGTH_MAX:
         raise ReferenceError(
             f"{prefix.registry}/{repo}: name longer than {NAME_TOTAL_LENGTH_MAX} characters"

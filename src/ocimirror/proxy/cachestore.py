@@ -24,16 +24,17 @@ import contextlib
 import os
 import shutil
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 
 from .. import digest as digests
 from ..atomicfile import TEMP_PREFIX, fsync_dir, write_atomic
-from ..errors import ConfigError, OcimirrorError
+from ..errors import OcimirrorError
+from ..stores.obstores import brief, open_store
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -63,9 +64,6 @@ STORE_SCHEMES = (
 #: 60 MiB of memory per blob being put).
 PUT_CONCURRENCY = 4
 
-#: The longest a store request may take (a whole blob streamed to a slow client).
-STORE_REQUEST_TIMEOUT = "1h"
-
 #: The prefix of a download in progress; a crash's leftovers are removed at start-up.
 TMP_PREFIX = TEMP_PREFIX
 
@@ -75,12 +73,6 @@ TagKey = tuple[str, str, str]
 def is_store_url(value: str) -> bool:
     """Tell whether a `--cache` value names an object store rather than a directory."""
     return value.lower().startswith(STORE_SCHEMES)
-
-
-def brief(error: BaseException) -> str:
-    """The first line of an error (obstore's messages go on with a debug dump)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
@@ -448,47 +440,6 @@ class ObjectBlobs:
         """Wait for background deletes."""
         while self._deleting:
             await asyncio.gather(*set(self._deleting.values()), return_exceptions=True)
-
-
-def open_store(url: str, options: Mapping[str, str] | None = None) -> ObjectStore:
-    """Open the object store a URL names, with obstore's options (endpoint, region...).
-
-    Credentials come from `options` or obstore's environment (AWS_*, GOOGLE_*, AZURE_*);
-    an `http://` endpoint is allowed as such.
-    """
-    try:
-        from obstore.store import from_url
-    except ImportError:
-        raise ConfigError("an object-store cache needs obstore (pip install obstore)") from None
-    opts = {k.lower(): v for k, v in (options or {}).items()}
-    # A store that is down fails a request in seconds, not obstore's 3 minutes of retries;
-    # a blob streamed to a slow client may take long (obstore's default limit is 30 s).
-    client: dict[str, Any] = {"connect_timeout": "5s", "timeout": STORE_REQUEST_TIMEOUT}
-    retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
-    endpoint = next(
-        (
-            v
-            for k in ("endpoint", "aws_endpoint", "aws_endpoint_url", "endpoint_url")
-            if (v := opts.get(k))
-        ),
-        os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or "",
-    )
-    allow = opts.pop("allow_http", "") or os.environ.get("AWS_ALLOW_HTTP", "")
-    if endpoint.startswith("http://") or allow.lower() in ("1", "true", "yes"):
-        client["allow_http"] = True
-    kwargs: dict[str, Any] = {}
-    if url.startswith("file://"):
-        kwargs["mkdir"] = True
-    elif not url.startswith("memory://"):
-        kwargs.update(client_options=client, retry_config=retry)
-        if opts:
-            kwargs["config"] = opts
-    try:
-        return from_url(url, **kwargs)
-    except BaseException as e:  # obstore panics (a BaseException) on some bad options
-        if isinstance(e, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
-            raise
-        raise ConfigError(f"cache store {url}: {brief(e)}") from None
 
 
 def remove_tree(directory: Path) -> None:

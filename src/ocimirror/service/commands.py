@@ -244,7 +244,7 @@ async def _serve(
     from aiohttp import web
 
     from ..metrics import MirrorMetrics
-    from ..settings.connection import keychain_for
+    from ..settings.connection import bucket_settings, keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
     from .access import AccessPolicy
@@ -289,7 +289,7 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         async with StateDB(url) as state:
-            pool = StorePool(keychain=keychain_for(cfg))
+            pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
             await jobs.start()

@@ -48,7 +48,7 @@ from ..metrics import MirrorMetrics
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..settings.config import Config
-from ..settings.connection import host_options, keychain_for
+from ..settings.connection import bucket_settings, host_options, keychain_for
 from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
 from ..state.db import JobState as StoredState
 from ..store import Store
@@ -435,7 +435,8 @@ class JobManager:
         if pool is None:
             if keychain is None and config is not None:
                 keychain = keychain_for(config)
-            pool = StorePool(keychain=keychain)
+            settings = bucket_settings(config) if config is not None else None
+            pool = StorePool(keychain=keychain, settings=settings)
         self.pool = pool
         self.image_concurrency = image_concurrency
         self.metrics = metrics

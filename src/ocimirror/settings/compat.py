@@ -1,7 +1,9 @@
 """Configs of the tools our users come from, read as they are into a native `Config`.
 
 - docker-sync (Altinity): `sync.images[].source/targets/mutableTags`,
-  `sync.registries[].url/name/auth{username,password,token,helper}`, `sync.interval`,
+  `sync.registries[].url/name/auth{username,password,token,helper}` (a url
+  `s3:<region>:<bucket>` or `r2:<account-id>:<bucket>` is a bucket: username and password
+  are its access key id and secret), `sync.interval`,
   `sync.maxErrors`, `logging`, `telemetry.metrics.prometheus`. Keys are matched without
   regard to case, as docker-sync's config library does. Tags not listed as mutable are
   immutable: once mirrored they are not checked again.
@@ -24,6 +26,9 @@ from pydantic import ValidationError
 from .config import Config, ConfigFileError, _pydantic_problems, field_path
 
 TARGET_REGISTRY_ENV = "OCIMIRROR_TARGET_REGISTRY"
+
+#: docker-sync's bucket registry entries: `s3:<region>:<bucket>`, `r2:<account-id>:<bucket>`.
+_BUCKET_URL = re.compile(r"(?:s3|r2):[^:/]+:[^:/]+$")
 
 
 def _lower_keys(data: Any) -> Any:
@@ -54,17 +59,30 @@ def from_docker_sync(text: str, source: str) -> tuple[Config, list[str]]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigFileError(source, [(1, 1, "(syntax)", f"invalid YAML: {e}")]) from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigFileError(
+            source, [(line, col, "(syntax)", f"invalid YAML: {problem}")]
+        ) from None
     data = _lower_keys(raw or {})
     sync = data.get("sync", data)
     warnings: list[str] = []
     registries: dict[str, Any] = {}
+    buckets: dict[str, Any] = {}
     for i, reg in enumerate(sync.get("registries") or data.get("repositories") or []):
         url = str(reg.get("url") or "").removeprefix("https://").removeprefix("http://")
         host = url.split("/", 1)[0]
         if not host:
             raise ConfigFileError(source, [(0, 0, f"sync.registries[{i}].url", "missing")])
         auth = reg.get("auth") or {}
+        if _BUCKET_URL.match(url):
+            # s3:<region>:<bucket> / r2:<account-id>:<bucket>: the key id and the secret.
+            keys = None
+            if auth.get("username") or auth.get("password"):
+                keys = {"username": auth.get("username"), "password": auth.get("password")}
+            buckets[url] = {"credentials": keys}
+            continue
         creds: dict[str, Any] = {}
         if auth.get("helper"):
             creds["helper"] = auth["helper"]
@@ -89,7 +107,7 @@ def from_docker_sync(text: str, source: str) -> tuple[Config, list[str]]:
         for key in sorted(set(img) - {"name", "source", "targets", "mutabletags", "ignoredtags"}):
             warnings.append(f"sync.images[{i}].{key}: not supported, ignored")
         mirrors.append(mirror)
-    native: dict[str, Any] = {"registries": registries, "mirrors": mirrors}
+    native: dict[str, Any] = {"registries": registries, "buckets": buckets, "mirrors": mirrors}
     if "interval" in sync:
         native["defaults"] = {"schedule": _go_duration(sync["interval"])}
     if "maxerrors" in sync:

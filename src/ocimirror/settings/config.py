@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ConfigError, ReferenceError
 from ..reference import Reference
 from ..transfer.tags import TagFilter
-from .registries import Registry
+from .registries import Bucket, Registry
 from .secrets import Secret, coerce_secret
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
@@ -214,6 +214,7 @@ class Config(_Model):
     metrics: Metrics = Metrics()
     api: Api = Api()
     registries: dict[str, Registry] = {}
+    buckets: dict[str, Bucket] = {}
     defaults: MirrorSettings = MirrorSettings()
     mirrors: list[Mirror] = []
 
@@ -223,6 +224,18 @@ class Config(_Model):
         for host in v:
             if "/" in host or not host:
                 raise ValueError(f"registry keys are host names (host[:port]), not {host!r}")
+        return v
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: dict[str, Bucket]) -> dict[str, Bucket]:
+        from ..reference import parse_bucket
+
+        for name in v:
+            try:
+                parse_bucket(name)
+            except ReferenceError as e:
+                raise ValueError(str(e)) from None
         return v
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""Registry settings made into what the engine takes: client options and a keychain.
+"""Registry settings made into what the engine takes: client options, a keychain, bucket
+settings, and the StorePool holding them (`pool_for`).
 
 Sync, the service, the proxy and the CLI all build them here, so a host is reached and
 logged in to the same way whichever face asks.
@@ -13,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
-from ..reference import is_docker_hub
+from ..reference import is_docker_hub, parse_bucket
+from ..stores.objectstore import BucketSettings, bucket_key
+from ..stores.pool import StorePool
 from .registries import CredentialsConfig, Tls
 
 if TYPE_CHECKING:
@@ -80,3 +83,25 @@ def host_options(config: Config, host: str) -> HostOptions:
         rate_limit_reserve=reg.rate_limit_reserve,
         rate_limit_wait=reg.rate_limit_wait_seconds(),
     )
+
+
+def bucket_settings(config: Config) -> dict[str, BucketSettings]:
+    """The config's `buckets`, keyed as StorePool looks them up (`s3://BUCKET`...)."""
+    out: dict[str, BucketSettings] = {}
+    for name, b in config.buckets.items():
+        ref = parse_bucket(name)
+        c = b.credentials
+        out[bucket_key(ref)] = BucketSettings(
+            endpoint=b.endpoint or "",
+            region=b.region or ref.region,
+            access_key_id=(c.username or "") if c else "",
+            secret_access_key=c.password.reveal() if c and c.password else "",
+            prefix=b.prefix,
+            allow_http=b.allow_http,
+        )
+    return out
+
+
+def pool_for(config: Config) -> StorePool:
+    """A StorePool with the config's registry credentials and bucket settings."""
+    return StorePool(keychain=keychain_for(config), settings=bucket_settings(config))

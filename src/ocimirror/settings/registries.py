@@ -2,7 +2,8 @@
 
 `CredentialsConfig` says how to log in to a registry (user/password, a token, a helper or
 docker's config files), `Tls` how to reach it, `Registry` adds the per-host limits.
-`connection` turns them into client options and a keychain.
+`Bucket` is the same for a bucket holding the registry layout (endpoint, region, key pair,
+key prefix). `connection` turns them into client options, a keychain and bucket settings.
 """
 
 from __future__ import annotations
@@ -71,3 +72,25 @@ class Registry(SettingsModel):
     def rate_limit_wait_seconds(self) -> float:
         """`rate_limit_wait` in seconds."""
         return parse_interval(self.rate_limit_wait).total_seconds()
+
+
+class Bucket(SettingsModel):
+    """Settings for one bucket holding the registry layout (keyed `s3://BUCKET`,
+    `r2://ACCOUNT/BUCKET`, `s3:REGION:BUCKET`, `gs://BUCKET`, `az://ACCOUNT/CONTAINER`).
+    What is left out comes from the cloud's environment (AWS_*, GOOGLE_*, AZURE_*)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    #: username: the access key id; password: the secret access key (or Azure's account key).
+    credentials: CredentialsConfig | None = None
+    #: A key prefix the layout lives under (`mirror` gives `mirror/v2/...`).
+    prefix: str = ""
+    #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
+    allow_http: bool = False
+
+    @model_validator(mode="after")
+    def _keys_only(self) -> Bucket:
+        c = self.credentials
+        if c is not None and (c.username is None or c.token or c.helper or c.docker_config):
+            raise ValueError("a bucket's credentials are username (key id) and password (secret)")
+        return self

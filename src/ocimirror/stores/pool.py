@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions, RegistryClient
 from ..reference import Reference
@@ -13,8 +15,13 @@ from .schemes import Opening, scheme_for
 class StorePool:
     """Hands out Stores for references, sharing one client per host and options."""
 
-    def __init__(self, *, keychain: Keychain | None = None) -> None:
+    def __init__(
+        self, *, keychain: Keychain | None = None, settings: Mapping[str, object] | None = None
+    ) -> None:
+        """`settings`: what the config says about places, by place (a bucket's settings
+        keyed `s3://BUCKET`, `r2://ACCOUNT/BUCKET`...), handed to the scheme that opens it."""
         self.keychain = keychain or Keychain()
+        self.settings = dict(settings or {})
         self._stores: dict[tuple[object, ...], Store] = {}
 
     async def store_for(
@@ -28,7 +35,8 @@ class StorePool:
         """Return the Store holding `ref`; `credentials` override the keychain's.
 
         The store is opened by the scheme of `ref` (stores/schemes.py); host options and
-        credentials only apply to a scheme that names a registry host.
+        the keychain only apply to a scheme that names a registry host; a scheme that
+        `takes_credentials` gets the `credentials` given here (a bucket's access key).
         """
         scheme = scheme_for(ref)
         opts: HostOptions | None = None
@@ -40,9 +48,14 @@ class StorePool:
                 if credentials is not None
                 else await self.keychain.resolve(ref.registry)
             )
-        key = (scheme.name, scheme.place(ref), opts, creds)
+        elif scheme.takes_credentials:
+            creds = credentials
+        place = scheme.place(ref)
+        key = (scheme.name, place, opts, creds)
         if key not in self._stores:
-            opening = Opening(options=opts, credentials=creds, create=create)
+            opening = Opening(
+                options=opts, credentials=creds, create=create, settings=self.settings.get(place)
+            )
             self._stores[key] = scheme.open(ref, opening)
         return self._stores[key]
 

@@ -2,10 +2,13 @@
 
     docker   a registry repository (`ghcr.io/org/app`, `docker://…`)   RegistryStore
     oci      an OCI image layout directory (`oci:DIR[:TAG]`)          LayoutStore
+    s3 gs    a bucket in the registry layout (`s3://BUCKET/REPO`,      BucketStore
+    az r2    `az://ACCOUNT/CONTAINER/REPO`, `r2:ACCOUNT:BUCKET:REPO`,
+    file     `file:///DIR//REPO`)
 
-`StorePool` opens every store through this table, so adding a backend (the object-store
-schemes to come: s3, gs, az, r2, file, memory) is one `register(Scheme(...))` beside a
-parser for its reference form: nothing else compares scheme names. What a caller must
+`StorePool` opens every store through this table, so adding a backend is one
+`register(Scheme(...))` beside a parser for its reference form: nothing else compares
+scheme names. What a caller must
 know about a reference before a store is open (does it take host options and registry
 credentials?) is a field of its `Scheme`; what it may ask once a store is open (does a
 listing save requests? does it check digests itself?) is an attribute of the `Store`.
@@ -19,9 +22,10 @@ from dataclasses import dataclass
 from ..auth.credentials import Credentials
 from ..client import HostOptions, RegistryClient
 from ..errors import ReferenceError
-from ..reference import LAYOUT_TRANSPORT, REGISTRY_TRANSPORT, Reference
+from ..reference import BUCKET_TRANSPORTS, LAYOUT_TRANSPORT, REGISTRY_TRANSPORT, Reference
 from ..store import Store
 from .layout import LayoutStore
+from .objectstore import BucketSettings, bucket_key, open_bucket
 from .registry import RegistryStore
 
 
@@ -35,6 +39,8 @@ class Opening:
     credentials: Credentials | None = None
     #: Make the place on the first write when it does not exist (a destination).
     create: bool = False
+    #: What the config says about this place (a bucket's `BucketSettings`), if anything.
+    settings: object = None
 
 
 #: Opens the Store for a reference; called once per place, options and credentials.
@@ -55,6 +61,9 @@ class Scheme:
     #: The reference names a registry host: host options (TLS, plain HTTP, request
     #: limits) and the keychain's credentials for that host apply to it.
     registry_host: bool = False
+    #: Credentials given by the caller (`--dest-creds`, a config entry) reach the factory
+    #: (a bucket's access key id and secret); the keychain is only for registry hosts.
+    takes_credentials: bool = False
 
 
 def _open_registry(ref: Reference, opening: Opening) -> Store:
@@ -66,6 +75,11 @@ def _open_registry(ref: Reference, opening: Opening) -> Store:
 
 def _open_layout(ref: Reference, opening: Opening) -> Store:
     return LayoutStore(ref.path, create=opening.create)
+
+
+def _open_bucket(ref: Reference, opening: Opening) -> Store:
+    settings = opening.settings if isinstance(opening.settings, BucketSettings) else None
+    return open_bucket(ref, settings, opening.credentials, create=opening.create)
 
 
 _SCHEMES: dict[str, Scheme] = {}
@@ -100,5 +114,14 @@ def scheme_for(ref: Reference) -> Scheme:
 
 register(Scheme(REGISTRY_TRANSPORT, _open_registry, place=lambda r: r.api_host, registry_host=True))
 register(Scheme(LAYOUT_TRANSPORT, _open_layout, place=lambda r: r.path))
+for _bucket_scheme in BUCKET_TRANSPORTS:
+    register(
+        Scheme(
+            _bucket_scheme,
+            _open_bucket,
+            place=bucket_key,
+            takes_credentials=True,
+        )
+    )
 
 __all__ = ["Opening", "Scheme", "StoreFactory", "known_schemes", "register", "scheme_for"]

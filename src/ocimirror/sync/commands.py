@@ -82,15 +82,24 @@ def _one_off(
     from ..settings.config import Config
 
     registries: dict[str, Any] = {}
+    buckets: dict[str, Any] = {}
     for ref_text, user, password in (
         (source, source_username, source_password),
         (target, target_username, target_password),
     ):
         if user or password:
-            host = Reference.parse(ref_text).registry
-            registries[host] = {"credentials": {"username": user, "password": password}}
+            ref = Reference.parse(ref_text)
+            creds = {"credentials": {"username": user, "password": password}}
+            if ref.is_bucket:  # the access key id and the secret
+                buckets[f"{ref.transport}://{ref.registry}"] = creds
+            else:
+                registries[ref.registry] = creds
     return Config.model_validate(
-        {"registries": registries, "mirrors": [{"source": source, "targets": [target]}]}
+        {
+            "registries": registries,
+            "buckets": buckets,
+            "mirrors": [{"source": source, "targets": [target]}],
+        }
     )
 
 

@@ -27,7 +27,7 @@ from ..client import RegistryClient
 from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
 from ..settings.config import Config, Loaded, Mirror, load_config
-from ..settings.connection import keychain_for
+from ..settings.connection import pool_for
 from ..settings.schedule import schedule_of
 from ..state.db import StateDB, default_url
 from ..stores.pool import StorePool
@@ -196,7 +196,7 @@ class Daemon:
             )
 
     async def _loop(self, state: StateDB) -> int:
-        pool = StorePool(keychain=keychain_for(self.config))
+        pool = pool_for(self.config)
         self._pools.append(pool)
         retired: list[StorePool] = []
         try:
@@ -205,7 +205,7 @@ class Daemon:
                     self._do_reload()
                     # New credentials take effect for new runs; running ones keep theirs.
                     retired.append(pool)
-                    pool = StorePool(keychain=keychain_for(self.config))
+                    pool = pool_for(self.config)
                     self._pools.append(pool)
                 now = datetime.now(UTC)
                 for m in self.config.mirrors:

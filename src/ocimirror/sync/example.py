@@ -34,6 +34,15 @@ registries:
     rate_limit_reserve: 20                # pause pulls while RateLimit-Remaining is below 20
     rate_limit_wait: 5m                   # then look again (with a free HEAD) every 5 minutes
 
+# Buckets holding the registry layout (targets like s3://my-bucket/org/app, see
+# docs/static-registry.md); what is left out comes from AWS_*, GOOGLE_*, AZURE_*.
+# buckets:
+#   s3://my-bucket:
+#     region: eu-west-1
+#     credentials: {username: AKIA..., password: ${AWS_SECRET_ACCESS_KEY}}
+#     prefix: mirror                      # the layout under mirror/v2/...
+#     # endpoint: https://minio.example.com
+
 # Inherited by every mirror that does not set its own.
 defaults:
   schedule: 6h         # 30m, 6h, 1d, 1w; a cron expression ("0 3 * * *"); 0 = on demand

@@ -16,7 +16,7 @@ import structlog
 from ..errors import OcimirrorError
 from ..reference import Reference
 from ..settings.config import Config, Mirror
-from ..settings.connection import host_options, keychain_for
+from ..settings.connection import host_options, pool_for
 from ..state.db import StateDB, TaskRecord
 from ..store import Store
 from ..stores.pool import StorePool
@@ -81,7 +81,7 @@ async def sync_pass(
     """Run one pass over the selected mirrors (all by default); failures never stop it."""
     chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
     own_pool = pool is None
-    pool = pool or StorePool(keychain=keychain_for(config))
+    pool = pool or pool_for(config)
     try:
         passes = []
         for mirror in chosen:

@@ -16,9 +16,11 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Self
 
@@ -132,3 +134,58 @@ class LocalS3(StartStop):
             with contextlib.suppress(FileNotFoundError):
                 self._log_path.unlink()
             self._log_path = None
+
+
+class RefusingS3(StartStop):
+    """An S3 endpoint on loopback that refuses every request with one S3 error, as S3 does
+    a wrong key pair (403 AccessDenied, the default) or a request signed for the wrong
+    region (400 AuthorizationHeaderMalformed): moto accepts any keys and any region."""
+
+    def __init__(self, status: int = 403, code: str = "AccessDenied") -> None:
+        """Answer `status` with an error document of `code`; nothing runs until `start()`."""
+        self.status = status
+        self.body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>{code}</Message></Error>"
+        ).encode()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """Return the server's base URL."""
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> Self:
+        """Serve on a free port in a thread."""
+        body, status = self.body, self.status
+
+        class Deny(BaseHTTPRequestHandler):
+            def _deny(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _deny
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
