@@ -22,6 +22,7 @@ from . import version_line
 from .compose import scheduled_mirrors
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
+from .settings import cli_options
 from .sync import commands as sync_commands
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ JsonOut = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only failures and the summary.")]
 TargetRegistry = sync_commands.TargetRegistry
+RegistryEndpoint = cli_options.RegistryEndpoint
 LogFormat = Annotated[
     str,
     typer.Option("--log-format", help="Log format when not on a terminal: text or json."),
@@ -396,8 +398,9 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             include_foreign=a["include_foreign"],
             force=a["force"],
         )
-        from .settings.connection import keychain_from
+        from .settings.connection import apply_endpoint_flags, keychain_from
 
+        apply_endpoint_flags(a["registry_endpoint"])
         keychain = keychain_from({}, authfile=a["authfile"])
     except (OcimirrorError, ValueError) as e:
         raise _usage(str(e)) from None
@@ -440,6 +443,7 @@ def copy(
     dest_ca_file: DestCa = None,
     plain_http: PlainHttp = False,
     authfile: AuthFile = None,
+    registry_endpoint: RegistryEndpoint = None,
     jobs: Jobs = 16,
     json_out: JsonOut = False,
     quiet: Quiet = False,
@@ -482,6 +486,7 @@ def mirror(
     dest_ca_file: DestCa = None,
     plain_http: PlainHttp = False,
     authfile: AuthFile = None,
+    registry_endpoint: RegistryEndpoint = None,
     jobs: Jobs = 16,
     json_out: JsonOut = False,
     quiet: Quiet = False,

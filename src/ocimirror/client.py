@@ -18,9 +18,9 @@ import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urljoin
 
@@ -34,6 +34,7 @@ from .auth.challenge import Challenge, parse_challenges
 from .auth.credentials import Credentials
 from .errors import (
     AuthError,
+    ConfigError,
     ManifestError,
     NotFound,
     RateLimited,
@@ -78,6 +79,39 @@ class HostOptions:
     rate_limit_wait: float = 300.0
     #: Where connections may go (serve's API jobs); None: anywhere.
     address_policy: AddressPolicy | None = None
+    #: Another URL serving this host (`registries: {HOST: {endpoint: URL}}`): requests
+    #: go to its scheme, host and port; names, credentials and scopes stay the host's.
+    endpoint: str | None = None
+    #: Creates a repository a push found missing (ECR's `create_repositories`); None:
+    #: a missing repository is an error, as on every other registry.
+    create_repository: Callable[[str], Awaitable[None]] | None = field(default=None, compare=False)
+
+
+def endpoint_base(endpoint: str) -> str:
+    """Return `scheme://host[:port]` of an endpoint URL, refusing anything else there."""
+    try:
+        u = yarl.URL(endpoint.strip())
+    except (TypeError, ValueError):
+        u = yarl.URL()
+    if u.scheme not in ("http", "https") or not u.host:
+        what = f"a {u.scheme}: URL" if u.scheme else "no URL"
+        raise ConfigError(
+            f"a registry endpoint is an http:// or https:// URL with a host, not {what}"
+        )
+    if u.user or u.password or u.query_string or u.fragment:
+        raise ConfigError("a registry endpoint is scheme://host[:port] only (no user, query)")
+    host = f"[{u.host}]" if ":" in u.host else u.host
+    return f"{u.scheme}://{host}" + (f":{u.explicit_port}" if u.explicit_port else "")
+
+
+def base_url(host: str, options: HostOptions) -> str:
+    """Return where requests for `host` go: its endpoint, else HTTP(S) by the TLS settings."""
+    if options.endpoint:
+        return endpoint_base(options.endpoint)
+    plain = options.plain_http
+    if plain is None:
+        plain = is_loopback_host(host)
+    return f"{'http' if plain else 'https'}://{host}"
 
 
 @dataclass
@@ -154,13 +188,15 @@ class RegistryClient:
         self.options = options or HostOptions()
         #: Every request start takes a slot here (a no-op pace without a rate).
         self.pacer = pacer or Pacer(self.options.requests_per_second)
-        plain = self.options.plain_http
         #: A loopback host without an explicit choice starts on plain HTTP and moves to
         #: HTTPS if the server turns out to speak TLS (as Docker and crane allow both).
-        self._probe_scheme = plain is None and is_loopback_host(host)
-        if plain is None:
-            plain = is_loopback_host(host)
-        self.base = f"{'http' if plain else 'https'}://{host}"
+        self._probe_scheme = (
+            self.options.plain_http is None and not self.options.endpoint and is_loopback_host(host)
+        )
+        #: Where requests go: the host itself, or the endpoint serving it. Credentials go
+        #: to this origin only, since that is where the host is served.
+        self.base = base_url(host, self.options)
+        self._netloc = self.base.partition("://")[2]
         self.credentials = credentials or Credentials()
         self.attempts = attempts
         #: Requests sent, by method (including token fetches under "TOKEN").
@@ -429,7 +465,7 @@ class RegistryClient:
         Registries behind a TLS-terminating proxy often write their own links in HTTP;
         an upgrade to the registry's origin never sends anything elsewhere.
         """
-        if self.base.startswith("https://") and url.startswith(f"http://{self.host}/"):
+        if self.base.startswith("https://") and url.startswith(f"http://{self._netloc}/"):
             return "https://" + url.removeprefix("http://")
         return url
 
@@ -497,7 +533,7 @@ class RegistryClient:
                 hdrs["Authorization"] = auth
             await self._start(method)
             probing = self._probe_scheme or self.base.startswith("https://")
-            probing = probing and url.startswith(f"http://{self.host}/")
+            probing = probing and url.startswith(f"http://{self._netloc}/")
             try:
                 resp = await self.session.request(
                     method, url, headers=hdrs, data=data, allow_redirects=False
@@ -515,7 +551,7 @@ class RegistryClient:
             if tls_only:
                 # Plain HTTP sent to a TLS server on loopback: go over HTTPS from now on.
                 self._probe_scheme = False
-                self.base = f"https://{self.host}"
+                self.base = f"https://{self._netloc}"
                 url = "https://" + url.removeprefix("http://")
                 await self._start(method)
                 resp = await self.session.request(

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..settings.cli_options import RegistryEndpoint
+
 if TYPE_CHECKING:
     from .settings import ProxySettings
 
@@ -156,6 +158,7 @@ def proxy(
         str, typer.Option("--log-format", help="text or json.", metavar="FORMAT")
     ] = "text",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning...")] = "info",
+    registry_endpoint: RegistryEndpoint = None,
 ) -> None:
     """A pull-only registry proxy: serve upstream registries under this host's name."""
     import asyncio
@@ -169,6 +172,9 @@ def proxy(
 
     console = Console(stderr=True)
     try:
+        from ..settings.connection import apply_endpoint_flags
+
+        apply_endpoint_flags(registry_endpoint)
         settings = load_settings(
             port=port,
             host=host,

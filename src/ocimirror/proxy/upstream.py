@@ -31,10 +31,10 @@ import structlog
 
 from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials
-from ..client import RegistryClient
+from ..client import RegistryClient, endpoint_base
 from ..errors import RegistryError
 from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
-from ..settings.connection import keychain_from, static_credentials, tls_options
+from ..settings.connection import endpoint_for, keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
@@ -137,6 +137,11 @@ class Upstream:
         self._resolved_at = 0.0
         self._creds_lock = asyncio.Lock()
         options = replace(tls_options(config.tls), plain_http=plain)
+        # A registry endpoint (flag, environment) serves the host: only connections move.
+        endpoint = endpoint_for(host) or endpoint_for(self.host)
+        if endpoint:
+            options = replace(options, endpoint=endpoint)
+            self.base = endpoint_base(endpoint)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
         self.client = UpstreamClient(self.host, credentials=credentials, options=options)
         #: Blob requests (and the redirects they lead to), on their own connection pool,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..settings.cli_options import RegistryEndpoint
+
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
     from ..settings.config import Config, Loaded
@@ -189,6 +191,7 @@ def serve(
             " addresses (by default only the allowed registries, else public addresses).",
         ),
     ] = False,
+    registry_endpoint: RegistryEndpoint = None,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     import asyncio
@@ -199,9 +202,11 @@ def serve(
     from ..errors import OcimirrorError
     from ..logs import configure
     from ..settings.config import Config, Loaded, load_config
+    from ..settings.connection import apply_endpoint_flags
 
     console = Console(stderr=True)
     try:
+        apply_endpoint_flags(registry_endpoint)
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
         bind_port = port_from(port)
         policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)

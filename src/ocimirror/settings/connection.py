@@ -7,13 +7,15 @@ logged in to the same way whichever face asks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..auth.credentials import Credentials, Keychain
-from ..client import HostOptions
+from ..client import HostOptions, endpoint_base
+from ..errors import ConfigError
 from ..reference import is_docker_hub, parse_bucket
 from ..stores.objectstore import BucketSettings, bucket_key
 from ..stores.pool import StorePool
@@ -78,6 +80,7 @@ def host_options(config: Config, host: str) -> HostOptions:
         return HostOptions()
     return replace(
         tls_options(reg.tls),
+        endpoint=reg.endpoint,
         max_concurrency=reg.max_concurrency,
         requests_per_second=reg.requests_per_second,
         rate_limit_reserve=reg.rate_limit_reserve,
@@ -105,3 +108,52 @@ def bucket_settings(config: Config) -> dict[str, BucketSettings]:
 def pool_for(config: Config) -> StorePool:
     """A StorePool with the config's registry credentials and bucket settings."""
     return StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
+
+
+#: The environment variable naming registry endpoints: `HOST=URL,HOST=URL`.
+ENDPOINTS_ENV = "OCIMIRROR_REGISTRY_ENDPOINTS"
+
+
+def parse_endpoints(items: Iterable[str]) -> dict[str, str]:
+    """Parse `HOST=URL` items (each may hold several, comma-separated) into a mapping."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            host, sep, url = part.strip().partition("=")
+            host = host.strip().lower()
+            if not sep or not host or "/" in host or not url.strip():
+                raise ConfigError(
+                    f"a registry endpoint is HOST=URL (e.g. registry.example=http://127.0.0.1:5000),"
+                    f" not {part.strip()[:100]!r}"
+                )
+            endpoint_base(url)
+            out[host] = url.strip()
+    return out
+
+
+def environment_endpoints() -> dict[str, str]:
+    """The endpoints `OCIMIRROR_REGISTRY_ENDPOINTS` names (a ConfigError when malformed)."""
+    try:
+        return parse_endpoints([os.environ.get(ENDPOINTS_ENV, "")])
+    except ConfigError as e:
+        raise ConfigError(f"{ENDPOINTS_ENV}: {e}") from None
+
+
+def apply_endpoint_flags(items: Iterable[str] | None) -> None:
+    """Make `--registry-endpoint HOST=URL` flags hold for this process, over the environment.
+
+    They go into `OCIMIRROR_REGISTRY_ENDPOINTS`, which every StorePool and proxy upstream
+    reads, so a daemon's config reloads and the jobs it starts keep them.
+    """
+    flags = parse_endpoints(items or ())
+    if not flags:
+        return
+    merged = {**environment_endpoints(), **flags}
+    os.environ[ENDPOINTS_ENV] = ",".join(f"{h}={u}" for h, u in merged.items())
+
+
+def endpoint_for(host: str, options: HostOptions | None = None) -> str | None:
+    """Where `host` is served: a flag or the environment, else its config (`options`)."""
+    return environment_endpoints().get(host.lower()) or (options.endpoint if options else None)

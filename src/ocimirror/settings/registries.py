@@ -56,11 +56,27 @@ class Registry(SettingsModel):
     """Settings for one registry host."""
 
     credentials: CredentialsConfig | None = None
+    #: Another URL serving this host (a VPC endpoint, a private link, a local mirror):
+    #: connections go there; names, credentials and provider detection keep the host.
+    endpoint: str | None = None
     tls: Tls = Tls()
     max_concurrency: int = Field(default=32, ge=1, le=512)
     requests_per_second: float | None = Field(default=None, gt=0)
     rate_limit_reserve: int | None = Field(default=None, ge=0)
     rate_limit_wait: str | int = "5m"
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ..client import endpoint_base
+            from ..errors import ConfigError
+
+            try:
+                endpoint_base(v)
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @field_validator("rate_limit_wait")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions, RegistryClient
@@ -43,6 +44,11 @@ class StorePool:
         creds: Credentials | None = None
         if scheme.registry_host:
             opts = options or HostOptions()
+            from ..settings.connection import endpoint_for
+
+            endpoint = endpoint_for(ref.registry) or endpoint_for(ref.api_host, opts)
+            if endpoint != opts.endpoint:
+                opts = replace(opts, endpoint=endpoint)
             creds = (
                 credentials
                 if credentials is not None

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..settings import cli_options
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -42,6 +44,7 @@ StateOpt = Annotated[
         metavar="URL",
     ),
 ]
+RegistryEndpoint = cli_options.RegistryEndpoint
 TargetRegistry = Annotated[
     str | None,
     typer.Option(
@@ -166,6 +169,7 @@ def sync(
         str | None, typer.Option("--target-password", envvar="OCIMIRROR_TARGET_PASSWORD")
     ] = None,
     target_registry: TargetRegistry = None,
+    registry_endpoint: RegistryEndpoint = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="With --dry-run: list unchanged tags too.")
     ] = False,
@@ -179,10 +183,12 @@ def sync(
 
     from ..errors import OcimirrorError
     from ..settings.config import load_config
+    from ..settings.connection import apply_endpoint_flags
     from ..state.db import StateDB, default_url
 
     console = Console(stderr=True)
     try:
+        apply_endpoint_flags(registry_endpoint)
         if (source is None) != (target is None):
             raise _fail("--source and --target go together")
         if source is not None and target is not None:
@@ -268,17 +274,22 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
 
 
 def run(
-    config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    target_registry: TargetRegistry = None,
+    registry_endpoint: RegistryEndpoint = None,
 ) -> None:
     """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
     import asyncio
 
     from ..errors import OcimirrorError
+    from ..settings.connection import apply_endpoint_flags
     from .daemon import Daemon
 
     if config is None:
         raise _fail("give --config FILE")
     try:
+        apply_endpoint_flags(registry_endpoint)
         daemon = Daemon(config, state_url=state, target_registry=target_registry)
     except OcimirrorError as e:
         raise _fail(str(e)) from None
