@@ -40,7 +40,8 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,22 @@ from typing import Any
 import structlog
 
 from ..errors import AuthError, ConfigError
-from ..reference import DOCKER_HUB, DOCKER_HUB_ALIASES, is_docker_hub
+from ..reference import DOCKER_HUB, DOCKER_HUB_ALIASES
+from .source import (
+    ANONYMOUS,
+    DOCKER_HUB_SERVER,
+    Credentials,
+    CredentialSource,
+    Resolved,
+    normalize_host,
+    parse_user_pass,
+    server_url,
+)
 
 log = structlog.get_logger(__name__)
 
-#: The server URL docker stores Docker Hub credentials under (and gives to helpers).
-DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+#: Seconds before an announced expiry at which credentials are asked for again.
+REFRESH_MARGIN = 60.0
 #: Seconds a credential helper may take to answer.
 HELPER_TIMEOUT = 30.0
 
@@ -63,67 +74,6 @@ _HUB_KEYS = (DOCKER_HUB_SERVER, DOCKER_HUB, *sorted(DOCKER_HUB_ALIASES - {DOCKER
 _NOT_FOUND = "credentials not found"
 _TOKEN_USERNAME = "<token>"
 _HELPER_NAME_RE = re.compile(r"[^/\\\s]+")
-
-
-@dataclass(frozen=True, repr=False)
-class Credentials:
-    """What to present to a registry."""
-
-    username: str = ""
-    #: A password, or a password-like token, for basic auth and the token GET.
-    password: str = ""
-    #: A refresh token (docker's `identitytoken`) for the OAuth2 POST form.
-    identity_token: str = ""
-    #: A bearer token sent as it is (docker's `registrytoken`, or `--src-token`).
-    registry_token: str = ""
-
-    @property
-    def anonymous(self) -> bool:
-        """Tell whether there is nothing at all to present."""
-        return not (self.username or self.password or self.identity_token or self.registry_token)
-
-    def __repr__(self) -> str:
-        """Show the username and which secrets are set, never their values."""
-        parts = [f"username={self.username!r}"] if self.username else []
-        parts += [
-            f"{name}=***"
-            for name in ("password", "identity_token", "registry_token")
-            if getattr(self, name)
-        ]
-        return f"Credentials({', '.join(parts)})"
-
-
-ANONYMOUS = Credentials()
-
-
-def parse_user_pass(text: str) -> Credentials:
-    """Parse `USER:PASSWORD` (as given to --src-creds / --dest-creds) at its first colon."""
-    if not text:
-        raise ConfigError("empty credentials: expected USER:PASSWORD")
-    username, sep, password = text.partition(":")
-    if not sep:
-        # The value may be a password given alone: never echo it.
-        raise ConfigError("credentials must be USER:PASSWORD, but the value given has no ':'")
-    if not username:
-        raise ConfigError("credentials must be USER:PASSWORD, but the user name is empty")
-    return Credentials(username=username, password=password)
-
-
-def normalize_host(server: str) -> str:
-    """Reduce a registry name or URL to the `host[:port]` credentials are kept under."""
-    rest = server.strip()
-    for scheme in ("https://", "http://"):
-        if rest.lower().startswith(scheme):
-            rest = rest[len(scheme) :]
-            break
-    host = rest.split("/", 1)[0].lower()
-    return DOCKER_HUB if is_docker_hub(host) else host
-
-
-def server_url(host: str) -> str:
-    """Return the server URL docker gives credential helpers for `host`."""
-    host = normalize_host(host)
-    return DOCKER_HUB_SERVER if host == DOCKER_HUB else host
 
 
 def _key_host(key: str) -> str | None:
@@ -272,10 +222,14 @@ class Keychain:
         overrides: Mapping[str, Credentials] | None = None,
         helpers: Mapping[str, str] | None = None,
         helper_timeout: float = HELPER_TIMEOUT,
+        cloud_sources: Sequence[CredentialSource] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Read the auth files now (a broken one is a ConfigError); `overrides` win.
 
-        `helpers` names a `docker-credential-NAME` helper per host, ahead of the files.
+        `helpers` names a `docker-credential-NAME` helper per host, ahead of the files;
+        `cloud_sources` (auth/providers.py) come after the helpers and before the files,
+        and their answers are asked again shortly before they expire (on `clock`).
         """
         if config_path is not None:
             path = Path(config_path).expanduser()
@@ -290,7 +244,11 @@ class Keychain:
         self._overrides = {normalize_host(h): c for h, c in (overrides or {}).items()}
         self._helpers = {normalize_host(h): n for h, n in (helpers or {}).items()}
         self._helper_timeout = helper_timeout
+        self._cloud_sources = list(cloud_sources)
+        self._clock = clock
         self._cache: dict[str, Credentials] = {}
+        #: When a cached answer goes stale (answers with an expiry only).
+        self._stale_at: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     @property
@@ -303,16 +261,31 @@ class Keychain:
         key = normalize_host(host)
         if key in self._overrides:
             return self._overrides[key]
-        if key in self._cache:
+        if self._fresh(key):
             return self._cache[key]
         async with self._locks.setdefault(key, asyncio.Lock()):
-            if key not in self._cache:
+            if not self._fresh(key):
+                self._stale_at.pop(key, None)
                 self._cache[key] = await self._lookup(key)
             return self._cache[key]
+
+    def _fresh(self, key: str) -> bool:
+        stale_at = self._stale_at.get(key)
+        return key in self._cache and (stale_at is None or self._clock() < stale_at)
 
     async def _lookup(self, host: str) -> Credentials:
         if host in self._helpers:
             return await self._run_helper(self._helpers[host], host)
+        for source in self._cloud_sources:
+            answer = await source.credentials_for(host)
+            if answer is not None:
+                if answer.expires_at is not None:
+                    now = self._clock()
+                    left = max(answer.expires_at - now, 0.0)
+                    # Renewed a minute before expiry; short-lived ones halfway through.
+                    self._stale_at[host] = answer.expires_at - min(REFRESH_MARGIN, left / 2)
+                log.debug("credentials resolved", host=host, source=answer.source)
+                return answer.credentials
         for auth_file in self._files:
             creds, how = await self._from_file(auth_file, host)
             if not creds.anonymous:
@@ -406,3 +379,18 @@ class Keychain:
         if username == _TOKEN_USERNAME:
             return Credentials(identity_token=secret)
         return Credentials(username=username, password=secret)
+
+
+__all__ = [
+    "ANONYMOUS",
+    "DOCKER_HUB_SERVER",
+    "HELPER_TIMEOUT",
+    "REFRESH_MARGIN",
+    "CredentialSource",
+    "Credentials",
+    "Keychain",
+    "Resolved",
+    "normalize_host",
+    "parse_user_pass",
+    "server_url",
+]
