@@ -214,6 +214,8 @@ class RegistryClient:
         self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
         #: Held by the one task waiting for the rate limit to recover; others queue on it.
         self._rate_limit_lock = asyncio.Lock()
+        #: Repository creations started (`HostOptions.create_repository`), by repository.
+        self._creations: dict[str, asyncio.Future[None]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -735,7 +737,7 @@ class RegistryClient:
                 raise await self._error(resp, f"{where}: manifest refused")
             resp.release()
 
-        await self._retrying(once)
+        await self._creating(repo, once)
 
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository, following `Link` pagination on this host.
@@ -836,8 +838,24 @@ class RegistryClient:
                 raise RegistryError(f"{self.host}/{repo}: upload started without a Location")
             return self._upload_url(repo, location, self.url(f"/v2/{repo}/blobs/uploads/"))
 
-        result: str | None = await self._retrying(once)
+        result: str | None = await self._creating(repo, once)
         return result
+
+    async def _creating(self, repo: str, fn: Callable[[], Any]) -> Any:
+        """Run a push request; where the options create repositories (ECR), a repository
+        the registry says does not exist (NAME_UNKNOWN) is created and the request sent
+        again; concurrent pushes to it share one creation."""
+        try:
+            return await self._retrying(fn)
+        except RegistryError as e:
+            create = self.options.create_repository
+            if create is None or "NAME_UNKNOWN" not in e.codes:
+                raise
+        creation = self._creations.get(repo)
+        if creation is None:
+            creation = self._creations[repo] = asyncio.ensure_future(create(repo))
+        await creation
+        return await self._retrying(fn)
 
     async def cancel_upload(self, location: str) -> None:
         """Abandon an upload session (best effort)."""

@@ -10,7 +10,13 @@
 - Docker Mirror Image's `config.ini`: `[DEFAULT] refresh = 0|Nm|Nd|Nw`, then one section
   per image with `image`, `tag` (one, a comma list, or none for every tag),
   `source-repository` (the source registry, Docker Hub by default) and `project` (the
-  path under the target registry, which comes from a flag or `OCIMIRROR_TARGET_REGISTRY`).
+  path under the target registry, which comes from a flag or `OCIMIRROR_TARGET_REGISTRY`,
+  else, as Docker Mirror Image's README sets them, `CLOUD=AWS` with `AWS_ACCOUNT` and
+  `AWS_DEFAULT_REGION`: `AWS_ACCOUNT.dkr.ecr.AWS_DEFAULT_REGION.amazonaws.com`). An ECR
+  target creates the repositories a push finds missing, as Docker Mirror Image does.
+- docker-sync's `auth: {helper: ecr}` (and `ecr-login`) is the native ECR login
+  (auth/ecr.py), run without a helper binary; its top-level `ecr: {region}` says nothing
+  the ECR host name does not, and is accepted as such.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..auth.providers import ecr_match
 from .config import Config, ConfigFileError, _pydantic_problems, field_path
 
 TARGET_REGISTRY_ENV = "OCIMIRROR_TARGET_REGISTRY"
@@ -133,6 +140,17 @@ def _glob_to_regex(glob: str) -> str:
     return "".join(parts)
 
 
+def _aws_target() -> str | None:
+    """Docker Mirror Image's ECR target from its environment, when it names one."""
+    if os.environ.get("CLOUD", "").strip().upper() != "AWS":
+        return None
+    account = os.environ.get("AWS_ACCOUNT", "").strip()
+    region = os.environ.get("AWS_DEFAULT_REGION", "").strip()
+    if not account or not region:
+        return None
+    return f"{account}.dkr.ecr.{region}.amazonaws.com"
+
+
 def from_ini(
     text: str, source: str, *, target_registry: str | None = None
 ) -> tuple[Config, list[str]]:
@@ -143,7 +161,7 @@ def from_ini(
     except configparser.Error as e:
         line = getattr(e, "lineno", 0) or 0
         raise ConfigFileError(source, [(line, 0, "(syntax)", str(e))]) from None
-    target = target_registry or os.environ.get(TARGET_REGISTRY_ENV)
+    target = target_registry or os.environ.get(TARGET_REGISTRY_ENV) or _aws_target()
     if not target:
         raise ConfigFileError(
             source,
@@ -152,8 +170,9 @@ def from_ini(
                     0,
                     0,
                     "(target registry)",
-                    "config.ini names no target registry: give --target-registry or"
-                    f" {TARGET_REGISTRY_ENV}",
+                    "config.ini names no target registry: give --target-registry,"
+                    f" {TARGET_REGISTRY_ENV}, or CLOUD=AWS with AWS_ACCOUNT and"
+                    " AWS_DEFAULT_REGION",
                 )
             ],
         )
@@ -177,5 +196,8 @@ def from_ini(
         known = {"image", "tag", "source-repository", "project", "refresh"}
         for key in sorted(set(s) - known - set(parser.defaults())):
             warnings.append(f"[{section}] {key}: not supported, ignored")
-    native = {"defaults": {"schedule": refresh or "0"}, "mirrors": mirrors}
+    native: dict[str, Any] = {"defaults": {"schedule": refresh or "0"}, "mirrors": mirrors}
+    host = target.split("/", 1)[0]
+    if ecr_match(host):
+        native["registries"] = {host: {"create_repositories": True}}
     return _validated(native, source, "config.ini"), warnings

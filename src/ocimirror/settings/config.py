@@ -221,9 +221,16 @@ class Config(_Model):
     @field_validator("registries")
     @classmethod
     def _hosts(cls, v: dict[str, Registry]) -> dict[str, Registry]:
-        for host in v:
+        from ..auth.providers import ecr_match
+
+        for host, reg in v.items():
             if "/" in host or not host:
                 raise ValueError(f"registry keys are host names (host[:port]), not {host!r}")
+            if reg.create_repositories and not ecr_match(host):
+                raise ValueError(
+                    f"{host}: create_repositories is for AWS ECR registries only"
+                    " (ACCOUNT.dkr.ecr.REGION.amazonaws.com)"
+                )
         return v
 
     @field_validator("buckets")

@@ -8,18 +8,23 @@ logged in to the same way whichever face asks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from ..auth.credentials import Credentials, Keychain
+from ..auth.providers import HELPER_PROVIDERS, ProviderName, ProviderSource
 from ..client import HostOptions, endpoint_base
 from ..errors import ConfigError
 from ..reference import is_docker_hub, parse_bucket
 from ..stores.objectstore import BucketSettings, bucket_key
 from ..stores.pool import StorePool
-from .registries import CredentialsConfig, Tls
+from .registries import CredentialsConfig, Registry, Tls
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -44,14 +49,25 @@ def keychain_from(
     """
     overrides: dict[str, Credentials] = {}
     helpers: dict[str, str] = {}
+    providers: dict[str, ProviderName] = {}
     for host, c in credentials.items():
-        if c.helper:
+        if c.provider:
+            providers[host] = c.provider
+        elif c.helper in HELPER_PROVIDERS:
+            # docker-sync's `helper: ecr`: the native login, no helper binary.
+            providers[host] = HELPER_PROVIDERS[c.helper]
+        elif c.helper:
             helpers[host] = c.helper
         elif (static := static_credentials(c)) is not None:
             overrides[host] = static
         elif isinstance(c.docker_config, Path):
             authfile = c.docker_config
-    return Keychain(config_path=authfile, overrides=overrides, helpers=helpers)
+    return Keychain(
+        config_path=authfile,
+        overrides=overrides,
+        helpers=helpers,
+        cloud_sources=[ProviderSource(providers)],
+    )
 
 
 def keychain_for(config: Config) -> Keychain:
@@ -85,7 +101,29 @@ def host_options(config: Config, host: str) -> HostOptions:
         requests_per_second=reg.requests_per_second,
         rate_limit_reserve=reg.rate_limit_reserve,
         rate_limit_wait=reg.rate_limit_wait_seconds(),
+        create_repository=repository_creation(host, reg),
     )
+
+
+def repository_creation(host: str, reg: Registry) -> Callable[[str], Awaitable[None]] | None:
+    """The hook that creates a missing ECR repository, where the config allows it."""
+    if not reg.create_repositories:
+        return None
+    from ..auth.ecr import EcrProvider, RepositorySettings
+
+    provider = EcrProvider()
+    settings = RepositorySettings(
+        tag_mutability=reg.tag_mutability,
+        scan_on_push=reg.scan_on_push,
+        encryption=reg.encryption,
+        kms_key=reg.kms_key,
+    )
+
+    async def create(repo: str) -> None:
+        if await provider.create_repository(host, repo, settings):
+            log.info("repository created", host=host, repository=repo)
+
+    return create
 
 
 def bucket_settings(config: Config) -> dict[str, BucketSettings]:

@@ -9,6 +9,7 @@ key prefix). `connection` turns them into client options, a keychain and bucket 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +25,9 @@ class CredentialsConfig(SettingsModel):
     token: SecretField = None
     helper: str | None = None
     docker_config: bool | Path = False
+    #: A cloud login for this host (auth/providers.py); named here, its failures are
+    #: errors (a provider detected from the host name falls back to docker's files).
+    provider: Literal["ecr", "gcp", "azure"] | None = None
 
     coerce_secrets = field_validator("password", "token", mode="before")(coerce_secret)
 
@@ -34,10 +38,12 @@ class CredentialsConfig(SettingsModel):
             self.token is not None,
             self.helper is not None,
             self.docker_config is not False,
+            self.provider is not None,
         ]
         if sum(ways) > 1:
             raise ValueError(
-                "give one of username/password, token, helper or docker_config, not several"
+                "give one of username/password, token, helper, docker_config or provider,"
+                " not several"
             )
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
@@ -64,6 +70,13 @@ class Registry(SettingsModel):
     requests_per_second: float | None = Field(default=None, gt=0)
     rate_limit_reserve: int | None = Field(default=None, ge=0)
     rate_limit_wait: str | int = "5m"
+    #: ECR only: a push to a repository that does not exist creates it (CreateRepository)
+    #: with these settings. Never done for other registries.
+    create_repositories: bool = False
+    tag_mutability: Literal["MUTABLE", "IMMUTABLE"] = "MUTABLE"
+    scan_on_push: bool = False
+    encryption: Literal["AES256", "KMS"] = "AES256"
+    kms_key: str | None = None
 
     @field_validator("endpoint")
     @classmethod

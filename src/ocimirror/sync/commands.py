@@ -128,6 +128,8 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
             )
         for e in p.plan.errors:
             console.print(f"  [red]✗ {escape(e.reference)}: {escape(e.error)}[/]", highlight=False)
+        for repo in p.would_create:
+            console.print(f"  [green]+ would create repository {escape(repo)}[/]", highlight=False)
         counts = {r: p.plan.count(r) for r in _MARK}
         needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
         console.print(
@@ -270,6 +272,7 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
             for r in p.results
         ],
         "errors": p.failed,
+        "would_create": p.would_create,
     }
 
 

@@ -39,6 +39,8 @@ class MirrorPass:
     results: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     run_id: int | None = None
+    #: A dry run's repositories the copies would create (ECR `create_repositories`).
+    would_create: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
@@ -118,7 +120,9 @@ async def _one_mirror(
         mirror, store_for=store_for, known=known, concurrency=config.concurrency * 2
     )
     result = MirrorPass(mirror.label, plan, run_id=run_id)
-    if mode != "dry-run":
+    if mode == "dry-run":
+        result.would_create = await _would_create(config, plan)
+    else:
         todo = [t for t in plan.tasks if t.needs_copy and (mode == "all" or t.reason != "changed")]
         copier = Copier(
             options=CopyOptions(
@@ -140,6 +144,25 @@ async def _one_mirror(
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
     return result
+
+
+async def _would_create(config: Config, plan: Plan) -> list[str]:
+    """The target repositories a pass would create: those missing at an ECR registry whose
+    config creates repositories (asked with DescribeRepositories)."""
+    wanted: dict[str, list[str]] = {}
+    for t in plan.tasks:
+        reg = config.registries.get(t.target.registry)
+        if t.needs_copy and reg is not None and reg.create_repositories:
+            wanted.setdefault(t.target.registry, []).append(t.target.repository)
+    if not wanted:
+        return []
+    from ..auth.ecr import EcrProvider
+
+    provider = EcrProvider()
+    out: list[str] = []
+    for host, repos in wanted.items():
+        out += [f"{host}/{r}" for r in await provider.missing_repositories(host, repos)]
+    return out
 
 
 async def _copy(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
