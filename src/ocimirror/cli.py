@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from . import version_line
+from . import logincheck, version_line
 from .compose import scheduled_mirrors
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
@@ -582,6 +582,7 @@ app.command("status")(sync_commands.status)
 # serve -c runs the sync daemon beside the API: composed here, above both faces.
 app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
+app.command("login-check")(logincheck.login_check)
 
 
 @app.command()
