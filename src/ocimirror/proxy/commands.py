@@ -23,7 +23,9 @@ _EPILOG = (
     " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_REDIRECT,"
     " OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
     " OCIMIRROR_PROXY_TAG_TTL; an object-store cache reads AWS_*, GOOGLE_* and AZURE_* as"
-    " those clouds' tools do."
+    " those clouds' tools do. With GOOGLE_APPLICATION_CREDENTIALS (and no AUTH_HEADER) a"
+    " Google REGISTRY_HOST (gcr.io, *-docker.pkg.dev) is logged in to with the key's"
+    " identity; OCIMIRROR_REGISTRY_ENDPOINTS (HOST=URL,...) moves upstream connections."
     " Flags win over the environment."
 )
 

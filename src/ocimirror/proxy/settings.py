@@ -424,6 +424,12 @@ def load_settings(
             creds = CredentialsConfig(docker_config=authfile)
         elif keychain:
             creds = CredentialsConfig(docker_config=True)
+        elif auth_header is None and env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+            # serverless-registry-proxy: the key file's identity logs in to a Google host.
+            from ..auth.providers import detect
+
+            if detect(reg_host) == "gcp":
+                creds = CredentialsConfig(provider="gcp")
         try:
             upstreams.append(
                 UpstreamConfig(

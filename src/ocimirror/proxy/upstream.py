@@ -30,7 +30,7 @@ import aiohttp
 import structlog
 
 from ..auth.challenge import Challenge, parse_challenges
-from ..auth.credentials import ANONYMOUS, Credentials
+from ..auth.credentials import ANONYMOUS, Credentials, Keychain
 from ..client import RegistryClient, endpoint_base
 from ..errors import RegistryError
 from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
@@ -132,8 +132,12 @@ class Upstream:
             credentials = static_credentials(config.credentials) or ANONYMOUS
         #: Credentials are looked up (and again later) through a keychain.
         self._keychain_based = config.credentials is not None and (
-            config.credentials.helper is not None or config.credentials.docker_config is not False
+            config.credentials.helper is not None
+            or config.credentials.docker_config is not False
+            or config.credentials.provider is not None
         )
+        #: A cloud login's keychain is kept: it renews the login itself before it expires.
+        self._cloud_keychain: Keychain | None = None
         self._resolved_at = 0.0
         self._creds_lock = asyncio.Lock()
         options = replace(tls_options(config.tls), plain_http=plain)
@@ -219,7 +223,11 @@ class Upstream:
             if time.monotonic() - self._resolved_at < ttl:
                 return
             assert self.config.credentials is not None
-            keychain = keychain_from({self.config.host: self.config.credentials})
+            keychain = self._cloud_keychain or keychain_from(
+                {self.config.host: self.config.credentials}
+            )
+            if self.config.credentials.provider is not None:
+                self._cloud_keychain = keychain
             creds = await keychain.resolve(self.config.host)
             for client in self.clients:
                 client.set_credentials(creds)
