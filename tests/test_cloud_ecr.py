@@ -328,3 +328,79 @@ async def test_no_repository_creation_without_the_setting(
 def test_create_repositories_is_refused_for_other_registries() -> None:
     with pytest.raises(Exception, match="AWS ECR registries only"):
         parse_config("registries:\n  registry.example.com:\n    create_repositories: true\n")
+
+
+async def test_a_login_that_expires_between_passes_of_run_is_renewed(
+    registry: LocalRegistry, dst_registry: LocalRegistry
+) -> None:
+    """The daemon keeps one pool (and keychain) across passes: once the clock passes the
+    login's expiry, the next pass logs in again and pushes with the new token. A front
+    accepts only the current token, as ECR refuses an expired one."""
+    from ocimirror.stores.pool import StorePool
+    from ocimirror.sync.runner import sync_pass
+
+    now = [1000.0]
+    provider = _Clocked(now, life=12 * 3600)
+    valid = ["token-1"]
+
+    async def current_token_only(
+        front: Front, request: web.Request, body: bytes
+    ) -> web.StreamResponse | None:
+        expected = "Basic " + base64.b64encode(f"AWS:{valid[0]}".encode()).decode()
+        if request.path.startswith("/v2") and request.headers.get("Authorization") != expected:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="ecr"'})
+        return None
+
+    await seed(registry, "lib/app", [("1", make_image(layer_size=100, seed="r1"))])
+    front = Front(dst_registry, current_token_only)
+    async with front.running():
+        config = parse_config(
+            f"registries:\n  {ECR}:\n    endpoint: http://{front.host}\n"
+            f"mirrors:\n  - name: app\n    source: {registry.host}/lib/app\n"
+            f"    targets: [{ECR}/app]\n"
+        )
+        keychain = Keychain(
+            cloud_sources=[ProviderSource(providers={"ecr": provider})],
+            clock=lambda: now[0],
+            config_path=os.devnull,
+        )
+        pool = StorePool(keychain=keychain)
+        try:
+            (first,) = await sync_pass(config, state=None, pool=pool)
+            assert first.status == "ok", first.failed
+            # Twelve hours on: ECR no longer takes the first token.
+            now[0] += 12 * 3600
+            valid[0] = "token-2"
+            await seed(registry, "lib/app", [("2", make_image(layer_size=100, seed="r2"))])
+            (second,) = await sync_pass(config, state=None, pool=pool)
+            assert second.status == "ok", second.failed
+        finally:
+            await pool.close()
+    assert sorted(dst_registry.tags("app")) == ["1", "2"]
+    assert provider.logins == 2
+
+
+async def test_ecr_public_asks_ecr_public_in_us_east_1(aws: dict[str, str]) -> None:
+    """moto has no ecr-public: botocore's Stubber checks the call and gives its answer."""
+    from datetime import UTC, datetime
+
+    from botocore.stub import Stubber
+
+    from ocimirror.auth.ecr import EcrRegistry
+
+    provider = EcrProvider()
+    client = provider._client("ecr-public", EcrRegistry("", "us-east-1", public=True))
+    expires = datetime(2099, 1, 1, tzinfo=UTC)
+    token = base64.b64encode(b"AWS:public-token").decode()
+    with Stubber(client) as stub:
+        stub.add_response(
+            "get_authorization_token",
+            {"authorizationData": {"authorizationToken": token, "expiresAt": expires}},
+            {},
+        )
+        login = await provider.login("public.ecr.aws")
+        stub.assert_no_pending_responses()
+    assert client.meta.region_name == "us-east-1"
+    assert login.credentials.username == "AWS"
+    assert login.credentials.password == "public-token"
+    assert login.expires_at == expires.timestamp()
