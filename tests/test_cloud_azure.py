@@ -14,6 +14,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -132,7 +133,8 @@ async def test_managed_identity_token_is_exchanged_and_pushes(
         assert code == 0, out + err
         code, out, err = await _run(["login-check", ACR], env)
         assert code == 0, out + err
-        assert "token: yes, expires in 179 min" in out or "expires in 180 min" in out
+        # The refresh token's own exp (3 hours after it was made), not a default.
+        assert re.search(r"token: yes, expires in 1[0-7]\d min", out), out
     assert acr_registry.tags("app") == ["1"]
     assert asked[0]["resource"] == SCOPE.removesuffix("/.default")
     assert exchanged[0]["service"] == ACR

@@ -133,15 +133,35 @@ async def test_no_aws_credentials_is_one_line_and_falls_back_when_detected(
     with pytest.raises(ProviderUnavailable) as e:
         await EcrProvider().login(ECR)
     assert str(e.value).startswith(f"{ECR}: AWS ECR: no AWS credentials found")
-    # Detected from the name: the next source answers (here the auth file's entry).
-    authfile = tmp_path / "auth.json"
-    authfile.write_text(json.dumps({"auths": {ECR: {"username": "u", "password": "p"}}}))
-    chain = Keychain(config_path=authfile, cloud_sources=[ProviderSource()])
-    assert (await chain.resolve(ECR)).username == "u"
+    # Detected from the name: anonymous, and the chain is not probed again for a while.
+    calls: list[str] = []
+
+    class Counting(EcrProvider):
+        async def login(self, host: str) -> Login:
+            calls.append(host)
+            return await super().login(host)
+
+    source = ProviderSource(providers={"ecr": Counting()})
+    chain = Keychain(config_path=os.devnull, cloud_sources=[source])
+    assert (await chain.resolve(ECR)).anonymous
+    assert await source.credentials_for(ECR) is None
+    assert calls == [ECR]
     # Named for the host (docker-sync's `helper: ecr`): an error naming host and cause.
     cfg = parse_config(f"registries:\n  {ECR}:\n    credentials: {{helper: ecr}}\n")
     with pytest.raises(AuthError, match="no AWS credentials"):
         await keychain_for(cfg).resolve(ECR)
+
+
+async def test_docker_auth_files_come_before_the_cloud_login(
+    aws: dict[str, str], tmp_path: Path
+) -> None:
+    """What `docker login` put in an auth file keeps working, as it did before."""
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {ECR: {"username": "u", "password": "p"}}}))
+    chain = Keychain(config_path=authfile, cloud_sources=[ProviderSource()])
+    assert (await chain.resolve(ECR)).username == "u"
+    chain = Keychain(config_path=os.devnull, cloud_sources=[ProviderSource()])
+    assert (await chain.resolve(ECR)).password == f"{ACCOUNT}-auth-token"
 
 
 async def test_access_denied_and_unreachable_api_name_the_cause(

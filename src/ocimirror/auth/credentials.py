@@ -228,8 +228,9 @@ class Keychain:
         """Read the auth files now (a broken one is a ConfigError); `overrides` win.
 
         `helpers` names a `docker-credential-NAME` helper per host, ahead of the files;
-        `cloud_sources` (auth/providers.py) come after the helpers and before the files,
-        and their answers are asked again shortly before they expire (on `clock`).
+        `cloud_sources` (auth/providers.py) come after the files (as go-containerregistry
+        puts its cloud keychains after docker's), and their answers are asked again
+        shortly before they expire (on `clock`).
         """
         if config_path is not None:
             path = Path(config_path).expanduser()
@@ -276,6 +277,11 @@ class Keychain:
     async def _lookup(self, host: str) -> Credentials:
         if host in self._helpers:
             return await self._run_helper(self._helpers[host], host)
+        for auth_file in self._files:
+            creds, how = await self._from_file(auth_file, host)
+            if not creds.anonymous:
+                log.debug("credentials found", host=host, source=str(auth_file.path), via=how)
+                return creds
         for source in self._cloud_sources:
             answer = await source.credentials_for(host)
             if answer is not None:
@@ -286,11 +292,6 @@ class Keychain:
                     self._stale_at[host] = answer.expires_at - min(REFRESH_MARGIN, left / 2)
                 log.debug("credentials resolved", host=host, source=answer.source)
                 return answer.credentials
-        for auth_file in self._files:
-            creds, how = await self._from_file(auth_file, host)
-            if not creds.anonymous:
-                log.debug("credentials found", host=host, source=str(auth_file.path), via=how)
-                return creds
         log.debug("no credentials: anonymous", host=host)
         return ANONYMOUS
 

@@ -8,10 +8,13 @@ their expiry, so the keychain asks again before they run out.
 - `gcp` (auth/gcp.py): `*-docker.pkg.dev`, `gcr.io`, `*.gcr.io`;
 - `azure` (auth/azure.py): `*.azurecr.io`.
 
-A provider detected from the host name that cannot log in at all (its extra is not
-installed, or the cloud's default chain holds no credentials) logs one warning naming the
-host, the provider and the cause, and lets the next source answer (docker's auth files,
-else anonymous: public images on these hosts are pulled without a login). A provider
+The keychain asks this source after docker's auth files, so credentials a user put there
+(`docker login`, `_json_key`) keep working as they did. A provider detected from the host
+name that cannot log in at all (its extra is not installed, or the cloud's default chain
+holds no credentials) logs one warning naming the host, the provider and the cause, is
+not asked again for `UNAVAILABLE_RETRY` seconds (a chain's probes of metadata servers
+take seconds off the cloud), and the pull is anonymous (public images on these hosts
+need no login). A provider
 named in the config (`helper: ecr`, `provider: gcp`) fails instead, and so does any other
 failure (access denied, a wrong region, an unreachable cloud API): one line naming the
 host, the provider and the cause. Secrets never reach a log or an error.
@@ -20,6 +23,7 @@ host, the provider and the cause. Secrets never reach a log or an error.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -33,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 ProviderName = Literal["ecr", "gcp", "azure"]
 PROVIDERS: tuple[ProviderName, ...] = ("ecr", "gcp", "azure")
+#: Seconds a detected provider that could not log in at all is left alone.
+UNAVAILABLE_RETRY = 600.0
 #: Helper names (docker-sync's `auth: {helper: NAME}`, docker's credHelpers values) that
 #: mean a provider here: no `docker-credential-*` binary is run for them.
 HELPER_PROVIDERS: dict[str, ProviderName] = {"ecr": "ecr", "ecr-login": "ecr", "gcr": "gcp"}
@@ -137,6 +143,7 @@ class ProviderSource:
         self._providers: dict[ProviderName, Provider] = dict(providers or {})
         self._endpoint_base = endpoint_base
         self._warned: set[str] = set()
+        self._unavailable_until: dict[ProviderName, float] = {}
 
     def provider_name(self, host: str) -> ProviderName | None:
         """Return the provider that answers for `host`, if any."""
@@ -156,15 +163,19 @@ class ProviderSource:
         name = self.provider_name(host)
         if name is None:
             return None
+        explicit = host.lower() in self.explicit
+        if not explicit and time.monotonic() < self._unavailable_until.get(name, 0.0):
+            return None
         provider = self.provider(name)
         try:
             login = await provider.login(host)
         except ProviderUnavailable as e:
-            if host.lower() in self.explicit:
+            if explicit:
                 raise
+            self._unavailable_until[name] = time.monotonic() + UNAVAILABLE_RETRY
             if host not in self._warned:
                 self._warned.add(host)
-                log.warning("no cloud login; trying docker's files, else anonymous", error=str(e))
+                log.warning("no cloud login: anonymous", error=str(e))
             return None
         return Resolved(login.credentials, expires_at=login.expires_at, source=provider.title)
 
