@@ -114,7 +114,7 @@ def host_wheels(cache: Path, root: Path) -> Path:
 def build_context(root: Path, wheels: Path, dest: Path) -> Path:
     """A build context: the Containerfile, what the wheel needs, and `wheels/`."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("Containerfile", ".containerignore", "pyproject.toml", "README.md"):
+    for name in ("Containerfile", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy2(root / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(root / "src", dest / "src", ignore=ignore)
@@ -213,9 +213,21 @@ class Podman:
         return (result.stderr or result.stdout).strip()[-500:]
 
     def close(self) -> None:
-        """Remove every container and image, then the private directory."""
+        """Remove every container, volume and image, then the private directory.
+
+        Not `podman system reset`: for root it also removes the host's networks.
+        """
         with contextlib.suppress(Exception):
-            self.run("rm", "--all", "--force", "--time", "2", check=False, timeout=60)
+            self.run("rm", "--all", "--force", "--volumes", "--time", "2", check=False)
         with contextlib.suppress(Exception):
-            self.run("system", "reset", "--force", check=False, timeout=120)
+            self.run("rmi", "--all", "--force", check=False)
+        # What the overlay driver may leave mounted under the private root, deepest first.
+        with contextlib.suppress(OSError):
+            mounts = [
+                line.split()[1]
+                for line in Path("/proc/self/mounts").read_text().splitlines()
+                if line.split()[1].startswith(str(self.top))
+            ]
+            for target in sorted(mounts, key=len, reverse=True):
+                subprocess.run(["umount", target], capture_output=True, check=False)
         shutil.rmtree(self.top, ignore_errors=True)
