@@ -117,9 +117,9 @@ def test_image_runs_as_non_root_with_ocimirror_entrypoint_and_data_volume(built:
         "sh",
         built.image,
         "-c",
-        "id -u; id -g; stat -c %u /data; touch /data/w && echo writable; ls /opt/ocimirror/bin",
+        "id -u; id -g; stat -c %u /data; touch /data/w && echo writable; echo $HOME; ls /opt/ocimirror/bin",
     ).stdout.split()
-    assert ids[:4] == ["10001", "10001", "10001", "writable"]
+    assert ids[:5] == ["10001", "10001", "10001", "writable", "/data"]
     # The runtime stage carries the venv only: no pip, no build tools.
     assert "pip" not in ids
     # Small: the Debian test base is about 180 MB; ocimirror's venv must stay under 150 MB.
