@@ -23,7 +23,6 @@ from .client import HostOptions
 from .compose import scheduled_mirrors
 from .errors import ConfigError, OcimirrorError
 from .logs import configure
-from .manifest import Platform
 from .progress import LogProgress, RichProgress
 from .proxy import commands as proxy_commands
 from .reference import Reference, parse_prefix
@@ -201,16 +200,11 @@ def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials
 
 
 def _parse_platforms(platforms: list[str] | None) -> tuple[str, ...]:
-    out = []
-    for p in platforms or []:
-        for part in p.split(","):
-            part = part.strip()
-            if part.count("/") not in (1, 2) or not all(part.split("/")):
-                raise ConfigError(f"invalid --platform {part!r}: expected os/arch[/variant]")
-            if "*" not in part and "?" not in part and "[" not in part:
-                Platform.parse(part)
-            out.append(part)
-    return tuple(out)
+    """Check `--platform` values; each may list several, comma-separated."""
+    from .transfer.options import parse_platforms
+
+    parts = [part for p in platforms or [] for part in p.split(",")]
+    return parse_platforms(parts, name="--platform")
 
 
 def _run(
@@ -324,31 +318,21 @@ def _sides(
     return src, dst
 
 
-def _filter(
-    all_tags: bool,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    semver: str | None,
-    latest: int | None,
-) -> TagFilter | None:
-    if not all_tags:
-        if include or exclude or semver or latest is not None:
-            raise ConfigError("--include, --exclude, --semver and --latest need --all-tags")
-        return None
-    return TagFilter(
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        semver=semver,
-        latest=latest,
-    )
-
-
 def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str, Any]) -> None:
     """Validate everything a copy command was given, run it, and exit with its code."""
+    from .transfer.options import CLI_NAMES, tag_filter
+
     configure(fmt="json" if a["log_format"] == "json" else "text", level=a["log_level"])
     try:
         planned = pairs()
-        tag_filter = _filter(a["all_tags"], a["include"], a["exclude"], a["semver"], a["latest"])
+        tags = tag_filter(
+            all_tags=a["all_tags"],
+            include=a["include"],
+            exclude=a["exclude"],
+            semver=a["semver"],
+            latest=a["latest"],
+            names=CLI_NAMES,
+        )
         src_side, dst_side = _sides(
             src_creds=a["src_creds"],
             src_token=a["src_token"],
@@ -371,7 +355,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
     code = _run(
         planned,
         all_tags=a["all_tags"],
-        tag_filter=tag_filter,
+        tag_filter=tags,
         copy_options=options,
         source=src_side,
         destination=dst_side,

@@ -43,7 +43,6 @@ from pydantic import ValidationError
 from ..auth.credentials import Keychain
 from ..client import HostOptions
 from ..errors import ConfigError, OcimirrorError, public_message, scrub
-from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
@@ -55,6 +54,7 @@ from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
+from ..transfer.options import parse_platforms, tag_filter
 from ..transfer.plan import CopyTask, destination_for, plan_copy
 from ..transfer.tags import TagFilter
 from .models import (
@@ -130,22 +130,10 @@ class _Plan:
     error: str | None = None
 
 
-def _check_platforms(platforms: Iterable[str]) -> None:
-    """Refuse a platform that is not os/arch[/variant] (globs allowed), as the CLI does."""
-    for p in platforms:
-        if p.count("/") not in (1, 2) or not all(p.split("/")):
-            raise ConfigError(f"invalid platform {p!r}: expected os/arch[/variant]")
-        if not any(c in p for c in "*?["):
-            Platform.parse(p)
-
-
 def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
     """The tag filter of an `all_tags` entry; filters without `all_tags` are an error."""
-    if not options.all_tags:
-        if options.include or options.exclude or options.semver or options.latest is not None:
-            raise ConfigError("include, exclude, semver and latest need all_tags")
-        return None
-    return TagFilter(
+    return tag_filter(
+        all_tags=options.all_tags,
         include=options.include,
         exclude=options.exclude,
         semver=options.semver,
@@ -167,7 +155,7 @@ def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | No
         if not options.all_tags:
             dst = destination_for(src, dst)
         _tag_filter(options)
-        _check_platforms(options.platforms)
+        parse_platforms(options.platforms)
     except (OcimirrorError, ValueError) as e:
         # Keyed apart from every valid entry: the raw text cannot parse.
         return _Plan(("!" + entry.src, entry.dst, options), options, error=one_line(str(e)))
