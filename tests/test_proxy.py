@@ -596,9 +596,10 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
 
 
 def test_docker_hub_names_and_scopes() -> None:
-    from ocimirror.proxy.app import Proxy as AppProxy
-    from ocimirror.proxy.app import Route, _map_token_scope
+    from ocimirror.proxy.routing import Proxy as AppProxy
+    from ocimirror.proxy.routing import Route
     from ocimirror.proxy.settings import load_settings
+    from ocimirror.proxy.tokens import map_token_scope
 
     settings = load_settings(registry_host="docker.io", env={})
     proxy = AppProxy(settings)
@@ -606,7 +607,7 @@ def test_docker_hub_names_and_scopes() -> None:
     assert hub.base == "https://registry-1.docker.io"
     assert hub.upstream_repo("alpine") == "library/alpine"
     assert hub.upstream_repo("org/app") == "org/app"
-    assert _map_token_scope(proxy, "repository:alpine:pull", hub) == (
+    assert map_token_scope(proxy, "repository:alpine:pull", hub) == (
         hub,
         "repository:library/alpine:pull",
     )
@@ -625,7 +626,9 @@ async def test_upstream_blob_for_a_cache(stand_in: StandIn) -> None:
     from aiohttp.test_utils import make_mocked_request
 
     from ocimirror.errors import NotFound
-    from ocimirror.proxy.app import PROXY, make_proxy_app, upstream_blob
+    from ocimirror.proxy.app import make_proxy_app
+    from ocimirror.proxy.forward import upstream_blob
+    from ocimirror.proxy.routing import PROXY
     from ocimirror.proxy.settings import load_settings
 
     app = make_proxy_app(load_settings(registry_host=stand_in.host, repo_prefix="pre", env={}))

@@ -20,9 +20,10 @@ the blobs, so a proxy with an empty index, or another proxy sharing the bucket, 
 them: a blob, manifest or tag the index does not know is looked up in the store before
 the upstream is asked, and a tag found there is revalidated (a HEAD) before it is served.
 
-Policy is the server's, mechanism is here: manifests by digest and blobs are kept until
-evicted; `tag()` answers stale entries too (`fresh=False`) so the server can revalidate
-with a HEAD and `touch_tag()`, or serve the stale copy when the upstream fails.
+Policy is the server's (`policy`), mechanism is here: manifests by digest and blobs are
+kept until evicted; `tag()` answers stale entries too (with their `age`; `fresh=False`)
+so the server can revalidate with a HEAD and `touch_tag()`, or serve the stale copy when
+the upstream fails.
 
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
 fetch in a task of its own, writing to a temporary file while hashing; every caller for
@@ -133,6 +134,8 @@ class TagEntry:
     media_type: str
     fetched_at: float
     fresh: bool
+    #: Seconds since it was fetched or revalidated (by the cache's clock), for the policy.
+    age: float
 
 
 @dataclass(frozen=True)
@@ -626,8 +629,8 @@ class ProxyCache:
         media_type = self._media_types.get(dg)
         if media_type is None:
             return None
-        fresh = self._clock() - fetched_at < self.tag_ttl
-        return TagEntry(dg, media_type, fetched_at, fresh)
+        age = self._clock() - fetched_at
+        return TagEntry(dg, media_type, fetched_at, age < self.tag_ttl, age)
 
     async def _tag_from_store(self, key: TagKey) -> tuple[str, float] | None:
         """Find a tag in the object store (another proxy's, or this one's before a restart);
