@@ -15,7 +15,7 @@ See `docs/proxy.md` for the configuration and for containerd and Docker.
   (`make_proxy_app`) and its middleware.
 - `policy`: `PullPolicy`, when the cache may answer and whom (facts in, decisions out,
   no I/O); `pullthrough`, `cachedblobs`: the cache in the answers, carrying its
-  decisions out; `cache`, `cachestore`, `flights`: the cache's mechanism.
+  decisions out; `cache`, `blobstream`, `cachestore`, `flights`: the cache's mechanism.
 - `clientauth`, `metrics`: credentials to the proxy itself, and Prometheus metrics.
 - `commands`: the typer command `proxy`.
 """
