@@ -22,6 +22,7 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -96,9 +97,17 @@ def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
 class Upstream:
     """One upstream registry and how the proxy maps names and authenticates to it."""
 
-    def __init__(self, config: UpstreamConfig, *, force_proxy_auth: bool = False) -> None:
-        """Prepare the upstream; nothing is sent until the first request."""
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        force_proxy_auth: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Prepare the upstream; nothing is sent until the first request. `clock` times
+        the credential lookups and the learnt challenge."""
         self.config = config
+        self._clock = clock
         self.name = config.name
         self.prefix = config.prefix
         host = config.host
@@ -134,7 +143,10 @@ class Upstream:
         self._keychain_based = config.credentials is not None and (
             config.credentials.helper is not None or config.credentials.docker_config is not False
         )
-        self._resolved_at = 0.0
+        #: When credentials were last looked up; None before the first lookup (which a
+        #: monotonic clock's small value, as on a machine up for less than
+        #: `credentials_refresh`, must not pass for a recent one).
+        self._resolved_at: float | None = None
         self._creds_lock = asyncio.Lock()
         options = replace(tls_options(config.tls), plain_http=plain)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
@@ -207,19 +219,23 @@ class Upstream:
         """Look credentials up again (helpers, auth files) once they are older than allowed."""
         if not self._keychain_based:
             return
-        ttl = self.config.credentials_refresh
-        if time.monotonic() - self._resolved_at < ttl:
+        if self._credentials_fresh():
             return
         async with self._creds_lock:
-            if time.monotonic() - self._resolved_at < ttl:
+            if self._credentials_fresh():
                 return
             assert self.config.credentials is not None
             keychain = keychain_from({self.config.host: self.config.credentials})
             creds = await keychain.resolve(self.config.host)
             for client in self.clients:
                 client.set_credentials(creds)
-            self._resolved_at = time.monotonic()
+            self._resolved_at = self._clock()
             log.debug("upstream credentials looked up", upstream=self.label, creds=repr(creds))
+
+    def _credentials_fresh(self) -> bool:
+        """Tell whether credentials were looked up less than `credentials_refresh` ago."""
+        at = self._resolved_at
+        return at is not None and self._clock() - at < self.config.credentials_refresh
 
     # -- challenges ---------------------------------------------------------------------------
 
@@ -228,7 +244,7 @@ class Upstream:
         for ch in parse_challenges(header):
             if ch.scheme == "bearer" and ch.realm:
                 self._challenge = Challenge("bearer", {"realm": ch.realm, "service": ch.service})
-                self._challenge_at = time.monotonic()
+                self._challenge_at = self._clock()
                 self._challenge_known = True
                 return
 
@@ -239,18 +255,18 @@ class Upstream:
 
     async def challenge(self) -> Challenge | None:
         """Return the upstream's bearer challenge (realm, service), pinging once to learn it."""
-        fresh = time.monotonic() - self._challenge_at < CHALLENGE_TTL
+        fresh = self._clock() - self._challenge_at < CHALLENGE_TTL
         if self._challenge_known and fresh:
             return self._challenge
         async with self._ping_lock:
-            if self._challenge_known and time.monotonic() - self._challenge_at < CHALLENGE_TTL:
+            if self._challenge_known and self._clock() - self._challenge_at < CHALLENGE_TTL:
                 return self._challenge
             resp = await self.client.send_raw("GET", self.base + "/v2/", headers={})
             resp.release()
             self.ping_status = resp.status
             self._challenge = None
             self.learn(resp.headers.get("WWW-Authenticate", ""))
-            self._challenge_at = time.monotonic()
+            self._challenge_at = self._clock()
             self._challenge_known = True
             return self._challenge
 
