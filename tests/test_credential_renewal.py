@@ -27,7 +27,11 @@ from ocimirror.auth.credentials import (
 )
 from ocimirror.client import RegistryClient
 from ocimirror.errors import AuthError
+from ocimirror.testkit.command import Background
+from ocimirror.testkit.images import make_image
+from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.tokenserver import TokenServer
 
 OLD = Credentials("alice", "wonderland")
@@ -242,7 +246,7 @@ async def test_a_token_service_refusing_cached_credentials_gets_fresh_ones(
         await client.close()
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- the daemon
 
 
 class RotatingHelper:
@@ -285,6 +289,45 @@ def rotating_helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rotating
     helper = RotatingHelper(tmp_path / "helper")
     monkeypatch.setenv("PATH", helper.path)
     return helper
+
+
+def test_run_survives_a_password_rotation_without_a_restart(
+    htpasswd_registry: LocalRegistry,
+    dst_registry: LocalRegistry,
+    rotating_helper: RotatingHelper,
+    tmp_path: Path,
+) -> None:
+    src = htpasswd_registry
+    asyncio.run(seed(src, "lib/a", [("1", make_image(layer_size=500, seed="r1"))]))
+    rotating_helper.answer("alice", OLD.password)
+    config = tmp_path / "mirror.yaml"
+    config.write_text(
+        "registries:\n"
+        f"  {src.host}:\n"
+        "    credentials:\n"
+        "      helper: testrot\n"
+        "mirrors:\n"
+        "  - name: a\n"
+        f"    source: {src.host}/lib/a\n"
+        f"    targets: [{dst_registry.host}/mirror/a]\n"
+        "    schedule: 1s\n"
+    )
+    daemon = Background(["run", "-c", str(config)], tmp_path / "daemon.log", env={**os.environ})
+    try:
+        wait_for(lambda: dst_registry.tags("mirror/a") == ["1"], "the first pass")
+        asked = rotating_helper.calls()
+        # The operator rotates the password and the helper's answer follows.
+        src.rotate_password("alice", NEW.password)
+        rotating_helper.answer("alice", NEW.password)
+        asyncio.run(seed(src, "lib/a", [("2", make_image(layer_size=500, seed="r2"))]))
+        wait_for(lambda: dst_registry.tags("mirror/a") == ["1", "2"], "a pass after rotation")
+        assert daemon.proc.poll() is None  # the same process: no restart
+        assert rotating_helper.calls() > asked
+        assert "credentials refused, retrying with fresh ones" in daemon.text()
+        assert NEW.password not in daemon.text()
+        assert OLD.password not in daemon.text()
+    finally:
+        daemon.kill()
 
 
 async def test_an_auth_file_changed_meanwhile_is_read_again(tmp_path: Path) -> None:

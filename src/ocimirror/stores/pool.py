@@ -28,21 +28,23 @@ class StorePool:
         """Return the Store holding `ref`; `credentials` override the keychain's.
 
         The store is opened by the scheme of `ref` (stores/schemes.py); host options and
-        credentials only apply to a scheme that names a registry host.
+        credentials only apply to a scheme that names a registry host. Without
+        `credentials` its client asks the pool's keychain itself, request by request, so
+        that credentials that expire or are rotated are renewed while the store is open.
         """
         scheme = scheme_for(ref)
         opts: HostOptions | None = None
-        creds: Credentials | None = None
+        keychain: Keychain | None = None
         if scheme.registry_host:
             opts = options or HostOptions()
-            creds = (
-                credentials
-                if credentials is not None
-                else await self.keychain.resolve(ref.registry)
-            )
-        key = (scheme.name, scheme.place(ref), opts, creds)
+            keychain = self.keychain if credentials is None else None
+        else:
+            credentials = None
+        key = (scheme.name, scheme.place(ref), opts, credentials)
         if key not in self._stores:
-            opening = Opening(options=opts, credentials=creds, create=create)
+            opening = Opening(
+                options=opts, credentials=credentials, keychain=keychain, create=create
+            )
             self._stores[key] = scheme.open(ref, opening)
         return self._stores[key]
 
