@@ -185,6 +185,22 @@ async def test_a_rotated_password_is_renewed_once_and_the_request_succeeds(
         await client.close()
 
 
+async def test_concurrent_refusals_renew_once_and_all_succeed(
+    htpasswd_registry: LocalRegistry,
+) -> None:
+    source = Scripted([Resolved(OLD), Resolved(NEW)])
+    client = RegistryClient(htpasswd_registry.host, keychain=Keychain(sources=[source]))
+    try:
+        assert await client.head_manifest("app", "latest") is None
+        htpasswd_registry.rotate_password("alice", NEW.password)
+        # Eight requests refused at once: the keychain is asked once, every one retried.
+        results = await asyncio.gather(*(client.head_manifest("app", f"t{i}") for i in range(8)))
+        assert results == [None] * 8
+        assert len(source.asked) == 2
+    finally:
+        await client.close()
+
+
 async def test_a_wrong_password_fails_after_two_attempts(
     htpasswd_registry: LocalRegistry,
 ) -> None:

@@ -34,7 +34,7 @@ import yarl
 
 from . import mediatypes as mt
 from .auth.credentials import Credentials, Keychain
-from .auth.tokens import Authenticator
+from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
     ManifestError,
@@ -300,11 +300,11 @@ class RegistryClient:
         secure = self.base.startswith("https://")
         try:
             return await self.auth.header(scopes, secure=secure, stale=stale)
-        except AuthError as e:
-            if e.status not in (401, 403) or tries.renewed:
+        except TokenRefused as e:
+            if tries.renewed:
                 raise
             tries.renewed = True
-            if not await self.auth.renew():
+            if not await self.auth.renew(e.refused):
                 raise
             log.info("credentials refused, retrying with fresh ones", host=self.host)
             return await self.auth.header(scopes, secure=secure, stale=stale)
@@ -411,6 +411,7 @@ class RegistryClient:
         tries = _Tries()
         while True:
             auth = await self._authorization(url, scopes, stale, tries)
+            used = self.auth.credentials
             if auth:
                 hdrs["Authorization"] = auth
             await self._start(method)
@@ -457,9 +458,9 @@ class RegistryClient:
                         stale = sent
                     resp.release()
                     continue
-            if sent and self.auth.renewable and not tries.renewed:
+            if sent and not tries.renewed:
                 tries.renewed = True
-                if await self.auth.renew():
+                if await self.auth.renew(used):
                     log.info("credentials refused, retrying with fresh ones", host=self.host)
                     stale = ""
                     resp.release()

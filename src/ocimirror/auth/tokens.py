@@ -93,6 +93,15 @@ def _shown_origin(url: str) -> str:
     return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
 
 
+class TokenRefused(AuthError):
+    """A token service refused credentials (HTTP 401 or 403); says which, for renewal."""
+
+    def __init__(self, message: str, *, refused: Credentials, status: int, url: str) -> None:
+        super().__init__(message, status=status, url=url)
+        #: The credentials refused (never shown: their repr hides the secrets).
+        self.refused = refused
+
+
 class Authenticator:
     """Gives the Authorization header for requests to one registry host."""
 
@@ -123,11 +132,6 @@ class Authenticator:
         """Return the credentials in use (the keychain's last answer when keychain-based)."""
         return self._credentials
 
-    @property
-    def renewable(self) -> bool:
-        """Tell whether credentials in use came from a keychain that may know newer ones."""
-        return self._keychain is not None and not self._credentials.anonymous
-
     def use(self, credentials: Credentials) -> None:
         """Use other credentials from now on, forgetting tokens got with the old ones."""
         if credentials != self._credentials:
@@ -140,18 +144,21 @@ class Authenticator:
             self.use(await self._keychain.resolve(self.host))
         return self._credentials
 
-    async def renew(self) -> bool:
-        """Ask the keychain for fresh credentials after a refusal; True if they changed.
+    async def renew(self, refused: Credentials) -> bool:
+        """Get fresh credentials after `refused` ones were; True when worth trying again.
 
         Only credentials that came from a keychain are renewed (fixed ones, and the
-        absence of any, stay as they are): the caller retries once when this says True.
+        absence of any, stay as they are). When another request has renewed them
+        meanwhile, those are used without asking again; else the keychain forgets
+        `refused` and is asked anew. The caller retries once when this says True.
         """
-        if self._keychain is None or self._credentials.anonymous:
+        if self._keychain is None or refused.anonymous:
             return False
-        old = self._credentials
-        self._keychain.invalidate(self.host, stale=old)
+        if self._credentials != refused:
+            return True
+        self._keychain.invalidate(self.host, stale=refused)
         self.use(await self._keychain.resolve(self.host))
-        return self._credentials != old
+        return self._credentials != refused
 
     def basic_header(self) -> str | None:
         """Return the Basic header for the credentials in use, None without user or password."""
@@ -245,7 +252,7 @@ class Authenticator:
             resp = await self._transport.token_request("POST", realm, headers={}, data=form)
             async with resp:
                 if resp.status not in (404, 405):
-                    return await self._token_from(resp, realm)
+                    return await self._token_from(resp, realm, creds)
         params: list[tuple[str, str]] = []
         if service:
             params.append(("service", service))
@@ -258,14 +265,17 @@ class Authenticator:
         url = realm + (sep + urlencode(params) if params else "")
         resp = await self._transport.token_request("GET", url, headers=headers)
         async with resp:
-            return await self._token_from(resp, realm)
+            return await self._token_from(resp, realm, creds)
 
-    async def _token_from(self, resp: aiohttp.ClientResponse, realm: str) -> Token:
+    async def _token_from(
+        self, resp: aiohttp.ClientResponse, realm: str, creds: Credentials
+    ) -> Token:
         if resp.status in (401, 403):
-            who = self._credentials.username or "anonymous"
-            raise AuthError(
+            who = creds.username or "anonymous"
+            raise TokenRefused(
                 f"{self.host}: the token service {realm} refused the credentials of {who}"
                 f" (HTTP {resp.status})",
+                refused=creds,
                 status=resp.status,
                 url=realm,
             )
