@@ -176,7 +176,9 @@ async def follow_redirects(
             continue
         foreign = {k: v for k, v in sent.items() if k != "Accept"}
         # Redirects lead blobs to storage: the blobs' pool, as what led there.
-        resp = await route.upstream.blob_client.send_raw(method, location, headers=foreign)
+        resp = await route.upstream.blob_client.request(
+            method, location, headers=foreign, authenticate=False
+        )
     return resp
 
 
@@ -194,7 +196,7 @@ async def open_upstream_blob(
     resp = await follow_redirects(request, route, resp, method="GET", headers=headers)
     try:
         if resp.status != 200:
-            raise await route.upstream.client.error(resp, route.upstream.host + path)
+            raise await route.upstream.client.error_from(resp, route.upstream.host + path)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in resp.content.iter_chunked(READ_SIZE):

@@ -146,10 +146,10 @@ async def forward_token(
     realm = challenge.realm
     client = chosen.client
     if request.method == "POST":
-        resp = await client.send_raw("POST", realm, headers=headers, data=out)
+        resp = await client.request("POST", realm, headers=headers, data=out, authenticate=False)
     else:
         url = realm + (("&" if "?" in realm else "?") + urlencode(out) if out else "")
-        resp = await client.send_raw("GET", url, headers=headers)
+        resp = await client.request("GET", url, headers=headers, authenticate=False)
     try:
         body = await resp.read()
     finally:

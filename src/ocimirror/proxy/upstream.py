@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,7 +33,6 @@ import structlog
 from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials
 from ..client import RegistryClient
-from ..errors import RegistryError
 from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
 from ..settings.connection import keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
@@ -44,38 +43,6 @@ log = structlog.get_logger("ocimirror.proxy")
 _BLOB_PATH = re.compile(r"/blobs/[^/?#]+(?:[?#]|$)")
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
 CHALLENGE_TTL = 600.0
-
-
-class UpstreamClient(RegistryClient):
-    """A RegistryClient that also sends raw requests for the proxy, answers unread."""
-
-    async def send_auth(
-        self, method: str, url: str, *, scopes: frozenset[str], headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        """Send with the proxy's own credentials (401 -> learn, log in, retry once)."""
-        return await self._send(method, url, scopes=scopes, headers=headers, allow_redirects=False)
-
-    async def send_raw(
-        self, method: str, url: str, *, headers: dict[str, str], data: Any = None
-    ) -> aiohttp.ClientResponse:
-        """Send as it is (no credentials of our own), counted and paced like the others."""
-        await self._start(method)
-        resp = await self.session.request(
-            method, url, headers=headers, data=data, allow_redirects=False
-        )
-        self.statuses[resp.status] += 1
-        self._note_rate_limit(resp)
-        return resp
-
-    async def error(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
-        """Build the error for a failed answer (NotFound for 404), the body read."""
-        return await self._error(resp, what)
-
-    def set_credentials(self, credentials: Credentials) -> None:
-        """Use other credentials from now on, forgetting tokens got with the old ones."""
-        if credentials != self.credentials:
-            self.credentials = credentials
-            self._tokens.clear()
 
 
 def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
@@ -150,10 +117,10 @@ class Upstream:
         self._creds_lock = asyncio.Lock()
         options = replace(tls_options(config.tls), plain_http=plain)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
-        self.client = UpstreamClient(self.host, credentials=credentials, options=options)
+        self.client = RegistryClient(self.host, credentials=credentials, options=options)
         #: Blob requests (and the redirects they lead to), on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
-        self.blob_client = UpstreamClient(self.host, credentials=credentials, options=options)
+        self.blob_client = RegistryClient(self.host, credentials=credentials, options=options)
         self._challenge: Challenge | None = None
         self._challenge_at = 0.0
         self._challenge_known = False
@@ -162,11 +129,11 @@ class Upstream:
         self.ping_status: int | None = None
 
     @property
-    def clients(self) -> tuple[UpstreamClient, UpstreamClient]:
+    def clients(self) -> tuple[RegistryClient, RegistryClient]:
         """Return both clients: the one for everything but blobs, and the blobs' one."""
         return self.client, self.blob_client
 
-    def client_for(self, path: str) -> UpstreamClient:
+    def client_for(self, path: str) -> RegistryClient:
         """Return the client whose pool a request for `path` (or an URL) goes through."""
         return self.blob_client if is_blob_path(path) else self.client
 
@@ -261,7 +228,7 @@ class Upstream:
         async with self._ping_lock:
             if self._challenge_known and self._clock() - self._challenge_at < CHALLENGE_TTL:
                 return self._challenge
-            resp = await self.client.send_raw("GET", self.base + "/v2/", headers={})
+            resp = await self.client.request("GET", self.base + "/v2/", authenticate=False)
             resp.release()
             self.ping_status = resp.status
             self._challenge = None
@@ -287,14 +254,17 @@ class Upstream:
         if self.mode == "proxy":
             await self.refresh_credentials()
             if self.static_header is not None:
-                return await client.send_raw(
-                    method, url, headers={**headers, "Authorization": self.static_header}
+                return await client.request(
+                    method,
+                    url,
+                    headers={**headers, "Authorization": self.static_header},
+                    authenticate=False,
                 )
-            return await client.send_auth(method, url, scopes=scopes, headers=headers)
+            return await client.request(method, url, scopes=scopes, headers=headers)
         hdrs = dict(headers)
         if client_auth:
             hdrs["Authorization"] = client_auth
-        resp = await client.send_raw(method, url, headers=hdrs)
+        resp = await client.request(method, url, headers=hdrs, authenticate=False)
         if resp.status == 401:
             self.learn(resp.headers.get("WWW-Authenticate", ""))
         return resp

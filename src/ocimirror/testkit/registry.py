@@ -323,6 +323,17 @@ class LocalRegistry(StartStop):
         """The first user's (username, password), or None when the registry has none."""
         return next(iter(self.users.items()), None)
 
+    def rotate_password(self, user: str, password: str) -> None:
+        """Give an htpasswd user a new password, as an operator rotating it would.
+
+        The htpasswd file is rewritten in place; the distribution registry re-reads it
+        when it changes (Debian's 2.8 does), so the running registry takes it at once.
+        """
+        if self.auth != "htpasswd":
+            raise ValueError("only an htpasswd registry has passwords to rotate")
+        self._users[user] = password
+        self.htpasswd_path.write_text(htpasswd_lines(self._users))
+
     def ref(self, name: str) -> str:
         """Return a skopeo reference, `docker://127.0.0.1:PORT/name`."""
         return f"docker://{self.host}/{name}"
