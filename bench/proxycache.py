@@ -166,6 +166,8 @@ class Phase:
     upstream: dict[str, int]
     settle_seconds: float = 0.0
     upstream_blob_gets: dict[str, int] = field(default_factory=dict)
+    #: The aiohttp clients' process's CPU seconds (None for skopeo).
+    client_cpu: float | None = None
 
     @property
     def mib_s(self) -> float:
@@ -233,7 +235,7 @@ def aiohttp_phases(
             Phase(
                 front, info.corpus, "aiohttp", phase, round_, clients, run.seconds, run.bytes,
                 run.errors, run.usage, run.upstream, sum(waited),
-                {d: n for d, n in run.upstream_blob_gets.items() if n},
+                {d: n for d, n in run.upstream_blob_gets.items() if n}, run.client_cpu,
             )
         )  # fmt: skip
     return out
@@ -246,7 +248,9 @@ def print_phase(p: Phase) -> None:
         f"  round {p.round} {p.corpus:<5} {p.front:<12} {p.client:<7} {p.phase:<4} "
         f"{p.seconds:7.2f} s {p.mib_s:8.1f} MiB/s  upstream {p.upstream_total:4d} "
         f"CPU {p.usage.proxy_cpu:5.2f} s  VmHWM {p.usage.proxy_peak_mib or 0:6.1f} MiB  "
-        f"settle {p.settle_seconds:.2f} s  {status}",
+        f"settle {p.settle_seconds:.2f} s"
+        + (f"  client CPU {p.client_cpu:.1f} s" if p.client_cpu is not None else "")
+        + f"  {status}",
         flush=True,
     )
 
