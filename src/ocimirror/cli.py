@@ -6,6 +6,10 @@ error); 2 a usage error (bad reference, option or credential); 3 some images fai
 Only typer is imported up front: `--help` and `version` need nothing else. The engine,
 aiohttp, rich's console and the config's pydantic models are imported inside the
 commands that use them (tests/test_cli.py checks that the help path stays without them).
+
+Why it is long: most of it is the declarations of the `copy` and `mirror` options
+(typer's `Annotated` parameters with their help texts) and their typed form `CopyFlags`;
+the logic is `_execute` and the summary rendering.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ the registry's own scheme, host and port, and never from HTTPS down to HTTP), up
 limits: a request pace (`requests_per_second`) and a reserve of Docker Hub's manifest
 pulls (`rate_limit_reserve`). `request()` and `error_from()` are the public way to send
 any other request (the proxy forwards through them). It knows nothing of copying.
+
+Why it is long: it is one class over one connection pool, and every request method
+shares the session, the retry wrapper, the pace, the accounting and the authenticator;
+the authentication itself already lives in auth/. Uploads (start, monolithic or chunked
+PUT, mount, cancel) are the part that could leave first, as a mixin over `_send`.
 """
 
 from __future__ import annotations

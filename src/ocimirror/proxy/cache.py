@@ -41,7 +41,7 @@ index write, and at `close()`); a blob without a recorded time counts from its f
 mtime (its object's last change). One process, one event loop per cache directory;
 several proxies may share an object store, each evicting by what it knows.
 
-Why one module of about 800 lines: `ProxyCache` is one state machine. The index, the
+Why it is long (one module of about 800 lines): `ProxyCache` is one state machine. The index, the
 eviction and the single-flight downloads share one set of sizes and pins (a blob being
 read or written must not be evicted; a download is listed only once verified), so split
 apart each part would reach into the others' state. The streams readers get are in

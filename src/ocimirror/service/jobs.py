@@ -27,6 +27,10 @@ Only queued and running jobs are held in memory: a finished job is read back fro
 database (its final write is awaited before it is let go), so memory does not grow with
 the jobs served. A job whose final write failed is kept, up to `KEEP_UNSAVED`, so that
 what the API answers stays true.
+
+Why it is long: sharing copies in flight across jobs, persisting each job's progress and
+cancelling only what a job alone waited for are one state machine over the same
+`_Job`/`_Flight` objects; taken apart, each piece would need the others' internals.
 """
 
 from __future__ import annotations
