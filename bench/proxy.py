@@ -69,7 +69,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -178,6 +178,25 @@ def reset_peak(pid: int) -> bool:
     return True
 
 
+class Front(Protocol):
+    """What the phases need of a server pulled through: its address, its process (for CPU
+    and peak RSS) and its cache counters (empty when it has none)."""
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`."""
+        ...
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        ...
+
+    def metrics(self) -> dict[str, float]:
+        """Cache counters as `name{kind}` -> value."""
+        ...
+
+
 class ProxyProcess(ChildServer):
     """`ocimirror proxy --cache DIR|URL` in front of `upstream`, on a loopback port."""
 
@@ -190,13 +209,14 @@ class ProxyProcess(ChildServer):
         log: Path,
         env: dict[str, str],
         extra: Sequence[str] = (),
+        tag_ttl: str = "1h",
     ) -> None:
         """Prepare the command (`cache`: a directory or a store URL); nothing runs until
-        `start()`."""
+        `start()`. `tag_ttl` 1h by default: a measured pull never waits for a revalidation."""
         port = free_port()
         command = [
             str(OCIMIRROR), "proxy", "--registry-host", upstream.host, "--host", "127.0.0.1",
-            "--port", str(port), "--cache", str(cache), "--tag-ttl", "1h", *extra,
+            "--port", str(port), "--cache", str(cache), "--tag-ttl", tag_ttl, *extra,
         ]  # fmt: skip
         super().__init__(command, {k: v for k, v in env.items() if k not in PROXY_ENV}, log, port)
         self.cache = cache
@@ -227,7 +247,7 @@ class Usage:
 class Meter:
     """Measures a phase: CPU of the proxy and registry, the proxy's peak RSS, requests."""
 
-    def __init__(self, proxy: ProxyProcess | None, registry: LocalRegistry) -> None:
+    def __init__(self, proxy: Front | None, registry: LocalRegistry) -> None:
         """Take the starting point (and reset the proxy's peak RSS)."""
         self.proxy, self.registry = proxy, registry
         self.mark = registry.mark()
@@ -624,7 +644,7 @@ class ConcurrencyRun:
 
 
 def run_clients(
-    proxy: ProxyProcess, info: ImageInfo, clients: int, workdir: Path, name: str, timeout: float
+    proxy: Front, info: ImageInfo, clients: int, workdir: Path, name: str, timeout: float
 ) -> dict[str, Any]:
     """Run the client child against `proxy`; return its results (or raise)."""
     spec = workdir / f"{name}-spec.json"
@@ -665,20 +685,29 @@ def concurrent_http(
     phase: str,
     info: ImageInfo,
     registry: LocalRegistry,
-    proxy: ProxyProcess,
+    proxy: Front,
     clients: int,
     workdir: Path,
     timeout: float,
+    *,
+    label: str = "",
+    settle: Callable[[], None] | None = None,
 ) -> ConcurrencyRun:
-    """`clients` aiohttp clients pull the image through `proxy` at once."""
+    """`clients` aiohttp clients pull the image through `proxy` at once. `label` names the
+    phase's files in `workdir`; `settle`, if given, is called after the clients and before
+    the upstream requests, CPU and peak RSS are read (to wait for work the server does
+    after its answers)."""
     before = proxy.metrics()
     meter = Meter(proxy, registry)
     errors: list[str] = []
     try:
-        result = run_clients(proxy, info, clients, workdir, f"{info.corpus}-{phase}", timeout)
+        name = label or f"{info.corpus}-{phase}"
+        result = run_clients(proxy, info, clients, workdir, name, timeout)
     except RuntimeError as e:
         result = {"seconds": timeout, "clients": [], "statuses": {}, "cpu_seconds": None}
         errors.append(str(e))
+    if settle is not None:
+        settle()
     usage, requests = meter.stop()
     after = proxy.metrics()
     per_client = result["clients"]
@@ -1169,12 +1198,7 @@ def report(collected: Collected, args: argparse.Namespace) -> None:
             f"answers {r.statuses}" + (f"; proxy {counters}" if counters else "")
         )
     print()
-    foreign = collected.foreign
-    print(
-        f"took {collected.seconds:.0f} s; 1-minute load {foreign.get('load_1min_min')} to "
-        f"{foreign.get('load_1min_max')} (this benchmark included); busy processes outside "
-        f"it (share of a core): {foreign.get('busy_foreign_processes') or 'none'}"
-    )
+    print(took_line(collected.seconds, collected.foreign))
     print()
     print(render(["bar", "value", "result"], [[b.name, b.value, b.result] for b in bars], set()))
     print()
@@ -1198,9 +1222,26 @@ def report(collected: Collected, args: argparse.Namespace) -> None:
             "concurrency": [{**asdict(r), "mib_s": r.mib_s} for r in collected.concurrency],
             "bars": [{**asdict(b), "result": b.result} for b in bars],
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(raw, indent=2) + "\n")
-        print(f"raw results written to {args.json}")
+        write_json(args.json, raw)
+
+
+def took_line(seconds: float, foreign: dict[str, Any]) -> str:
+    """How long the session took, the load's range and busy processes outside it."""
+    return (
+        f"took {seconds:.0f} s; 1-minute load {foreign.get('load_1min_min')} to "
+        f"{foreign.get('load_1min_max')} (this benchmark included); busy processes outside "
+        f"it (share of a core): {foreign.get('busy_foreign_processes') or 'none'}"
+    )
+
+
+def write_json(path: Path, raw: dict[str, Any]) -> None:
+    """Save raw results (`--json`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    print(f"raw results written to {path}")
+
+
+T = TypeVar("T")
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -1208,26 +1249,33 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark and print the report; return 0 whatever the verdicts."""
-    args = parse_args(argv)
+def in_workdirs(prefix: str, keep: bool, body: Callable[[Path, Path], T]) -> T:
+    """Run `body(workdir, scratch)` in fresh directories, SIGTERM and SIGHUP turned into
+    SystemExit; then kill leftover tools and remove both (the work dir stays with `keep`).
+    `scratch` is in /dev/shm when there is one: skopeo's dir: copies land in memory, so
+    that the disk does not time them."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="ocimirror-bench-proxy-"))
-    # skopeo's dir: copies land in memory, so that the disk does not time them.
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     shm = Path("/dev/shm")
-    scratch = Path(
-        tempfile.mkdtemp(prefix="ocimirror-bench-proxy-", dir=shm if shm.is_dir() else workdir)
-    )
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=shm if shm.is_dir() else workdir))
     try:
-        collected = collect(workdir, scratch, args)
+        return body(workdir, scratch)
     finally:
         _kill_running_tools()
         shutil.rmtree(scratch, ignore_errors=True)
-        if args.keep:
+        if keep:
             print(f"kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the report; return 0 whatever the verdicts."""
+    args = parse_args(argv)
+    collected = in_workdirs(
+        "ocimirror-bench-proxy-", args.keep, lambda work, scratch: collect(work, scratch, args)
+    )
     report(collected, args)
     return 0
 

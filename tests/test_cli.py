@@ -379,3 +379,26 @@ def test_terminal_gets_a_progress_display(
     assert "[info" not in screen
     assert "3 copied, 0 unchanged, 0 failed" in screen
     assert dst.tags("app") == ["v0", "v1", "v2"]
+
+
+@pytest.mark.parametrize("command", ["copy", "mirror"])
+def test_every_copy_flag_is_a_field_of_the_typed_options(command: str) -> None:
+    """`copy` and `mirror` hand all their flags on as CopyFlags: none is dropped on the way."""
+    import dataclasses
+    import inspect
+
+    from ocimirror import cli
+
+    flags = {f.name for f in dataclasses.fields(cli.CopyFlags)}
+    params = set(inspect.signature(getattr(cli, command)).parameters)
+    assert params - {"source", "destination", "images"} == flags
+    defaults = cli.CopyFlags()
+    for name, param in inspect.signature(cli.copy).parameters.items():
+        if name in flags:  # the same defaults as the command line's
+            default = param.default
+            assert getattr(defaults, name) == (
+                ()
+                if default is None
+                and name in ("include", "exclude", "platform", "registry_endpoint")
+                else default
+            ), name

@@ -856,3 +856,24 @@ async def test_cross_repo_mount(registry: LocalRegistry) -> None:
     assert "from=a" in posts[0].query
     assert posts[0].status == 201
     assert not [r for r in seen if r.method in ("PATCH", "PUT")]
+
+
+async def test_request_sends_with_or_without_the_clients_credentials(
+    htpasswd_registry: LocalRegistry,
+) -> None:
+    assert htpasswd_registry.creds is not None
+    user, password = htpasswd_registry.creds
+    async with connect(htpasswd_registry.host, credentials=Credentials(user, password)) as client:
+        resp = await client.request("GET", "/v2/")  # learns the challenge, then logs in
+        assert resp.status == 200
+        resp.release()
+        raw = await client.request("GET", f"{htpasswd_registry.url}/v2/", authenticate=False)
+        assert raw.status == 401  # as it is: none of the client's credentials
+        err = await client.error_from(raw, "the ping")
+        assert isinstance(err, AuthError)
+        assert err.status == 401
+        assert str(err).startswith("the ping: HTTP 401")
+        assert client.requests["GET"] == 3
+        assert client.statuses[401] == 2
+        with pytest.raises(ValueError, match="only authenticated requests follow redirects"):
+            await client.request("GET", "/v2/", authenticate=False, allow_redirects=True)

@@ -214,19 +214,25 @@ async def test_key_file_token_from_its_token_uri(
     assert granted[0]["exp"] > time.time()
 
 
-async def test_no_credentials_warns_and_goes_anonymous_but_a_named_provider_fails(
-    registry: LocalRegistry, tmp_path: Path
+async def test_without_google_credentials_public_pulls_stay_anonymous(
+    registry: LocalRegistry, gcp_registry: LocalRegistry, tmp_path: Path
 ) -> None:
-    """gcr.io without any Google credentials: public pulls still work (anonymous, one
-    warning naming host, provider, cause); login-check says why there is no token."""
+    """gcr.io without any Google credentials: a public pull works (the keychain is asked
+    only when the registry wants credentials); a private one fails with one warning
+    naming host, provider and cause; login-check says why there is no token."""
     await seed(registry, "distroless/static", [("1", make_image(layer_size=100, seed="pub"))])
     env = {**base_env(tmp_path), "OCIMIRROR_REGISTRY_ENDPOINTS": f"gcr.io=http://{registry.host}"}
-    code, out, err = await _run(
+    code, _, err = await _run(
         ["copy", "gcr.io/distroless/static:1", f"{registry.host}/copied/static:1"], env
     )
     assert code == 0, err
+    private = {**env, "OCIMIRROR_REGISTRY_ENDPOINTS": f"gcr.io=http://{gcp_registry.host}"}
+    code, _, err = await _run(
+        ["copy", "gcr.io/private/app:1", f"{registry.host}/copied/private:1"], private
+    )
+    assert code == 1
     assert "gcr.io: Google Artifact Registry: no Application Default Credentials" in err
-    code, out, err = await _run(["login-check", "gcr.io"], env)
+    code, out, _ = await _run(["login-check", "gcr.io"], env)
     assert code == 1
     assert "token: no (gcr.io: Google Artifact Registry: no Application Default" in out
 

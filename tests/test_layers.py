@@ -64,3 +64,21 @@ def test_the_checker_sees_cross_face_imports(tmp_path: Path) -> None:
     )
     seen = _imported(source, ("ocimirror", "service"))
     assert {"ocimirror.sync.daemon", "ocimirror.proxy", "ocimirror.cli"} <= seen
+
+
+#: Above this many lines a module says at its top why it is one module.
+LONG = 600
+
+
+def test_a_long_module_says_why_at_its_top() -> None:
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "testkit" in path.parts:
+            continue
+        text = path.read_text()
+        if text.count("\n") <= LONG:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if "Why it is long" not in docstring:
+            unexplained.append(f"{path.relative_to(PACKAGE)} ({text.count(chr(10))} lines)")
+    assert not unexplained, unexplained

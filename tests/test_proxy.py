@@ -551,6 +551,56 @@ def test_proxy_credentials_and_client_login(
     assert "ocimirror_proxy_upstream_errors_total{" in wrong.call("GET", "/metrics").body.decode()
 
 
+def test_docker_config_credentials_on_a_machine_just_booted(
+    registry_factory: RegistryFactory, token_server_factory: TokenServerFactory, tmp_path: Path
+) -> None:
+    """The first request's credentials are looked up however small the monotonic clock is.
+
+    The lookup time started at 0.0, so on a machine up for less than `credentials_refresh`
+    (300 s) the first lookup was skipped: the proxy fetched an anonymous token and the
+    pull was denied (test_proxy_credentials_and_client_login failed so, once, on a machine
+    that had just started). The clock here reads 12 s, as right after a boot.
+    """
+    from ocimirror.proxy.settings import UpstreamConfig
+    from ocimirror.proxy.upstream import Upstream
+
+    private, image = private_image(registry_factory, token_server_factory, "booted")
+    docker_config = tmp_path / "config.json"
+    auth = base64.b64encode(b"bob:builder").decode()
+    docker_config.write_text(json.dumps({"auths": {private.host: {"auth": auth}}}))
+    config = UpstreamConfig.model_validate(
+        {"host": private.host, "credentials": {"docker_config": str(docker_config)}}
+    )
+    now = [12.0]
+
+    async def pull_then_rotate() -> None:
+        upstream = Upstream(config, clock=lambda: now[0])
+        assert upstream.mode == "proxy"
+        try:
+            resp = await upstream.request(
+                "GET",
+                "/v2/secret/app/manifests/1",
+                headers={"Accept": image.manifest.media_type},
+                client_auth=None,
+                scopes=frozenset({"repository:secret/app:pull"}),
+            )
+            assert resp.status == 200
+            assert await resp.read() == image.manifest.raw
+            # Looked up again once `credentials_refresh` has passed, not before.
+            rotated = base64.b64encode(b"bob:rotated").decode()
+            docker_config.write_text(json.dumps({"auths": {private.host: {"auth": rotated}}}))
+            now[0] += config.credentials_refresh - 1
+            await upstream.refresh_credentials()
+            assert {c.credentials.password for c in upstream.clients} == {"builder"}
+            now[0] += 1
+            await upstream.refresh_credentials()
+            assert {c.credentials.password for c in upstream.clients} == {"rotated"}
+        finally:
+            await upstream.close()
+
+    asyncio.run(pull_then_rotate())
+
+
 def test_basic_auth_upstream_passes_through(
     htpasswd_registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], skopeo: Skopeo
 ) -> None:
@@ -596,9 +646,10 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
 
 
 def test_docker_hub_names_and_scopes() -> None:
-    from ocimirror.proxy.app import Proxy as AppProxy
-    from ocimirror.proxy.app import Route, _map_token_scope
+    from ocimirror.proxy.routing import Proxy as AppProxy
+    from ocimirror.proxy.routing import Route
     from ocimirror.proxy.settings import load_settings
+    from ocimirror.proxy.tokens import map_token_scope
 
     settings = load_settings(registry_host="docker.io", env={})
     proxy = AppProxy(settings)
@@ -606,7 +657,7 @@ def test_docker_hub_names_and_scopes() -> None:
     assert hub.base == "https://registry-1.docker.io"
     assert hub.upstream_repo("alpine") == "library/alpine"
     assert hub.upstream_repo("org/app") == "org/app"
-    assert _map_token_scope(proxy, "repository:alpine:pull", hub) == (
+    assert map_token_scope(proxy, "repository:alpine:pull", hub) == (
         hub,
         "repository:library/alpine:pull",
     )
@@ -625,7 +676,9 @@ async def test_upstream_blob_for_a_cache(stand_in: StandIn) -> None:
     from aiohttp.test_utils import make_mocked_request
 
     from ocimirror.errors import NotFound
-    from ocimirror.proxy.app import PROXY, make_proxy_app, upstream_blob
+    from ocimirror.proxy.app import make_proxy_app
+    from ocimirror.proxy.forward import upstream_blob
+    from ocimirror.proxy.routing import PROXY
     from ocimirror.proxy.settings import load_settings
 
     app = make_proxy_app(load_settings(registry_host=stand_in.host, repo_prefix="pre", env={}))

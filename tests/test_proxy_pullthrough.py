@@ -586,7 +586,8 @@ def test_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
 
 
 def test_accept_negotiation_rules() -> None:
-    from ocimirror.proxy.pullthrough import Unsatisfiable, accepts, byte_range
+    from ocimirror.proxy.cachedblobs import Unsatisfiable, byte_range
+    from ocimirror.proxy.pullthrough import accepts
 
     assert accepts("", mt.OCI_INDEX)
     assert accepts("*/*", mt.OCI_INDEX)

@@ -690,3 +690,49 @@ def test_tls_registry(
     assert untrusted.returncode != 0
     assert "certificate" in untrusted.stderr
     assert reg.count("PUT", "manifest") == 1
+
+
+def _wait_for(paths: list[Path], timeout: float = 15.0) -> list[Path]:
+    """Poll until every path exists or `timeout` passes; return the missing ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [p for p in paths if not p.exists()]
+        if not missing or time.monotonic() > deadline:
+            return missing
+        time.sleep(0.02)
+
+
+def test_pull_through_cache_registry(
+    registry_factory: RegistryFactory, skopeo: Skopeo, image: OciImage, tmp_path: Path
+) -> None:
+    upstream = registry_factory("upstream")
+    push(skopeo, image, upstream)
+    cache = registry_factory("cache", proxy_remote=upstream.url)
+    assert cache.config()["proxy"] == {"remoteurl": upstream.url}
+    upstream.clear_log()
+
+    skopeo.copy(cache.ref("demo/app:v1"), f"dir:{tmp_path / 'first'}", src_registry=cache)
+    assert (tmp_path / "first" / "manifest.json").read_bytes() == image.manifest
+    fetched = {r.reference for r in upstream.requests() if r.method == "GET" and r.kind == "blob"}
+    assert fetched == set(image.blobs)  # a miss: every blob came from upstream
+
+    # distribution stores a blob in the background; then it serves without the upstream
+    v2 = cache.storage / "docker" / "registry" / "v2"
+    links = [
+        v2 / "repositories" / "demo" / "app" / "_layers" / "sha256" / d.split(":")[1] / "link"
+        for d in image.blobs
+    ]
+    assert _wait_for(links) == []
+    upstream.stop()
+    skopeo.copy(cache.ref("demo/app:v1"), f"dir:{tmp_path / 'second'}", src_registry=cache)
+    assert (tmp_path / "second" / "manifest.json").read_bytes() == image.manifest
+    for digest in image.blobs:
+        blob = tmp_path / "second" / digest.split(":")[1]
+        assert _sha256(blob.read_bytes()) == digest
+    # a pull-through cache refuses pushes
+    assert cache.http("POST", "/v2/demo/app/blobs/uploads/").status == 405
+
+
+def test_pull_through_cache_needs_a_base_url(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="proxy_remote must be a registry's base URL"):
+        LocalRegistry(tmp_path, proxy_remote="127.0.0.1:5000")

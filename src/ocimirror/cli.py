@@ -6,15 +6,20 @@ error); 2 a usage error (bad reference, option or credential); 3 some images fai
 Only typer is imported up front: `--help` and `version` need nothing else. The engine,
 aiohttp, rich's console and the config's pydantic models are imported inside the
 commands that use them (tests/test_cli.py checks that the help path stays without them).
+
+Why it is long: most of it is the declarations of the `copy` and `mirror` options
+(typer's `Annotated` parameters with their help texts) and their typed form `CopyFlags`;
+the logic is `_execute` and the summary rendering.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -208,20 +213,12 @@ def _credentials(creds: str | None, token: str | None, flag: str) -> Credentials
     return None
 
 
-def _parse_platforms(platforms: list[str] | None) -> tuple[str, ...]:
-    from .errors import ConfigError
-    from .manifest import Platform
+def _parse_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    """Check `--platform` values; each may list several, comma-separated."""
+    from .transfer.options import parse_platforms
 
-    out = []
-    for p in platforms or []:
-        for part in p.split(","):
-            part = part.strip()
-            if part.count("/") not in (1, 2) or not all(part.split("/")):
-                raise ConfigError(f"invalid --platform {part!r}: expected os/arch[/variant]")
-            if "*" not in part and "?" not in part and "[" not in part:
-                Platform.parse(part)
-            out.append(part)
-    return tuple(out)
+    parts = [part for p in platforms for part in p.split(",")]
+    return parse_platforms(parts, name="--platform")
 
 
 def _run(
@@ -350,71 +347,87 @@ def _sides(
     return src, dst
 
 
-def _filter(
-    all_tags: bool,
-    include: list[str] | None,
-    exclude: list[str] | None,
-    semver: str | None,
-    latest: int | None,
-) -> TagFilter | None:
-    from .errors import ConfigError
-    from .transfer.tags import TagFilter
+@dataclass(frozen=True)
+class CopyFlags:
+    """The options of `copy` and `mirror`, as the command line gave them."""
 
-    if not all_tags:
-        if include or exclude or semver or latest is not None:
-            raise ConfigError("--include, --exclude, --semver and --latest need --all-tags")
-        return None
-    return TagFilter(
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        semver=semver,
-        latest=latest,
-    )
+    all_tags: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    semver: str | None = None
+    latest: int | None = None
+    platform: tuple[str, ...] = ()
+    include_foreign: bool = False
+    force: bool = False
+    src_creds: str | None = None
+    dest_creds: str | None = None
+    src_token: str | None = None
+    dest_token: str | None = None
+    src_tls_verify: str = "true"
+    dest_tls_verify: str = "true"
+    src_ca_file: str | None = None
+    dest_ca_file: str | None = None
+    plain_http: bool = False
+    authfile: str | None = None
+    registry_endpoint: tuple[str, ...] = ()
+    jobs: int = 16
+    json_out: bool = False
+    quiet: bool = False
+    log_format: str = "text"
+    log_level: str = "info"
 
 
-def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str, Any]) -> None:
+def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: CopyFlags) -> None:
     """Validate everything a copy command was given, run it, and exit with its code."""
     from .errors import OcimirrorError
     from .logs import configure
     from .transfer.copy import CopyOptions
+    from .transfer.options import CLI_NAMES, tag_filter
 
-    configure(fmt="json" if a["log_format"] == "json" else "text", level=a["log_level"])
+    configure(fmt="json" if flags.log_format == "json" else "text", level=flags.log_level)
     try:
         planned = pairs()
-        tag_filter = _filter(a["all_tags"], a["include"], a["exclude"], a["semver"], a["latest"])
+        tags = tag_filter(
+            all_tags=flags.all_tags,
+            include=flags.include,
+            exclude=flags.exclude,
+            semver=flags.semver,
+            latest=flags.latest,
+            names=CLI_NAMES,
+        )
         src_side, dst_side = _sides(
-            src_creds=a["src_creds"],
-            src_token=a["src_token"],
-            dest_creds=a["dest_creds"],
-            dest_token=a["dest_token"],
-            src_tls_verify=_truth(a["src_tls_verify"], "--src-tls-verify"),
-            dest_tls_verify=_truth(a["dest_tls_verify"], "--dest-tls-verify"),
-            src_ca_file=a["src_ca_file"],
-            dest_ca_file=a["dest_ca_file"],
-            plain_http=a["plain_http"],
+            src_creds=flags.src_creds,
+            src_token=flags.src_token,
+            dest_creds=flags.dest_creds,
+            dest_token=flags.dest_token,
+            src_tls_verify=_truth(flags.src_tls_verify, "--src-tls-verify"),
+            dest_tls_verify=_truth(flags.dest_tls_verify, "--dest-tls-verify"),
+            src_ca_file=flags.src_ca_file,
+            dest_ca_file=flags.dest_ca_file,
+            plain_http=flags.plain_http,
         )
         options = CopyOptions(
-            platforms=_parse_platforms(a["platform"]),
-            include_foreign=a["include_foreign"],
-            force=a["force"],
+            platforms=_parse_platforms(flags.platform),
+            include_foreign=flags.include_foreign,
+            force=flags.force,
         )
         from .settings.connection import apply_endpoint_flags, keychain_from
 
-        apply_endpoint_flags(a["registry_endpoint"])
-        keychain = keychain_from({}, authfile=a["authfile"])
+        apply_endpoint_flags(flags.registry_endpoint)
+        keychain = keychain_from({}, authfile=flags.authfile)
     except (OcimirrorError, ValueError) as e:
         raise _usage(str(e)) from None
     code = _run(
         planned,
-        all_tags=a["all_tags"],
-        tag_filter=tag_filter,
+        all_tags=flags.all_tags,
+        tag_filter=tags,
         copy_options=options,
         source=src_side,
         destination=dst_side,
         keychain=keychain,
-        jobs=a["jobs"],
-        json_out=a["json_out"],
-        quiet=a["quiet"],
+        jobs=flags.jobs,
+        json_out=flags.json_out,
+        quiet=flags.quiet,
     )
     raise typer.Exit(code)
 
@@ -451,10 +464,35 @@ def copy(
     log_level: LogLevel = "info",
 ) -> None:
     """Copy an image, or with --all-tags a repository, keeping digests."""
-    args = dict(locals())
+    flags = CopyFlags(
+        all_tags=all_tags,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        semver=semver,
+        latest=latest,
+        platform=tuple(platform or ()),
+        include_foreign=include_foreign,
+        force=force,
+        src_creds=src_creds,
+        dest_creds=dest_creds,
+        src_token=src_token,
+        dest_token=dest_token,
+        src_tls_verify=src_tls_verify,
+        dest_tls_verify=dest_tls_verify,
+        src_ca_file=src_ca_file,
+        dest_ca_file=dest_ca_file,
+        plain_http=plain_http,
+        authfile=authfile,
+        registry_endpoint=tuple(registry_endpoint or ()),
+        jobs=jobs,
+        json_out=json_out,
+        quiet=quiet,
+        log_format=log_format,
+        log_level=log_level,
+    )
     from .reference import Reference
 
-    _execute(lambda: [(Reference.parse(source), Reference.parse(destination))], args)
+    _execute(lambda: [(Reference.parse(source), Reference.parse(destination))], flags)
 
 
 @app.command()
@@ -498,7 +536,32 @@ def mirror(
     `-d registry.example.com/mirror hello-world` copies docker.io/library/hello-world:latest
     to registry.example.com/mirror/library/hello-world:latest.
     """
-    args = dict(locals())
+    flags = CopyFlags(
+        all_tags=all_tags,
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        semver=semver,
+        latest=latest,
+        platform=tuple(platform or ()),
+        include_foreign=include_foreign,
+        force=force,
+        src_creds=src_creds,
+        dest_creds=dest_creds,
+        src_token=src_token,
+        dest_token=dest_token,
+        src_tls_verify=src_tls_verify,
+        dest_tls_verify=dest_tls_verify,
+        src_ca_file=src_ca_file,
+        dest_ca_file=dest_ca_file,
+        plain_http=plain_http,
+        authfile=authfile,
+        registry_endpoint=tuple(registry_endpoint or ()),
+        jobs=jobs,
+        json_out=json_out,
+        quiet=quiet,
+        log_format=log_format,
+        log_level=log_level,
+    )
 
     def pairs() -> list[tuple[Reference, Reference]]:
         from .reference import Reference, parse_prefix
@@ -509,7 +572,7 @@ def mirror(
             refs = [Reference(r.transport, r.registry, r.repository, path=r.path) for r in refs]
         return plan_mirror(parse_prefix(destination), refs)
 
-    _execute(pairs, args)
+    _execute(pairs, flags)
 
 
 config_app = typer.Typer(

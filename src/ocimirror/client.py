@@ -1,24 +1,33 @@
 """RegistryClient: the OCI distribution API of one registry host, over aiohttp.
 
-It owns authentication (anonymous and credentialled bearer tokens, basic auth), retries
-of idempotent requests (stamina, honouring `Retry-After`), redirects of GETs and HEADs
-(followed here, not by aiohttp: `Authorization` goes only to the registry's own scheme, host
-and port, and never from HTTPS down to HTTP), uploads (monolithic, chunked,
-cross-repository mount), request accounting and the per-host limits: a request pace
-(`requests_per_second`) and a reserve of Docker Hub's manifest pulls
-(`rate_limit_reserve`). It knows nothing of copying.
+It sends every request with the Authorization header its `Authenticator` gives
+(auth/tokens.py: basic auth, bearer tokens per scope, credentials fixed or from a
+keychain); on a 401 it learns the challenge and tries once more, and when credentials
+that came from a keychain are refused it asks the keychain for fresh ones and tries once
+more again. It owns retries of idempotent requests (stamina, honouring `Retry-After`),
+redirects of GETs and HEADs (followed here, not by aiohttp: `Authorization` goes only to
+the registry's own scheme, host and port, and never from HTTPS down to HTTP), uploads
+(monolithic, chunked, cross-repository mount), request accounting and the per-host
+limits: a request pace (`requests_per_second`) and a reserve of Docker Hub's manifest
+pulls (`rate_limit_reserve`). `request()` and `error_from()` are the public way to send
+any other request (the proxy forwards through them). It knows nothing of copying.
+
+Why it is long: it is one class over one connection pool, and every request method
+shares the session, the retry wrapper, the pace, the accounting and the authenticator;
+the authentication itself already lives in auth/. Uploads (start, monolithic or chunked
+PUT, mount, cancel) are the part that could leave first, as a mixin over `_send`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
+import os
 import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +39,8 @@ import structlog
 import yarl
 
 from . import mediatypes as mt
-from .auth.challenge import Challenge, parse_challenges
-from .auth.credentials import Credentials
+from .auth.credentials import Credentials, Keychain
+from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
     ConfigError,
@@ -56,7 +65,6 @@ USER_AGENT = "ocimirror/0.1"
 CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes per read from a blob response.
 READ_SIZE = 256 * 1024
-_TOKEN_MARGIN = 20.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 #: One `<url>; params` entry of a Link header.
@@ -104,6 +112,42 @@ def endpoint_base(endpoint: str) -> str:
     return f"{u.scheme}://{host}" + (f":{u.explicit_port}" if u.explicit_port else "")
 
 
+#: The environment variable naming registry endpoints: `HOST=URL,HOST=URL`.
+ENDPOINTS_ENV = "OCIMIRROR_REGISTRY_ENDPOINTS"
+
+
+def parse_endpoints(items: Iterable[str]) -> dict[str, str]:
+    """Parse `HOST=URL` items (each may hold several, comma-separated) into a mapping."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            host, sep, url = part.strip().partition("=")
+            host = host.strip().lower()
+            if not sep or not host or "/" in host or not url.strip():
+                raise ConfigError(
+                    "a registry endpoint is HOST=URL (e.g. registry.example=http://127.0.0.1:5000),"
+                    f" not {part.strip()[:100]!r}"
+                )
+            endpoint_base(url)
+            out[host] = url.strip()
+    return out
+
+
+def environment_endpoints() -> dict[str, str]:
+    """The endpoints `OCIMIRROR_REGISTRY_ENDPOINTS` names (a ConfigError when malformed)."""
+    try:
+        return parse_endpoints([os.environ.get(ENDPOINTS_ENV, "")])
+    except ConfigError as e:
+        raise ConfigError(f"{ENDPOINTS_ENV}: {e}") from None
+
+
+def endpoint_for(host: str, options: HostOptions | None = None) -> str | None:
+    """Where `host` is served: a flag or the environment, else its config (`options`)."""
+    return environment_endpoints().get(host.lower()) or (options.endpoint if options else None)
+
+
 def base_url(host: str, options: HostOptions) -> str:
     """Return where requests for `host` go: its endpoint, else HTTP(S) by the TLS settings."""
     if options.endpoint:
@@ -115,9 +159,13 @@ def base_url(host: str, options: HostOptions) -> str:
 
 
 @dataclass
-class _Token:
-    value: str
-    expires: float
+class _Tries:
+    """What one request has tried already: each extra attempt happens at most once."""
+
+    #: The 401's challenge was learnt and the request sent again.
+    learnt: bool = False
+    #: Fresh credentials were asked of the keychain after a refusal.
+    renewed: bool = False
 
 
 def _retry_hook(exc: Exception) -> bool | float:
@@ -125,19 +173,6 @@ def _retry_hook(exc: Exception) -> bool | float:
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
         return min(max(exc.retry_after, 0.0), 60.0)
     return is_retryable(exc)
-
-
-def _scopes_cover(have: frozenset[str], want: frozenset[str]) -> bool:
-    """Tell whether a token granted for `have` scopes also serves `want`."""
-    for w in want:
-        kind, _, rest = w.rpartition(":")
-        actions = set(rest.split(","))
-        if not any(
-            h.rpartition(":")[0] == kind and actions <= set(h.rpartition(":")[2].split(","))
-            for h in have
-        ):
-            return False
-    return True
 
 
 def _reason(exc: BaseException) -> str:
@@ -180,10 +215,16 @@ class RegistryClient:
         host: str,
         *,
         credentials: Credentials | None = None,
+        keychain: Keychain | None = None,
         options: HostOptions | None = None,
         attempts: int = 5,
         pacer: Pacer | None = None,
     ) -> None:
+        """Prepare a client; nothing is sent before the first request.
+
+        `credentials` are presented as they are; without them, those `keychain` has for
+        the host (asked again when they go stale or are refused); else none.
+        """
         self.host = host
         self.options = options or HostOptions()
         #: Every request start takes a slot here (a no-op pace without a rate).
@@ -197,7 +238,8 @@ class RegistryClient:
         #: to this origin only, since that is where the host is served.
         self.base = base_url(host, self.options)
         self._netloc = self.base.partition("://")[2]
-        self.credentials = credentials or Credentials()
+        #: How requests are authenticated (challenge, credentials, tokens per scope).
+        self.auth = Authenticator(host, self, credentials=credentials, keychain=keychain)
         self.attempts = attempts
         #: Requests sent, by method (including token fetches under "TOKEN").
         self.requests: Counter[str] = Counter()
@@ -208,10 +250,6 @@ class RegistryClient:
         #: Set once the registry refuses a monolithic upload; later uploads go chunked.
         self.chunked_uploads = False
         self._session: aiohttp.ClientSession | None = None
-        self._auth_scheme: str | None = None  # None (unknown yet), "none", "basic", "bearer"
-        self._challenge: Challenge | None = None
-        self._tokens: dict[frozenset[str], _Token] = {}
-        self._token_locks: dict[frozenset[str], asyncio.Lock] = {}
         #: Held by the one task waiting for the rate limit to recover; others queue on it.
         self._rate_limit_lock = asyncio.Lock()
         #: Repository creations started (`HostOptions.create_repository`), by repository.
@@ -307,131 +345,49 @@ class RegistryClient:
 
     # -- authentication ---------------------------------------------------------------
 
-    async def _auth_header(self, scopes: frozenset[str], *, stale: str = "") -> str | None:
-        """Return the Authorization header for `scopes`; `stale` is a header just refused."""
-        if self._auth_scheme == "basic":
-            return self._basic_header()
-        if self._auth_scheme != "bearer":
-            return None
-        if self.credentials.registry_token:
-            return f"Bearer {self.credentials.registry_token}"
-        now = time.monotonic()
-        for have, tok in self._tokens.items():
-            header = f"Bearer {tok.value}"
-            if header != stale and tok.expires > now and _scopes_cover(have, scopes):
-                return header
-        # One fetch per scope set at a time: concurrent requests wait and share it.
-        lock = self._token_locks.setdefault(scopes, asyncio.Lock())
-        async with lock:
-            cached = self._tokens.get(scopes)
-            if (
-                cached is None
-                or cached.expires <= time.monotonic()
-                or f"Bearer {cached.value}" == stale
-            ):
-                cached = await self._fetch_token(scopes)
-                self._tokens[scopes] = cached
-        return f"Bearer {cached.value}"
+    @property
+    def credentials(self) -> Credentials:
+        """Return the credentials in use (the keychain's last answer when keychain-based)."""
+        return self.auth.credentials
 
-    def _basic_header(self) -> str | None:
-        c = self.credentials
-        if not c.username and not c.password:
-            return None
-        raw = f"{c.username}:{c.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+    def set_credentials(self, credentials: Credentials) -> None:
+        """Use other credentials from now on, forgetting tokens got with the old ones."""
+        self.auth.use(credentials)
 
-    async def _fetch_token(self, scopes: frozenset[str]) -> _Token:
-        """Fetch a bearer token for `scopes` from the challenge's realm."""
-        assert self._challenge is not None
-        realm = self._challenge.realm
-        if not realm:
-            raise AuthError(f"{self.host}: bearer challenge without a realm", url=self.base)
-        service = self._challenge.service
-        creds = self.credentials
-        sorted_scopes = sorted(scopes)
-        secret = creds.identity_token or self._basic_header()
-        if secret and self.base.startswith("https://") and origin(realm)[0] != "https":
-            raise AuthError(
-                f"{self.host}: refused to send credentials to the token service"
-                f" {shown_origin(realm)}: it is not HTTPS",
-                url=realm,
-            )
-        if creds.identity_token:
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": creds.identity_token,
-                "service": service,
-                "client_id": "ocimirror",
-                "access_type": "offline",
-            }
-            if sorted_scopes:
-                form["scope"] = " ".join(sorted_scopes)
-            await self._start("TOKEN")
-            async with self.session.post(realm, data=form, allow_redirects=False) as resp:
-                if resp.status not in (404, 405):
-                    return await self._token_from(resp, realm)
-        params: list[tuple[str, str]] = []
-        if service:
-            params.append(("service", service))
-        params += [("scope", s) for s in sorted_scopes]
-        headers = {}
-        basic = self._basic_header()
-        if basic:
-            headers["Authorization"] = basic
-            params.append(("account", creds.username))
-        sep = "&" if "?" in realm else "?"
-        url = realm + (sep + urlencode(params) if params else "")
+    async def token_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        data: Mapping[str, str] | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send a token request for the authenticator: counted as TOKEN, never redirected."""
         await self._start("TOKEN")
-        async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
-            return await self._token_from(resp, realm)
+        return await self.session.request(
+            method, url, headers=dict(headers), data=data, allow_redirects=False
+        )
 
-    async def _token_from(self, resp: aiohttp.ClientResponse, realm: str) -> _Token:
-        if resp.status in (401, 403):
-            who = self.credentials.username or "anonymous"
-            raise AuthError(
-                f"{self.host}: the token service {realm} refused the credentials of {who}"
-                f" (HTTP {resp.status})",
-                status=resp.status,
-                url=realm,
-            )
-        if resp.status != 200:
-            raise RegistryError(
-                f"{self.host}: token service {realm} answered HTTP {resp.status}",
-                status=resp.status,
-                url=realm,
-            )
-        try:
-            body = await resp.json(content_type=None)
-            value = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
-            value = None
-            body = {}
-        if not isinstance(value, str) or not value:
-            raise AuthError(f"{self.host}: token service {realm} returned no token", url=realm)
-        expires_in = body.get("expires_in")
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) else 60.0
-        lifetime = max(lifetime - _TOKEN_MARGIN, lifetime / 2)
-        return _Token(value, time.monotonic() + lifetime)
+    async def _authorization(
+        self, url: str, scopes: frozenset[str], stale: str, tries: _Tries
+    ) -> str | None:
+        """Return the Authorization header for a request to `url` (None off our origin).
 
-    def _learn_challenge(self, resp: aiohttp.ClientResponse, sent: str = "") -> bool:
-        """Learn how the registry wants us to authenticate; False if we cannot comply.
-
-        `sent` is the Authorization header the refused request carried: a request sent
-        before a concurrent one learnt the scheme is worth sending again.
+        A token service that refuses credentials from the keychain gets fresh ones once.
         """
-        challenges = parse_challenges(resp.headers.get("WWW-Authenticate", ""))
-        for ch in challenges:
-            if ch.scheme == "bearer":
-                self._auth_scheme = "bearer"
-                self._challenge = ch
-                return True
-        for ch in challenges:
-            if ch.scheme == "basic":
-                if sent.startswith("Basic ") or self._basic_header() is None:
-                    return False
-                self._auth_scheme = "basic"
-                return True
-        return False
+        if not self._is_ours(url):
+            return None
+        secure = self.base.startswith("https://")
+        try:
+            return await self.auth.header(scopes, secure=secure, stale=stale)
+        except TokenRefused as e:
+            if tries.renewed:
+                raise
+            tries.renewed = True
+            if not await self.auth.renew(e.refused):
+                raise
+            log.info("credentials refused, retrying with fresh ones", host=self.host)
+            return await self.auth.header(scopes, secure=secure, stale=stale)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -525,12 +481,17 @@ class RegistryClient:
     ) -> aiohttp.ClientResponse:
         """Send one request with auth; on 401 learn the challenge and try once more.
 
-        The Authorization header goes only to the registry's own origin (`_is_ours`).
+        When credentials from a keychain are refused (a password rotated, a helper's token
+        ended) the keychain is asked for fresh ones and, if they differ, the request is sent
+        once more: a wrong password still fails after two attempts at most. The
+        Authorization header goes only to the registry's own origin (`_is_ours`).
         """
         hdrs = dict(headers or {})
         stale = ""
-        for attempt in range(2):
-            auth = await self._auth_header(scopes, stale=stale) if self._is_ours(url) else None
+        tries = _Tries()
+        while True:
+            auth = await self._authorization(url, scopes, stale, tries)
+            used = self.auth.credentials
             if auth:
                 hdrs["Authorization"] = auth
             await self._start(method)
@@ -562,21 +523,77 @@ class RegistryClient:
             self._probe_scheme = False
             self.statuses[resp.status] += 1
             self._note_rate_limit(resp)
-            if resp.status != 401 or attempt == 1 or not replayable or not self._is_ours(url):
+            if resp.status != 401 or not replayable or not self._is_ours(url):
                 return resp  # another host's challenge is never learnt
-            known = self._auth_scheme
-            if not self._learn_challenge(resp, hdrs.get("Authorization", "")):
-                return resp
-            if known == "bearer" and self._auth_scheme == "bearer":
-                # A token we held was refused: maybe expired or short of scope.
-                if self._challenge is not None and self._challenge.scopes:
-                    scopes = scopes | frozenset(self._challenge.scopes)
-                stale = hdrs.get("Authorization", "")
-            resp.release()
-        raise AssertionError("unreachable")
+            sent = hdrs.get("Authorization", "")
+            if not tries.learnt:
+                tries.learnt = True
+                known = self.auth.scheme
+                if await self.auth.learn(resp.headers.get("WWW-Authenticate", ""), sent=sent):
+                    if known == "bearer" and self.auth.scheme == "bearer":
+                        # A token we held was refused: maybe expired or short of scope.
+                        challenge = self.auth.challenge
+                        if challenge is not None and challenge.scopes:
+                            scopes = scopes | frozenset(challenge.scopes)
+                        stale = sent
+                    resp.release()
+                    continue
+            if sent and not tries.renewed:
+                tries.renewed = True
+                if await self.auth.renew(used):
+                    log.info("credentials refused, retrying with fresh ones", host=self.host)
+                    stale = ""
+                    resp.release()
+                    continue
+            return resp
 
-    async def _error(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
-        """Build the error for a failed response, with the registry's own message."""
+    async def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        scopes: frozenset[str] = frozenset(),
+        data: Any = None,
+        authenticate: bool = True,
+        allow_redirects: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """Send one request to the registry and return its answer unread (release it).
+
+        `path_or_url` is an API path with its query (`/v2/...`) or an absolute URL.
+        With `authenticate`, the client's credentials go along for `scopes` (to the
+        registry's own origin only) and a 401 is answered as for the API methods; with
+        `allow_redirects` too, a GET or HEAD follows redirects as `open_blob` does.
+        Without `authenticate` the request goes as it is: no credentials of ours, no
+        redirect followed. Either way it is paced and counted, and never retried.
+        """
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        if authenticate:
+            return await self._send(
+                method,
+                url,
+                scopes=scopes,
+                headers=dict(headers or {}),
+                data=data,
+                replayable=data is None or isinstance(data, bytes | str),
+                allow_redirects=allow_redirects,
+            )
+        if allow_redirects:
+            raise ValueError("only authenticated requests follow redirects")
+        await self._start(method)
+        resp = await self.session.request(
+            method, url, headers=dict(headers or {}), data=data, allow_redirects=False
+        )
+        self.statuses[resp.status] += 1
+        self._note_rate_limit(resp)
+        return resp
+
+    async def error_from(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
+        """Build the error for a failed answer (NotFound for 404), the body read, released.
+
+        `what` names what was asked (`host/repo:tag`); the registry's own message goes in
+        the error's text, never in its public form.
+        """
         detail = ""
         codes: tuple[str, ...] = ()
         try:
@@ -654,7 +671,7 @@ class RegistryClient:
                 resp.release()
                 return None
             if resp.status != 200:
-                raise await self._error(resp, f"{self.host}/{repo}:{ref}")
+                raise await self.error_from(resp, f"{self.host}/{repo}:{ref}")
             resp.release()
             dg = resp.headers.get("Docker-Content-Digest", "")
             if not dg and ref.startswith("sha256:"):
@@ -682,7 +699,7 @@ class RegistryClient:
                 headers={"Accept": mt.MANIFEST_ACCEPT},
             )
             if resp.status != 200:
-                raise await self._error(resp, where)
+                raise await self.error_from(resp, where)
             try:
                 length = resp.content_length
                 if length is not None and length > MAX_MANIFEST_SIZE:
@@ -734,7 +751,7 @@ class RegistryClient:
                 data=manifest.raw,
             )
             if resp.status not in (200, 201, 202):
-                raise await self._error(resp, f"{where}: manifest refused")
+                raise await self.error_from(resp, f"{where}: manifest refused")
             resp.release()
 
         await self._creating(repo, once)
@@ -755,7 +772,7 @@ class RegistryClient:
             async def once(url: str = url) -> tuple[list[str], str | None]:
                 resp = await self._send("GET", url, scopes=self._scopes(repo))
                 if resp.status != 200:
-                    raise await self._error(resp, what)
+                    raise await self.error_from(resp, what)
                 try:
                     raw = await resp.read()
                 finally:
@@ -787,7 +804,7 @@ class RegistryClient:
             if resp.status == 404:
                 return None
             if resp.status != 200:
-                raise await self._error(resp, f"{self.host}/{repo}@{digest}")
+                raise await self.error_from(resp, f"{self.host}/{repo}@{digest}")
             return int(resp.headers.get("Content-Length", "0") or 0)
 
         result: int | None = await self._retrying(once)
@@ -802,7 +819,7 @@ class RegistryClient:
             "GET", self.url(f"/v2/{repo}/blobs/{digest}"), scopes=self._scopes(repo)
         )
         if resp.status != 200:
-            raise await self._error(resp, where)
+            raise await self.error_from(resp, where)
 
         async def chunks() -> AsyncIterator[bytes]:
             async for chunk in resp.content.iter_chunked(READ_SIZE):
@@ -831,7 +848,7 @@ class RegistryClient:
                 resp.release()
                 return None
             if resp.status != 202:
-                raise await self._error(resp, f"{self.host}/{repo}: starting an upload")
+                raise await self.error_from(resp, f"{self.host}/{repo}: starting an upload")
             resp.release()
             location = resp.headers.get("Location")
             if not location:
@@ -894,7 +911,7 @@ class RegistryClient:
             replayable=False,
         )
         if resp.status not in (201, 204):
-            err = await self._error(resp, f"{where}: upload refused")
+            err = await self.error_from(resp, f"{where}: upload refused")
             refused = not self.chunked_uploads and resp.status in (400, 405, 411, 413, 501)
             if refused and not {"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"} & set(err.codes):
                 raise UploadRefused(str(err), status=resp.status, url=err.url) from err
@@ -922,7 +939,7 @@ class RegistryClient:
                 data=data,
             )
             if resp.status != 202:
-                raise await self._error(resp, f"{where}: chunk at {offset} refused")
+                raise await self.error_from(resp, f"{where}: chunk at {offset} refused")
             resp.release()
             offset += len(data)
             location = self._upload_url(repo, resp.headers.get("Location", location), location)

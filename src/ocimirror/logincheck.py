@@ -30,7 +30,7 @@ def login_check(
 
     from .auth.providers import PROVIDERS, ProviderSource, detect
     from .errors import OcimirrorError
-    from .settings.connection import apply_endpoint_flags
+    from .settings.connection import apply_endpoint_flags, endpoint_base_for
 
     console = Console(stderr=True)
     host = host.strip().lower()
@@ -46,7 +46,7 @@ def login_check(
     if name is None:
         print(f"{host}: no cloud provider (docker's auth files or anonymous)")
         raise typer.Exit(0)
-    source = ProviderSource({host: name})
+    source = ProviderSource({host: name}, endpoint_base=endpoint_base_for)
     cloud = source.provider(name)
 
     async def check() -> tuple[str, float | None]:

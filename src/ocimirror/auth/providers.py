@@ -117,11 +117,8 @@ def make_provider(name: ProviderName, *, endpoint_base: Callable[[str], str]) ->
     return AzureProvider(endpoint_base=endpoint_base)
 
 
-def _default_endpoint(host: str) -> str:
-    from ..client import HostOptions, base_url
-    from ..settings.connection import endpoint_for
-
-    return base_url(host, HostOptions(endpoint=endpoint_for(host)))
+def _own_host(host: str) -> str:
+    return f"https://{host}"
 
 
 class ProviderSource:
@@ -133,11 +130,12 @@ class ProviderSource:
         *,
         detect_hosts: bool = True,
         providers: Mapping[ProviderName, Provider] | None = None,
-        endpoint_base: Callable[[str], str] = _default_endpoint,
+        endpoint_base: Callable[[str], str] = _own_host,
     ) -> None:
         """`explicit`: a provider named per host (its failures are errors); with
         `detect_hosts` other hosts are matched by name. `providers` replaces the SDK-based
-        ones (tests inject stand-ins)."""
+        ones (tests inject stand-ins); `endpoint_base(host)` is where a registry is
+        reached (settings/connection.py gives the endpoint mapping's answer)."""
         self.explicit = {h.lower(): p for h, p in (explicit or {}).items()}
         self.detect_hosts = detect_hosts
         self._providers: dict[ProviderName, Provider] = dict(providers or {})

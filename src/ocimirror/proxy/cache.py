@@ -20,9 +20,10 @@ the blobs, so a proxy with an empty index, or another proxy sharing the bucket, 
 them: a blob, manifest or tag the index does not know is looked up in the store before
 the upstream is asked, and a tag found there is revalidated (a HEAD) before it is served.
 
-Policy is the server's, mechanism is here: manifests by digest and blobs are kept until
-evicted; `tag()` answers stale entries too (`fresh=False`) so the server can revalidate
-with a HEAD and `touch_tag()`, or serve the stale copy when the upstream fails.
+Policy is the server's (`policy`), mechanism is here: manifests by digest and blobs are
+kept until evicted; `tag()` answers stale entries too (with their `age`; `fresh=False`)
+so the server can revalidate with a HEAD and `touch_tag()`, or serve the stale copy when
+the upstream fails.
 
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
 fetch in a task of its own, writing to a temporary file while hashing; every caller for
@@ -39,13 +40,18 @@ the index lazily (every `FLUSH_EVERY` hits or `FLUSH_INTERVAL` seconds, with any
 index write, and at `close()`); a blob without a recorded time counts from its file's
 mtime (its object's last change). One process, one event loop per cache directory;
 several proxies may share an object store, each evicting by what it knows.
+
+Why it is long (one module of about 800 lines): `ProxyCache` is one state machine. The index, the
+eviction and the single-flight downloads share one set of sizes and pins (a blob being
+read or written must not be evicted; a download is listed only once verified), so split
+apart each part would reach into the others' state. The streams readers get are in
+`blobstream`, where the bytes are kept in `cachestore`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import tempfile
 import time
@@ -56,7 +62,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -64,15 +70,13 @@ from .. import digest as digests
 from ..atomicfile import open_temp
 from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
+from .blobstream import CHUNK_SIZE, BlobStream, Download, Handle, Progress, sync_file
 from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
 log = structlog.get_logger(__name__)
-
-#: The largest chunk a blob stream yields, and how much is written per thread hop.
-CHUNK_SIZE = 256 * 1024
 
 #: The name of the index database inside the cache directory.
 INDEX_NAME = "index.sqlite"
@@ -108,8 +112,6 @@ CREATE TABLE IF NOT EXISTS access (
 );
 """
 
-_T = TypeVar("_T")
-
 
 @dataclass(frozen=True)
 class CachedManifest:
@@ -133,6 +135,8 @@ class TagEntry:
     media_type: str
     fetched_at: float
     fresh: bool
+    #: Seconds since it was fetched or revalidated (by the cache's clock), for the policy.
+    age: float
 
 
 @dataclass(frozen=True)
@@ -149,172 +153,6 @@ OpenUpstream = Callable[[], AbstractAsyncContextManager[AsyncIterable[bytes] | U
 
 def _is_digest(reference: str) -> bool:
     return ":" in reference
-
-
-def _write_hashed(f: BinaryIO, h: Any, data: bytes) -> None:
-    h.update(data)
-    f.write(data)
-    f.flush()
-
-
-def _sync(f: BinaryIO) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _pread(f: BinaryIO, n: int, offset: int) -> bytes:
-    return os.pread(f.fileno(), n, offset)
-
-
-def _close_later(chunks: AsyncGenerator[bytes]) -> None:
-    """Close an async generator from synchronous code (its cleanup runs in a task)."""
-    task = asyncio.get_running_loop().create_task(chunks.aclose())
-    _CLOSING.add(task)
-    task.add_done_callback(_CLOSING.discard)
-
-
-_CLOSING: set[asyncio.Task[None]] = set()
-
-
-class _Handle:
-    """A file used from worker threads and closed only once no thread still uses it."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.file = f
-        self._busy: asyncio.Future[Any] | None = None
-
-    async def run(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run `fn(self.file, *args)` in a worker thread; cancelling leaves it to finish."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, self.file, *args)
-        self._busy = fut
-        return await asyncio.shield(fut)
-
-    def close(self) -> None:
-        """Close the file now, or as soon as the thread still using it is done."""
-        busy = self._busy
-        if busy is None or busy.done():
-            self.file.close()
-            return
-
-        def later(fut: asyncio.Future[Any]) -> None:
-            if not fut.cancelled():
-                fut.exception()  # retrieved, so it is not logged as unhandled
-            self.file.close()
-
-        busy.add_done_callback(later)
-
-
-class _Progress:
-    """How much of a blob file may be read so far, and a way to wait for more."""
-
-    def __init__(self, digest: str, path: Path, size: int | None, *, done: bool) -> None:
-        self.digest = digest
-        self.path = path
-        self.size = size
-        self.available = (size or 0) if done else 0
-        self.opened = done
-        self.done = done
-        self.error: BaseException | None = None
-        self._changed = asyncio.Event()
-
-    def changed(self) -> asyncio.Event:
-        """Return the event the next `notify()` sets."""
-        return self._changed
-
-    def notify(self) -> None:
-        """Wake every reader waiting for a change."""
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
-
-
-class _Download(_Progress):
-    """One upstream fetch in flight, written to a temporary file as it arrives."""
-
-    def __init__(self, digest: str, tmp: Path, f: BinaryIO, size: int | None) -> None:
-        super().__init__(digest, tmp, size, done=False)
-        self.handle = _Handle(f)
-        self.written = 0
-
-    async def write(self, h: Any, data: bytes) -> None:
-        """Append and hash `data`, then let readers have everything up to its start."""
-        before = self.written
-        await self.handle.run(_write_hashed, h, data)
-        self.written += len(data)
-        if before > self.available:
-            self.available = before
-            self.notify()
-
-
-class BlobStream:
-    """A blob's bytes from its start, as an async iterator of chunks of up to 256 KiB."""
-
-    def __init__(
-        self,
-        progress: _Progress,
-        handle: _Handle | None,
-        release: Callable[[], None],
-        *,
-        cached: bool,
-        chunks: AsyncGenerator[bytes] | None = None,
-    ) -> None:
-        """Read `progress`'s file through `handle` (or take `chunks`, a cached blob from an
-        object store); `release` runs once, at `close()`."""
-        self.digest = progress.digest
-        #: True when served from a complete copy, False when following a download.
-        self.cached = cached
-        self._progress = progress
-        self._handle = handle
-        self._chunks = chunks
-        self._release: Callable[[], None] | None = release
-        self._offset = 0
-
-    @property
-    def size(self) -> int | None:
-        """Return the blob's size, when the caller or the upstream said it."""
-        return self._progress.size
-
-    async def wait_opened(self) -> None:
-        """Wait until the upstream answered, raising its error if it failed."""
-        p = self._progress
-        while True:
-            if p.error is not None:
-                raise p.error
-            if p.opened:
-                return
-            await p.changed().wait()
-
-    def __aiter__(self) -> BlobStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._chunks is not None:
-            return await anext(self._chunks)
-        p = self._progress
-        assert self._handle is not None
-        while True:
-            changed = p.changed()
-            if p.error is not None:
-                raise p.error
-            if self._offset < p.available:
-                n = min(CHUNK_SIZE, p.available - self._offset)
-                data = await self._handle.run(_pread, n, self._offset)
-                if not data:
-                    raise OcimirrorError(f"{p.path}: blob file shorter than {p.available} bytes")
-                self._offset += len(data)
-                return data
-            if p.done:
-                raise StopAsyncIteration
-            await changed.wait()
-
-    def close(self) -> None:
-        """Close the file and unpin the blob; idempotent."""
-        if self._release is not None:
-            release, self._release = self._release, None
-            if self._handle is not None:
-                self._handle.close()
-            if self._chunks is not None:
-                _close_later(self._chunks)
-            release()
 
 
 class ProxyCache:
@@ -352,7 +190,7 @@ class ProxyCache:
         self._dirty: set[str] = set()
         self._media_types: dict[str, str] = {}
         self._tags: dict[TagKey, tuple[str, float]] = {}
-        self._downloads: dict[str, _Download] = {}
+        self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pins: dict[str, int] = {}
         self._raw: OrderedDict[str, bytes] = OrderedDict()
@@ -626,8 +464,8 @@ class ProxyCache:
         media_type = self._media_types.get(dg)
         if media_type is None:
             return None
-        fresh = self._clock() - fetched_at < self.tag_ttl
-        return TagEntry(dg, media_type, fetched_at, fresh)
+        age = self._clock() - fetched_at
+        return TagEntry(dg, media_type, fetched_at, age < self.tag_ttl, age)
 
     async def _tag_from_store(self, key: TagKey) -> tuple[str, float] | None:
         """Find a tag in the object store (another proxy's, or this one's before a restart);
@@ -756,14 +594,14 @@ class ProxyCache:
         if size is None:
             return None
         path = self._place.file(digest)
-        handle: _Handle | None = None
+        handle: Handle | None = None
         chunks: AsyncGenerator[bytes] | None = None
         self._pin(digest)  # before any await: not evicted while it is being opened
         try:
             if path is not None:
                 # An open is quick; no thread hop, so the file seen in the index is the one opened.
                 f = open(path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 -- BlobStream closes
-                handle = _Handle(f)
+                handle = Handle(f)
             else:
                 chunks = await self._place.open_range(digest, 0, size - 1)
         except (FileNotFoundError, NotADirectoryError):
@@ -786,7 +624,7 @@ class ProxyCache:
             self._unpin(digest)
             return None
         self._touch(digest)
-        progress = _Progress(digest, path or Path(digest), size, done=True)
+        progress = Progress(digest, path or Path(digest), size, done=True)
         release = partial(self._unpin, digest)
         return BlobStream(progress, handle, release, cached=True, chunks=chunks)
 
@@ -850,24 +688,24 @@ class ProxyCache:
         finally:
             stream.close()
 
-    def _follow(self, dl: _Download) -> BlobStream:
+    def _follow(self, dl: Download) -> BlobStream:
         """Open a pinned reader of a download's growing temporary file."""
         f = open(dl.path, "rb", buffering=0)  # noqa: SIM115 -- closed by BlobStream.close
         self._pin(dl.digest)
-        return BlobStream(dl, _Handle(f), lambda: self._unpin(dl.digest), cached=False)
+        return BlobStream(dl, Handle(f), lambda: self._unpin(dl.digest), cached=False)
 
     def _start_download(
         self, digest: str, size: int | None, open_upstream: OpenUpstream
-    ) -> _Download:
+    ) -> Download:
         tmp, f = open_temp(self._place.spool(digest))
-        dl = _Download(digest, tmp, f, size)
+        dl = Download(digest, tmp, f, size)
         self._downloads[digest] = dl
         task = asyncio.create_task(self._download(dl, open_upstream), name=f"fetch {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return dl
 
-    async def _download(self, dl: _Download, open_upstream: OpenUpstream) -> None:
+    async def _download(self, dl: Download, open_upstream: OpenUpstream) -> None:
         """Fetch a blob once into its temporary file, verify it, and move it into place."""
         what = f"blob {dl.digest}"
         h = digests.hasher(dl.digest)
@@ -902,7 +740,7 @@ class ProxyCache:
                 raise DigestMismatch(
                     dl.digest, f"{actual} ({total} bytes, expected {dl.size})", what
                 )
-            await dl.handle.run(_sync)
+            await dl.handle.run(sync_file)
         except BaseException as e:
             self._fail(dl, e)
             if isinstance(e, Exception):
@@ -922,14 +760,14 @@ class ProxyCache:
         await self._place.settle(dl.digest)
 
     @staticmethod
-    def _finish(dl: _Download, total: int) -> None:
+    def _finish(dl: Download, total: int) -> None:
         """Let every reader of a verified download have all of it."""
         dl.size = total
         dl.available = total
         dl.done = True
         dl.notify()
 
-    async def _put(self, dl: _Download, total: int) -> None:
+    async def _put(self, dl: Download, total: int) -> None:
         """Put a verified download in the object store; callers meanwhile read its file."""
         assert isinstance(self._place, ObjectBlobs)
         self._finish(dl, total)
@@ -949,7 +787,7 @@ class ProxyCache:
             self._add_blob(dl.digest, total)
             self._evict()
 
-    def _fail(self, dl: _Download, error: BaseException) -> None:
+    def _fail(self, dl: Download, error: BaseException) -> None:
         """End a download: readers get `error`, the temporary file goes, nothing is kept."""
         if self._downloads.get(dl.digest) is dl:
             del self._downloads[dl.digest]

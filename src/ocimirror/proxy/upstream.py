@@ -22,8 +22,9 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,10 +32,9 @@ import structlog
 
 from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials, Keychain
-from ..client import RegistryClient, endpoint_base
-from ..errors import RegistryError
+from ..client import RegistryClient, endpoint_base, endpoint_for
 from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
-from ..settings.connection import endpoint_for, keychain_from, static_credentials, tls_options
+from ..settings.connection import keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
 
 log = structlog.get_logger("ocimirror.proxy")
@@ -43,38 +43,6 @@ log = structlog.get_logger("ocimirror.proxy")
 _BLOB_PATH = re.compile(r"/blobs/[^/?#]+(?:[?#]|$)")
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
 CHALLENGE_TTL = 600.0
-
-
-class UpstreamClient(RegistryClient):
-    """A RegistryClient that also sends raw requests for the proxy, answers unread."""
-
-    async def send_auth(
-        self, method: str, url: str, *, scopes: frozenset[str], headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
-        """Send with the proxy's own credentials (401 -> learn, log in, retry once)."""
-        return await self._send(method, url, scopes=scopes, headers=headers, allow_redirects=False)
-
-    async def send_raw(
-        self, method: str, url: str, *, headers: dict[str, str], data: Any = None
-    ) -> aiohttp.ClientResponse:
-        """Send as it is (no credentials of our own), counted and paced like the others."""
-        await self._start(method)
-        resp = await self.session.request(
-            method, url, headers=headers, data=data, allow_redirects=False
-        )
-        self.statuses[resp.status] += 1
-        self._note_rate_limit(resp)
-        return resp
-
-    async def error(self, resp: aiohttp.ClientResponse, what: str) -> RegistryError:
-        """Build the error for a failed answer (NotFound for 404), the body read."""
-        return await self._error(resp, what)
-
-    def set_credentials(self, credentials: Credentials) -> None:
-        """Use other credentials from now on, forgetting tokens got with the old ones."""
-        if credentials != self.credentials:
-            self.credentials = credentials
-            self._tokens.clear()
 
 
 def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
@@ -96,9 +64,17 @@ def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
 class Upstream:
     """One upstream registry and how the proxy maps names and authenticates to it."""
 
-    def __init__(self, config: UpstreamConfig, *, force_proxy_auth: bool = False) -> None:
-        """Prepare the upstream; nothing is sent until the first request."""
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        force_proxy_auth: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Prepare the upstream; nothing is sent until the first request. `clock` times
+        the credential lookups and the learnt challenge."""
         self.config = config
+        self._clock = clock
         self.name = config.name
         self.prefix = config.prefix
         host = config.host
@@ -138,7 +114,10 @@ class Upstream:
         )
         #: A cloud login's keychain is kept: it renews the login itself before it expires.
         self._cloud_keychain: Keychain | None = None
-        self._resolved_at = 0.0
+        #: When credentials were last looked up; None before the first lookup (which a
+        #: monotonic clock's small value, as on a machine up for less than
+        #: `credentials_refresh`, must not pass for a recent one).
+        self._resolved_at: float | None = None
         self._creds_lock = asyncio.Lock()
         options = replace(tls_options(config.tls), plain_http=plain)
         # A registry endpoint (flag, environment) serves the host: only connections move.
@@ -147,10 +126,10 @@ class Upstream:
             options = replace(options, endpoint=endpoint)
             self.base = endpoint_base(endpoint)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
-        self.client = UpstreamClient(self.host, credentials=credentials, options=options)
+        self.client = RegistryClient(self.host, credentials=credentials, options=options)
         #: Blob requests (and the redirects they lead to), on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
-        self.blob_client = UpstreamClient(self.host, credentials=credentials, options=options)
+        self.blob_client = RegistryClient(self.host, credentials=credentials, options=options)
         self._challenge: Challenge | None = None
         self._challenge_at = 0.0
         self._challenge_known = False
@@ -159,11 +138,11 @@ class Upstream:
         self.ping_status: int | None = None
 
     @property
-    def clients(self) -> tuple[UpstreamClient, UpstreamClient]:
+    def clients(self) -> tuple[RegistryClient, RegistryClient]:
         """Return both clients: the one for everything but blobs, and the blobs' one."""
         return self.client, self.blob_client
 
-    def client_for(self, path: str) -> UpstreamClient:
+    def client_for(self, path: str) -> RegistryClient:
         """Return the client whose pool a request for `path` (or an URL) goes through."""
         return self.blob_client if is_blob_path(path) else self.client
 
@@ -216,11 +195,10 @@ class Upstream:
         """Look credentials up again (helpers, auth files) once they are older than allowed."""
         if not self._keychain_based:
             return
-        ttl = self.config.credentials_refresh
-        if time.monotonic() - self._resolved_at < ttl:
+        if self._credentials_fresh():
             return
         async with self._creds_lock:
-            if time.monotonic() - self._resolved_at < ttl:
+            if self._credentials_fresh():
                 return
             assert self.config.credentials is not None
             keychain = self._cloud_keychain or keychain_from(
@@ -231,8 +209,13 @@ class Upstream:
             creds = await keychain.resolve(self.config.host)
             for client in self.clients:
                 client.set_credentials(creds)
-            self._resolved_at = time.monotonic()
+            self._resolved_at = self._clock()
             log.debug("upstream credentials looked up", upstream=self.label, creds=repr(creds))
+
+    def _credentials_fresh(self) -> bool:
+        """Tell whether credentials were looked up less than `credentials_refresh` ago."""
+        at = self._resolved_at
+        return at is not None and self._clock() - at < self.config.credentials_refresh
 
     # -- challenges ---------------------------------------------------------------------------
 
@@ -241,7 +224,7 @@ class Upstream:
         for ch in parse_challenges(header):
             if ch.scheme == "bearer" and ch.realm:
                 self._challenge = Challenge("bearer", {"realm": ch.realm, "service": ch.service})
-                self._challenge_at = time.monotonic()
+                self._challenge_at = self._clock()
                 self._challenge_known = True
                 return
 
@@ -252,18 +235,18 @@ class Upstream:
 
     async def challenge(self) -> Challenge | None:
         """Return the upstream's bearer challenge (realm, service), pinging once to learn it."""
-        fresh = time.monotonic() - self._challenge_at < CHALLENGE_TTL
+        fresh = self._clock() - self._challenge_at < CHALLENGE_TTL
         if self._challenge_known and fresh:
             return self._challenge
         async with self._ping_lock:
-            if self._challenge_known and time.monotonic() - self._challenge_at < CHALLENGE_TTL:
+            if self._challenge_known and self._clock() - self._challenge_at < CHALLENGE_TTL:
                 return self._challenge
-            resp = await self.client.send_raw("GET", self.base + "/v2/", headers={})
+            resp = await self.client.request("GET", self.base + "/v2/", authenticate=False)
             resp.release()
             self.ping_status = resp.status
             self._challenge = None
             self.learn(resp.headers.get("WWW-Authenticate", ""))
-            self._challenge_at = time.monotonic()
+            self._challenge_at = self._clock()
             self._challenge_known = True
             return self._challenge
 
@@ -284,14 +267,17 @@ class Upstream:
         if self.mode == "proxy":
             await self.refresh_credentials()
             if self.static_header is not None:
-                return await client.send_raw(
-                    method, url, headers={**headers, "Authorization": self.static_header}
+                return await client.request(
+                    method,
+                    url,
+                    headers={**headers, "Authorization": self.static_header},
+                    authenticate=False,
                 )
-            return await client.send_auth(method, url, scopes=scopes, headers=headers)
+            return await client.request(method, url, scopes=scopes, headers=headers)
         hdrs = dict(headers)
         if client_auth:
             hdrs["Authorization"] = client_auth
-        resp = await client.send_raw(method, url, headers=hdrs)
+        resp = await client.request(method, url, headers=hdrs, authenticate=False)
         if resp.status == 401:
             self.learn(resp.headers.get("WWW-Authenticate", ""))
         return resp

@@ -10,6 +10,8 @@ The same copy is never made twice at once. Copies in flight are keyed by (source
 destination, options), normalised; an entry asking for one already in flight, in the same
 job or another, awaits that copy's outcome and reports it as its own. A submitted request
 whose set of entries equals that of a queued or running job joins that job instead.
+Each copy is the engine's (`transfer.engine.plan`, then `execute`): this module adds what
+jobs need on top of it (sharing, persistence, cancellation) and renders the results.
 Copies to the same destination repository with the same copy options share one `Copier`
 while any of them runs, so a blob two of them need is uploaded once (a registry may refuse
 a manifest whose blob is being uploaded again at that moment).
@@ -25,6 +27,10 @@ Only queued and running jobs are held in memory: a finished job is read back fro
 database (its final write is awaited before it is let go), so memory does not grow with
 the jobs served. A job whose final write failed is kept, up to `KEEP_UNSAVED`, so that
 what the API answers stays true.
+
+Why it is long: sharing copies in flight across jobs, persisting each job's progress and
+cancelling only what a job alone waited for are one state machine over the same
+`_Job`/`_Flight` objects; taken apart, each piece would need the others' internals.
 """
 
 from __future__ import annotations
@@ -43,7 +49,6 @@ from pydantic import ValidationError
 from ..auth.credentials import Keychain
 from ..client import HostOptions
 from ..errors import ConfigError, OcimirrorError, public_message, scrub
-from ..manifest import Platform
 from ..metrics import MirrorMetrics
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
@@ -51,12 +56,13 @@ from ..settings.config import Config
 from ..settings.connection import bucket_settings, host_options, keychain_for
 from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
 from ..state.db import JobState as StoredState
-from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
-from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
-from ..transfer.plan import CopyTask, destination_for, plan_copy
-from ..transfer.tags import TagFilter
+from ..transfer import engine
+from ..transfer.copy import Copier, CopyOptions, ImageResult
+from ..transfer.engine import Side, Stores
+from ..transfer.options import Selection, parse_platforms, tag_filter
+from ..transfer.plan import CopyTask, destination_for
 from .models import (
     EntryError,
     EntryResult,
@@ -130,26 +136,17 @@ class _Plan:
     error: str | None = None
 
 
-def _check_platforms(platforms: Iterable[str]) -> None:
-    """Refuse a platform that is not os/arch[/variant] (globs allowed), as the CLI does."""
-    for p in platforms:
-        if p.count("/") not in (1, 2) or not all(p.split("/")):
-            raise ConfigError(f"invalid platform {p!r}: expected os/arch[/variant]")
-        if not any(c in p for c in "*?["):
-            Platform.parse(p)
-
-
-def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
-    """The tag filter of an `all_tags` entry; filters without `all_tags` are an error."""
-    if not options.all_tags:
-        if options.include or options.exclude or options.semver or options.latest is not None:
-            raise ConfigError("include, exclude, semver and latest need all_tags")
-        return None
-    return TagFilter(
-        include=options.include,
-        exclude=options.exclude,
-        semver=options.semver,
-        latest=options.latest,
+def _selection(options: ResolvedOptions) -> Selection:
+    """What an entry selects; filters without `all_tags`, or a bad filter, are an error."""
+    return Selection(
+        all_tags=options.all_tags,
+        tags=tag_filter(
+            all_tags=options.all_tags,
+            include=options.include,
+            exclude=options.exclude,
+            semver=options.semver,
+            latest=options.latest,
+        ),
     )
 
 
@@ -166,8 +163,8 @@ def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | No
                 raise refused
         if not options.all_tags:
             dst = destination_for(src, dst)
-        _tag_filter(options)
-        _check_platforms(options.platforms)
+        _selection(options)
+        parse_platforms(options.platforms)
     except (OcimirrorError, ValueError) as e:
         # Keyed apart from every valid entry: the raw text cannot parse.
         return _Plan(("!" + entry.src, entry.dst, options), options, error=one_line(str(e)))
@@ -249,6 +246,24 @@ class _SharedCopier:
     copier: Copier
     router: _Router
     users: int = 0
+
+
+class _Credit:
+    """Credits the bytes of each image a flight copies to that flight (an engine Watcher)."""
+
+    def __init__(self, router: _Router, flight: _Flight) -> None:
+        self.router = router
+        self.flight = flight
+
+    def started(self, task: CopyTask) -> None:
+        """Route the destination's bytes to the flight (unless another flight has it)."""
+        self.router.flights.setdefault(str(task.destination), self.flight)
+
+    def finished(self, task: CopyTask, result: ImageResult | None) -> None:
+        """Stop routing the destination's bytes to the flight."""
+        destination = str(task.destination)
+        if self.router.flights.get(destination) is self.flight:
+            del self.router.flights[destination]
 
 
 class _Flight:
@@ -438,6 +453,8 @@ class JobManager:
             settings = bucket_settings(config) if config is not None else None
             pool = StorePool(keychain=keychain, settings=settings)
         self.pool = pool
+        side = Side(options_for=self._host_options)
+        self._stores = Stores(pool, source=side, destination=side)
         self.image_concurrency = image_concurrency
         self.metrics = metrics
         self._jobs: dict[str, _Job] = {}  # queued or running
@@ -724,7 +741,7 @@ class JobManager:
     # -- copying --------------------------------------------------------------------------
 
     async def _fly(self, flight: _Flight) -> _Outcome:
-        """Make one copy: an image, or the selected tags of a repository."""
+        """Make one copy: an image, or the selected tags of a repository (the engine's)."""
         plan = flight.plan
         src, dst, options = plan.src, plan.dst, plan.options
         assert src is not None
@@ -742,17 +759,26 @@ class JobManager:
             shared = self._copiers[key] = _SharedCopier(copier, router)
         shared.users += 1
         try:
-            src_store = await self._store(src)
-            tasks = await plan_copy(
-                src,
-                dst,
-                source_store=src_store,
-                all_tags=options.all_tags,
-                tag_filter=_tag_filter(options),
+            planned = await engine.plan(
+                [(src, dst)], stores=self._stores, selection=_selection(options)
             )
-            if options.all_tags and tasks and shared.users == 1:
-                await self._note_destination(shared.copier, dst)
-            results = await asyncio.gather(*(self._copy(shared, flight, t) for t in tasks))
+            if planned.failed:
+                failed = planned.failed[0]
+                log.warning(
+                    "copy failed", source=str(src), destination=str(dst), error=failed.error
+                )
+                self._count_failure()
+                return _Outcome.failed(failed.public_error or scrub(failed.error))
+            # The first copy to a repository lists it; later ones share what it learnt.
+            every = options.all_tags and shared.users == 1
+            results = await engine.execute(
+                planned.tasks,
+                stores=self._stores,
+                copier=shared.copier,
+                listing="all" if every else "none",
+                watcher=_Credit(shared.router, flight),
+                shared=True,
+            )
             for r in results:
                 if r.status == "failed":  # the detail stays here; the API shows `_public`
                     log.warning(
@@ -761,7 +787,7 @@ class JobManager:
                         destination=r.destination,
                         error=r.error,
                     )
-            outcome = _Outcome.of(list(results))
+            outcome = _Outcome.of(results)
             self._count(results)
             return outcome
         except OcimirrorError as e:
@@ -779,41 +805,12 @@ class JobManager:
                 if self._copiers.get(key) is shared:
                     del self._copiers[key]
 
-    async def _store(self, ref: Reference) -> Store:
-        """The store of a registry reference, with the config's settings for its host."""
+    def _host_options(self, ref: Reference) -> HostOptions | None:
+        """The config's settings for a registry host, under the address policy."""
         options = host_options(self.config, ref.api_host) if self.config is not None else None
         if self.policy is not None:
             options = replace(options or HostOptions(), address_policy=self.policy)
-        return await self.pool.store_for(ref, options=options)
-
-    async def _note_destination(self, copier: Copier, dst: Reference) -> None:
-        """List a destination repository's tags once, so absent tags need no HEAD."""
-        try:
-            store = await self._store(dst)
-        except OcimirrorError as e:
-            log.debug("destination not listed", repository=str(dst), error=str(e))
-            return
-        await copier.list_destination(store, dst.repository)
-
-    async def _copy(self, shared: _SharedCopier, flight: _Flight, task: CopyTask) -> ImageResult:
-        """Copy one image of a flight with the shared Copier."""
-        source, destination = str(task.source), str(task.destination)
-        try:
-            src_store = await self._store(task.source)
-            dst_store = await self._store(task.destination)
-        except OcimirrorError as e:
-            return ImageResult(
-                source, destination, status="failed", error=str(e), public_error=public_message(e)
-            )
-        shared.router.flights.setdefault(destination, flight)
-        try:
-            return await shared.copier.copy(
-                Endpoint(src_store, task.source.repository, task.source.ref, source),
-                Endpoint(dst_store, task.destination.repository, task.destination.ref, destination),
-            )
-        finally:
-            if shared.router.flights.get(destination) is flight:
-                del shared.router.flights[destination]
+        return options
 
     def _count(self, results: Iterable[ImageResult]) -> None:
         """Record image results in the metrics, if any."""

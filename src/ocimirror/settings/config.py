@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError, ReferenceError
 from ..reference import Reference
+from ..transfer.options import parse_platforms, tag_filter
 from ..transfer.tags import TagFilter
 from .registries import Bucket, Registry
 from .secrets import Secret, coerce_secret
@@ -60,15 +61,18 @@ class Tags(_Model):
     def filter(self) -> TagFilter:
         """Return the TagFilter these settings describe."""
         try:
-            return TagFilter(
-                tags=tuple(self.exact),
-                include=tuple(self.include),
-                exclude=tuple(self.exclude),
+            chosen = tag_filter(
+                all_tags=True,  # a mirror of a repository always selects from its tags
+                tags=self.exact,
+                include=self.include,
+                exclude=self.exclude,
                 semver=self.semver,
                 latest=self.latest,
             )
         except ConfigError as e:
             raise ValueError(str(e)) from None
+        assert chosen is not None
+        return chosen
 
     @property
     def empty(self) -> bool:
@@ -106,9 +110,10 @@ class MirrorSettings(_Model):
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, v: list[str] | None) -> list[str] | None:
-        for p in v or []:
-            if p.count("/") not in (1, 2) or not all(p.split("/")):
-                raise ValueError(f"invalid platform {p!r}: expected os/arch[/variant]")
+        try:
+            parse_platforms(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return v
 
 

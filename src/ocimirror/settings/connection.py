@@ -17,8 +17,14 @@ import structlog
 
 from ..auth.credentials import Credentials, Keychain
 from ..auth.providers import HELPER_PROVIDERS, ProviderName, ProviderSource
-from ..client import HostOptions, endpoint_base
-from ..errors import ConfigError
+from ..client import (
+    ENDPOINTS_ENV,
+    HostOptions,
+    base_url,
+    endpoint_for,
+    environment_endpoints,
+    parse_endpoints,
+)
 from ..reference import is_docker_hub, parse_bucket
 from ..stores.objectstore import BucketSettings, bucket_key
 from ..stores.pool import StorePool
@@ -66,8 +72,13 @@ def keychain_from(
         config_path=authfile,
         overrides=overrides,
         helpers=helpers,
-        cloud_sources=[ProviderSource(providers)],
+        cloud_sources=[ProviderSource(providers, endpoint_base=endpoint_base_for)],
     )
+
+
+def endpoint_base_for(host: str) -> str:
+    """Where requests for `host` go, by the endpoint flags and environment."""
+    return base_url(host, HostOptions(endpoint=endpoint_for(host)))
 
 
 def keychain_for(config: Config) -> Keychain:
@@ -148,37 +159,6 @@ def pool_for(config: Config) -> StorePool:
     return StorePool(keychain=keychain_for(config), settings=bucket_settings(config))
 
 
-#: The environment variable naming registry endpoints: `HOST=URL,HOST=URL`.
-ENDPOINTS_ENV = "OCIMIRROR_REGISTRY_ENDPOINTS"
-
-
-def parse_endpoints(items: Iterable[str]) -> dict[str, str]:
-    """Parse `HOST=URL` items (each may hold several, comma-separated) into a mapping."""
-    out: dict[str, str] = {}
-    for item in items:
-        for part in item.split(","):
-            if not part.strip():
-                continue
-            host, sep, url = part.strip().partition("=")
-            host = host.strip().lower()
-            if not sep or not host or "/" in host or not url.strip():
-                raise ConfigError(
-                    f"a registry endpoint is HOST=URL (e.g. registry.example=http://127.0.0.1:5000),"
-                    f" not {part.strip()[:100]!r}"
-                )
-            endpoint_base(url)
-            out[host] = url.strip()
-    return out
-
-
-def environment_endpoints() -> dict[str, str]:
-    """The endpoints `OCIMIRROR_REGISTRY_ENDPOINTS` names (a ConfigError when malformed)."""
-    try:
-        return parse_endpoints([os.environ.get(ENDPOINTS_ENV, "")])
-    except ConfigError as e:
-        raise ConfigError(f"{ENDPOINTS_ENV}: {e}") from None
-
-
 def apply_endpoint_flags(items: Iterable[str] | None) -> None:
     """Make `--registry-endpoint HOST=URL` flags hold for this process, over the environment.
 
@@ -190,8 +170,3 @@ def apply_endpoint_flags(items: Iterable[str] | None) -> None:
         return
     merged = {**environment_endpoints(), **flags}
     os.environ[ENDPOINTS_ENV] = ",".join(f"{h}={u}" for h, u in merged.items())
-
-
-def endpoint_for(host: str, options: HostOptions | None = None) -> str | None:
-    """Where `host` is served: a flag or the environment, else its config (`options`)."""
-    return environment_endpoints().get(host.lower()) or (options.endpoint if options else None)

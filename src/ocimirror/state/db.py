@@ -16,6 +16,10 @@ On SQLite the engine runs in WAL mode with a busy timeout and foreign keys on, a
 ocimirror emits BEGIN itself: `BEGIN IMMEDIATE` for writes, so two processes (or two
 `StateDB`s) writing the same file wait for each other instead of failing with
 "database is locked" when a deferred transaction tries to upgrade its lock.
+
+Why it is long: it is one class, `StateDB`, over four tables that share one engine, one
+transaction discipline (`BEGIN IMMEDIATE` on SQLite) and one datetime convention; each
+method is a single query. The jobs table's methods could move to a module of their own.
 """
 
 from __future__ import annotations

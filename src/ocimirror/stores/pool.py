@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from ..auth.credentials import Credentials, Keychain
-from ..client import HostOptions, RegistryClient
+from ..client import HostOptions, RegistryClient, endpoint_for
 from ..reference import Reference
 from ..store import Store
 from .registry import RegistryStore
@@ -36,31 +36,32 @@ class StorePool:
         """Return the Store holding `ref`; `credentials` override the keychain's.
 
         The store is opened by the scheme of `ref` (stores/schemes.py); host options and
-        the keychain only apply to a scheme that names a registry host; a scheme that
-        `takes_credentials` gets the `credentials` given here (a bucket's access key).
+        the keychain only apply to a scheme that names a registry host: without
+        `credentials` its client asks the pool's keychain itself, request by request, so
+        that credentials that expire or are rotated are renewed while the store is open. A
+        scheme that `takes_credentials` gets the `credentials` given here (a bucket's
+        access key).
         """
         scheme = scheme_for(ref)
         opts: HostOptions | None = None
-        creds: Credentials | None = None
+        keychain: Keychain | None = None
         if scheme.registry_host:
             opts = options or HostOptions()
-            from ..settings.connection import endpoint_for
-
             endpoint = endpoint_for(ref.registry) or endpoint_for(ref.api_host, opts)
             if endpoint != opts.endpoint:
                 opts = replace(opts, endpoint=endpoint)
-            creds = (
-                credentials
-                if credentials is not None
-                else await self.keychain.resolve(ref.registry)
-            )
-        elif scheme.takes_credentials:
-            creds = credentials
+            keychain = self.keychain if credentials is None else None
+        elif not scheme.takes_credentials:
+            credentials = None
         place = scheme.place(ref)
-        key = (scheme.name, place, opts, creds)
+        key = (scheme.name, place, opts, credentials)
         if key not in self._stores:
             opening = Opening(
-                options=opts, credentials=creds, create=create, settings=self.settings.get(place)
+                options=opts,
+                credentials=credentials,
+                keychain=keychain,
+                create=create,
+                settings=self.settings.get(place),
             )
             self._stores[key] = scheme.open(ref, opening)
         return self._stores[key]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..auth.credentials import Credentials
+from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions, RegistryClient
 from ..errors import ReferenceError
 from ..reference import BUCKET_TRANSPORTS, LAYOUT_TRANSPORT, REGISTRY_TRANSPORT, Reference
@@ -35,8 +35,10 @@ class Opening:
 
     #: The registry host's connection settings (None unless the scheme is `registry_host`).
     options: HostOptions | None = None
-    #: The credentials for the registry host, from the caller or the pool's keychain.
+    #: The credentials the caller gave for the registry host, presented as they are.
     credentials: Credentials | None = None
+    #: Without `credentials`: the keychain the registry client asks (the pool's).
+    keychain: Keychain | None = None
     #: Make the place on the first write when it does not exist (a destination).
     create: bool = False
     #: What the config says about this place (a bucket's `BucketSettings`), if anything.
@@ -68,7 +70,10 @@ class Scheme:
 
 def _open_registry(ref: Reference, opening: Opening) -> Store:
     client = RegistryClient(
-        ref.api_host, credentials=opening.credentials, options=opening.options or HostOptions()
+        ref.api_host,
+        credentials=opening.credentials,
+        keychain=opening.keychain,
+        options=opening.options or HostOptions(),
     )
     return RegistryStore(client)
 

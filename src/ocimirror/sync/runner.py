@@ -1,11 +1,12 @@
 """One sync pass over the configured mirrors: plan, copy what is needed, remember it.
 
-The same function serves `ocimirror sync`, the daemon and (later) the HTTP service.
+The same function serves `ocimirror sync`, the daemon and `serve -c`. Planning is the
+sync planner's (reasons, the state database); the copies after it are the engine's
+(`transfer.engine.execute`), the sequence every face runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,16 +14,17 @@ from typing import Literal
 
 import structlog
 
-from ..errors import OcimirrorError
+from ..client import HostOptions
 from ..reference import Reference
 from ..settings.config import Config, Mirror
 from ..settings.connection import host_options, pool_for
 from ..state.db import StateDB, TaskRecord
-from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
-from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
-from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
+from ..transfer.copy import Copier, CopyOptions, ImageResult, Progress
+from ..transfer.engine import Side, Stores, execute
+from ..transfer.plan import CopyTask
+from .planner import Known, Plan, PlannedTask, is_immutable, plan_mirror
 
 log = structlog.get_logger(__name__)
 
@@ -104,11 +106,8 @@ async def _one_mirror(
     progress: Progress | None,
 ) -> MirrorPass:
     started = time.monotonic()
-
-    async def store_for(ref: Reference, target: bool) -> Store:
-        options = host_options(config, ref.api_host) if scheme_for(ref).registry_host else None
-        return await pool.store_for(ref, options=options, create=target)
-
+    side = Side(options_for=lambda ref: _host_options(config, ref))
+    stores = Stores(pool, source=side, destination=side)
     known: dict[str, Known] = {}
     run_id = None
     if state is not None:
@@ -117,7 +116,7 @@ async def _one_mirror(
         if mode != "dry-run":
             run_id = await state.start_run(mirror.label, trigger)
     plan = await plan_mirror(
-        mirror, store_for=store_for, known=known, concurrency=config.concurrency * 2
+        mirror, store_for=stores, known=known, concurrency=config.concurrency * 2
     )
     result = MirrorPass(mirror.label, plan, run_id=run_id)
     if mode == "dry-run":
@@ -132,14 +131,14 @@ async def _one_mirror(
             image_concurrency=config.concurrency,
             progress=progress,
         )
-        for repo in plan.new_targets:
-            copier.note_destination(await store_for(repo, True), repo.repository, None)
-        try:
-            copies = await asyncio.gather(*(_copy(copier, t, store_for) for t in todo))
-        except BaseException:
-            copier.cancel()  # shared transfers are shielded from their waiters: stop them too
-            raise
-        result.results = list(copies)
+        # The planner listed and HEADed the targets already: nothing more to list.
+        result.results = await execute(
+            [_task(t) for t in todo],
+            stores=stores,
+            copier=copier,
+            listing="none",
+            absent=sorted(plan.new_targets, key=str),
+        )
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
@@ -165,15 +164,19 @@ async def _would_create(config: Config, plan: Plan) -> list[str]:
     return out
 
 
-async def _copy(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
-    try:
-        src_store = await store_for(task.source, False)
-        dst_store = await store_for(task.target, True)
-    except OcimirrorError as e:
-        return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
-    src = Endpoint(src_store, task.source.repository, task.source_digest, str(task.source))
-    dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
-    return await copier.copy(src, dst, dst_absent=task.reason != "changed")
+def _host_options(config: Config, ref: Reference) -> HostOptions | None:
+    """The config's settings for a registry reference's host (None for a layout)."""
+    return host_options(config, ref.api_host) if scheme_for(ref).registry_host else None
+
+
+def _task(task: PlannedTask) -> CopyTask:
+    """The engine's task for a planned one: from the digest the planner saw."""
+    return CopyTask(
+        task.source,
+        task.target,
+        source_digest=task.source_digest,
+        dst_absent=task.reason != "changed",
+    )
 
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:

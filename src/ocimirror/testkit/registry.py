@@ -5,6 +5,9 @@ subprocess on 127.0.0.1, with a generated `config.yml` and filesystem storage in
 directory. Auth is `"none"`, `"htpasswd"` (bcrypt file made with `htpasswd -B`) or
 `"token"` (a `TokenServer`); TLS is optional. `stop()` then `start()` brings it back on
 the same port with the same storage, for clients and caches that must outlive an outage.
+`proxy_remote="http://HOST:PORT"` makes it distribution's pull-through cache of that
+registry (its `proxy: remoteurl:` section): pulls are served from its storage, filled from
+the remote on a miss; it refuses pushes.
 
 Request counting: the registry writes an access log line (Combined Log Format) for every
 request, whatever its status, to stdout, which goes to `access.log`; `requests()` parses
@@ -232,6 +235,7 @@ class LocalRegistry(StartStop):
         allow_foreign_urls: bool = True,
         exact_counting: bool = True,
         extra_config: Mapping[str, Any] | None = None,
+        proxy_remote: str | None = None,
         binary: str = "docker-registry",
         start_timeout: float = 10.0,
     ) -> None:
@@ -242,6 +246,11 @@ class LocalRegistry(StartStop):
             raise ValueError("token auth needs a token_server")
         if auth not in ("none", "htpasswd", "token"):
             raise ValueError(f"unknown auth mode: {auth!r}")
+        if proxy_remote is not None and not re.match(r"^https?://[^/\s]+/?$", proxy_remote):
+            raise ValueError(
+                f"proxy_remote must be a registry's base URL (http(s)://HOST[:PORT]): "
+                f"{proxy_remote!r}"
+            )
         self.directory = directory
         self.auth: AuthMode = auth
         self._users = dict(users or {})
@@ -253,6 +262,9 @@ class LocalRegistry(StartStop):
         #: Log at debug level so `requests()` knows which requests are still in flight.
         self.exact_counting = exact_counting
         self.extra_config: dict[str, Any] = dict(extra_config or {})
+        #: Pull-through cache mode: the upstream registry's base URL (distribution's
+        #: `proxy: remoteurl:`); such a registry refuses pushes.
+        self.proxy_remote = proxy_remote
         self.binary = binary
         self.start_timeout = start_timeout
         self._port = port
@@ -323,6 +335,17 @@ class LocalRegistry(StartStop):
         """The first user's (username, password), or None when the registry has none."""
         return next(iter(self.users.items()), None)
 
+    def rotate_password(self, user: str, password: str) -> None:
+        """Give an htpasswd user a new password, as an operator rotating it would.
+
+        The htpasswd file is rewritten in place; the distribution registry re-reads it
+        when it changes (Debian's 2.8 does), so the running registry takes it at once.
+        """
+        if self.auth != "htpasswd":
+            raise ValueError("only an htpasswd registry has passwords to rotate")
+        self._users[user] = password
+        self.htpasswd_path.write_text(htpasswd_lines(self._users))
+
     def ref(self, name: str) -> str:
         """Return a skopeo reference, `docker://127.0.0.1:PORT/name`."""
         return f"docker://{self.host}/{name}"
@@ -357,6 +380,8 @@ class LocalRegistry(StartStop):
             "http": http_,
             "health": {"storagedriver": {"enabled": False}},
         }
+        if self.proxy_remote is not None:
+            config["proxy"] = {"remoteurl": self.proxy_remote.rstrip("/")}
         if self.allow_foreign_urls:
             config["validation"] = {"manifests": {"urls": {"allow": ["^https?://"]}}}
         if self.auth == "htpasswd":

@@ -1,25 +1,46 @@
-"""The engine every face calls: plan the copies, run them, and summarise the run."""
+"""The engine every face calls: plan the copies, list the destinations, copy.
+
+    plan(pairs, selection)       one source image, or the tags a filter selects
+      → execute(tasks)           list the destination repositories worth listing,
+          → copy_one(task)       then copy each image: the unit of work
+
+The CLI (`run_copies`), the jobs API (`service/jobs.py`) and sync passes
+(`sync/runner.py`, whose own planner gives reasons and reads the state database) all run
+this one sequence; a face only translates its input (flags, a request, a mirror config)
+into tasks and renders the results. `copy_one` is the seam a distributed worker calls: a
+task in, an `ImageResult` out, every failure inside the result.
+
+Stores are opened through `Stores`: a `StorePool` and the settings of each side (fixed
+options and credentials, as the CLI's flags give them, or options by host, as a config's
+`registries` give them).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from ..auth.credentials import Credentials, Keychain
 from ..client import HostOptions
-from ..errors import OcimirrorError
+from ..errors import OcimirrorError, public_message
 from ..reference import Reference
+from ..store import Store
 from ..stores.pool import StorePool
 from .copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
+from .options import Selection
 from .plan import CopyTask, plan_copy
 from .tags import TagFilter
 
 log = structlog.get_logger(__name__)
+
+#: Which destination repositories `execute` lists before copying: none, those receiving
+#: several images, or all of them (a whole repository is being copied).
+Listing = Literal["none", "shared", "all"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +49,37 @@ class Side:
 
     options: HostOptions = field(default_factory=HostOptions)
     credentials: Credentials | None = None
+    #: Options by reference (a config's per-host settings); replaces `options` when set.
+    options_for: Callable[[Reference], HostOptions | None] | None = None
+
+    def host_options(self, ref: Reference) -> HostOptions | None:
+        """Return the connection options for `ref`'s host."""
+        return self.options_for(ref) if self.options_for is not None else self.options
+
+
+class Stores:
+    """Opens the Store of a reference on either side of a copy, with that side's settings."""
+
+    def __init__(
+        self, pool: StorePool, *, source: Side | None = None, destination: Side | None = None
+    ) -> None:
+        self.pool = pool
+        self.source = source or Side()
+        self.destination = destination or Side()
+
+    async def open(self, ref: Reference, *, destination: bool = False) -> Store:
+        """Return the Store holding `ref`; a destination's place is made on first write."""
+        side = self.destination if destination else self.source
+        return await self.pool.store_for(
+            ref,
+            options=side.host_options(ref),
+            credentials=side.credentials,
+            create=destination,
+        )
+
+    async def __call__(self, ref: Reference, target: bool) -> Store:
+        """Open `ref` as a planner asks (`target`: on the destination side)."""
+        return await self.open(ref, destination=target)
 
 
 @dataclass(frozen=True)
@@ -37,6 +89,150 @@ class SkippedTag:
     source: str
     tag: str
     reason: str = "invalid tag"
+
+
+@dataclass
+class Planned:
+    """The copy tasks of some pairs, the pairs that could not be planned, skipped tags."""
+
+    tasks: list[CopyTask] = field(default_factory=list)
+    failed: list[ImageResult] = field(default_factory=list)
+    skipped: list[SkippedTag] = field(default_factory=list)
+
+
+def _failure(source: str, destination: str, error: OcimirrorError) -> ImageResult:
+    return ImageResult(
+        source,
+        destination,
+        status="failed",
+        error=str(error),
+        public_error=public_message(error),
+    )
+
+
+async def plan(
+    pairs: Sequence[tuple[Reference, Reference]], *, stores: Stores, selection: Selection
+) -> Planned:
+    """Plan each (source, destination) pair; a pair that cannot be planned is a failure."""
+    planned = Planned()
+
+    async def one(src: Reference, dst: Reference) -> list[CopyTask] | ImageResult:
+        invalid: list[str] = []
+        try:
+            store = await stores.open(src)
+            return await plan_copy(
+                src,
+                dst,
+                source_store=store,
+                all_tags=selection.all_tags,
+                tag_filter=selection.tags,
+                invalid=invalid,
+            )
+        except OcimirrorError as e:
+            return _failure(str(src), str(dst), e)
+        finally:
+            planned.skipped.extend(SkippedTag(str(src), tag) for tag in invalid)
+
+    for item in await asyncio.gather(*(one(s, d) for s, d in pairs)):
+        if isinstance(item, ImageResult):
+            planned.failed.append(item)
+        else:
+            planned.tasks.extend(item)
+    return planned
+
+
+async def copy_one(task: CopyTask, *, stores: Stores, copier: Copier) -> ImageResult:
+    """Copy one image (the unit of work); every failure is in the result, none raised."""
+    source, destination = str(task.source), str(task.destination)
+    try:
+        src_store = await stores.open(task.source)
+        dst_store = await stores.open(task.destination, destination=True)
+    except OcimirrorError as e:
+        return _failure(source, destination, e)
+    src = Endpoint(src_store, task.source.repository, task.source_digest or task.source.ref, source)
+    dst = Endpoint(dst_store, task.destination.repository, task.destination.ref, destination)
+    return await copier.copy(src, dst, dst_absent=task.dst_absent)
+
+
+class Watcher(Protocol):
+    """Hears each task of `execute` start and end (e.g. to credit its progress)."""
+
+    def started(self, task: CopyTask) -> None:
+        """Call before a task's copy begins."""
+
+    def finished(self, task: CopyTask, result: ImageResult | None) -> None:
+        """Call when a task's copy ends (None: it was cancelled)."""
+
+
+async def execute(
+    tasks: Sequence[CopyTask],
+    *,
+    stores: Stores,
+    copier: Copier,
+    listing: Listing = "shared",
+    absent: Iterable[Reference] = (),
+    watcher: Watcher | None = None,
+    shared: bool = False,
+) -> list[ImageResult]:
+    """Copy planned tasks with `copier`, after listing the destinations worth it.
+
+    `absent` names destination repositories known not to exist yet (a planner listed
+    them): nothing there is asked about. A `shared` copier serves other callers too, so
+    an aborted run leaves its transfers running for them; otherwise they are cancelled.
+    """
+    for repo in absent:
+        copier.note_destination(await stores.open(repo, destination=True), repo.repository, None)
+    if listing != "none":
+        await _list_destinations(tasks, stores=stores, copier=copier, every=listing == "all")
+
+    async def one(task: CopyTask) -> ImageResult:
+        if watcher is None:
+            return await copy_one(task, stores=stores, copier=copier)
+        result: ImageResult | None = None
+        watcher.started(task)
+        try:
+            result = await copy_one(task, stores=stores, copier=copier)
+            return result
+        finally:
+            watcher.finished(task, result)
+
+    try:
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
+    except BaseException:
+        if not shared:
+            copier.cancel()  # shared transfers are shielded from their waiters: stop them too
+        raise
+
+
+async def _list_destinations(
+    tasks: Sequence[CopyTask], *, stores: Stores, copier: Copier, every: bool
+) -> None:
+    """List the tags of each destination repository receiving several images (or `every`).
+
+    One request per repository tells which tags are absent (no HEAD needed before copying
+    them) and whether the repository exists at all (if not, no blob HEADs either).
+    """
+    by_repo: dict[str, list[CopyTask]] = {}
+    for task in tasks:
+        by_repo.setdefault(task.destination.name, []).append(task)
+
+    async def one(group: list[CopyTask]) -> None:
+        ref = group[0].destination
+        if len(group) < 2 and not every:
+            return
+        try:
+            store = await stores.open(ref, destination=True)
+        except OcimirrorError as e:
+            # Not fatal: the copies open it themselves (and report what is wrong).
+            log.debug("destination not listed", repository=str(ref), error=str(e))
+            return
+        if store.remote:  # a local store's lookups cost nothing: no listing needed
+            await copier.list_destination(store, ref.repository)
+
+    await asyncio.gather(*(one(g) for g in by_repo.values()))
+
+
+# -- the one-shot run of the CLI ----------------------------------------------------------
 
 
 @dataclass
@@ -109,46 +305,29 @@ async def run_copies(
     progress: Callable[[int], Progress] | None = None,
 ) -> RunSummary:
     """Plan and copy each (source, destination) pair; one failure never stops the rest."""
-    src_side, dst_side = source or Side(), destination or Side()
     started = time.monotonic()
     summary = RunSummary()
     pool = StorePool(keychain=keychain)
+    stores = Stores(pool, source=source, destination=destination)
     try:
-        planned = await asyncio.gather(
-            *(_plan(pool, s, d, src_side, all_tags, tag_filter, summary) for s, d in pairs)
+        planned = await plan(
+            pairs, stores=stores, selection=Selection(all_tags=all_tags, tags=tag_filter)
         )
-        tasks: list[CopyTask] = []
-        for item in planned:
-            if isinstance(item, ImageResult):
-                summary.results.append(item)
-            else:
-                tasks.extend(item)
-        reporter = progress(len(tasks)) if progress else None
+        summary.results.extend(planned.failed)
+        summary.skipped.extend(planned.skipped)
         copier = Copier(
-            options=copy_options, image_concurrency=image_concurrency, progress=reporter
+            options=copy_options,
+            image_concurrency=image_concurrency,
+            progress=progress(len(planned.tasks)) if progress else None,
         )
-        await _list_destinations(pool, copier, tasks, dst_side, all_tags)
-
-        async def one(task: CopyTask) -> ImageResult:
-            try:
-                src_store = await pool.store_for(
-                    task.source, options=src_side.options, credentials=src_side.credentials
-                )
-                dst_store = await pool.store_for(
-                    task.destination,
-                    options=dst_side.options,
-                    credentials=dst_side.credentials,
-                    create=True,
-                )
-            except OcimirrorError as e:
-                return ImageResult(
-                    str(task.source), str(task.destination), status="failed", error=str(e)
-                )
-            return await copier.copy(
-                _endpoint(src_store, task.source), _endpoint(dst_store, task.destination)
+        summary.results.extend(
+            await execute(
+                planned.tasks,
+                stores=stores,
+                copier=copier,
+                listing="all" if all_tags else "shared",
             )
-
-        summary.results.extend(await asyncio.gather(*(one(t) for t in tasks)))
+        )
         for client in pool.registry_clients():
             counts = summary.requests.setdefault(client.host, {})
             for method, n in client.requests.items():
@@ -157,63 +336,3 @@ async def run_copies(
         await pool.close()
     summary.seconds = time.monotonic() - started
     return summary
-
-
-async def _list_destinations(
-    pool: StorePool, copier: Copier, tasks: Sequence[CopyTask], side: Side, all_tags: bool
-) -> None:
-    """List the tags of each destination repository receiving several images (or --all-tags).
-
-    One request per repository tells which tags are absent (no HEAD needed before copying
-    them) and whether the repository exists at all (if not, no blob HEADs either).
-    """
-    by_repo: dict[str, list[CopyTask]] = {}
-    for task in tasks:
-        by_repo.setdefault(task.destination.name, []).append(task)
-
-    async def one(group: list[CopyTask]) -> None:
-        ref = group[0].destination
-        if len(group) < 2 and not all_tags:
-            return
-        try:
-            store = await pool.store_for(
-                ref, options=side.options, credentials=side.credentials, create=True
-            )
-        except OcimirrorError as e:
-            # Not fatal: the copies open it themselves (and report what is wrong).
-            log.debug("destination not listed", repository=str(ref), error=str(e))
-            return
-        if store.remote:  # a local store's lookups cost nothing: no listing needed
-            await copier.list_destination(store, ref.repository)
-
-    await asyncio.gather(*(one(g) for g in by_repo.values()))
-
-
-def _endpoint(store: Any, ref: Reference) -> Endpoint:
-    return Endpoint(store=store, repo=ref.repository, ref=ref.ref, display=str(ref))
-
-
-async def _plan(
-    pool: StorePool,
-    src: Reference,
-    dst: Reference,
-    side: Side,
-    all_tags: bool,
-    tag_filter: TagFilter | None,
-    summary: RunSummary,
-) -> list[CopyTask] | ImageResult:
-    invalid: list[str] = []
-    try:
-        store = await pool.store_for(src, options=side.options, credentials=side.credentials)
-        return await plan_copy(
-            src,
-            dst,
-            source_store=store,
-            all_tags=all_tags,
-            tag_filter=tag_filter,
-            invalid=invalid,
-        )
-    except OcimirrorError as e:
-        return ImageResult(str(src), str(dst), status="failed", error=str(e))
-    finally:
-        summary.skipped.extend(SkippedTag(str(src), tag) for tag in invalid)

@@ -17,10 +17,17 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class CopyTask:
-    """Copy one image (by tag or digest) from `source` to `destination`."""
+    """Copy one image (by tag or digest) from `source` to `destination`: the unit of work.
+
+    A planner that already looked may say more: `source_digest` pins the source to the
+    digest it saw (the copy reads that digest, shown as `source`), and `dst_absent` says
+    the destination lacks the tag (so it is not asked again).
+    """
 
     source: Reference
     destination: Reference
+    source_digest: str = ""
+    dst_absent: bool = False
 
 
 def destination_for(source: Reference, destination: Reference) -> Reference:

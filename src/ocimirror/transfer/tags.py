@@ -16,6 +16,10 @@ How the parts of a `TagFilter` combine (the way dregsy/regsync/skopeo-sync users
 * The result is the union of both, without duplicates. So `tags=("latest",)` alone copies
   just `latest`, and `tags=("latest",), semver=">=1.20"` copies `latest` plus every version
   tag from 1.20 up.
+
+Why it is long: tag selection is one idea in three parts that only serve each other:
+`Version` (reading a version out of a tag), `SemverRange` (two range syntaxes) and
+`TagFilter`; the range grammar is most of it.
 """
 
 from __future__ import annotations
