@@ -209,7 +209,9 @@ def serve(
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     lg = loaded.config.logging
-    configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
+    configure(
+        fmt=lg.format, level=lg.level, color=lg.color, output=lg.output, time_format=lg.time_format
+    )
     raise typer.Exit(
         asyncio.run(
             _serve(

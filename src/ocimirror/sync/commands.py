@@ -66,7 +66,9 @@ def _configure_logs(cfg: Config) -> None:
     from ..logs import configure
 
     lg = cfg.logging
-    configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
+    configure(
+        fmt=lg.format, level=lg.level, color=lg.color, output=lg.output, time_format=lg.time_format
+    )
 
 
 def _one_off(
