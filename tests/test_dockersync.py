@@ -204,3 +204,46 @@ async def test_no_arguments_runs_the_daemon_on_config_yaml_here(
     assert dst.tags("mirror/app") == ["1"]
     assert "too many mirrors failing" in daemon.text()
     assert (tmp_path / "config.state.db").exists()
+
+
+async def test_purge_deletes_only_selected_tags_the_source_lost(
+    src_registry: LocalRegistry, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    src, dst = src_registry, registry
+    images = {t: make_image(layer_size=200, seed=t) for t in ("1.0", "1.1", "2.0", "latest")}
+    await seed(src, "lib/app", list(images.items()))
+    # The target also has tags the mirror never selected (3.0-rc: ignored; own: shares
+    # nothing) and a mutable one: none of them may be purged.
+    await seed(dst, "mirror/app", [("3.0-rc", make_image(layer_size=100, seed="rc"))])
+    await seed(dst, "mirror/app", [("own-x", make_image(layer_size=100, seed="own"))])
+    await seed(dst, "mirror/app", [("edge", make_image(layer_size=100, seed="edge"))])
+    # `old` is selected and gone from the source, but shares 2.0's manifest: a registry
+    # that deletes by digest only (this one) would take 2.0 with it, so it stays.
+    await seed(dst, "mirror/app", [("old", images["2.0"])])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "sync:\n  images:\n"
+        f"    - source: {src.host}/lib/app\n"
+        f"      targets: [{dst.host}/mirror/app]\n"
+        "      ignoredTags: ['*-rc', 'own-*']\n"
+        "      mutableTags: [latest, edge]\n"
+        "      purge: true\n"
+    )
+    args = ("docker-sync", "sync", "--config", str(cfg))
+    out = run_ocimirror(*args, "--dry-run")
+    assert "- old" in out.stderr
+    assert run_ocimirror(*args).returncode == 3  # all copied; `old` refused
+    assert "1.0" in dst.tags("mirror/app")
+    # The source drops 1.0.
+    assert src.http("DELETE", f"/v2/lib/app/manifests/{images['1.0'].digest}").status == 202
+    assert "1.0" not in src.tags("lib/app")
+    dry = run_ocimirror(*args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "- 1.0" in dry.stderr
+    assert "2 to purge" in dry.stderr
+    assert "1.0" in dst.tags("mirror/app")  # a dry run deletes nothing
+    out = run_ocimirror(*args)
+    assert out.returncode == 3, out.stderr
+    assert "1 purged" in out.stderr
+    assert "tag 2.0 shares the manifest" in out.stderr
+    assert dst.tags("mirror/app") == ["1.1", "2.0", "3.0-rc", "edge", "latest", "old", "own-x"]

@@ -701,6 +701,27 @@ class RegistryClient:
 
         await self._retrying(once)
 
+    async def delete_manifest(self, repo: str, ref: str) -> bool:
+        """DELETE a manifest by tag or digest; False when it was not there."""
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+
+        async def once() -> bool:
+            resp = await self._send(
+                "DELETE",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=frozenset({repo_scope(repo, "pull,push,delete")}),
+            )
+            if resp.status == 404:
+                resp.release()
+                return False
+            if resp.status not in (200, 202, 204):
+                raise await self._error(resp, f"{where}: delete refused")
+            resp.release()
+            return True
+
+        result: bool = await self._retrying(once)
+        return result
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository, following `Link` pagination on this host.
 

@@ -116,13 +116,16 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
                 f"  [{colour}]{mark} {escape(t.target.ref):<24} {t.reason}[/]{detail}",
                 highlight=False,
             )
+        for ref in p.plan.purges:
+            console.print(f"  [red]- {escape(ref.ref):<24} purge[/]", highlight=False)
         for e in p.plan.errors:
             console.print(f"  [red]✗ {escape(e.reference)}: {escape(e.error)}[/]", highlight=False)
         counts = {r: p.plan.count(r) for r in _MARK}
         needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
+        purge = f", {len(p.plan.purges)} to purge" if p.plan.purges else ""
         console.print(
             f"  {needed} to copy, {counts['unchanged']} unchanged,"
-            f" {counts['immutable']} immutable, {len(p.plan.errors)} errors",
+            f" {counts['immutable']} immutable{purge}, {len(p.plan.errors)} errors",
             highlight=False,
         )
 
@@ -225,7 +228,8 @@ def sync(
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
         console.print(
             f"[{colour}]{p.status}[/] {escape(p.mirror)}: {p.copied} copied,"
-            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable,"
+            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable"
+            f"{f', {len(p.purged)} purged' if p.purged else ''},"
             f" {len(p.failed)} failed ({p.bytes / 1048576:.1f} MiB in {p.seconds:.1f} s)",
             highlight=False,
         )
