@@ -54,6 +54,15 @@ class UpstreamClient(RegistryClient):
         """Send with the proxy's own credentials (401 -> learn, log in, retry once)."""
         return await self._send(method, url, scopes=scopes, headers=headers, allow_redirects=False)
 
+    def send_credentials_first(self) -> None:
+        """Send the credentials with every request, before any challenge asks for them
+        (AUTH_HEADER, as serverless-registry-proxy sends it); a Bearer challenge in answer
+        still switches to the token dance with the same credentials."""
+        if self.credentials.registry_token:
+            self._auth_scheme = "bearer"
+        elif self.credentials.username or self.credentials.password:
+            self._auth_scheme = "basic"
+
     async def send_raw(
         self, method: str, url: str, *, headers: dict[str, str], data: Any = None
     ) -> aiohttp.ClientResponse:
@@ -142,6 +151,9 @@ class Upstream:
         #: Blob requests (and the redirects they lead to), on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
         self.blob_client = UpstreamClient(self.host, credentials=credentials, options=options)
+        if config.auth_header is not None:
+            for c in self.clients:
+                c.send_credentials_first()
         self._challenge: Challenge | None = None
         self._challenge_at = 0.0
         self._challenge_known = False
