@@ -188,6 +188,31 @@ class Metrics(_Model):
         return v
 
 
+class Oidc(_Model):
+    """OIDC ID tokens `serve` accepts besides static tokens (Cloud Scheduler's call)."""
+
+    #: The `aud` a token must carry (Cloud Scheduler: the service's URL by default).
+    audience: list[str] = Field(min_length=1)
+    #: The service accounts (`email` claim) allowed to call.
+    emails: list[str] = Field(min_length=1)
+    jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    issuer: str = "https://accounts.google.com"
+    #: How long the signing keys are cached.
+    jwks_ttl: str | int = "1h"
+
+    @field_validator("audience", "emails", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+            raise ValueError("jwks_url must be https:// (plain http on loopback only)")
+        return v
+
+
 class Api(_Model):
     """`ocimirror serve`: bearer tokens every route but health needs, request limits, and
     the registries that API callers may reach.
@@ -204,6 +229,8 @@ class Api(_Model):
     allowed_registries: list[str] = []
     #: Let API jobs reach loopback, private and link-local addresses of any registry.
     allow_private_networks: bool = False
+    #: Google-signed (OIDC) ID tokens accepted besides `tokens`.
+    oidc: Oidc | None = None
 
     @field_validator("allowed_registries")
     @classmethod
