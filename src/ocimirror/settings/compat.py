@@ -10,7 +10,9 @@
 - Docker Mirror Image's `config.ini`: `[DEFAULT] refresh = 0|Nm|Nd|Nw`, then one section
   per image with `image`, `tag` (one, a comma list, or none for every tag),
   `source-repository` (the source registry, Docker Hub by default) and `project` (the
-  path under the target registry, which comes from a flag or `OCIMIRROR_TARGET_REGISTRY`).
+  path under the target registry, which comes from a flag, `OCIMIRROR_TARGET_REGISTRY`,
+  or the ECR host of `AWS_ACCOUNT` and `AWS_DEFAULT_REGION`). `refresh = 0` mirrors once
+  at each start of the daemon; `DB_PATH` names the state database (SQLite).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pydantic import ValidationError
 from .config import Config, ConfigFileError, _pydantic_problems, field_path
 
 TARGET_REGISTRY_ENV = "OCIMIRROR_TARGET_REGISTRY"
+#: Docker Mirror Image's state database file.
+DB_PATH_ENV = "DB_PATH"
 
 
 def _lower_keys(data: Any) -> Any:
@@ -312,7 +316,17 @@ def from_ini(
     except configparser.Error as e:
         line = getattr(e, "lineno", 0) or 0
         raise ConfigFileError(source, [(line, 0, "(syntax)", str(e))]) from None
+    warnings: list[str] = []
     target = target_registry or os.environ.get(TARGET_REGISTRY_ENV)
+    account, region = os.environ.get("AWS_ACCOUNT"), os.environ.get("AWS_DEFAULT_REGION")
+    if not target and account and region:
+        target = f"{account}.dkr.ecr.{region}.amazonaws.com"
+        warnings.append(
+            f"target {target} from AWS_ACCOUNT and AWS_DEFAULT_REGION: ocimirror does not log"
+            " in to ECR nor create its repositories yet (the cloud issue); create them and"
+            " log in with `aws ecr get-login-password | docker login`, whose credentials it"
+            " reads"
+        )
     if not target:
         raise ConfigFileError(
             source,
@@ -328,7 +342,6 @@ def from_ini(
         )
     target = target.rstrip("/")
     refresh = parser.defaults().get("refresh", "0").strip()
-    warnings: list[str] = []
     mirrors = []
     for section in parser.sections():
         s = parser[section]
@@ -346,5 +359,10 @@ def from_ini(
         known = {"image", "tag", "source-repository", "project", "refresh"}
         for key in sorted(set(s) - known - set(parser.defaults())):
             warnings.append(f"[{section}] {key}: not supported, ignored")
-    native = {"defaults": {"schedule": refresh or "0"}, "mirrors": mirrors}
+    # refresh = 0: mirror once (each start of the daemon), never refresh.
+    schedule = "once" if refresh in ("", "0") else refresh
+    native: dict[str, Any] = {"defaults": {"schedule": schedule}, "mirrors": mirrors}
+    db_path = os.environ.get(DB_PATH_ENV, "").strip()
+    if db_path:
+        native["state"] = f"sqlite:///{os.path.abspath(db_path)}"
     return _validated(native, source, "config.ini"), warnings

@@ -53,6 +53,21 @@ TargetRegistry = Annotated[
 ]
 
 
+#: Where Docker Mirror Image's config.ini is found without --config: the working
+#: directory, its `src/` (where its README puts it) and its image's /app/src.
+INI_PATHS = ("config.ini", "src/config.ini", "/app/src/config.ini")
+
+
+def _config_or_ini(config: Path | None) -> Path:
+    """--config, else Docker Mirror Image's config.ini where it keeps it."""
+    if config is not None:
+        return config
+    for candidate in INI_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise _fail(f"give --config FILE (no config.ini in {', '.join(INI_PATHS)})")
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.console import Console
     from rich.markup import escape
@@ -188,9 +203,8 @@ def sync(
                 source, target, source_username, source_password, target_username, target_password
             )
             url = state
-        elif config is None:
-            raise _fail("give --config FILE (or a one-off --source and --target)")
         else:
+            config = _config_or_ini(config)
             loaded = load_config(config, target_registry=target_registry)
             for w in loaded.warnings:
                 console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
@@ -273,8 +287,7 @@ def run(
     from ..errors import OcimirrorError
     from .daemon import Daemon
 
-    if config is None:
-        raise _fail("give --config FILE")
+    config = _config_or_ini(config)
     try:
         daemon = Daemon(config, state_url=state, target_registry=target_registry)
     except OcimirrorError as e:
@@ -298,8 +311,7 @@ def status(
     from ..settings.schedule import schedule_of
     from ..state.db import StateDB, default_url
 
-    if config is None:
-        raise _fail("give --config FILE")
+    config = _config_or_ini(config)
     try:
         cfg = load_config(config, target_registry=target_registry).config
     except OcimirrorError as e:
@@ -322,7 +334,8 @@ def status(
         run = runs.get(m.label)
         schedule = schedule_of(m)
         last = (run.finished_at or run.started_at) if run else None
-        nxt = schedule.next_run(now, last_run=last) if not schedule.on_demand else None
+        upcoming = not schedule.on_demand and not schedule.once
+        nxt = schedule.next_run(now, last_run=last) if upcoming else None
         result = "-"
         if run:
             colour = {"ok": "green", "partial": "yellow"}.get(run.status, "red")

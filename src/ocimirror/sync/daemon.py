@@ -334,8 +334,11 @@ class Daemon:
             self.running.pop(label, None)
             current = next((m for m in self.config.mirrors if m.label == label), None)
             if current is not None:
-                self.next_run[label] = schedule_of(current).next_run(
-                    datetime.now(UTC), last_run=datetime.now(UTC)
+                schedule = schedule_of(current)
+                self.next_run[label] = (
+                    None  # `once`: done until the next start
+                    if schedule.once
+                    else schedule.next_run(datetime.now(UTC), last_run=datetime.now(UTC))
                 )
                 self.metrics.set_next_run(label, self.next_run[label])
             self._wake.set()
