@@ -20,6 +20,7 @@ import typer
 
 from . import version_line
 from .compose import scheduled_mirrors
+from .dockermirror import docker_mirror
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .sync import commands as sync_commands
@@ -579,6 +580,7 @@ app.command("status")(sync_commands.status)
 app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
 app.command("docker-sync", context_settings=dockersync.CONTEXT)(dockersync.docker_sync)
+app.command("docker-mirror")(docker_mirror)
 
 
 @app.command()
