@@ -190,8 +190,8 @@ def _one_off(a: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="docker-sync") as tmp:
         path = Path(tmp) / "config.yaml"
+        path.touch(mode=0o600)  # it may hold passwords (and the directory is 0700)
         path.write_text(yaml.safe_dump(one_off_config(a), sort_keys=False))
-        os.chmod(path, 0o600)  # it may hold passwords
         commands.sync(
             config=path,
             dry_run=a.dry_run,
