@@ -178,7 +178,8 @@ def serve(
         typer.Option(
             "--allow-unauthenticated",
             help="Listen beyond loopback without API tokens (when something in front, such"
-            " as Cloud Run IAM, authenticates callers).",
+            " as Cloud Run IAM, authenticates callers; the default on Cloud Run, where"
+            " K_SERVICE is set).",
         ),
     ] = False,
     allowed_host: Annotated[
