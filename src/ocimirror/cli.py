@@ -25,9 +25,11 @@ import typer
 
 from . import version_line
 from .compose import scheduled_mirrors
+from .dockermirror import docker_mirror
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .sync import commands as sync_commands
+from .sync import dockersync
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -637,6 +639,8 @@ app.command("status")(sync_commands.status)
 # serve -c runs the sync daemon beside the API: composed here, above both faces.
 app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
+app.command("docker-sync", context_settings=dockersync.CONTEXT)(dockersync.docker_sync)
+app.command("docker-mirror")(docker_mirror)
 
 
 @app.command()

@@ -279,6 +279,12 @@ class RegistryClient:
         """Use other credentials from now on, forgetting tokens got with the old ones."""
         self.auth.use(credentials)
 
+    def send_credentials_first(self) -> None:
+        """Send the credentials with every request, before any challenge asks for them
+        (AUTH_HEADER, as serverless-registry-proxy sends it); a Bearer challenge in answer
+        still switches to the token dance with the same credentials."""
+        self.auth.present_first()
+
     async def token_request(
         self,
         method: str,
@@ -680,6 +686,27 @@ class RegistryClient:
             resp.release()
 
         await self._retrying(once)
+
+    async def delete_manifest(self, repo: str, ref: str) -> bool:
+        """DELETE a manifest by tag or digest; False when it was not there."""
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+
+        async def once() -> bool:
+            resp = await self._send(
+                "DELETE",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=frozenset({repo_scope(repo, "pull,push,delete")}),
+            )
+            if resp.status == 404:
+                resp.release()
+                return False
+            if resp.status not in (200, 202, 204):
+                raise await self.error_from(resp, f"{where}: delete refused")
+            resp.release()
+            return True
+
+        result: bool = await self._retrying(once)
+        return result
 
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository, following `Link` pagination on this host.

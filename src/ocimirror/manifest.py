@@ -221,12 +221,15 @@ def filter_index(index: Manifest, platforms: list[str]) -> Manifest:
     """Return a new index holding only the children whose platform matches a pattern.
 
     This is the one place new manifest bytes are made; children without a platform
-    (attestations, artifacts) are dropped with the rest.
+    (attestations, artifacts) are dropped with the rest. When every child matches, the
+    index itself is returned: its bytes and digest are kept.
     """
     kept = []
     for entry, desc in zip(index.data["manifests"], index.manifests, strict=True):
         if desc.platform is not None and any(desc.platform.matches(p) for p in platforms):
             kept.append(entry)
+    if len(kept) == len(index.manifests):
+        return index  # nothing dropped: the index as it is, its digest kept
     if not kept:
         wanted = ", ".join(platforms)
         have = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"

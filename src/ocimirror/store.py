@@ -75,3 +75,12 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections and files."""
         ...
+
+
+@runtime_checkable
+class TagDeleter(Protocol):
+    """A store that can delete a tag (`purge`); stores without it cannot purge."""
+
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        """Delete one tag, never another: refuse when that cannot be done alone."""
+        ...

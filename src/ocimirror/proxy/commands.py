@@ -22,13 +22,15 @@ _EPILOG = (
     " OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
     " OCIMIRROR_PROXY_TAG_TTL; an object-store cache reads AWS_*, GOOGLE_* and AZURE_* as"
     " those clouds' tools do."
-    " Flags win over the environment."
+    " Flags win over the environment; serverless-registry-proxy's Go flags -port=,"
+    " -registeryHost= and -repoPrefix= are accepted too."
 )
 
 
 def proxy(
     port: Annotated[
-        int | None, typer.Option("--port", help="Port to listen on (default: $PORT, else 8080).")
+        int | None,
+        typer.Option("--port", "-port", help="Port to listen on (default: $PORT, else 8080)."),
     ] = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Address to bind (default: 0.0.0.0).")
@@ -37,6 +39,8 @@ def proxy(
         str | None,
         typer.Option(
             "--registry-host",
+            "-registeryHost",
+            "--registeryHost",
             help="The default upstream registry (default: $REGISTRY_HOST).",
             metavar="HOST",
         ),
@@ -45,6 +49,8 @@ def proxy(
         str | None,
         typer.Option(
             "--repo-prefix",
+            "-repoPrefix",
+            "--repoPrefix",
             help="Repository prefix upstream: NAME is served from PREFIX/NAME"
             " (default: $REPO_PREFIX).",
             metavar="PREFIX",

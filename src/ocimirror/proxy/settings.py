@@ -2,8 +2,10 @@
 
 The environment variables of serverless-registry-proxy configure one upstream, the default
 (reached by every path): `REGISTRY_HOST`, `REPO_PREFIX`, `AUTH_HEADER` (a static
-`Authorization` header for the upstream), `DISABLE_BROWSER_REDIRECTS` (any non-empty value
-but `0`/`false`/`no`/`off`) and `PORT`. Flags win over the environment.
+`Authorization` header sent on every upstream request), `DISABLE_BROWSER_REDIRECTS` (any
+non-empty value, `false` too, as the original reads it) and `PORT`. Flags win over the
+environment; the original's Go flags `-port=`, `-registeryHost=`, `-repoPrefix=` are
+accepted too.
 
 `--config FILE` adds upstreams (and client credentials) from YAML::
 
@@ -444,7 +446,8 @@ def load_settings(
     tokens = [*clients.tokens, *(Secret(value=t) for t in client_tokens if t)]
     tokens += [Secret(value=t.strip()) for t in env.get(TOKENS_ENV, "").split(",") if t.strip()]
     clients = ClientAuth(tokens=tokens, htpasswd=htpasswd or clients.htpasswd)
-    redirects = file.browser_redirects and not env_flag(env.get("DISABLE_BROWSER_REDIRECTS"))
+    # Set to anything, `false` and `0` included, as the original reads it (`!= ""`).
+    redirects = file.browser_redirects and not env.get("DISABLE_BROWSER_REDIRECTS")
     if disable_browser_redirects is not None:
         redirects = not disable_browser_redirects
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))

@@ -123,6 +123,8 @@ class Mirror(MirrorSettings):
     name: str | None = None
     source: str | list[str]
     targets: list[str] = Field(min_length=1)
+    #: Delete target tags the source no longer has (only tags this mirror selects).
+    purge: bool = False
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -160,9 +162,11 @@ class Logging(_Model):
     """Log output of the daemon and the sync command."""
 
     format: Literal["text", "json"] = "text"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["trace", "debug", "info", "warning", "error"] = "info"
     color: Literal["auto", "always", "never"] = "auto"
     output: str = "stderr"
+    #: strftime format of the timestamp (None: ISO 8601 in UTC).
+    time_format: str | None = None
 
     @field_validator("level", mode="before")
     @classmethod
@@ -175,6 +179,43 @@ class Metrics(_Model):
 
     listen: str | None = None
     path: str = "/metrics"
+    #: Also print the metrics to stdout this often (`5s`; None: never).
+    stdout_interval: str | int | None = None
+
+    @field_validator("stdout_interval")
+    @classmethod
+    def _interval(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            from .durations import parse_interval
+
+            if parse_interval(v).total_seconds() <= 0:
+                raise ValueError("stdout_interval must be longer than 0")
+        return v
+
+
+class Oidc(_Model):
+    """OIDC ID tokens `serve` accepts besides static tokens (Cloud Scheduler's call)."""
+
+    #: The `aud` a token must carry (Cloud Scheduler: the service's URL by default).
+    audience: list[str] = Field(min_length=1)
+    #: The service accounts (`email` claim) allowed to call.
+    emails: list[str] = Field(min_length=1)
+    jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    issuer: str = "https://accounts.google.com"
+    #: How long the signing keys are cached.
+    jwks_ttl: str | int = "1h"
+
+    @field_validator("audience", "emails", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+            raise ValueError("jwks_url must be https:// (plain http on loopback only)")
+        return v
 
 
 class Api(_Model):
@@ -193,6 +234,8 @@ class Api(_Model):
     allowed_registries: list[str] = []
     #: Let API jobs reach loopback, private and link-local addresses of any registry.
     allow_private_networks: bool = False
+    #: Google-signed (OIDC) ID tokens accepted besides `tokens`.
+    oidc: Oidc | None = None
 
     @field_validator("allowed_registries")
     @classmethod
@@ -215,6 +258,9 @@ class Config(_Model):
     state: str | None = None
     concurrency: int = Field(default=16, ge=1, le=256)
     max_errors: int = Field(default=0, ge=0)
+    #: What `max_errors` counts: failed passes in a row, or mirrors failing at once
+    #: (docker-sync's way: each image that failed in the latest round counts one).
+    max_errors_counts: Literal["passes", "mirrors"] = "passes"
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
     api: Api = Api()

@@ -44,6 +44,10 @@ class MemoryStore:
         if ":" not in ref:
             self.tags[(repo, ref)] = manifest.digest
 
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        """Remove a tag (its manifest stays, reachable by digest)."""
+        self.tags.pop((repo, tag), None)
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return the tags of a repository, sorted."""
         return sorted(t for (r, t) in self.tags if r == repo)

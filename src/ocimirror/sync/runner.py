@@ -15,16 +15,18 @@ from typing import Literal
 import structlog
 
 from ..client import HostOptions
+from ..errors import OcimirrorError
 from ..reference import Reference
 from ..settings.config import Config, Mirror
 from ..settings.connection import host_options, pool_for
 from ..state.db import StateDB, TaskRecord
+from ..store import TagDeleter
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, ImageResult, Progress
 from ..transfer.engine import Side, Stores, execute
 from ..transfer.plan import CopyTask
-from .planner import Known, Plan, PlannedTask, is_immutable, plan_mirror
+from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
 
 log = structlog.get_logger(__name__)
 
@@ -41,13 +43,16 @@ class MirrorPass:
     results: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     run_id: int | None = None
+    #: Target tags deleted by `purge`, and those that could not be (with why).
+    purged: list[str] = field(default_factory=list)
+    purge_errors: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         """Every failure of the pass, one line each."""
         lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
         lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
-        return lines
+        return lines + self.purge_errors
 
     @property
     def status(self) -> Literal["ok", "partial", "failed"]:
@@ -56,7 +61,7 @@ class MirrorPass:
         if not bad:
             return "ok"
         good = sum(1 for r in self.results if r.status != "failed")
-        good += sum(1 for t in self.plan.tasks if not t.needs_copy)
+        good += sum(1 for t in self.plan.tasks if not t.needs_copy) + len(self.purged)
         return "partial" if good else "failed"
 
     @property
@@ -135,6 +140,7 @@ async def _one_mirror(
             listing="none",
             absent=sorted(plan.new_targets, key=str),
         )
+        await _purge(result, stores)
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
@@ -154,6 +160,21 @@ def _task(task: PlannedTask) -> CopyTask:
         source_digest=task.source_digest,
         dst_absent=task.reason != "changed",
     )
+
+
+async def _purge(done: MirrorPass, store_for: StoreFor) -> None:
+    """Delete the tags the plan says to purge, one at a time (failures are reported)."""
+    for ref in done.plan.purges:
+        try:
+            store = await store_for(ref, True)
+            if not isinstance(store, TagDeleter):
+                raise OcimirrorError(f"{store.name} cannot delete tags")
+            await store.delete_tag(ref.repository, ref.ref)
+        except OcimirrorError as e:
+            done.purge_errors.append(f"{ref}: purge: {e}")
+            continue
+        log.info("tag purged", mirror=done.mirror, target=str(ref))
+        done.purged.append(str(ref))
 
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
