@@ -132,8 +132,9 @@ class Upstream:
         self.ping_status: int | None = None
 
     @property
-    def clients(self) -> tuple[RegistryClient, RegistryClient]:
-        """Return both clients: the one for everything but blobs, and the blobs' one."""
+    def clients(self) -> tuple[RegistryClient, ...]:
+        """Return both clients: the one for everything but blobs, and the blobs' one (none
+        for a bucket, `bucketupstream`)."""
         return self.client, self.blob_client
 
     def client_for(self, path: str) -> RegistryClient:
