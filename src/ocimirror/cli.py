@@ -93,6 +93,42 @@ IncludeForeign = Annotated[
 Force = Annotated[
     bool, typer.Option("--force", help="Push even when the destination already has the digest.")
 ]
+NoReferrers = Annotated[
+    bool,
+    typer.Option(
+        "--no-referrers",
+        help="Do not copy signatures, SBOMs and attestations (OCI referrers, cosign tags).",
+    ),
+]
+ReferrersInclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-include",
+        help="Copy only referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+ReferrersExclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-exclude",
+        help="Do not copy referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+RequireSigned = Annotated[
+    bool,
+    typer.Option(
+        "--require-signed",
+        help="Skip (and report) an image without a signature (cosign, sigstore, notation).",
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Find what would be copied (images and referrers); write nothing."
+    ),
+]
 SrcCreds = Annotated[
     str | None,
     typer.Option(
@@ -296,7 +332,9 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
     mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
     line = (
         f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
-        f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
+        + (f", {counts['skipped']} skipped (unsigned)" if counts["skipped"] else "")
+        + (f", {counts['planned']} to copy (dry run)" if counts["planned"] else "")
+        + f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)
     for skip in summary.skipped:
@@ -375,6 +413,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
     from .errors import OcimirrorError
     from .logs import configure
     from .transfer.copy import CopyOptions
+    from .transfer.referrers import ReferrerOptions
 
     configure(fmt="json" if a["log_format"] == "json" else "text", level=a["log_level"])
     try:
@@ -395,6 +434,13 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], a: dict[str
             platforms=_parse_platforms(a["platform"]),
             include_foreign=a["include_foreign"],
             force=a["force"],
+            referrers=ReferrerOptions(
+                enabled=not a["no_referrers"],
+                include=tuple(a["referrers_include"] or ()),
+                exclude=tuple(a["referrers_exclude"] or ()),
+                require_signed=a["require_signed"],
+            ),
+            dry_run=a["dry_run"],
         )
         from .settings.connection import keychain_from
 
@@ -430,6 +476,11 @@ def copy(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
@@ -472,6 +523,11 @@ def mirror(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,

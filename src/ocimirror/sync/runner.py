@@ -186,7 +186,7 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
                 source_ref=str(task.source),
                 dest_ref=str(task.target),
                 reason=task.reason,
-                status="failed" if r.status == "failed" else r.status,
+                status="skipped" if r.status == "planned" else r.status,
                 source_digest=r.source_digest or task.source_digest or None,
                 target_digest=r.destination_digest or None,
                 bytes=r.bytes_copied,

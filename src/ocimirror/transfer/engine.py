@@ -61,7 +61,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready summary (the CLI's `--json` output)."""
-        counts = {s: 0 for s in ("copied", "unchanged", "failed")}
+        counts = {s: 0 for s in ("copied", "unchanged", "failed", "skipped", "planned")}
         for r in self.results:
             counts[r.status] += 1
         return {
@@ -82,6 +82,8 @@ class RunSummary:
                         "skipped": r.blobs_skipped,
                     },
                     "seconds": round(r.seconds, 3),
+                    "referrers": [x.to_json() for x in r.referrers],
+                    **({"reason": r.reason} if r.reason else {}),
                     **({"error": r.error} if r.error else {}),
                 }
                 for r in self.results
