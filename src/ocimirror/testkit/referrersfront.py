@@ -5,7 +5,8 @@ such a registry and adds what OCI 1.1 registries do: it reads every manifest PUT
 it, remembers those with a `subject`, answers the PUT with `OCI-Subject`, and serves
 `GET /v2/<name>/referrers/<digest>` (the `artifactType` filter with `OCI-Filters-Applied`,
 pages of `page_size` linked by `Link`). `referrers_status` makes that endpoint answer an
-error instead (a 500 to test retries, a 404 to look like an older registry).
+error instead (a 404 to look like an older registry), and `failing` a 500 for some
+subjects only.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ReferrersFront(Front):
         self.page_size = page_size
         self.oci_subject = oci_subject
         self.referrers_status = referrers_status
+        #: Subjects whose referrers the API answers with a 500, whatever `referrers_status`.
+        self.failing: set[str] = set()
         #: (repository, subject digest) → referrer digest → its descriptor.
         self.index: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 
@@ -65,9 +68,11 @@ async def _answer(front: Front, request: web.Request, body: bytes) -> web.Stream
     assert isinstance(front, ReferrersFront)
     match = _REFERRERS.match(request.path)
     if match and request.method == "GET":
+        name, subject = match["name"], match["digest"]
+        if subject in front.failing:
+            return registry_error(500, "UNKNOWN")
         if front.referrers_status is not None:
             return registry_error(front.referrers_status, "UNKNOWN")
-        name, subject = match["name"], match["digest"]
         entries = front.referrers_of(name, subject)
         headers: dict[str, str] = {}
         wanted = request.query.get("artifactType")
