@@ -14,6 +14,7 @@ skopeo reads every copied artifact back by digest.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,8 +26,11 @@ from ocimirror import mediatypes as mt
 from ocimirror.client import RegistryClient
 from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
+from ocimirror.settings.config import parse_config
+from ocimirror.state.db import StateDB
 from ocimirror.stores.layout import LayoutStore
 from ocimirror.stores.registry import RegistryStore
+from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.artifacts import (
     NOTATION,
     SPDX,
@@ -464,3 +468,75 @@ async def test_a_source_api_failing_fails_that_image_only(
         assert len(failed_asks) == 5  # the client's attempts: retried, then given up
     # Nothing of the failed image was written; the other went through with its SBOM.
     assert dst.tags("app") == sorted(["good", fallback_tag_of(good.digest)])
+
+
+# -- sync passes ----------------------------------------------------------------------------
+
+
+async def test_sync_warm_pass_finds_a_signature_added_later(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path, skopeo: Skopeo
+) -> None:
+    src, dst = registry_pair
+    images = {t: make_image(seed=t) for t in ("1.0.0", "1.1.0", "latest")}
+    async with store(src.host) as s:
+        for tag, image in images.items():
+            await push(s, "lib/app", image, tag)
+    config = parse_config(
+        f"mirrors:\n  - name: app\n    source: {src.host}/lib/app\n"
+        f"    targets: [{dst.host}/mirror/app]\n"
+        '    immutable_tags: ["*.*.*"]\n'
+    )
+    async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
+        (cold,) = await sync_pass(config, state=state)
+        assert cold.copied == 3
+        # Signed after it was mirrored: the digest is the same, the signature is new.
+        latest = images["latest"]
+        sig = signature_referrer(latest.descriptor)
+        async with store(src.host) as s:
+            await push_fallback(s, "lib/app", latest.digest, sig)
+        m1, m2 = src.mark(), dst.mark()
+        (warm,) = await sync_pass(config, state=state)
+        assert warm.status == "ok", warm.failed
+        assert warm.copied == 0
+        (check,) = warm.referrer_checks
+        assert check.destination.endswith(":latest")
+        assert statuses(check) == {sig.digest: "copied"}
+        same_bytes(skopeo, dst, "mirror/app", sig)
+        assert fallback_digests(skopeo, dst, "mirror/app", latest.digest) == {sig.digest}
+        # Immutable tags were not asked about; `latest` cost one API probe for the run,
+        # its fallback and cosign HEADs, and the signature's own fallback HEAD.
+        src_seen = Counter((r.method, r.kind) for r in src.requests(since=m1))
+        assert src_seen[("GET", "referrers")] == 1
+        assert src_seen[("HEAD", "manifest")] == 1 + 4 + 1
+        # Unchanged and unsigned: the next pass asks again, and writes nothing.
+        m1, m2 = src.mark(), dst.mark()
+        (again,) = await sync_pass(config, state=state)
+        assert again.status == "ok"
+        assert sum(dst.count(m, since=m2) for m in WRITES) == 0
+        assert src.count("HEAD", "manifest", since=m1) == 1 + 4 + 1
+        # check_immutable: the version tags are looked at too.
+        checked = parse_config(
+            f"mirrors:\n  - name: app\n    source: {src.host}/lib/app\n"
+            f"    targets: [{dst.host}/mirror/app]\n"
+            '    immutable_tags: ["*.*.*"]\n'
+            "    referrers: {check_immutable: true}\n"
+        )
+        m1 = src.mark()
+        (third,) = await sync_pass(checked, state=state)
+        assert third.status == "ok"
+        assert src.count("HEAD", "manifest", since=m1) == 1 + 4 + 1 + 2 * 4
+
+
+def test_config_referrers_section_is_checked() -> None:
+    with pytest.raises(ConfigError, match="require_signed needs referrers enabled"):
+        parse_config(
+            "mirrors:\n  - source: a.example/app\n    targets: [b.example/app]\n"
+            "    referrers: {enabled: false, require_signed: true}\n"
+        )
+    cfg = parse_config(
+        "defaults:\n  referrers: {exclude: ['application/spdx+json']}\n"
+        "mirrors:\n  - source: a.example/app\n    targets: [b.example/app]\n"
+    )
+    referrers = cfg.mirrors[0].referrers
+    assert referrers is not None
+    assert referrers.options() == ReferrerOptions(exclude=("application/spdx+json",))

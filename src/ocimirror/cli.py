@@ -332,8 +332,8 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
     mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
     line = (
         f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
-        + (f", {counts['skipped']} skipped (unsigned)" if counts["skipped"] else "")
-        + (f", {counts['planned']} to copy (dry run)" if counts["planned"] else "")
+        + (f", {counts['skipped']} skipped (unsigned)" if counts.get("skipped") else "")
+        + (f", {counts['planned']} to copy (dry run)" if counts.get("planned") else "")
         + f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)

@@ -56,6 +56,7 @@ from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult
 from ..transfer.plan import CopyTask, destination_for, plan_copy
+from ..transfer.referrers import ReferrerOptions
 from ..transfer.tags import TagFilter
 from .models import (
     EntryError,
@@ -153,6 +154,16 @@ def _tag_filter(options: ResolvedOptions) -> TagFilter | None:
     )
 
 
+def _referrers(options: ResolvedOptions) -> ReferrerOptions:
+    """The referrer options of an entry (ConfigError when they contradict each other)."""
+    return ReferrerOptions(
+        enabled=options.referrers,
+        include=options.referrers_include,
+        exclude=options.referrers_exclude,
+        require_signed=options.require_signed,
+    )
+
+
 def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | None) -> _Plan:
     """Parse an entry; a bad reference or option, or a refused registry, is its error."""
     options = entry.resolved(request)
@@ -167,6 +178,7 @@ def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | No
         if not options.all_tags:
             dst = destination_for(src, dst)
         _tag_filter(options)
+        _referrers(options)
         _check_platforms(options.platforms)
     except (OcimirrorError, ValueError) as e:
         # Keyed apart from every valid entry: the raw text cannot parse.
@@ -729,7 +741,9 @@ class JobManager:
         assert src is not None
         assert dst is not None
         copy_options = CopyOptions(
-            platforms=options.platforms, include_foreign=options.include_foreign
+            platforms=options.platforms,
+            include_foreign=options.include_foreign,
+            referrers=_referrers(options),
         )
         key = (dst.registry, dst.repository, copy_options)
         shared = self._copiers.get(key)

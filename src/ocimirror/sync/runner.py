@@ -15,7 +15,7 @@ import structlog
 
 from ..errors import OcimirrorError
 from ..reference import Reference
-from ..settings.config import Config, Mirror
+from ..settings.config import Config, Mirror, Referrers
 from ..settings.connection import host_options, keychain_for
 from ..state.db import StateDB, TaskRecord
 from ..store import Store
@@ -39,12 +39,19 @@ class MirrorPass:
     results: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     run_id: int | None = None
+    #: Unchanged images whose referrers were looked at (and found, or failed to be).
+    referrer_checks: list[ImageResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         """Every failure of the pass, one line each."""
         lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
         lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
+        lines += [
+            f"{r.source} → {r.destination}: referrers: {r.error}"
+            for r in self.referrer_checks
+            if r.error
+        ]
         return lines
 
     @property
@@ -120,22 +127,33 @@ async def _one_mirror(
     result = MirrorPass(mirror.label, plan, run_id=run_id)
     if mode != "dry-run":
         todo = [t for t in plan.tasks if t.needs_copy and (mode == "all" or t.reason != "changed")]
+        referrers = (mirror.referrers or Referrers()).options()
         copier = Copier(
             options=CopyOptions(
                 platforms=tuple(mirror.platforms or ()),
                 include_foreign=bool(mirror.include_foreign),
+                referrers=referrers,
             ),
             image_concurrency=config.concurrency,
             progress=progress,
         )
         for repo in plan.new_targets:
             copier.note_destination(await store_for(repo, True), repo.repository, None)
+        # Unchanged images may have gained signatures: one look each (immutable tags too
+        # when the mirror asks for it).
+        looks = [
+            t
+            for t in plan.tasks
+            if _look_for_referrers(t, referrers.enabled, referrers.check_immutable)
+        ]
         try:
             copies = await asyncio.gather(*(_copy(copier, t, store_for) for t in todo))
+            refreshed = await asyncio.gather(*(_refresh(copier, t, store_for) for t in looks))
         except BaseException:
             copier.cancel()  # shared transfers are shielded from their waiters: stop them too
             raise
         result.results = list(copies)
+        result.referrer_checks = [r for r in refreshed if r.referrers or r.status == "failed"]
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
@@ -151,6 +169,23 @@ async def _copy(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Image
     src = Endpoint(src_store, task.source.repository, task.source_digest, str(task.source))
     dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
     return await copier.copy(src, dst, dst_absent=task.reason != "changed")
+
+
+def _look_for_referrers(task: PlannedTask, enabled: bool, immutable: bool) -> bool:
+    if not enabled or not task.target_digest or task.filtered:
+        return False
+    return task.reason == "unchanged" or (immutable and task.reason == "immutable")
+
+
+async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
+    try:
+        src_store = await store_for(task.source, False)
+        dst_store = await store_for(task.target, True)
+    except OcimirrorError as e:
+        return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
+    src = Endpoint(src_store, task.source.repository, task.target_digest, str(task.source))
+    dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
+    return await copier.refresh_referrers(src, dst, task.target_digest)
 
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:

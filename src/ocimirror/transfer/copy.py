@@ -325,7 +325,7 @@ class Copier:
             result.platforms = [str(c.platform) for c in children if c.platform is not None]
         # Referrers are found first: a source that fails to list them fails the image
         # before anything is written, and require_signed decides before any byte moves.
-        found = await self._find_all(src, manifest, children)
+        found = await self._find_all(src, manifest.digest, children)
         if opts.referrers.require_signed and not found[0][1].signed:
             result.status = "skipped"
             result.reason = "unsigned"
@@ -401,16 +401,38 @@ class Copier:
     # -- referrers --------------------------------------------------------------------
 
     async def _find_all(
-        self, src: Endpoint, top: Manifest | None, children: list[Descriptor]
+        self, src: Endpoint, top: str | None, children: list[Descriptor]
     ) -> list[tuple[str, Found]]:
-        """Find the referrers of an image (`top`, unless None) and of each child."""
+        """Find the referrers of an image (digest `top`, unless None) and of each child."""
         if not self.options.referrers.enabled:
             return []
-        subjects = ([top.digest] if top is not None else []) + [c.digest for c in children]
+        subjects = ([top] if top is not None else []) + [c.digest for c in children]
         founds = await asyncio.gather(
             *(self.discovery.find(src.store, src.repo, dg) for dg in subjects)
         )
         return list(zip(subjects, founds, strict=True))
+
+    async def refresh_referrers(self, src: Endpoint, dst: Endpoint, digest: str) -> ImageResult:
+        """Copy the referrers an unchanged image (`digest`, at both ends) gained since.
+
+        A sync pass calls this for the tags its plan found unchanged; failures are in the
+        result, as with `copy`.
+        """
+        result = ImageResult(source=str(src), destination=str(dst), status="unchanged")
+        result.source_digest = result.destination_digest = digest
+        started = time.monotonic()
+        async with self._images:
+            try:
+                desc = await dst.store.head_manifest(dst.repo, digest)
+                if desc is None:
+                    raise NotFound(f"{dst}: manifest {digest} unknown")
+                await self._unchanged_referrers(src, dst, desc, result)
+            except (TimeoutError, OcimirrorError, OSError) as e:
+                result.status = "failed"
+                result.error = str(e) or type(e).__name__
+                result.public_error = public_message(e)
+        result.seconds = time.monotonic() - started
+        return result
 
     async def _unchanged_referrers(
         self, src: Endpoint, dst: Endpoint, dst_desc: Descriptor, result: ImageResult
@@ -422,8 +444,7 @@ class Copier:
         if is_index(dst_desc.media_type):
             # The destination holds the same bytes; reading them there spares the source.
             children = (await dst.store.get_manifest(dst.repo, dst_desc.digest)).manifests
-        top = Manifest(b"", dst_desc.media_type, dst_desc.digest, {})
-        found = await self._find_all(src, top, children)
+        found = await self._find_all(src, dst_desc.digest, children)
         writes = await self._copy_found(src, dst, found, result)
         await self._write_tags(dst, writes)
 

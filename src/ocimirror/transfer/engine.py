@@ -61,9 +61,9 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready summary (the CLI's `--json` output)."""
-        counts = {s: 0 for s in ("copied", "unchanged", "failed", "skipped", "planned")}
+        counts = {s: 0 for s in ("copied", "unchanged", "failed")}
         for r in self.results:
-            counts[r.status] += 1
+            counts[r.status] = counts.get(r.status, 0) + 1  # `skipped`, `planned` when any
         return {
             "ok": self.ok,
             "images": [

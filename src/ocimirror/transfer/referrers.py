@@ -60,8 +60,8 @@ class ReferrerOptions:
     `include`/`exclude` are artifactType globs (`application/vnd.dev.cosign.*`); an
     excluded type is neither copied nor followed. `require_signed` skips an image that has
     no signature (`SIGNATURE_TYPES`, or a cosign `.sig` tag). Unchanged images are checked
-    again on every pass, except immutable tags (`check_immutable` to include them) and
-    except within `check_interval` seconds of the last check where a face keeps state.
+    again on every pass, except tags a sync mirror declares immutable (`check_immutable`
+    to include them).
     """
 
     enabled: bool = True
@@ -69,7 +69,6 @@ class ReferrerOptions:
     exclude: tuple[str, ...] = ()
     require_signed: bool = False
     check_immutable: bool = False
-    check_interval: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -83,8 +82,6 @@ class ReferrerOptions:
             object.__setattr__(self, name, items)
         if self.require_signed and not self.enabled:
             raise ConfigError("require_signed needs referrers enabled (drop --no-referrers)")
-        if self.check_interval is not None and self.check_interval < 0:
-            raise ConfigError(f"referrers check_interval must be >= 0, not {self.check_interval}")
 
     def wants(self, artifact_type: str) -> bool:
         """Tell whether referrers of this artifactType are copied."""
