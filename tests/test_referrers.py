@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -26,6 +27,8 @@ from ocimirror import mediatypes as mt
 from ocimirror.client import RegistryClient
 from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
+from ocimirror.service.jobs import JobManager
+from ocimirror.service.models import MirrorEntry, MirrorRequest
 from ocimirror.settings.config import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.stores.layout import LayoutStore
@@ -540,3 +543,57 @@ def test_config_referrers_section_is_checked() -> None:
     referrers = cfg.mirrors[0].referrers
     assert referrers is not None
     assert referrers.options() == ReferrerOptions(exclude=("application/spdx+json",))
+
+
+# -- the serve API ---------------------------------------------------------------------------
+
+
+async def test_api_requests_carry_referrer_options(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path, skopeo: Skopeo
+) -> None:
+    src, dst = registry_pair
+    signed = SignedIndex()
+    await signed.push_fallback(src.host, "lib/app", "signed")
+    unsigned = make_image(seed="api-unsigned")
+    async with store(src.host) as s:
+        await push(s, "lib/app", unsigned, "unsigned")
+
+    def entry(tag: str, **options: Any) -> MirrorEntry:
+        return MirrorEntry(src=f"{src.host}/lib/app:{tag}", dst=f"{dst.host}/app:{tag}", **options)
+
+    async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
+        manager = JobManager(state)
+        await manager.start()
+        try:
+            view, _ = await manager.submit(
+                MirrorRequest(
+                    mirrors=[
+                        entry("signed", referrers_exclude=["application/spdx+json"]),
+                        entry("unsigned"),
+                    ],
+                    require_signed=True,
+                )
+            )
+            done = await manager.wait(view.id)
+            bad = await manager.run_sync(
+                MirrorRequest(mirrors=[entry("signed", referrers=False)], require_signed=True)
+            )
+        finally:
+            await manager.close()
+    first, second = done.entries
+    assert first.status == "copied"
+    assert second.status == "unchanged"
+    assert second.error == f"1 of 1 images skipped (unsigned): {dst.host}/app:unsigned"
+    assert second.digests == {}
+    assert dst.tags("app") == sorted(
+        [
+            "signed",
+            fallback_tag_of(signed.index.digest),
+            fallback_tag_of(signed.index.digest) + ".sig",
+        ]
+    )
+    same_bytes(skopeo, dst, "app", signed.sig, signed.att, signed.cosign)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - any failure: the SBOM was excluded
+        same_bytes(skopeo, dst, "app", signed.sbom_amd64)
+    assert bad.errors is not None
+    assert "require_signed needs referrers enabled" in bad.errors[0].error

@@ -213,6 +213,11 @@ class _Outcome:
             shown = "; ".join(f"{r.destination}: {_public(r)}" for r in failed[:3])
             more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
             error = f"{len(failed)} of {len(results)} images failed: {shown}{more}"
+        skipped = [r for r in results if r.status == "skipped"]
+        if skipped and error is None:  # require_signed: reported, not failed
+            names = ", ".join(r.destination for r in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            error = f"{len(skipped)} of {len(results)} images skipped (unsigned): {names}{more}"
         copied = sum(1 for r in results if r.status == "copied")
         status: Literal["copied", "unchanged", "failed"] = (
             "failed" if failed else "copied" if copied else "unchanged"
@@ -223,7 +228,11 @@ class _Outcome:
             copied=copied,
             bytes=sum(r.bytes_copied for r in results),
             error=error,
-            digests={r.destination: r.destination_digest for r in results if r.status != "failed"},
+            digests={
+                r.destination: r.destination_digest
+                for r in results
+                if r.status not in ("failed", "skipped")
+            },
         )
 
 
