@@ -175,6 +175,35 @@ class Found:
         return any(d.artifact_type in SIGNATURE_TYPES for d in self.descriptors)
 
 
+@dataclass
+class ReferrerResult:
+    """One referrer of an image (or of one of its children, or of another referrer)."""
+
+    subject: str
+    digest: str
+    artifact_type: str
+    #: How the source listed it: the referrers API, the fallback tag or a cosign tag.
+    via: str
+    #: `copied`, `present` (already at the destination), `filtered` (an option said no)
+    #: or `found` (a dry run).
+    status: str
+    #: The cosign tag naming it, if any.
+    tag: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        """Return the JSON form of the report."""
+        out = {
+            "subject": self.subject,
+            "digest": self.digest,
+            "artifact_type": self.artifact_type,
+            "via": self.via,
+            "status": self.status,
+        }
+        if self.tag:
+            out["tag"] = self.tag
+        return out
+
+
 class ApiMemory:
     """Which stores have a referrers API, learnt once per store for the run.
 
@@ -249,6 +278,7 @@ __all__ = [
     "Discovery",
     "Found",
     "ReferrerOptions",
+    "ReferrerResult",
     "cosign_tag",
     "descriptor_json",
     "fallback_tag",
