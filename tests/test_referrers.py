@@ -40,6 +40,7 @@ from ocimirror.testkit.artifacts import (
     cosign_signature,
     fallback_tag_of,
     intoto_attestation,
+    listing,
     push_fallback,
     signature_referrer,
     spdx_sbom,
@@ -597,3 +598,81 @@ async def test_api_requests_carry_referrer_options(
         same_bytes(skopeo, dst, "app", signed.sbom_amd64)
     assert bad.errors is not None
     assert "require_signed needs referrers enabled" in bad.errors[0].error
+
+
+# -- hostile sources ----------------------------------------------------------------------
+
+
+async def test_a_referrers_page_linking_elsewhere_is_refused(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    src, dst = registry_pair
+    image = make_image(seed="link-away")
+    async with store(src.host) as s:
+        await push(s, "app", image, "v1")
+
+    async def away(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
+        if "/referrers/" not in request.path:
+            return None
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [listing(spdx_sbom(image.descriptor))],
+        }
+        return web.json_response(
+            doc, headers={"Link": f'<http://{dst.host}/v2/app/referrers/x?last=1>; rel="next"'}
+        )
+
+    async with Front(src, away).running() as front:
+        result = only(await copy(f"{front.host}/app:v1", f"{dst.host}/app:v1"))
+        assert [s.query for s in front.of("GET", "referrers")] == [{}]
+    assert result.status == "failed"
+    assert result.error == (
+        f"{front.host}/app: referrers of {image.digest}: the next-page link points at another"
+        f" host (http://{dst.host}); refused, the credentials are for http://{front.host}"
+    )
+    assert dst.tags("app") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"<html>hello</html>", "the answer is not JSON"),
+        (b'{"manifests": {"a": 1}}', "the answer is not an image index"),
+        (b'{"manifests": [{"digest": "sha256:nope", "size": 1}]}', "invalid digest"),
+    ],
+)
+async def test_a_referrers_answer_that_is_no_index_fails_the_image(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], body: bytes, problem: str
+) -> None:
+    src, dst = registry_pair
+    image = make_image(seed="garbage")
+    async with store(src.host) as s:
+        await push(s, "app", image, "v1")
+
+    async def garbage(front: Front, request: web.Request, _: bytes) -> web.StreamResponse | None:
+        if "/referrers/" in request.path:
+            return web.Response(body=body, content_type=mt.OCI_INDEX)
+        return None
+
+    async with Front(src, garbage).running() as front:
+        result = only(await copy(f"{front.host}/app:v1", f"{dst.host}/app:v1"))
+    assert result.status == "failed"
+    assert result.error.startswith(f"{front.host}/app: referrers of {image.digest}")
+    assert problem in result.error
+    assert dst.tags("app") == []
+
+
+async def test_a_fallback_index_listing_another_subjects_referrer_copies_nothing_of_it(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    src, dst = registry_pair
+    image, other = make_image(seed="mine"), make_image(seed="theirs")
+    stray = spdx_sbom(other.descriptor)  # its subject is `other`, yet listed for `image`
+    async with store(src.host) as s:
+        await push(s, "app", image, "v1")
+        await push_fallback(s, "app", image.digest, stray)
+    result = only(await copy(f"{src.host}/app:v1", f"{dst.host}/app:v1"))
+    assert result.status == "copied"
+    assert statuses(result) == {stray.digest: "filtered"}
+    assert dst.tags("app") == ["v1"]

@@ -312,6 +312,7 @@ class Copier(ReferrerCopying):
         for task in pending:
             if not task.done():
                 task.cancel()
+        self.discovery.cancel()
 
     def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
         key = (dst.store.name, dst.repo, digest)

@@ -239,10 +239,34 @@ class Discovery:
     def __init__(self, options: ReferrerOptions) -> None:
         self.options = options
         self.api = ApiMemory()
+        # Lookups done or in flight: an image copied to several targets is looked at once.
+        self._found: dict[tuple[str, str, str, bool], asyncio.Future[Found]] = {}
 
     async def find(self, store: Store, repo: str, subject: str, *, cosign: bool = True) -> Found:
         """Every referrer of `subject` in `repo`: the API or the fallback tag, plus cosign's
-        tags when `cosign` (asked for images and index children, not for referrers)."""
+        tags when `cosign` (asked for images and index children, not for referrers).
+
+        Asked once per run; a lookup that failed is asked again by the next caller.
+        """
+        key = (store.name, repo, subject, cosign)
+        task = self._found.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._find(store, repo, subject, cosign))
+            self._found[key] = task
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done() and (task.cancelled() or task.exception() is not None):
+                self._found.pop(key, None)
+            raise
+
+    def cancel(self) -> None:
+        """Cancel the lookups still running (an aborted pass)."""
+        for task in self._found.values():
+            if not task.done():
+                task.cancel()
+
+    async def _find(self, store: Store, repo: str, subject: str, cosign: bool) -> Found:
         found = Found()
         listed = await self.api.ask(store, repo, subject, self.options.server_filter)
         if listed is None:
