@@ -175,13 +175,6 @@ class ReferrerCopying:
                 m = await src.store.get_manifest(src.repo, desc.digest)
                 await self._copy_content(src, dst, m, result)
                 writes.append(_TagWrite(tag, m))
-            if depth + 1 < MAX_DEPTH:
-                nested.append(
-                    (
-                        desc.digest,
-                        await self.discovery.find(src.store, src.repo, desc.digest, cosign=False),
-                    )
-                )
 
         await asyncio.gather(
             *(one(d) for d in found.descriptors),
