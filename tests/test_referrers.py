@@ -678,3 +678,37 @@ async def test_a_fallback_index_listing_another_subjects_referrer_copies_nothing
     assert result.status == "copied"
     assert statuses(result) == {stray.digest: "filtered"}
     assert dst.tags("app") == ["v1"]
+
+
+async def test_sync_check_interval_trusts_the_last_look(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path
+) -> None:
+    src, dst = registry_pair
+    image = make_image(seed="interval")
+    async with store(src.host) as s:
+        await push(s, "lib/app", image, "latest")
+    base = (
+        f"mirrors:\n  - name: app\n    source: {src.host}/lib/app:latest\n"
+        f"    targets: [{dst.host}/mirror/app]\n"
+    )
+    hourly = parse_config(base + "    referrers: {check_interval: 1h}\n")
+    async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
+        (cold,) = await sync_pass(hourly, state=state)
+        assert cold.copied == 1
+        sig = signature_referrer(image.descriptor)
+        async with store(src.host) as s:
+            await push_fallback(s, "lib/app", image.digest, sig)
+        # Within the hour: the plan's HEAD only, no look for referrers, nothing copied.
+        mark = src.mark()
+        (warm,) = await sync_pass(hourly, state=state)
+        assert warm.referrer_checks == []
+        assert src.count("HEAD", "manifest", since=mark) == 1
+        assert src.count("GET", "referrers", since=mark) == 0
+        assert dst.tags("mirror/app") == ["latest"]
+        # Without the interval, the same state: looked at, and the signature comes.
+        (looked,) = await sync_pass(parse_config(base), state=state)
+        (check,) = looked.referrer_checks
+        assert statuses(check) == {sig.digest: "copied"}
+        assert dst.tags("mirror/app") == sorted(["latest", fallback_tag_of(image.digest)])
+    with pytest.raises(ConfigError, match="referrers: invalid interval '-5m'"):
+        parse_config(base + "    referrers: {check_interval: -5m}\n")

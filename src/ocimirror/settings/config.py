@@ -87,6 +87,8 @@ class Referrers(_Model):
     exclude: list[str] = []
     require_signed: bool = False
     check_immutable: bool = False
+    #: Trust the last pass's look at an unchanged tag for this long (`6h`; needs state).
+    check_interval: str | int | None = None
 
     @model_validator(mode="after")
     def _valid(self) -> Referrers:
@@ -96,6 +98,7 @@ class Referrers(_Model):
     def options(self) -> ReferrerOptions:
         """Return the ReferrerOptions these settings describe."""
         from ..transfer.referrers import ReferrerOptions
+        from .durations import parse_interval
 
         try:
             return ReferrerOptions(
@@ -104,6 +107,11 @@ class Referrers(_Model):
                 exclude=tuple(self.exclude),
                 require_signed=self.require_signed,
                 check_immutable=self.check_immutable,
+                check_interval=(
+                    None
+                    if self.check_interval is None
+                    else parse_interval(self.check_interval).total_seconds()
+                ),
             )
         except ConfigError as e:
             raise ValueError(str(e)) from None

@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
@@ -22,6 +23,7 @@ from ..store import Store
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
+from ..transfer.referrers import ReferrerOptions
 from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
 
 log = structlog.get_logger(__name__)
@@ -115,10 +117,12 @@ async def _one_mirror(
         return await pool.store_for(ref, options=options, create=target)
 
     known: dict[str, Known] = {}
+    last_seen: dict[str, datetime] = {}
     run_id = None
     if state is not None:
         synced = await state.synced(mirror.label)
         known = {k: Known(v.source_digest, v.target_digest) for k, v in synced.items()}
+        last_seen = {k: v.synced_at for k, v in synced.items()}
         if mode != "dry-run":
             run_id = await state.start_run(mirror.label, trigger)
     plan = await plan_mirror(
@@ -144,7 +148,8 @@ async def _one_mirror(
         looks = [
             t
             for t in plan.tasks
-            if _look_for_referrers(t, referrers.enabled, referrers.check_immutable)
+            if _look_for_referrers(t, referrers)
+            and _due(last_seen.get(str(t.target)), referrers.check_interval)
         ]
         try:
             copies = await asyncio.gather(*(_copy(copier, t, store_for) for t in todo))
@@ -171,10 +176,17 @@ async def _copy(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Image
     return await copier.copy(src, dst, dst_absent=task.reason != "changed")
 
 
-def _look_for_referrers(task: PlannedTask, enabled: bool, immutable: bool) -> bool:
-    if not enabled or not task.target_digest or task.filtered:
+def _look_for_referrers(task: PlannedTask, options: ReferrerOptions) -> bool:
+    if not options.enabled or not task.target_digest or task.filtered:
         return False
-    return task.reason == "unchanged" or (immutable and task.reason == "immutable")
+    return task.reason == "unchanged" or (options.check_immutable and task.reason == "immutable")
+
+
+def _due(last: datetime | None, interval: float | None) -> bool:
+    """Tell whether an unchanged tag's referrers are due a look (the last pass is too old)."""
+    if interval is None or last is None:
+        return True
+    return (datetime.now(UTC) - last).total_seconds() >= interval
 
 
 async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
@@ -191,15 +203,21 @@ async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Im
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
     """Write the pass's task results and the run's outcome in two transactions."""
     by_target = {r.destination: r for r in done.results}
+    # An unchanged image whose referrers could not be read is not synced: the next pass
+    # looks again, whatever the check interval.
+    unchecked = {r.destination: r.error for r in done.referrer_checks if r.status == "failed"}
     records: list[TaskRecord] = []
     for task in done.plan.tasks:
         if task.reason == "immutable":
             continue  # nothing was asked, nothing new to remember
         r = by_target.get(str(task.target))
         if r is None:  # not copied: unchanged, or a changed tag in missing-only mode
-            status: Literal["unchanged", "skipped"] = (
+            status: Literal["unchanged", "skipped", "failed"] = (
                 "unchanged" if task.reason == "unchanged" else "skipped"
             )
+            error = unchecked.get(str(task.target))
+            if error is not None:
+                status = "failed"
             records.append(
                 TaskRecord(
                     mirror=mirror.label,
@@ -211,6 +229,7 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
                     source_digest=task.source_digest or None,
                     target_digest=task.target_digest or None,
                     immutable=_immutable(mirror, task),
+                    error=f"referrers: {error}" if error is not None else None,
                 )
             )
             continue

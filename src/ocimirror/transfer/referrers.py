@@ -61,7 +61,8 @@ class ReferrerOptions:
     excluded type is neither copied nor followed. `require_signed` skips an image that has
     no signature (`SIGNATURE_TYPES`, or a cosign `.sig` tag). Unchanged images are checked
     again on every pass, except tags a sync mirror declares immutable (`check_immutable`
-    to include them).
+    to include them) and, where a state database remembers the last pass, within
+    `check_interval` seconds of it.
     """
 
     enabled: bool = True
@@ -69,6 +70,7 @@ class ReferrerOptions:
     exclude: tuple[str, ...] = ()
     require_signed: bool = False
     check_immutable: bool = False
+    check_interval: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -80,6 +82,8 @@ class ReferrerOptions:
                 if not isinstance(item, str) or not item:
                     raise ConfigError(f"referrers {name}: {item!r} is not an artifactType glob")
             object.__setattr__(self, name, items)
+        if self.check_interval is not None and not self.check_interval >= 0:
+            raise ConfigError(f"referrers check_interval must be >= 0, not {self.check_interval}")
         if self.require_signed and not self.enabled:
             raise ConfigError("require_signed needs referrers enabled (drop --no-referrers)")
 
