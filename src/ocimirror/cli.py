@@ -100,6 +100,42 @@ IncludeForeign = Annotated[
 Force = Annotated[
     bool, typer.Option("--force", help="Push even when the destination already has the digest.")
 ]
+NoReferrers = Annotated[
+    bool,
+    typer.Option(
+        "--no-referrers",
+        help="Do not copy signatures, SBOMs and attestations (OCI referrers, cosign tags).",
+    ),
+]
+ReferrersInclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-include",
+        help="Copy only referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+ReferrersExclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-exclude",
+        help="Do not copy referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+RequireSigned = Annotated[
+    bool,
+    typer.Option(
+        "--require-signed",
+        help="Skip (and report) an image without a signature (cosign, sigstore, notation).",
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Find what would be copied (images and referrers); write nothing."
+    ),
+]
 SrcCreds = Annotated[
     str | None,
     typer.Option(
@@ -295,7 +331,9 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
     mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
     line = (
         f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
-        f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
+        + (f", {counts['skipped']} skipped (unsigned)" if counts.get("skipped") else "")
+        + (f", {counts['planned']} to copy (dry run)" if counts.get("planned") else "")
+        + f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)
     for skip in summary.skipped:
@@ -359,6 +397,11 @@ class CopyFlags:
     platform: tuple[str, ...] = ()
     include_foreign: bool = False
     force: bool = False
+    no_referrers: bool = False
+    referrers_include: tuple[str, ...] = ()
+    referrers_exclude: tuple[str, ...] = ()
+    require_signed: bool = False
+    dry_run: bool = False
     src_creds: str | None = None
     dest_creds: str | None = None
     src_token: str | None = None
@@ -382,6 +425,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: Copy
     from .logs import configure
     from .transfer.copy import CopyOptions
     from .transfer.options import CLI_NAMES, tag_filter
+    from .transfer.referrers import ReferrerOptions
 
     configure(fmt="json" if flags.log_format == "json" else "text", level=flags.log_level)
     try:
@@ -409,6 +453,13 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: Copy
             platforms=_parse_platforms(flags.platform),
             include_foreign=flags.include_foreign,
             force=flags.force,
+            referrers=ReferrerOptions(
+                enabled=not flags.no_referrers,
+                include=flags.referrers_include,
+                exclude=flags.referrers_exclude,
+                require_signed=flags.require_signed,
+            ),
+            dry_run=flags.dry_run,
         )
         from .settings.connection import keychain_from
 
@@ -444,6 +495,11 @@ def copy(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
@@ -470,6 +526,11 @@ def copy(
         platform=tuple(platform or ()),
         include_foreign=include_foreign,
         force=force,
+        no_referrers=no_referrers,
+        referrers_include=tuple(referrers_include or ()),
+        referrers_exclude=tuple(referrers_exclude or ()),
+        require_signed=require_signed,
+        dry_run=dry_run,
         src_creds=src_creds,
         dest_creds=dest_creds,
         src_token=src_token,
@@ -510,6 +571,11 @@ def mirror(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
@@ -540,6 +606,11 @@ def mirror(
         platform=tuple(platform or ()),
         include_foreign=include_foreign,
         force=force,
+        no_referrers=no_referrers,
+        referrers_include=tuple(referrers_include or ()),
+        referrers_exclude=tuple(referrers_exclude or ()),
+        require_signed=require_signed,
+        dry_run=dry_run,
         src_creds=src_creds,
         dest_creds=dest_creds,
         src_token=src_token,

@@ -200,7 +200,7 @@ async def bucket_blob(
                 log.warning("bucket blob read failed midway", digest=digest, error=str(e))
 
             counter = request.app[PROXY].metrics.bytes.labels(upstream.label, "upstream")
-            return await pour(out, chunks, counter.inc, failed)
+            return await pour(request, out, chunks, counter.inc, failed)
     except NotFound as e:
         log.info("bucket has no such blob", error=str(e))
         return blob_unknown()

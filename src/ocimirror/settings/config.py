@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,9 @@ from ..transfer.options import parse_platforms, tag_filter
 from ..transfer.tags import TagFilter
 from .registries import Bucket, Registry
 from .secrets import Secret, coerce_secret
+
+if TYPE_CHECKING:
+    from ..transfer.referrers import ReferrerOptions
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -80,6 +83,44 @@ class Tags(_Model):
         return self == Tags()
 
 
+class Referrers(_Model):
+    """Signatures, SBOMs and attestations copied with each image (see docs/referrers.md)."""
+
+    enabled: bool = True
+    include: list[str] = []
+    exclude: list[str] = []
+    require_signed: bool = False
+    check_immutable: bool = False
+    #: Trust the last pass's look at an unchanged tag for this long (`6h`; needs state).
+    check_interval: str | int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Referrers:
+        self.options()  # raises ValueError naming what is wrong
+        return self
+
+    def options(self) -> ReferrerOptions:
+        """Return the ReferrerOptions these settings describe."""
+        from ..transfer.referrers import ReferrerOptions
+        from .durations import parse_interval
+
+        try:
+            return ReferrerOptions(
+                enabled=self.enabled,
+                include=tuple(self.include),
+                exclude=tuple(self.exclude),
+                require_signed=self.require_signed,
+                check_immutable=self.check_immutable,
+                check_interval=(
+                    None
+                    if self.check_interval is None
+                    else parse_interval(self.check_interval).total_seconds()
+                ),
+            )
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+
 def _reference(text: str) -> str:
     try:
         Reference.parse(text)
@@ -97,6 +138,7 @@ class MirrorSettings(_Model):
     mutable_tags: list[str] | None = None
     schedule: str | int | None = None
     include_foreign: bool | None = None
+    referrers: Referrers | None = None
 
     @field_validator("schedule")
     @classmethod

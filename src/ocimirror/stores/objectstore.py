@@ -507,6 +507,18 @@ class BucketStore:
                     max_concurrency=PUT_CONCURRENCY,
                 )
 
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Say the bucket has no referrers API: its referrers are the fallback index
+        `sha256-<hex>`, a tag object a static host serves like any other."""
+        return None
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Store a referrer by digest; the copier keeps its subject's fallback index."""
+        await self.put_manifest(repo, manifest.digest, manifest)
+        return False
+
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Copy a blob from another repository of the bucket, server-side (no bytes move)."""
         import obstore

@@ -35,6 +35,17 @@ class RegistryStore:
         """Push a manifest's exact bytes under a tag or digest."""
         await self.client.put_manifest(repo, ref, manifest)
 
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Ask the referrers API; None when the registry has none (404/405/501)."""
+        answer = await self.client.referrers(repo, digest, artifact_type)
+        return None if answer is None else answer[0]
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Push a referrer by digest; True when the registry answered `OCI-Subject`."""
+        return await self.client.put_referrer(repo, manifest)
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository."""
         return await self.client.list_tags(repo)

@@ -280,8 +280,25 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
             for t in p.plan.tasks
         ],
         "copied": [
-            {"source": r.source, "target": r.destination, "status": r.status, "error": r.error}
+            {
+                "source": r.source,
+                "target": r.destination,
+                "status": r.status,
+                "error": r.error,
+                "referrers": [x.to_json() for x in r.referrers],
+                **({"reason": r.reason} if r.reason else {}),
+            }
             for r in p.results
+        ],
+        "referrer_checks": [
+            {
+                "source": r.source,
+                "target": r.destination,
+                "status": r.status,
+                "error": r.error,
+                "referrers": [x.to_json() for x in r.referrers],
+            }
+            for r in p.referrer_checks
         ],
         "errors": p.failed,
     }

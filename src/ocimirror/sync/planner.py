@@ -64,6 +64,8 @@ class PlannedTask:
     source_digest: str = ""
     target_digest: str = ""
     filtered: bool = False
+    #: The target manifest's media type when the plan asked the target (else "").
+    target_media_type: str = ""
 
     @property
     def needs_copy(self) -> bool:
@@ -234,7 +236,16 @@ async def plan_mirror(
         else:
             reason = "changed"
         plan.tasks.append(
-            PlannedTask(mirror.label, src, dst, reason, src_digest, dst_digest, filtering)
+            PlannedTask(
+                mirror.label,
+                src,
+                dst,
+                reason,
+                src_digest,
+                dst_digest,
+                filtering,
+                target_media_type=dst_desc.media_type if dst_desc else "",
+            )
         )
 
     async def pair(src: Reference, dst: Reference) -> None:
