@@ -332,6 +332,7 @@ def tool_command(
             "copy",
             "--all-tags",
             "--quiet",
+            "--no-referrers",  # skopeo copies none: the bars are for images alone
             f"{src.host}/{repo}",
             f"{dst.host}/{repo}",
         ]

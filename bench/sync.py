@@ -166,12 +166,15 @@ def ocimirror_config(
 ) -> Path:
     """Write an ocimirror config mirroring every repository to `<dst>/mirror`.
 
-    `schedule` is the mirror's (`0`: on demand only, for the resident daemon).
+    `schedule` is the mirror's (`0`: on demand only, for the resident daemon). Referrers
+    are off: skopeo sync copies none, and the bars of issue 5 are for images alone
+    (bench/referrers.py reports what referrers add).
     """
     mirror: dict[str, Any] = {
         "name": MIRROR,
         "source": [f"{src.host}/{repo}" for repo in REPO_NAMES],
         "targets": [f"{dst.host}/mirror"],
+        "referrers": {"enabled": False},
     }
     if immutable:
         mirror["immutable_tags"] = ["*"]

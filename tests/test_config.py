@@ -231,7 +231,7 @@ sync:
     - name: ECR
       url: 123456789012.dkr.ecr.eu-west-1.amazonaws.com
       auth:
-        helper: ecr
+        helper: ecr-login
   images:
     - source: docker.io/library/ubuntu
       targets:
@@ -244,6 +244,7 @@ logging:
   level: WARN
   colors: false
 telemetry:
+  enabled: true
   metrics:
     prometheus:
       address: 127.0.0.1:9090
@@ -267,7 +268,7 @@ def test_docker_sync_yaml_is_read_as_is(tmp_path: Path) -> None:
     assert hub.password.reveal() == "hubpass"
     ecr = config.registries["123456789012.dkr.ecr.eu-west-1.amazonaws.com"].credentials
     assert ecr is not None
-    assert ecr.helper == "ecr"
+    assert ecr.helper == "ecr-login"
     ubuntu, alpine = config.mirrors
     assert ubuntu.sources == ["docker.io/library/ubuntu"]
     assert ubuntu.targets == ["123456789012.dkr.ecr.eu-west-1.amazonaws.com/mirror/ubuntu"]

@@ -12,6 +12,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import obstore
 import pytest
@@ -27,6 +28,7 @@ from ocimirror.errors import (
     ReferenceError,
     RegistryError,
 )
+from ocimirror.proxy import blobstream
 from ocimirror.proxy.cache import CHUNK_SIZE, INDEX_NAME, BlobStream, ProxyCache, UpstreamBlob
 from ocimirror.proxy.cachestore import ObjectBlobs, open_store
 from ocimirror.testkit.s3 import LocalS3
@@ -475,6 +477,89 @@ async def test_digest_mismatch_withholds_the_end_and_stores_nothing(
     assert all(n < len(data) for n in received)
     assert not cache.has_blob(wrong)
     assert await place.stored(cache) == []
+
+
+@pytest.mark.parametrize("how", ["declared", "asked"])
+async def test_digest_mismatch_of_a_known_size_withholds_just_the_last_byte(
+    open_cache: Callable[..., ProxyCache], place: Place, how: str
+) -> None:
+    """With the size known, readers get every byte as soon as it is written but the last
+    one, which waits for the digest: wrong bytes never meet a client's Content-Length."""
+    cache = open_cache()
+    data, _ = blob_of(3 * MiB, seed=2)  # whole chunks: each is written as it arrives
+    _, wrong = blob_of(3 * MiB, seed=3)
+    readers = 3
+    received = [0] * readers
+    caught_up = asyncio.Event()
+    opens = 0
+
+    @asynccontextmanager
+    async def opener() -> AsyncIterator[UpstreamBlob | AsyncIterator[bytes]]:
+        nonlocal opens
+        opens += 1
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for off in range(0, len(data), CHUNK_SIZE):
+                yield data[off : off + CHUNK_SIZE]
+            # The upstream ends once every reader has all it may have before the digest
+            # check (a hang guard, not a timing assertion: lagging readers time it out).
+            await asyncio.wait_for(caught_up.wait(), timeout=60)
+
+        yield UpstreamBlob(chunks(), len(data)) if how == "declared" else chunks()
+
+    async def pull(i: int) -> None:
+        async with cache.fetch_blob(wrong, len(data) if how == "asked" else None, opener) as s:
+            assert s.size == len(data)
+            async for chunk in s:
+                received[i] += len(chunk)
+                if min(received) >= len(data) - 1:
+                    caught_up.set()
+
+    results = await asyncio.gather(*(pull(i) for i in range(readers)), return_exceptions=True)
+    assert all(isinstance(r, DigestMismatch) for r in results), results
+    assert opens == 1
+    assert received == [len(data) - 1] * readers
+    assert not cache.has_blob(wrong)
+    assert await place.stored(cache) == []
+    assert cache.total_bytes == 0
+    assert list(place.spool(cache).glob(".tmp-*")) == []
+
+
+async def test_readers_keeping_up_get_chunks_from_memory_and_late_ones_from_the_file(
+    open_cache: Callable[..., ProxyCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader at the head of a download is not a chunk behind the writer and reads
+    nothing back from the file; one that joins later reads the file until it catches up,
+    because only the last `WINDOW` bytes stay in memory."""
+    preads: list[int] = []
+    pread = blobstream.pread
+
+    def counting_pread(f: BinaryIO, n: int, offset: int) -> bytes:
+        preads.append(offset)
+        return pread(f, n, offset)
+
+    monkeypatch.setattr(blobstream, "pread", counting_pread)
+    cache = open_cache()
+    data, dg = blob_of(3 * MiB, seed=11)
+    up = Upstream(data, chunk=CHUNK_SIZE, pause_at=2 * MiB, declare_size=len(data))
+    assert 2 * MiB > blobstream.WINDOW
+    async with cache.fetch_blob(dg, None, up.open) as leader:
+        got = bytearray()
+        while len(got) < 2 * MiB:  # all the upstream sent before pausing, no more
+            # A hang guard, not a timing assertion: a reader a chunk behind waits forever.
+            got += await asyncio.wait_for(anext(leader), timeout=5)
+        assert up.paused.is_set()
+        assert bytes(got) == data[: 2 * MiB]
+        assert preads == []
+        async with cache.fetch_blob(dg, None, up.open) as late:
+            first = await anext(late)
+            assert first == data[: len(first)]
+            assert preads == [0]  # the start is no longer in memory
+            up.resume.set()
+            rest = await asyncio.gather(read_all(leader), read_all(late))
+    assert bytes(got) + rest[0] == data
+    assert first + rest[1] == data
+    assert up.opens == 1
 
 
 async def test_size_is_enforced(open_cache: Callable[..., ProxyCache], place: Place) -> None:

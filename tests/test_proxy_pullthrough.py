@@ -243,6 +243,90 @@ class Flaky:
         self.server.server_close()
 
 
+class Lying:
+    """A scripted upstream whose one blob differs from its digest in its very last byte,
+    with a Content-Length or (`sized=False`) ending the body by closing the connection."""
+
+    def __init__(self, data: bytes, *, sized: bool) -> None:
+        self.digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.sent = data[:-1] + bytes([data[-1] ^ 1])
+        self.blob_gets = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/v2/":
+                    body = b"{}"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif self.path == f"/v2/app/blobs/{outer.digest}":
+                    outer.blob_gets += 1
+                    self.send_response(200)
+                    if sized:
+                        self.send_header("Content-Length", str(len(outer.sent)))
+                    self.end_headers()
+                    self.wfile.write(outer.sent)
+                    self.close_connection = True
+                else:
+                    self.send_error(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`."""
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        """Stop it."""
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("sized", [True, False], ids=["content-length", "no-size"])
+def test_a_blob_failing_its_digest_at_the_last_byte_reaches_no_client_whole(
+    start_proxy: Callable[..., ProxyProcess], tmp_path: Path, sized: bool
+) -> None:
+    """Every byte but the last goes out while the blob downloads; the digest fails at the
+    end, so the clients' responses are cut short (not a complete-looking wrong blob, with
+    or without a Content-Length) and the cache keeps nothing."""
+    data = random_layer(3 * MiB + 7, seed="lying")
+    lying = Lying(data, sized=sized)
+    try:
+        cache = tmp_path / "cache"
+        proxy = start_proxy(
+            "--registry-host", lying.host, env={"OCIMIRROR_PROXY_CACHE": str(cache)}
+        )
+        path = f"/v2/app/blobs/{lying.digest}"
+        for attempt in (1, 2):
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                assert resp.status == 200
+                assert resp.getheader("Content-Length") == (str(len(data)) if sized else None)
+                with pytest.raises(http.client.IncompleteRead) as cut:
+                    resp.read()
+                assert len(cut.value.partial) < len(data)
+                assert cut.value.partial == lying.sent[: len(cut.value.partial)]
+            finally:
+                conn.close()
+            assert lying.blob_gets == attempt  # nothing was kept: the next one goes upstream
+        assert not (cache / "blobs" / "sha256" / lying.digest[7:]).exists()
+        assert list((cache / "blobs" / "sha256").glob(".tmp-*")) == []
+        errors = metric(proxy, "ocimirror_proxy_upstream_errors_total", reason="broken_body")
+        assert errors == 2
+        assert "digest mismatch" in proxy.text()
+    finally:
+        lying.stop()
+
+
 def test_stale_copy_stands_in_for_429_and_5xx(
     start_proxy: Callable[..., ProxyProcess], tmp_path: Path
 ) -> None:

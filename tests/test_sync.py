@@ -82,8 +82,10 @@ async def test_warm_pass_is_heads_only_and_immutable_tags_cost_nothing(
     tags = [f"1.{i}.0" for i in range(12)] + ["latest", "edge"]
     await seed(src, "lib/app", [(t, make_image(layer_size=500, seed=t)) for t in tags])
     url = f"sqlite:///{tmp_path}/state.db"
-    plain = config_for(src, dst)
-    immutable = config_for(src, dst, '    immutable_tags: ["*.*.*"]\n')
+    # Referrers off: this is the cost of the images alone (test_referrers has theirs).
+    off = "    referrers: {enabled: false}\n"
+    plain = config_for(src, dst, off)
+    immutable = config_for(src, dst, off + '    immutable_tags: ["*.*.*"]\n')
     async with StateDB(url) as state:
         (cold,) = await sync_pass(plain, state=state)
         assert cold.copied == len(tags)

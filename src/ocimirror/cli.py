@@ -25,10 +25,12 @@ import typer
 
 from . import logincheck, version_line
 from .compose import scheduled_mirrors
+from .dockermirror import docker_mirror
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .settings import cli_options
 from .sync import commands as sync_commands
+from .sync import dockersync
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -98,6 +100,42 @@ IncludeForeign = Annotated[
 ]
 Force = Annotated[
     bool, typer.Option("--force", help="Push even when the destination already has the digest.")
+]
+NoReferrers = Annotated[
+    bool,
+    typer.Option(
+        "--no-referrers",
+        help="Do not copy signatures, SBOMs and attestations (OCI referrers, cosign tags).",
+    ),
+]
+ReferrersInclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-include",
+        help="Copy only referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+ReferrersExclude = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--referrers-exclude",
+        help="Do not copy referrers whose artifactType matches this glob (repeatable).",
+        metavar="GLOB",
+    ),
+]
+RequireSigned = Annotated[
+    bool,
+    typer.Option(
+        "--require-signed",
+        help="Skip (and report) an image without a signature (cosign, sigstore, notation).",
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Find what would be copied (images and referrers); write nothing."
+    ),
 ]
 SrcCreds = Annotated[
     str | None,
@@ -295,7 +333,9 @@ def _report(summary: RunSummary, *, console: Console, json_out: bool, interactiv
     mib = sum(r.bytes_copied for r in summary.results) / (1024 * 1024)
     line = (
         f"{counts['copied']} copied, {counts['unchanged']} unchanged, {counts['failed']} failed"
-        f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
+        + (f", {counts['skipped']} skipped (unsigned)" if counts.get("skipped") else "")
+        + (f", {counts['planned']} to copy (dry run)" if counts.get("planned") else "")
+        + f" ({mib:.1f} MiB in {summary.seconds:.1f} s)"
     )
     console.print(line, highlight=False)
     for skip in summary.skipped:
@@ -359,6 +399,11 @@ class CopyFlags:
     platform: tuple[str, ...] = ()
     include_foreign: bool = False
     force: bool = False
+    no_referrers: bool = False
+    referrers_include: tuple[str, ...] = ()
+    referrers_exclude: tuple[str, ...] = ()
+    require_signed: bool = False
+    dry_run: bool = False
     src_creds: str | None = None
     dest_creds: str | None = None
     src_token: str | None = None
@@ -383,6 +428,7 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: Copy
     from .logs import configure
     from .transfer.copy import CopyOptions
     from .transfer.options import CLI_NAMES, tag_filter
+    from .transfer.referrers import ReferrerOptions
 
     configure(fmt="json" if flags.log_format == "json" else "text", level=flags.log_level)
     try:
@@ -410,6 +456,13 @@ def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: Copy
             platforms=_parse_platforms(flags.platform),
             include_foreign=flags.include_foreign,
             force=flags.force,
+            referrers=ReferrerOptions(
+                enabled=not flags.no_referrers,
+                include=flags.referrers_include,
+                exclude=flags.referrers_exclude,
+                require_signed=flags.require_signed,
+            ),
+            dry_run=flags.dry_run,
         )
         from .settings.connection import apply_endpoint_flags, keychain_from
 
@@ -446,6 +499,11 @@ def copy(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
@@ -473,6 +531,11 @@ def copy(
         platform=tuple(platform or ()),
         include_foreign=include_foreign,
         force=force,
+        no_referrers=no_referrers,
+        referrers_include=tuple(referrers_include or ()),
+        referrers_exclude=tuple(referrers_exclude or ()),
+        require_signed=require_signed,
+        dry_run=dry_run,
         src_creds=src_creds,
         dest_creds=dest_creds,
         src_token=src_token,
@@ -514,6 +577,11 @@ def mirror(
     platform: Platforms = None,
     include_foreign: IncludeForeign = False,
     force: Force = False,
+    no_referrers: NoReferrers = False,
+    referrers_include: ReferrersInclude = None,
+    referrers_exclude: ReferrersExclude = None,
+    require_signed: RequireSigned = False,
+    dry_run: DryRun = False,
     src_creds: SrcCreds = None,
     dest_creds: DestCreds = None,
     src_token: SrcToken = None,
@@ -545,6 +613,11 @@ def mirror(
         platform=tuple(platform or ()),
         include_foreign=include_foreign,
         force=force,
+        no_referrers=no_referrers,
+        referrers_include=tuple(referrers_include or ()),
+        referrers_exclude=tuple(referrers_exclude or ()),
+        require_signed=require_signed,
+        dry_run=dry_run,
         src_creds=src_creds,
         dest_creds=dest_creds,
         src_token=src_token,
@@ -645,6 +718,8 @@ app.command("status")(sync_commands.status)
 # serve -c runs the sync daemon beside the API: composed here, above both faces.
 app.command("serve", context_settings={"obj": scheduled_mirrors})(service_commands.serve)
 app.command("proxy")(proxy_commands.proxy)
+app.command("docker-sync", context_settings=dockersync.CONTEXT)(dockersync.docker_sync)
+app.command("docker-mirror")(docker_mirror)
 app.command("login-check")(logincheck.login_check)
 
 

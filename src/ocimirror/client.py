@@ -354,6 +354,12 @@ class RegistryClient:
         """Use other credentials from now on, forgetting tokens got with the old ones."""
         self.auth.use(credentials)
 
+    def send_credentials_first(self) -> None:
+        """Send the credentials with every request, before any challenge asks for them
+        (AUTH_HEADER, as serverless-registry-proxy sends it); a Bearer challenge in answer
+        still switches to the token dance with the same credentials."""
+        self.auth.present_first()
+
     async def token_request(
         self,
         method: str,
@@ -756,6 +762,27 @@ class RegistryClient:
 
         await self._creating(repo, once)
 
+    async def delete_manifest(self, repo: str, ref: str) -> bool:
+        """DELETE a manifest by tag or digest; False when it was not there."""
+        where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
+
+        async def once() -> bool:
+            resp = await self._send(
+                "DELETE",
+                self.url(f"/v2/{repo}/manifests/{ref}"),
+                scopes=frozenset({repo_scope(repo, "pull,push,delete")}),
+            )
+            if resp.status == 404:
+                resp.release()
+                return False
+            if resp.status not in (200, 202, 204):
+                raise await self.error_from(resp, f"{where}: delete refused")
+            resp.release()
+            return True
+
+        result: bool = await self._retrying(once)
+        return result
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository, following `Link` pagination on this host.
 
@@ -790,6 +817,93 @@ class RegistryClient:
                     f" ({shown_origin(url)}); refused, the credentials are for {self.base}"
                 )
         return tags
+
+    # -- referrers (OCI 1.1) ----------------------------------------------------------
+
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> tuple[list[Descriptor], bool] | None:
+        """Ask the referrers API for the manifests whose `subject` is `digest`.
+
+        Returns (descriptors, filtered) where `filtered` says the registry applied the
+        `artifactType` filter (`OCI-Filters-Applied`), or None when the registry has no
+        referrers API (404, 405 or 501: the caller falls back to the tag schema). Pages
+        are followed through `Link` on this registry's own origin only.
+        """
+        what = f"{self.host}/{repo}: referrers of {digest}"
+        query = "?" + urlencode({"artifactType": artifact_type}) if artifact_type else ""
+        url: str | None = self.url(f"/v2/{repo}/referrers/{digest}{query}")
+        found: list[Descriptor] = []
+        filtered = bool(artifact_type)
+        seen: set[str] = set()
+        first = True
+        while url and url not in seen:
+            seen.add(url)
+
+            async def once(
+                url: str = url, first: bool = first
+            ) -> tuple[list[Descriptor], bool, str | None] | None:
+                resp = await self._send(
+                    "GET", url, scopes=self._scopes(repo), headers={"Accept": mt.OCI_INDEX}
+                )
+                if first and resp.status in (404, 405, 501):
+                    resp.release()
+                    return None
+                if resp.status != 200:
+                    raise await self.error_from(resp, what)
+                try:
+                    raw = await resp.content.read(MAX_MANIFEST_SIZE + 1)
+                finally:
+                    resp.release()
+                if len(raw) > MAX_MANIFEST_SIZE:
+                    raise RegistryError(f"{what}: the answer is over {MAX_MANIFEST_SIZE} bytes")
+                applied = resp.headers.get("OCI-Filters-Applied", "")
+                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
+                return (
+                    _referrers_of(raw, what),
+                    "artifacttype" in applied.lower().replace(" ", "").split(","),
+                    None if nxt is None else self._upgraded(nxt),
+                )
+
+            page = await self._retrying(once)
+            if page is None:
+                return None
+            descs, applied, url = page
+            filtered = filtered and applied
+            found.extend(descs)
+            first = False
+            if not descs:
+                break
+            if url is not None and not self._is_ours(url):
+                raise RegistryError(
+                    f"{what}: the next-page link points at another host"
+                    f" ({shown_origin(url)}); refused, the credentials are for {self.base}"
+                )
+        return found, filtered
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """PUT a manifest that has a `subject`, by digest; tell whether the registry
+        indexed it (it answered `OCI-Subject` naming the subject), so that no fallback
+        tag is needed."""
+        subject = manifest.subject
+        where = f"{self.host}/{repo}@{manifest.digest}"
+
+        async def once() -> bool:
+            resp = await self._send(
+                "PUT",
+                self.url(f"/v2/{repo}/manifests/{manifest.digest}"),
+                scopes=self._scopes(repo, push=True),
+                headers={"Content-Type": manifest.media_type},
+                data=manifest.raw,
+            )
+            if resp.status not in (200, 201, 202):
+                raise await self.error_from(resp, f"{where}: manifest refused")
+            resp.release()
+            answered = resp.headers.get("OCI-Subject", "").strip()
+            return subject is not None and answered == subject.digest
+
+        result: bool = await self._retrying(once)
+        return result
 
     # -- blobs ------------------------------------------------------------------------
 
@@ -1029,6 +1143,23 @@ def _tags_of(raw: bytes, what: str) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RegistryError(f"{what}: 'tags' is not a list of strings")
     return tags
+
+
+def _referrers_of(raw: bytes, what: str) -> list[Descriptor]:
+    """Read the descriptors of one referrers page (an image index); RegistryError if not."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise RegistryError(f"{what}: the answer is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+        raise RegistryError(f"{what}: the answer is not an image index")
+    try:
+        return [
+            Descriptor.from_json(m, f"{what} manifests[{i}]")
+            for i, m in enumerate(doc.get("manifests") or [])
+        ]
+    except ManifestError as e:
+        raise RegistryError(str(e)) from None
 
 
 def _next_link(header: str, base: str) -> str | None:

@@ -13,6 +13,9 @@ import structlog
 LogFormat = Literal["text", "json"]
 LogColor = Literal["auto", "always", "never"]
 
+#: Below DEBUG: docker-sync's TRACE.
+TRACE = 5
+
 
 def configure(
     *,
@@ -20,12 +23,15 @@ def configure(
     level: str = "info",
     color: LogColor = "auto",
     output: str = "stderr",
+    time_format: str | None = None,
 ) -> None:
     """Configure structlog and the standard logging module once for the process.
 
-    `output` is `stderr`, `stdout` or a file path (appended to, line by line).
+    `output` is `stderr`, `stdout` or a file path (appended to, line by line);
+    `time_format` a strftime format of the local time (None: ISO 8601 in UTC); `level`
+    `trace` logs everything `debug` does (docker-sync's lowest level).
     """
-    numeric = logging.getLevelName(level.upper())
+    numeric = TRACE if level.lower() == "trace" else logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     stream = _stream(output)
@@ -39,7 +45,7 @@ def configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.TimeStamper(fmt=time_format or "iso", utc=time_format is None),
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -171,6 +171,29 @@ class Manifest:
         s = self.data.get("subject")
         return Descriptor.from_json(s, f"{self.digest} subject") if s is not None else None
 
+    @property
+    def referrer_descriptor(self) -> Descriptor:
+        """Return the descriptor listing this manifest among its subject's referrers.
+
+        As the referrers API lists it: `artifactType` (else the config's media type) and
+        the manifest's annotations.
+        """
+        artifact_type = self.data.get("artifactType")
+        if not isinstance(artifact_type, str) or not artifact_type:
+            config = self.config
+            artifact_type = config.media_type if config is not None else ""
+        ann = self.data.get("annotations")
+        annotations = (
+            tuple(sorted((str(k), str(v)) for k, v in ann.items())) if isinstance(ann, dict) else ()
+        )
+        return Descriptor(
+            self.media_type,
+            self.digest,
+            len(self.raw),
+            artifact_type=artifact_type,
+            annotations=annotations,
+        )
+
 
 def parse(raw: bytes, media_type: str = "", expected_digest: str | None = None) -> Manifest:
     """Parse manifest bytes, checking size, digest, JSON shape and media type.
@@ -221,12 +244,15 @@ def filter_index(index: Manifest, platforms: list[str]) -> Manifest:
     """Return a new index holding only the children whose platform matches a pattern.
 
     This is the one place new manifest bytes are made; children without a platform
-    (attestations, artifacts) are dropped with the rest.
+    (attestations, artifacts) are dropped with the rest. When every child matches, the
+    index itself is returned: its bytes and digest are kept.
     """
     kept = []
     for entry, desc in zip(index.data["manifests"], index.manifests, strict=True):
         if desc.platform is not None and any(desc.platform.matches(p) for p in platforms):
             kept.append(entry)
+    if len(kept) == len(index.manifests):
+        return index  # nothing dropped: the index as it is, its digest kept
     if not kept:
         wanted = ", ".join(platforms)
         have = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"

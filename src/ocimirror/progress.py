@@ -118,6 +118,11 @@ def outcome_line(result: ImageResult) -> str:
             f"[red]✗[/] {escape(result.source)} → {escape(result.destination)}:"
             f" {escape(result.error)}"
         )
+    if result.status == "planned":
+        found = len(result.referrers)
+        return f"[cyan]→[/] {escape(result.destination)} would be copied ({found} referrers)"
+    if result.status == "skipped":
+        return f"[yellow]-[/] {escape(result.destination)} skipped ({escape(result.reason)})"
     mark = "[green]✓[/]" if result.status == "copied" else "[dim]=[/]"
     digest = result.destination_digest[:19]
     extra = ""

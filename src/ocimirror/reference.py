@@ -199,6 +199,13 @@ def _parse_bucket_place(
     return None
 
 
+def split_bucket(text: str) -> tuple[Reference, str] | None:
+    """Split a bucket URL into the bucket and the path after it (`s3://BUCKET/PATH`,
+    `file:///DIR//PATH`; a `file://` path without '//' is all directory), or None when
+    `text` names no bucket; ReferenceError for a bucket scheme with a bad name."""
+    return _parse_bucket_place(text, f"bucket {text!r}", whole=True)
+
+
 def parse_bucket(text: str) -> Reference:
     """Parse a bucket's own name (`s3://bucket`, `s3:REGION:BUCKET`, `r2:ACCOUNT:BUCKET`,
     `az://ACCOUNT/CONTAINER`, `file:///dir`), as config keys write it."""

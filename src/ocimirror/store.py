@@ -72,6 +72,36 @@ class Store(Protocol):
         """
         ...
 
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Return the descriptors of the manifests whose `subject` is `digest`.
+
+        None means the store has no such index (a registry without the OCI 1.1 API): the
+        caller then reads the fallback tag `sha256-<hex>` with `get_manifest`. A store may
+        apply the `artifact_type` filter or not; callers filter again.
+        """
+        ...
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Store a manifest that has a `subject`, by digest (blobs already in place).
+
+        Return True when the store now lists it among its subject's referrers itself (a
+        registry answering `OCI-Subject`, a layout's index.json, a per-subject index
+        object); False when the caller must maintain the fallback index tag
+        `sha256-<hex>` (read, merged and written with the manifest methods).
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections and files."""
+        ...
+
+
+@runtime_checkable
+class TagDeleter(Protocol):
+    """A store that can delete a tag (`purge`); stores without it cannot purge."""
+
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        """Delete one tag, never another: refuse when that cannot be done alone."""
         ...

@@ -160,6 +160,15 @@ class Authenticator:
         self.use(await self._keychain.resolve(self.host))
         return self._credentials != refused
 
+    def present_first(self) -> None:
+        """Present the credentials in use from the first request on, unasked: a registry
+        token as Bearer, a user or password as Basic (a Bearer challenge still switches to
+        tokens fetched with them)."""
+        if self._credentials.registry_token:
+            self.scheme = "bearer"
+        elif self._credentials.username or self._credentials.password:
+            self.scheme = "basic"
+
     def basic_header(self) -> str | None:
         """Return the Basic header for the credentials in use, None without user or password."""
         c = self._credentials

@@ -5,12 +5,22 @@ it may be read so far (`Progress`); every `BlobStream` on it reads from the star
 for more, so clients arriving mid-download get the same bytes. The file is used from
 worker threads and closed only once no thread still uses it (`Handle`). A complete cached
 blob is read the same way, or from an object store's chunks.
+
+A download keeps its last chunks written in memory (`WINDOW` bytes at most, per download
+however many read it): a reader keeping up with the upstream gets them from there, with
+no file read and no thread hop; one that fell further behind reads the file.
+
+No reader gets the whole of a blob before its digest is verified (`Download.write`): with
+a known size, every byte but the last is readable as soon as it is written; without one
+(any chunk may be the last), every chunk but the last written. So a reader of a blob whose
+digest fails gets an error, never a complete-looking copy of wrong bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -19,6 +29,9 @@ from ..errors import OcimirrorError
 
 #: The largest chunk a blob stream yields, and how much is written per thread hop.
 CHUNK_SIZE = 256 * 1024
+
+#: The bytes of a download's latest chunks kept in memory for the readers keeping up.
+WINDOW = 1024 * 1024
 
 _T = TypeVar("_T")
 
@@ -101,6 +114,11 @@ class Progress:
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
+    def recent(self, offset: int) -> bytes | None:
+        """Return readable bytes from `offset` (up to `CHUNK_SIZE`) kept in memory, or None
+        when they must be read from the file."""
+        return None
+
 
 class Download(Progress):
     """One upstream fetch in flight, written to a temporary file as it arrives."""
@@ -109,15 +127,43 @@ class Download(Progress):
         super().__init__(digest, tmp, size, done=False)
         self.handle = Handle(f)
         self.written = 0
+        self._window: deque[tuple[int, bytes]] = deque()  # (offset, chunk), oldest first
+        self._window_bytes = 0
 
     async def write(self, h: Any, data: bytes) -> None:
-        """Append and hash `data`, then let readers have everything up to its start."""
+        """Append and hash `data` (flushed), keep it in the window, then let readers have
+        all that is written but the blob's last byte: with a known size, up to the end of
+        `data` (short of the last byte), else up to its start. The rest is for `done`."""
         before = self.written
         await self.handle.run(write_hashed, h, data)
         self.written += len(data)
-        if before > self.available:
-            self.available = before
+        self._window.append((before, data))
+        self._window_bytes += len(data)
+        while self._window_bytes > WINDOW and len(self._window) > 1:
+            self._window_bytes -= len(self._window.popleft()[1])
+        readable = before if self.size is None else min(self.written, self.size - 1)
+        if readable > self.available:
+            self.available = readable
             self.notify()
+
+    def recent(self, offset: int) -> bytes | None:
+        """Return readable bytes from `offset` (up to `CHUNK_SIZE`) from the window, or None
+        when they are no longer (or not) there."""
+        end = self.available
+        for start, data in reversed(self._window):
+            if start <= offset:
+                stop = min(start + len(data), end, offset + CHUNK_SIZE)
+                if offset >= stop:
+                    return None
+                if offset == start and stop == start + len(data):
+                    return data
+                return data[offset - start : stop - start]
+        return None
+
+    def drop_window(self) -> None:
+        """Let go of the chunks kept in memory (the download failed)."""
+        self._window.clear()
+        self._window_bytes = 0
 
 
 class BlobStream:
@@ -171,6 +217,10 @@ class BlobStream:
             if p.error is not None:
                 raise p.error
             if self._offset < p.available:
+                data = p.recent(self._offset)
+                if data is not None:
+                    self._offset += len(data)
+                    return data
                 n = min(CHUNK_SIZE, p.available - self._offset)
                 data = await self._handle.run(pread, n, self._offset)
                 if not data:

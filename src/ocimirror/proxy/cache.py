@@ -28,9 +28,10 @@ the upstream fails.
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
 fetch in a task of its own, writing to a temporary file while hashing; every caller for
 that digest, including ones arriving mid-download, reads that growing file from the
-start. The last chunk is held back until the digest is verified, so no reader ever gets
-a complete copy of wrong content: on failure every reader gets the error and nothing is
-stored. A reader that goes away does not disturb the others, and when every reader has
+start (the latest chunks from memory, `blobstream.WINDOW`). The blob's last byte (its last
+chunk, when the size is unknown) is held back until the digest is verified, so no reader
+ever gets a complete copy of wrong content: on failure every reader gets the error (a
+client's response is cut short) and nothing is stored. A reader that goes away does not disturb the others, and when every reader has
 gone the download still runs to its end in the background, warming the cache. With an
 object store the verified file is then put there, callers arriving meanwhile still
 reading the local file.
@@ -153,6 +154,11 @@ OpenUpstream = Callable[[], AbstractAsyncContextManager[AsyncIterable[bytes] | U
 
 def _is_digest(reference: str) -> bool:
     return ":" in reference
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    """Return the chunks as one `bytes`, without a copy when there is one."""
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class ProxyCache:
@@ -722,17 +728,22 @@ class ProxyCache:
                     raise DigestMismatch(dl.digest, f"<{declared} bytes, expected {dl.size}>", what)
                 dl.opened = True
                 dl.notify()
-                pending = bytearray()
+                # Small chunks are gathered up to CHUNK_SIZE per write (one thread hop); a
+                # chunk that size already (aiohttp's, mostly) is written as it is, no copy.
+                parts: list[bytes] = []
+                pending = 0
                 async for chunk in chunks:
                     total += len(chunk)
                     if dl.size is not None and total > dl.size:
                         raise DigestMismatch(dl.digest, f"<more than {dl.size} bytes>", what)
-                    pending += chunk
-                    if len(pending) >= CHUNK_SIZE:
-                        await dl.write(h, bytes(pending))
-                        pending.clear()
-                if pending:
-                    await dl.write(h, bytes(pending))
+                    parts.append(chunk)
+                    pending += len(chunk)
+                    if pending >= CHUNK_SIZE:
+                        await dl.write(h, _joined(parts))
+                        parts.clear()
+                        pending = 0
+                if parts:
+                    await dl.write(h, _joined(parts))
             actual = f"{digests.algorithm(dl.digest)}:{h.hexdigest()}"
             if actual != dl.digest:
                 raise DigestMismatch(dl.digest, actual, what)
@@ -792,6 +803,7 @@ class ProxyCache:
         if self._downloads.get(dl.digest) is dl:
             del self._downloads[dl.digest]
         dl.handle.close()
+        dl.drop_window()
         with contextlib.suppress(FileNotFoundError):
             dl.path.unlink()
         if isinstance(error, asyncio.CancelledError):

@@ -90,7 +90,7 @@ async def _ranged_answer(
                 log.warning("cached blob read failed midway", digest=digest, error=str(e))
 
             counter = proxy.metrics.bytes.labels(route.upstream.label, "cache")
-            return await pour(out, chunks, counter.inc, failed)
+            return await pour(request, out, chunks, counter.inc, failed)
     except (NotFound, OcimirrorError) as e:
         log.info("cached blob range not served from the cache", digest=digest, error=str(e))
         return None
@@ -138,6 +138,7 @@ async def cached_blob(
 
 
 async def pour(
+    request: web.Request,
     out: web.StreamResponse,
     chunks: AsyncIterator[bytes],
     count: Callable[[int], None],
@@ -145,7 +146,11 @@ async def pour(
 ) -> web.StreamResponse:
     """Write `chunks` into a prepared response and end it; `count` gets the bytes sent. A
     client that went away ends it quietly; a source failing midway (`failed` is told) cuts
-    the connection, so the client sees a short body, never a complete wrong one."""
+    the connection, so the client sees a short body, never a complete wrong one.
+
+    Cut, not just marked for closing (`force_close`): aiohttp ends the response after the
+    handler, and a chunked body (no Content-Length) would get its last chunk and look whole.
+    """
     sent = 0
     try:
         async for data in chunks:
@@ -156,6 +161,8 @@ async def pour(
     except (OcimirrorError, aiohttp.ClientError, TimeoutError, OSError) as e:
         failed(e)
         out.force_close()
+        if request.transport is not None:
+            request.transport.close()  # what is buffered goes out, then the end of the line
         return out
     finally:
         count(sent)
@@ -252,7 +259,7 @@ async def _whole_blob(
                 metrics.upstream_errors.labels(label, "broken_body").inc()
                 log.warning("blob fetch failed midway", upstream=label, digest=digest, error=str(e))
 
-            return await pour(out, stream, metrics.bytes.labels(label, source).inc, failed)
+            return await pour(request, out, stream, metrics.bytes.labels(label, source).inc, failed)
     except AuthError:
         if not starts or route.upstream.mode != "passthrough":
             raise

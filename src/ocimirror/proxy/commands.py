@@ -21,18 +21,21 @@ _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
     " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
     " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_REDIRECT,"
-    " OCIMIRROR_PROXY_CACHE_MAX_SIZE and"
-    " OCIMIRROR_PROXY_TAG_TTL; an object-store cache reads AWS_*, GOOGLE_* and AZURE_* as"
-    " those clouds' tools do. With GOOGLE_APPLICATION_CREDENTIALS (and no AUTH_HEADER) a"
-    " Google REGISTRY_HOST (gcr.io, *-docker.pkg.dev) is logged in to with the key's"
-    " identity; OCIMIRROR_REGISTRY_ENDPOINTS (HOST=URL,...) moves upstream connections."
-    " Flags win over the environment."
+    " OCIMIRROR_PROXY_CACHE_MAX_SIZE, OCIMIRROR_PROXY_TAG_TTL and"
+    " OCIMIRROR_PROXY_BUCKET_REDIRECT; an object-store cache and a bucket REGISTRY_HOST read"
+    " AWS_*, GOOGLE_* and AZURE_* as those clouds' tools do. With"
+    " GOOGLE_APPLICATION_CREDENTIALS (and no AUTH_HEADER) a Google REGISTRY_HOST (gcr.io,"
+    " *-docker.pkg.dev) is logged in to with the key's identity;"
+    " OCIMIRROR_REGISTRY_ENDPOINTS (HOST=URL,...) moves upstream connections."
+    " Flags win over the environment; serverless-registry-proxy's Go flags -port=,"
+    " -registeryHost= and -repoPrefix= are accepted too."
 )
 
 
 def proxy(
     port: Annotated[
-        int | None, typer.Option("--port", help="Port to listen on (default: $PORT, else 8080).")
+        int | None,
+        typer.Option("--port", "-port", help="Port to listen on (default: $PORT, else 8080)."),
     ] = None,
     host: Annotated[
         str | None, typer.Option("--host", help="Address to bind (default: 0.0.0.0).")
@@ -41,14 +44,21 @@ def proxy(
         str | None,
         typer.Option(
             "--registry-host",
-            help="The default upstream registry (default: $REGISTRY_HOST).",
-            metavar="HOST",
+            "-registeryHost",
+            "--registeryHost",
+            help="The default upstream registry (default: $REGISTRY_HOST); or a bucket"
+            " holding the registry layout, served pull-only: s3://BUCKET or s3://BUCKET/PREFIX,"
+            " r2://ACCOUNT/BUCKET, gs://BUCKET, az://ACCOUNT/CONTAINER, file:///DIR"
+            " (credentials from AWS_*, GOOGLE_*, AZURE_*).",
+            metavar="HOST|BUCKET",
         ),
     ] = None,
     repo_prefix: Annotated[
         str | None,
         typer.Option(
             "--repo-prefix",
+            "-repoPrefix",
+            "--repoPrefix",
             help="Repository prefix upstream: NAME is served from PREFIX/NAME"
             " (default: $REPO_PREFIX).",
             metavar="PREFIX",
@@ -156,6 +166,17 @@ def proxy(
             metavar="DURATION",
         ),
     ] = None,
+    bucket_redirect: Annotated[
+        bool | None,
+        typer.Option(
+            "--bucket-redirect/--no-bucket-redirect",
+            help="With a bucket --registry-host (s3, r2, gs, az): answer a blob GET with a"
+            " redirect to a presigned URL of its object, so the bytes go from the bucket to"
+            " the client, which then sees the bucket's address (default:"
+            " $OCIMIRROR_PROXY_BUCKET_REDIRECT, else off: bytes go through the proxy).",
+            show_default=False,
+        ),
+    ] = None,
     log_format: Annotated[
         str, typer.Option("--log-format", help="text or json.", metavar="FORMAT")
     ] = "text",
@@ -194,6 +215,7 @@ def proxy(
             cache_redirect=cache_redirect,
             cache_max_size=cache_max_size,
             tag_ttl=tag_ttl,
+            bucket_redirect=bucket_redirect,
         )
         if log_format not in ("text", "json"):
             raise ValueError(f"--log-format must be text or json, not {log_format!r}")
@@ -237,7 +259,10 @@ async def _serve(settings: ProxySettings) -> int:
         log.info(
             "listening",
             address=f"http://{settings.host}:{settings.port}",
-            upstreams={u.name or "(default)": f"{u.host}/{u.prefix}" for u in settings.upstreams},
+            upstreams={
+                u.name or "(default)": "/".join(p for p in (u.host, u.prefix) if p)
+                for u in settings.upstreams
+            },
             stream_blobs=settings.stream_blobs,
             client_auth=settings.clients.enabled,
             cache=settings.cache.where,

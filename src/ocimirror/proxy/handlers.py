@@ -16,6 +16,8 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..reference import PATH_COMPONENT_RE
+from .bucketserve import bucket_answer
+from .bucketupstream import BucketUpstream
 from .cachedblobs import cached_blob
 from .forward import open_upstream, respond, respond_json, upstream_blob_answer, upstream_manifest
 from .paths import (
@@ -68,6 +70,8 @@ async def handle_v2(request: web.Request) -> web.StreamResponse:
         raise Refused(400, "NAME_INVALID", "invalid repository name")
     query = api_query(api.kind, request.query.items())
     path = upstream_path(route.upstream_repo, api, query)
+    if isinstance(route.upstream, BucketUpstream):
+        return await bucket_answer(request, route, route.upstream, api, query)
     if api.kind == "manifests":
         return await serve_manifest(request, route, api.reference, path)
     if api.kind == "blobs":
@@ -117,6 +121,8 @@ async def serve_catalog(request: web.Request) -> web.StreamResponse:
     if upstream is None:
         return oci_error(404, "UNSUPPORTED", "no default upstream to list repositories of")
     request["upstream"] = upstream.label
+    if isinstance(upstream, BucketUpstream):
+        return oci_error(404, "UNSUPPORTED", "this registry does not list its repositories")
     route = Route(upstream, "", "")
     prefix = upstream.prefix + "/" if upstream.prefix else ""
     query = catalog_query(request.query.items(), prefix)
@@ -181,4 +187,8 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
         return web.Response(status=404, text="404 page not found\n")
     path = "/".join(parts)
     request["upstream"] = upstream.label
-    raise web.HTTPTemporaryRedirect(upstream.browser_url(path))
+    try:
+        url = upstream.browser_url(path)
+    except ValueError:  # no page to send a browser to (a bucket upstream)
+        return web.Response(status=404, text="404 page not found\n")
+    raise web.HTTPTemporaryRedirect(url)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..reference import DOCKER_HUB, is_docker_hub
+from .bucketupstream import BucketUpstream
 from .clientauth import ClientAuthenticator
 from .flights import Flights
 from .metrics import ProxyMetrics
@@ -98,7 +99,10 @@ class Proxy:
         one keeping tags as long as the cache does (else as the settings say)."""
         self.settings = settings
         force = settings.clients.enabled
-        self.upstreams = {u.name: Upstream(u, force_proxy_auth=force) for u in settings.upstreams}
+        self.upstreams = {
+            u.name: (BucketUpstream if u.is_bucket else Upstream)(u, force_proxy_auth=force)
+            for u in settings.upstreams
+        }
         self.named = {n: u for n, u in self.upstreams.items() if n}
         self.default = (
             self.upstreams.get(settings.default) if settings.default is not None else None

@@ -2,8 +2,10 @@
 
 The environment variables of serverless-registry-proxy configure one upstream, the default
 (reached by every path): `REGISTRY_HOST`, `REPO_PREFIX`, `AUTH_HEADER` (a static
-`Authorization` header for the upstream), `DISABLE_BROWSER_REDIRECTS` (any non-empty value
-but `0`/`false`/`no`/`off`) and `PORT`. Flags win over the environment.
+`Authorization` header sent on every upstream request), `DISABLE_BROWSER_REDIRECTS` (any
+non-empty value, `false` too, as the original reads it) and `PORT`. Flags win over the
+environment; the original's Go flags `-port=`, `-registeryHost=`, `-repoPrefix=` are
+accepted too.
 
 `--config FILE` adds upstreams (and client credentials) from YAML::
 
@@ -36,6 +38,13 @@ or, with the blobs in an object store (`cache: s3://bucket/prefix` for short)::
       directory: /var/lib/ocimirror-proxy  # its index and downloads (default: temporary)
       redirect: false                      # true: cached blobs by presigned URL (s3/gs/az)
 
+An upstream's host may be a bucket holding the registry layout (`s3://BUCKET[/PREFIX]`,
+`r2://ACCOUNT/BUCKET`, `gs://`, `az://`, `file:///DIR`), served pull-only from it
+(proxy/bucketupstream.py); its settings go under `bucket:` (endpoint, region,
+credentials as a key pair, key prefix), else come from AWS_*, GOOGLE_*, AZURE_*, and
+`redirect: true` (--bucket-redirect, $OCIMIRROR_PROXY_BUCKET_REDIRECT for REGISTRY_HOST)
+sends blob GETs to presigned URLs.
+
 The cache's flags and variables: `--cache DIR|URL` ($OCIMIRROR_PROXY_CACHE),
 `--cache-local DIR` ($OCIMIRROR_PROXY_CACHE_LOCAL), `--cache-redirect`
 ($OCIMIRROR_PROXY_CACHE_REDIRECT), `--cache-max-size`
@@ -57,10 +66,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ConfigError
-from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE
+from ..errors import ConfigError, ReferenceError
+from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE, split_bucket
 from ..settings.durations import parse_interval
-from ..settings.registries import CredentialsConfig, Tls
+from ..settings.registries import Bucket, CredentialsConfig, Tls
 from ..settings.secrets import Secret, coerce_secret
 from .cachestore import is_store_url
 
@@ -77,6 +86,8 @@ CACHE_REDIRECT_ENV = "OCIMIRROR_PROXY_CACHE_REDIRECT"
 SIGNING_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "adl://")
 SIGNING_HOSTS = (".amazonaws.com", ".r2.cloudflarestorage.com", ".blob.core.windows.net")
 CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
+#: A bucket REGISTRY_HOST's blobs by presigned URL (--bucket-redirect).
+BUCKET_REDIRECT_ENV = "OCIMIRROR_PROXY_BUCKET_REDIRECT"
 TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
 DEFAULT_TAG_TTL = 300.0
@@ -105,6 +116,11 @@ class UpstreamConfig(_Model):
     prefix: str = ""
     #: containerd's `?ns=` values routed here (default: the host, `docker.io` for the Hub).
     namespaces: list[str] | None = None
+    #: `host` naming a bucket (s3://, r2://, gs://, az://, file://): its settings (endpoint,
+    #: region, key pair, key prefix); what they leave out comes from AWS_*, GOOGLE_*, AZURE_*.
+    bucket: Bucket | None = None
+    #: A bucket's blob GETs answered with a redirect to a presigned URL (s3, r2, gs, az).
+    redirect: bool = False
     #: A static Authorization header for the upstream (serverless-registry-proxy's AUTH_HEADER).
     auth_header: Secret | None = None
     credentials: CredentialsConfig | None = None
@@ -127,7 +143,13 @@ class UpstreamConfig(_Model):
     @field_validator("host")
     @classmethod
     def _host(cls, v: str) -> str:
-        v = v.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+        v = v.strip()
+        try:
+            if split_bucket(v) is not None:
+                return v.rstrip("/")
+        except ReferenceError as e:
+            raise ValueError(str(e)) from None
+        v = v.removeprefix("https://").removeprefix("http://").rstrip("/")
         if not DOMAIN_RE.fullmatch(v):
             raise ValueError(f"invalid registry host {v!r}")
         return v
@@ -139,6 +161,29 @@ class UpstreamConfig(_Model):
         if v and not REPOSITORY_RE.fullmatch(v):
             raise ValueError(f"invalid repository prefix {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _bucket_fields(self) -> UpstreamConfig:
+        if self.is_bucket:
+            if self.has_credentials:
+                raise ValueError(
+                    f"upstream {self.host}: a bucket's credentials come from `bucket:` or the"
+                    " cloud's environment (AWS_*, GOOGLE_*, AZURE_*), not auth_header or"
+                    " credentials"
+                )
+            if self.redirect and self.host.startswith("file:"):
+                raise ValueError(
+                    f"upstream {self.host}: redirect needs a bucket that can presign URLs"
+                    " (s3://, r2://, gs://, az://), not a directory"
+                )
+        elif self.bucket is not None or self.redirect:
+            raise ValueError(f"upstream {self.host}: bucket and redirect are for a bucket host")
+        return self
+
+    @property
+    def is_bucket(self) -> bool:
+        """Tell whether `host` names a bucket holding the registry layout."""
+        return split_bucket(self.host) is not None
 
     @property
     def has_credentials(self) -> bool:
@@ -401,6 +446,7 @@ def load_settings(
     cache_redirect: bool | None = None,
     cache_max_size: str | None = None,
     tag_ttl: str | None = None,
+    bucket_redirect: bool | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ProxySettings:
     """Merge the flags (when given), the environment and the config file into settings."""
@@ -430,6 +476,9 @@ def load_settings(
 
             if detect(reg_host) == "gcp":
                 creds = CredentialsConfig(provider="gcp")
+        redirect = bucket_redirect
+        if redirect is None:
+            redirect = env_flag(env.get(BUCKET_REDIRECT_ENV))
         try:
             upstreams.append(
                 UpstreamConfig(
@@ -437,11 +486,14 @@ def load_settings(
                     prefix=prefix,
                     auth_header=Secret(value=auth_header) if auth_header else None,
                     credentials=creds,
+                    redirect=redirect,
                 )
             )
         except ValidationError as e:
             raise ConfigError(f"REGISTRY_HOST / REPO_PREFIX: {_problems(e)}") from None
         default = ""
+    elif bucket_redirect:
+        raise ConfigError("--bucket-redirect is for a bucket REGISTRY_HOST (--registry-host)")
     elif auth_header is not None and len(upstreams) == 1 and upstreams[0].auth_header is None:
         upstreams[0] = upstreams[0].model_copy(update={"auth_header": Secret(value=auth_header)})
     elif any(u.name == "" for u in upstreams):
@@ -450,7 +502,8 @@ def load_settings(
     tokens = [*clients.tokens, *(Secret(value=t) for t in client_tokens if t)]
     tokens += [Secret(value=t.strip()) for t in env.get(TOKENS_ENV, "").split(",") if t.strip()]
     clients = ClientAuth(tokens=tokens, htpasswd=htpasswd or clients.htpasswd)
-    redirects = file.browser_redirects and not env_flag(env.get("DISABLE_BROWSER_REDIRECTS"))
+    # Set to anything, `false` and `0` included, as the original reads it (`!= ""`).
+    redirects = file.browser_redirects and not env.get("DISABLE_BROWSER_REDIRECTS")
     if disable_browser_redirects is not None:
         redirects = not disable_browser_redirects
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))

@@ -130,6 +130,9 @@ class Upstream:
         #: Blob requests (and the redirects they lead to), on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
         self.blob_client = RegistryClient(self.host, credentials=credentials, options=options)
+        if config.auth_header is not None:
+            for c in self.clients:
+                c.send_credentials_first()
         self._challenge: Challenge | None = None
         self._challenge_at = 0.0
         self._challenge_known = False
@@ -138,8 +141,9 @@ class Upstream:
         self.ping_status: int | None = None
 
     @property
-    def clients(self) -> tuple[RegistryClient, RegistryClient]:
-        """Return both clients: the one for everything but blobs, and the blobs' one."""
+    def clients(self) -> tuple[RegistryClient, ...]:
+        """Return both clients: the one for everything but blobs, and the blobs' one (none
+        for a bucket, `bucketupstream`)."""
         return self.client, self.blob_client
 
     def client_for(self, path: str) -> RegistryClient:

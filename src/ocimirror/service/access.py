@@ -17,6 +17,9 @@ A web page the operator visits must not be able to use the service, whatever the
   one, compared in constant time: `Authorization: Bearer TOKEN`, or for reading (GET and
   HEAD) the `ocimirror_token` cookie that `GET /?token=TOKEN` sets for the dashboard
   (HttpOnly, SameSite=Strict). Writes take the header only.
+- **ID tokens.** With `api.oidc` a Bearer that is not a static token may be an OIDC ID
+  token (Cloud Scheduler's OIDC call), verified by `oidc.OidcVerifier`; it counts as a
+  token everywhere.
 - **Body type.** API writes need `Content-Type: application/json`: a browser sends that
   cross-origin only after a CORS preflight, which the service never answers. `POST /` (the
   Cloud Run mirror contract, called by curl and Cloud Scheduler with any type) takes any
@@ -29,7 +32,11 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .oidc import OidcVerifier
 
 #: Routes open to anyone (no token): liveness and readiness say nothing about the mirrors.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -100,6 +107,7 @@ class AccessPolicy:
     port: int = 8080
     allowed_hosts: tuple[str, ...] = ()
     allow_unauthenticated: bool = False
+    oidc: OidcVerifier | None = None
 
     @classmethod
     def of(
@@ -110,10 +118,16 @@ class AccessPolicy:
         port: int = 8080,
         allowed_hosts: Iterable[str] = (),
         allow_unauthenticated: bool = False,
+        oidc: OidcVerifier | None = None,
     ) -> AccessPolicy:
         """Build a policy; allowed host names are trimmed and lower-cased."""
         names = tuple(h.strip().lower() for h in allowed_hosts if h.strip())
-        return cls(tuple(tokens), bind, port, names, allow_unauthenticated)
+        return cls(tuple(tokens), bind, port, names, allow_unauthenticated, oidc)
+
+    @property
+    def authenticates(self) -> bool:
+        """Tell whether callers must authenticate (static tokens or OIDC ID tokens)."""
+        return bool(self.tokens) or self.oidc is not None
 
     # -- Host and Origin ------------------------------------------------------------------
 
@@ -181,9 +195,15 @@ class AccessPolicy:
             ok |= hmac.compare_digest(candidate, token.encode())
         return ok and bool(candidate)
 
+    async def bearer_ok(self, given: str) -> bool:
+        """Tell whether a Bearer value is a static token or, with `api.oidc`, an ID token."""
+        if self.token_ok(given):
+            return True
+        return self.oidc is not None and given.count(".") == 2 and await self.oidc.accepts(given)
+
     def needs_token(self, path: str) -> bool:
         """Tell whether a route needs a token: every one but health and readiness, with tokens."""
-        return bool(self.tokens) and path not in OPEN_PATHS
+        return self.authenticates and path not in OPEN_PATHS
 
     def any_body_type(self, authenticated: bool) -> bool:
         """Tell whether `POST /` may take any Content-Type (its caller is authenticated)."""

@@ -308,11 +308,13 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
                 403, f"cross-origin request refused: Origin {_shown(origin or '')} is foreign"
             )
     request[AUTHENTICATED] = False
-    if policy.tokens:
+    if policy.authenticates:
         given = _bearer(request)
-        if given is None and request.method in ("GET", "HEAD"):
-            given = request.cookies.get(TOKEN_COOKIE)  # reading only: the dashboard
-        request[AUTHENTICATED] = given is not None and policy.token_ok(given)
+        if given is not None:
+            request[AUTHENTICATED] = await policy.bearer_ok(given)
+        elif request.method in ("GET", "HEAD") and TOKEN_COOKIE in request.cookies:
+            # Reading only: the dashboard (static tokens, never an ID token).
+            request[AUTHENTICATED] = policy.token_ok(request.cookies[TOKEN_COOKIE])
         if request.method == "GET" and request.path == "/" and "token" in request.query:
             return _dashboard_login(request, policy)
         if policy.needs_token(request.path) and not request[AUTHENTICATED]:

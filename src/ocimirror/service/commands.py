@@ -25,8 +25,11 @@ from ..settings.cli_options import RegistryEndpoint
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
     from ..settings.config import Config, Loaded
+    from .oidc import OidcVerifier
     from .scheduled import MirrorsFactory
 
+#: Set by Cloud Run in every service's environment.
+CLOUD_RUN_ENV = "K_SERVICE"
 #: The port when neither --port nor $PORT says (as the Cloud Run mirror).
 DEFAULT_PORT = 8080
 #: API tokens from the environment, comma-separated.
@@ -83,6 +86,23 @@ def tokens_from(config: Config) -> list[str]:
     tokens = [t.reveal() for t in config.api.tokens]
     tokens += [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
     return [t for t in tokens if t]
+
+
+def oidc_from(config: Config) -> OidcVerifier | None:
+    """The ID-token verifier `api.oidc` describes (None without it)."""
+    if config.api.oidc is None:
+        return None
+    from ..settings.durations import parse_interval
+    from .oidc import OidcVerifier
+
+    o = config.api.oidc
+    return OidcVerifier(
+        audiences=tuple(o.audience),
+        emails=tuple(o.emails),
+        jwks_url=o.jwks_url,
+        issuer=o.issuer,
+        ttl=parse_interval(o.jwks_ttl).total_seconds(),
+    )
 
 
 def allowed_hosts_from(config: Config, flags: list[str] | None) -> list[str]:
@@ -160,7 +180,8 @@ def serve(
         typer.Option(
             "--allow-unauthenticated",
             help="Listen beyond loopback without API tokens (when something in front, such"
-            " as Cloud Run IAM, authenticates callers).",
+            " as Cloud Run IAM, authenticates callers; the default on Cloud Run, where"
+            " K_SERVICE is set).",
         ),
     ] = False,
     allowed_host: Annotated[
@@ -214,7 +235,9 @@ def serve(
         console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     lg = loaded.config.logging
-    configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
+    configure(
+        fmt=lg.format, level=lg.level, color=lg.color, output=lg.output, time_format=lg.time_format
+    )
     raise typer.Exit(
         asyncio.run(
             _serve(
@@ -259,8 +282,17 @@ async def _serve(
     log = structlog.get_logger("ocimirror.serve")
     cfg = loaded.config
     tokens = tokens_from(cfg)
+    oidc = oidc_from(cfg)
+    if not tokens and oidc is None and os.environ.get(CLOUD_RUN_ENV):
+        # Cloud Run: its IAM checks callers in front, as the original mirror relies on.
+        allow_unauthenticated = True
+        log.info(
+            "on Cloud Run without API tokens: listening on every interface; access is left"
+            " to the platform's IAM (deploy with --no-allow-unauthenticated)",
+            service=os.environ[CLOUD_RUN_ENV],
+        )
     bind, warning = listen_address(
-        host, tokens=bool(tokens), allow_unauthenticated=allow_unauthenticated
+        host, tokens=bool(tokens) or oidc is not None, allow_unauthenticated=allow_unauthenticated
     )
     if warning:
         log.warning(warning)
@@ -304,6 +336,7 @@ async def _serve(
                 port=port,
                 allowed_hosts=allowed_hosts,
                 allow_unauthenticated=allow_unauthenticated,
+                oidc=oidc,
             )
             service = Service(
                 state=state,

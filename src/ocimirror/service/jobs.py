@@ -63,6 +63,7 @@ from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from ..transfer.options import Selection, parse_platforms, tag_filter
 from ..transfer.plan import CopyTask, destination_for
+from ..transfer.referrers import ReferrerOptions
 from .models import (
     EntryError,
     EntryResult,
@@ -150,6 +151,16 @@ def _selection(options: ResolvedOptions) -> Selection:
     )
 
 
+def _referrers(options: ResolvedOptions) -> ReferrerOptions:
+    """The referrer options of an entry (ConfigError when they contradict each other)."""
+    return ReferrerOptions(
+        enabled=options.referrers,
+        include=options.referrers_include,
+        exclude=options.referrers_exclude,
+        require_signed=options.require_signed,
+    )
+
+
 def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | None) -> _Plan:
     """Parse an entry; a bad reference or option, or a refused registry, is its error."""
     options = entry.resolved(request)
@@ -164,6 +175,7 @@ def _plan(entry: MirrorEntry, request: MirrorRequest, policy: AddressPolicy | No
         if not options.all_tags:
             dst = destination_for(src, dst)
         _selection(options)
+        _referrers(options)
         parse_platforms(options.platforms)
     except (OcimirrorError, ValueError) as e:
         # Keyed apart from every valid entry: the raw text cannot parse.
@@ -198,6 +210,11 @@ class _Outcome:
             shown = "; ".join(f"{r.destination}: {_public(r)}" for r in failed[:3])
             more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
             error = f"{len(failed)} of {len(results)} images failed: {shown}{more}"
+        skipped = [r for r in results if r.status == "skipped"]
+        if skipped and error is None:  # require_signed: reported, not failed
+            names = ", ".join(r.destination for r in skipped[:3])
+            more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+            error = f"{len(skipped)} of {len(results)} images skipped (unsigned): {names}{more}"
         copied = sum(1 for r in results if r.status == "copied")
         status: Literal["copied", "unchanged", "failed"] = (
             "failed" if failed else "copied" if copied else "unchanged"
@@ -208,7 +225,11 @@ class _Outcome:
             copied=copied,
             bytes=sum(r.bytes_copied for r in results),
             error=error,
-            digests={r.destination: r.destination_digest for r in results if r.status != "failed"},
+            digests={
+                r.destination: r.destination_digest
+                for r in results
+                if r.status not in ("failed", "skipped")
+            },
         )
 
 
@@ -747,7 +768,9 @@ class JobManager:
         assert src is not None
         assert dst is not None
         copy_options = CopyOptions(
-            platforms=options.platforms, include_foreign=options.include_foreign
+            platforms=options.platforms,
+            include_foreign=options.include_foreign,
+            referrers=_referrers(options),
         )
         key = (dst.registry, dst.repository, copy_options)
         shared = self._copiers.get(key)

@@ -60,6 +60,19 @@ class CopyOptionsModel(_Strict):
     include_foreign: bool | None = Field(
         default=None, description="Copy foreign (non-distributable) layers too."
     )
+    referrers: bool | None = Field(
+        default=None,
+        description="Copy signatures, SBOMs and attestations with each image (default true).",
+    )
+    referrers_include: list[str] | None = Field(
+        default=None, description="Only referrers whose artifactType matches one of these globs."
+    )
+    referrers_exclude: list[str] | None = Field(
+        default=None, description="No referrers whose artifactType matches one of these globs."
+    )
+    require_signed: bool | None = Field(
+        default=None, description="Skip (and report) images without a signature."
+    )
 
 
 class MirrorEntry(CopyOptionsModel):
@@ -94,6 +107,10 @@ class ResolvedOptions(BaseModel):
     latest: int | None = None
     platforms: tuple[str, ...] = ()
     include_foreign: bool = False
+    referrers: bool = True
+    referrers_include: tuple[str, ...] = ()
+    referrers_exclude: tuple[str, ...] = ()
+    require_signed: bool = False
 
 
 class MirrorRequest(CopyOptionsModel):

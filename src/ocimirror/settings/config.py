@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,9 @@ from ..transfer.options import parse_platforms, tag_filter
 from ..transfer.tags import TagFilter
 from .registries import Bucket, Registry
 from .secrets import Secret, coerce_secret
+
+if TYPE_CHECKING:
+    from ..transfer.referrers import ReferrerOptions
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -80,6 +83,44 @@ class Tags(_Model):
         return self == Tags()
 
 
+class Referrers(_Model):
+    """Signatures, SBOMs and attestations copied with each image (see docs/referrers.md)."""
+
+    enabled: bool = True
+    include: list[str] = []
+    exclude: list[str] = []
+    require_signed: bool = False
+    check_immutable: bool = False
+    #: Trust the last pass's look at an unchanged tag for this long (`6h`; needs state).
+    check_interval: str | int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Referrers:
+        self.options()  # raises ValueError naming what is wrong
+        return self
+
+    def options(self) -> ReferrerOptions:
+        """Return the ReferrerOptions these settings describe."""
+        from ..transfer.referrers import ReferrerOptions
+        from .durations import parse_interval
+
+        try:
+            return ReferrerOptions(
+                enabled=self.enabled,
+                include=tuple(self.include),
+                exclude=tuple(self.exclude),
+                require_signed=self.require_signed,
+                check_immutable=self.check_immutable,
+                check_interval=(
+                    None
+                    if self.check_interval is None
+                    else parse_interval(self.check_interval).total_seconds()
+                ),
+            )
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+
 def _reference(text: str) -> str:
     try:
         Reference.parse(text)
@@ -97,6 +138,7 @@ class MirrorSettings(_Model):
     mutable_tags: list[str] | None = None
     schedule: str | int | None = None
     include_foreign: bool | None = None
+    referrers: Referrers | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -123,6 +165,8 @@ class Mirror(MirrorSettings):
     name: str | None = None
     source: str | list[str]
     targets: list[str] = Field(min_length=1)
+    #: Delete target tags the source no longer has (only tags this mirror selects).
+    purge: bool = False
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -160,9 +204,11 @@ class Logging(_Model):
     """Log output of the daemon and the sync command."""
 
     format: Literal["text", "json"] = "text"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["trace", "debug", "info", "warning", "error"] = "info"
     color: Literal["auto", "always", "never"] = "auto"
     output: str = "stderr"
+    #: strftime format of the timestamp (None: ISO 8601 in UTC).
+    time_format: str | None = None
 
     @field_validator("level", mode="before")
     @classmethod
@@ -175,6 +221,43 @@ class Metrics(_Model):
 
     listen: str | None = None
     path: str = "/metrics"
+    #: Also print the metrics to stdout this often (`5s`; None: never).
+    stdout_interval: str | int | None = None
+
+    @field_validator("stdout_interval")
+    @classmethod
+    def _interval(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            from .durations import parse_interval
+
+            if parse_interval(v).total_seconds() <= 0:
+                raise ValueError("stdout_interval must be longer than 0")
+        return v
+
+
+class Oidc(_Model):
+    """OIDC ID tokens `serve` accepts besides static tokens (Cloud Scheduler's call)."""
+
+    #: The `aud` a token must carry (Cloud Scheduler: the service's URL by default).
+    audience: list[str] = Field(min_length=1)
+    #: The service accounts (`email` claim) allowed to call.
+    emails: list[str] = Field(min_length=1)
+    jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    issuer: str = "https://accounts.google.com"
+    #: How long the signing keys are cached.
+    jwks_ttl: str | int = "1h"
+
+    @field_validator("audience", "emails", mode="before")
+    @classmethod
+    def _listed(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://127.", "http://localhost", "http://[::1]")):
+            raise ValueError("jwks_url must be https:// (plain http on loopback only)")
+        return v
 
 
 class Api(_Model):
@@ -193,6 +276,8 @@ class Api(_Model):
     allowed_registries: list[str] = []
     #: Let API jobs reach loopback, private and link-local addresses of any registry.
     allow_private_networks: bool = False
+    #: Google-signed (OIDC) ID tokens accepted besides `tokens`.
+    oidc: Oidc | None = None
 
     @field_validator("allowed_registries")
     @classmethod
@@ -215,6 +300,9 @@ class Config(_Model):
     state: str | None = None
     concurrency: int = Field(default=16, ge=1, le=256)
     max_errors: int = Field(default=0, ge=0)
+    #: What `max_errors` counts: failed passes in a row, or mirrors failing at once
+    #: (docker-sync's way: each image that failed in the latest round counts one).
+    max_errors_counts: Literal["passes", "mirrors"] = "passes"
     logging: Logging = Logging()
     metrics: Metrics = Metrics()
     api: Api = Api()

@@ -6,7 +6,9 @@ A schedule is written in the configuration as one of
   as `1h0m0s` or `1.5h` (docker-sync's `interval`), or a bare number of seconds;
 - a cron expression of five fields (`0 3 * * *`) or an alias (`@hourly`, `@daily`, ...),
   evaluated in UTC;
-- `0` (or nothing): on demand only, never run by the daemon on its own.
+- `0` (or nothing): on demand only, never run by the daemon on its own;
+- `once`: one pass each time the daemon starts, then on demand only (Docker Mirror
+  Image's `refresh = 0`: mirror what is missing, never refresh).
 
 Decisions the planner relies on:
 
@@ -83,10 +85,15 @@ class Schedule:
     cron: str | None = None
     jitter: float = 0.1
     max_jitter: float = 300.0
+    #: One pass when the daemon starts, none after (`next_run` is due at once; the daemon
+    #: schedules nothing after the pass).
+    once: bool = False
 
     def __post_init__(self) -> None:
         if self.interval is not None and self.cron is not None:
             raise ValueError("a schedule has an interval or a cron expression, not both")
+        if self.once and (self.interval is not None or self.cron is not None):
+            raise ValueError("a schedule `once` has no interval or cron expression")
         if self.interval is not None:
             if self.interval < timedelta(0):
                 raise ValueError(f"negative schedule interval: {self.interval!r}")
@@ -110,6 +117,8 @@ class Schedule:
             return cls()
         if isinstance(text, str):
             s = text.strip()
+            if s.lower() == "once":
+                return cls(once=True)
             if s.startswith("@") or any(c.isspace() for c in s):
                 return cls(cron=s)
         return cls(interval=parse_interval(text))
@@ -117,7 +126,7 @@ class Schedule:
     @property
     def on_demand(self) -> bool:
         """True when the daemon never runs this mirror on its own."""
-        return self.interval is None and self.cron is None
+        return self.interval is None and self.cron is None and not self.once
 
     @property
     def jitter_bound(self) -> timedelta:
@@ -147,6 +156,8 @@ class Schedule:
         """The next run time (UTC) at or after `after`, given the last run; None if on demand."""
         now = _utc(after, "after")
         last = None if last_run is None else _utc(last_run, "last_run")
+        if self.once:
+            return now
         if self.cron is not None:
             base = now if last is None else max(now, last)
             try:
@@ -172,6 +183,8 @@ class Schedule:
             return f"cron {self.cron}"
         if self.interval is not None:
             return f"every {format_interval(self.interval)}"
+        if self.once:
+            return "once at start"
         return "on demand"
 
 

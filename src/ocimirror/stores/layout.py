@@ -243,6 +243,60 @@ class LayoutStore:
         index.setdefault("mediaType", mt.OCI_INDEX)
         write_atomic(self.index_path, json.dumps(index, separators=(",", ":")).encode())
 
+    # -- referrers ----------------------------------------------------------------------
+
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Return the manifests listed in `index.json` whose `subject` is `digest`.
+
+        Referrers are kept as untagged entries of `index.json`, as oras lays them out, so
+        oras (`oras discover --oci-layout`) and this store both find them.
+        """
+        out: list[Descriptor] = []
+        for entry in (await self._index())["manifests"]:
+            if self._tag_of(entry) is not None:
+                continue
+            dg = str(entry["digest"])
+            raw = await asyncio.to_thread(self._read_manifest_blob, dg)
+            if raw is None:
+                continue
+            m = parse(raw, str(entry.get("mediaType") or ""), expected_digest=dg)
+            subject = m.subject
+            if subject is None or subject.digest != digest:
+                continue
+            desc = m.referrer_descriptor
+            if artifact_type is None or desc.artifact_type == artifact_type:
+                out.append(desc)
+        return out
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Write a referrer's blob and list it, untagged, in `index.json` (once)."""
+        await self.put_manifest(repo, manifest.digest, manifest)
+        desc = manifest.referrer_descriptor
+        entry: dict[str, Any] = {
+            "mediaType": desc.media_type,
+            "digest": desc.digest,
+            "size": desc.size,
+        }
+        if desc.artifact_type:
+            entry["artifactType"] = desc.artifact_type
+        async with self._index_lock:
+            await asyncio.to_thread(self._add_untagged, entry)
+        return True
+
+    def _add_untagged(self, entry: dict[str, Any]) -> None:
+        index = self._load_index()
+        if any(
+            e.get("digest") == entry["digest"] and self._tag_of(e) is None
+            for e in index["manifests"]
+        ):
+            return
+        index["manifests"] = [*index["manifests"], entry]
+        index.setdefault("schemaVersion", 2)
+        index.setdefault("mediaType", mt.OCI_INDEX)
+        write_atomic(self.index_path, json.dumps(index, separators=(",", ":")).encode())
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return the tags named in `index.json`, sorted and without duplicates."""
         index = await self._index()

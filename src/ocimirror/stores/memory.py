@@ -44,6 +44,28 @@ class MemoryStore:
         if ":" not in ref:
             self.tags[(repo, ref)] = manifest.digest
 
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        """Remove a tag (its manifest stays, reachable by digest)."""
+        self.tags.pop((repo, tag), None)
+
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Return the manifests of `repo` whose subject is `digest` (an API, like OCI 1.1)."""
+        out = []
+        for (r, _), m in sorted(self.manifests.items()):
+            subject = m.subject
+            if r == repo and subject is not None and subject.digest == digest:
+                desc = m.referrer_descriptor
+                if artifact_type is None or desc.artifact_type == artifact_type:
+                    out.append(desc)
+        return out
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Store a referrer by digest; `referrers` finds it from now on."""
+        await self.put_manifest(repo, manifest.digest, manifest)
+        return True
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return the tags of a repository, sorted."""
         return sorted(t for (r, t) in self.tags if r == repo)

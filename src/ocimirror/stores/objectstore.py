@@ -37,6 +37,7 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -438,6 +439,50 @@ class BucketStore:
 
         yield chunks()
 
+    @asynccontextmanager
+    async def read_blob(
+        self, repo: str, digest: str, span: tuple[int, int] | None = None
+    ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """Open a blob, or bytes `first`..`last` (inclusive) of it, with one GET: yield the
+        blob's whole size and its chunks; NotFound when absent. A stream that ends short
+        raises StoreError (a served answer must not pass for whole)."""
+        import obstore
+
+        key = self.key(repo, "blobs", digest)
+        options = {} if span is None else {"range": (span[0], span[1] + 1)}
+        try:
+            with self._errors("read", key):
+                got = await obstore.get_async(self.store, key, options=options)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: {key}: blob unknown") from None
+        size = int(got.meta["size"])
+        want = size if span is None else span[1] + 1 - span[0]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            seen = 0
+            with self._errors("read", key):
+                async for chunk in got.stream(min_chunk_size=READ_CHUNK):
+                    seen += len(chunk)
+                    yield bytes(chunk)
+            if seen != want:
+                raise StoreError(f"{self.name}: read {key}: {seen} of {want} bytes")
+
+        yield size, chunks()
+
+    async def sign_blob(self, repo: str, digest: str, lifetime: timedelta) -> str | None:
+        """Return a presigned URL that lets anyone GET a blob for `lifetime`; None when the
+        store cannot sign (a directory)."""
+        import obstore
+        from obstore.store import AzureStore, GCSStore, S3Store
+
+        store = self.store
+        if not isinstance(store, S3Store | GCSStore | AzureStore):
+            return None
+        key = self.key(repo, "blobs", digest)
+        with self._errors("sign", key):
+            url: str = await obstore.sign_async(store, "GET", key, lifetime)
+        return url
+
     async def put_blob(self, repo: str, desc: Descriptor, chunks: AsyncIterable[bytes]) -> None:
         """Upload a blob in parts while hashing it; a mismatch aborts the upload."""
         import obstore
@@ -461,6 +506,18 @@ class BucketStore:
                     chunk_size=PART_SIZE,
                     max_concurrency=PUT_CONCURRENCY,
                 )
+
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Say the bucket has no referrers API: its referrers are the fallback index
+        `sha256-<hex>`, a tag object a static host serves like any other."""
+        return None
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Store a referrer by digest; the copier keeps its subject's fallback index."""
+        await self.put_manifest(repo, manifest.digest, manifest)
+        return False
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Copy a blob from another repository of the bucket, server-side (no bytes move)."""

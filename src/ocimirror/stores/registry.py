@@ -6,7 +6,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..client import RegistryClient
-from ..errors import UploadRefused
+from ..errors import RegistryError, UploadRefused
 from ..manifest import Descriptor, Manifest
 
 
@@ -35,9 +35,43 @@ class RegistryStore:
         """Push a manifest's exact bytes under a tag or digest."""
         await self.client.put_manifest(repo, ref, manifest)
 
+    async def referrers(
+        self, repo: str, digest: str, artifact_type: str | None = None
+    ) -> list[Descriptor] | None:
+        """Ask the referrers API; None when the registry has none (404/405/501)."""
+        answer = await self.client.referrers(repo, digest, artifact_type)
+        return None if answer is None else answer[0]
+
+    async def put_referrer(self, repo: str, manifest: Manifest) -> bool:
+        """Push a referrer by digest; True when the registry answered `OCI-Subject`."""
+        return await self.client.put_referrer(repo, manifest)
+
     async def list_tags(self, repo: str) -> list[str]:
         """Return every tag of a repository."""
         return await self.client.list_tags(repo)
+
+    async def delete_tag(self, repo: str, tag: str) -> None:
+        """Delete a tag: by tag where the registry can, else by digest when no other tag
+        shares the manifest (deleting a digest removes every tag that points at it)."""
+        try:
+            await self.client.delete_manifest(repo, tag)
+            return
+        except RegistryError as e:
+            if e.status not in (400, 405) and "UNSUPPORTED" not in e.codes:
+                raise
+        desc = await self.client.head_manifest(repo, tag)
+        if desc is None:
+            return
+        for other in await self.client.list_tags(repo):
+            if other == tag:
+                continue
+            shared = await self.client.head_manifest(repo, other)
+            if shared is not None and shared.digest == desc.digest:
+                raise RegistryError(
+                    f"{self.name}/{repo}:{tag}: not deleted: the registry deletes by digest"
+                    f" only and tag {other} shares the manifest"
+                )
+        await self.client.delete_manifest(repo, desc.digest)
 
     async def blob_size(self, repo: str, digest: str) -> int | None:
         """Return a blob's size by HEAD, or None when absent."""

@@ -56,6 +56,21 @@ TargetRegistry = Annotated[
 ]
 
 
+#: Where Docker Mirror Image's config.ini is found without --config: the working
+#: directory, its `src/` (where its README puts it) and its image's /app/src.
+INI_PATHS = ("config.ini", "src/config.ini", "/app/src/config.ini")
+
+
+def _config_or_ini(config: Path | None) -> Path:
+    """--config, else Docker Mirror Image's config.ini where it keeps it."""
+    if config is not None:
+        return config
+    for candidate in INI_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise _fail(f"give --config FILE (no config.ini in {', '.join(INI_PATHS)})")
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.console import Console
     from rich.markup import escape
@@ -69,7 +84,9 @@ def _configure_logs(cfg: Config) -> None:
     from ..logs import configure
 
     lg = cfg.logging
-    configure(fmt=lg.format, level=lg.level, color=lg.color, output=lg.output)
+    configure(
+        fmt=lg.format, level=lg.level, color=lg.color, output=lg.output, time_format=lg.time_format
+    )
 
 
 def _one_off(
@@ -126,15 +143,18 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
                 f"  [{colour}]{mark} {escape(t.target.ref):<24} {t.reason}[/]{detail}",
                 highlight=False,
             )
+        for ref in p.plan.purges:
+            console.print(f"  [red]- {escape(ref.ref):<24} purge[/]", highlight=False)
         for e in p.plan.errors:
             console.print(f"  [red]✗ {escape(e.reference)}: {escape(e.error)}[/]", highlight=False)
         for repo in p.would_create:
             console.print(f"  [green]+ would create repository {escape(repo)}[/]", highlight=False)
         counts = {r: p.plan.count(r) for r in _MARK}
         needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
+        purge = f", {len(p.plan.purges)} to purge" if p.plan.purges else ""
         console.print(
             f"  {needed} to copy, {counts['unchanged']} unchanged,"
-            f" {counts['immutable']} immutable, {len(p.plan.errors)} errors",
+            f" {counts['immutable']} immutable{purge}, {len(p.plan.errors)} errors",
             highlight=False,
         )
 
@@ -200,9 +220,8 @@ def sync(
                 source, target, source_username, source_password, target_username, target_password
             )
             url = state
-        elif config is None:
-            raise _fail("give --config FILE (or a one-off --source and --target)")
         else:
+            config = _config_or_ini(config)
             loaded = load_config(config, target_registry=target_registry)
             for w in loaded.warnings:
                 console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
@@ -240,7 +259,8 @@ def sync(
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
         console.print(
             f"[{colour}]{p.status}[/] {escape(p.mirror)}: {p.copied} copied,"
-            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable,"
+            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable"
+            f"{f', {len(p.purged)} purged' if p.purged else ''},"
             f" {len(p.failed)} failed ({p.bytes / 1048576:.1f} MiB in {p.seconds:.1f} s)",
             highlight=False,
         )
@@ -268,8 +288,25 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
             for t in p.plan.tasks
         ],
         "copied": [
-            {"source": r.source, "target": r.destination, "status": r.status, "error": r.error}
+            {
+                "source": r.source,
+                "target": r.destination,
+                "status": r.status,
+                "error": r.error,
+                "referrers": [x.to_json() for x in r.referrers],
+                **({"reason": r.reason} if r.reason else {}),
+            }
             for r in p.results
+        ],
+        "referrer_checks": [
+            {
+                "source": r.source,
+                "target": r.destination,
+                "status": r.status,
+                "error": r.error,
+                "referrers": [x.to_json() for x in r.referrers],
+            }
+            for r in p.referrer_checks
         ],
         "errors": p.failed,
         "would_create": p.would_create,
@@ -289,8 +326,7 @@ def run(
     from ..settings.connection import apply_endpoint_flags
     from .daemon import Daemon
 
-    if config is None:
-        raise _fail("give --config FILE")
+    config = _config_or_ini(config)
     try:
         apply_endpoint_flags(registry_endpoint)
         daemon = Daemon(config, state_url=state, target_registry=target_registry)
@@ -315,8 +351,7 @@ def status(
     from ..settings.schedule import schedule_of
     from ..state.db import StateDB, default_url
 
-    if config is None:
-        raise _fail("give --config FILE")
+    config = _config_or_ini(config)
     try:
         cfg = load_config(config, target_registry=target_registry).config
     except OcimirrorError as e:
@@ -339,7 +374,8 @@ def status(
         run = runs.get(m.label)
         schedule = schedule_of(m)
         last = (run.finished_at or run.started_at) if run else None
-        nxt = schedule.next_run(now, last_run=last) if not schedule.on_demand else None
+        upcoming = not schedule.on_demand and not schedule.once
+        nxt = schedule.next_run(now, last_run=last) if upcoming else None
         result = "-"
         if run:
             colour = {"ok": "green", "partial": "yellow"}.get(run.status, "red")

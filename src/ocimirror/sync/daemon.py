@@ -8,8 +8,11 @@
   runs are marked `interrupted`.
 - SIGHUP, or the config file changing on disk: the config is reloaded without touching
   running work. An invalid new config is refused with one log line; the old one stays.
-- `max_errors` > 0: after that many failed passes in a row the daemon stops (exit 1).
-- `metrics.listen` set: Prometheus metrics of passes and registry clients are served there.
+- `max_errors` > 0: after that many failed passes in a row the daemon stops (exit 1); with
+  `max_errors_counts: mirrors` (docker-sync's way) when that many mirrors are failing at
+  once (a mirror fails while its latest pass has any failure).
+- `metrics.listen` set: Prometheus metrics of passes and registry clients are served there;
+  `metrics.stdout_interval` set: they are also printed to stdout that often.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +32,7 @@ from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
 from ..settings.config import Config, Loaded, Mirror, load_config
 from ..settings.connection import pool_for
+from ..settings.durations import parse_interval
 from ..settings.schedule import schedule_of
 from ..state.db import StateDB, default_url
 from ..stores.pool import StorePool
@@ -52,6 +57,8 @@ class Daemon:
     next_run: dict[str, datetime | None] = field(init=False, default_factory=dict)
     running: dict[str, asyncio.Task[None]] = field(init=False, default_factory=dict)
     failures_in_a_row: int = field(init=False, default=0)
+    #: Mirrors whose latest pass had a failure (docker-sync's error count).
+    failing: set[str] = field(init=False, default_factory=set)
     _wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _stopping: int = field(init=False, default=0)
     _mtime: float = field(init=False, default=0.0)
@@ -158,6 +165,10 @@ class Daemon:
                         serve_metrics(self.metrics, listen, self.config.metrics.path)
                     )
                     log.info("metrics served", listen=listen, port=port)
+                every = self.config.metrics.stdout_interval
+                if every is not None and metrics_server:
+                    printer = asyncio.create_task(self._print_metrics(every))
+                    stack.push_async_callback(self._stop_printing, printer)
                 if state is None:
                     state = await stack.enter_async_context(StateDB(url))
                 interrupted = await state.interrupt_runs()
@@ -237,9 +248,34 @@ class Daemon:
         except OSError:
             return False
 
+    async def _print_metrics(self, every: str | int) -> None:
+        """docker-sync's stdout exporter: the metrics on stdout every `every`."""
+        seconds = parse_interval(every).total_seconds()
+        while True:
+            await asyncio.sleep(seconds)
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        sys.stdout.write(self.metrics.render().decode())
+        sys.stdout.flush()
+
+    async def _stop_printing(self, printer: asyncio.Task[None]) -> None:
+        """Stop the stdout exporter, printing the final numbers once (as OTel's does)."""
+        printer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await printer
+        self._write_metrics()
+
     def _too_many_failures(self) -> bool:
         limit = self.config.max_errors
-        if limit and self.failures_in_a_row >= limit:
+        if not limit:
+            return False
+        if self.config.max_errors_counts == "mirrors":
+            failing = {m.label for m in self.config.mirrors} & self.failing
+            if len(failing) >= limit:
+                log.error("stopping: too many mirrors failing", failing=sorted(failing))
+                return True
+        elif self.failures_in_a_row >= limit:
             log.error("stopping after failed passes in a row", failures=self.failures_in_a_row)
             return True
         return False
@@ -257,6 +293,10 @@ class Daemon:
                 self.failures_in_a_row += 1
             else:
                 self.failures_in_a_row = 0
+            if done.status == "ok":
+                self.failing.discard(label)
+            else:
+                self.failing.add(label)
             self.metrics.record_pass(
                 label,
                 status=done.status,
@@ -288,13 +328,17 @@ class Daemon:
             raise
         except Exception as e:  # a pass must never take the daemon down
             self.failures_in_a_row += 1
+            self.failing.add(label)
             log.exception("run crashed", mirror=label, error=str(e))
         finally:
             self.running.pop(label, None)
             current = next((m for m in self.config.mirrors if m.label == label), None)
             if current is not None:
-                self.next_run[label] = schedule_of(current).next_run(
-                    datetime.now(UTC), last_run=datetime.now(UTC)
+                schedule = schedule_of(current)
+                self.next_run[label] = (
+                    None  # `once`: done until the next start
+                    if schedule.once
+                    else schedule.next_run(datetime.now(UTC), last_run=datetime.now(UTC))
                 )
                 self.metrics.set_next_run(label, self.next_run[label])
             self._wake.set()

@@ -47,6 +47,8 @@ registries:
 defaults:
   schedule: 6h         # 30m, 6h, 1d, 1w; a cron expression ("0 3 * * *"); 0 = on demand
   # platforms: [linux/amd64, linux/arm64]
+  # Signatures, SBOMs, attestations are copied with each image (docs/referrers.md):
+  # referrers: {exclude: ["application/spdx+json"], require_signed: false, check_interval: 6h}
 
 mirrors:
   # A repository (no tag): the tags the filter selects.

@@ -9,6 +9,10 @@ For every (source tag, target) it emits a task with a reason:
 - `changed`: the target's digest differs from the source's (a moved tag);
 - `unchanged`: the same digest at both ends (one HEAD at each).
 
+With `purge`, a whole-repository mirror also lists both sides and plans the deletion of
+each target tag the source no longer has, among the tags the mirror selects (its filter
+applied to the target's listing) and never a mutable one (docker-sync's rule).
+
 Tags are listed only when a filter needs it; a literal tag costs one HEAD at the source.
 A target repository receiving several tags is listed once instead of a HEAD per absent
 tag. Filtered multi-arch images compare through the state (source digest → the filtered
@@ -60,6 +64,8 @@ class PlannedTask:
     source_digest: str = ""
     target_digest: str = ""
     filtered: bool = False
+    #: The target manifest's media type when the plan asked the target (else "").
+    target_media_type: str = ""
 
     @property
     def needs_copy(self) -> bool:
@@ -84,6 +90,8 @@ class Plan:
     errors: list[PlanError] = field(default_factory=list)
     #: Target repositories that do not exist yet (their listing said so).
     new_targets: set[Reference] = field(default_factory=set)
+    #: Target tags to delete (`purge`): the source no longer has them.
+    purges: list[Reference] = field(default_factory=list)
 
     def count(self, reason: str) -> int:
         """Return how many tasks have `reason`."""
@@ -138,12 +146,14 @@ async def plan_mirror(
         plan.errors.append(PlanError(mirror.label, mirror.label, str(e)))
         return plan
 
+    tag_filter = mirror.tags.filter() if mirror.tags is not None else TagFilter()
+    source_listing: dict[Reference, list[str]] = {}
+
     async def tags_of(src: Reference) -> list[Reference]:
         if src.tag or src.digest:
             return [src]
-        tag_filter = mirror.tags.filter() if mirror.tags is not None else TagFilter()
         listed: list[str] = []
-        if tag_filter.needs_listing:
+        if tag_filter.needs_listing or mirror.purge:
             store = await store_for(src, False)
             async with sem:
                 listed, invalid = split_listed(await store.list_tags(src.repository))
@@ -151,7 +161,25 @@ async def plan_mirror(
                 log.warning(
                     "invalid tag skipped", mirror=mirror.label, source=str(src), tag=shown(tag)
                 )
+            source_listing[src] = listed
         return [src.with_tag(t) for t in tag_filter.select(listed)]
+
+    async def purges(src: Reference, dst: Reference) -> None:
+        """Plan the deletion of selected target tags the source no longer lists."""
+        store = await store_for(dst, True)
+        try:
+            async with sem:
+                there, _invalid = split_listed(await store.list_tags(dst.repository))
+        except NotFound:
+            return
+        except OcimirrorError as e:
+            plan.errors.append(PlanError(mirror.label, str(dst), f"purge: {e}"))
+            return
+        gone = set(there) - set(source_listing.get(src, ()))
+        selected = set(tag_filter.select(there))
+        for tag in sorted(gone & selected):
+            if not _matches(tag, mirror.mutable_tags):
+                plan.purges.append(dst.with_tag(tag))
 
     async def target_tags(dst: Reference, count: int) -> frozenset[str] | None:
         """The target repository's tags when several go there (None: not listed)."""
@@ -208,7 +236,16 @@ async def plan_mirror(
         else:
             reason = "changed"
         plan.tasks.append(
-            PlannedTask(mirror.label, src, dst, reason, src_digest, dst_digest, filtering)
+            PlannedTask(
+                mirror.label,
+                src,
+                dst,
+                reason,
+                src_digest,
+                dst_digest,
+                filtering,
+                target_media_type=dst_desc.media_type if dst_desc else "",
+            )
         )
 
     async def pair(src: Reference, dst: Reference) -> None:
@@ -220,6 +257,8 @@ async def plan_mirror(
         targets = [(s, dst if (dst.tag or dst.digest) else _inherit(dst, s)) for s in sources]
         present = await target_tags(dst, len(targets))
         await asyncio.gather(*(one(s, d, present) for s, d in targets))
+        if mirror.purge and src in source_listing and not (dst.tag or dst.digest):
+            await purges(src, dst)
 
     await asyncio.gather(*(pair(s, d) for s, d in pairs))
     plan.tasks.sort(key=lambda t: (str(t.target.repository_only()), t.target.ref))

@@ -7,24 +7,29 @@ sync planner's (reasons, the state database); the copies after it are the engine
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 import structlog
 
 from ..client import HostOptions
+from ..errors import OcimirrorError
 from ..reference import Reference
-from ..settings.config import Config, Mirror
+from ..settings.config import Config, Mirror, Referrers
 from ..settings.connection import host_options, pool_for
 from ..state.db import StateDB, TaskRecord
+from ..store import TagDeleter
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
-from ..transfer.copy import Copier, CopyOptions, ImageResult, Progress
+from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
 from ..transfer.engine import Side, Stores, execute
 from ..transfer.plan import CopyTask
-from .planner import Known, Plan, PlannedTask, is_immutable, plan_mirror
+from ..transfer.referrers import ReferrerOptions
+from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +48,23 @@ class MirrorPass:
     run_id: int | None = None
     #: A dry run's repositories the copies would create (ECR `create_repositories`).
     would_create: list[str] = field(default_factory=list)
+    #: Target tags deleted by `purge`, and those that could not be (with why).
+    purged: list[str] = field(default_factory=list)
+    purge_errors: list[str] = field(default_factory=list)
+    #: Unchanged images whose referrers were looked at (and found, or failed to be).
+    referrer_checks: list[ImageResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         """Every failure of the pass, one line each."""
         lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
         lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
-        return lines
+        lines += [
+            f"{r.source} → {r.destination}: referrers: {r.error}"
+            for r in self.referrer_checks
+            if r.error
+        ]
+        return lines + self.purge_errors
 
     @property
     def status(self) -> Literal["ok", "partial", "failed"]:
@@ -58,7 +73,7 @@ class MirrorPass:
         if not bad:
             return "ok"
         good = sum(1 for r in self.results if r.status != "failed")
-        good += sum(1 for t in self.plan.tasks if not t.needs_copy)
+        good += sum(1 for t in self.plan.tasks if not t.needs_copy) + len(self.purged)
         return "partial" if good else "failed"
 
     @property
@@ -109,10 +124,12 @@ async def _one_mirror(
     side = Side(options_for=lambda ref: _host_options(config, ref))
     stores = Stores(pool, source=side, destination=side)
     known: dict[str, Known] = {}
+    last_seen: dict[str, datetime] = {}
     run_id = None
     if state is not None:
         synced = await state.synced(mirror.label)
         known = {k: Known(v.source_digest, v.target_digest) for k, v in synced.items()}
+        last_seen = {k: v.synced_at for k, v in synced.items()}
         if mode != "dry-run":
             run_id = await state.start_run(mirror.label, trigger)
     plan = await plan_mirror(
@@ -123,14 +140,24 @@ async def _one_mirror(
         result.would_create = await _would_create(config, plan)
     else:
         todo = [t for t in plan.tasks if t.needs_copy and (mode == "all" or t.reason != "changed")]
+        referrers = (mirror.referrers or Referrers()).options()
         copier = Copier(
             options=CopyOptions(
                 platforms=tuple(mirror.platforms or ()),
                 include_foreign=bool(mirror.include_foreign),
+                referrers=referrers,
             ),
             image_concurrency=config.concurrency,
             progress=progress,
         )
+        # Unchanged images may have gained signatures: one look each (immutable tags too
+        # when the mirror asks for it).
+        looks = [
+            t
+            for t in plan.tasks
+            if _look_for_referrers(t, referrers)
+            and _due(last_seen.get(str(t.target)), referrers.check_interval)
+        ]
         # The planner listed and HEADed the targets already: nothing more to list.
         result.results = await execute(
             [_task(t) for t in todo],
@@ -139,6 +166,13 @@ async def _one_mirror(
             listing="none",
             absent=sorted(plan.new_targets, key=str),
         )
+        try:
+            refreshed = await asyncio.gather(*(_refresh(copier, t, stores) for t in looks))
+        except BaseException:
+            copier.cancel()  # shared transfers are shielded from their waiters: stop them too
+            raise
+        result.referrer_checks = [r for r in refreshed if r.referrers or r.status == "failed"]
+        await _purge(result, stores)
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
@@ -179,18 +213,63 @@ def _task(task: PlannedTask) -> CopyTask:
     )
 
 
+async def _purge(done: MirrorPass, store_for: StoreFor) -> None:
+    """Delete the tags the plan says to purge, one at a time (failures are reported)."""
+    for ref in done.plan.purges:
+        try:
+            store = await store_for(ref, True)
+            if not isinstance(store, TagDeleter):
+                raise OcimirrorError(f"{store.name} cannot delete tags")
+            await store.delete_tag(ref.repository, ref.ref)
+        except OcimirrorError as e:
+            done.purge_errors.append(f"{ref}: purge: {e}")
+            continue
+        log.info("tag purged", mirror=done.mirror, target=str(ref))
+        done.purged.append(str(ref))
+
+
+def _look_for_referrers(task: PlannedTask, options: ReferrerOptions) -> bool:
+    if not options.enabled or not task.target_digest or task.filtered:
+        return False
+    return task.reason == "unchanged" or (options.check_immutable and task.reason == "immutable")
+
+
+def _due(last: datetime | None, interval: float | None) -> bool:
+    """Tell whether an unchanged tag's referrers are due a look (the last pass is too old)."""
+    if interval is None or last is None:
+        return True
+    return (datetime.now(UTC) - last).total_seconds() >= interval
+
+
+async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> ImageResult:
+    try:
+        src_store = await store_for(task.source, False)
+        dst_store = await store_for(task.target, True)
+    except OcimirrorError as e:
+        return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
+    src = Endpoint(src_store, task.source.repository, task.target_digest, str(task.source))
+    dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
+    return await copier.refresh_referrers(src, dst, task.target_digest, task.target_media_type)
+
+
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
     """Write the pass's task results and the run's outcome in two transactions."""
     by_target = {r.destination: r for r in done.results}
+    # An unchanged image whose referrers could not be read is not synced: the next pass
+    # looks again, whatever the check interval.
+    unchecked = {r.destination: r.error for r in done.referrer_checks if r.status == "failed"}
     records: list[TaskRecord] = []
     for task in done.plan.tasks:
         if task.reason == "immutable":
             continue  # nothing was asked, nothing new to remember
         r = by_target.get(str(task.target))
         if r is None:  # not copied: unchanged, or a changed tag in missing-only mode
-            status: Literal["unchanged", "skipped"] = (
+            status: Literal["unchanged", "skipped", "failed"] = (
                 "unchanged" if task.reason == "unchanged" else "skipped"
             )
+            error = unchecked.get(str(task.target))
+            if error is not None:
+                status = "failed"
             records.append(
                 TaskRecord(
                     mirror=mirror.label,
@@ -202,6 +281,7 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
                     source_digest=task.source_digest or None,
                     target_digest=task.target_digest or None,
                     immutable=_immutable(mirror, task),
+                    error=f"referrers: {error}" if error is not None else None,
                 )
             )
             continue
@@ -212,7 +292,7 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
                 source_ref=str(task.source),
                 dest_ref=str(task.target),
                 reason=task.reason,
-                status="failed" if r.status == "failed" else r.status,
+                status="skipped" if r.status == "planned" else r.status,
                 source_digest=r.source_digest or task.source_digest or None,
                 target_digest=r.destination_digest or None,
                 bytes=r.bytes_copied,

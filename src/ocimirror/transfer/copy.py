@@ -29,10 +29,12 @@ from ..errors import (
 from ..manifest import Descriptor, Manifest, filter_index
 from ..mediatypes import is_index
 from ..store import Store
+from .copyreferrers import ReferrerCopying
+from .referrers import ApiMemory, Discovery, ReferrerOptions, ReferrerResult
 
 log = structlog.get_logger(__name__)
 
-Status = Literal["copied", "unchanged", "failed"]
+Status = Literal["copied", "unchanged", "failed", "skipped", "planned"]
 BlobHow = Literal["skipped", "mounted", "copied", "foreign"]
 
 
@@ -43,6 +45,10 @@ class CopyOptions:
     platforms: tuple[str, ...] = ()
     include_foreign: bool = False
     force: bool = False  # push even when the destination already has the same digest
+    #: Signatures, SBOMs, attestations: found, filtered and copied with each image.
+    referrers: ReferrerOptions = field(default_factory=ReferrerOptions)
+    #: Find what a copy would do (HEADs, referrer discovery); write nothing.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class ImageResult:
     error: str = ""
     #: The error as an API may show it to its caller (`errors.public_message`).
     public_error: str = ""
+    #: Why a `skipped` image was not copied (`unsigned` under require_signed).
+    reason: str = ""
+    #: The referrers found at the source, and what became of each.
+    referrers: list[ReferrerResult] = field(default_factory=list)
 
     @property
     def filtered(self) -> bool:
@@ -123,7 +133,7 @@ def _retry_hook(exc: Exception) -> bool | float:
     return is_retryable(exc)
 
 
-class Copier:
+class Copier(ReferrerCopying):
     """Copies images between stores; one Copier shares blob work across many images."""
 
     def __init__(
@@ -149,6 +159,12 @@ class Copier:
         # What a destination repository held when the run began, where it was listed:
         # its tags, or None when the repository did not exist yet.
         self._dst_listing: dict[tuple[str, str], frozenset[str] | None] = {}
+        #: Referrer discovery at sources (which stores lack the API, for the run).
+        self.discovery = Discovery(self.options.referrers)
+        # Which destination stores have a referrers API (else their fallback tags are read).
+        self._dst_api = ApiMemory()
+        # One writer at a time per destination fallback index (store, repo, tag).
+        self._index_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     def note_destination(self, store: Store, repo: str, tags: frozenset[str] | None) -> None:
         """Record a destination repository's tags (None: it does not exist) before copying.
@@ -234,6 +250,7 @@ class Copier:
             if src_digest == dst_desc.digest and (not filtering or unfilterable):
                 result.status = "unchanged"
                 result.source_digest = result.destination_digest = src_digest
+                await self._unchanged_referrers(src, dst, dst_desc, result)
                 return
             if filtering:
                 manifest = await src.store.get_manifest(src.repo, src_digest)
@@ -243,27 +260,50 @@ class Copier:
                         result.status = "unchanged"
                         result.source_digest = src_digest
                         result.destination_digest = filtered.digest
+                        found = await self._find_all(src, None, filtered.manifests)
+                        writes = await self._copy_found(src, dst, found, result)
+                        await self._write_tags(dst, writes)
                         return
         if manifest is None:
             manifest = await src.store.get_manifest(src.repo, src_digest or src.ref)
         result.source_digest = manifest.digest
         result.media_type = manifest.media_type
         top = manifest
+        children: list[Descriptor] = []
         if manifest.is_index:
             children = manifest.manifests
             if filtering:
                 top = filter_index(manifest, list(opts.platforms))
                 children = top.manifests
             result.platforms = [str(c.platform) for c in children if c.platform is not None]
+        # Referrers are found first: a source that fails to list them fails the image
+        # before anything is written, and require_signed decides before any byte moves.
+        found = await self._find_all(src, manifest.digest, children)
+        if opts.referrers.require_signed and not found[0][1].signed:
+            result.status = "skipped"
+            result.reason = "unsigned"
+            log.info("unsigned image skipped", source=result.source)
+            return
+        if top is not manifest:
+            # A platform-filtered index has new bytes: the source's referrers name another.
+            found = found[1:]
+        if opts.dry_run:
+            result.status = "planned"
+            result.destination_digest = top.digest
+            await self._copy_found(src, dst, found, result)
+            return
+        if manifest.is_index:
             await asyncio.gather(
                 *(self._ensure_manifest(src, dst, child, result) for child in children)
             )
         else:
             await self._copy_blobs(src, dst, manifest, result)
+        writes = await self._copy_found(src, dst, found, result)
         await dst.store.put_manifest(dst.repo, dst.ref, top)
         result.manifests_pushed += 1
         result.destination_digest = top.digest
         self._remember_manifest(dst, top.digest)
+        await self._write_tags(dst, writes)
 
     def cancel(self) -> None:
         """Cancel the shared manifest and blob transfers still running (an aborted pass)."""
@@ -272,6 +312,7 @@ class Copier:
         for task in pending:
             if not task.done():
                 task.cancel()
+        self.discovery.cancel()
 
     def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
         key = (dst.store.name, dst.repo, digest)
@@ -310,6 +351,37 @@ class Copier:
             await self._copy_blobs(src, dst, child, result)
         await dst.store.put_manifest(dst.repo, desc.digest, child)
         result.manifests_pushed += 1
+
+    # -- referrers (the rest is in copyreferrers.py) ----------------------------------
+
+    async def refresh_referrers(
+        self, src: Endpoint, dst: Endpoint, digest: str, media_type: str = ""
+    ) -> ImageResult:
+        """Copy the referrers an unchanged image (`digest`, at both ends) gained since.
+
+        A sync pass calls this for the tags its plan found unchanged; failures are in the
+        result, as with `copy`. `media_type`, when the plan's HEAD gave it, spares a HEAD
+        of the destination manifest (it tells whether the image is an index).
+        """
+        result = ImageResult(source=str(src), destination=str(dst), status="unchanged")
+        result.source_digest = result.destination_digest = digest
+        started = time.monotonic()
+        async with self._images:
+            try:
+                desc: Descriptor | None = (
+                    Descriptor(media_type, digest, 0)
+                    if media_type
+                    else await dst.store.head_manifest(dst.repo, digest)
+                )
+                if desc is None:
+                    raise NotFound(f"{dst}: manifest {digest} unknown")
+                await self._unchanged_referrers(src, dst, desc, result)
+            except (TimeoutError, OcimirrorError, OSError) as e:
+                result.status = "failed"
+                result.error = str(e) or type(e).__name__
+                result.public_error = public_message(e)
+        result.seconds = time.monotonic() - started
+        return result
 
     # -- blobs ------------------------------------------------------------------------
 
@@ -415,4 +487,4 @@ class Copier:
                 result.bytes_copied += desc.size
 
 
-__all__ = ["Copier", "CopyOptions", "Endpoint", "ImageResult", "Progress"]
+__all__ = ["Copier", "CopyOptions", "Endpoint", "ImageResult", "Progress", "ReferrerResult"]

@@ -259,7 +259,7 @@ class RunSummary:
         """Return a JSON-ready summary (the CLI's `--json` output)."""
         counts = {s: 0 for s in ("copied", "unchanged", "failed")}
         for r in self.results:
-            counts[r.status] += 1
+            counts[r.status] = counts.get(r.status, 0) + 1  # `skipped`, `planned` when any
         return {
             "ok": self.ok,
             "images": [
@@ -278,6 +278,8 @@ class RunSummary:
                         "skipped": r.blobs_skipped,
                     },
                     "seconds": round(r.seconds, 3),
+                    "referrers": [x.to_json() for x in r.referrers],
+                    **({"reason": r.reason} if r.reason else {}),
                     **({"error": r.error} if r.error else {}),
                 }
                 for r in self.results

@@ -31,6 +31,7 @@ from typing import Literal
 
 from ..errors import ConfigError
 from ..patterns import TagPattern, compile_pattern
+from .referrers import is_referrer_tag
 
 __all__ = ["SemverRange", "TagFilter", "Version", "natural_key", "shown", "split_listed"]
 
@@ -597,8 +598,11 @@ class TagFilter:
         """
         chosen = {t for t in self.tags if not self._excluded(t)}
         if self.needs_listing:
+            # Fallback indexes and cosign tags travel with their image, never on their own.
             candidates = [
-                t for t in dict.fromkeys(tags) if self._included(t) and not self._excluded(t)
+                t
+                for t in dict.fromkeys(tags)
+                if not is_referrer_tag(t) and self._included(t) and not self._excluded(t)
             ]
             if self._by_version:
                 chosen.update(self._pick_versions(candidates))
