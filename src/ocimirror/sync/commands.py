@@ -42,6 +42,16 @@ StateOpt = Annotated[
         metavar="URL",
     ),
 ]
+TrustStateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-state",
+        help="Skip the target HEAD of a tag the state database says was written there and"
+        " the target's tags list still shows (every mirror; config: trust_state). Every"
+        " target is looked at again after verify_every (default 24h).",
+        envvar="OCIMIRROR_TRUST_STATE",
+    ),
+]
 TargetRegistry = Annotated[
     str | None,
     typer.Option(
@@ -116,11 +126,12 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
             if not verbose and t.reason in ("unchanged", "immutable"):
                 continue
             mark, colour = _MARK[t.reason]
+            reason = "unchanged (trusted)" if t.trusted else t.reason
             detail = ""
             if t.reason == "changed":
                 detail = f"  {t.target_digest[7:19]} → {t.source_digest[7:19]}"
             console.print(
-                f"  [{colour}]{mark} {escape(t.target.ref):<24} {t.reason}[/]{detail}",
+                f"  [{colour}]{mark} {escape(t.target.ref):<24} {reason}[/]{detail}",
                 highlight=False,
             )
         for e in p.plan.errors:
@@ -170,6 +181,13 @@ def sync(
         bool, typer.Option("--verbose", "-v", help="With --dry-run: list unchanged tags too.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
+    trust_state: TrustStateOpt = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Look at every target this pass, trusting no state (a full check)."
+        ),
+    ] = False,
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
     import asyncio
@@ -214,10 +232,13 @@ def sync(
     async def go() -> list[MirrorPass]:
         from .runner import sync_pass
 
+        trust = trust_state or None
         if url is None or no_state:
             return await sync_pass(cfg, state=None, mode=mode, mirrors=mirror)
         async with StateDB(url) as db:
-            return await sync_pass(cfg, state=db, mode=mode, mirrors=mirror)
+            return await sync_pass(
+                cfg, state=db, mode=mode, mirrors=mirror, trust_state=trust, verify=verify
+            )
 
     try:
         passes = asyncio.run(go())
@@ -254,6 +275,7 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
                 "source": str(t.source),
                 "target": str(t.target),
                 "reason": t.reason,
+                "trusted": t.trusted,
                 "source_digest": t.source_digest,
                 "target_digest": t.target_digest,
             }
@@ -268,7 +290,10 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
 
 
 def run(
-    config: ConfigOpt = None, state: StateOpt = None, target_registry: TargetRegistry = None
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    target_registry: TargetRegistry = None,
+    trust_state: TrustStateOpt = False,
 ) -> None:
     """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
     import asyncio
@@ -279,7 +304,12 @@ def run(
     if config is None:
         raise _fail("give --config FILE")
     try:
-        daemon = Daemon(config, state_url=state, target_registry=target_registry)
+        daemon = Daemon(
+            config,
+            state_url=state,
+            target_registry=target_registry,
+            trust_state=trust_state or None,
+        )
     except OcimirrorError as e:
         raise _fail(str(e)) from None
     _configure_logs(daemon.config)

@@ -47,6 +47,8 @@ registries:
 defaults:
   schedule: 6h         # 30m, 6h, 1d, 1w; a cron expression ("0 3 * * *"); 0 = on demand
   # platforms: [linux/amd64, linux/arm64]
+  # trust_state: true  # skip the target HEAD of a tag the state says was written there
+  # verify_every: 24h  # ...but look at every target again this often (and on --verify)
 
 mirrors:
   # A repository (no tag): the tags the filter selects.
