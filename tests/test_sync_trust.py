@@ -4,6 +4,7 @@ what changed at the target behind ocimirror's back. Against real registries."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -187,6 +188,12 @@ def test_dry_run_shows_trusted_and_verify_turns_it_off(
     assert out.returncode == 0, out.stderr
     assert "1.0" in out.stderr
     assert "unchanged (trusted)" in out.stderr
+    assert "0 to copy, 1 unchanged (1 trusted)," in out.stderr
+    out = run_ocimirror("sync", "-c", str(cfg), "--trust-state", "--json")
+    assert out.returncode == 0, out.stderr
+    assert "ok app: 0 copied, 1 unchanged (1 trusted)," in out.stderr
+    (summary,) = json.loads(out.stdout)
+    assert [(t["reason"], t["trusted"]) for t in summary["tasks"]] == [("unchanged", True)]
     out = run_ocimirror("sync", "-c", str(cfg), "--dry-run", "-v", "--trust-state", "--verify")
     assert out.returncode == 0, out.stderr
     assert "unchanged" in out.stderr
@@ -194,3 +201,31 @@ def test_dry_run_shows_trusted_and_verify_turns_it_off(
     # Without the flag (and not in the config), nothing is trusted.
     out = run_ocimirror("sync", "-c", str(cfg), "--dry-run", "-v")
     assert "trusted" not in out.stderr
+
+
+async def test_run_trust_state_flag_reaches_the_daemons_passes(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path
+) -> None:
+    from ocimirror.settings.connection import pool_for
+    from ocimirror.sync.daemon import Daemon
+
+    src, dst = registry_pair
+    await seed(src, "lib/app", [(t, make_image(layer_size=300, seed=t)) for t in ("a", "b")])
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text(
+        f"mirrors:\n  - name: app\n    source: {src.host}/lib/app\n"
+        f"    targets: [{dst.host}/mirror/app]\n    schedule: 0\n"
+    )
+    daemon = Daemon(cfg, trust_state=True)  # what `ocimirror run --trust-state` builds
+    pool = pool_for(daemon.config)
+    try:
+        async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
+            (mirror,) = daemon.config.mirrors
+            await daemon._run(mirror, state, pool)  # cold: copies both
+            m2 = dst.mark()
+            await daemon._run(mirror, state, pool)  # warm: trusted
+            assert kinds(dst.requests(since=m2)) == {("GET", "tags"): 1}
+            (last, cold) = await state.runs("app", limit=2)
+            assert (cold.copied, last.copied, last.unchanged) == (2, 0, 2)
+    finally:
+        await pool.close()

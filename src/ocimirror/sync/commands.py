@@ -139,7 +139,7 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
         counts = {r: p.plan.count(r) for r in _MARK}
         needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
         console.print(
-            f"  {needed} to copy, {counts['unchanged']} unchanged,"
+            f"  {needed} to copy, {counts['unchanged']} unchanged{_trusted(p)},"
             f" {counts['immutable']} immutable, {len(p.plan.errors)} errors",
             highlight=False,
         )
@@ -253,9 +253,11 @@ def sync(
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
         console.print(
             f"[{colour}]{p.status}[/] {escape(p.mirror)}: {p.copied} copied,"
-            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable,"
+            f" {p.plan.count('unchanged')} unchanged{_trusted(p)},"
+            f" {p.plan.count('immutable')} immutable,"
             f" {len(p.failed)} failed ({p.bytes / 1048576:.1f} MiB in {p.seconds:.1f} s)",
             highlight=False,
+            soft_wrap=True,  # one line per mirror, however narrow the terminal
         )
         for line in p.failed:
             console.print(f"  [red]✗[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -263,6 +265,12 @@ def sync(
     if statuses <= {"ok"}:
         raise typer.Exit(EXIT_OK)
     raise typer.Exit(EXIT_FAILED if statuses == {"failed"} else EXIT_PARTIAL)
+
+
+def _trusted(p: MirrorPass) -> str:
+    """` (N trusted)` when the pass trusted the state for N unchanged tags."""
+    trusted = sum(1 for t in p.plan.tasks if t.trusted)
+    return f" ({trusted} trusted)" if trusted else ""
 
 
 def _pass_json(p: MirrorPass) -> dict[str, Any]:
