@@ -12,6 +12,9 @@ round to the next, and the median is reported:
   the state database beside the config;
 - the same config with `immutable_tags: ["*"]`, into the same destination but with its
   own state database: one unmeasured pass records the tags, then the measured ones;
+- the same config with `trust_state: true` (issue 17), likewise into the same destination
+  with its own state database: one unmeasured pass (a full check, every target HEADed)
+  records the tags, then the measured ones skip the target HEADs;
 - `skopeo sync --all --src yaml --dest docker` with the 20 repositories (all tags) in
   skopeo's YAML source format, to `<dst>/mirror/bench` (skopeo appends the last part of
   each repository name, which gives the same names as ocimirror).
@@ -30,9 +33,9 @@ costs only the pass. So the resident form is measured too, beside the one-shot r
   started_at`); the wall time from the POST to the finished run being seen, the requests
   at both registries during the pass and the serve process's peak RSS (`VmHWM`) are
   reported too;
-- the same with `immutable_tags: ["*"]` in a serve process and state database of its
-  own, into the same destination: one unmeasured pass records the tags, then the
-  measured ones.
+- the same with `immutable_tags: ["*"]`, and the same with `trust_state: true`, each in
+  a serve process and state database of its own, into the same destination: one
+  unmeasured pass records the tags, then the measured ones.
 
 Wall time, peak RSS and the requests both registries answered are measured as in
 `bench/run.py` (whose helpers this reuses); after every run the destination is checked
@@ -40,7 +43,9 @@ against the source (every tag with its digest, every manifest and blob). The bar
 issue are judged for the four ocimirror variants: writes and manifest GETs at either
 registry and requests per tag in the worst of the runs, the speed as skopeo's median time
 over ocimirror's (its median wall time for the one-shot command, its median pass time for
-the resident one). They are printed as a table; the exit status is 0 even when a bar
+the resident one); for the `trust_state` variants, issue 17's bars instead:
+at most 1.05 requests per tag besides one target tags list per repository, and skopeo at
+least 4x slower than the one-shot command and 8x slower than the resident pass. They are printed as a table; the exit status is 0 even when a bar
 fails, since this is a report.
 """
 
@@ -98,22 +103,26 @@ OWN_LAYER_SIZE = 1024
 VARIANTS: tuple[tuple[str, str], ...] = (
     ("ocimirror", "ocimirror sync (one-shot) warm"),
     ("ocimirror-immutable", "ocimirror sync (one-shot) warm (immutable tags)"),
+    ("ocimirror-trust", "ocimirror sync (one-shot) warm (trust_state)"),
     ("skopeo", "skopeo sync warm"),
 )
 #: The resident runs: one `ocimirror serve` each, its passes triggered over its API.
 RESIDENT_VARIANTS: tuple[tuple[str, str], ...] = (
     ("resident", "ocimirror run/serve (resident) warm pass"),
     ("resident-immutable", "ocimirror run/serve (resident) warm pass (immutable tags)"),
+    ("resident-trust", "ocimirror run/serve (resident) warm pass (trust_state)"),
 )
 LABELS: dict[str, str] = dict((*VARIANTS, *RESIDENT_VARIANTS))
 #: The one-shot ocimirror variants (start-up is taken off their time in the table).
-ONE_SHOT: frozenset[str] = frozenset({"ocimirror", "ocimirror-immutable"})
+ONE_SHOT: frozenset[str] = frozenset({"ocimirror", "ocimirror-immutable", "ocimirror-trust"})
 #: The ocimirror variants the bars are judged for, with their column in the bars table.
 JUDGED: dict[str, str] = {
     "ocimirror": "one-shot",
     "ocimirror-immutable": "one-shot, immutable",
     "resident": "resident",
     "resident-immutable": "resident, immutable",
+    "ocimirror-trust": "one-shot, trust_state",
+    "resident-trust": "resident, trust_state",
 }
 #: The mirror's name in the config, the API and the state database.
 MIRROR = "bench"
@@ -124,6 +133,11 @@ PASS_TIME = re.compile(r"^\S+ bench: .*\(.* in ([0-9.]+) s\)\s*$", re.MULTILINE)
 #: The bars of issue 5 for a warm pass with nothing to do.
 REQUESTS_PER_TAG_BAR = 2.2
 SPEED_BAR = 5.0
+#: The bars of issue 17 for `trust_state`: requests per mutable tag on top of one target
+#: tags list per repository, and skopeo's time over ocimirror's, one-shot and resident.
+TRUST_VARIANTS: frozenset[str] = frozenset({"ocimirror-trust", "resident-trust"})
+TRUST_REQUESTS_PER_TAG_BAR = 1.05
+TRUST_SPEED_BAR = {"ocimirror-trust": 4.0, "resident-trust": 8.0}
 
 
 # -- the corpus --------------------------------------------------------------------------
@@ -163,6 +177,7 @@ def ocimirror_config(
     *,
     immutable: bool,
     schedule: int | str | None = None,
+    trust: bool = False,
 ) -> Path:
     """Write an ocimirror config mirroring every repository to `<dst>/mirror`.
 
@@ -178,6 +193,8 @@ def ocimirror_config(
     }
     if immutable:
         mirror["immutable_tags"] = ["*"]
+    if trust:
+        mirror["trust_state"] = True
     if schedule is not None:
         mirror["schedule"] = schedule
     path.write_text(yaml.safe_dump({"concurrency": 16, "mirrors": [mirror]}, sort_keys=False))
@@ -199,10 +216,14 @@ def commands(
     immutable = ocimirror_config(
         workdir / "bench-immutable.yml", src, dsts["ocimirror-immutable"], immutable=True
     )
+    trusting = ocimirror_config(
+        workdir / "bench-trust.yml", src, dsts["ocimirror-trust"], immutable=False, trust=True
+    )
     source = skopeo_source(workdir / "skopeo-source.yml", src)
     return {
         "ocimirror": [str(OCIMIRROR), "sync", "-c", str(plain)],
         "ocimirror-immutable": [str(OCIMIRROR), "sync", "-c", str(immutable)],
+        "ocimirror-trust": [str(OCIMIRROR), "sync", "-c", str(trusting)],
         "skopeo": skopeo.command(
             "sync",
             "--all",
@@ -632,6 +653,8 @@ def judge(om: Summary, sk: Summary) -> list[Bar]:
     resident form.
     """
     ratio = sk.median_seconds / om.median_seconds if om.median_seconds > 0 else 0.0
+    if om.variant in TRUST_VARIANTS:
+        return judge_trust(om, sk, ratio)
     return [
         Bar(
             om.variant,
@@ -652,6 +675,36 @@ def judge(om: Summary, sk: Summary) -> list[Bar]:
             f"skopeo time / ocimirror time >= {SPEED_BAR:g}",
             f"{ratio:.2f}x",
             ratio >= SPEED_BAR,
+        ),
+    ]
+
+
+def judge_trust(om: Summary, sk: Summary, ratio: float) -> list[Bar]:
+    """The bars of issue 17 for a trusting variant: no target HEADs, at most 1.05 requests
+    per mutable tag besides one target tags list per repository, and the speed bar of its
+    form (4x skopeo one-shot, 8x resident)."""
+    per_tag = (om.max_requests - REPOS) / TOTAL_TAGS
+    speed = TRUST_SPEED_BAR[om.variant]
+    return [
+        Bar(
+            om.variant,
+            "every run correct (both tools)",
+            "yes" if om.all_ok and sk.all_ok else "no",
+            om.all_ok and sk.all_ok,
+        ),
+        Bar(om.variant, "no writes (PUT/POST/PATCH)", str(om.max_writes), om.max_writes == 0),
+        Bar(om.variant, "no manifest GETs", str(om.max_manifest_gets), om.max_manifest_gets == 0),
+        Bar(
+            om.variant,
+            f"<= {TRUST_REQUESTS_PER_TAG_BAR} requests/tag + 1 target tags list/repository",
+            f"{per_tag:.3f}",
+            per_tag <= TRUST_REQUESTS_PER_TAG_BAR,
+        ),
+        Bar(
+            om.variant,
+            f"skopeo time / ocimirror time >= {speed:g}",
+            f"{ratio:.2f}x",
+            ratio >= speed,
         ),
     ]
 
@@ -726,7 +779,8 @@ def bars_table(bars: Sequence[Bar]) -> str:
     names = list(dict.fromkeys(b.name for b in bars))
     cell = {(b.variant, b.name): f"{b.value} {'PASS' if b.passed else 'FAIL'}" for b in bars}
     header = ["bar", *(JUDGED[v] for v in variants)]
-    rows = [[name, *(cell[(v, name)] for v in variants)] for name in names]
+    # The trust_state variants are judged by bars of their own: "-" where a bar is not theirs.
+    rows = [[name, *(cell.get((v, name), "-") for v in variants)] for name in names]
     return render(header, rows, set(range(1, len(header))))
 
 
@@ -800,7 +854,12 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
     dst_res = LocalRegistry(workdir / "dst-resident", exact_counting=False)
     # Both ocimirror variants of a form mirror into the same destination, each with its
     # own state; the resident form has a destination of its own, filled by its first pass.
-    dsts = {"ocimirror": dst_om, "ocimirror-immutable": dst_om, "skopeo": dst_sk}
+    dsts = {
+        "ocimirror": dst_om,
+        "ocimirror-immutable": dst_om,
+        "ocimirror-trust": dst_om,
+        "skopeo": dst_sk,
+    }
     runs: list[SyncRun] = []
     resident: dict[str, dict[str, float | None]] = {}
     try:
@@ -841,6 +900,7 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
         # Fill the destinations; the immutable variant's first pass records its tags.
         run("ocimirror", "cold")
         run("ocimirror-immutable", "record")
+        run("ocimirror-trust", "record")
         run("skopeo", "cold")
         names = [name for name, _ in VARIANTS]
         for position in range(args.rounds):
@@ -853,9 +913,15 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
         for variant, immutable, first in (
             ("resident", False, "cold"),
             ("resident-immutable", True, "record"),
+            ("resident-trust", False, "record"),
         ):
             config = ocimirror_config(
-                workdir / f"{variant}.yml", src, dst_res, immutable=immutable, schedule=0
+                workdir / f"{variant}.yml",
+                src,
+                dst_res,
+                immutable=immutable,
+                schedule=0,
+                trust=variant in TRUST_VARIANTS,
             )
             passes, process = run_resident(
                 variant, first, config, workdir, env, src, dst_res, expected, args

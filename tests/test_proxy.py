@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ import pytest
 
 from ocimirror import digest as digests
 from ocimirror.testkit.images import SampleImage, make_image, make_index
+from ocimirror.testkit.podman import podman_pull
 from ocimirror.testkit.proxy import PROXY_COMMAND, PROXY_ENV, ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
@@ -59,38 +59,6 @@ def assert_layout_holds(dest: Path, image: SampleImage) -> None:
 def config_hex(image: SampleImage) -> str:
     """The hex of an image's config digest: podman's image id."""
     return image.blobs[0].digest.split(":")[1]
-
-
-def podman_pull(skopeo: Skopeo, ref: str) -> subprocess.CompletedProcess[str]:
-    """`podman pull` as root with private storage and configuration (skopeo's).
-
-    Podman refuses a run root longer than 50 characters: both live in a short temp dir.
-    """
-    top = Path(tempfile.mkdtemp(prefix="ocim-pm-", dir="/tmp"))
-    try:
-        root, run = top / "root", top / "run"
-        conf = top / "storage.conf"
-        conf.write_text(f'[storage]\ndriver = "vfs"\nrunroot = "{run}"\ngraphroot = "{root}"\n')
-        cmd = [
-            "podman",
-            "--root",
-            str(root),
-            "--runroot",
-            str(run),
-            "--storage-driver",
-            "vfs",
-            "pull",
-            "--tls-verify=false",
-            "--signature-policy",
-            str(skopeo.policy),
-            ref,
-        ]
-        env = {**skopeo.env(), "CONTAINERS_STORAGE_CONF": str(conf)}
-        return subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=120, check=False
-        )
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
 
 
 # -- a stand-in upstream and storage ------------------------------------------------------

@@ -746,9 +746,13 @@ class RegistryClient:
 
     async def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> None:
         """PUT a manifest's exact bytes under a tag or digest."""
+        await self._put_manifest(repo, ref, manifest)
+
+    async def _put_manifest(self, repo: str, ref: str, manifest: Manifest) -> str:
+        """PUT a manifest's exact bytes; return the answer's `OCI-Subject` ("" if none)."""
         where = f"{self.host}/{repo}{'@' if ':' in ref else ':'}{ref}"
 
-        async def once() -> None:
+        async def once() -> str:
             resp = await self._send(
                 "PUT",
                 self.url(f"/v2/{repo}/manifests/{ref}"),
@@ -759,8 +763,10 @@ class RegistryClient:
             if resp.status not in (200, 201, 202):
                 raise await self.error_from(resp, f"{where}: manifest refused")
             resp.release()
+            return resp.headers.get("OCI-Subject", "").strip()
 
-        await self._creating(repo, once)
+        answered: str = await self._creating(repo, once)
+        return answered
 
     async def delete_manifest(self, repo: str, ref: str) -> bool:
         """DELETE a manifest by tag or digest; False when it was not there."""
@@ -886,24 +892,8 @@ class RegistryClient:
         indexed it (it answered `OCI-Subject` naming the subject), so that no fallback
         tag is needed."""
         subject = manifest.subject
-        where = f"{self.host}/{repo}@{manifest.digest}"
-
-        async def once() -> bool:
-            resp = await self._send(
-                "PUT",
-                self.url(f"/v2/{repo}/manifests/{manifest.digest}"),
-                scopes=self._scopes(repo, push=True),
-                headers={"Content-Type": manifest.media_type},
-                data=manifest.raw,
-            )
-            if resp.status not in (200, 201, 202):
-                raise await self.error_from(resp, f"{where}: manifest refused")
-            resp.release()
-            answered = resp.headers.get("OCI-Subject", "").strip()
-            return subject is not None and answered == subject.digest
-
-        result: bool = await self._retrying(once)
-        return result
+        answered = await self._put_manifest(repo, manifest.digest, manifest)
+        return subject is not None and answered == subject.digest
 
     # -- blobs ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+#: How long a mirror with `trust_state` trusts the state before looking at every target.
+DEFAULT_VERIFY_EVERY = timedelta(hours=24)
 
 Format = Literal["ocimirror", "docker-sync", "docker-mirror-image-ini"]
 
@@ -139,6 +143,28 @@ class MirrorSettings(_Model):
     schedule: str | int | None = None
     include_foreign: bool | None = None
     referrers: Referrers | None = None
+    #: Skip the target HEAD of a tag the state database says was written there (see README).
+    trust_state: bool | None = None
+    #: How long the state is trusted before a pass looks at every target again (24h).
+    verify_every: str | int | None = None
+
+    @field_validator("verify_every")
+    @classmethod
+    def _verify_every(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            from .durations import parse_interval
+
+            parse_interval(v)
+        return v
+
+    @property
+    def verify_interval(self) -> timedelta:
+        """How long the state is trusted (`verify_every`, 24 hours by default)."""
+        if self.verify_every is None:
+            return DEFAULT_VERIFY_EVERY
+        from .durations import parse_interval
+
+        return parse_interval(self.verify_every)
 
     @field_validator("schedule")
     @classmethod

@@ -6,7 +6,9 @@ written by an older ocimirror is upgraded in place and a fresh one is created.
 
     runs          one row per sync of a mirror: trigger, status, times and counts
     task_results  one row per image a run looked at, with why and what happened
-    synced        the last successful state of each destination reference, upserted
+    synced        the last successful state of each destination reference, upserted;
+                  `synced_at` is the last time the target was copied or HEADed (a pass
+                  trusting the state records nothing, so `verify_every` counts from it)
     jobs          work asked of the HTTP service: request, progress and result as JSON
 
 Every datetime is timezone-aware UTC going in and coming out; SQLite keeps them as naive

@@ -45,6 +45,16 @@ StateOpt = Annotated[
     ),
 ]
 RegistryEndpoint = cli_options.RegistryEndpoint
+TrustStateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-state",
+        help="Skip the target HEAD of a tag the state database says was written there and"
+        " the target's tags list still shows (every mirror; config: trust_state). Every"
+        " target is looked at again after verify_every (default 24h).",
+        envvar="OCIMIRROR_TRUST_STATE",
+    ),
+]
 TargetRegistry = Annotated[
     str | None,
     typer.Option(
@@ -136,11 +146,12 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
             if not verbose and t.reason in ("unchanged", "immutable"):
                 continue
             mark, colour = _MARK[t.reason]
+            reason = "unchanged (trusted)" if t.trusted else t.reason
             detail = ""
             if t.reason == "changed":
                 detail = f"  {t.target_digest[7:19]} → {t.source_digest[7:19]}"
             console.print(
-                f"  [{colour}]{mark} {escape(t.target.ref):<24} {t.reason}[/]{detail}",
+                f"  [{colour}]{mark} {escape(t.target.ref):<24} {reason}[/]{detail}",
                 highlight=False,
             )
         for ref in p.plan.purges:
@@ -153,7 +164,7 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
         needed = counts["new"] + counts["changed"] + counts["missing-at-target"]
         purge = f", {len(p.plan.purges)} to purge" if p.plan.purges else ""
         console.print(
-            f"  {needed} to copy, {counts['unchanged']} unchanged,"
+            f"  {needed} to copy, {counts['unchanged']} unchanged{_trusted(p)},"
             f" {counts['immutable']} immutable{purge}, {len(p.plan.errors)} errors",
             highlight=False,
         )
@@ -196,6 +207,13 @@ def sync(
         bool, typer.Option("--verbose", "-v", help="With --dry-run: list unchanged tags too.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="A JSON summary on stdout.")] = False,
+    trust_state: TrustStateOpt = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify", help="Look at every target this pass, trusting no state (a full check)."
+        ),
+    ] = False,
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
     import asyncio
@@ -241,10 +259,13 @@ def sync(
     async def go() -> list[MirrorPass]:
         from .runner import sync_pass
 
+        trust = trust_state or None
         if url is None or no_state:
             return await sync_pass(cfg, state=None, mode=mode, mirrors=mirror)
         async with StateDB(url) as db:
-            return await sync_pass(cfg, state=db, mode=mode, mirrors=mirror)
+            return await sync_pass(
+                cfg, state=db, mode=mode, mirrors=mirror, trust_state=trust, verify=verify
+            )
 
     try:
         passes = asyncio.run(go())
@@ -259,10 +280,12 @@ def sync(
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
         console.print(
             f"[{colour}]{p.status}[/] {escape(p.mirror)}: {p.copied} copied,"
-            f" {p.plan.count('unchanged')} unchanged, {p.plan.count('immutable')} immutable"
+            f" {p.plan.count('unchanged')} unchanged{_trusted(p)},"
+            f" {p.plan.count('immutable')} immutable"
             f"{f', {len(p.purged)} purged' if p.purged else ''},"
             f" {len(p.failed)} failed ({p.bytes / 1048576:.1f} MiB in {p.seconds:.1f} s)",
             highlight=False,
+            soft_wrap=True,  # one line per mirror, however narrow the terminal
         )
         for line in p.failed:
             console.print(f"  [red]✗[/] {escape(line)}", highlight=False, soft_wrap=True)
@@ -270,6 +293,12 @@ def sync(
     if statuses <= {"ok"}:
         raise typer.Exit(EXIT_OK)
     raise typer.Exit(EXIT_FAILED if statuses == {"failed"} else EXIT_PARTIAL)
+
+
+def _trusted(p: MirrorPass) -> str:
+    """` (N trusted)` when the pass trusted the state for N unchanged tags."""
+    trusted = sum(1 for t in p.plan.tasks if t.trusted)
+    return f" ({trusted} trusted)" if trusted else ""
 
 
 def _pass_json(p: MirrorPass) -> dict[str, Any]:
@@ -282,6 +311,7 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
                 "source": str(t.source),
                 "target": str(t.target),
                 "reason": t.reason,
+                "trusted": t.trusted,
                 "source_digest": t.source_digest,
                 "target_digest": t.target_digest,
             }
@@ -318,6 +348,7 @@ def run(
     state: StateOpt = None,
     target_registry: TargetRegistry = None,
     registry_endpoint: RegistryEndpoint = None,
+    trust_state: TrustStateOpt = False,
 ) -> None:
     """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
     import asyncio
@@ -329,7 +360,12 @@ def run(
     config = _config_or_ini(config)
     try:
         apply_endpoint_flags(registry_endpoint)
-        daemon = Daemon(config, state_url=state, target_registry=target_registry)
+        daemon = Daemon(
+            config,
+            state_url=state,
+            target_registry=target_registry,
+            trust_state=trust_state or None,
+        )
     except OcimirrorError as e:
         raise _fail(str(e)) from None
     _configure_logs(daemon.config)

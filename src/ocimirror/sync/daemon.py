@@ -51,6 +51,8 @@ class Daemon:
     config_path: Path
     state_url: str | None = None
     target_registry: str | None = None
+    #: True: every mirror trusts the state database (`--trust-state`); None: as configured.
+    trust_state: bool | None = None
     #: The config as the caller already read it from `config_path` (None: read it here).
     loaded: InitVar[Loaded | None] = None
     config: Config = field(init=False)
@@ -287,7 +289,12 @@ class Daemon:
         log.info("run started", mirror=label, trigger=trigger)
         try:
             (done,) = await sync_pass(
-                self.config, state=state, mirrors=[label], trigger=trigger, pool=pool
+                self.config,
+                state=state,
+                mirrors=[label],
+                trigger=trigger,
+                pool=pool,
+                trust_state=self.trust_state,
             )
             if done.status == "failed":
                 self.failures_in_a_row += 1

@@ -49,6 +49,8 @@ defaults:
   # platforms: [linux/amd64, linux/arm64]
   # Signatures, SBOMs, attestations are copied with each image (docs/referrers.md):
   # referrers: {exclude: ["application/spdx+json"], require_signed: false, check_interval: 6h}
+  # trust_state: true  # skip the target HEAD of a tag the state says was written there
+  # verify_every: 24h  # ...but look at every target again this often (and on --verify)
 
 mirrors:
   # A repository (no tag): the tags the filter selects.

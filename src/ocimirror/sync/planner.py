@@ -7,16 +7,20 @@ For every (source tag, target) it emits a task with a reason:
 - `new`: the target does not have the tag and never had it;
 - `missing-at-target`: the state says it was mirrored, but the target lost it;
 - `changed`: the target's digest differs from the source's (a moved tag);
-- `unchanged`: the same digest at both ends (one HEAD at each).
+- `unchanged`: the same digest at both ends (one HEAD at each), or, trusting the state
+  (`trusted_since`), the source's digest is the one last written at the target, the target's
+  tags list still shows the tag, and the target was last looked at (copied or HEADed) after
+  `trusted_since`: one HEAD at the source only (shown as `unchanged (trusted)`).
 
 With `purge`, a whole-repository mirror also lists both sides and plans the deletion of
 each target tag the source no longer has, among the tags the mirror selects (its filter
 applied to the target's listing) and never a mutable one (docker-sync's rule).
 
 Tags are listed only when a filter needs it; a literal tag costs one HEAD at the source.
-A target repository receiving several tags is listed once instead of a HEAD per absent
-tag. Filtered multi-arch images compare through the state (source digest → the filtered
-digest written last time), since their digests differ by design.
+A target repository receiving several tags (or any tag, when trusting the state) is
+listed once instead of a HEAD per absent tag. Filtered multi-arch images compare through
+the state (source digest → the filtered digest written last time), since their digests
+differ by design.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import asyncio
 import fnmatch
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 import structlog
@@ -51,6 +56,8 @@ class Known:
 
     source_digest: str
     target_digest: str
+    #: When the target was last looked at: copied, or HEADed and found unchanged.
+    verified_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class PlannedTask:
     filtered: bool = False
     #: The target manifest's media type when the plan asked the target (else "").
     target_media_type: str = ""
+    #: Unchanged on the state's word: the target was not HEADed this pass.
+    trusted: bool = False
 
     @property
     def needs_copy(self) -> bool:
@@ -135,10 +144,16 @@ async def plan_mirror(
     store_for: StoreFor,
     known: Mapping[str, Known],
     concurrency: int = 32,
+    trusted_since: datetime | None = None,
 ) -> Plan:
-    """Plan one mirror: list what needs listing, HEAD what needs checking, give reasons."""
+    """Plan one mirror: list what needs listing, HEAD what needs checking, give reasons.
+
+    `trusted_since` set: a tag whose target was verified after it is not HEADed at the
+    target when the source still has the digest last written there (see the module doc).
+    """
     plan = Plan()
     sem = asyncio.Semaphore(concurrency)
+    listings: dict[Reference, asyncio.Task[frozenset[str] | None]] = {}
     filtering = bool(mirror.platforms)
     try:
         pairs = pairs_of(mirror)
@@ -182,9 +197,16 @@ async def plan_mirror(
                 plan.purges.append(dst.with_tag(tag))
 
     async def target_tags(dst: Reference, count: int) -> frozenset[str] | None:
-        """The target repository's tags when several go there (None: not listed)."""
-        if count < 2:
+        """The target repository's tags when several go there, or any when trusting the
+        state (None: not listed). Listed once per repository however many pairs go there."""
+        if count < (1 if trusted_since is not None else 2):
             return None
+        repo = dst.repository_only()
+        if repo not in listings:
+            listings[repo] = asyncio.ensure_future(list_target(repo))
+        return await listings[repo]
+
+    async def list_target(dst: Reference) -> frozenset[str] | None:
         store = await store_for(dst, True)
         if not store.remote:
             return None  # a local lookup costs nothing: no listing needed
@@ -220,7 +242,32 @@ async def plan_mirror(
                 if src_desc is None:
                     raise NotFound("manifest unknown")  # PlanError names `src`
                 src_digest = src_desc.digest
-            absent = present is not None and dst.ref not in present
+            # A listing shows tags only: a digest reference is always HEADed.
+            listed = present is not None and bool(dst.tag)
+            absent = present is not None and bool(dst.tag) and dst.ref not in present
+            was = known.get(key)
+            if (
+                listed
+                and not absent
+                and trusted_since is not None
+                and was is not None
+                and was.verified_at is not None
+                and was.verified_at >= trusted_since
+                and was.source_digest == src_digest
+            ):
+                plan.tasks.append(
+                    PlannedTask(
+                        mirror.label,
+                        src,
+                        dst,
+                        "unchanged",
+                        src_digest,
+                        was.target_digest,
+                        filtering,
+                        trusted=True,
+                    )
+                )
+                return
             dst_desc = None if absent else await head(dst_store, dst)
         except OcimirrorError as e:
             plan.errors.append(PlanError(mirror.label, str(src), str(e)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -35,6 +35,12 @@ log = structlog.get_logger(__name__)
 
 Mode = Literal["all", "missing-only", "dry-run"]
 Trigger = Literal["schedule", "manual", "api", "cli"]
+#: What time it is (UTC, aware): tests inject their own to move past `verify_every`.
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -96,15 +102,28 @@ async def sync_pass(
     trigger: Trigger = "cli",
     progress: Progress | None = None,
     pool: StorePool | None = None,
+    trust_state: bool | None = None,
+    verify: bool = False,
+    clock: Clock = _utcnow,
 ) -> list[MirrorPass]:
-    """Run one pass over the selected mirrors (all by default); failures never stop it."""
+    """Run one pass over the selected mirrors (all by default); failures never stop it.
+
+    `trust_state` True turns a mirror's `trust_state` on (None: as configured); `verify`
+    makes this pass look at every target (a full check) even where the state is trusted.
+    """
     chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
     own_pool = pool is None
     pool = pool or pool_for(config)
     try:
         passes = []
         for mirror in chosen:
-            passes.append(await _one_mirror(config, mirror, pool, state, mode, trigger, progress))
+            trust = (trust_state or bool(mirror.trust_state)) and not verify
+            trusted_since = clock() - mirror.verify_interval if trust else None
+            passes.append(
+                await _one_mirror(
+                    config, mirror, pool, state, mode, trigger, progress, trusted_since
+                )
+            )
         return passes
     finally:
         if own_pool:
@@ -119,6 +138,7 @@ async def _one_mirror(
     mode: Mode,
     trigger: Trigger,
     progress: Progress | None,
+    trusted_since: datetime | None = None,
 ) -> MirrorPass:
     started = time.monotonic()
     side = Side(options_for=lambda ref: _host_options(config, ref))
@@ -128,12 +148,16 @@ async def _one_mirror(
     run_id = None
     if state is not None:
         synced = await state.synced(mirror.label)
-        known = {k: Known(v.source_digest, v.target_digest) for k, v in synced.items()}
+        known = {k: Known(v.source_digest, v.target_digest, v.synced_at) for k, v in synced.items()}
         last_seen = {k: v.synced_at for k, v in synced.items()}
         if mode != "dry-run":
             run_id = await state.start_run(mirror.label, trigger)
     plan = await plan_mirror(
-        mirror, store_for=stores, known=known, concurrency=config.concurrency * 2
+        mirror,
+        store_for=stores,
+        known=known,
+        concurrency=config.concurrency * 2,
+        trusted_since=trusted_since if state is not None else None,
     )
     result = MirrorPass(mirror.label, plan, run_id=run_id)
     if mode == "dry-run":
@@ -260,8 +284,10 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
     unchecked = {r.destination: r.error for r in done.referrer_checks if r.status == "failed"}
     records: list[TaskRecord] = []
     for task in done.plan.tasks:
-        if task.reason == "immutable":
-            continue  # nothing was asked, nothing new to remember
+        if task.reason == "immutable" or task.trusted:
+            # Nothing was asked of the target, nothing new to remember: `synced_at` stays
+            # the last time the target was looked at, which `verify_every` counts from.
+            continue
         r = by_target.get(str(task.target))
         if r is None:  # not copied: unchanged, or a changed tag in missing-only mode
             status: Literal["unchanged", "skipped", "failed"] = (
