@@ -10,10 +10,11 @@ from __future__ import annotations
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.throttled import copy_through_limit, seed_tiny
 
-#: The issue's figure is 500 tags (bench/adaptive.py runs that); 200 keep the test near
-#: 30 s on a shared 2-core machine (most of it seeding) with the same request mix.
-TAGS = 200
-RATE = 50.0
+#: The issue's figure is 500 tags (bench/adaptive.py runs that); 150 keep the test near
+#: 40 s on a shared 2-core machine (seeding included) with the same request mix. The rate
+#: is one a loaded 2-core machine's copy outruns (it managed ~30 requests/s unpaced).
+TAGS = 150
+RATE = 20.0
 
 
 async def test_copy_through_a_rate_limit_is_rarely_refused(
@@ -28,4 +29,5 @@ async def test_copy_through_a_rate_limit_is_rarely_refused(
     assert run.summary.ok, [r.error for r in run.summary.failed]
     assert len(run.summary.results) == TAGS
     assert run.allowed >= 3 * TAGS  # a manifest, a config and a layer per tag at least
+    assert run.refused >= 1  # the copy did outrun the front: the limit was felt
     assert run.refused_fraction < 0.05

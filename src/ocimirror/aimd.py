@@ -5,15 +5,16 @@ A pure state machine on an injected clock (no sleeping, no I/O): `HostLimiter`
 holds. The rules:
 
 - **Throttled** (HTTP 429 or 503, or a `RateLimit-Remaining` of 0): multiplicative
-  decrease. Concurrency and rate are multiplied by `decrease` (never below the floors:
-  `min_concurrency`, `min_rate`); without a rate yet, the rate becomes `decrease` times
-  the answers accepted in the last second. One congestion event decreases once: throttles
+  decrease. The rate is multiplied by `decrease` (without a rate yet, it becomes
+  `decrease` times the answers accepted in the last second), and so is the concurrency
+  on a 503 (overloaded), or on a 429 once the rate is at its floor; never below the
+  floors `min_concurrency` and `min_rate`. One congestion event decreases once: throttles
   within `cooldown` seconds of a decrease change nothing more. `Retry-After`, or
   `RateLimit-Reset` with nothing remaining, holds every start until then (at most
   `max_hold` seconds).
 - **Accepted** (any other answer below 500): additive increase. The rate grows by
   `increase` times the rate it had at the last decrease, per second, while starts run at
-  80% of it or more (a rate nobody uses is not raised); concurrency grows by one per
+  half of it or more (a rate nobody uses is not raised); concurrency grows by one per
   `concurrency` accepted answers. Neither goes past its ceiling (the configured limits).
 - Other 5xx answers change nothing.
 
@@ -116,7 +117,7 @@ class AimdPolicy:
         min_concurrency: int = 1,
         min_rate: float = 1.0,
         decrease: float = 0.75,
-        increase: float = 0.1,
+        increase: float = 0.05,
         cooldown: float = 1.0,
         max_hold: float = 60.0,
         clock: Clock = time.monotonic,
@@ -171,13 +172,19 @@ class AimdPolicy:
         """Note one answer; return what it said."""
         signal = signal_of(status, headers)
         if signal.throttled:
-            self.throttled(signal.hold)
+            self.throttled(signal.hold, overloaded=status == 503)
         elif status < 500:
             self.accepted()
         return signal
 
-    def throttled(self, hold: float | None = None) -> None:
-        """The host said slow down: decrease once per congestion event, hold if asked."""
+    def throttled(self, hold: float | None = None, *, overloaded: bool = True) -> None:
+        """The host said slow down: decrease once per congestion event, hold if asked.
+
+        A rate limit (not `overloaded`: a 429, nothing remaining) cuts the rate, and the
+        concurrency only once the rate is at its floor: requests waiting for the pace are
+        in flight too, and a cut there would stall a slow host far below its rate. An
+        overloaded host (503) has both cut.
+        """
         now = self._clock()
         self._accepted_in_row = 0
         if hold is not None:
@@ -186,7 +193,8 @@ class AimdPolicy:
             return
         self._last_decrease = now
         self.decreases += 1
-        self.concurrency = max(self.min_concurrency, int(self.concurrency * self.decrease))
+        if overloaded or self.rate == self.min_rate:
+            self.concurrency = max(self.min_concurrency, int(self.concurrency * self.decrease))
         base = self.rate
         if base is None:
             base = float(self._trim(self._accepted, now)) / WINDOW
@@ -207,7 +215,7 @@ class AimdPolicy:
             return
         last = now if self._last_increase is None else self._last_increase
         self._last_increase = now
-        used = self._trim(self._starts, now) / WINDOW >= 0.8 * self.rate
+        used = self._trim(self._starts, now) / WINDOW >= 0.5 * self.rate
         if not used:
             return
         step = self.increase * (self._rate_at_decrease or self.rate)

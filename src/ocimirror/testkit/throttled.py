@@ -61,6 +61,7 @@ async def copy_through_limit(
     rate: float,
     adaptive: bool,
     dest_repo: str | None = None,
+    image_concurrency: int = 32,
 ) -> ThrottledRun:
     """Copy every tag of `src/repo` through a front allowing `rate` requests per second."""
     bucket = TokenBucket(rate)
@@ -71,7 +72,12 @@ async def copy_through_limit(
             Reference.parse(f"{dst.host}/{dest_repo or repo}"),
         )
         started = time.monotonic()
-        summary = await run_copies([pair], all_tags=True, source=Side(options=options))
+        summary = await run_copies(
+            [pair],
+            all_tags=True,
+            source=Side(options=options),
+            image_concurrency=image_concurrency,
+        )
         ended = time.monotonic()
     first, last = bucket.first or started, bucket.last or ended
     return ThrottledRun(summary, bucket.allowed, bucket.refused, last - first, rate)
