@@ -53,7 +53,7 @@ from .errors import (
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 from .netpolicy import AddressPolicy
-from .ratelimit import Pacer
+from .ratelimit import HostLimiter, Pacer
 from .reference import is_loopback_host
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,11 @@ class HostOptions:
     rate_limit_wait: float = 300.0
     #: Where connections may go (serve's API jobs); None: anywhere.
     address_policy: AddressPolicy | None = None
+    #: Back off on 429/503 and recover (AIMD), the limits above as ceilings.
+    adaptive: bool = True
+    #: The floors adaptive limits never go below.
+    min_concurrency: int = 1
+    min_requests_per_second: float = 1.0
 
 
 @dataclass
@@ -156,8 +161,23 @@ class RegistryClient:
         """
         self.host = host
         self.options = options or HostOptions()
+        o = self.options
+        if pacer is None:
+            #: The host's limits, shared by every client of it in the process.
+            self.limiter = HostLimiter.for_host(
+                host,
+                max_concurrency=o.max_concurrency,
+                requests_per_second=o.requests_per_second,
+                adaptive=o.adaptive,
+                min_concurrency=o.min_concurrency,
+                min_rate=o.min_requests_per_second,
+            )
+        else:  # a pace of the caller's own (tests on fake time): not shared
+            self.limiter = HostLimiter(
+                max_concurrency=o.max_concurrency, adaptive=o.adaptive, pacer=pacer
+            )
         #: Every request start takes a slot here (a no-op pace without a rate).
-        self.pacer = pacer or Pacer(self.options.requests_per_second)
+        self.pacer = self.limiter.pacer
         plain = self.options.plain_http
         #: A loopback host without an explicit choice starts on plain HTTP and moves to
         #: HTTPS if the server turns out to speak TLS (as Docker and crane allow both).
@@ -216,12 +236,17 @@ class RegistryClient:
         """Return the absolute URL of an API path (`/v2/...`)."""
         return self.base + path
 
-    async def _start(self, method: str) -> None:
-        """Count a request about to be sent and wait for its slot in the pace."""
-        self.requests[method] += 1
-        await self.pacer.wait()
+    async def _exchange(
+        self, method: str, url: str, *, counted: str = "", **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        """Send one request, counted (as `counted` or its method), in a slot of the host's
+        limiter (capped, paced; the slot ends with the answer's headers); no redirects."""
+        self.requests[counted or method] += 1
+        async with self.limiter.slot():
+            return await self.session.request(method, url, allow_redirects=False, **kwargs)
 
     def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
+        self.limiter.answered(resp.status, resp.headers)
         value = resp.headers.get("RateLimit-Remaining")
         if value:
             with suppress(ValueError):
@@ -294,10 +319,7 @@ class RegistryClient:
         data: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a token request for the authenticator: counted as TOKEN, never redirected."""
-        await self._start("TOKEN")
-        return await self.session.request(
-            method, url, headers=dict(headers), data=data, allow_redirects=False
-        )
+        return await self._exchange(method, url, counted="TOKEN", headers=dict(headers), data=data)
 
     async def _authorization(
         self, url: str, scopes: frozenset[str], stale: str, tries: _Tries
@@ -394,10 +416,7 @@ class RegistryClient:
             if self._is_ours(target):
                 resp = await self._send_here(method, target, scopes=scopes, headers=headers)
             else:
-                await self._start(method)
-                resp = await self.session.request(
-                    method, target, headers=plain, allow_redirects=False
-                )
+                resp = await self._exchange(method, target, headers=plain)
         return resp
 
     async def _send_here(
@@ -425,13 +444,10 @@ class RegistryClient:
             used = self.auth.credentials
             if auth:
                 hdrs["Authorization"] = auth
-            await self._start(method)
             probing = self._probe_scheme or self.base.startswith("https://")
             probing = probing and url.startswith(f"http://{self.host}/")
             try:
-                resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=False
-                )
+                resp = await self._exchange(method, url, headers=hdrs, data=data)
             except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
                 if not probing:
                     raise
@@ -447,10 +463,7 @@ class RegistryClient:
                 self._probe_scheme = False
                 self.base = f"https://{self.host}"
                 url = "https://" + url.removeprefix("http://")
-                await self._start(method)
-                resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=False
-                )
+                resp = await self._exchange(method, url, headers=hdrs, data=data)
             self._probe_scheme = False
             self.statuses[resp.status] += 1
             self._note_rate_limit(resp)
@@ -511,10 +524,7 @@ class RegistryClient:
             )
         if allow_redirects:
             raise ValueError("only authenticated requests follow redirects")
-        await self._start(method)
-        resp = await self.session.request(
-            method, url, headers=dict(headers or {}), data=data, allow_redirects=False
-        )
+        resp = await self._exchange(method, url, headers=dict(headers or {}), data=data)
         self.statuses[resp.status] += 1
         self._note_rate_limit(resp)
         return resp

@@ -82,6 +82,9 @@ def host_options(config: Config, host: str) -> HostOptions:
         requests_per_second=reg.requests_per_second,
         rate_limit_reserve=reg.rate_limit_reserve,
         rate_limit_wait=reg.rate_limit_wait_seconds(),
+        adaptive=reg.adaptive,
+        min_concurrency=reg.min_concurrency,
+        min_requests_per_second=reg.min_requests_per_second,
     )
 
 
