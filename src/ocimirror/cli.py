@@ -21,6 +21,7 @@ import typer
 
 from . import version_line
 from .compose import scheduled_mirrors
+from .extras import MissingExtra
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .sync import commands as sync_commands
@@ -656,5 +657,13 @@ def skopeo_style_args(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Run the command line (the `ocimirror` console script)."""
-    app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
+    """Run the command line (the `ocimirror` console script).
+
+    A missing optional package, wherever a face finds it needs one, ends the command with
+    one line naming the extra to install (exit status 2), not a traceback.
+    """
+    try:
+        app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
