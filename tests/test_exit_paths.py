@@ -16,11 +16,13 @@ import pytest
 from aiohttp import web
 
 from ocimirror.extras import MissingExtra, require
+from ocimirror.reference import Reference
 from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.front import Front, kind_of, registry_error
 from ocimirror.testkit.images import make_index
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.transfer.engine import run_copies
 
 
 async def test_failed_child_with_transfers_in_flight_closes_sessions(
@@ -59,6 +61,46 @@ async def test_failed_child_with_transfers_in_flight_closes_sessions(
     assert "BLOB_UNKNOWN" in stderr or "not found" in stderr.lower() or "unknown" in stderr
     assert "Unclosed" not in stderr
     assert "Traceback" not in stderr
+
+
+async def test_run_ends_with_no_transfer_left_running(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """The same failure in process: when `run_copies` returns, no blob or manifest
+    transfer of the failed image is still running (the stores are closed by then, so one
+    still running would reopen a session that nobody closes)."""
+    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=4096, seed="exit")
+    await seed(registry, "app", [("multi", index)])
+    broken = index.children[0].manifest.blobs[-1].digest
+    held = {b.digest for b in index.children[1].manifest.blobs}
+    release = asyncio.Event()
+
+    async def misbehave(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if request.method == "GET" and kind_of(request) == "blob":
+            digest = request.path.rsplit("/", 1)[-1]
+            if digest == broken:
+                return registry_error(404, "BLOB_UNKNOWN")
+            if digest in held:
+                await release.wait()
+        return None
+
+    async with Front(registry, misbehave).running() as front:
+        summary = await run_copies(
+            [
+                (
+                    Reference.parse(f"{front.host}/app:multi"),
+                    Reference.parse(f"oci:{tmp_path / 'out'}:multi"),
+                )
+            ]
+        )
+        left = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and t.get_coro().__qualname__.startswith("Copier.")  # type: ignore[union-attr]
+        ]
+        release.set()
+    assert [r.status for r in summary.results] == ["failed"]
+    assert not left, left
 
 
 #: Runs the CLI with asyncpg made unimportable, as on an install without the extra.

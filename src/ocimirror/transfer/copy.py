@@ -284,6 +284,17 @@ class Copier:
             if not task.done():
                 task.cancel()
 
+    async def settle(self) -> None:
+        """Cancel the shared transfers still running and wait until they have ended.
+
+        A failed image leaves its siblings' transfers running (they are shielded from
+        their waiters); settled before the stores close, none reopens a connection after.
+        """
+        self.cancel()
+        pending: list[asyncio.Future[Any]] = [*self._manifest_tasks.values()]
+        pending += self._blob_tasks.values()
+        await asyncio.gather(*(t for t in pending if not t.done()), return_exceptions=True)
+
     def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
         key = (dst.store.name, dst.repo, digest)
         if key not in self._manifest_tasks:
