@@ -22,14 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from ocimirror.reference import Reference
 from ocimirror.stores.layout import LayoutStore
 from ocimirror.testkit.command import ocimirror_command
-from ocimirror.testkit.faults import MODES, FaultInjector
-from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_index
+from ocimirror.testkit.faults import MODES, FaultInjector, http_faults
+from ocimirror.testkit.front import Front
+from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_image, make_index
 from ocimirror.testkit.invariants import check_store
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed, store_for
+from ocimirror.transfer.engine import run_copies
 
 pytestmark = pytest.mark.faults
 
@@ -151,3 +155,53 @@ def test_injector_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="unknown fault modes"):
         FaultInjector(1, modes=["explode"])
     assert "flip_down" in MODES
+
+
+async def test_source_blob_that_never_matches_fails_clearly(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """Corruption is retried, but within the budget: a source that always serves other
+    bytes for a blob fails after a bounded number of tries, naming the mismatch."""
+    image = make_image(layers=2, layer_size=4096, seed="always-wrong")
+    await seed(registry, "app", [("1", image)])
+    bad = image.manifest.blobs[-1].digest
+
+    async def corrupt(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if request.method == "GET" and request.path.endswith(bad):
+            resp = await front.forward(request, body)
+            assert isinstance(resp.body, bytes)
+            damaged = bytearray(resp.body)
+            damaged[-1] ^= 0x01
+            return web.Response(status=resp.status, body=bytes(damaged), headers=resp.headers)
+        return None
+
+    async with Front(registry, corrupt).running() as front:
+        summary = await run_copies(
+            [(Reference.parse(f"{front.host}/app:1"), Reference.parse(f"oci:{tmp_path}:1"))]
+        )
+        gets = [s for s in front.of("GET", "blob") if s.path.endswith(bad)]
+    [result] = summary.results
+    assert result.status == "failed"
+    assert f"digest mismatch for blob {bad}" in result.error
+    assert 1 < len(gets) <= 5  # tried again, and not forever
+
+
+async def test_copy_through_http_error_storms(registry: LocalRegistry, tmp_path: Path) -> None:
+    """500/502/503 storms and 429 with Retry-After: 1 (a storm of two answers begins at a tenth of the requests): every image
+    is copied, and the target holds everything its tags name."""
+    await seed(registry, "app", corpus())
+    counts: Counter[str] = Counter()
+    storms = http_faults(seed=7, rate=0.1, storm=2, retry_after="1", counts=counts)
+    async with Front(registry, storms).running() as front:
+        summary = await run_copies(
+            [(Reference.parse(f"{front.host}/app"), Reference.parse(f"oci:{tmp_path}"))],
+            all_tags=True,
+        )
+    assert [r.error for r in summary.results if r.status == "failed"] == []
+    assert len(summary.results) == 10
+    assert sum(counts.values()) > 0
+    assert counts.keys() <= {"http_500", "http_502", "http_503", "http_429"}
+    INJECTED.update(counts)
+    walk = await check_store(LayoutStore(tmp_path), "")
+    assert walk.tags == 10
+    assert not walk.violations, [str(v) for v in walk.violations]
