@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,13 @@ SEEDS = list(range(1, 21)) if SOAK else [1, 2]
 FAULT_RATE = 0.5
 #: Everything the suite injected, per side and mode, printed at the end of a run.
 INJECTED: Counter[str] = Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_injected() -> Iterator[None]:
+    """Print what the module injected, per side and mode (shown with `pytest -s`)."""
+    yield
+    print("\nfaults injected:", ", ".join(f"{k} {v}" for k, v in sorted(INJECTED.items())))
 
 
 def corpus() -> list[tuple[str, SampleImage]]:
