@@ -21,7 +21,6 @@ import typer
 
 from . import version_line
 from .compose import scheduled_mirrors
-from .extras import MissingExtra
 from .proxy import commands as proxy_commands
 from .service import commands as service_commands
 from .sync import commands as sync_commands
@@ -664,6 +663,10 @@ def main() -> None:
     """
     try:
         app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
-    except MissingExtra as e:
+    except Exception as e:
+        from .extras import MissingExtra  # here: help pages import none of the engine
+
+        if not isinstance(e, MissingExtra):
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
