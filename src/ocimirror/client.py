@@ -37,11 +37,13 @@ import stamina
 import structlog
 import yarl
 
+from . import digest as digests
 from . import mediatypes as mt
 from .auth.credentials import Credentials, Keychain
 from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
+    DigestMismatch,
     ManifestError,
     NotFound,
     RateLimited,
@@ -648,30 +650,30 @@ class RegistryClient:
                         f"{where}: manifest is too large: {length} bytes"
                         f" (limit {MAX_MANIFEST_SIZE})"
                     )
-                raw = await resp.content.read(MAX_MANIFEST_SIZE + 1)
-                if len(raw) > MAX_MANIFEST_SIZE:
-                    raise ManifestError(
-                        f"{where}: manifest is too large (over {MAX_MANIFEST_SIZE} bytes)"
-                    )
-                # Read to EOF so the connection can be reused.
-                while await resp.content.read(READ_SIZE):
-                    pass
+                # read(n) returns what has arrived, not n bytes: gather to EOF, bounded.
+                # (Keeping only the first piece cut manifests short on a slow network.)
+                buf = bytearray()
+                while piece := await resp.content.read(MAX_MANIFEST_SIZE + 1 - len(buf)):
+                    buf += piece
+                    if len(buf) > MAX_MANIFEST_SIZE:
+                        raise ManifestError(
+                            f"{where}: manifest is too large (over {MAX_MANIFEST_SIZE} bytes)"
+                        )
+                raw = bytes(buf)
             finally:
                 resp.release()
             expected = ref if ":" in ref else None
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+            if expected is None and digests.is_valid(header_digest):
+                # The registry hashed what it stored: bytes that disagree were damaged on
+                # the way (retried, see is_retryable), or the registry is broken.
+                actual = digests.of(raw, header_digest.split(":", 1)[0])
+                if actual != header_digest:
+                    raise DigestMismatch(header_digest, actual, f"manifest {where}")
             try:
                 m = parse(raw, resp.headers.get("Content-Type", ""), expected_digest=expected)
             except ManifestError as e:
                 raise ManifestError(f"{where}: {e}") from None
-            header_digest = resp.headers.get("Docker-Content-Digest")
-            if expected is None and header_digest and header_digest != m.digest:
-                # The bytes are the truth; a registry that disagrees is worth a warning.
-                log.warning(
-                    "digest header differs from content",
-                    where=where,
-                    header=header_digest,
-                    content=m.digest,
-                )
             return m
 
         # Outside the retries: a wait for the rate limit must not spend their time budget.
