@@ -40,6 +40,7 @@ from ocimirror.errors import (
 )
 from ocimirror.ratelimit import Pacer
 from ocimirror.stores.registry import RegistryStore
+from ocimirror.testkit.faults import FaultInjector
 from ocimirror.testkit.front import Front, Intercept, kind_of, registry_error, serve
 from ocimirror.testkit.images import Blob, SampleImage, make_image, make_index, random_layer
 from ocimirror.testkit.registry import LocalRegistry
@@ -198,14 +199,57 @@ async def test_get_by_digest_verifies_the_bytes(registry: LocalRegistry) -> None
             )
         return None
 
-    async with Front(registry, swap).running() as front, connect(front.host) as client:
+    async with Front(registry, swap).running() as front, connect(front.host, attempts=2) as client:
         with pytest.raises(DigestMismatch) as caught:
             await client.get_manifest("app", image.digest)
         assert caught.value.expected == image.digest
         assert caught.value.actual == digests.of(other)
-        # By tag there is nothing to check against: the bytes are taken as they are.
+        # Damage in transit is transient: tried again, within the bounded attempts.
+        assert len(front.of("GET", "manifest")) == 2
+        # By tag without a Docker-Content-Digest there is nothing to check against.
         assert (await client.get_manifest("app", "1")).raw == other
-    assert len(front.of("GET", "manifest")) == 2  # a mismatch is not retried
+    assert len(front.of("GET", "manifest")) == 3
+
+
+async def test_get_by_tag_checks_the_digest_header(registry: LocalRegistry) -> None:
+    """Bytes that disagree with the registry's Docker-Content-Digest were damaged on the
+    way: the GET is tried again and the good bytes are taken."""
+    image = make_image(layer_size=100, seed="header")
+    await seed(registry, "app", [("1", image)])
+    damaged = 0
+
+    async def flip_once(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        nonlocal damaged
+        if request.method == "GET" and kind_of(request) == "manifest" and not damaged:
+            damaged += 1
+            resp = await front.forward(request, body)
+            assert isinstance(resp.body, bytes)
+            bad = bytearray(resp.body)
+            bad[len(bad) // 2] ^= 0x01
+            return web.Response(status=resp.status, body=bytes(bad), headers=resp.headers)
+        return None
+
+    async with Front(registry, flip_once).running() as front, connect(front.host) as client:
+        got = await client.get_manifest("app", "1")
+    assert got.digest == image.digest
+    assert damaged == 1
+    assert len(front.of("GET", "manifest")) == 2
+
+
+async def test_slow_manifest_is_read_whole(registry: LocalRegistry) -> None:
+    """A manifest arriving in small pieces is gathered to the end (only the first piece
+    was kept before, and a slow link turned a manifest into broken JSON)."""
+    image = make_image(layer_size=100, seed="slow")
+    await seed(registry, "app", [("1", image)])
+    async with (
+        FaultInjector(
+            registry.port, fault_rate=1.0, modes=["slow"], slow_piece=64
+        ).running() as slow,
+        connect(slow.host, attempts=1) as client,
+    ):
+        got = await client.get_manifest("app", "1")
+    assert got.raw == image.manifest.raw
+    assert slow.counts["slow"] >= 1
 
 
 def test_plain_http_only_for_loopback() -> None:

@@ -744,5 +744,17 @@ def skopeo_style_args(args: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Run the command line (the `ocimirror` console script)."""
-    app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
+    """Run the command line (the `ocimirror` console script).
+
+    A missing optional package, wherever a face finds it needs one, ends the command with
+    one line naming the extra to install (exit status 2), not a traceback.
+    """
+    try:
+        app(args=skopeo_style_args(sys.argv[1:]), prog_name="ocimirror")
+    except Exception as e:
+        from .extras import MissingExtra  # here: help pages import none of the engine
+
+        if not isinstance(e, MissingExtra):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

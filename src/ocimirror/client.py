@@ -38,12 +38,14 @@ import stamina
 import structlog
 import yarl
 
+from . import digest as digests
 from . import mediatypes as mt
 from .auth.credentials import Credentials, Keychain
 from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
     ConfigError,
+    DigestMismatch,
     ManifestError,
     NotFound,
     RateLimited,
@@ -55,7 +57,7 @@ from .errors import (
 )
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 from .netpolicy import AddressPolicy
-from .ratelimit import Pacer
+from .ratelimit import HostLimiter, Pacer
 from .reference import is_loopback_host
 
 log = structlog.get_logger(__name__)
@@ -87,6 +89,11 @@ class HostOptions:
     rate_limit_wait: float = 300.0
     #: Where connections may go (serve's API jobs); None: anywhere.
     address_policy: AddressPolicy | None = None
+    #: Back off on 429/503 and recover (AIMD), the limits above as ceilings.
+    adaptive: bool = True
+    #: The floors adaptive limits never go below.
+    min_concurrency: int = 1
+    min_requests_per_second: float = 1.0
     #: Another URL serving this host (`registries: {HOST: {endpoint: URL}}`): requests
     #: go to its scheme, host and port; names, credentials and scopes stay the host's.
     endpoint: str | None = None
@@ -227,8 +234,23 @@ class RegistryClient:
         """
         self.host = host
         self.options = options or HostOptions()
+        o = self.options
+        if pacer is None:
+            #: The host's limits, shared by every client of it in the process.
+            self.limiter = HostLimiter.for_host(
+                host,
+                max_concurrency=o.max_concurrency,
+                requests_per_second=o.requests_per_second,
+                adaptive=o.adaptive,
+                min_concurrency=o.min_concurrency,
+                min_rate=o.min_requests_per_second,
+            )
+        else:  # a pace of the caller's own (tests on fake time): not shared
+            self.limiter = HostLimiter(
+                max_concurrency=o.max_concurrency, adaptive=o.adaptive, pacer=pacer
+            )
         #: Every request start takes a slot here (a no-op pace without a rate).
-        self.pacer = pacer or Pacer(self.options.requests_per_second)
+        self.pacer = self.limiter.pacer
         #: A loopback host without an explicit choice starts on plain HTTP and moves to
         #: HTTPS if the server turns out to speak TLS (as Docker and crane allow both).
         self._probe_scheme = (
@@ -291,12 +313,17 @@ class RegistryClient:
         """Return the absolute URL of an API path (`/v2/...`)."""
         return self.base + path
 
-    async def _start(self, method: str) -> None:
-        """Count a request about to be sent and wait for its slot in the pace."""
-        self.requests[method] += 1
-        await self.pacer.wait()
+    async def _exchange(
+        self, method: str, url: str, *, counted: str = "", **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        """Send one request, counted (as `counted` or its method), in a slot of the host's
+        limiter (capped, paced; the slot ends with the answer's headers); no redirects."""
+        self.requests[counted or method] += 1
+        async with self.limiter.slot():
+            return await self.session.request(method, url, allow_redirects=False, **kwargs)
 
     def _note_rate_limit(self, resp: aiohttp.ClientResponse) -> None:
+        self.limiter.answered(resp.status, resp.headers)
         value = resp.headers.get("RateLimit-Remaining")
         if value:
             with suppress(ValueError):
@@ -369,10 +396,7 @@ class RegistryClient:
         data: Mapping[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a token request for the authenticator: counted as TOKEN, never redirected."""
-        await self._start("TOKEN")
-        return await self.session.request(
-            method, url, headers=dict(headers), data=data, allow_redirects=False
-        )
+        return await self._exchange(method, url, counted="TOKEN", headers=dict(headers), data=data)
 
     async def _authorization(
         self, url: str, scopes: frozenset[str], stale: str, tries: _Tries
@@ -469,10 +493,7 @@ class RegistryClient:
             if self._is_ours(target):
                 resp = await self._send_here(method, target, scopes=scopes, headers=headers)
             else:
-                await self._start(method)
-                resp = await self.session.request(
-                    method, target, headers=plain, allow_redirects=False
-                )
+                resp = await self._exchange(method, target, headers=plain)
         return resp
 
     async def _send_here(
@@ -500,13 +521,10 @@ class RegistryClient:
             used = self.auth.credentials
             if auth:
                 hdrs["Authorization"] = auth
-            await self._start(method)
             probing = self._probe_scheme or self.base.startswith("https://")
             probing = probing and url.startswith(f"http://{self._netloc}/")
             try:
-                resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=False
-                )
+                resp = await self._exchange(method, url, headers=hdrs, data=data)
             except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError):
                 if not probing:
                     raise
@@ -522,10 +540,7 @@ class RegistryClient:
                 self._probe_scheme = False
                 self.base = f"https://{self._netloc}"
                 url = "https://" + url.removeprefix("http://")
-                await self._start(method)
-                resp = await self.session.request(
-                    method, url, headers=hdrs, data=data, allow_redirects=False
-                )
+                resp = await self._exchange(method, url, headers=hdrs, data=data)
             self._probe_scheme = False
             self.statuses[resp.status] += 1
             self._note_rate_limit(resp)
@@ -586,10 +601,7 @@ class RegistryClient:
             )
         if allow_redirects:
             raise ValueError("only authenticated requests follow redirects")
-        await self._start(method)
-        resp = await self.session.request(
-            method, url, headers=dict(headers or {}), data=data, allow_redirects=False
-        )
+        resp = await self._exchange(method, url, headers=dict(headers or {}), data=data)
         self.statuses[resp.status] += 1
         self._note_rate_limit(resp)
         return resp
@@ -713,30 +725,30 @@ class RegistryClient:
                         f"{where}: manifest is too large: {length} bytes"
                         f" (limit {MAX_MANIFEST_SIZE})"
                     )
-                raw = await resp.content.read(MAX_MANIFEST_SIZE + 1)
-                if len(raw) > MAX_MANIFEST_SIZE:
-                    raise ManifestError(
-                        f"{where}: manifest is too large (over {MAX_MANIFEST_SIZE} bytes)"
-                    )
-                # Read to EOF so the connection can be reused.
-                while await resp.content.read(READ_SIZE):
-                    pass
+                # read(n) returns what has arrived, not n bytes: gather to EOF, bounded.
+                # (Keeping only the first piece cut manifests short on a slow network.)
+                buf = bytearray()
+                while piece := await resp.content.read(MAX_MANIFEST_SIZE + 1 - len(buf)):
+                    buf += piece
+                    if len(buf) > MAX_MANIFEST_SIZE:
+                        raise ManifestError(
+                            f"{where}: manifest is too large (over {MAX_MANIFEST_SIZE} bytes)"
+                        )
+                raw = bytes(buf)
             finally:
                 resp.release()
             expected = ref if ":" in ref else None
+            header_digest = resp.headers.get("Docker-Content-Digest", "")
+            if expected is None and digests.is_valid(header_digest):
+                # The registry hashed what it stored: bytes that disagree were damaged on
+                # the way (retried, see is_retryable), or the registry is broken.
+                actual = digests.of(raw, header_digest.split(":", 1)[0])
+                if actual != header_digest:
+                    raise DigestMismatch(header_digest, actual, f"manifest {where}")
             try:
                 m = parse(raw, resp.headers.get("Content-Type", ""), expected_digest=expected)
             except ManifestError as e:
                 raise ManifestError(f"{where}: {e}") from None
-            header_digest = resp.headers.get("Docker-Content-Digest")
-            if expected is None and header_digest and header_digest != m.digest:
-                # The bytes are the truth; a registry that disagrees is worth a warning.
-                log.warning(
-                    "digest header differs from content",
-                    where=where,
-                    header=header_digest,
-                    content=m.digest,
-                )
             return m
 
         # Outside the retries: a wait for the rate limit must not spend their time budget.

@@ -119,9 +119,31 @@ def _no_such_name(exc: aiohttp.ClientConnectorDNSError) -> bool:
     return errno in {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
+#: Upload error codes that say the bytes were damaged on the way (a registry refusing a
+#: blob that does not hash to its digest): fetching and sending the blob again may work.
+CORRUPT_UPLOAD_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"})
+
+
+def is_corrupt_transfer(exc: BaseException) -> bool:
+    """Tell whether a failure is content damaged in transit: our own digest check of what
+    we received, or a registry refusing an upload whose bytes do not match its digest."""
+    if isinstance(exc, DigestMismatch):
+        return True
+    return (
+        isinstance(exc, RegistryError)
+        and exc.status == 400
+        and bool(CORRUPT_UPLOAD_CODES & set(exc.codes))
+    )
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Tell whether a failure is transient: connection errors, timeouts, 5xx and 429."""
-    if isinstance(exc, RateLimited):
+    """Tell whether a failure is transient: connection errors, timeouts, 5xx, 429 and
+    content corrupted in transit (`is_corrupt_transfer`).
+
+    Retries are always bounded (stamina's attempts), so a source whose content really does
+    not match its digest still fails, with the mismatch as its error, after the last try.
+    """
+    if isinstance(exc, RateLimited) or is_corrupt_transfer(exc):
         return True
     if isinstance(exc, AuthError | aiohttp.ClientConnectorCertificateError):
         return False  # a refused credential or an untrusted certificate will not change

@@ -1,4 +1,9 @@
-"""Pacer: spaces request starts to at most a given rate, with a small burst allowance.
+"""Per-host request limits: `Pacer` spaces request starts, `HostLimiter` adds the rest.
+
+`HostLimiter.for_host` is the one limiter of a registry host in the process: requests in
+flight capped, starts paced, both following the AIMD policy of aimd.py when adaptive.
+
+Pacer: spaces request starts to at most a given rate, with a small burst allowance.
 
 It schedules slots the way a GCRA (generic cell rate algorithm, the virtual-time form of a
 token bucket) does: each slot is `1 / rate` seconds after the previous one, and up to
@@ -12,7 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from typing import ClassVar
+
+from .aimd import AimdPolicy, Signal
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -66,6 +76,19 @@ class Pacer:
         self.waited += delay
         return delay
 
+    @property
+    def sleep(self) -> Sleep:
+        """The sleep this pacer waits with."""
+        return self._sleep
+
+    def set_rate(self, rate: float) -> None:
+        """Pace at `rate` from the next slot on (bursts of max(1, int(rate)))."""
+        if not rate > 0:
+            raise ValueError(f"a request rate must be above 0, not {rate!r}")
+        self.rate = rate
+        self.burst = max(1, int(rate))
+        self._interval = 1.0 / rate
+
     async def wait(self) -> float:
         """Wait for the next slot; return how long that took in the clock's seconds.
 
@@ -76,3 +99,139 @@ class Pacer:
         if delay > 0:
             await self._sleep(delay)
         return delay
+
+
+class HostLimiter:
+    """The limits of one registry host, shared by every client of it in the process.
+
+    A request takes a slot: first a place among the requests in flight (capped at the
+    policy's concurrency when adaptive), then a start in the pace (and after any hold a
+    `Retry-After` asked for); the place is given back once the answer's headers are in.
+    Answers feed the `AimdPolicy`, whose rate the pacer follows. Without `adaptive` the
+    limits stay as configured: a fixed pace, concurrency left to the connection pool.
+    """
+
+    _hosts: ClassVar[dict[tuple[object, ...], HostLimiter]] = {}
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 32,
+        requests_per_second: float | None = None,
+        adaptive: bool = True,
+        min_concurrency: int = 1,
+        min_rate: float = 1.0,
+        pacer: Pacer | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.pacer = pacer or Pacer(requests_per_second, clock=clock, sleep=sleep)
+        self.policy: AimdPolicy | None = None
+        if adaptive:
+            self.policy = AimdPolicy(
+                max_concurrency=max_concurrency,
+                max_rate=requests_per_second,
+                min_concurrency=min_concurrency,
+                min_rate=min_rate,
+                clock=clock,
+            )
+        self._sleep = sleep if pacer is None else pacer.sleep
+        #: Requests in flight (between their slot and their answer's headers).
+        self.in_flight = 0
+        #: Answers that said slow down (429, 503, nothing remaining).
+        self.throttled = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @classmethod
+    def for_host(
+        cls,
+        host: str,
+        *,
+        max_concurrency: int = 32,
+        requests_per_second: float | None = None,
+        adaptive: bool = True,
+        min_concurrency: int = 1,
+        min_rate: float = 1.0,
+    ) -> HostLimiter:
+        """The process's limiter for `host` with these limits (made on first use).
+
+        Clients of one host with the same settings share it (every mirror and job); a
+        client configured otherwise gets its own, so one setting never caps another.
+        """
+        key: tuple[object, ...] = (host.lower(), max_concurrency, requests_per_second)
+        key += (adaptive, min_concurrency, min_rate)
+        limiter = cls._hosts.get(key)
+        if limiter is None:
+            limiter = cls._hosts[key] = cls(
+                max_concurrency=max_concurrency,
+                requests_per_second=requests_per_second,
+                adaptive=adaptive,
+                min_concurrency=min_concurrency,
+                min_rate=min_rate,
+            )
+        return limiter
+
+    @property
+    def concurrency(self) -> int | None:
+        """Requests allowed in flight now (None: not capped here)."""
+        return None if self.policy is None else self.policy.concurrency
+
+    @property
+    def rate(self) -> float | None:
+        """Request starts per second allowed now (None: unlimited)."""
+        return self.pacer.rate
+
+    def _full(self) -> bool:
+        limit = self.concurrency
+        return limit is not None and self.in_flight >= limit
+
+    def _wake(self) -> None:
+        """Wake as many waiters as there are free places (they check again)."""
+        free = (self.concurrency or 0) - self.in_flight
+        while self._waiters and free > 0:
+            waiter = self._waiters.popleft()
+            if waiter.done() or waiter.get_loop().is_closed():
+                continue
+            with suppress(RuntimeError):
+                waiter.set_result(None)
+                free -= 1
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a place in flight and a start in the pace for one request."""
+        while self._full():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                with suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._wake()
+                raise
+        self.in_flight += 1
+        try:
+            delay = self.pacer.reserve()
+            if self.policy is not None:
+                delay = max(delay, self.policy.hold_left())
+            if delay > 0:
+                await self._sleep(delay)
+            if self.policy is not None:
+                self.policy.started()
+            yield
+        finally:
+            self.in_flight -= 1
+            self._wake()
+
+    def answered(self, status: int, headers: Mapping[str, str]) -> Signal | None:
+        """Feed one answer of the host to the policy; the pace follows its rate."""
+        if self.policy is None:
+            return None
+        signal = self.policy.answered(status, headers)
+        if signal.throttled:
+            self.throttled += 1
+        rate = self.policy.rate
+        if rate is not None and rate != self.pacer.rate:
+            self.pacer.set_rate(rate)
+        self._wake()
+        return signal

@@ -113,6 +113,9 @@ def host_options(config: Config, host: str) -> HostOptions:
         rate_limit_reserve=reg.rate_limit_reserve,
         rate_limit_wait=reg.rate_limit_wait_seconds(),
         create_repository=repository_creation(host, reg),
+        adaptive=reg.adaptive,
+        min_concurrency=reg.min_concurrency,
+        min_requests_per_second=reg.min_requests_per_second,
     )
 
 

@@ -91,6 +91,20 @@ class Registry(SettingsModel):
                 raise ValueError(str(e)) from None
         return v
 
+    #: Back off on 429/503 and recover (AIMD) below the limits above.
+    adaptive: bool = True
+    min_concurrency: int = Field(default=1, ge=1, le=512)
+    min_requests_per_second: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _floors(self) -> Registry:
+        if self.min_concurrency > self.max_concurrency:
+            raise ValueError(
+                f"min_concurrency ({self.min_concurrency}) is above max_concurrency"
+                f" ({self.max_concurrency})"
+            )
+        return self
+
     @field_validator("rate_limit_wait")
     @classmethod
     def _wait(cls, v: str | int) -> str | int:

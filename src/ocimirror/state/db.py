@@ -71,6 +71,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 from ..errors import ConfigError, OcimirrorError
+from ..extras import require
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -379,6 +380,8 @@ def normalise_url(url: str | URL) -> URL:
             f"unsupported state database {parsed.drivername!r}: "
             "use sqlite:///path or postgresql://user@host/db"
         )
+    if driver == "postgresql+asyncpg":
+        require("asyncpg", "postgres", "a PostgreSQL state database")
     return parsed.set(drivername=driver)
 
 

@@ -28,6 +28,8 @@ registries:
     # tls: {verify: true, ca_file: /etc/ssl/my-ca.pem}
     # max_concurrency: 32
     # requests_per_second: 10
+    # adaptive: true                      # back off on 429/503 and recover (the above as ceilings)
+    # min_concurrency: 1
   docker.io:
     credentials:
       docker_config: true                 # use ~/.docker/config.json

@@ -3,12 +3,15 @@ a real registry, records what it saw, and answers otherwise where a test tells i
 
 `serve` runs any aiohttp app on a free loopback port; `Front` forwards to a
 `LocalRegistry`, keeps every request as a `Seen`, and lets an `Intercept` answer instead
-(a 5xx, a redirect to another host, a tags list with extra names...).
+(a 5xx, a redirect to another host, a tags list with extra names...). `rate_limited` is
+the intercept of a registry that allows N requests per second (a `TokenBucket`) and
+answers 429 above it.
 """
 
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +22,16 @@ from multidict import CIMultiDict
 
 from .registry import LocalRegistry, Request
 
-__all__ = ["Front", "Intercept", "Seen", "kind_of", "registry_error", "serve"]
+__all__ = [
+    "Front",
+    "Intercept",
+    "Seen",
+    "TokenBucket",
+    "kind_of",
+    "rate_limited",
+    "registry_error",
+    "serve",
+]
 
 
 def kind_of(request: web.Request) -> str:
@@ -160,3 +172,59 @@ def registry_error(status: int, code: str, headers: dict[str, str] | None = None
     """A distribution-style error response."""
     body = {"errors": [{"code": code, "message": f"the front says {status}"}]}
     return web.json_response(body, status=status, headers=headers)
+
+
+class TokenBucket:
+    """Allows `rate` requests per second, bursts of `capacity`; counts what it decided."""
+
+    def __init__(
+        self,
+        rate: float,
+        capacity: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not rate > 0:
+            raise ValueError(f"a bucket's rate must be above 0, not {rate!r}")
+        self.rate = rate
+        self.capacity = rate if capacity is None else capacity
+        self._clock = clock
+        self._tokens = self.capacity
+        self._at = clock()
+        self.allowed = 0
+        self.refused = 0
+        #: Clock times of the first and the last allowed request.
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def take(self) -> bool:
+        """Take a token if there is one: True (allowed) or False (refused)."""
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.allowed += 1
+            self.first = now if self.first is None else self.first
+            self.last = now
+            return True
+        self.refused += 1
+        return False
+
+    @property
+    def refused_fraction(self) -> float:
+        """Refused requests over all requests (0.0 before any)."""
+        total = self.allowed + self.refused
+        return self.refused / total if total else 0.0
+
+
+def rate_limited(bucket: TokenBucket, *, retry_after: str | None = None) -> Intercept:
+    """An intercept answering 429 TOOMANYREQUESTS to requests the bucket refuses."""
+
+    async def intercept(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        if bucket.take():
+            return None
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return registry_error(429, "TOOMANYREQUESTS", headers)
+
+    return intercept

@@ -23,6 +23,7 @@ from ..errors import (
     OcimirrorError,
     RateLimited,
     UploadRefused,
+    is_corrupt_transfer,
     is_retryable,
     public_message,
 )
@@ -126,6 +127,16 @@ class _NoProgress:
 
 
 def _retry_hook(exc: Exception) -> bool | float:
+    """Decide the retries of one blob transfer (GET → verify → PUT, as a whole).
+
+    A blob damaged on the way, in the download (our digest check) or the upload (the
+    registry's DIGEST_INVALID), is fetched and sent again: corruption in transit is
+    transient. The attempts are bounded, so a source blob that really does not match its
+    digest fails with the mismatch after the last one.
+    """
+    if is_corrupt_transfer(exc):
+        log.info("blob damaged in transit, fetching it again", error=str(exc))
+        return True
     if isinstance(exc, UploadRefused):
         return 0.0  # the store switched to chunked uploads: go again at once
     if isinstance(exc, RateLimited) and exc.retry_after is not None:
@@ -313,6 +324,17 @@ class Copier(ReferrerCopying):
             if not task.done():
                 task.cancel()
         self.discovery.cancel()
+
+    async def settle(self) -> None:
+        """Cancel the shared transfers still running and wait until they have ended.
+
+        A failed image leaves its siblings' transfers running (they are shielded from
+        their waiters); settled before the stores close, none reopens a connection after.
+        """
+        self.cancel()
+        pending: list[asyncio.Future[Any]] = [*self._manifest_tasks.values()]
+        pending += self._blob_tasks.values()
+        await asyncio.gather(*(t for t in pending if not t.done()), return_exceptions=True)
 
     def _remember_manifest(self, dst: Endpoint, digest: str) -> None:
         key = (dst.store.name, dst.repo, digest)

@@ -198,10 +198,12 @@ async def execute(
 
     try:
         return list(await asyncio.gather(*(one(t) for t in tasks)))
-    except BaseException:
+    finally:
         if not shared:
-            copier.cancel()  # shared transfers are shielded from their waiters: stop them too
-        raise
+            # Shared transfers are shielded from their waiters: a failed image leaves its
+            # siblings' running. Stop them before the caller closes the stores (one that
+            # retried after that reopened a session never closed: "Unclosed client session").
+            await copier.settle()
 
 
 async def _list_destinations(

@@ -1,0 +1,228 @@
+"""AIMD: how a registry host's request concurrency and rate back off and recover.
+
+A pure state machine on an injected clock (no sleeping, no I/O): `HostLimiter`
+(ratelimit.py) feeds it every request start and every answer, and applies the limits it
+holds. The rules:
+
+- **Throttled** (HTTP 429 or 503, or a `RateLimit-Remaining` of 0): multiplicative
+  decrease. The rate is multiplied by `decrease` (without a rate yet, it becomes
+  `decrease` times the answers accepted in the last second), and so is the concurrency
+  on a 503 (overloaded), or on a 429 once the rate is at its floor; never below the
+  floors `min_concurrency` and `min_rate`. One congestion event decreases once: throttles
+  within `cooldown` seconds of a decrease change nothing more. `Retry-After`, or
+  `RateLimit-Reset` with nothing remaining, holds every start until then (at most
+  `max_hold` seconds).
+- **Accepted** (any other answer below 500): additive increase. The rate grows by
+  `increase` times the rate it had at the last decrease, per second, while starts run at
+  half of it or more (a rate nobody uses is not raised); concurrency grows by one per
+  `concurrency` accepted answers. Neither goes past its ceiling (the configured limits).
+- Other 5xx answers change nothing.
+
+Docker Hub's `ratelimit-*` headers and the IETF draft's `RateLimit-Limit` /
+`RateLimit-Remaining` / `RateLimit-Reset` (and the combined `RateLimit: limit=...,
+remaining=..., reset=...`) are read for the remaining count and reset time only: their
+limit is a quota over a window (Docker Hub: manifest pulls per 6 hours), not a request
+rate, so it is never turned into one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+#: Statuses that say "slow down".
+THROTTLE_STATUSES = frozenset({429, 503})
+#: The window (seconds) starts and accepted answers are counted over.
+WINDOW = 1.0
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What one answer says about the host's limits."""
+
+    throttled: bool = False
+    #: Seconds to hold every start for (Retry-After, or a reset with nothing remaining).
+    hold: float | None = None
+    #: The announced remaining count, if any.
+    remaining: int | None = None
+
+
+def _number(value: str | None) -> float | None:
+    """The leading number of a header value (`76;w=21600` gives 76.0), else None."""
+    if not value:
+        return None
+    try:
+        return float(value.split(";", 1)[0].split(",", 1)[0].strip())
+    except ValueError:
+        return None
+
+
+def _combined(value: str | None) -> dict[str, float]:
+    """The parameters of a combined `RateLimit: limit=10, remaining=0, reset=5` header."""
+    out: dict[str, float] = {}
+    for part in (value or "").replace(";", ",").split(","):
+        key, sep, raw = part.partition("=")
+        number = _number(raw) if sep else None
+        if number is not None:
+            out[key.strip().lower()] = number
+    return out
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a `Retry-After` value asks for (a number or an HTTP date), else None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when - (time.time() if now is None else now))
+
+
+def signal_of(status: int, headers: Mapping[str, str]) -> Signal:
+    """Read an answer's status and headers (case-insensitive mapping) as a Signal."""
+    combined = _combined(headers.get("RateLimit"))
+    remaining_f = _number(headers.get("RateLimit-Remaining"))
+    if remaining_f is None:
+        remaining_f = combined.get("remaining")
+    reset = _number(headers.get("RateLimit-Reset"))
+    if reset is None:
+        reset = combined.get("reset")
+    remaining = None if remaining_f is None else int(remaining_f)
+    exhausted = remaining is not None and remaining <= 0
+    hold = retry_after_seconds(headers.get("Retry-After"))
+    if hold is None and exhausted and reset is not None:
+        hold = max(0.0, reset)
+    throttled = status in THROTTLE_STATUSES or exhausted
+    return Signal(throttled=throttled, hold=hold if throttled else None, remaining=remaining)
+
+
+class AimdPolicy:
+    """The concurrency and rate one registry host gets now; see the module's rules."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        max_rate: float | None = None,
+        min_concurrency: int = 1,
+        min_rate: float = 1.0,
+        decrease: float = 0.75,
+        increase: float = 0.05,
+        cooldown: float = 1.0,
+        max_hold: float = 60.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 1 <= min_concurrency <= max_concurrency:
+            raise ValueError(
+                f"min_concurrency must be between 1 and max_concurrency ({max_concurrency}),"
+                f" not {min_concurrency!r}"
+            )
+        if not min_rate > 0:
+            raise ValueError(f"min_rate must be above 0, not {min_rate!r}")
+        if max_rate is not None and max_rate < min_rate:
+            min_rate = max_rate
+        if not 0 < decrease < 1:
+            raise ValueError(f"decrease must be between 0 and 1, not {decrease!r}")
+        self.max_concurrency = max_concurrency
+        self.max_rate = max_rate
+        self.min_concurrency = min_concurrency
+        self.min_rate = min_rate
+        self.decrease = decrease
+        self.increase = increase
+        self.cooldown = cooldown
+        self.max_hold = max_hold
+        self._clock = clock
+        #: Requests allowed in flight now.
+        self.concurrency = max_concurrency
+        #: Request starts per second allowed now (None: unlimited, nothing learnt yet).
+        self.rate: float | None = max_rate
+        #: No request starts before this time (clock seconds).
+        self.hold_until = float("-inf")
+        #: Decreases so far (one per congestion event).
+        self.decreases = 0
+        self._last_decrease = float("-inf")
+        self._rate_at_decrease = max_rate
+        self._last_increase: float | None = None
+        self._accepted_in_row = 0
+        self._starts: deque[float] = deque()
+        self._accepted: deque[float] = deque()
+
+    def _trim(self, times: deque[float], now: float) -> int:
+        while times and times[0] <= now - WINDOW:
+            times.popleft()
+        return len(times)
+
+    def started(self) -> None:
+        """Note one request start."""
+        now = self._clock()
+        self._starts.append(now)
+        self._trim(self._starts, now)
+
+    def answered(self, status: int, headers: Mapping[str, str]) -> Signal:
+        """Note one answer; return what it said."""
+        signal = signal_of(status, headers)
+        if signal.throttled:
+            self.throttled(signal.hold, overloaded=status == 503)
+        elif status < 500:
+            self.accepted()
+        return signal
+
+    def throttled(self, hold: float | None = None, *, overloaded: bool = True) -> None:
+        """The host said slow down: decrease once per congestion event, hold if asked.
+
+        A rate limit (not `overloaded`: a 429, nothing remaining) cuts the rate, and the
+        concurrency only once the rate is at its floor: requests waiting for the pace are
+        in flight too, and a cut there would stall a slow host far below its rate. An
+        overloaded host (503) has both cut.
+        """
+        now = self._clock()
+        self._accepted_in_row = 0
+        if hold is not None:
+            self.hold_until = max(self.hold_until, now + min(hold, self.max_hold))
+        if now - self._last_decrease < self.cooldown:
+            return
+        self._last_decrease = now
+        self.decreases += 1
+        if overloaded or self.rate == self.min_rate:
+            self.concurrency = max(self.min_concurrency, int(self.concurrency * self.decrease))
+        base = self.rate
+        if base is None:
+            base = float(self._trim(self._accepted, now)) / WINDOW
+        self.rate = max(self.min_rate, base * self.decrease)
+        self._rate_at_decrease = max(self.rate / self.decrease, self.min_rate)
+        self._last_increase = now
+
+    def accepted(self) -> None:
+        """The host served a request: increase additively, up to the ceilings."""
+        now = self._clock()
+        self._accepted.append(now)
+        self._trim(self._accepted, now)
+        self._accepted_in_row += 1
+        if self._accepted_in_row >= self.concurrency:
+            self._accepted_in_row = 0
+            self.concurrency = min(self.max_concurrency, self.concurrency + 1)
+        if self.rate is None:
+            return
+        last = now if self._last_increase is None else self._last_increase
+        self._last_increase = now
+        used = self._trim(self._starts, now) / WINDOW >= 0.5 * self.rate
+        if not used:
+            return
+        step = self.increase * (self._rate_at_decrease or self.rate)
+        self.rate += max(step, 1.0) * min(max(now - last, 0.0), WINDOW)
+        if self.max_rate is not None:
+            self.rate = min(self.rate, self.max_rate)
+
+    def hold_left(self) -> float:
+        """Seconds left before requests may start again (0.0 when none)."""
+        return max(0.0, self.hold_until - self._clock())

@@ -1,0 +1,278 @@
+"""The AIMD policy on a fake clock, and the per-host limiter that applies it (no sleeping)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from multidict import CIMultiDict
+
+from ocimirror.aimd import AimdPolicy, Signal, signal_of
+from ocimirror.client import HostOptions, RegistryClient
+from ocimirror.ratelimit import HostLimiter, Pacer
+
+
+class Clock:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def headers(**values: str) -> CIMultiDict[str]:
+    """Case-insensitive headers, `_` written as `-`."""
+    return CIMultiDict({k.replace("_", "-"): v for k, v in values.items()})
+
+
+def policy(clock: Clock, **kwargs: object) -> AimdPolicy:
+    return AimdPolicy(max_concurrency=32, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def run_at(p: AimdPolicy, clock: Clock, rate: float, seconds: float) -> None:
+    """Start and have accepted `rate` requests per second for `seconds`."""
+    for _ in range(int(rate * seconds)):
+        clock.now += 1.0 / rate
+        p.started()
+        p.accepted()
+
+
+# -- reading answers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "hdrs", "expected"),
+    [
+        (200, {}, Signal()),
+        (404, {}, Signal()),
+        (500, {}, Signal()),
+        (429, {}, Signal(throttled=True)),
+        (503, {}, Signal(throttled=True)),
+        (429, {"Retry-After": "7"}, Signal(throttled=True, hold=7.0)),
+        (200, {"Retry-After": "7"}, Signal()),  # a hint on an accepted answer: no hold
+        # IETF draft, separate headers: nothing remaining, reset in 12 s.
+        (
+            200,
+            {"RateLimit-Limit": "100", "RateLimit-Remaining": "0", "RateLimit-Reset": "12"},
+            Signal(throttled=True, hold=12.0, remaining=0),
+        ),
+        (200, {"RateLimit-Remaining": "5", "RateLimit-Reset": "12"}, Signal(remaining=5)),
+        # Docker Hub: lower case, with the window as a parameter; no reset header.
+        (200, {"ratelimit-remaining": "76;w=21600"}, Signal(remaining=76)),
+        (200, {"ratelimit-remaining": "0;w=21600"}, Signal(throttled=True, remaining=0)),
+        # IETF draft, combined header.
+        (
+            200,
+            {"RateLimit": "limit=10, remaining=0, reset=3"},
+            Signal(throttled=True, hold=3.0, remaining=0),
+        ),
+        (200, {"RateLimit-Remaining": "many"}, Signal()),
+        (429, {"Retry-After": "soon"}, Signal(throttled=True)),
+    ],
+)
+def test_signal_of_reads_status_and_headers(
+    status: int, hdrs: dict[str, str], expected: Signal
+) -> None:
+    assert signal_of(status, CIMultiDict(hdrs)) == expected
+
+
+def test_a_limit_is_never_turned_into_a_rate() -> None:
+    clock = Clock()
+    p = policy(clock)
+    run_at(p, clock, 40, 2)
+    p.answered(200, headers(RateLimit_Limit="100;w=21600", RateLimit_Remaining="99;w=21600"))
+    assert p.rate is None
+    assert p.concurrency == 32
+
+
+# -- multiplicative decrease --------------------------------------------------------------
+
+
+def test_first_throttle_learns_a_rate_from_what_was_accepted() -> None:
+    clock = Clock()
+    p = policy(clock)
+    run_at(p, clock, 40, 2)  # 40 accepted in the last second
+    p.answered(429, headers())
+    assert p.rate == pytest.approx(30.0, abs=1.0)
+    assert p.concurrency == 32  # a rate limit: the pace is the cure
+    assert p.decreases == 1
+
+
+def test_one_congestion_event_decreases_once() -> None:
+    clock = Clock()
+    p = policy(clock)
+    run_at(p, clock, 40, 1)
+    for _ in range(20):  # the requests in flight all come back refused together
+        p.answered(429, headers())
+    assert p.decreases == 1
+    first = p.rate
+    assert first == pytest.approx(30.0, abs=1.0)
+    clock.now += 1.0  # past the cooldown: a new event
+    p.answered(503, headers())
+    assert p.decreases == 2
+    assert p.rate == pytest.approx(first * 0.75)
+    assert p.concurrency == 24  # overloaded: fewer in flight too
+
+
+def test_floors_hold() -> None:
+    clock = Clock()
+    p = policy(clock, min_concurrency=2, min_rate=3.0)
+    for _ in range(40):
+        clock.now += 1.0
+        p.answered(429, headers())
+    assert p.concurrency == 2
+    assert p.rate == 3.0
+
+
+def test_retry_after_holds_starts_capped() -> None:
+    clock = Clock()
+    p = policy(clock, max_hold=60.0)
+    p.answered(429, headers(Retry_After="5"))
+    assert p.hold_left() == 5.0
+    clock.now += 2.0
+    assert p.hold_left() == 3.0
+    p.answered(429, headers(Retry_After="3600"))
+    assert p.hold_left() == 60.0
+    clock.now += 61.0
+    assert p.hold_left() == 0.0
+
+
+def test_other_server_errors_change_nothing() -> None:
+    clock = Clock()
+    p = policy(clock)
+    run_at(p, clock, 20, 1)
+    p.answered(500, headers())
+    p.answered(502, headers())
+    assert (p.rate, p.concurrency, p.decreases) == (None, 32, 0)
+
+
+# -- additive increase --------------------------------------------------------------------
+
+
+def test_rate_grows_back_additively_while_in_use_up_to_the_ceiling() -> None:
+    clock = Clock()
+    p = policy(clock, max_rate=50.0)
+    assert p.rate == 50.0
+    run_at(p, clock, 50, 1)
+    p.throttled()
+    assert p.rate == pytest.approx(37.5)
+    # In use at its own rate: +5% of the pre-cut level (2.5/s) per second.
+    before = p.rate
+    run_at(p, clock, p.rate, 1)
+    assert p.rate - before == pytest.approx(2.5, abs=0.2)
+    for _ in range(20):
+        run_at(p, clock, p.rate, 1)
+    assert p.rate == 50.0  # the configured limit is the ceiling
+
+
+def test_an_unused_rate_is_not_raised() -> None:
+    clock = Clock()
+    p = policy(clock, max_rate=50.0)
+    p.throttled()
+    run_at(p, clock, 5, 10)  # far below the allowed 37.5/s
+    assert p.rate == pytest.approx(37.5)
+
+
+def test_concurrency_grows_by_one_per_round_of_answers() -> None:
+    clock = Clock()
+    p = policy(clock)
+    p.throttled()
+    assert p.concurrency == 24
+    for _ in range(23):
+        p.accepted()
+    assert p.concurrency == 24
+    p.accepted()
+    assert p.concurrency == 25
+    for _ in range(10_000):
+        p.accepted()
+    assert p.concurrency == 32  # the ceiling
+
+
+def test_bad_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="min_concurrency"):
+        AimdPolicy(max_concurrency=4, min_concurrency=5)
+    with pytest.raises(ValueError, match="min_rate"):
+        AimdPolicy(max_concurrency=4, min_rate=0)
+    with pytest.raises(ValueError, match="decrease"):
+        AimdPolicy(max_concurrency=4, decrease=1.5)
+
+
+# -- the limiter --------------------------------------------------------------------------
+
+
+def test_clients_of_one_host_share_one_limiter() -> None:
+    a = RegistryClient("shared.example:5000")
+    b = RegistryClient("SHARED.example:5000")
+    other = RegistryClient("other.example:5000")
+    fixed = RegistryClient("shared.example:5000", options=HostOptions(adaptive=False))
+    assert a.limiter is b.limiter
+    assert other.limiter is not a.limiter
+    assert fixed.limiter is not a.limiter
+    assert fixed.limiter.policy is None
+    assert a.limiter is HostLimiter.for_host("shared.example:5000")
+
+
+async def test_limiter_caps_requests_in_flight_and_follows_the_policy() -> None:
+    clock = Clock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+        await asyncio.sleep(0)
+
+    limiter = HostLimiter(max_concurrency=4, clock=clock, sleep=sleep)
+    peak = 0
+    release = asyncio.Event()
+
+    async def request() -> None:
+        nonlocal peak
+        async with limiter.slot():
+            peak = max(peak, limiter.in_flight)
+            await release.wait()
+        limiter.answered(200, headers())
+
+    tasks = [asyncio.create_task(request()) for _ in range(10)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert limiter.in_flight == 4  # the other six wait for a place
+    release.set()
+    await asyncio.gather(*tasks)
+    assert peak == 4
+    assert limiter.in_flight == 0
+    assert waits == []  # no rate yet: nothing paced
+
+    # A 503 with Retry-After: concurrency cut to 3, a rate learnt, starts held 2 s.
+    limiter.answered(503, headers(Retry_After="2"))
+    assert limiter.throttled == 1
+    assert limiter.concurrency == 3
+    assert limiter.rate == pytest.approx(7.5)  # 75% of the 10 accepted in the last second
+    async with limiter.slot():
+        pass
+    assert waits == [pytest.approx(2.0)]
+
+
+async def test_cancelled_waiter_gives_its_turn_away() -> None:
+    limiter = HostLimiter(max_concurrency=1, pacer=Pacer(None))
+    holding = asyncio.Event()
+    done = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter.slot():
+            holding.set()
+            await done.wait()
+
+    first = asyncio.create_task(hold())
+    await holding.wait()
+    waiting = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    done.set()
+    await first
+    assert limiter.in_flight == 0
+    async with limiter.slot():  # a place is free again
+        assert limiter.in_flight == 1
