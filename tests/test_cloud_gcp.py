@@ -260,3 +260,60 @@ async def test_proxy_upstream_logs_in_with_the_key_file(
         assert answer.status == 200, answer.body[:300]
     assert granted
     assert granted[0]["iss"] == EMAIL
+
+
+async def test_serve_pushes_with_the_metadata_servers_identity(
+    gcp_registry: LocalRegistry, registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """`serve` on Cloud Run: a `POST /` mirrors into Artifact Registry with the service's
+    own token (from the metadata server), no credentials configured."""
+    import aiohttp
+
+    from ocimirror.testkit.registry import free_port
+
+    await seed(registry, "lib/app", [("3", make_image(layer_size=200, seed="serve-gce"))])
+    seen: list[str] = []
+    port = free_port()
+    log = tmp_path / "serve.log"
+    async with metadata_server(seen) as md:
+        env = {
+            **base_env(tmp_path),
+            "GCE_METADATA_IP": md,
+            "GCE_METADATA_HOST": md,
+            "OCIMIRROR_REGISTRY_ENDPOINTS": f"{AR}=http://{gcp_registry.host}",
+        }
+        args = ["serve", "--port", str(port), "--state", f"sqlite:///{tmp_path}/state.db"]
+        with log.open("w") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *ocimirror_command(*args, "--allow-private-networks"),
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(300):  # polling a condition: the server answering
+                    assert proc.returncode is None, log.read_text()
+                    try:
+                        async with http.get(f"{base}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+                body = {
+                    "mirrors": [
+                        {"src": f"{registry.host}/lib/app:3", "dst": f"{AR}/project/repo/app:3"}
+                    ]
+                }
+                async with http.post(f"{base}/", json=body) as r:
+                    answer = await r.text()
+                    assert r.status == 200, answer + log.read_text()
+            assert answer == '{"ok":true}\n'
+        finally:
+            proc.terminate()
+            await proc.wait()
+    assert gcp_registry.tags("project/repo/app") == ["3"]
+    assert any(p.endswith("/token") for p in seen)
+    assert TOKEN not in log.read_text()
