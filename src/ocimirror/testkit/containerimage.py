@@ -36,7 +36,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 #: What the base leaves out (documentation, manuals, translations): a smaller image.
 _EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 #: The extras the test image installs (the Containerfile's EXTRAS default).
-EXTRAS = "postgres"
+EXTRAS = "postgres,cloud"
 #: Flags every `podman run` and `podman build` needs here (see the module docstring).
 RUN_FLAGS = ("--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
