@@ -407,3 +407,30 @@ def test_hub_settings_under_any_hub_name_reach_the_client() -> None:
 
     config = parse_config("registries:\n  index.docker.io:\n    max_concurrency: 3\n", "m.yaml")
     assert host_options(config, "registry-1.docker.io").max_concurrency == 3
+
+
+def test_config_validate_names_a_cloud_login_whose_extra_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from ocimirror.cli import app
+
+    ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com"
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text(f"mirrors:\n  - source: alpine:3.20\n    targets: [{ecr}/mirror]\n")
+    line = f"{ecr}: ecr login: the aws extra is not installed (pip install 'ocimirror[aws]')"
+    installed = CliRunner().invoke(app, ["config", "validate", str(cfg)])
+    assert installed.exit_code == 0, installed.output
+    assert "extra is not installed" not in installed.output
+    real = importlib.util.find_spec
+
+    def without_boto3(name: str, package: str | None = None) -> object:
+        return None if name == "boto3" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_boto3)
+    missing = CliRunner().invoke(app, ["config", "validate", str(cfg)])
+    assert missing.exit_code == 0, missing.output
+    assert line in missing.output

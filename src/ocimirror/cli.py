@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .auth.credentials import Credentials, Keychain
+    from .auth.providers import ProviderName
     from .reference import Reference
+    from .settings.config import Config
     from .transfer.copy import CopyOptions
     from .transfer.engine import RunSummary, Side
     from .transfer.tags import TagFilter
@@ -695,13 +697,33 @@ def config_validate(
     except OcimirrorError as e:
         console.print(escape(str(e)), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
-    for warning in loaded.warnings:
+    for warning in [*loaded.warnings, *_cloud_logins_missing(loaded.config)]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     n = len(loaded.config.mirrors)
     console.print(
         f"{escape(path)}: valid ({loaded.format} format, {n} mirror{'s' if n != 1 else ''})",
         highlight=False,
     )
+
+
+def _cloud_logins_missing(config: Config) -> list[str]:
+    """A line for each cloud registry of the config whose login's SDK is not installed."""
+    from .auth.providers import missing_extra
+    from .errors import ReferenceError
+    from .reference import Reference
+
+    hosts: dict[str, ProviderName | None] = {
+        h: r.credentials.provider if r.credentials else None for h, r in config.registries.items()
+    }
+    for mirror in config.mirrors:
+        for text in [*mirror.sources, *mirror.targets]:
+            try:
+                ref = Reference.parse(text)
+            except ReferenceError:
+                continue
+            hosts.setdefault(ref.registry, None)
+    lines = [missing_extra(host, provider) for host, provider in hosts.items()]
+    return [line for line in lines if line]
 
 
 @config_app.command("schema")

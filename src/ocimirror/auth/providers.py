@@ -22,6 +22,7 @@ host, the provider and the cause. Secrets never reach a log or an error.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -96,6 +97,34 @@ def detect(host: str) -> ProviderName | None:
     if name.endswith(".azurecr.io"):
         return "azure"
     return None
+
+
+#: Each provider's SDK (the module its login imports) and the extra that installs it.
+SDKS: dict[ProviderName, tuple[str, str]] = {
+    "ecr": ("boto3", "aws"),
+    "gcp": ("google.auth", "gcp"),
+    "azure": ("azure.identity", "azure"),
+}
+
+
+def missing_extra(host: str, provider: ProviderName | None = None) -> str | None:
+    """Say what a host's cloud login lacks: its provider's SDK not installed (one line
+    naming the host, the provider and the extra); None without a provider, or when the
+    SDK is there. `provider` is the one a config names, else the host name's."""
+    name = provider or detect(host)
+    if name is None:
+        return None
+    module, extra = SDKS[name]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package (google, azure) is absent
+        found = False
+    if found:
+        return None
+    return (
+        f"{host}: {name} login: the {extra} extra is not installed"
+        f" (pip install 'ocimirror[{extra}]')"
+    )
 
 
 def make_provider(name: ProviderName, *, endpoint_base: Callable[[str], str]) -> Provider:
