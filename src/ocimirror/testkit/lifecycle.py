@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
+
+from .polling import wait_for
 
 
 def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
@@ -16,6 +19,25 @@ def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def await_child(
+    proc: subprocess.Popen[Any],
+    alive: Callable[[], bool],
+    what: str,
+    log: Callable[[], str],
+    stop: Callable[[], None],
+    timeout: float,
+) -> None:
+    """Wait until a child server answers (`alive()`); if it exits first, fail with its
+    `log()`. On any failure `stop()` cleans up before the error goes on."""
+    try:
+        wait_for(lambda: alive() or proc.poll() is not None, f"{what} to answer", timeout)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log()}")
+    except BaseException:
+        stop()
+        raise
 
 
 class StartStop:

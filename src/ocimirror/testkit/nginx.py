@@ -18,8 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from .lifecycle import StartStop, terminate
-from .polling import wait_for
+from .lifecycle import StartStop, await_child, terminate
 from .registry import free_port
 
 #: The `types` and `server` blocks of the recipe; {root} and {listen} are filled in.
@@ -122,17 +121,14 @@ class StaticNginx(StartStop):
             stderr=subprocess.STDOUT,
         )
         log.close()
-        try:
-            wait_for(
-                lambda: self._alive() or self._proc is None or self._proc.poll() is not None,
-                "nginx to answer",
-                timeout=30,
-            )
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {(self.work / 'stderr.log').read_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        await_child(
+            self._proc,
+            self._alive,
+            "nginx",
+            lambda: (self.work / "stderr.log").read_text(),
+            self.stop,
+            timeout=30,
+        )
         return self
 
     def stop(self) -> None:

@@ -24,8 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Self
 
-from .lifecycle import StartStop, terminate
-from .polling import wait_for
+from .lifecycle import StartStop, await_child, terminate
 from .registry import free_port
 
 _LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
@@ -78,24 +77,21 @@ class LocalS3(StartStop):
     def start(self) -> Self:
         """Start the server and wait until it answers."""
         fd, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
-        self._log_path = Path(name)
+        self._log_path = log_path = Path(name)
         self._log = open(fd, "wb")  # noqa: SIM115 -- closed by stop()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            wait_for(
-                lambda: self._alive() or self._proc is None or self._proc.poll() is not None,
-                "moto's S3 server to answer",
-                timeout=60,
-            )
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto's server exited: {self._log_path.read_text()[-2000:]}")
-        except BaseException:
-            self.stop()
-            raise
+        await_child(
+            self._proc,
+            self._alive,
+            "moto's S3 server",
+            lambda: log_path.read_text()[-2000:],
+            self.stop,
+            timeout=60,
+        )
         return self
 
     def bucket(self) -> str:
