@@ -48,6 +48,7 @@ from ocimirror.testkit.front import Front, registry_error
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push
 from ocimirror.testkit.referrersfront import ReferrersFront
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import store_for
 from ocimirror.transfer.copy import CopyOptions
 from ocimirror.transfer.engine import run_copies
 
@@ -105,12 +106,13 @@ async def _store(host: str) -> AsyncIterator[RegistryStore]:
 
 @asynccontextmanager
 async def proxy_for(
-    host: str, *, cache: Path | None = None, clock: Clock | None = None
+    host: str, *, cache: Path | None = None, clock: Clock | None = None, prefix: str | None = None
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    """The proxy's application in front of `host`, with a cache in `cache` if given."""
+    """The proxy's application in front of `host` (under `prefix`), with a cache in `cache`
+    if given."""
     clock = clock or Clock()
     kept = ProxyCache(cache, tag_ttl=TTL, clock=clock) if cache is not None else None
-    settings = load_settings(registry_host=host, env={})
+    settings = load_settings(registry_host=host, repo_prefix=prefix, env={})
     app = make_proxy_app(settings, cache=kept, policy=PullPolicy(tag_ttl=TTL, clock=clock))
     app[PROXY].referrers_api = ApiAbsence(clock=clock)
     try:
@@ -145,6 +147,13 @@ def host_of(client: TestClient[web.Request, web.Application]) -> str:
     return f"127.0.0.1:{client.port}"
 
 
+async def metric(client: TestClient[web.Request, web.Application], name: str, kind: str) -> float:
+    """A counter of the proxy's /metrics, for one `kind`."""
+    text = await (await client.get("/metrics")).text()
+    wanted = f'{name}{{kind="{kind}"}} '
+    return sum(float(line[len(wanted) :]) for line in text.splitlines() if line.startswith(wanted))
+
+
 # -- the API case --------------------------------------------------------------------------
 
 
@@ -153,8 +162,8 @@ async def test_api_upstream_pages_are_merged_and_the_filter_goes_upstream(
 ) -> None:
     art = Signed()
     async with ReferrersFront(registry, page_size=1).running() as front:
-        await art.push_api(front.host)
-        async with proxy_for(front.host) as proxy:
+        await art.push_api(front.host, "team/app")
+        async with proxy_for(front.host, prefix="team") as proxy:
             mark = len(front.seen)
             resp, doc = await referrers(proxy, art.image.digest)
             assert resp.status == 200
@@ -162,11 +171,11 @@ async def test_api_upstream_pages_are_merged_and_the_filter_goes_upstream(
             assert "OCI-Filters-Applied" not in resp.headers
             assert "Link" not in resp.headers  # the pages were followed by the proxy
             assert doc["mediaType"] == mt.OCI_INDEX
-            assert doc["manifests"] == front.referrers_of("app", art.image.digest)
+            assert doc["manifests"] == front.referrers_of("team/app", art.image.digest)
             assert digests_of(doc) == {a.digest for a in art.of_image}
             asks = [s for s in front.seen[mark:] if s.kind == "referrers"]
-            assert len(asks) == 3  # three pages of one
-            assert all(s.path == f"/v2/app/referrers/{art.image.digest}" for s in asks)
+            assert len(asks) == 3  # three pages of one, under the prefix
+            assert all(s.path == f"/v2/team/app/referrers/{art.image.digest}" for s in asks)
 
             mark = len(front.seen)
             resp, doc = await referrers(proxy, art.image.digest, SPDX)
@@ -205,6 +214,31 @@ async def test_a_client_copying_through_the_proxy_gets_every_referrer(
     assert sorted(dst.tags("app")) == sorted(
         ["v1", fallback_tag_of(art.image.digest), fallback_tag_of(art.sbom.digest)]
     )
+
+
+async def test_a_pass_through_client_logs_in_through_the_proxy_to_read_them(
+    token_registry: LocalRegistry,
+) -> None:
+    """A registry with token auth and no API: the client's anonymous request gets the
+    challenge (the proxy's realm), its token from the proxy's
+    `/_token`, then the referrers, as any registry client does."""
+    art = Signed("proxy-token")
+    s = store_for(token_registry)
+    try:
+        await push(s, "app", art.image, "v1")
+        await push_fallback(s, "app", art.image.digest, *art.of_image)
+    finally:
+        await s.close()
+    async with proxy_for(token_registry.host) as proxy:
+        resp, doc = await referrers(proxy, art.image.digest)
+        assert resp.status == 401
+        challenge = resp.headers["WWW-Authenticate"]
+        assert f"{host_of(proxy)}/_token" in challenge
+        assert token_registry.host not in doc["raw"]
+        async with _store(host_of(proxy)) as client:
+            listed = await client.referrers("app", art.image.digest)
+        assert listed is not None  # the proxy's API answered
+        assert [d.digest for d in listed] == [a.digest for a in art.of_image]
 
 
 # -- the fallback-tag case -------------------------------------------------------------------
@@ -339,6 +373,8 @@ async def test_cached_referrers_are_a_tag_fresh_for_the_ttl_then_asked_again(
             assert "Warning" not in resp.headers
             asks = [s for s in api.seen[mark:] if s.kind == "referrers"]
             assert len(asks) == 2
+            assert await metric(proxy, "ocimirror_proxy_cache_hits_total", "referrers") == 3
+            assert await metric(proxy, "ocimirror_proxy_cache_misses_total", "referrers") == 2
 
 
 async def test_cached_referrers_stand_in_when_the_upstream_fails(

@@ -71,8 +71,6 @@ class Listing:
     """The referrers of a subject as the upstream gave them."""
 
     entries: list[dict[str, Any]] = field(default_factory=list)
-    #: How: `api`, or `tag` (the fallback tag).
-    via: str = "api"
 
 
 async def serve_referrers(
@@ -227,12 +225,12 @@ async def _fallback(
     resp = await _get(request, route, path, _FALLBACK_ACCEPT)
     if resp.status == 404:
         resp.release()
-        return Listing(via="tag")
+        return Listing()
     if resp.status != 200:
         return resp
     media_type = resp.headers.get("Content-Type", "")
     raw = await _body(resp)
-    return Listing(fallback_entries(raw, media_type, subject), via="tag")
+    return Listing(fallback_entries(raw, media_type, subject))
 
 
 # -- through the cache -------------------------------------------------------------------
