@@ -392,8 +392,16 @@ async def test_cached_referrers_stand_in_when_the_upstream_fails(
         Front(registry, outage).running() as front,
         proxy_for(front.host, cache=tmp_path / "cache", clock=clock) as proxy,
     ):
+        mark = registry.mark()
         resp, doc = await referrers(proxy, art.image.digest)
         assert doc["manifests"] == [listing(a) for a in art.of_image]
+        # Fresh: a filter is served from the cache, the registry is not asked again.
+        resp, doc = await referrers(proxy, art.image.digest, INTOTO)
+        assert doc["manifests"] == [listing(art.att)]
+        assert [(r.method, r.kind) for r in registry.requests(since=mark)] == [
+            ("GET", "referrers"),
+            ("GET", "manifest"),
+        ]
         down = True
         clock.advance(TTL)
         resp, doc = await referrers(proxy, art.image.digest, SPDX)

@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit
 
 import aiohttp
 import structlog
@@ -210,10 +210,11 @@ def _same_place(url: str, route: Route, path: str) -> str:
     base = urlsplit(route.upstream.base)
     if (parts.scheme, parts.netloc.lower()) != (base.scheme, base.netloc.lower()):
         raise Unusable("a next-page link to another origin")
-    if parts.path != path or parts.fragment:
+    if unquote(parts.path) != unquote(path) or parts.fragment:
         raise Unusable("a next-page link to another path")
+    # The path asked for (as the proxy built it), the upstream's own query (its cursor).
     query = parse_qsl(parts.query, keep_blank_values=True)
-    return parts.path + (f"?{urlencode(query)}" if query else "")
+    return path + (f"?{urlencode(query)}" if query else "")
 
 
 async def _fallback(
