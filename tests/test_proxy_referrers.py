@@ -13,6 +13,7 @@ Upstream requests are counted in the registry's access log and the front's recor
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from ocimirror import mediatypes as mt
 from ocimirror.client import RegistryClient
 from ocimirror.proxy.app import make_proxy_app
 from ocimirror.proxy.cache import ProxyCache
+from ocimirror.proxy.flights import Flights
 from ocimirror.proxy.policy import PullPolicy
 from ocimirror.proxy.referrerindex import NO_API_TTL, ApiAbsence
 from ocimirror.proxy.routing import PROXY
@@ -375,6 +377,64 @@ async def test_cached_referrers_are_a_tag_fresh_for_the_ttl_then_asked_again(
             assert len(asks) == 2
             assert await metric(proxy, "ocimirror_proxy_cache_hits_total", "referrers") == 3
             assert await metric(proxy, "ocimirror_proxy_cache_misses_total", "referrers") == 2
+
+
+class CountingFlights(Flights):
+    """The proxy's flights, setting `all_joined` once `expected` requests joined one."""
+
+    def __init__(self, expected: int, all_joined: asyncio.Event) -> None:
+        super().__init__()
+        self.expected = expected
+        self.joins = 0
+        self.all_joined = all_joined
+
+    def joined(self, key: tuple[str, ...]) -> asyncio.Event | None:
+        flight = super().joined(key)
+        if flight is not None:
+            self.joins += 1
+            if self.joins == self.expected:
+                self.all_joined.set()
+        return flight
+
+
+async def test_concurrent_requests_of_a_subject_not_cached_make_one_upstream_request(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    art = Signed("proxy-flight")
+    arrived, decided, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def hold(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
+        if "/referrers/" in request.path:
+            if arrived.is_set():
+                decided.set()  # a second upstream request: no single flight, no waiting
+            arrived.set()
+            await release.wait()
+        return None
+
+    await art.push_fallback(registry.host)
+    async with (
+        Front(registry, hold).running() as gate,
+        proxy_for(gate.host, cache=tmp_path / "cache") as proxy,
+    ):
+        # The gate holds the first upstream request until seven more have joined it.
+        flights = CountingFlights(7, decided)
+        proxy.server.app[PROXY].flights = flights
+        leader = asyncio.create_task(referrers(proxy, art.image.digest))
+        await arrived.wait()
+        others = [
+            asyncio.create_task(referrers(proxy, art.image.digest, t))
+            for t in (None, SPDX, INTOTO, COSIGN_SIG, None, SPDX, None)
+        ]
+        await decided.wait()
+        release.set()
+        answers = await asyncio.gather(leader, *others)
+        assert all(resp.status == 200 for resp, _ in answers)
+        assert [doc["manifests"] for _, doc in answers[3:5]] == [
+            [listing(art.att)],
+            [listing(art.sig)],
+        ]
+        assert len(gate.of("GET", "referrers")) == 1
+        assert await metric(proxy, "ocimirror_proxy_cache_coalesced_total", "referrers") == 7
 
 
 async def test_cached_referrers_stand_in_when_the_upstream_fails(

@@ -36,6 +36,7 @@ from aiohttp import web
 from .. import mediatypes as mt
 from ..errors import OcimirrorError
 from ..manifest import MAX_MANIFEST_SIZE
+from .cache import TagEntry
 from .forward import open_upstream, respond
 from .paths import ApiPath, upstream_path
 from .policy import Refuse, Serve, failure_reason, status_failure
@@ -240,13 +241,24 @@ async def _fallback(
 async def _cached(
     request: web.Request, route: Route, subject: str, artifact_type: str | None
 ) -> web.StreamResponse:
-    """A referrers answer through the cache: a tag-like entry, fresh for the tag TTL."""
+    """A referrers answer through the cache: a tag-like entry, fresh for the tag TTL. A
+    subject not cached is fetched once for the requests asking at the same time (the same
+    client, for a pass-through upstream); the others are answered from what it kept."""
     proxy = request.app[PROXY]
     cache = the_cache(request)
     who = reader(request, route)
     key = cache_key(subject)
     label, repo = route.upstream.label, route.upstream_repo
     entry = await cache.tag(label, repo, key)
+    if entry is None:
+        flight_key = ("referrers", label, repo, key, who.who)
+        flight = proxy.flights.joined(flight_key)
+        if flight is None:
+            async with proxy.flights.lead(flight_key):
+                return await _fetch(request, route, subject, artifact_type, None)
+        await flight.wait()
+        proxy.metrics.cache_coalesced.labels("referrers").inc()
+        entry = await cache.tag(label, repo, key)
     decision = proxy.policy.decide_tag(
         who, key, age=None if entry is None else entry.age, accepted=True
     )
@@ -255,6 +267,23 @@ async def _cached(
         if kept is not None:
             proxy.metrics.cache_hits.labels("referrers").inc()
             return referrers_answer(index_entries(kept.raw) or [], subject, artifact_type)
+    return await _fetch(request, route, subject, artifact_type, entry)
+
+
+async def _fetch(
+    request: web.Request,
+    route: Route,
+    subject: str,
+    artifact_type: str | None,
+    entry: TagEntry | None,
+) -> web.StreamResponse:
+    """Fetch the whole list upstream, keep it and answer; the kept `entry` (if any) stands
+    in when the upstream fails."""
+    proxy = request.app[PROXY]
+    cache = the_cache(request)
+    who = reader(request, route)
+    key = cache_key(subject)
+    label, repo = route.upstream.label, route.upstream_repo
 
     async def stale(reason: str, error: str) -> web.Response | None:
         if entry is None or isinstance(proxy.policy.decide_error(who, key, reason), Refuse):
