@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -218,8 +219,9 @@ async def test_a_client_copying_through_the_proxy_gets_every_referrer(
     )
 
 
+@pytest.mark.parametrize("cached", [False, True])
 async def test_a_pass_through_client_logs_in_through_the_proxy_to_read_them(
-    token_registry: LocalRegistry,
+    token_registry: LocalRegistry, tmp_path: Path, cached: bool
 ) -> None:
     """A registry with token auth and no API: the client's anonymous request gets the
     challenge (the proxy's realm), its token from the proxy's
@@ -231,7 +233,7 @@ async def test_a_pass_through_client_logs_in_through_the_proxy_to_read_them(
         await push_fallback(s, "app", art.image.digest, *art.of_image)
     finally:
         await s.close()
-    async with proxy_for(token_registry.host) as proxy:
+    async with proxy_for(token_registry.host, cache=tmp_path / "c" if cached else None) as proxy:
         resp, doc = await referrers(proxy, art.image.digest)
         assert resp.status == 401
         challenge = resp.headers["WWW-Authenticate"]
@@ -239,8 +241,15 @@ async def test_a_pass_through_client_logs_in_through_the_proxy_to_read_them(
         assert token_registry.host not in doc["raw"]
         async with _store(host_of(proxy)) as client:
             listed = await client.referrers("app", art.image.digest)
-        assert listed is not None  # the proxy's API answered
-        assert [d.digest for d in listed] == [a.digest for a in art.of_image]
+            assert listed is not None  # the proxy's API answered
+            assert [d.digest for d in listed] == [a.digest for a in art.of_image]
+            mark = token_registry.mark()
+            assert await client.referrers("app", art.image.digest) == listed
+            asked = [r for r in token_registry.requests(since=mark) if r.method == "GET"]
+            assert len(asked) == (0 if cached else 1)  # cached: granted to that client
+        # Cached or not, a client the upstream has not let read them is asked to log in.
+        resp, doc = await referrers(proxy, art.image.digest)
+        assert resp.status == 401
 
 
 # -- the fallback-tag case -------------------------------------------------------------------
