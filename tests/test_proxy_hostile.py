@@ -116,6 +116,8 @@ TRAVERSALS = [
     "/v2/app/tags/all",
     "/v2/app/blobs/latest",
     "/v2/app/referrers/latest",
+    "/v2/app/referrers/sha256:1234",
+    "/v2/app/referrers/sha256:" + "A" * 64,
     "/v2/app/manifests/sha256:1234",
 ]
 

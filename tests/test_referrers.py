@@ -326,6 +326,50 @@ async def test_dry_run_lists_referrers_and_writes_nothing(
     assert sum(dst.count(m, since=mark) for m in WRITES) == 0
 
 
+async def test_sync_dry_run_lists_the_referrers_it_would_copy_and_writes_nothing(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path
+) -> None:
+    src, dst = registry_pair
+    old, new = make_image(seed="dry-old"), make_image(seed="dry-new")
+    async with store(src.host) as s:
+        await push(s, "lib/app", old, "old")
+    cfg = tmp_path / "mirror.yaml"
+    cfg.write_text(
+        f"mirrors:\n  - name: app\n    source: {src.host}/lib/app\n"
+        f"    targets: [{dst.host}/mirror/app]\n"
+    )
+    assert run_ocimirror("sync", "-c", str(cfg), "--no-state").returncode == 0
+    # Then: `old` is signed, `new` arrives with an SBOM, itself signed.
+    sig, sbom = signature_referrer(old.descriptor), spdx_sbom(new.descriptor)
+    sbom_sig = signature_referrer(sbom.descriptor)
+    async with store(src.host) as s:
+        await push_fallback(s, "lib/app", old.digest, sig)
+        await push(s, "lib/app", new, "new")
+        await push_fallback(s, "lib/app", new.digest, sbom)
+        await push_fallback(s, "lib/app", sbom.digest, sbom_sig)
+    mark = dst.mark()
+    out = run_ocimirror("sync", "-c", str(cfg), "--no-state", "--dry-run", "--json")
+    assert out.returncode == 0, out.stderr
+    (doc,) = json.loads(out.stdout)
+    (planned,) = doc["planned"]
+    assert planned["target"].endswith(":new")
+    assert planned["status"] == "planned"
+    assert {r["digest"]: r["status"] for r in planned["referrers"]} == {
+        sbom.digest: "found",
+        sbom_sig.digest: "found",
+    }
+    (check,) = doc["referrer_checks"]
+    assert check["target"].endswith(":old")
+    assert [(r["digest"], r["status"], r["via"]) for r in check["referrers"]] == [
+        (sig.digest, "found", "tag")
+    ]
+    assert doc["copied"] == []
+    assert "mirror/app:new: referrers 2 to copy" in out.stderr
+    assert "mirror/app:old: referrers 1 to copy" in out.stderr
+    assert sum(dst.count(m, since=mark) for m in WRITES) == 0
+    assert dst.tags("mirror/app") == ["old"]
+
+
 async def test_no_referrers_asks_nothing(
     registry_pair: tuple[LocalRegistry, LocalRegistry],
 ) -> None:

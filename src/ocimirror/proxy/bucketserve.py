@@ -12,8 +12,9 @@ registry through the `BucketStore` API, with no HTTP request of the client's pas
   to a presigned URL of the object (s3, r2, gs, az).
 - `tags/list` from the bucket's `tags/list` object, paged with `n` and `last` (a `Link`
   to the next page, in the client's names).
-- Referrers: 404, as from a registry without the referrers API (clients fall back to
-  the tag schema).
+- Referrers: the referrers API answered from the fallback index `sha256-<hex>` the
+  object-store target keeps per subject (an empty index when there is none; never the
+  subject itself), the `artifactType` filter applied here.
 
 Error answers are the proxy's own words: a bucket's name, keys and error text go to the
 log only (`BucketStore` errors reach the middleware as an unreachable upstream).
@@ -22,6 +23,7 @@ log only (`BucketStore` errors reach the middleware as an unreachable upstream).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 import structlog
@@ -34,6 +36,7 @@ from ..manifest import Manifest
 from .bucketupstream import BucketUpstream
 from .cachedblobs import Unsatisfiable, blob_headers, byte_range, pour
 from .paths import ApiPath
+from .referrerindex import fallback_entries, fallback_tag, referrers_answer
 from .replies import API_VERSION, oci_error
 from .routing import PROXY, Route
 
@@ -71,7 +74,20 @@ async def bucket_answer(
         return await bucket_blob(request, route, upstream, repo, api.reference)
     if api.kind == "tags":
         return await bucket_tags(route, upstream, repo, dict(query))
-    return oci_error(404, "UNSUPPORTED", "this registry does not serve the referrers API")
+    return await bucket_referrers(upstream, repo, api.reference, dict(query).get("artifactType"))
+
+
+async def bucket_referrers(
+    upstream: BucketUpstream, repo: str, subject: str, artifact_type: str | None
+) -> web.Response:
+    """Answer the referrers API from the bucket's fallback index of `subject`."""
+    try:
+        index = await upstream.bucket.get_manifest(repo, fallback_tag(subject))
+    except NotFound:
+        entries: list[dict[str, Any]] = []
+    else:
+        entries = fallback_entries(index.raw, index.media_type, subject)
+    return referrers_answer(entries, subject, artifact_type)
 
 
 def accepted_types(request: web.Request) -> frozenset[str]:

@@ -4,7 +4,8 @@ and a browser's redirect to the upstream's page.
 `handle_v2` parses the path strictly from its raw form (`paths`): anything but an exact
 route is refused before an upstream is asked, and the upstream's path is built from the
 validated parts. Manifests and blobs go through the pull-through cache when there is one
-(`pullthrough`, `cachedblobs`), else straight upstream (`forward`).
+(`pullthrough`, `cachedblobs`), else straight upstream (`forward`); referrers are answered
+by `referrers` (the upstream's API, else its fallback tag).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..reference import PATH_COMPONENT_RE
 from .bucketserve import bucket_answer
 from .bucketupstream import BucketUpstream
 from .cachedblobs import cached_blob
-from .forward import open_upstream, respond, respond_json, upstream_blob_answer, upstream_manifest
+from .forward import open_upstream, respond_json, upstream_blob_answer, upstream_manifest
 from .paths import (
     Refused,
     api_query,
@@ -32,6 +33,7 @@ from .paths import (
 )
 from .ping import ping
 from .pullthrough import cached_manifest
+from .referrers import serve_referrers
 from .replies import oci_error, unauthorized, unsupported
 from .routing import PROXY, Route
 
@@ -78,8 +80,7 @@ async def handle_v2(request: web.Request) -> web.StreamResponse:
         return await serve_blob(request, route, api.reference, path)
     if api.kind == "tags":
         return await serve_tags(request, route, path)
-    resp = await open_upstream(request, route, path)
-    return await respond(request, route, resp)
+    return await serve_referrers(request, route, api.reference, dict(query).get("artifactType"))
 
 
 async def serve_manifest(

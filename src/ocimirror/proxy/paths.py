@@ -5,7 +5,8 @@ is decoded on its own, so an encoded slash (`%2F`), dot (`%2e`) or question mark
 can never become a separator, a dot-segment or a query. The only routes:
 
 - `/v2/NAME/manifests/REFERENCE`: a tag (`[\\w][\\w.-]{0,127}`) or a digest;
-- `/v2/NAME/blobs/DIGEST`, `/v2/NAME/referrers/DIGEST`;
+- `/v2/NAME/blobs/DIGEST`, `/v2/NAME/referrers/DIGEST` (a sha256 or sha512 digest in
+  lowercase hex);
 - `/v2/NAME/tags/list`;
 
 where every component of NAME is a distribution path component (so never `.` or `..`).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote, urlencode
 
+from .. import digest as digests
 from ..reference import (
     DIGEST_RE,
     NAME_TOTAL_LENGTH_MAX,
@@ -115,7 +117,13 @@ def parse_api_path(raw_rest: str) -> ApiPath:
         return ApiPath(name, "tags", reference)
     if not is_digest(reference):
         raise Refused(400, "DIGEST_INVALID", "invalid digest")
-    return ApiPath(name, "blobs" if kind == "blobs" else "referrers", reference)
+    if kind == "referrers":
+        # The subject names the fallback tag `ALG-HEX` and the cache's entry: a digest
+        # the proxy can hash (sha256, sha512), lowercase as the OCI spec writes it.
+        if not digests.is_valid(reference):
+            raise Refused(400, "DIGEST_INVALID", "invalid digest")
+        return ApiPath(name, "referrers", reference)
+    return ApiPath(name, "blobs", reference)
 
 
 def api_query(kind: Kind, items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from .clientauth import ClientAuthenticator
 from .flights import Flights
 from .metrics import ProxyMetrics
 from .policy import PullPolicy
+from .referrerindex import ApiAbsence
 from .settings import ProxySettings
 from .upstream import Upstream
 
@@ -122,6 +123,8 @@ class Proxy:
         )
         #: Manifest fetches of uncached tags in flight, for later askers to wait on.
         self.flights = Flights()
+        #: Upstreams known (for a while) to have no referrers API: fallback tags instead.
+        self.referrers_api = ApiAbsence()
 
     @property
     def only(self) -> Upstream | None:

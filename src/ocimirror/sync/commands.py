@@ -7,6 +7,7 @@ imported when a command runs: registering the commands costs `ocimirror --help` 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..settings.config import Config
+    from ..transfer.copy import ImageResult
     from .runner import MirrorPass, Mode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -158,6 +160,10 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
             console.print(f"  [red]- {escape(ref.ref):<24} purge[/]", highlight=False)
         for e in p.plan.errors:
             console.print(f"  [red]✗ {escape(e.reference)}: {escape(e.error)}[/]", highlight=False)
+        for r in p.planned + p.referrer_checks:
+            line = _referrers_line(r)
+            if line:
+                console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
         for repo in p.would_create:
             console.print(f"  [green]+ would create repository {escape(repo)}[/]", highlight=False)
         counts = {r: p.plan.count(r) for r in _MARK}
@@ -173,7 +179,11 @@ def _print_plan(console: Console, passes: list[MirrorPass], *, verbose: bool) ->
 def sync(
     config: ConfigOpt = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the plan (what and why); copy nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show the plan (what and why) and the referrers it would copy; copy nothing.",
+        ),
     ] = False,
     missing_only: Annotated[
         bool,
@@ -275,7 +285,7 @@ def sync(
         print(json.dumps([_pass_json(p) for p in passes], indent=2))
     if dry_run:
         _print_plan(console, passes, verbose=verbose)
-        raise typer.Exit(EXIT_OK if not any(p.plan.errors for p in passes) else EXIT_PARTIAL)
+        raise typer.Exit(EXIT_OK if not any(p.failed for p in passes) else EXIT_PARTIAL)
     for p in passes:
         colour = {"ok": "green", "partial": "yellow", "failed": "red"}[p.status]
         console.print(
@@ -301,6 +311,29 @@ def _trusted(p: MirrorPass) -> str:
     return f" ({trusted} trusted)" if trusted else ""
 
 
+def _referrers_line(r: ImageResult) -> str:
+    """A dry run's line about one image's referrers ("" when there is nothing to say)."""
+    if r.error:
+        return f"✗ {r.destination}: {r.error}"
+    counts = Counter(x.status for x in r.referrers)
+    if not counts:
+        return ""
+    words = {"found": "to copy", "present": "present", "filtered": "filtered"}
+    said = ", ".join(f"{counts[k]} {w}" for k, w in words.items() if counts[k])
+    return f"↳ {r.destination}: referrers {said}"
+
+
+def _image_json(r: ImageResult) -> dict[str, Any]:
+    return {
+        "source": r.source,
+        "target": r.destination,
+        "status": r.status,
+        "error": r.error,
+        "referrers": [x.to_json() for x in r.referrers],
+        **({"reason": r.reason} if r.reason else {}),
+    }
+
+
 def _pass_json(p: MirrorPass) -> dict[str, Any]:
     return {
         "mirror": p.mirror,
@@ -317,17 +350,9 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
             }
             for t in p.plan.tasks
         ],
-        "copied": [
-            {
-                "source": r.source,
-                "target": r.destination,
-                "status": r.status,
-                "error": r.error,
-                "referrers": [x.to_json() for x in r.referrers],
-                **({"reason": r.reason} if r.reason else {}),
-            }
-            for r in p.results
-        ],
+        "copied": [_image_json(r) for r in p.results],
+        # A dry run's images that would be copied, with the referrers found for each.
+        "planned": [_image_json(r) for r in p.planned],
         "referrer_checks": [
             {
                 "source": r.source,

@@ -59,12 +59,18 @@ class MirrorPass:
     purge_errors: list[str] = field(default_factory=list)
     #: Unchanged images whose referrers were looked at (and found, or failed to be).
     referrer_checks: list[ImageResult] = field(default_factory=list)
+    #: A dry run's images that would be copied (`planned`), with the referrers found.
+    planned: list[ImageResult] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
         """Every failure of the pass, one line each."""
         lines = [f"{e.reference}: {e.error}" for e in self.plan.errors]
-        lines += [f"{r.source} → {r.destination}: {r.error}" for r in self.results if r.error]
+        lines += [
+            f"{r.source} → {r.destination}: {r.error}"
+            for r in self.results + self.planned
+            if r.error
+        ]
         lines += [
             f"{r.source} → {r.destination}: referrers: {r.error}"
             for r in self.referrer_checks
@@ -160,19 +166,27 @@ async def _one_mirror(
         trusted_since=trusted_since if state is not None else None,
     )
     result = MirrorPass(mirror.label, plan, run_id=run_id)
-    if mode == "dry-run":
+    dry_run = mode == "dry-run"
+    referrers = (mirror.referrers or Referrers()).options()
+    if dry_run:
         result.would_create = await _would_create(config, plan)
-    else:
-        todo = [t for t in plan.tasks if t.needs_copy and (mode == "all" or t.reason != "changed")]
-        referrers = (mirror.referrers or Referrers()).options()
+    if not dry_run or referrers.enabled:
+        # A dry run with referrers finds them as a copy would (HEADs and GETs at the
+        # source, the destination's lists read), with a copier that writes nothing.
+        todo = [
+            t
+            for t in plan.tasks
+            if t.needs_copy and (mode != "missing-only" or t.reason != "changed")
+        ]
         copier = Copier(
             options=CopyOptions(
                 platforms=tuple(mirror.platforms or ()),
                 include_foreign=bool(mirror.include_foreign),
                 referrers=referrers,
+                dry_run=dry_run,
             ),
             image_concurrency=config.concurrency,
-            progress=progress,
+            progress=None if dry_run else progress,
         )
         # Unchanged images may have gained signatures: one look each (immutable tags too
         # when the mirror asks for it).
@@ -183,20 +197,25 @@ async def _one_mirror(
             and _due(last_seen.get(str(t.target)), referrers.check_interval)
         ]
         # The planner listed and HEADed the targets already: nothing more to list.
-        result.results = await execute(
+        done = await execute(
             [_task(t) for t in todo],
             stores=stores,
             copier=copier,
             listing="none",
             absent=sorted(plan.new_targets, key=str),
         )
+        if dry_run:
+            result.planned = done
+        else:
+            result.results = done
         try:
             refreshed = await asyncio.gather(*(_refresh(copier, t, stores) for t in looks))
         except BaseException:
             copier.cancel()  # shared transfers are shielded from their waiters: stop them too
             raise
         result.referrer_checks = [r for r in refreshed if r.referrers or r.status == "failed"]
-        await _purge(result, stores)
+        if not dry_run:
+            await _purge(result, stores)
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
