@@ -25,6 +25,7 @@ import stamina.instrumentation
 from aiohttp import web
 
 import ocimirror.client as client_module
+import ocimirror.uploads as uploads_module
 from ocimirror import digest as digests
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
@@ -807,7 +808,7 @@ async def refuse_monolithic(front: Front, request: web.Request, body: bytes) -> 
 async def test_refused_monolithic_upload_falls_back_to_chunks(
     registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "CHUNK_SIZE", 64 * 1024)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", 64 * 1024)
     blob = Blob("application/octet-stream", random_layer(200_000, seed="chunked"))
     async with Front(registry, refuse_monolithic).running() as front:
         client = RegistryClient(front.host)
