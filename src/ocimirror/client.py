@@ -212,7 +212,9 @@ class RegistryClient(Uploads):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                headers={"User-Agent": USER_AGENT},
+                # Nothing is decompressed (a digest is of the bytes as stored), so nothing
+                # compressed is asked for: aiohttp would send `gzip, deflate`.
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=300),
                 read_bufsize=READ_SIZE,
             )
