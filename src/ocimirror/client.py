@@ -15,15 +15,15 @@ any other request (the proxy forwards through them). It knows nothing of copying
 
 Why it is long: it is one class over one connection pool, and every request method
 shares the session, the retry wrapper, the pace, the accounting and the authenticator.
-What could leave has left: the authentication (auth/), uploads (uploads.py) and how a
-host is reached (hosts.py: `HostOptions`, endpoints; still importable from here).
+What could leave has left: the authentication (auth/), uploads (uploads.py), the
+listing documents (listings.py) and how a host is reached (hosts.py: `HostOptions`,
+endpoints, origins; still importable from here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import ssl
 import time
 from collections import Counter
@@ -36,7 +36,6 @@ from urllib.parse import urlencode, urljoin
 import aiohttp
 import stamina
 import structlog
-import yarl
 
 from . import digest as digests
 from . import mediatypes as mt
@@ -60,8 +59,12 @@ from .hosts import (
     endpoint_base,
     endpoint_for,
     environment_endpoints,
+    origin,
     parse_endpoints,
+    repo_scope,
+    shown_origin,
 )
+from .listings import next_link, referrers_of, tags_of
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 from .ratelimit import HostLimiter, Pacer
 from .reference import is_loopback_host
@@ -74,8 +77,6 @@ USER_AGENT = "ocimirror/0.1"
 READ_SIZE = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-#: One `<url>; params` entry of a Link header.
-_LINK_RE = re.compile(r"<([^>]*)>([^,<]*)")
 
 
 @dataclass
@@ -100,31 +101,6 @@ def _reason(exc: BaseException) -> str:
     cause = getattr(exc, "os_error", None) or exc.__cause__ or exc
     text = getattr(cause, "strerror", None) or str(cause)
     return text or type(exc).__name__
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Return the (scheme, host, port) a URL points at, default ports filled in.
-
-    Credentials given for one registry go only to requests whose origin is the registry's.
-    """
-    try:
-        u = yarl.URL(url)
-        return (u.scheme.lower(), (u.host or "").lower(), u.port)
-    except (TypeError, ValueError):
-        return ("", "", None)
-
-
-def shown_origin(url: str) -> str:
-    """Return `scheme://host[:port]` of a URL for a message (no path, no query secrets)."""
-    scheme, host, port = origin(url)
-    if not host:
-        return "an invalid URL"
-    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
-
-
-def repo_scope(repo: str, actions: str) -> str:
-    """Return the token scope string for a repository and actions (`pull`, `pull,push`)."""
-    return f"repository:{repo}:{actions}"
 
 
 class RegistryClient(Uploads):
@@ -739,8 +715,8 @@ class RegistryClient(Uploads):
                     raw = await resp.read()
                 finally:
                     resp.release()
-                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
-                return _tags_of(raw, what), None if nxt is None else self._upgraded(nxt)
+                nxt = next_link(resp.headers.get("Link", ""), str(resp.url))
+                return tags_of(raw, what), None if nxt is None else self._upgraded(nxt)
 
             page, url = await self._retrying(once)
             tags.extend(page)
@@ -793,9 +769,9 @@ class RegistryClient(Uploads):
                 if len(raw) > MAX_MANIFEST_SIZE:
                     raise RegistryError(f"{what}: the answer is over {MAX_MANIFEST_SIZE} bytes")
                 applied = resp.headers.get("OCI-Filters-Applied", "")
-                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
+                nxt = next_link(resp.headers.get("Link", ""), str(resp.url))
                 return (
-                    _referrers_of(raw, what),
+                    referrers_of(raw, what),
                     "artifacttype" in applied.lower().replace(" ", "").split(","),
                     None if nxt is None else self._upgraded(nxt),
                 )
@@ -918,48 +894,6 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
-
-
-def _tags_of(raw: bytes, what: str) -> list[str]:
-    """Read the tags of one tags-list page; RegistryError when it is not that document."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise RegistryError(f"{what}: the answer is not JSON") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: the answer is not a JSON object")
-    tags = doc.get("tags")
-    if tags is None:
-        return []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise RegistryError(f"{what}: 'tags' is not a list of strings")
-    return tags
-
-
-def _referrers_of(raw: bytes, what: str) -> list[Descriptor]:
-    """Read the descriptors of one referrers page (an image index); RegistryError if not."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise RegistryError(f"{what}: the answer is not JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
-        raise RegistryError(f"{what}: the answer is not an image index")
-    try:
-        return [
-            Descriptor.from_json(m, f"{what} manifests[{i}]")
-            for i, m in enumerate(doc.get("manifests") or [])
-        ]
-    except ManifestError as e:
-        raise RegistryError(str(e)) from None
-
-
-def _next_link(header: str, base: str) -> str | None:
-    """Return the absolute URL of the `rel="next"` entry of a Link header, if any."""
-    for target, params in _LINK_RE.findall(header):
-        rels = re.findall(r'rel\s*=\s*"?([^";]*)"?', params, re.IGNORECASE)
-        if any("next" in r.lower().split() for r in rels):
-            return str(urljoin(base, target.strip()))
-    return None
 
 
 #: Callers name hosts' options and endpoints through the client, as before they had

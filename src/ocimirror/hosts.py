@@ -2,7 +2,9 @@
 
 A host name is what images are named by; an endpoint (`registries: {HOST: {endpoint:
 URL}}`, `--registry-endpoint`, `OCIMIRROR_REGISTRY_ENDPOINTS`) is another URL serving that
-host, where requests go while names, credentials and scopes stay the host's.
+host, where requests go while names, credentials and scopes stay the host's. Origins
+(`origin`, `shown_origin`) decide where credentials may go: only to the registry's own
+scheme, host and port.
 """
 
 from __future__ import annotations
@@ -108,3 +110,28 @@ def base_url(host: str, options: HostOptions) -> str:
     if plain is None:
         plain = is_loopback_host(host)
     return f"{'http' if plain else 'https'}://{host}"
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Return the (scheme, host, port) a URL points at, default ports filled in.
+
+    Credentials given for one registry go only to requests whose origin is the registry's.
+    """
+    try:
+        u = yarl.URL(url)
+        return (u.scheme.lower(), (u.host or "").lower(), u.port)
+    except (TypeError, ValueError):
+        return ("", "", None)
+
+
+def shown_origin(url: str) -> str:
+    """Return `scheme://host[:port]` of a URL for a message (no path, no query secrets)."""
+    scheme, host, port = origin(url)
+    if not host:
+        return "an invalid URL"
+    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
+
+
+def repo_scope(repo: str, actions: str) -> str:
+    """Return the token scope string for a repository and actions (`pull`, `pull,push`)."""
+    return f"repository:{repo}:{actions}"
