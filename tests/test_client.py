@@ -10,6 +10,7 @@ registry, records what it saw, and misbehaves where a test tells it to.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import time
@@ -25,6 +26,7 @@ import stamina.instrumentation
 from aiohttp import web
 
 import ocimirror.client as client_module
+import ocimirror.uploads as uploads_module
 from ocimirror import digest as digests
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
@@ -807,7 +809,7 @@ async def refuse_monolithic(front: Front, request: web.Request, body: bytes) -> 
 async def test_refused_monolithic_upload_falls_back_to_chunks(
     registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "CHUNK_SIZE", 64 * 1024)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", 64 * 1024)
     blob = Blob("application/octet-stream", random_layer(200_000, seed="chunked"))
     async with Front(registry, refuse_monolithic).running() as front:
         client = RegistryClient(front.host)
@@ -921,3 +923,48 @@ async def test_request_sends_with_or_without_the_clients_credentials(
         assert client.statuses[401] == 2
         with pytest.raises(ValueError, match="only authenticated requests follow redirects"):
             await client.request("GET", "/v2/", authenticate=False, allow_redirects=True)
+
+
+# -- 9. compression the client never asked for -----------------------------------------------
+
+
+async def gzip_when_accepted(
+    front: Front, request: web.Request, body: bytes
+) -> web.Response | None:
+    """Answer a blob or manifest GET gzipped when the client accepts gzip, as a proxy or CDN
+    with compression switched on for every type does."""
+    accepted = request.headers.get("Accept-Encoding", "").lower()
+    if request.method != "GET" or kind_of(request) not in ("blob", "manifest"):
+        return None
+    if "gzip" not in accepted:
+        return None
+    plain = await front.forward(request, body)
+    assert isinstance(plain.body, bytes)
+    return web.Response(
+        status=plain.status,
+        body=gzip.compress(plain.body),
+        headers={
+            "Content-Type": plain.headers.get("Content-Type", "application/octet-stream"),
+            "Docker-Content-Digest": plain.headers.get("Docker-Content-Digest", ""),
+            "Content-Encoding": "gzip",
+        },
+    )
+
+
+async def test_blobs_and_manifests_are_asked_for_uncompressed(registry: LocalRegistry) -> None:
+    # The client never decompresses (a blob's digest is of the bytes as stored), so it must
+    # not accept a compressed answer either: aiohttp's default `Accept-Encoding: gzip,
+    # deflate` let a front that compresses hand over gzip bytes as the blob itself.
+    image = make_image(layers=[random_layer(100_000, seed="identity")])
+    await seed(registry, "app", [("v1", image)])
+    blob = max(image.blobs, key=lambda b: b.size)  # the layer
+    async with Front(registry, gzip_when_accepted).running() as front:
+        client = RegistryClient(front.host)
+        try:
+            assert await read_blob(client, "app", blob.digest) == blob.data
+            assert (await client.get_manifest("app", "v1")).digest == image.digest
+        finally:
+            await client.close()
+    gets = front.of("GET")
+    assert {s.kind for s in gets} >= {"blob", "manifest"}
+    assert all(s.headers.get("Accept-Encoding") == "identity" for s in gets)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-import ocimirror.client as client_module
+import ocimirror.uploads as uploads_module
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
 from ocimirror.errors import AuthError, NotFound, RegistryError
@@ -237,7 +237,7 @@ async def test_upload_location_on_another_host_is_refused(
 async def test_chunk_location_on_another_host_is_refused(
     htpasswd_registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "CHUNK_SIZE", 1000)
+    monkeypatch.setattr(uploads_module, "CHUNK_SIZE", 1000)
     blob = Blob("application/octet-stream", random_layer(2500, seed="chunks-away"))
     async with Other().running() as other:
 

@@ -7,36 +7,35 @@ that came from a keychain are refused it asks the keychain for fresh ones and tr
 more again. It owns retries of idempotent requests (stamina, honouring `Retry-After`),
 redirects of GETs and HEADs (followed here, not by aiohttp: `Authorization` goes only to
 the registry's own scheme, host and port, and never from HTTPS down to HTTP), uploads
-(monolithic, chunked, cross-repository mount), request accounting and the per-host
+(monolithic, chunked, cross-repository mount: `uploads.Uploads`, a mixin over `_send`),
+request accounting and the per-host
 limits: a request pace (`requests_per_second`) and a reserve of Docker Hub's manifest
 pulls (`rate_limit_reserve`). `request()` and `error_from()` are the public way to send
 any other request (the proxy forwards through them). It knows nothing of copying.
 
 Why it is long: it is one class over one connection pool, and every request method
-shares the session, the retry wrapper, the pace, the accounting and the authenticator;
-the authentication itself already lives in auth/. Uploads (start, monolithic or chunked
-PUT, mount, cancel) are the part that could leave first, as a mixin over `_send`.
+shares the session, the retry wrapper, the pace, the accounting and the authenticator.
+What could leave has left: the authentication (auth/), uploads (uploads.py), the
+listing documents (listings.py) and how a host is reached (hosts.py: `HostOptions`,
+endpoints, origins; still importable from here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin
 
 import aiohttp
 import stamina
 import structlog
-import yarl
 
 from . import digest as digests
 from . import mediatypes as mt
@@ -44,125 +43,40 @@ from .auth.credentials import Credentials, Keychain
 from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
-    ConfigError,
     DigestMismatch,
     ManifestError,
     NotFound,
     RateLimited,
     RegistryError,
     Unreachable,
-    UploadRefused,
     is_retryable,
     registry_public,
 )
+from .hosts import (
+    ENDPOINTS_ENV,
+    HostOptions,
+    base_url,
+    endpoint_base,
+    endpoint_for,
+    environment_endpoints,
+    origin,
+    parse_endpoints,
+    repo_scope,
+    shown_origin,
+)
+from .listings import next_link, referrers_of, tags_of
 from .manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
-from .netpolicy import AddressPolicy
 from .ratelimit import HostLimiter, Pacer
 from .reference import is_loopback_host
+from .uploads import Uploads
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "ocimirror/0.1"
-#: Bytes per PATCH when a registry refuses monolithic uploads.
-CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes per read from a blob response.
 READ_SIZE = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-#: One `<url>; params` entry of a Link header.
-_LINK_RE = re.compile(r"<([^>]*)>([^,<]*)")
-
-
-@dataclass(frozen=True)
-class HostOptions:
-    """How to reach one registry host: TLS, plain HTTP, request concurrency and limits."""
-
-    tls_verify: bool = True
-    ca_file: str | None = None
-    plain_http: bool | None = None  # None: plain HTTP for loopback hosts only
-    max_concurrency: int = 32
-    #: Request starts per second (token fetches included), bursts of max(1, int(rate)).
-    requests_per_second: float | None = None
-    #: Hold manifest GETs while the registry's `RateLimit-Remaining` is below this.
-    rate_limit_reserve: int | None = None
-    #: Seconds to wait before re-checking the remaining count with a HEAD.
-    rate_limit_wait: float = 300.0
-    #: Where connections may go (serve's API jobs); None: anywhere.
-    address_policy: AddressPolicy | None = None
-    #: Back off on 429/503 and recover (AIMD), the limits above as ceilings.
-    adaptive: bool = True
-    #: The floors adaptive limits never go below.
-    min_concurrency: int = 1
-    min_requests_per_second: float = 1.0
-    #: Another URL serving this host (`registries: {HOST: {endpoint: URL}}`): requests
-    #: go to its scheme, host and port; names, credentials and scopes stay the host's.
-    endpoint: str | None = None
-    #: Creates a repository a push found missing (ECR's `create_repositories`); None:
-    #: a missing repository is an error, as on every other registry.
-    create_repository: Callable[[str], Awaitable[None]] | None = field(default=None, compare=False)
-
-
-def endpoint_base(endpoint: str) -> str:
-    """Return `scheme://host[:port]` of an endpoint URL, refusing anything else there."""
-    try:
-        u = yarl.URL(endpoint.strip())
-    except (TypeError, ValueError):
-        u = yarl.URL()
-    if u.scheme not in ("http", "https") or not u.host:
-        what = f"a {u.scheme}: URL" if u.scheme else "no URL"
-        raise ConfigError(
-            f"a registry endpoint is an http:// or https:// URL with a host, not {what}"
-        )
-    if u.user or u.password or u.query_string or u.fragment:
-        raise ConfigError("a registry endpoint is scheme://host[:port] only (no user, query)")
-    host = f"[{u.host}]" if ":" in u.host else u.host
-    return f"{u.scheme}://{host}" + (f":{u.explicit_port}" if u.explicit_port else "")
-
-
-#: The environment variable naming registry endpoints: `HOST=URL,HOST=URL`.
-ENDPOINTS_ENV = "OCIMIRROR_REGISTRY_ENDPOINTS"
-
-
-def parse_endpoints(items: Iterable[str]) -> dict[str, str]:
-    """Parse `HOST=URL` items (each may hold several, comma-separated) into a mapping."""
-    out: dict[str, str] = {}
-    for item in items:
-        for part in item.split(","):
-            if not part.strip():
-                continue
-            host, sep, url = part.strip().partition("=")
-            host = host.strip().lower()
-            if not sep or not host or "/" in host or not url.strip():
-                raise ConfigError(
-                    "a registry endpoint is HOST=URL (e.g. registry.example=http://127.0.0.1:5000),"
-                    f" not {part.strip()[:100]!r}"
-                )
-            endpoint_base(url)
-            out[host] = url.strip()
-    return out
-
-
-def environment_endpoints() -> dict[str, str]:
-    """The endpoints `OCIMIRROR_REGISTRY_ENDPOINTS` names (a ConfigError when malformed)."""
-    try:
-        return parse_endpoints([os.environ.get(ENDPOINTS_ENV, "")])
-    except ConfigError as e:
-        raise ConfigError(f"{ENDPOINTS_ENV}: {e}") from None
-
-
-def endpoint_for(host: str, options: HostOptions | None = None) -> str | None:
-    """Where `host` is served: a flag or the environment, else its config (`options`)."""
-    return environment_endpoints().get(host.lower()) or (options.endpoint if options else None)
-
-
-def base_url(host: str, options: HostOptions) -> str:
-    """Return where requests for `host` go: its endpoint, else HTTP(S) by the TLS settings."""
-    if options.endpoint:
-        return endpoint_base(options.endpoint)
-    plain = options.plain_http
-    if plain is None:
-        plain = is_loopback_host(host)
-    return f"{'http' if plain else 'https'}://{host}"
 
 
 @dataclass
@@ -189,33 +103,10 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Return the (scheme, host, port) a URL points at, default ports filled in.
-
-    Credentials given for one registry go only to requests whose origin is the registry's.
-    """
-    try:
-        u = yarl.URL(url)
-        return (u.scheme.lower(), (u.host or "").lower(), u.port)
-    except (TypeError, ValueError):
-        return ("", "", None)
-
-
-def shown_origin(url: str) -> str:
-    """Return `scheme://host[:port]` of a URL for a message (no path, no query secrets)."""
-    scheme, host, port = origin(url)
-    if not host:
-        return "an invalid URL"
-    return f"{scheme}://{host}:{port}" if port is not None else f"{scheme}://{host}"
-
-
-def repo_scope(repo: str, actions: str) -> str:
-    """Return the token scope string for a repository and actions (`pull`, `pull,push`)."""
-    return f"repository:{repo}:{actions}"
-
-
-class RegistryClient:
+class RegistryClient(Uploads):
     """Talks the distribution API to one registry host."""
+
+    options: HostOptions
 
     def __init__(
         self,
@@ -297,7 +188,9 @@ class RegistryClient:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,
-                headers={"User-Agent": USER_AGENT},
+                # Nothing is decompressed (a digest is of the bytes as stored), so nothing
+                # compressed is asked for: aiohttp would send `gzip, deflate`.
+                headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                 timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_read=300),
                 read_bufsize=READ_SIZE,
             )
@@ -822,8 +715,8 @@ class RegistryClient:
                     raw = await resp.read()
                 finally:
                     resp.release()
-                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
-                return _tags_of(raw, what), None if nxt is None else self._upgraded(nxt)
+                nxt = next_link(resp.headers.get("Link", ""), str(resp.url))
+                return tags_of(raw, what), None if nxt is None else self._upgraded(nxt)
 
             page, url = await self._retrying(once)
             tags.extend(page)
@@ -876,9 +769,9 @@ class RegistryClient:
                 if len(raw) > MAX_MANIFEST_SIZE:
                     raise RegistryError(f"{what}: the answer is over {MAX_MANIFEST_SIZE} bytes")
                 applied = resp.headers.get("OCI-Filters-Applied", "")
-                nxt = _next_link(resp.headers.get("Link", ""), str(resp.url))
+                nxt = next_link(resp.headers.get("Link", ""), str(resp.url))
                 return (
-                    _referrers_of(raw, what),
+                    referrers_of(raw, what),
                     "artifacttype" in applied.lower().replace(" ", "").split(","),
                     None if nxt is None else self._upgraded(nxt),
                 )
@@ -946,129 +839,6 @@ class RegistryClient:
         finally:
             resp.release()
 
-    async def start_upload(
-        self, repo: str, *, mount: str | None = None, from_repo: str | None = None
-    ) -> str | None:
-        """Start an upload (POST); return its location, or None if a mount succeeded."""
-        query = ""
-        scopes = self._scopes(repo, push=True)
-        if mount and from_repo:
-            query = "?" + urlencode({"mount": mount, "from": from_repo})
-            scopes = scopes | {repo_scope(from_repo, "pull")}
-
-        async def once() -> str | None:
-            resp = await self._send(
-                "POST", self.url(f"/v2/{repo}/blobs/uploads/{query}"), scopes=scopes
-            )
-            if resp.status == 201 and mount:
-                resp.release()
-                return None
-            if resp.status != 202:
-                raise await self.error_from(resp, f"{self.host}/{repo}: starting an upload")
-            resp.release()
-            location = resp.headers.get("Location")
-            if not location:
-                raise RegistryError(f"{self.host}/{repo}: upload started without a Location")
-            return self._upload_url(repo, location, self.url(f"/v2/{repo}/blobs/uploads/"))
-
-        result: str | None = await self._creating(repo, once)
-        return result
-
-    async def _creating(self, repo: str, fn: Callable[[], Any]) -> Any:
-        """Run a push request; where the options create repositories (ECR), a repository
-        the registry says does not exist (NAME_UNKNOWN) is created and the request sent
-        again; concurrent pushes to it share one creation."""
-        try:
-            return await self._retrying(fn)
-        except RegistryError as e:
-            create = self.options.create_repository
-            if create is None or "NAME_UNKNOWN" not in e.codes:
-                raise
-        creation = self._creations.get(repo)
-        if creation is None:
-            creation = self._creations[repo] = asyncio.ensure_future(create(repo))
-        await creation
-        return await self._retrying(fn)
-
-    async def cancel_upload(self, location: str) -> None:
-        """Abandon an upload session (best effort)."""
-        try:
-            resp = await self._send("DELETE", location, scopes=frozenset())
-            resp.release()
-        except aiohttp.ClientError:
-            pass
-
-    async def finish_upload(
-        self,
-        repo: str,
-        location: str,
-        desc: Descriptor,
-        chunks: AsyncIterable[bytes],
-    ) -> None:
-        """Send a blob's bytes to an upload session: one streamed PUT, or PATCHes then PUT."""
-        where = f"{self.host}/{repo}@{desc.digest}"
-        scopes = self._scopes(repo, push=True)
-        if self.chunked_uploads:
-            location = await self._patch_chunks(repo, location, chunks, where)
-            body: Any = b""
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": "0"}
-        else:
-            body = chunks
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(desc.size),
-            }
-        resp = await self._send(
-            "PUT",
-            _with_query(location, digest=desc.digest),
-            scopes=scopes,
-            headers=headers,
-            data=body,
-            replayable=False,
-        )
-        if resp.status not in (201, 204):
-            err = await self.error_from(resp, f"{where}: upload refused")
-            refused = not self.chunked_uploads and resp.status in (400, 405, 411, 413, 501)
-            if refused and not {"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"} & set(err.codes):
-                raise UploadRefused(str(err), status=resp.status, url=err.url) from err
-            raise err
-        resp.release()
-
-    async def _patch_chunks(
-        self, repo: str, location: str, chunks: AsyncIterable[bytes], where: str
-    ) -> str:
-        """Upload a stream as PATCH requests of CHUNK_SIZE bytes; return the final location."""
-        offset = 0
-        buf = bytearray()
-
-        async def flush(data: bytes) -> None:
-            nonlocal offset, location
-            resp = await self._send(
-                "PATCH",
-                location,
-                scopes=self._scopes(repo, push=True),
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{offset}-{offset + len(data) - 1}",
-                    "Content-Length": str(len(data)),
-                },
-                data=data,
-            )
-            if resp.status != 202:
-                raise await self.error_from(resp, f"{where}: chunk at {offset} refused")
-            resp.release()
-            offset += len(data)
-            location = self._upload_url(repo, resp.headers.get("Location", location), location)
-
-        async for chunk in chunks:
-            buf += chunk
-            while len(buf) >= CHUNK_SIZE:
-                await flush(bytes(buf[:CHUNK_SIZE]))
-                del buf[:CHUNK_SIZE]
-        if buf:
-            await flush(bytes(buf))
-        return location
-
     def _upload_url(self, repo: str, location: str, base: str) -> str:
         """Resolve an upload `Location`; one on another host is refused.
 
@@ -1126,48 +896,20 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
             return None
 
 
-def _with_query(url: str, **params: str) -> str:
-    sep = "&" if "?" in url else "?"
-    return url + sep + urlencode(params)
-
-
-def _tags_of(raw: bytes, what: str) -> list[str]:
-    """Read the tags of one tags-list page; RegistryError when it is not that document."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise RegistryError(f"{what}: the answer is not JSON") from None
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: the answer is not a JSON object")
-    tags = doc.get("tags")
-    if tags is None:
-        return []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise RegistryError(f"{what}: 'tags' is not a list of strings")
-    return tags
-
-
-def _referrers_of(raw: bytes, what: str) -> list[Descriptor]:
-    """Read the descriptors of one referrers page (an image index); RegistryError if not."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise RegistryError(f"{what}: the answer is not JSON") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
-        raise RegistryError(f"{what}: the answer is not an image index")
-    try:
-        return [
-            Descriptor.from_json(m, f"{what} manifests[{i}]")
-            for i, m in enumerate(doc.get("manifests") or [])
-        ]
-    except ManifestError as e:
-        raise RegistryError(str(e)) from None
-
-
-def _next_link(header: str, base: str) -> str | None:
-    """Return the absolute URL of the `rel="next"` entry of a Link header, if any."""
-    for target, params in _LINK_RE.findall(header):
-        rels = re.findall(r'rel\s*=\s*"?([^";]*)"?', params, re.IGNORECASE)
-        if any("next" in r.lower().split() for r in rels):
-            return str(urljoin(base, target.strip()))
-    return None
+#: Callers name hosts' options and endpoints through the client, as before they had
+#: modules of their own.
+__all__ = [
+    "ENDPOINTS_ENV",
+    "READ_SIZE",
+    "USER_AGENT",
+    "HostOptions",
+    "RegistryClient",
+    "base_url",
+    "endpoint_base",
+    "endpoint_for",
+    "environment_endpoints",
+    "origin",
+    "parse_endpoints",
+    "repo_scope",
+    "shown_origin",
+]
