@@ -11,7 +11,8 @@ bucket's root or under the bucket's configured key prefix:
 
 Every manifest object also carries the manifest's digest in its metadata
 (`docker-content-digest`), so `head_manifest` is one HEAD; `Cache-Control` says digests
-are immutable and tags short-lived. A directory (`file://`) cannot keep metadata, nor
+are immutable and tags short-lived; with `public_read` each object is written public-read
+(S3's ACL, stores/publicread.py). A directory (`file://`) cannot keep metadata, nor
 hold a file `v2` beside the directory `v2/` (the web server answers `/v2/` itself), so
 there each manifest is also written as `<ref>.<kind>` (`.oci-index`, `.oci-manifest`,
 `.docker-list`, `.docker-manifest`), which lets nginx give it its media type by
@@ -57,6 +58,7 @@ from ..errors import (
 )
 from ..manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 from ..reference import Reference
+from . import publicread
 from .obstores import brief, open_store
 
 if TYPE_CHECKING:
@@ -113,6 +115,8 @@ class BucketSettings:
     prefix: str = ""
     #: Allow a plain-HTTP endpoint that is not on loopback.
     allow_http: bool = False
+    #: Write every object with a public-read ACL (S3 only: stores/publicread.py).
+    public_read: bool = False
 
 
 def bucket_key(ref: Reference) -> str:
@@ -192,7 +196,13 @@ def open_bucket(
         raise NotFound(f"{ref.place}: no such directory")
     store = open_store(url, opts, what="bucket", any_http=False)
     local = ref.transport == "file"
-    return BucketStore(store, name=ref.place, prefix=s.prefix, local=local)
+    bucket = BucketStore(store, name=ref.place, prefix=s.prefix, local=local)
+    if s.public_read:
+        publicread.check(ref.transport, ref.place)
+        bucket.public = publicread.PublicRead(ref.place, url.removeprefix("s3://"), opts)
+        headers = publicread.ACL_HEADER
+        bucket.writer = open_store(url, opts, what="bucket", any_http=False, headers=headers)
+    return bucket
 
 
 class BucketStore:
@@ -203,6 +213,10 @@ class BucketStore:
     ) -> None:
         """Use `store`; `local` for a directory (no metadata, typed twins, no request costs)."""
         self.store = store
+        #: The store that writes (`store` itself, or one that writes objects public-read).
+        self.writer = store
+        #: Makes a multipart-uploaded blob public-read, when objects are written so.
+        self.public: publicread.PublicRead | None = None
         self.name = name
         self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         #: Every put is checked against the digest before the upload completes.
@@ -242,6 +256,8 @@ class BucketStore:
             where = f"{self.name}: {action} {key}"
             if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
                 raise NotFound(f"{where}: the bucket does not exist") from None
+            if publicread.NO_ACLS in text:
+                raise StoreError(f"{where}: {publicread.NO_ACLS_MESSAGE}") from None
             if isinstance(e, PermissionDeniedError | UnauthenticatedError) or (
                 "AccessDenied" in text or "InvalidAccessKeyId" in text
             ):
@@ -273,7 +289,7 @@ class BucketStore:
         attributes: dict[str, str] = {"Content-Type": content_type, "Cache-Control": cache, **meta}
         with self._errors("write", key):
             await obstore.put_async(
-                self.store, key, data, attributes=None if self.local else attributes
+                self.writer, key, data, attributes=None if self.local else attributes
             )
 
     async def _get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
@@ -493,19 +509,23 @@ class BucketStore:
         # last chunk until the digest is known, so a mismatch aborts the upload.
         parts = digests.verified(chunks, desc.digest, desc.size, f"blob {desc.digest}")
         attributes = {"Content-Type": "application/octet-stream", "Cache-Control": IMMUTABLE}
+        multipart = desc.size > PART_SIZE
         async with contextlib.AsyncExitStack() as stack:
             if desc.size > SMALL_BLOB:
                 await stack.enter_async_context(self._uploads)
             with self._errors("write", key):
                 await obstore.put_async(
-                    self.store,
+                    # S3 refuses an ACL header on a multipart upload's parts: see below.
+                    self.store if multipart else self.writer,
                     key,
                     parts,
                     attributes=None if self.local else attributes,
-                    use_multipart=desc.size > PART_SIZE,
+                    use_multipart=multipart,
                     chunk_size=PART_SIZE,
                     max_concurrency=PUT_CONCURRENCY,
                 )
+        if multipart and self.public is not None:
+            await self.public.grant(key)
 
     async def referrers(
         self, repo: str, digest: str, artifact_type: str | None = None
@@ -528,7 +548,7 @@ class BucketStore:
         await self._ensure_root()
         try:
             with self._errors("copy", f"{src} to {dst}"):
-                await obstore.copy_async(self.store, src, dst)
+                await obstore.copy_async(self.writer, src, dst)
         except FileNotFoundError:
             return False
         return True

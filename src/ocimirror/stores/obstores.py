@@ -50,13 +50,15 @@ def open_store(
     *,
     what: str = "cache store",
     any_http: bool = True,
+    headers: Mapping[str, str] | None = None,
 ) -> ObjectStore:
     """Open the object store a URL names, with obstore's options (endpoint, region...).
 
     Credentials come from `options` or obstore's environment (AWS_*, GOOGLE_*, AZURE_*).
     A plain `http://` endpoint is allowed when it is on loopback, when `allow_http` is set
     (option or AWS_ALLOW_HTTP), or, with `any_http` (the proxy cache's historic rule),
-    wherever it is. `what` names the store in errors.
+    wherever it is. `what` names the store in errors; `headers` go with every request
+    (signed with the rest where the store signs headers).
     """
     try:
         from obstore.store import from_url
@@ -75,6 +77,8 @@ def open_store(
         client["allow_http"] = True
     if str(allow).lower() in ("1", "true", "yes"):
         client["allow_http"] = True
+    if headers:
+        client["default_headers"] = dict(headers)
     kwargs: dict[str, Any] = {}
     if url.startswith("file://"):
         kwargs["mkdir"] = True
