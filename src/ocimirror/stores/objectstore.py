@@ -35,7 +35,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -68,8 +68,12 @@ log = structlog.get_logger(__name__)
 
 _STATUS = re.compile(r"status code: (\d{3})")
 
-#: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest).
+#: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest,
+#: GCS: x-goog-meta-docker-content-digest).
 DIGEST_ATTRIBUTE = "docker-content-digest"
+#: The same on Azure, whose metadata names are C# identifiers (a `-` is refused with
+#: 400 InvalidMetadata): x-ms-meta-docker_content_digest.
+AZURE_DIGEST_ATTRIBUTE = "docker_content_digest"
 
 #: Cache-Control of objects named by digest, and of tag objects and `tags/list`.
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -129,6 +133,11 @@ def _is_digest(ref: str) -> bool:
     return ":" in ref
 
 
+def _digest_of(attrs: Mapping[str, str]) -> str:
+    """Return the digest a manifest object's metadata holds (either spelling), or ''."""
+    return str(attrs.get(DIGEST_ATTRIBUTE) or attrs.get(AZURE_DIGEST_ATTRIBUTE) or "")
+
+
 def store_options(
     ref: Reference, settings: BucketSettings, credentials: Credentials | None
 ) -> tuple[str, dict[str, str]]:
@@ -160,6 +169,8 @@ def store_options(
                 f"{ref.place}: GCS takes its credentials from GOOGLE_APPLICATION_CREDENTIALS,"
                 " not a username and password"
             )
+        if s.endpoint:
+            opts["base_url"] = s.endpoint
         url = f"gs://{ref.registry}"
     elif ref.transport == "az":
         account, container = ref.registry.split("/", 1)
@@ -224,6 +235,12 @@ class BucketStore:
         #: Each call is a request the bucket's owner pays for (a directory's are free).
         self.remote = not local
         self.local = local
+        from obstore.store import AzureStore
+
+        #: The metadata key a manifest object's digest is written under.
+        self.digest_attribute = (
+            AZURE_DIGEST_ATTRIBUTE if isinstance(store, AzureStore) else DIGEST_ATTRIBUTE
+        )
         self._tag_locks: dict[str, asyncio.Lock] = {}
         self._root_written = False
         self._root_lock = asyncio.Lock()
@@ -256,6 +273,8 @@ class BucketStore:
             where = f"{self.name}: {action} {key}"
             if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
                 raise NotFound(f"{where}: the bucket does not exist") from None
+            if "ContainerNotFound" in text:
+                raise NotFound(f"{where}: the container does not exist") from None
             if publicread.NO_ACLS in text:
                 raise StoreError(f"{where}: {publicread.NO_ACLS_MESSAGE}") from None
             if isinstance(e, PermissionDeniedError | UnauthenticatedError) or (
@@ -331,7 +350,7 @@ class BucketStore:
             return None
         attrs = got.attributes
         ctype = str(attrs.get("Content-Type", "")).split(";", 1)[0].strip()
-        dg = ref if _is_digest(ref) else str(attrs.get(DIGEST_ATTRIBUTE, ""))
+        dg = ref if _is_digest(ref) else _digest_of(attrs)
         if mt.is_manifest(ctype) and digests.is_valid(dg):
             return Descriptor(ctype, dg, int(got.meta["size"]))
         # No metadata (a directory, or a bucket written by another tool): read it.
@@ -349,7 +368,7 @@ class BucketStore:
             raise NotFound(f"{self.name}: {key}: manifest unknown")
         raw, attrs = got
         ctype = str(attrs.get("Content-Type", ""))
-        meta_digest = str(attrs.get(DIGEST_ATTRIBUTE, ""))
+        meta_digest = _digest_of(attrs)
         expected = (
             ref if _is_digest(ref) else (meta_digest if digests.is_valid(meta_digest) else None)
         )
@@ -374,7 +393,7 @@ class BucketStore:
 
     async def _put_manifest_object(self, repo: str, ref: str, m: Manifest, cache: str) -> None:
         key = self.key(repo, "manifests", ref)
-        await self._put(key, m.raw, m.media_type, cache, **{DIGEST_ATTRIBUTE: m.digest})
+        await self._put(key, m.raw, m.media_type, cache, **{self.digest_attribute: m.digest})
         ext = TYPED_EXTENSIONS.get(m.media_type)
         if self.local and ext is not None:
             await self._put(f"{key}.{ext}", m.raw, m.media_type, cache)
@@ -558,6 +577,7 @@ class BucketStore:
 
 
 __all__ = [
+    "AZURE_DIGEST_ATTRIBUTE",
     "DIGEST_ATTRIBUTE",
     "BucketSettings",
     "BucketStore",

@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 #: The longest a store request may take (a whole blob streamed to a slow client).
 STORE_REQUEST_TIMEOUT = "1h"
 
-_ENDPOINT_KEYS = ("endpoint", "aws_endpoint", "aws_endpoint_url", "endpoint_url")
+_ENDPOINT_KEYS = ("endpoint", "aws_endpoint", "aws_endpoint_url", "endpoint_url", "base_url")
+
+#: The environment naming each cloud's endpoint (obstore reads it too).
+_ENDPOINT_ENV = {
+    "s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
+    "gs": ("GOOGLE_BASE_URL",),
+    "az": ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"),
+}
 
 
 def brief(error: BaseException) -> str:
@@ -35,12 +42,14 @@ def brief(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def endpoint_of(options: Mapping[str, str]) -> str:
-    """Return the endpoint the options (else the environment) give S3, or ''."""
+def endpoint_of(options: Mapping[str, str], url: str = "s3://") -> str:
+    """Return the endpoint the options (else the cloud's environment) give the store that
+    `url` names (S3's when no URL is given), or ''."""
     opts = {k.lower(): v for k, v in options.items()}
+    names = _ENDPOINT_ENV.get(url.partition("://")[0], ())
     return next(
         (v for k in _ENDPOINT_KEYS if (v := opts.get(k))),
-        os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or "",
+        next((v for n in names if (v := os.environ.get(n))), ""),
     )
 
 
@@ -69,7 +78,7 @@ def open_store(
     # a blob streamed to a slow client may take long (obstore's default limit is 30 s).
     client: dict[str, Any] = {"connect_timeout": "5s", "timeout": STORE_REQUEST_TIMEOUT}
     retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
-    endpoint = endpoint_of(opts)
+    endpoint = endpoint_of(opts, url)
     allow = opts.pop("allow_http", "") or os.environ.get("AWS_ALLOW_HTTP", "")
     if endpoint.startswith("http://") and (
         any_http or is_loopback_host(urlsplit(endpoint).netloc.rpartition("@")[2])
