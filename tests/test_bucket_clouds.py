@@ -22,6 +22,7 @@ from ocimirror.errors import NotFound, StoreError
 from ocimirror.reference import Reference
 from ocimirror.stores.objectstore import (
     AZURE_DIGEST_ATTRIBUTE,
+    PART_SIZE,
     BucketSettings,
     BucketStore,
     open_bucket,
@@ -36,10 +37,10 @@ from ocimirror.testkit.seeding import seed
 StartProxy = Callable[..., ProxyProcess]
 
 
-def _images() -> dict[str, SampleImage]:
+def _images(layer_size: int = 64 * 1024) -> dict[str, SampleImage]:
     return {
         "multi": make_index(["linux/amd64", "linux/arm64"], seed="cloud-index"),
-        "single": make_image(seed="cloud-single", oci=False, layer_size=64 * 1024),
+        "single": make_image(seed="cloud-single", oci=False, layer_size=layer_size),
     }
 
 
@@ -80,7 +81,7 @@ def test_azure_copy_warm_pass_read_back_and_proxy(
     start_proxy: StartProxy,
     tmp_path: Path,
 ) -> None:
-    images = _images()
+    images = _images(layer_size=PART_SIZE + 4096)  # a blob in blocks (a multipart upload)
     asyncio.run(seed(src_registry, "team/app", list(images.items())))
     container = azurite.container()
     bucket = f"az://{AZURITE_ACCOUNT}/{container}"
