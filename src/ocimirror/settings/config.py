@@ -356,12 +356,16 @@ class Config(_Model):
     @classmethod
     def _buckets(cls, v: dict[str, Bucket]) -> dict[str, Bucket]:
         from ..reference import parse_bucket
+        from ..stores.publicread import refusal
 
-        for name in v:
+        for name, bucket in v.items():
             try:
-                parse_bucket(name)
+                ref = parse_bucket(name)
             except ReferenceError as e:
                 raise ValueError(str(e)) from None
+            why = refusal(ref.transport) if bucket.public_read else None
+            if why is not None:
+                raise ValueError(f"{name}: public_read: {why}")
         return v
 
     @model_validator(mode="after")

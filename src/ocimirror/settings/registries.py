@@ -130,6 +130,9 @@ class Bucket(SettingsModel):
     prefix: str = ""
     #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
     allow_http: bool = False
+    #: Write every object with a public-read ACL (S3 buckets only: R2, GCS and Azure make
+    #: a bucket or container public as a whole; needs the `aws` extra).
+    public_read: bool = False
 
     @model_validator(mode="after")
     def _keys_only(self) -> Bucket:

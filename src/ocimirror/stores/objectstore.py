@@ -11,7 +11,8 @@ bucket's root or under the bucket's configured key prefix:
 
 Every manifest object also carries the manifest's digest in its metadata
 (`docker-content-digest`), so `head_manifest` is one HEAD; `Cache-Control` says digests
-are immutable and tags short-lived. A directory (`file://`) cannot keep metadata, nor
+are immutable and tags short-lived; with `public_read` each object is written public-read
+(S3's ACL, stores/publicread.py). A directory (`file://`) cannot keep metadata, nor
 hold a file `v2` beside the directory `v2/` (the web server answers `/v2/` itself), so
 there each manifest is also written as `<ref>.<kind>` (`.oci-index`, `.oci-manifest`,
 `.docker-list`, `.docker-manifest`), which lets nginx give it its media type by
@@ -34,7 +35,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -57,6 +58,7 @@ from ..errors import (
 )
 from ..manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 from ..reference import Reference
+from . import publicread
 from .obstores import brief, open_store
 
 if TYPE_CHECKING:
@@ -66,8 +68,12 @@ log = structlog.get_logger(__name__)
 
 _STATUS = re.compile(r"status code: (\d{3})")
 
-#: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest).
+#: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest,
+#: GCS: x-goog-meta-docker-content-digest).
 DIGEST_ATTRIBUTE = "docker-content-digest"
+#: The same on Azure, whose metadata names are C# identifiers (a `-` is refused with
+#: 400 InvalidMetadata): x-ms-meta-docker_content_digest.
+AZURE_DIGEST_ATTRIBUTE = "docker_content_digest"
 
 #: Cache-Control of objects named by digest, and of tag objects and `tags/list`.
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -113,6 +119,8 @@ class BucketSettings:
     prefix: str = ""
     #: Allow a plain-HTTP endpoint that is not on loopback.
     allow_http: bool = False
+    #: Write every object with a public-read ACL (S3 only: stores/publicread.py).
+    public_read: bool = False
 
 
 def bucket_key(ref: Reference) -> str:
@@ -123,6 +131,11 @@ def bucket_key(ref: Reference) -> str:
 
 def _is_digest(ref: str) -> bool:
     return ":" in ref
+
+
+def _digest_of(attrs: Mapping[str, str]) -> str:
+    """Return the digest a manifest object's metadata holds (either spelling), or ''."""
+    return str(attrs.get(DIGEST_ATTRIBUTE) or attrs.get(AZURE_DIGEST_ATTRIBUTE) or "")
 
 
 def store_options(
@@ -156,6 +169,8 @@ def store_options(
                 f"{ref.place}: GCS takes its credentials from GOOGLE_APPLICATION_CREDENTIALS,"
                 " not a username and password"
             )
+        if s.endpoint:
+            opts["base_url"] = s.endpoint
         url = f"gs://{ref.registry}"
     elif ref.transport == "az":
         account, container = ref.registry.split("/", 1)
@@ -192,7 +207,13 @@ def open_bucket(
         raise NotFound(f"{ref.place}: no such directory")
     store = open_store(url, opts, what="bucket", any_http=False)
     local = ref.transport == "file"
-    return BucketStore(store, name=ref.place, prefix=s.prefix, local=local)
+    bucket = BucketStore(store, name=ref.place, prefix=s.prefix, local=local)
+    if s.public_read:
+        publicread.check(ref.transport, ref.place)
+        bucket.public = publicread.PublicRead(ref.place, url.removeprefix("s3://"), opts)
+        headers = publicread.ACL_HEADER
+        bucket.writer = open_store(url, opts, what="bucket", any_http=False, headers=headers)
+    return bucket
 
 
 class BucketStore:
@@ -203,6 +224,10 @@ class BucketStore:
     ) -> None:
         """Use `store`; `local` for a directory (no metadata, typed twins, no request costs)."""
         self.store = store
+        #: The store that writes (`store` itself, or one that writes objects public-read).
+        self.writer = store
+        #: Makes a multipart-uploaded blob public-read, when objects are written so.
+        self.public: publicread.PublicRead | None = None
         self.name = name
         self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         #: Every put is checked against the digest before the upload completes.
@@ -210,6 +235,12 @@ class BucketStore:
         #: Each call is a request the bucket's owner pays for (a directory's are free).
         self.remote = not local
         self.local = local
+        from obstore.store import AzureStore
+
+        #: The metadata key a manifest object's digest is written under.
+        self.digest_attribute = (
+            AZURE_DIGEST_ATTRIBUTE if isinstance(store, AzureStore) else DIGEST_ATTRIBUTE
+        )
         self._tag_locks: dict[str, asyncio.Lock] = {}
         self._root_written = False
         self._root_lock = asyncio.Lock()
@@ -242,6 +273,10 @@ class BucketStore:
             where = f"{self.name}: {action} {key}"
             if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
                 raise NotFound(f"{where}: the bucket does not exist") from None
+            if "ContainerNotFound" in text:
+                raise NotFound(f"{where}: the container does not exist") from None
+            if publicread.NO_ACLS in text:
+                raise StoreError(f"{where}: {publicread.NO_ACLS_MESSAGE}") from None
             if isinstance(e, PermissionDeniedError | UnauthenticatedError) or (
                 "AccessDenied" in text or "InvalidAccessKeyId" in text
             ):
@@ -273,7 +308,7 @@ class BucketStore:
         attributes: dict[str, str] = {"Content-Type": content_type, "Cache-Control": cache, **meta}
         with self._errors("write", key):
             await obstore.put_async(
-                self.store, key, data, attributes=None if self.local else attributes
+                self.writer, key, data, attributes=None if self.local else attributes
             )
 
     async def _get(self, key: str) -> tuple[bytes, dict[str, str]] | None:
@@ -315,7 +350,7 @@ class BucketStore:
             return None
         attrs = got.attributes
         ctype = str(attrs.get("Content-Type", "")).split(";", 1)[0].strip()
-        dg = ref if _is_digest(ref) else str(attrs.get(DIGEST_ATTRIBUTE, ""))
+        dg = ref if _is_digest(ref) else _digest_of(attrs)
         if mt.is_manifest(ctype) and digests.is_valid(dg):
             return Descriptor(ctype, dg, int(got.meta["size"]))
         # No metadata (a directory, or a bucket written by another tool): read it.
@@ -333,7 +368,7 @@ class BucketStore:
             raise NotFound(f"{self.name}: {key}: manifest unknown")
         raw, attrs = got
         ctype = str(attrs.get("Content-Type", ""))
-        meta_digest = str(attrs.get(DIGEST_ATTRIBUTE, ""))
+        meta_digest = _digest_of(attrs)
         expected = (
             ref if _is_digest(ref) else (meta_digest if digests.is_valid(meta_digest) else None)
         )
@@ -358,7 +393,7 @@ class BucketStore:
 
     async def _put_manifest_object(self, repo: str, ref: str, m: Manifest, cache: str) -> None:
         key = self.key(repo, "manifests", ref)
-        await self._put(key, m.raw, m.media_type, cache, **{DIGEST_ATTRIBUTE: m.digest})
+        await self._put(key, m.raw, m.media_type, cache, **{self.digest_attribute: m.digest})
         ext = TYPED_EXTENSIONS.get(m.media_type)
         if self.local and ext is not None:
             await self._put(f"{key}.{ext}", m.raw, m.media_type, cache)
@@ -493,19 +528,23 @@ class BucketStore:
         # last chunk until the digest is known, so a mismatch aborts the upload.
         parts = digests.verified(chunks, desc.digest, desc.size, f"blob {desc.digest}")
         attributes = {"Content-Type": "application/octet-stream", "Cache-Control": IMMUTABLE}
+        multipart = desc.size > PART_SIZE
         async with contextlib.AsyncExitStack() as stack:
             if desc.size > SMALL_BLOB:
                 await stack.enter_async_context(self._uploads)
             with self._errors("write", key):
                 await obstore.put_async(
-                    self.store,
+                    # S3 refuses an ACL header on a multipart upload's parts: see below.
+                    self.store if multipart else self.writer,
                     key,
                     parts,
                     attributes=None if self.local else attributes,
-                    use_multipart=desc.size > PART_SIZE,
+                    use_multipart=multipart,
                     chunk_size=PART_SIZE,
                     max_concurrency=PUT_CONCURRENCY,
                 )
+        if multipart and self.public is not None:
+            await self.public.grant(key)
 
     async def referrers(
         self, repo: str, digest: str, artifact_type: str | None = None
@@ -528,7 +567,7 @@ class BucketStore:
         await self._ensure_root()
         try:
             with self._errors("copy", f"{src} to {dst}"):
-                await obstore.copy_async(self.store, src, dst)
+                await obstore.copy_async(self.writer, src, dst)
         except FileNotFoundError:
             return False
         return True
@@ -538,6 +577,7 @@ class BucketStore:
 
 
 __all__ = [
+    "AZURE_DIGEST_ATTRIBUTE",
     "DIGEST_ATTRIBUTE",
     "BucketSettings",
     "BucketStore",

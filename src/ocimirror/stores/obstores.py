@@ -26,7 +26,14 @@ if TYPE_CHECKING:
 #: The longest a store request may take (a whole blob streamed to a slow client).
 STORE_REQUEST_TIMEOUT = "1h"
 
-_ENDPOINT_KEYS = ("endpoint", "aws_endpoint", "aws_endpoint_url", "endpoint_url")
+_ENDPOINT_KEYS = ("endpoint", "aws_endpoint", "aws_endpoint_url", "endpoint_url", "base_url")
+
+#: The environment naming each cloud's endpoint (obstore reads it too).
+_ENDPOINT_ENV = {
+    "s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT"),
+    "gs": ("GOOGLE_BASE_URL",),
+    "az": ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT"),
+}
 
 
 def brief(error: BaseException) -> str:
@@ -35,12 +42,14 @@ def brief(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def endpoint_of(options: Mapping[str, str]) -> str:
-    """Return the endpoint the options (else the environment) give S3, or ''."""
+def endpoint_of(options: Mapping[str, str], url: str = "s3://") -> str:
+    """Return the endpoint the options (else the cloud's environment) give the store that
+    `url` names (S3's when no URL is given), or ''."""
     opts = {k.lower(): v for k, v in options.items()}
+    names = _ENDPOINT_ENV.get(url.partition("://")[0], ())
     return next(
         (v for k in _ENDPOINT_KEYS if (v := opts.get(k))),
-        os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or "",
+        next((v for n in names if (v := os.environ.get(n))), ""),
     )
 
 
@@ -50,13 +59,15 @@ def open_store(
     *,
     what: str = "cache store",
     any_http: bool = True,
+    headers: Mapping[str, str] | None = None,
 ) -> ObjectStore:
     """Open the object store a URL names, with obstore's options (endpoint, region...).
 
     Credentials come from `options` or obstore's environment (AWS_*, GOOGLE_*, AZURE_*).
     A plain `http://` endpoint is allowed when it is on loopback, when `allow_http` is set
     (option or AWS_ALLOW_HTTP), or, with `any_http` (the proxy cache's historic rule),
-    wherever it is. `what` names the store in errors.
+    wherever it is. `what` names the store in errors; `headers` go with every request
+    (signed with the rest where the store signs headers).
     """
     try:
         from obstore.store import from_url
@@ -67,7 +78,7 @@ def open_store(
     # a blob streamed to a slow client may take long (obstore's default limit is 30 s).
     client: dict[str, Any] = {"connect_timeout": "5s", "timeout": STORE_REQUEST_TIMEOUT}
     retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
-    endpoint = endpoint_of(opts)
+    endpoint = endpoint_of(opts, url)
     allow = opts.pop("allow_http", "") or os.environ.get("AWS_ALLOW_HTTP", "")
     if endpoint.startswith("http://") and (
         any_http or is_loopback_host(urlsplit(endpoint).netloc.rpartition("@")[2])
@@ -75,6 +86,8 @@ def open_store(
         client["allow_http"] = True
     if str(allow).lower() in ("1", "true", "yes"):
         client["allow_http"] = True
+    if headers:
+        client["default_headers"] = dict(headers)
     kwargs: dict[str, Any] = {}
     if url.startswith("file://"):
         kwargs["mkdir"] = True

@@ -44,6 +44,7 @@ registries:
 #     credentials: {username: AKIA..., password: ${AWS_SECRET_ACCESS_KEY}}
 #     prefix: mirror                      # the layout under mirror/v2/...
 #     # endpoint: https://minio.example.com
+#     # public_read: true                 # each object public-read (S3 only; the aws extra)
 
 # Inherited by every mirror that does not set its own.
 defaults:
