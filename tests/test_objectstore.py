@@ -530,3 +530,20 @@ def test_a_missing_directory_source_is_not_found_and_not_made(tmp_path: Path) ->
     with pytest.raises(NotFound, match="no such directory"):
         open_bucket(ref, create=False)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_missing_directory_target_is_made_by_the_first_write_not_by_a_dry_run(
+    tmp_path: Path, registry: LocalRegistry
+) -> None:
+    import asyncio
+
+    image = make_image(seed="dir-made-on-write")
+    asyncio.run(seed(registry, "team/app", [("1", image)]))
+    target = f"file://{tmp_path}/a/b//team/app:1"
+    r = run_ocimirror("copy", "--dry-run", f"{registry.host}/team/app:1", target)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "a").exists()
+    r = run_ocimirror("copy", f"{registry.host}/team/app:1", target)
+    assert r.returncode == 0, r.stderr
+    tag = tmp_path / "a" / "b" / "v2" / "team" / "app" / "manifests" / "1"
+    assert tag.read_bytes() == image.manifest.raw

@@ -198,22 +198,40 @@ def open_bucket(
 ) -> BucketStore:
     """Open the BucketStore for a bucket reference (no request is made until used).
 
-    A directory (`file://`) is made when missing if `create` (a destination); else a
-    missing one is NotFound. A bucket is never created: a missing one fails its requests.
+    A missing directory (`file://`) is made by the first write if `create` (a
+    destination); else it is NotFound. A bucket is never created: a missing one fails
+    its requests.
     """
     s = settings or BucketSettings()
     url, opts = store_options(ref, s, credentials)
-    if ref.transport == "file" and not create and not os.path.isdir(ref.registry):
-        raise NotFound(f"{ref.place}: no such directory")
+    prefix = s.prefix
+    if ref.transport == "file" and not os.path.isdir(ref.registry):
+        if not create:
+            raise NotFound(f"{ref.place}: no such directory")
+        # Rooted at the nearest directory that exists, the missing ones a key prefix: they
+        # are made by the first write, so a dry run (or a copy that fails before writing)
+        # leaves no empty directory behind.
+        base, missing = _nearest_directory(ref.registry)
+        url = f"file://{base}"
+        prefix = "/".join([*missing, s.prefix.strip("/")]).strip("/")
     store = open_store(url, opts, what="bucket", any_http=False)
     local = ref.transport == "file"
-    bucket = BucketStore(store, name=ref.place, prefix=s.prefix, local=local)
+    bucket = BucketStore(store, name=ref.place, prefix=prefix, local=local)
     if s.public_read:
         publicread.check(ref.transport, ref.place)
         bucket.public = publicread.PublicRead(ref.place, url.removeprefix("s3://"), opts)
         headers = publicread.ACL_HEADER
         bucket.writer = open_store(url, opts, what="bucket", any_http=False, headers=headers)
     return bucket
+
+
+def _nearest_directory(path: str) -> tuple[str, list[str]]:
+    """Split `path` into its nearest existing directory and the names missing below it."""
+    head, missing = os.path.abspath(path), list[str]()
+    while not os.path.isdir(head):
+        head, name = os.path.split(head)
+        missing.insert(0, name)
+    return head, missing
 
 
 class BucketStore:
