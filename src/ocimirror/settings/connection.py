@@ -153,6 +153,7 @@ def bucket_settings(config: Config) -> dict[str, BucketSettings]:
             secret_access_key=c.password.reveal() if c and c.password else "",
             prefix=b.prefix,
             allow_http=b.allow_http,
+            checksum=b.checksum,
         )
     return out
 

@@ -130,6 +130,9 @@ class Bucket(SettingsModel):
     prefix: str = ""
     #: Allow a plain-HTTP endpoint that is not on loopback (loopback ones always are).
     allow_http: bool = False
+    #: S3 and R2: send each upload's SHA-256 for the store to check (off only for an
+    #: S3-compatible store that refuses `x-amz-checksum-sha256`).
+    checksum: bool = True
 
     @model_validator(mode="after")
     def _keys_only(self) -> Bucket:

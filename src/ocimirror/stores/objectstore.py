@@ -48,6 +48,7 @@ from ..auth.credentials import Credentials
 from ..errors import (
     AuthError,
     ConfigError,
+    CorruptUpload,
     DigestMismatch,
     ManifestError,
     NotFound,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _STATUS = re.compile(r"status code: (\d{3})")
+#: S3's error codes for a body that does not match the checksum or MD5 sent with it.
+_CORRUPT_CODES = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
 
 #: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest).
 DIGEST_ATTRIBUTE = "docker-content-digest"
@@ -113,6 +116,9 @@ class BucketSettings:
     prefix: str = ""
     #: Allow a plain-HTTP endpoint that is not on loopback.
     allow_http: bool = False
+    #: S3 and R2: send each upload's SHA-256 (`x-amz-checksum-sha256`), so the store
+    #: refuses bytes damaged on the way instead of keeping them under a digest's key.
+    checksum: bool = True
 
 
 def bucket_key(ref: Reference) -> str:
@@ -149,6 +155,8 @@ def store_options(
         if key_id:
             opts["access_key_id"] = key_id
             opts["secret_access_key"] = secret
+        if s.checksum:
+            opts["checksum_algorithm"] = "sha256"
         url = f"s3://{bucket}"
     elif ref.transport == "gs":
         if key_id or secret:
@@ -256,6 +264,10 @@ class BucketStore:
                 ) from None
             if isinstance(e, FileNotFoundError):
                 raise
+            if any(w in text for w in _CORRUPT_CODES):
+                raise CorruptUpload(
+                    f"{where}: the store refused the bytes as damaged (checksum mismatch)"
+                ) from None
             # Our words only: what the store wrote goes to the debug log, not the message.
             log.debug("object store request failed", store=self.name, key=key, error=brief(e))
             if self.local:  # a directory: the cause is the filesystem's, and ours to show
