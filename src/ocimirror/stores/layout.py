@@ -15,18 +15,19 @@ leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import digest as digests
 from .. import mediatypes as mt
 from ..atomicfile import commit_temp, discard_temp, open_temp, write_atomic
-from ..errors import DigestMismatch, ManifestError, NotFound, ReferenceError
+from ..errors import DigestMismatch, ManifestError, NotFound, ReferenceError, StoreError
 from ..manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 
 #: The annotation that names a tag in `index.json`.
@@ -105,7 +106,8 @@ class LayoutStore:
             return
         async with self._init_lock:
             if not self._ready:
-                await asyncio.to_thread(self._make_layout)
+                with self._writing("the layout"):
+                    await asyncio.to_thread(self._make_layout)
                 self._ready = True
 
     def _make_layout(self) -> None:
@@ -217,7 +219,8 @@ class LayoutStore:
             raise DigestMismatch(ref, manifest.digest, "manifest")
         await self._ensure_layout()
         path = self.blob_path(manifest.digest)
-        await asyncio.to_thread(self._write_blob_bytes, path, manifest.raw)
+        with self._writing(f"manifest {manifest.digest}"):
+            await asyncio.to_thread(self._write_blob_bytes, path, manifest.raw)
         if _is_digest(ref):
             return
         entry = {
@@ -227,7 +230,8 @@ class LayoutStore:
             "annotations": {REF_NAME: ref},
         }
         async with self._index_lock:
-            await asyncio.to_thread(self._set_tag, ref, entry)
+            with self._writing(f"tag {ref} (index.json)"):
+                await asyncio.to_thread(self._set_tag, ref, entry)
 
     def _write_blob_bytes(self, path: Path, data: bytes) -> None:
         if _stat_file(path) is not None:
@@ -282,7 +286,8 @@ class LayoutStore:
         if desc.artifact_type:
             entry["artifactType"] = desc.artifact_type
         async with self._index_lock:
-            await asyncio.to_thread(self._add_untagged, entry)
+            with self._writing(f"referrer {desc.digest} (index.json)"):
+                await asyncio.to_thread(self._add_untagged, entry)
         return True
 
     def _add_untagged(self, entry: dict[str, Any]) -> None:
@@ -336,8 +341,9 @@ class LayoutStore:
         if await asyncio.to_thread(_stat_file, final) is not None:
             return
         await self._ensure_layout()
-        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-        tmp, f = await asyncio.to_thread(open_temp, final.parent)
+        with self._writing(f"blob {desc.digest}"):
+            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            tmp, f = await asyncio.to_thread(open_temp, final.parent)
         h = digests.hasher(desc.digest)
         total = 0
         pending = bytearray()
@@ -364,10 +370,27 @@ class LayoutStore:
                     f"blob {desc.digest}",
                 )
             await asyncio.to_thread(commit_temp, f, tmp, final)
-        except BaseException:
+        except BaseException as e:
             # Synchronous on purpose: cleanup must run even when the task is cancelled.
             discard_temp(f, tmp)
+            if isinstance(e, OSError):
+                raise self._write_failed(f"blob {desc.digest}", e) from e
             raise
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (a full disk, a file size limit, no permission) into one
+        error naming the layout and what was being written."""
+        try:
+            yield
+        except OSError as e:
+            raise self._write_failed(what, e) from e
+
+    def _write_failed(self, what: str, e: OSError) -> StoreError:
+        cause = e.strerror or type(e).__name__
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            cause += " (free space at the target, then run again)"
+        return StoreError(f"{self.name}: cannot write {what}: {cause}")
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Tell whether the blob is already here: every repository shares the one layout."""
