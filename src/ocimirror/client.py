@@ -48,6 +48,7 @@ from .errors import (
     DigestMismatch,
     ManifestError,
     NotFound,
+    OcimirrorError,
     RateLimited,
     RegistryError,
     Unreachable,
@@ -67,6 +68,8 @@ USER_AGENT = "ocimirror/0.1"
 CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes per read from a blob response.
 READ_SIZE = 256 * 1024
+#: The longest abandoning an upload session may take (a DELETE, best effort).
+CANCEL_UPLOAD_SECONDS = 2.0
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 #: One `<url>; params` entry of a Link header.
@@ -991,11 +994,14 @@ class RegistryClient:
         return await self._retrying(fn)
 
     async def cancel_upload(self, location: str) -> None:
-        """Abandon an upload session (best effort)."""
+        """Abandon an upload session (best effort, for `CANCEL_UPLOAD_SECONDS` at most: a
+        copy being stopped must not wait on a registry that does not answer; the registry
+        expires an abandoned session itself)."""
         try:
-            resp = await self._send("DELETE", location, scopes=frozenset())
-            resp.release()
-        except aiohttp.ClientError:
+            async with asyncio.timeout(CANCEL_UPLOAD_SECONDS):
+                resp = await self._send("DELETE", location, scopes=frozenset())
+                resp.release()
+        except (aiohttp.ClientError, OcimirrorError, TimeoutError):
             pass
 
     async def finish_upload(
