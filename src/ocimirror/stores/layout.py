@@ -19,9 +19,10 @@ import errno
 import json
 import os
 import stat
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any, BinaryIO
 
 from .. import digest as digests
@@ -64,6 +65,30 @@ def _read_small(path: Path) -> bytes | None:
 def _write_chunk(f: BinaryIO, h: Any, data: bytes) -> None:
     h.update(data)
     f.write(data)
+
+
+class _Writing:
+    """Turns an OSError raised in its block into a StoreError naming the layout and what
+    was being written (a context manager that may be entered again and again)."""
+
+    def __init__(self, name: str, what: str) -> None:
+        self.name = name
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, OSError):
+            cause = exc.strerror or type(exc).__name__
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                cause += " (free space at the target, then run again)"
+            raise StoreError(f"{self.name}: cannot write {self.what}: {cause}") from exc
 
 
 class LayoutStore:
@@ -347,6 +372,8 @@ class LayoutStore:
         h = digests.hasher(desc.digest)
         total = 0
         pending = bytearray()
+        # Only our own file operations: an OSError from `chunks` is the source's.
+        writing = self._writing(f"blob {desc.digest}")
         try:
             async for chunk in chunks:
                 total += len(chunk)
@@ -356,10 +383,12 @@ class LayoutStore:
                     )
                 pending += chunk
                 if len(pending) >= CHUNK_SIZE:
-                    await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
+                    with writing:
+                        await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
                     pending.clear()
             if pending:
-                await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
+                with writing:
+                    await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
             actual = f"{digests.algorithm(desc.digest)}:{h.hexdigest()}"
             if actual != desc.digest:
                 raise DigestMismatch(desc.digest, actual, f"blob {desc.digest}")
@@ -369,28 +398,17 @@ class LayoutStore:
                     f"{actual} ({total} bytes, expected {desc.size})",
                     f"blob {desc.digest}",
                 )
-            await asyncio.to_thread(commit_temp, f, tmp, final)
-        except BaseException as e:
+            with writing:
+                await asyncio.to_thread(commit_temp, f, tmp, final)
+        except BaseException:
             # Synchronous on purpose: cleanup must run even when the task is cancelled.
             discard_temp(f, tmp)
-            if isinstance(e, OSError):
-                raise self._write_failed(f"blob {desc.digest}", e) from e
             raise
 
-    @contextmanager
-    def _writing(self, what: str) -> Iterator[None]:
-        """Turn a failed write (a full disk, a file size limit, no permission) into one
-        error naming the layout and what was being written."""
-        try:
-            yield
-        except OSError as e:
-            raise self._write_failed(what, e) from e
-
-    def _write_failed(self, what: str, e: OSError) -> StoreError:
-        cause = e.strerror or type(e).__name__
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            cause += " (free space at the target, then run again)"
-        return StoreError(f"{self.name}: cannot write {what}: {cause}")
+    def _writing(self, what: str) -> _Writing:
+        """A `with` turning a failed write (a full disk, a file size limit, no permission)
+        into one error naming the layout and what was being written; reusable."""
+        return _Writing(self.name, what)
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Tell whether the blob is already here: every repository shares the one layout."""
