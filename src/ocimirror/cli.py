@@ -1,7 +1,8 @@
 """The `ocimirror` command line: parse arguments, call the engine, render results.
 
 Exit codes: 0 every image copied or already there; 1 every image failed (or a fatal
-error); 2 a usage error (bad reference, option or credential); 3 some images failed.
+error); 2 a usage error (bad reference, option or credential); 3 some images failed;
+143 (130) stopped by SIGTERM (SIGINT) before the end, cleanly (`ocimirror.stopping`).
 
 Only typer is imported up front: `--help` and `version` need nothing else. The engine,
 aiohttp, rich's console and the config's pydantic models are imported inside the
@@ -274,11 +275,10 @@ def _run(
     json_out: bool,
     quiet: bool,
 ) -> int:
-    import asyncio
-
     from rich.console import Console
 
     from .progress import LogProgress, RichProgress
+    from .stopping import Stopped, run_stoppable
     from .transfer.copy import Progress
     from .transfer.engine import run_copies
 
@@ -295,7 +295,7 @@ def _run(
         return LogProgress()
 
     try:
-        summary = asyncio.run(
+        summary = run_stoppable(
             run_copies(
                 pairs,
                 all_tags=all_tags,
@@ -308,6 +308,14 @@ def _run(
                 progress=make_progress,
             )
         )
+    except Stopped as e:
+        console.print(
+            f"[red]error:[/] {e}: what was copied stays, nothing half-copied is tagged;"
+            " run it again to finish",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return e.exit_code
     finally:
         for bar in holder:
             bar.__exit__(None, None, None)

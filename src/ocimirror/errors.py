@@ -65,6 +65,11 @@ class StoreError(OcimirrorError):
     """
 
 
+class CorruptUpload(StoreError):
+    """Raised when an object store refuses an upload whose bytes do not match the checksum
+    sent with them (S3's `BadDigest`): damaged on the way, worth sending again."""
+
+
 class AddressRefused(OcimirrorError):
     """Raised for a registry whose address the address policy refuses (see netpolicy)."""
 
@@ -126,8 +131,9 @@ CORRUPT_UPLOAD_CODES = frozenset({"DIGEST_INVALID", "BLOB_UPLOAD_INVALID"})
 
 def is_corrupt_transfer(exc: BaseException) -> bool:
     """Tell whether a failure is content damaged in transit: our own digest check of what
-    we received, or a registry refusing an upload whose bytes do not match its digest."""
-    if isinstance(exc, DigestMismatch):
+    we received, a registry refusing an upload whose bytes do not match its digest, or an
+    object store refusing one whose bytes do not match their checksum."""
+    if isinstance(exc, DigestMismatch | CorruptUpload):
         return True
     return (
         isinstance(exc, RegistryError)

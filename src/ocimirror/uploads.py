@@ -18,11 +18,13 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from .errors import RegistryError, UploadRefused
+from .errors import OcimirrorError, RegistryError, UploadRefused
 from .manifest import Descriptor
 
 #: Bytes per PATCH when a registry refuses monolithic uploads.
 CHUNK_SIZE = 8 * 1024 * 1024
+#: The longest abandoning an upload session may take (a DELETE, best effort).
+CANCEL_UPLOAD_SECONDS = 2.0
 
 
 class _Options(Protocol):
@@ -112,11 +114,14 @@ class Uploads:
         return await self._retrying(fn)
 
     async def cancel_upload(self, location: str) -> None:
-        """Abandon an upload session (best effort)."""
+        """Abandon an upload session (best effort, for `CANCEL_UPLOAD_SECONDS` at most: a
+        copy being stopped must not wait on a registry that does not answer; the registry
+        expires an abandoned session itself)."""
         try:
-            resp = await self._send("DELETE", location, scopes=frozenset())
-            resp.release()
-        except aiohttp.ClientError:
+            async with asyncio.timeout(CANCEL_UPLOAD_SECONDS):
+                resp = await self._send("DELETE", location, scopes=frozenset())
+                resp.release()
+        except (aiohttp.ClientError, OcimirrorError, TimeoutError):
             pass
 
     async def finish_upload(

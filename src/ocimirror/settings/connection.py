@@ -154,6 +154,7 @@ def bucket_settings(config: Config) -> dict[str, BucketSettings]:
             prefix=b.prefix,
             allow_http=b.allow_http,
             public_read=b.public_read,
+            checksum=b.checksum,
         )
     return out
 

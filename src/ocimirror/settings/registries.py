@@ -133,6 +133,9 @@ class Bucket(SettingsModel):
     #: Write every object with a public-read ACL (S3 buckets only: R2, GCS and Azure make
     #: a bucket or container public as a whole; needs the `aws` extra).
     public_read: bool = False
+    #: S3 and R2: send each upload's SHA-256 for the store to check (off only for an
+    #: S3-compatible store that refuses `x-amz-checksum-sha256`).
+    checksum: bool = True
 
     @model_validator(mode="after")
     def _keys_only(self) -> Bucket:

@@ -15,18 +15,20 @@ leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import stat
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any, BinaryIO
 
 from .. import digest as digests
 from .. import mediatypes as mt
 from ..atomicfile import commit_temp, discard_temp, open_temp, write_atomic
-from ..errors import DigestMismatch, ManifestError, NotFound, ReferenceError
+from ..errors import DigestMismatch, ManifestError, NotFound, ReferenceError, StoreError
 from ..manifest import MAX_MANIFEST_SIZE, Descriptor, Manifest, parse
 
 #: The annotation that names a tag in `index.json`.
@@ -63,6 +65,30 @@ def _read_small(path: Path) -> bytes | None:
 def _write_chunk(f: BinaryIO, h: Any, data: bytes) -> None:
     h.update(data)
     f.write(data)
+
+
+class _Writing:
+    """Turns an OSError raised in its block into a StoreError naming the layout and what
+    was being written (a context manager that may be entered again and again)."""
+
+    def __init__(self, name: str, what: str) -> None:
+        self.name = name
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, OSError):
+            cause = exc.strerror or type(exc).__name__
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                cause += " (free space at the target, then run again)"
+            raise StoreError(f"{self.name}: cannot write {self.what}: {cause}") from exc
 
 
 class LayoutStore:
@@ -105,7 +131,8 @@ class LayoutStore:
             return
         async with self._init_lock:
             if not self._ready:
-                await asyncio.to_thread(self._make_layout)
+                with self._writing("the layout"):
+                    await asyncio.to_thread(self._make_layout)
                 self._ready = True
 
     def _make_layout(self) -> None:
@@ -217,7 +244,8 @@ class LayoutStore:
             raise DigestMismatch(ref, manifest.digest, "manifest")
         await self._ensure_layout()
         path = self.blob_path(manifest.digest)
-        await asyncio.to_thread(self._write_blob_bytes, path, manifest.raw)
+        with self._writing(f"manifest {manifest.digest}"):
+            await asyncio.to_thread(self._write_blob_bytes, path, manifest.raw)
         if _is_digest(ref):
             return
         entry = {
@@ -227,7 +255,8 @@ class LayoutStore:
             "annotations": {REF_NAME: ref},
         }
         async with self._index_lock:
-            await asyncio.to_thread(self._set_tag, ref, entry)
+            with self._writing(f"tag {ref} (index.json)"):
+                await asyncio.to_thread(self._set_tag, ref, entry)
 
     def _write_blob_bytes(self, path: Path, data: bytes) -> None:
         if _stat_file(path) is not None:
@@ -282,7 +311,8 @@ class LayoutStore:
         if desc.artifact_type:
             entry["artifactType"] = desc.artifact_type
         async with self._index_lock:
-            await asyncio.to_thread(self._add_untagged, entry)
+            with self._writing(f"referrer {desc.digest} (index.json)"):
+                await asyncio.to_thread(self._add_untagged, entry)
         return True
 
     def _add_untagged(self, entry: dict[str, Any]) -> None:
@@ -336,11 +366,14 @@ class LayoutStore:
         if await asyncio.to_thread(_stat_file, final) is not None:
             return
         await self._ensure_layout()
-        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
-        tmp, f = await asyncio.to_thread(open_temp, final.parent)
+        with self._writing(f"blob {desc.digest}"):
+            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+            tmp, f = await asyncio.to_thread(open_temp, final.parent)
         h = digests.hasher(desc.digest)
         total = 0
         pending = bytearray()
+        # Only our own file operations: an OSError from `chunks` is the source's.
+        writing = self._writing(f"blob {desc.digest}")
         try:
             async for chunk in chunks:
                 total += len(chunk)
@@ -350,10 +383,12 @@ class LayoutStore:
                     )
                 pending += chunk
                 if len(pending) >= CHUNK_SIZE:
-                    await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
+                    with writing:
+                        await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
                     pending.clear()
             if pending:
-                await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
+                with writing:
+                    await asyncio.to_thread(_write_chunk, f, h, bytes(pending))
             actual = f"{digests.algorithm(desc.digest)}:{h.hexdigest()}"
             if actual != desc.digest:
                 raise DigestMismatch(desc.digest, actual, f"blob {desc.digest}")
@@ -363,11 +398,17 @@ class LayoutStore:
                     f"{actual} ({total} bytes, expected {desc.size})",
                     f"blob {desc.digest}",
                 )
-            await asyncio.to_thread(commit_temp, f, tmp, final)
+            with writing:
+                await asyncio.to_thread(commit_temp, f, tmp, final)
         except BaseException:
             # Synchronous on purpose: cleanup must run even when the task is cancelled.
             discard_temp(f, tmp)
             raise
+
+    def _writing(self, what: str) -> _Writing:
+        """A `with` turning a failed write (a full disk, a file size limit, no permission)
+        into one error naming the layout and what was being written; reusable."""
+        return _Writing(self.name, what)
 
     async def mount_blob(self, repo: str, desc: Descriptor, from_repo: str) -> bool:
         """Tell whether the blob is already here: every repository shares the one layout."""

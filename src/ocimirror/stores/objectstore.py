@@ -49,6 +49,7 @@ from ..auth.credentials import Credentials
 from ..errors import (
     AuthError,
     ConfigError,
+    CorruptUpload,
     DigestMismatch,
     ManifestError,
     NotFound,
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _STATUS = re.compile(r"status code: (\d{3})")
+#: S3's error codes for a body that does not match the checksum or MD5 sent with it.
+_CORRUPT_CODES = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch")
 
 #: The metadata key holding a manifest object's digest (S3: x-amz-meta-docker-content-digest,
 #: GCS: x-goog-meta-docker-content-digest).
@@ -121,6 +124,9 @@ class BucketSettings:
     allow_http: bool = False
     #: Write every object with a public-read ACL (S3 only: stores/publicread.py).
     public_read: bool = False
+    #: S3 and R2: send each upload's SHA-256 (`x-amz-checksum-sha256`), so the store
+    #: refuses bytes damaged on the way instead of keeping them under a digest's key.
+    checksum: bool = True
 
 
 def bucket_key(ref: Reference) -> str:
@@ -162,6 +168,8 @@ def store_options(
         if key_id:
             opts["access_key_id"] = key_id
             opts["secret_access_key"] = secret
+        if s.checksum:
+            opts["checksum_algorithm"] = "sha256"
         url = f"s3://{bucket}"
     elif ref.transport == "gs":
         if key_id or secret:
@@ -309,6 +317,10 @@ class BucketStore:
                 ) from None
             if isinstance(e, FileNotFoundError):
                 raise
+            if any(w in text for w in _CORRUPT_CODES):
+                raise CorruptUpload(
+                    f"{where}: the store refused the bytes as damaged (checksum mismatch)"
+                ) from None
             # Our words only: what the store wrote goes to the debug log, not the message.
             log.debug("object store request failed", store=self.name, key=key, error=brief(e))
             if self.local:  # a directory: the cause is the filesystem's, and ours to show

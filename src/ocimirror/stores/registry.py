@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,9 @@ class RegistryStore:
         self.verifies_blobs = True
         #: Every call is an HTTP request the registry may count.
         self.remote = True
+        #: `mount_blob(repo, desc, repo)` asks whether `repo` holds the blob (the copier's
+        #: look into a repository without tags), in the POST an upload starts with anyway.
+        self.mounts_from_itself = True
         # Upload sessions opened by a failed mount, reused by the put that follows.
         self._pending: dict[tuple[str, str], str] = {}
 
@@ -112,7 +116,7 @@ class RegistryStore:
 
     async def close(self) -> None:
         """Abandon unused upload sessions and close the client."""
-        for location in self._pending.values():
-            await self.client.cancel_upload(location)
-        self._pending.clear()
+        pending, self._pending = list(self._pending.values()), {}
+        # At once: each may wait its bounded time on a registry that does not answer.
+        await asyncio.gather(*(self.client.cancel_upload(loc) for loc in pending))
         await self.client.close()

@@ -226,8 +226,6 @@ def sync(
     ] = False,
 ) -> None:
     """One sync pass over the config's mirrors (or a one-off --source/--target), then exit."""
-    import asyncio
-
     from rich.console import Console
     from rich.markup import escape
 
@@ -235,6 +233,7 @@ def sync(
     from ..settings.config import load_config
     from ..settings.connection import apply_endpoint_flags
     from ..state.db import StateDB, default_url
+    from ..stopping import Stopped, run_stoppable
 
     console = Console(stderr=True)
     try:
@@ -278,9 +277,16 @@ def sync(
             )
 
     try:
-        passes = asyncio.run(go())
+        passes = run_stoppable(go())
     except OcimirrorError as e:
         raise _fail(str(e)) from None
+    except Stopped as e:
+        console.print(
+            f"[red]error:[/] {e}: its runs are recorded as interrupted; run it again to finish",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(e.exit_code) from None
     if json_out:
         print(json.dumps([_pass_json(p) for p in passes], indent=2))
     if dry_run:

@@ -17,7 +17,7 @@ from typing import Literal
 import structlog
 
 from ..client import HostOptions
-from ..errors import OcimirrorError
+from ..errors import OcimirrorError, public_message
 from ..reference import Reference
 from ..settings.config import Config, Mirror, Referrers
 from ..settings.connection import host_options, pool_for
@@ -157,7 +157,51 @@ async def _one_mirror(
         known = {k: Known(v.source_digest, v.target_digest, v.synced_at) for k, v in synced.items()}
         last_seen = {k: v.synced_at for k, v in synced.items()}
         if mode != "dry-run":
+            # A run of this mirror still "running" was left by a process that stopped
+            # (killed, or its machine lost): it never finishes now.
+            stale = await state.interrupt_runs(mirror=mirror.label)
+            if stale:
+                log.warning(
+                    "runs left running by a stopped process marked interrupted",
+                    mirror=mirror.label,
+                    count=stale,
+                )
             run_id = await state.start_run(mirror.label, trigger)
+    try:
+        return await _pass(
+            config,
+            mirror,
+            stores,
+            state,
+            mode,
+            progress,
+            known,
+            last_seen,
+            run_id,
+            started,
+            trusted_since,
+        )
+    except BaseException as e:
+        if state is not None and run_id is not None:
+            # Cancelled (SIGTERM, the daemon aborting) or crashed: never left "running".
+            await asyncio.shield(_abandon(state, run_id, e))
+        raise
+
+
+async def _pass(
+    config: Config,
+    mirror: Mirror,
+    stores: Stores,
+    state: StateDB | None,
+    mode: Mode,
+    progress: Progress | None,
+    known: dict[str, Known],
+    last_seen: dict[str, datetime],
+    run_id: int | None,
+    started: float,
+    trusted_since: datetime | None,
+) -> MirrorPass:
+    """Plan one mirror, copy what the plan says, and record it (after `_one_mirror`)."""
     plan = await plan_mirror(
         mirror,
         store_for=stores,
@@ -220,6 +264,21 @@ async def _one_mirror(
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
     return result
+
+
+async def _abandon(state: StateDB, run_id: int, cause: BaseException) -> None:
+    """Record a run that stopped before its end: interrupted (cancelled) or failed."""
+    if isinstance(cause, asyncio.CancelledError | KeyboardInterrupt):
+        status: Literal["interrupted", "failed"] = "interrupted"
+        error = "interrupted: stopped before the pass finished"
+    else:
+        status, error = "failed", f"the pass stopped: {public_message(cause)}"
+    try:
+        await state.finish_run(
+            run_id, status, copied=0, unchanged=0, failed=0, skipped=0, bytes=0, error=error
+        )
+    except Exception as e:  # the database itself may be what failed
+        log.error("could not record the end of a run", run=run_id, error=str(e))
 
 
 async def _would_create(config: Config, plan: Plan) -> list[str]:

@@ -503,6 +503,17 @@ class LocalRegistry(StartStop):
                 proc.wait(5)
         self._reap()
 
+    def kill(self) -> None:
+        """Kill the registry at once (SIGKILL), as a crash would; `start()` brings it back
+        on the same port with the same storage."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        self._reap()
+
     def restart(self) -> Self:
         """Stop and start again on the same port with the same storage."""
         self.stop()

@@ -6,11 +6,15 @@ port, as its own process so its request handling does not share the tests' inter
 options that reach it (`endpoint` over plain HTTP, any key pair: moto checks none of them),
 and `url(bucket, prefix)` names a place in it, `s3://bucket/prefix`. `requests()` counts
 what the server was asked, by method, from its log, as `Registry.requests` does.
+`ChecksumS3` puts S3's check of an upload's `x-amz-checksum-sha256` in front of it (moto
+checks none).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import itertools
 import re
 import subprocess
@@ -20,6 +24,8 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Self
@@ -185,3 +191,71 @@ class RefusingS3(StartStop):
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class ChecksumS3:
+    """S3's own check of an upload, in front of moto (which checks no checksum): a loopback
+    HTTP server that forwards every request to `LocalS3` and refuses, as S3 does with
+    400 `BadDigest`, a PUT whose body does not match its `x-amz-checksum-sha256` header.
+    `refused` counts those, `puts` lists the paths of the PUTs moto accepted; `running()`
+    serves until its block ends (in the test's loop)."""
+
+    def __init__(self, s3: LocalS3) -> None:
+        """Forward to `s3`; nothing runs until `running()`."""
+        self.s3 = s3
+        self.port = 0
+        self.refused = 0
+        self.puts: list[str] = []
+
+    @property
+    def endpoint(self) -> str:
+        """Return the front's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ChecksumS3]:
+        """Serve on a free loopback port until the block ends."""
+        import aiohttp
+        from aiohttp import web
+
+        from .front import serve
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            sent = request.headers.get("x-amz-checksum-sha256")
+            if request.method == "PUT" and sent is not None:
+                actual = base64.b64encode(hashlib.sha256(body).digest()).decode()
+                if actual != sent:
+                    self.refused += 1
+                    return web.Response(
+                        status=400, body=_BAD_DIGEST, content_type="application/xml"
+                    )
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+            async with session.request(
+                request.method,
+                self.s3.endpoint + request.path_qs,
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            ) as resp:
+                data = await resp.read()
+                if request.method == "PUT" and resp.status < 300:
+                    self.puts.append(request.path)
+                out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+                if request.method == "HEAD":
+                    out["Content-Length"] = resp.headers.get("Content-Length", "0")
+                    return web.Response(status=resp.status, headers=out)
+                return web.Response(status=resp.status, headers=out, body=data)
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        async with aiohttp.ClientSession(auto_decompress=False) as session, serve(app) as port:
+            self.port = port
+            yield self
+
+
+_HOP = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
+_BAD_DIGEST = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>BadDigest</Code>'
+    b"<Message>The SHA256 you specified did not match the calculated checksum.</Message></Error>"
+)

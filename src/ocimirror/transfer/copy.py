@@ -466,8 +466,28 @@ class Copier(ReferrerCopying):
         ):
             self.progress.bytes_moved(result.destination, desc.size)
             return "skipped"
+        if not homes and self._is_new(dst) and await self._in_untagged_repo(dst, desc):
+            self.progress.bytes_moved(result.destination, desc.size)
+            return "skipped"
         await self._stream_blob(src, dst, desc, result)
         return "copied"
+
+    async def _in_untagged_repo(self, dst: Endpoint, desc: Descriptor) -> bool:
+        """Tell whether a repository that lists no tags holds the blob all the same.
+
+        A run stopped before any tag was written leaves such a repository: its blobs are
+        complete but its tags list says it does not exist. A registry is asked with the
+        POST that starts the upload anyway, mounting the blob from the repository itself
+        (201: it is there; 202: the upload goes on in that session), so a cold copy costs
+        no extra request. Other stores are not asked (their `mount_blob` means otherwise).
+        """
+        if not getattr(dst.store, "mounts_from_itself", False):
+            return False
+        try:
+            return await dst.store.mount_blob(dst.repo, desc, dst.repo)
+        except OcimirrorError as e:  # a registry refusing the form: upload as usual
+            log.debug("mount from the repository itself refused", error=str(e))
+            return False
 
     async def _stream_blob(
         self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
