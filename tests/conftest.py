@@ -204,6 +204,16 @@ def gcs() -> Iterator[LocalGCS]:
         yield server
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect `soak` tests unless OCIMIRROR_SOAK is set (they are not skipped: not run)."""
+    if os.environ.get("OCIMIRROR_SOAK", "") not in ("", "0"):
+        return
+    soak = [item for item in items if item.get_closest_marker("soak")]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if not item.get_closest_marker("soak")]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """In CI (CI set), a skipped test fails: a part the suite needs is missing there.

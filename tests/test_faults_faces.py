@@ -219,9 +219,7 @@ async def test_sync_stopped_mid_run_leaves_no_run_running(
     await assert_target_sound(dst, "app", tags=10)
 
 
-@pytest.mark.skipif(
-    not SOAK, reason="soak only (OCIMIRROR_SOAK=1): sync's SIGKILL test covers the bounded form"
-)
+@pytest.mark.soak  # sync's SIGKILL test covers the bounded form
 async def test_run_daemon_killed_mid_run_finishes_it_on_restart(
     registry_factory: Any, tmp_path: Path
 ) -> None:
