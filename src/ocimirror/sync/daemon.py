@@ -182,6 +182,8 @@ class Daemon:
                 last = await state.last_runs()
                 now = datetime.now(UTC)
                 for m in self.config.mirrors:
+                    if m.label in self._triggered:
+                        continue  # asked for (the API) while this started: it runs now
                     info = last.get(m.label)
                     if info is not None and info.status == "interrupted":
                         self.next_run[m.label] = now  # it did not finish: finish it now
