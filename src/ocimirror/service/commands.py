@@ -15,12 +15,13 @@ import ipaddress
 import os
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..settings.cli_options import RegistryEndpoint
+from ..settings.cli_options import ExecutionOpt, RegistryEndpoint
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
@@ -213,6 +214,7 @@ def serve(
         ),
     ] = False,
     registry_endpoint: RegistryEndpoint = None,
+    execution: ExecutionOpt = None,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     import asyncio
@@ -229,6 +231,10 @@ def serve(
     try:
         apply_endpoint_flags(registry_endpoint)
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
+        if execution is not None:
+            loaded = replace(
+                loaded, config=loaded.config.model_copy(update={"execution": execution.value})
+            )
         bind_port = port_from(port)
         policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)
     except (OcimirrorError, ValueError) as e:
@@ -271,10 +277,12 @@ async def _serve(
     import structlog
     from aiohttp import web
 
+    from ..errors import OcimirrorError
     from ..metrics import MirrorMetrics
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
+    from ..workers.schema import require_postgres
     from .access import AccessPolicy
     from .app import Service, make_app
     from .jobs import JobManager
@@ -326,6 +334,12 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         async with StateDB(url) as state:
+            if cfg.execution == "workers":
+                try:  # before anything listens: a clear error at start
+                    require_postgres(state)
+                except OcimirrorError as e:
+                    log.error(str(e))
+                    return 2
             pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
