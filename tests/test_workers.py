@@ -246,3 +246,50 @@ async def test_workers_execution_refuses_sqlite(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli.app, ["worker", "--state", f"sqlite:///{tmp_path}/s.db"])
     assert out.exit_code == 2
     assert "needs a PostgreSQL state database" in out.output
+
+
+async def test_a_registry_limit_of_4_holds_across_three_workers(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    tmp_path: Path,
+    pg_url: str,
+    workers_factory: Callable[[Path, str], Workers],
+) -> None:
+    """Three workers of 8 copies each, one destination whose config says 4 at once."""
+    src, dst = registry_pair
+    images = corpus_small_tags(24, layers=2, layer_size=2048, shared=1, seed="limit")
+    digests = await seed(src, "lib/limit", images)
+    in_flight = 0
+    most = 0
+
+    async def count(front: Front, request: web.Request, body: bytes) -> web.StreamResponse:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.01)  # a registry's latency: requests overlap
+            return await front.forward(request, body)
+        finally:
+            in_flight -= 1
+
+    front = Front(dst, count)
+    async with front.running():
+        config = tmp_path / "limit.yaml"
+        config.write_text(
+            "execution: workers\n"
+            f"registries:\n  '{front.host}': {{max_concurrency: 4}}\n"
+            "mirrors:\n"
+            "  - name: limit\n"
+            f"    source: {src.host}/lib/limit\n"
+            f"    targets: [{front.host}/mirror/limit]\n"
+        )
+        workers = workers_factory(config, pg_url)
+        for name in ("a", "b", "c"):
+            workers.start(name, "--concurrency", "8")
+        done = await asyncio.to_thread(
+            run_ocimirror, "sync", "-c", str(config), "--state", pg_url, timeout=240
+        )
+        assert done.returncode == 0, done.stdout + done.stderr + workers.logs()
+        await asyncio.to_thread(workers.stop_all)
+    assert dst.tags("mirror/limit") == sorted(digests)
+    assert len(front.seen) > 24 * 3  # HEADs, blob and manifest PUTs: plenty to overlap
+    assert 1 < most <= 4, most

@@ -12,6 +12,9 @@ is older than `stalled_after` (killed, or its machine lost) and puts them back i
 queue, where another worker takes them: the tag is written last, so the half-done copy
 left no tag naming missing content, and the retry finds what already arrived.
 SIGTERM (or SIGINT) stops taking jobs and lets the copies running finish.
+
+Each registry host's `max_concurrency` holds across every worker together: a request
+also holds one of the host's places in PostgreSQL (`slots.PgSlots`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..client import HostOptions
+from ..ratelimit import HostLimiter
 from ..reference import Reference
 from ..settings.config import Config
 from ..settings.connection import host_options, pool_for
@@ -34,7 +38,8 @@ from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from . import ledger
 from .queue import COPY_TASK, CopyJob, make_app
-from .schema import ensure_schema
+from .schema import ensure_schema, procrastinate_url
+from .slots import PgSlots
 
 if TYPE_CHECKING:
     from procrastinate import App, JobContext
@@ -161,6 +166,9 @@ async def run_worker(
         )
         app = make_app(state, max_connections=concurrency + 4)
         register(app, runner)
+        slots = PgSlots(procrastinate_url(state), max_connections=concurrency * 4)
+        await slots.open()
+        HostLimiter.shared = slots
         try:
             async with app.open_async():
                 recovery = asyncio.create_task(
@@ -181,5 +189,7 @@ async def run_worker(
                     await asyncio.gather(recovery, return_exceptions=True)
         finally:
             await pool.close()
+            HostLimiter.shared = None
+            await slots.close()
         log.info("worker stopped", copies=runner.stats.done, failed=runner.stats.failed)
         return runner.stats
