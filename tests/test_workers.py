@@ -120,10 +120,11 @@ def workers_factory(tmp_path: Path) -> Iterator[Callable[[Path, str], Workers]]:
             proc.kill()
 
 
-def _config(tmp_path: Path, source: str, target: str) -> Path:
+def _config(tmp_path: Path, source: str, target: str, *, registries: str = "") -> Path:
     config = tmp_path / "mirror.yaml"
     config.write_text(
         "execution: workers\n"
+        f"{registries}"
         "mirrors:\n"
         "  - name: many\n"
         f"    source: {source}\n"
@@ -139,32 +140,58 @@ def _last_status(server: Server) -> str | None:
     return status if not m["running"] else None
 
 
-def test_three_workers_and_serve_copy_a_pass_once_each(
+class InFlight:
+    """A registry front's intercept counting the requests it holds at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    async def __call__(self, front: Front, request: web.Request, body: bytes) -> web.Response:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.005)  # a registry's latency: requests overlap
+            return await front.forward(request, body)
+        finally:
+            self.now -= 1
+
+
+async def test_three_workers_and_serve_copy_a_pass_once_each_within_a_registry_limit(
     registry_pair: tuple[LocalRegistry, LocalRegistry],
     tmp_path: Path,
     pg_url: str,
     workers_factory: Callable[[Path, str], Workers],
 ) -> None:
+    """`serve` plans and enqueues, three workers of 8 copies each copy; the destination's
+    config says `max_concurrency: 4`, which holds across the three (counted at its front)."""
     src, dst = registry_pair
     images = corpus_small_tags(N_IMAGES, layers=2, layer_size=2048, shared=1, seed="workers")
-    digests = asyncio.run(seed(src, "lib/many", images))
-    config = _config(tmp_path, f"{src.host}/lib/many", f"{dst.host}/mirror/many")
-    workers = workers_factory(config, pg_url)
-    for name in ("a", "b", "c"):
-        workers.start(name)
-    server = Server(tmp_path, "-c", str(config), "--state", pg_url)
-    try:
-        assert server.call("POST", "/api/v1/mirrors/many/sync", {}).status == 202
+    digests = await seed(src, "lib/many", images)
+    counting = InFlight()
+    front = Front(dst, counting)
+    async with front.running():
+        config = _config(
+            tmp_path,
+            f"{src.host}/lib/many",
+            f"{front.host}/mirror/many",
+            registries=f"registries:\n  '{front.host}': {{max_concurrency: 4}}\n",
+        )
+        workers = workers_factory(config, pg_url)
+        for name in ("a", "b", "c"):
+            workers.start(name, "--concurrency", "8")
+        server = await asyncio.to_thread(Server, tmp_path, "-c", str(config), "--state", pg_url)
         try:
-            wait_for(lambda: _last_status(server) is not None, "the pass", timeout=120)
-        except AssertionError:
-            raise AssertionError(workers.logs() + server.text()) from None
-        assert _last_status(server) == "ok"
-    finally:
-        server.kill()
+            await asyncio.to_thread(_pass_and_status, server, workers)
+        finally:
+            server.kill()
+        await asyncio.to_thread(workers.stop_all)
     assert sorted(dst.tags("mirror/many")) == sorted(digests)
     for tag, digest in digests.items():
         assert _digest(dst, "mirror/many", tag) == digest
+    # Without the shared limit the three workers reach 12 at once.
+    assert len(front.seen) > N_IMAGES * 3  # HEADs, blob and manifest PUTs: plenty to overlap
+    assert 1 < counting.most <= 4, counting.most
     # One job and one recorded result per image; the run closed by a worker, counted whole.
     jobs = _query(pg_url, "SELECT status, count(*) FROM procrastinate_jobs GROUP BY status")
     assert jobs == [("succeeded", N_IMAGES)]
@@ -177,7 +204,30 @@ def test_three_workers_and_serve_copy_a_pass_once_each(
     assert run == ("ok", N_IMAGES, 0)
     closers = [w.text().count("pass finished by this worker") for w in workers.started]
     assert sum(closers) == 1
-    workers.stop_all()
+
+
+def _pass_and_status(server: Server, workers: Workers) -> None:
+    """Run the pass through the mirrors API; check the dashboard's data and /metrics."""
+    assert server.call("POST", "/api/v1/mirrors/many/sync", {}).status == 202
+    try:
+        wait_for(lambda: _last_status(server) is not None, "the pass", timeout=120)
+    except AssertionError:
+        raise AssertionError(workers.logs() + server.text()) from None
+    assert _last_status(server) == "ok"
+
+    def workers_done() -> int:
+        data = server.call("GET", "/api/v1/dashboard").json()["workers"]
+        return sum(w["done"] for w in data["workers"] if w["alive"])
+
+    wait_for(lambda: workers_done() == N_IMAGES, "the workers' heartbeats to count")
+    data = server.call("GET", "/api/v1/dashboard").json()["workers"]
+    assert sorted(w["name"] for w in data["workers"]) == ["a", "b", "c"]
+    assert data["queues"] == []  # nothing left to do or being done
+    metrics = server.call("GET", "/metrics").body.decode()
+    for name in ("a", "b", "c"):
+        assert f'ocimirror_worker_up{{worker="{name}"}} 1.0' in metrics
+        assert f'ocimirror_worker_busy{{worker="{name}"}} 0.0' in metrics
+    assert "ocimirror_worker_last_heartbeat_timestamp_seconds" in metrics
 
 
 async def test_a_worker_killed_mid_copy_has_its_copy_finished_by_another(
@@ -246,50 +296,3 @@ async def test_workers_execution_refuses_sqlite(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli.app, ["worker", "--state", f"sqlite:///{tmp_path}/s.db"])
     assert out.exit_code == 2
     assert "needs a PostgreSQL state database" in out.output
-
-
-async def test_a_registry_limit_of_4_holds_across_three_workers(
-    registry_pair: tuple[LocalRegistry, LocalRegistry],
-    tmp_path: Path,
-    pg_url: str,
-    workers_factory: Callable[[Path, str], Workers],
-) -> None:
-    """Three workers of 8 copies each, one destination whose config says 4 at once."""
-    src, dst = registry_pair
-    images = corpus_small_tags(24, layers=2, layer_size=2048, shared=1, seed="limit")
-    digests = await seed(src, "lib/limit", images)
-    in_flight = 0
-    most = 0
-
-    async def count(front: Front, request: web.Request, body: bytes) -> web.StreamResponse:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        try:
-            await asyncio.sleep(0.01)  # a registry's latency: requests overlap
-            return await front.forward(request, body)
-        finally:
-            in_flight -= 1
-
-    front = Front(dst, count)
-    async with front.running():
-        config = tmp_path / "limit.yaml"
-        config.write_text(
-            "execution: workers\n"
-            f"registries:\n  '{front.host}': {{max_concurrency: 4}}\n"
-            "mirrors:\n"
-            "  - name: limit\n"
-            f"    source: {src.host}/lib/limit\n"
-            f"    targets: [{front.host}/mirror/limit]\n"
-        )
-        workers = workers_factory(config, pg_url)
-        for name in ("a", "b", "c"):
-            workers.start(name, "--concurrency", "8")
-        done = await asyncio.to_thread(
-            run_ocimirror, "sync", "-c", str(config), "--state", pg_url, timeout=240
-        )
-        assert done.returncode == 0, done.stdout + done.stderr + workers.logs()
-        await asyncio.to_thread(workers.stop_all)
-    assert dst.tags("mirror/limit") == sorted(digests)
-    assert len(front.seen) > 24 * 3  # HEADs, blob and manifest PUTs: plenty to overlap
-    assert 1 < most <= 4, most

@@ -14,7 +14,7 @@ import contextlib
 import ipaddress
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -26,6 +26,8 @@ from ..settings.cli_options import ExecutionOpt, RegistryEndpoint
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
     from ..settings.config import Config, Loaded
+    from ..state.db import StateDB
+    from ..workers.status import WorkersSnapshot
     from .oidc import OidcVerifier
     from .scheduled import MirrorsFactory
 
@@ -359,6 +361,7 @@ async def _serve(
                 daemon=daemon,
                 policy=access,
                 max_entries=cfg.api.max_entries,
+                workers=_workers_of(state) if cfg.execution == "workers" else None,
             )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
@@ -389,3 +392,20 @@ async def _serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _workers_of(state: StateDB) -> Callable[[], Awaitable[WorkersSnapshot]]:
+    """What the queue workers do, read from the state database (schema made first)."""
+    from ..workers.schema import ensure_schema
+    from ..workers.status import snapshot
+
+    made = False
+
+    async def read() -> WorkersSnapshot:
+        nonlocal made
+        if not made:
+            await ensure_schema(state)
+            made = True
+        return await snapshot(state)
+
+    return read

@@ -55,7 +55,9 @@ def worker(
     ] = "30s",
     name: Annotated[
         str | None,
-        typer.Option("--name", help="This worker's name (default: the host name)."),
+        typer.Option(
+            "--name", help="This worker's name, unique among workers (default: HOST-PID)."
+        ),
     ] = None,
     registry_endpoint: RegistryEndpoint = None,
 ) -> None:

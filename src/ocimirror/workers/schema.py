@@ -10,6 +10,7 @@ them one after the other, under a PostgreSQL advisory lock held by the transacti
     queued_runs    one row per run whose copies went to the queue: what its planner
                    already counted (unchanged images, failures and successes of its own)
     queued_copies  one row per (run, destination) copy; `done` once a worker recorded it
+    ocimirror_workers  one row per worker: its last heartbeat and what it did
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -74,6 +77,20 @@ queued_copies = Table(
     Column("done", Boolean, nullable=False, server_default=text("false")),
     Index("ix_ocimirror_queued_copies_dest_ref_done", "dest_ref", "done"),
     Index("ix_ocimirror_queued_copies_run_id_done", "run_id", "done"),
+)
+
+
+workers = Table(
+    "ocimirror_workers",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_heartbeat", DateTime(timezone=True), nullable=False),
+    #: Seconds without a heartbeat after which the worker counts as gone.
+    Column("stalled_after", Float, nullable=False),
+    Column("busy", Integer, nullable=False, server_default=text("0")),
+    Column("done", BigInteger, nullable=False, server_default=text("0")),
+    Column("failed", BigInteger, nullable=False, server_default=text("0")),
 )
 
 

@@ -20,8 +20,10 @@ also holds one of the host's places in PostgreSQL (`slots.PgSlots`).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -36,7 +38,7 @@ from ..stores.schemes import scheme_for
 from ..transfer import engine
 from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
-from . import ledger
+from . import ledger, status
 from .queue import COPY_TASK, CopyJob, make_app
 from .schema import ensure_schema, procrastinate_url
 from .slots import PgSlots
@@ -135,12 +137,25 @@ async def recover_stalled(app: App, stalled_after: float) -> int:
     return len(stalled)
 
 
-async def _recovery_loop(app: App, stats: WorkerStats, every: float, stalled_after: float) -> None:
+async def _heartbeat_loop(
+    app: App, state: StateDB, name: str, stats: WorkerStats, every: float, stalled_after: float
+) -> None:
+    """At every heartbeat: say what this worker does, and retry stalled workers' copies."""
+    started = datetime.now(UTC)
     while True:
         try:
+            await status.beat(
+                state,
+                name,
+                started_at=started,
+                stalled_after=stalled_after,
+                busy=stats.busy,
+                done=stats.done,
+                failed=stats.failed,
+            )
             stats.recovered += await recover_stalled(app, stalled_after)
         except Exception:  # the database may be restarting: look again next time
-            log.exception("could not look for stalled copies")
+            log.exception("could not record the heartbeat or look for stalled copies")
         await asyncio.sleep(every)
 
 
@@ -154,6 +169,7 @@ async def run_worker(
     name: str | None = None,
 ) -> WorkerStats:
     """Run queued copies until SIGTERM or SIGINT; return what this worker did."""
+    name = name or f"{socket.gethostname()}-{os.getpid()}"
     async with StateDB(state_url) as state:
         await ensure_schema(state)
         pool = pool_for(config)
@@ -172,12 +188,12 @@ async def run_worker(
         try:
             async with app.open_async():
                 recovery = asyncio.create_task(
-                    _recovery_loop(app, runner.stats, heartbeat, stalled_after)
+                    _heartbeat_loop(app, state, name, runner.stats, heartbeat, stalled_after)
                 )
                 try:
                     log.info("worker started", concurrency=concurrency)
                     await app.run_worker_async(
-                        name=name or f"{socket.gethostname()}",
+                        name=name,
                         concurrency=concurrency,
                         update_heartbeat_interval=heartbeat,
                         stalled_worker_timeout=stalled_after,
@@ -187,6 +203,7 @@ async def run_worker(
                 finally:
                     recovery.cancel()
                     await asyncio.gather(recovery, return_exceptions=True)
+                    await status.forget(state, name)
         finally:
             await pool.close()
             HostLimiter.shared = None
