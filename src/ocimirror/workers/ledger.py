@@ -2,16 +2,19 @@
 
 A pass that sends its copies to the queue writes, in one transaction, a `queued_runs` row
 (what its planner already counted) and one `queued_copies` row per copy. A worker that
-finished a copy records it with `record_copy`, in one transaction: every row still open
+finished a copy records it with `record_copy`: in one transaction every row still open
 for that destination is marked done (so a copy joined by a second pass through the
-queueing lock answers both), its result becomes each run's `task_results` row (and
-`synced` upsert) exactly as an in-process pass writes it, and a run left with no open
-copy is finished by that worker. A retried copy (its worker died after recording) finds
-no open row and records nothing twice.
+queueing lock answers both) and its result becomes each run's `task_results` row (and
+`synced` upsert) exactly as an in-process pass writes it. A retried copy (its worker died
+after recording) finds no open row and records nothing twice.
 
-Two workers finishing a run's last two copies at once must not both see the other's copy
-still open: each takes the `queued_runs` rows it touches `FOR UPDATE` (in run order) before
-marking anything, so the second counts after the first committed.
+Then, after that commit, a run left with no open copy is finished by that worker
+(`close_if_done`): of two workers finishing a run's last two copies at once, the one
+committing last looks after both commits and sees none open; the close holds the run's
+`queued_runs` row `FOR UPDATE` and counts again, so it happens once. Copies never wait
+for each other on that row: only a look that finds nothing open takes it. A worker dying
+between its record and its look is covered by the retry of its copy, which looks at the
+runs still running that awaited that destination.
 """
 
 from __future__ import annotations
@@ -114,32 +117,11 @@ def _record(row: Any, result: ImageResult) -> TaskRecord:
 
 async def record_copy(state: StateDB, destination: str, result: ImageResult) -> list[int]:
     """Record a finished copy for every pass awaiting `destination`; return the runs closed."""
-    closed: list[int] = []
     async with state.write() as conn:
-        waiting = (
-            await conn.execute(
-                select(queued_copies.c.run_id)
-                .where(queued_copies.c.dest_ref == destination, queued_copies.c.done.is_(False))
-                .distinct()
-            )
-        ).scalars()
-        run_ids = sorted(int(r) for r in waiting)
-        if not run_ids:
-            return closed  # recorded already (a retried copy), or no pass awaits it
-        await conn.execute(
-            select(queued_runs.c.run_id)
-            .where(queued_runs.c.run_id.in_(run_ids))
-            .order_by(queued_runs.c.run_id)
-            .with_for_update()
-        )
         rows = (
             await conn.execute(
                 update(queued_copies)
-                .where(
-                    queued_copies.c.dest_ref == destination,
-                    queued_copies.c.done.is_(False),
-                    queued_copies.c.run_id.in_(run_ids),
-                )
+                .where(queued_copies.c.dest_ref == destination, queued_copies.c.done.is_(False))
                 .values(done=True)
                 .returning(*queued_copies.c)
             )
@@ -149,55 +131,84 @@ async def record_copy(state: StateDB, destination: str, result: ImageResult) -> 
             by_run.setdefault(int(row.run_id), []).append(_record(row, result))
         for run_id, records in sorted(by_run.items()):
             await write_tasks(conn, run_id, records)
-            if await _close_if_done(conn, run_id):
-                closed.append(run_id)
-    return closed
+    # Nothing marked: a retried copy whose worker died after recording it, perhaps before
+    # closing its pass; look at the passes still running that awaited it.
+    run_ids = sorted(by_run) if by_run else await _running_awaiting(state, destination)
+    return [run_id for run_id in run_ids if await close_if_done(state, run_id)]
 
 
-async def _close_if_done(conn: AsyncConnection, run_id: int) -> bool:
-    """Finish a run with no open copy left, counting as an in-process pass does."""
-    open_copies = await conn.scalar(
+async def _running_awaiting(state: StateDB, destination: str) -> list[int]:
+    stmt = (
+        select(queued_copies.c.run_id)
+        .join(runs, runs.c.id == queued_copies.c.run_id)
+        .where(queued_copies.c.dest_ref == destination, runs.c.status == "running")
+        .distinct()
+    )
+    async with state.engine.connect() as conn:
+        return sorted(int(r) for r in (await conn.execute(stmt)).scalars())
+
+
+async def _open_copies(conn: AsyncConnection, run_id: int) -> int:
+    value = await conn.scalar(
         select(func.count())
         .select_from(queued_copies)
         .where(queued_copies.c.run_id == run_id, queued_copies.c.done.is_(False))
     )
-    if open_copies:
-        return False
-    planner = (await conn.execute(select(queued_runs).where(queued_runs.c.run_id == run_id))).one()
-    stmt = select(task_results.c.status, task_results.c.bytes, task_results.c.error).where(
-        task_results.c.run_id == run_id
-    )
-    rows = (await conn.execute(stmt)).all()
-    failed_copies = [
-        f"{r.source_ref} → {r.dest_ref}: {r.error}"
-        for r in (
+    return int(value or 0)
+
+
+async def close_if_done(state: StateDB, run_id: int) -> bool:
+    """Finish a run with no open copy left, counting as an in-process pass does.
+
+    Called after the copy's own transaction committed: of two workers finishing a run's
+    last two copies at once, the one committing last looks after both commits and sees
+    none open. The closing itself holds the run's `queued_runs` row, so it happens once.
+    """
+    async with state.engine.connect() as conn:
+        if await _open_copies(conn, run_id):
+            return False
+    async with state.write() as conn:
+        planner = (
             await conn.execute(
-                select(task_results.c.source_ref, task_results.c.dest_ref, task_results.c.error)
-                .where(task_results.c.run_id == run_id, task_results.c.status == "failed")
-                .order_by(task_results.c.id)
-                .limit(ERROR_LINES)
+                select(queued_runs).where(queued_runs.c.run_id == run_id).with_for_update()
             )
-        ).all()
-    ]
-    failed = sum(1 for r in rows if r.status == "failed") + planner.failed
-    good = sum(1 for r in rows if r.status != "failed") + planner.good
-    status: RunStatus = "ok" if not failed else "partial" if good else "failed"
-    lines = [*planner.errors, *failed_copies][:ERROR_LINES]
-    result = await conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id, runs.c.status == "running")
-        .values(
-            status=status,
-            finished_at=func.now(),
-            copied=sum(1 for r in rows if r.status == "copied"),
-            unchanged=planner.unchanged,
-            failed=failed,
-            skipped=sum(1 for r in rows if r.status == "skipped"),
-            bytes=sum(int(r.bytes) for r in rows),
-            error="; ".join(lines) or None,
+        ).one()
+        if await _open_copies(conn, run_id):
+            return False
+        stmt = select(task_results.c.status, task_results.c.bytes).where(
+            task_results.c.run_id == run_id
         )
-    )
-    return bool(result.rowcount)
+        rows = (await conn.execute(stmt)).all()
+        failed_copies = [
+            f"{r.source_ref} → {r.dest_ref}: {r.error}"
+            for r in (
+                await conn.execute(
+                    select(task_results.c.source_ref, task_results.c.dest_ref, task_results.c.error)
+                    .where(task_results.c.run_id == run_id, task_results.c.status == "failed")
+                    .order_by(task_results.c.id)
+                    .limit(ERROR_LINES)
+                )
+            ).all()
+        ]
+        failed = sum(1 for r in rows if r.status == "failed") + planner.failed
+        good = sum(1 for r in rows if r.status != "failed") + planner.good
+        status: RunStatus = "ok" if not failed else "partial" if good else "failed"
+        lines = [*planner.errors, *failed_copies][:ERROR_LINES]
+        result = await conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status == "running")
+            .values(
+                status=status,
+                finished_at=func.now(),
+                copied=sum(1 for r in rows if r.status == "copied"),
+                unchanged=planner.unchanged,
+                failed=failed,
+                skipped=sum(1 for r in rows if r.status == "skipped"),
+                bytes=sum(int(r.bytes) for r in rows),
+                error="; ".join(lines) or None,
+            )
+        )
+        return bool(result.rowcount)
 
 
 async def run_status(state: StateDB, run_id: int) -> str | None:
