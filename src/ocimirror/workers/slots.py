@@ -6,11 +6,14 @@ takes a connection from this process's pool, tries the places in turn
 when all are taken it tries again a moment later. A worker that dies loses its sessions,
 and with them its places: nothing is left held. A connection holds at most one place at a
 time, and one whose release may not have happened (cancelled mid-query) is closed, which
-releases whatever it held.
+releases whatever it held. A request waiting for a place holds no connection between
+its tries.
 
 The cost is one round trip to PostgreSQL per place tried and one to release it: small
 beside a registry request, but each place held is a connection, so a worker's pool
-bounds its requests in flight (`--concurrency` copies, a few requests each).
+(`--concurrency` + 2 connections) bounds its requests in flight, and the places held
+across all workers (the sum of the registries' `max_concurrency`) count against
+PostgreSQL's `max_connections`.
 """
 
 from __future__ import annotations
@@ -70,32 +73,44 @@ class PgSlots:
     @asynccontextmanager
     async def slot(self, host: str, limit: int) -> AsyncIterator[None]:
         """Hold one of the `limit` places of `host` among every worker."""
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("the shared slots are not open")
         key = host_key(host)
-        conn = await self._pool.getconn()
-        released = False
-        try:
-            place = await self._take(conn, key, limit)
-            self.taken += 1
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (key, place))
-                released = True
-        finally:
-            if not released:
-                await conn.close()  # the session ends: whatever it held is let go
-            await self._pool.putconn(conn)
-
-    async def _take(self, conn: AsyncConnection, key: int, limit: int) -> int:
-        first = random.randrange(max(limit, 1))  # spread tries over the places
         while True:
-            for i in range(limit):
-                place = (first + i) % limit
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (key, place))
-                row = await cur.fetchone()
-                if row is not None and row[0]:
-                    return place
+            conn = await pool.getconn()
+            try:
+                place = await self._try(conn, key, limit)
+            except BaseException:
+                await conn.close()  # cancelled mid-try: it may hold a place; let it go
+                await pool.putconn(conn)
+                raise
+            if place is not None:
+                break
+            # Every place taken: wait without holding a connection, then try again.
+            await pool.putconn(conn)
             self.waits += 1
             await asyncio.sleep(self.retry * (0.5 + random.random()))
+        self.taken += 1
+        released = False
+        try:
+            yield
+        finally:
+            try:
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (key, place))
+                released = True
+            finally:
+                if not released:
+                    await conn.close()  # the session ends: whatever it held is let go
+                await pool.putconn(conn)
+
+    async def _try(self, conn: AsyncConnection, key: int, limit: int) -> int | None:
+        """Take a free place of the host on `conn` (its number), or None when all are held."""
+        first = random.randrange(max(limit, 1))  # spread tries over the places
+        for i in range(limit):
+            place = (first + i) % limit
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (key, place))
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return place
+        return None

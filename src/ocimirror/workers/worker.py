@@ -180,9 +180,11 @@ async def run_worker(
             Stores(pool, source=side, destination=side),
             image_concurrency=config.concurrency,
         )
-        app = make_app(state, max_connections=concurrency + 4)
+        # PostgreSQL connections of a worker: 4 for the queue (fetch, finish, LISTEN,
+        # heartbeat), one per copy + 2 for registry places, the state database's pool.
+        app = make_app(state, max_connections=4)
         register(app, runner)
-        slots = PgSlots(procrastinate_url(state), max_connections=concurrency * 4)
+        slots = PgSlots(procrastinate_url(state), max_connections=concurrency + 2)
         await slots.open()
         HostLimiter.shared = slots
         try:
