@@ -1,10 +1,18 @@
 """`execution: workers`: `serve` plans and enqueues, `ocimirror worker` processes copy.
 
 Real processes on one real PostgreSQL (testkit's `LocalPostgres`, or
-OCIMIRROR_TEST_POSTGRES_URL), real registries: a pass of N images over three workers
-lands every image once and is closed by a worker; a worker killed mid-copy has its copy
-retried by another after its heartbeat stops, and nothing half-written is left named by
-a tag. N is 30 here, 200 with OCIMIRROR_SOAK=1.
+OCIMIRROR_TEST_POSTGRES_URL), real registries:
+
+- a pass of N images over three workers lands every image once (one job, one recorded
+  result each), a worker closes it, a registry's `max_concurrency: 4` holds across the
+  three (counted at its front), and the dashboard data and /metrics show the workers;
+- a worker killed (SIGKILL) mid-upload has its copy retried by another once its
+  heartbeat stops, and no tag names the half-copied image meanwhile;
+- a copy queued for two passes is one job whose result answers (and closes) both, and a
+  retried record writes nothing twice;
+- SQLite refuses workers.
+
+N is 30 here, 200 with OCIMIRROR_SOAK=1.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typer.testing import CliRunner
 
 from ocimirror import cli
 from ocimirror.errors import ConfigError
+from ocimirror.reference import Reference
 from ocimirror.settings.config import Config
 from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import sync_pass
@@ -34,6 +43,11 @@ from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
+from ocimirror.transfer.copy import CopyOptions, ImageResult
+from ocimirror.transfer.plan import CopyTask
+from ocimirror.workers import dispatch, ledger
+from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
+from ocimirror.workers.queue import CopyJob
 from test_serve import Server
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
@@ -296,3 +310,32 @@ async def test_workers_execution_refuses_sqlite(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli.app, ["worker", "--state", f"sqlite:///{tmp_path}/s.db"])
     assert out.exit_code == 2
     assert "needs a PostgreSQL state database" in out.output
+
+
+async def test_a_copy_queued_for_two_passes_is_joined_and_answers_both(pg_url: str) -> None:
+    """Two passes asking for one destination while its copy is queued: one job, and its
+    one result recorded for (and closing) both passes."""
+    dest = "127.0.0.1:5000/mirror/app:1"
+    task = CopyTask(Reference.parse("127.0.0.1:5001/lib/app:1"), Reference.parse(dest))
+    job = CopyJob.of(task, CopyOptions())
+    async with StateDB(pg_url) as db:
+        runs = []
+        for mirror in ("one", "two"):
+            run_id = await db.start_run(mirror, "cli")
+            copy = QueuedCopy(mirror, "127.0.0.1:5000/mirror/app", str(task.source), dest, "new")
+            joined = await dispatch.enqueue(db, run_id, mirror, [(copy, job)], PlannerCounts())
+            runs.append((run_id, joined))
+        assert [joined for _, joined in runs] == [0, 1]
+        assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
+        digest = "sha256:" + "a" * 64
+        result = ImageResult(
+            str(task.source), dest, source_digest=digest, destination_digest=digest
+        )
+        closed = await ledger.record_copy(db, dest, result)
+        assert closed == [run_id for run_id, _ in runs]
+        # Recorded again (a retried job): nothing is written twice.
+        assert await ledger.record_copy(db, dest, result) == []
+        for run_id, _ in runs:
+            assert await ledger.run_status(db, run_id) == "ok"
+            (copied,) = await dispatch.await_pass(db, run_id)
+            assert (copied.destination, copied.status) == (dest, "copied")
