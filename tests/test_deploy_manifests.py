@@ -75,6 +75,7 @@ def test_every_shape_is_there() -> None:
         ("Deployment", "ocimirror-serve"),
         ("Service", "ocimirror-serve"),
         ("Deployment", "ocimirror-proxy"),
+        ("Deployment", "ocimirror-worker"),
         ("Service", "ocimirror-proxy"),
         ("ConfigMap", "ocimirror-config"),
         ("Secret", "ocimirror-credentials"),

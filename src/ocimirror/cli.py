@@ -32,6 +32,7 @@ from .service import commands as service_commands
 from .settings import cli_options
 from .sync import commands as sync_commands
 from .sync import dockersync
+from .workers import commands as worker_commands
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -751,6 +752,7 @@ app.command("proxy")(proxy_commands.proxy)
 app.command("docker-sync", context_settings=dockersync.CONTEXT)(dockersync.docker_sync)
 app.command("docker-mirror")(docker_mirror)
 app.command("login-check")(logincheck.login_check)
+app.command("worker")(worker_commands.worker)
 
 
 @app.command()

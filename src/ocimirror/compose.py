@@ -20,4 +20,5 @@ def scheduled_mirrors(config_path: Path, loaded: Loaded) -> ScheduledMirrors:
     """Return the sync daemon for a config file already read (it rereads it on reload)."""
     from .sync.daemon import Daemon
 
-    return Daemon(config_path, loaded=loaded)
+    # `serve --execution` set the config's execution: it holds across reloads too.
+    return Daemon(config_path, loaded=loaded, execution=loaded.config.execution)

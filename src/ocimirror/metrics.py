@@ -87,8 +87,48 @@ class MirrorMetrics:
             "ocimirror_next_run_timestamp_seconds", "When the mirror runs next", ["mirror"],
             registry=r,
         )  # fmt: skip
+        self.worker_up = Gauge(
+            "ocimirror_worker_up", "1 while a queue worker's heartbeat is fresh, else 0",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_busy = Gauge(
+            "ocimirror_worker_busy", "Copies a queue worker is running", ["worker"], registry=r
+        )
+        self.worker_copies = Gauge(
+            "ocimirror_worker_copies_done", "Copies a queue worker finished since it started",
+            ["worker"], registry=r,
+        )  # fmt: skip
+        self.worker_heartbeat = Gauge(
+            "ocimirror_worker_last_heartbeat_timestamp_seconds",
+            "When a queue worker last said it is alive", ["worker"], registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "ocimirror_queue_depth",
+            "Queued copies per destination registry: todo (waiting) and doing (on a worker)",
+            ["registry", "state"], registry=r,
+        )  # fmt: skip
         self._clients: list[Callable[[], Iterable[RegistryClient]]] = []
         r.register(_ClientCollector(self._all_clients))
+
+    def set_workers(
+        self,
+        workers: Sequence[tuple[str, bool, int, int, datetime]],
+        queues: Sequence[tuple[str, int, int]],
+    ) -> None:
+        """Publish the queue workers (name, alive, busy, done, last heartbeat) and the
+        queue depth per registry (registry, todo, doing), replacing what was there."""
+        for gauge in (self.worker_up, self.worker_busy, self.worker_copies):
+            gauge.clear()
+        self.worker_heartbeat.clear()
+        self.queue_depth.clear()
+        for name, alive, busy, done, beat in workers:
+            self.worker_up.labels(name).set(1 if alive else 0)
+            self.worker_busy.labels(name).set(busy)
+            self.worker_copies.labels(name).set(done)
+            self.worker_heartbeat.labels(name).set(beat.timestamp())
+        for registry, todo, doing in queues:
+            self.queue_depth.labels(registry, "todo").set(todo)
+            self.queue_depth.labels(registry, "doing").set(doing)
 
     def _all_clients(self) -> Iterable[RegistryClient]:
         for source in self._clients:

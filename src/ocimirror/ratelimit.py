@@ -19,8 +19,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager, suppress
-from typing import ClassVar
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
+from typing import ClassVar, Protocol
 
 from .aimd import AimdPolicy, Signal
 
@@ -101,6 +101,14 @@ class Pacer:
         return delay
 
 
+class SharedSlots(Protocol):
+    """Places in flight per host shared with other processes (`ocimirror worker`s)."""
+
+    def slot(self, host: str, limit: int) -> AbstractAsyncContextManager[None]:
+        """Hold one of the `limit` places of `host` among every process sharing them."""
+        ...
+
+
 class HostLimiter:
     """The limits of one registry host, shared by every client of it in the process.
 
@@ -112,6 +120,9 @@ class HostLimiter:
     """
 
     _hosts: ClassVar[dict[tuple[object, ...], HostLimiter]] = {}
+    #: Set by a process that shares its hosts' `max_concurrency` with others (queue
+    #: workers): each request also holds one of the host's places there.
+    shared: ClassVar[SharedSlots | None] = None
 
     def __init__(
         self,
@@ -126,6 +137,8 @@ class HostLimiter:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.pacer = pacer or Pacer(requests_per_second, clock=clock, sleep=sleep)
+        self.host = ""
+        self.max_concurrency = max_concurrency
         self.policy: AimdPolicy | None = None
         if adaptive:
             self.policy = AimdPolicy(
@@ -169,6 +182,7 @@ class HostLimiter:
                 min_concurrency=min_concurrency,
                 min_rate=min_rate,
             )
+            limiter.host = host.lower()
         return limiter
 
     @property
@@ -211,14 +225,20 @@ class HostLimiter:
                 raise
         self.in_flight += 1
         try:
-            delay = self.pacer.reserve()
-            if self.policy is not None:
-                delay = max(delay, self.policy.hold_left())
-            if delay > 0:
-                await self._sleep(delay)
-            if self.policy is not None:
-                self.policy.started()
-            yield
+            shared = HostLimiter.shared
+            async with (
+                shared.slot(self.host, self.max_concurrency)
+                if shared is not None and self.host
+                else nullcontext()
+            ):
+                delay = self.pacer.reserve()
+                if self.policy is not None:
+                    delay = max(delay, self.policy.hold_left())
+                if delay > 0:
+                    await self._sleep(delay)
+                if self.policy is not None:
+                    self.policy.started()
+                yield
         finally:
             self.in_flight -= 1
             self._wake()

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from ..metrics import MirrorMetrics
 from ..settings.schedule import schedule_of
 from ..state.db import StateDB
+from ..workers.status import WorkersSnapshot
 from .access import JSON_TYPE, OPEN_PATHS, TOKEN_COOKIE, AccessPolicy
 from .dashboard import RunPoint, dashboard_data, render_dashboard
 from .jobs import JobManager
@@ -57,6 +58,20 @@ class Service:
     max_entries: int = DEFAULT_MAX_ENTRIES
     ready: bool = False
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: With `execution: workers`: what the queue workers do (for metrics and dashboard).
+    workers: Callable[[], Awaitable[WorkersSnapshot]] | None = None
+
+
+async def _workers(service: Service) -> WorkersSnapshot | None:
+    """The queue workers now, published in the metrics too (None: no workers here)."""
+    if service.workers is None:
+        return None
+    snap = await service.workers()
+    service.metrics.set_workers(
+        [(w.name, w.alive, w.busy, w.done, w.last_heartbeat) for w in snap.workers],
+        [(q.registry, q.todo, q.doing) for q in snap.queues],
+    )
+    return snap
 
 
 SERVICE = web.AppKey("service", Service)
@@ -515,7 +530,11 @@ async def dashboard_json(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     mirrors = await mirror_views(service)
     jobs: list[JobView] = await service.jobs.list(20)
-    return json_response(dashboard_data(mirrors, jobs))
+    data = dashboard_data(mirrors, jobs)
+    snap = await _workers(service)
+    if snap is not None:
+        data["workers"] = snap.to_json()
+    return json_response(data)
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -537,7 +556,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics."""
-    body = request.app[SERVICE].metrics.render()
+    service = request.app[SERVICE]
+    await _workers(service)
+    body = service.metrics.render()
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

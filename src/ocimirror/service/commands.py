@@ -14,17 +14,20 @@ import contextlib
 import ipaddress
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..settings.cli_options import RegistryEndpoint
+from ..settings.cli_options import ExecutionOpt, RegistryEndpoint
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
     from ..settings.config import Config, Loaded
+    from ..state.db import StateDB
+    from ..workers.status import WorkersSnapshot
     from .oidc import OidcVerifier
     from .scheduled import MirrorsFactory
 
@@ -213,6 +216,7 @@ def serve(
         ),
     ] = False,
     registry_endpoint: RegistryEndpoint = None,
+    execution: ExecutionOpt = None,
 ) -> None:
     """The mirror as an HTTP service: the Cloud Run mirror API, jobs, metrics, dashboard."""
     import asyncio
@@ -229,6 +233,10 @@ def serve(
     try:
         apply_endpoint_flags(registry_endpoint)
         loaded = load_config(config) if config is not None else Loaded(Config(), "ocimirror", None)
+        if execution is not None:
+            loaded = replace(
+                loaded, config=loaded.config.model_copy(update={"execution": execution.value})
+            )
         bind_port = port_from(port)
         policy = address_policy(loaded.config, allow_registry or [], allow_private_networks)
     except (OcimirrorError, ValueError) as e:
@@ -271,10 +279,12 @@ async def _serve(
     import structlog
     from aiohttp import web
 
+    from ..errors import OcimirrorError
     from ..metrics import MirrorMetrics
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
+    from ..workers.schema import require_postgres
     from .access import AccessPolicy
     from .app import Service, make_app
     from .jobs import JobManager
@@ -326,6 +336,12 @@ async def _serve(
         loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         async with StateDB(url) as state:
+            if cfg.execution == "workers":
+                try:  # before anything listens: a clear error at start
+                    require_postgres(state)
+                except OcimirrorError as e:
+                    log.error(str(e))
+                    return 2
             pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
             jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
@@ -345,6 +361,7 @@ async def _serve(
                 daemon=daemon,
                 policy=access,
                 max_entries=cfg.api.max_entries,
+                workers=_workers_of(state) if cfg.execution == "workers" else None,
             )
             runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
@@ -375,3 +392,20 @@ async def _serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _workers_of(state: StateDB) -> Callable[[], Awaitable[WorkersSnapshot]]:
+    """What the queue workers do, read from the state database (schema made first)."""
+    from ..workers.schema import ensure_schema
+    from ..workers.status import snapshot
+
+    made = False
+
+    async def read() -> WorkersSnapshot:
+        nonlocal made
+        if not made:
+            await ensure_schema(state)
+            made = True
+        return await snapshot(state)
+
+    return read

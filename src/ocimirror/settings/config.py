@@ -325,6 +325,9 @@ class Config(_Model):
     version: Literal[1] = 1
     state: str | None = None
     concurrency: int = Field(default=16, ge=1, le=256)
+    #: Where copies run: in the process that plans them, or (PostgreSQL state only) by
+    #: `ocimirror worker` processes taking them from a procrastinate queue.
+    execution: Literal["in-process", "workers"] = "in-process"
     max_errors: int = Field(default=0, ge=0)
     #: What `max_errors` counts: failed passes in a row, or mirrors failing at once
     #: (docker-sync's way: each image that failed in the latest round counts one).

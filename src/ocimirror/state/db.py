@@ -506,6 +506,47 @@ def _synced_upsert(dialect_name: str) -> Insert:
     )
 
 
+async def write_tasks(conn: AsyncConnection, run_id: int, results: Sequence[TaskRecord]) -> None:
+    """Write task results and their `synced` upserts in the caller's transaction."""
+    if not results:
+        return
+    rows = [
+        {
+            "run_id": run_id,
+            "mirror": r.mirror,
+            "target": r.target,
+            "source_ref": r.source_ref,
+            "dest_ref": r.dest_ref,
+            "reason": r.reason,
+            "status": r.status,
+            "source_digest": r.source_digest,
+            "target_digest": r.target_digest,
+            "bytes": r.bytes,
+            "seconds": r.seconds,
+            "immutable": r.immutable,
+            "error": r.error,
+            "finished_at": r.finished_at,
+        }
+        for r in results
+    ]
+    # One row per key: PostgreSQL refuses to upsert a row twice in one statement.
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        if r.status in SYNCED_STATUSES:
+            latest[(r.mirror, r.dest_ref)] = {
+                "mirror": r.mirror,
+                "dest_ref": r.dest_ref,
+                "source_ref": r.source_ref,
+                "source_digest": r.source_digest,
+                "target_digest": r.target_digest,
+                "synced_at": r.finished_at,
+                "immutable": r.immutable,
+            }
+    await conn.execute(insert(task_results), rows)
+    if latest:
+        await conn.execute(_synced_upsert(conn.dialect.name), list(latest.values()))
+
+
 class StateDB:
     """The state database: `async with StateDB(url) as db: ...`."""
 
@@ -654,42 +695,14 @@ class StateDB:
         """Record many task results (and their `synced` upserts) in one transaction."""
         if not results:
             return
-        rows = [
-            {
-                "run_id": run_id,
-                "mirror": r.mirror,
-                "target": r.target,
-                "source_ref": r.source_ref,
-                "dest_ref": r.dest_ref,
-                "reason": r.reason,
-                "status": r.status,
-                "source_digest": r.source_digest,
-                "target_digest": r.target_digest,
-                "bytes": r.bytes,
-                "seconds": r.seconds,
-                "immutable": r.immutable,
-                "error": r.error,
-                "finished_at": r.finished_at,
-            }
-            for r in results
-        ]
-        # One row per key: PostgreSQL refuses to upsert a row twice in one statement.
-        latest: dict[tuple[str, str], dict[str, Any]] = {}
-        for r in results:
-            if r.status in SYNCED_STATUSES:
-                latest[(r.mirror, r.dest_ref)] = {
-                    "mirror": r.mirror,
-                    "dest_ref": r.dest_ref,
-                    "source_ref": r.source_ref,
-                    "source_digest": r.source_digest,
-                    "target_digest": r.target_digest,
-                    "synced_at": r.finished_at,
-                    "immutable": r.immutable,
-                }
         async with self._write() as conn:
-            await conn.execute(insert(task_results), rows)
-            if latest:
-                await conn.execute(_synced_upsert(conn.dialect.name), list(latest.values()))
+            await write_tasks(conn, run_id, results)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """Yield a connection in a write transaction (for writes spanning other tables)."""
+        async with self._write() as conn:
+            yield conn
 
     async def synced(self, mirror: str) -> dict[str, SyncedRef]:
         """Return the last successful state of each destination reference of `mirror`."""
@@ -766,11 +779,14 @@ class StateDB:
         """Mark runs and jobs still running (their process died) as interrupted; count them."""
         return await self.interrupt_runs() + await self.interrupt_jobs()
 
-    async def interrupt_runs(self, mirror: str | None = None) -> int:
-        """Mark runs still 'running' (of one mirror, or all) as interrupted; count them."""
+    async def interrupt_runs(self, mirror: str | None = None, keep: Collection[int] = ()) -> int:
+        """Mark runs still 'running' (of one mirror, or all) as interrupted, but those in
+        `keep` (held by queue workers, not by a process); count them."""
         stmt = update(runs).where(runs.c.status == "running")
         if mirror is not None:
             stmt = stmt.where(runs.c.mirror == mirror)
+        if keep:
+            stmt = stmt.where(runs.c.id.not_in(list(keep)))
         stmt = stmt.values(
             status="interrupted",
             finished_at=_now(),

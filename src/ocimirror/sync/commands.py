@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -57,6 +57,7 @@ TrustStateOpt = Annotated[
         envvar="OCIMIRROR_TRUST_STATE",
     ),
 ]
+ExecutionOpt = cli_options.ExecutionOpt
 TargetRegistry = Annotated[
     str | None,
     typer.Option(
@@ -81,6 +82,13 @@ def _config_or_ini(config: Path | None) -> Path:
         if Path(candidate).is_file():
             return Path(candidate)
     raise _fail(f"give --config FILE (no config.ini in {', '.join(INI_PATHS)})")
+
+
+def _execution(value: cli_options.Execution | None) -> Literal["in-process", "workers"] | None:
+    """The `--execution` choice as the daemon's type."""
+    if value is None:
+        return None
+    return "workers" if value is cli_options.Execution.WORKERS else "in-process"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -380,6 +388,7 @@ def run(
     target_registry: TargetRegistry = None,
     registry_endpoint: RegistryEndpoint = None,
     trust_state: TrustStateOpt = False,
+    execution: ExecutionOpt = None,
 ) -> None:
     """The daemon: each mirror on its own schedule until SIGTERM (SIGHUP reloads the config)."""
     import asyncio
@@ -396,6 +405,7 @@ def run(
             state_url=state,
             target_registry=target_registry,
             trust_state=trust_state or None,
+            execution=_execution(execution),
         )
     except OcimirrorError as e:
         raise _fail(str(e)) from None

@@ -24,6 +24,7 @@ import sys
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -36,7 +37,8 @@ from ..settings.durations import parse_interval
 from ..settings.schedule import schedule_of
 from ..state.db import StateDB, default_url
 from ..stores.pool import StorePool
-from .runner import Trigger, sync_pass
+from ..workers.schema import require_postgres
+from .runner import Trigger, held_by_workers, sync_pass
 
 log = structlog.get_logger("ocimirror.daemon")
 
@@ -53,6 +55,8 @@ class Daemon:
     target_registry: str | None = None
     #: True: every mirror trusts the state database (`--trust-state`); None: as configured.
     trust_state: bool | None = None
+    #: Where copies run (`--execution`), over the config's `execution`, for every reload.
+    execution: Literal["in-process", "workers"] | None = None
     #: The config as the caller already read it from `config_path` (None: read it here).
     loaded: InitVar[Loaded | None] = None
     config: Config = field(init=False)
@@ -83,7 +87,13 @@ class Daemon:
             log.warning("config", warning=warning)
         with contextlib.suppress(OSError):
             self._mtime = self.config_path.stat().st_mtime
+        if self.execution is not None:
+            return loaded.config.model_copy(update={"execution": self.execution})
         return loaded.config
+
+    async def _interrupt(self, state: StateDB, label: str) -> None:
+        """Mark a mirror's aborted run interrupted, unless queue workers still hold it."""
+        await state.interrupt_runs(mirror=label, keep=await held_by_workers(self.config, state))
 
     # -- signals ---------------------------------------------------------------------
 
@@ -173,7 +183,10 @@ class Daemon:
                     stack.push_async_callback(self._stop_printing, printer)
                 if state is None:
                     state = await stack.enter_async_context(StateDB(url))
-                interrupted = await state.interrupt_runs()
+                if self.config.execution == "workers":
+                    require_postgres(state)
+                held = await held_by_workers(self.config, state)
+                interrupted = await state.interrupt_runs(keep=held)
                 if interrupted:
                     log.warning(
                         "runs left running by a previous process marked interrupted",
@@ -182,6 +195,8 @@ class Daemon:
                 last = await state.last_runs()
                 now = datetime.now(UTC)
                 for m in self.config.mirrors:
+                    if m.label in self._triggered:
+                        continue  # asked for (the API) while this started: it runs now
                     info = last.get(m.label)
                     if info is not None and info.status == "interrupted":
                         self.next_run[m.label] = now  # it did not finish: finish it now
@@ -331,7 +346,7 @@ class Daemon:
                 log.warning("failure", mirror=label, error=line)
         except asyncio.CancelledError:
             log.warning("run aborted", mirror=label)
-            await asyncio.shield(state.interrupt_runs(mirror=label))
+            await asyncio.shield(self._interrupt(state, label))
             raise
         except Exception as e:  # a pass must never take the daemon down
             self.failures_in_a_row += 1

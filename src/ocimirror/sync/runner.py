@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -29,6 +29,10 @@ from ..transfer.copy import Copier, CopyOptions, Endpoint, ImageResult, Progress
 from ..transfer.engine import Side, Stores, execute
 from ..transfer.plan import CopyTask
 from ..transfer.referrers import ReferrerOptions
+from ..workers import dispatch
+from ..workers.ledger import PlannerCounts, QueuedCopy
+from ..workers.queue import CopyJob
+from ..workers.schema import require_postgres
 from .planner import Known, Plan, PlannedTask, StoreFor, is_immutable, plan_mirror
 
 log = structlog.get_logger(__name__)
@@ -118,6 +122,10 @@ async def sync_pass(
     makes this pass look at every target (a full check) even where the state is trusted.
     """
     chosen = [m for m in config.mirrors if mirrors is None or m.label in mirrors]
+    if config.execution == "workers" and mode != "dry-run":
+        if state is None:
+            raise OcimirrorError("execution: workers needs a PostgreSQL state database")
+        require_postgres(state)
     own_pool = pool is None
     pool = pool or pool_for(config)
     try:
@@ -158,8 +166,10 @@ async def _one_mirror(
         last_seen = {k: v.synced_at for k, v in synced.items()}
         if mode != "dry-run":
             # A run of this mirror still "running" was left by a process that stopped
-            # (killed, or its machine lost): it never finishes now.
-            stale = await state.interrupt_runs(mirror=mirror.label)
+            # (killed, or its machine lost): it never finishes now, unless queue workers
+            # still hold its copies.
+            held = await held_by_workers(config, state)
+            stale = await state.interrupt_runs(mirror=mirror.label, keep=held)
             if stale:
                 log.warning(
                     "runs left running by a stopped process marked interrupted",
@@ -240,18 +250,23 @@ async def _pass(
             if _look_for_referrers(t, referrers)
             and _due(last_seen.get(str(t.target)), referrers.check_interval)
         ]
-        # The planner listed and HEADed the targets already: nothing more to list.
-        done = await execute(
-            [_task(t) for t in todo],
-            stores=stores,
-            copier=copier,
-            listing="none",
-            absent=sorted(plan.new_targets, key=str),
-        )
-        if dry_run:
-            result.planned = done
-        else:
-            result.results = done
+        # A dry run never queues: it runs the copier in dry-run mode here, writing nothing.
+        queued = config.execution == "workers" and bool(todo) and not dry_run
+        if queued and (state is None or run_id is None):
+            raise OcimirrorError("execution: workers needs a state database (--no-state refused)")
+        if not queued:
+            # The planner listed and HEADed the targets already: nothing more to list.
+            done = await execute(
+                [_task(t) for t in todo],
+                stores=stores,
+                copier=copier,
+                listing="none",
+                absent=sorted(plan.new_targets, key=str),
+            )
+            if dry_run:
+                result.planned = done
+            else:
+                result.results = done
         try:
             refreshed = await asyncio.gather(*(_refresh(copier, t, stores) for t in looks))
         except BaseException:
@@ -260,6 +275,11 @@ async def _pass(
         result.referrer_checks = [r for r in refreshed if r.referrers or r.status == "failed"]
         if not dry_run:
             await _purge(result, stores)
+        if queued and state is not None and run_id is not None:
+            await _queue(state, run_id, mirror, result, todo, copier.options)
+            result.results = await dispatch.await_pass(state, run_id)
+            result.seconds = time.monotonic() - started
+            return result
     result.seconds = time.monotonic() - started
     if state is not None and run_id is not None:
         await _record(state, run_id, mirror, result)
@@ -279,6 +299,48 @@ async def _abandon(state: StateDB, run_id: int, cause: BaseException) -> None:
         )
     except Exception as e:  # the database itself may be what failed
         log.error("could not record the end of a run", run=run_id, error=str(e))
+
+
+async def _queue(
+    state: StateDB,
+    run_id: int,
+    mirror: Mirror,
+    done: MirrorPass,
+    todo: Sequence[PlannedTask],
+    options: CopyOptions,
+) -> None:
+    """Record what the planner did itself, then hand the copies to the queue's workers."""
+    queued = {str(t.target) for t in todo}
+    await state.record_tasks(run_id, _records(mirror, done, queued=queued))
+    counts = PlannerCounts(
+        unchanged=done.plan.count("unchanged") + done.plan.count("immutable"),
+        good=sum(1 for t in done.plan.tasks if not t.needs_copy) + len(done.purged),
+        failed=len(done.plan.errors) + len(done.purge_errors),
+        errors=tuple([f"{e.reference}: {e.error}" for e in done.plan.errors] + done.purge_errors),
+    )
+    copies = [
+        (
+            QueuedCopy(
+                mirror=mirror.label,
+                target=str(t.target.repository_only()),
+                source_ref=str(t.source),
+                dest_ref=str(t.target),
+                reason=t.reason,
+                source_digest=t.source_digest or None,
+                immutable=_immutable(mirror, t),
+            ),
+            CopyJob.of(_task(t), options),
+        )
+        for t in todo
+    ]
+    await dispatch.enqueue(state, run_id, mirror.label, copies, counts)
+
+
+async def held_by_workers(config: Config, state: StateDB) -> set[int]:
+    """The runs queue workers still hold (empty unless `execution: workers`)."""
+    if config.execution != "workers":
+        return set()
+    return await dispatch.held_runs(state)
 
 
 async def _would_create(config: Config, plan: Plan) -> list[str]:
@@ -356,12 +418,30 @@ async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Im
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
     """Write the pass's task results and the run's outcome in two transactions."""
+    records = _records(mirror, done)
+    await state.record_tasks(run_id, records)
+    await state.finish_run(
+        run_id,
+        done.status,
+        copied=done.copied,
+        unchanged=done.plan.count("unchanged") + done.plan.count("immutable"),
+        failed=len(done.failed),
+        skipped=sum(1 for r in records if r.status == "skipped"),
+        bytes=done.bytes,
+        error="; ".join(done.failed[:3]) or None,
+    )
+
+
+def _records(mirror: Mirror, done: MirrorPass, *, queued: Collection[str] = ()) -> list[TaskRecord]:
+    """The task results of a pass, but the copies `queued` for workers (they record them)."""
     by_target = {r.destination: r for r in done.results}
     # An unchanged image whose referrers could not be read is not synced: the next pass
     # looks again, whatever the check interval.
     unchecked = {r.destination: r.error for r in done.referrer_checks if r.status == "failed"}
     records: list[TaskRecord] = []
     for task in done.plan.tasks:
+        if str(task.target) in queued:
+            continue
         if task.reason == "immutable" or task.trusted:
             # Nothing was asked of the target, nothing new to remember: `synced_at` stays
             # the last time the target was looked at, which `verify_every` counts from.
@@ -405,17 +485,7 @@ async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass)
                 immutable=_immutable(mirror, task),
             )
         )
-    await state.record_tasks(run_id, records)
-    await state.finish_run(
-        run_id,
-        done.status,
-        copied=done.copied,
-        unchanged=done.plan.count("unchanged") + done.plan.count("immutable"),
-        failed=len(done.failed),
-        skipped=sum(1 for r in records if r.status == "skipped"),
-        bytes=done.bytes,
-        error="; ".join(done.failed[:3]) or None,
-    )
+    return records
 
 
 def _immutable(mirror: Mirror, task: PlannedTask) -> bool:
