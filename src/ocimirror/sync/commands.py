@@ -339,6 +339,7 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
         "mirror": p.mirror,
         "status": p.status,
         "seconds": round(p.seconds, 3),
+        "plan_seconds": round(p.plan_seconds, 3),
         "tasks": [
             {
                 "source": str(t.source),
