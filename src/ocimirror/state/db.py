@@ -62,6 +62,7 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -706,6 +707,32 @@ class StateDB:
             )
             for row in rows
         }
+
+    async def synced_under(
+        self, where: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """Count, per (mirror, repository or prefix), the references `synced` holds under it
+        (`REPO:tag`, `REPO@digest` or `REPO/...`), with the smallest target digest: one
+        statement, the counting done by the database."""
+        wanted = list(dict.fromkeys(where))
+        if not wanted:
+            return {}
+        parts = []
+        for i, (mirror, repo) in enumerate(wanted):
+            head = func.substr(synced.c.dest_ref, 1, len(repo) + 1)
+            parts.append(
+                select(
+                    literal(i).label("i"),
+                    func.count().label("n"),
+                    func.min(synced.c.target_digest).label("digest"),
+                ).where(
+                    synced.c.mirror == mirror,
+                    head.in_([repo + ":", repo + "@", repo + "/"]),
+                )
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(union_all(*parts))).all()
+        return {wanted[int(i)]: (int(n), digest) for i, n, digest in rows}
 
     async def last_runs(self) -> dict[str, RunInfo]:
         """Return the latest run of each mirror."""
