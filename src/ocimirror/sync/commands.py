@@ -451,7 +451,7 @@ async def status_rows(cfg: Config, db: StateDB, now: datetime) -> list[tuple[str
         except OcimirrorError:
             return target
 
-    runs = await db.last_runs()
+    runs = await db.last_runs([m.label for m in cfg.mirrors])
     # A target is a repository, or a prefix when the source is a list.
     under = await db.synced_under([(m.label, repo_of(t)) for m in cfg.mirrors for t in m.targets])
     rows: list[tuple[str, ...]] = []
