@@ -161,7 +161,9 @@ async def test_reopen_is_idempotent_and_keeps_the_data(tmp_path: Path) -> None:
             assert set(await db.synced("m")) == {"dst.example/a:1"}
             assert (await db.get_job(job)) is not None
     with sqlite3.connect(tmp_path / "state.db") as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (HEAD_REVISION,)
+        ]
 
 
 async def test_open_close_open_on_the_same_object(tmp_path: Path) -> None:
@@ -202,12 +204,12 @@ async def test_check_constraints_refuse_unknown_values(db: StateDB) -> None:
 # --------------------------------------------------------------------------- migrations
 
 
-def test_the_initial_revision_is_the_head() -> None:
+def test_the_revisions_form_one_line_to_the_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0001"]
-    assert revisions[0].down_revision is None
-    assert head_revision() == "0001"
+    assert [r.revision for r in revisions] == ["0002", "0001"]
+    assert [r.down_revision for r in revisions] == ["0001", None]
+    assert head_revision() == "0002"
     assert head_revision() == HEAD_REVISION  # the constant that spares loading Alembic
 
 
@@ -234,7 +236,7 @@ def _schema_diff(conn: Connection) -> list[Any]:
 
 
 async def test_the_migrations_build_exactly_the_tables_the_code_uses(db: StateDB) -> None:
-    assert await db.schema_version() == "0001"
+    assert await db.schema_version() == HEAD_REVISION
     async with db.engine.connect() as conn:
         assert await conn.run_sync(_schema_diff) == []
 
@@ -248,8 +250,28 @@ async def test_downgrade_to_base_and_upgrade_again(tmp_path: Path) -> None:
     await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
     assert sqlite_tables(path) == {"alembic_version"}
     async with StateDB(url) as db:
-        assert await db.schema_version() == "0001"
+        assert await db.schema_version() == HEAD_REVISION
     assert sqlite_tables(path) == TABLES
+
+
+async def test_a_database_at_0001_gains_the_last_success_index_and_keeps_its_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    url = sqlite_url(path)
+    async with StateDB(url) as db:
+        run = await db.start_run("m", "cli")
+        await db.finish_run(run, "ok", copied=0, unchanged=0, failed=0, skipped=0, bytes=0)
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0001")
+    with sqlite3.connect(path) as conn:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
+    assert "ix_runs_mirror_status_finished_at" not in indexes
+    async with StateDB(url) as db:  # an ocimirror of before this revision wrote it
+        assert await db.schema_version() == "0002"
+        assert set(await db.last_successes(["m"])) == {"m"}
+    with sqlite3.connect(path) as conn:
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
+    assert "ix_runs_mirror_status_finished_at" in indexes
 
 
 async def test_an_unknown_newer_revision_is_refused(tmp_path: Path) -> None:
@@ -322,6 +344,15 @@ async def test_run_lifecycle_last_runs_and_last_success(db: StateDB) -> None:
     assert recent["a"][1].bytes == 1234
     limited = await db.recent_runs(limit=1)
     assert {m: [r.id for r in rs] for m, rs in limited.items()} == {"a": [r2], "b": [r3]}
+
+    # The same for named mirrors only (the configured ones): an index lookup per mirror.
+    assert await db.last_runs(["a", "b", "c"]) == last
+    assert await db.last_runs(["b"]) == {"b": last["b"]}
+    assert await db.last_runs([]) == {}
+    assert await db.last_successes(["a", "b", "c"]) == {"a": T0 + timedelta(minutes=1)}
+    assert await db.recent_runs(mirrors=["a", "b", "c"]) == recent
+    named = await db.recent_runs(limit=1, mirrors=["a"])
+    assert {m: [r.id for r in rs] for m, rs in named.items()} == {"a": [r2]}
 
 
 async def test_finish_run_refuses_unknown_runs_and_statuses(db: StateDB) -> None:
@@ -696,7 +727,7 @@ async def test_instances_create_the_schema_at_once(url: str) -> None:
     dbs = [StateDB(url) for _ in range(4)]
     try:
         await asyncio.gather(*(db.open() for db in dbs))
-        assert {await db.schema_version() for db in dbs} == {"0001"}
+        assert {await db.schema_version() for db in dbs} == {HEAD_REVISION}
         await dbs[1].start_run("m", "cli")
         assert list(await dbs[2].last_runs()) == ["m"]
     finally:

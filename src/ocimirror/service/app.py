@@ -451,8 +451,10 @@ async def mirror_views(service: Service) -> list[MirrorView]:
     # The daemon first, the database second, so a pass is never shown done before it is:
     # one asked for by the API counts as running from the moment it is asked for.
     busy = daemon.busy()
-    last = await service.state.last_runs()
-    successes = await service.state.last_successes()
+    names = [m.label for m in daemon.config.mirrors]
+    # Named, the configured mirrors cost an index lookup each, however many runs there are.
+    last = await service.state.last_runs(names)
+    successes = await service.state.last_successes(names)
     views = []
     for m in daemon.config.mirrors:
         run = last.get(m.label)
@@ -507,7 +509,11 @@ async def dashboard(request: web.Request) -> web.Response:
     """`GET /`: the dashboard page."""
     service = request.app[SERVICE]
     mirrors = await mirror_views(service)
-    recent = await service.state.recent_runs(limit=20) if mirrors else {}
+    recent = (
+        await service.state.recent_runs(limit=20, mirrors=[m.name for m in mirrors])
+        if mirrors
+        else {}
+    )
     runs = {
         m.name: [
             RunPoint(

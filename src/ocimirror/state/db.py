@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,12 +62,14 @@ from sqlalchemy import (
     literal,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Row, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
 
 from ..errors import ConfigError, OcimirrorError
@@ -95,7 +97,7 @@ SYNCED_STATUSES: frozenset[str] = frozenset({"copied", "unchanged"})
 #: Where Alembic finds `env.py` and `versions/`: a package resource, so no alembic.ini.
 SCRIPT_LOCATION = "ocimirror.state:migrations"
 #: The newest revision in `migrations/versions` (a test checks it against Alembic's head).
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 INTERRUPTED_ERROR = "interrupted: the process running it stopped before it finished"
@@ -193,6 +195,7 @@ runs = Table(
     CheckConstraint(_in("trigger", TRIGGERS), name="trigger"),
     Index(None, "mirror", "id"),
     Index(None, "status"),
+    Index(None, "mirror", "status", "finished_at"),
 )
 
 task_results = Table(
@@ -720,13 +723,60 @@ class StateDB:
             for row in rows
         }
 
-    async def last_runs(self) -> dict[str, RunInfo]:
-        """Return the latest run of each mirror."""
+    async def synced_under(
+        self, where: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """Count, per (mirror, repository or prefix), the references `synced` holds under it
+        (`REPO:tag`, `REPO@digest` or `REPO/...`), with the smallest target digest: one
+        statement, the counting done by the database."""
+        wanted = list(dict.fromkeys(where))
+        if not wanted:
+            return {}
+        parts = []
+        for i, (mirror, repo) in enumerate(wanted):
+            head = func.substr(synced.c.dest_ref, 1, len(repo) + 1)
+            parts.append(
+                select(
+                    literal(i).label("i"),
+                    func.count().label("n"),
+                    func.min(synced.c.target_digest).label("digest"),
+                ).where(
+                    synced.c.mirror == mirror,
+                    head.in_([repo + ":", repo + "@", repo + "/"]),
+                )
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(union_all(*parts))).all()
+        return {wanted[int(i)]: (int(n), digest) for i, n, digest in rows}
+
+    async def last_runs(self, mirrors: Sequence[str] | None = None) -> dict[str, RunInfo]:
+        """Return the latest run of each mirror (of those named in `mirrors`, when given).
+
+        Naming the mirrors bounds the work by their number, not by the runs recorded: one
+        statement, an index lookup per mirror.
+        """
+        if mirrors is not None:
+            rows = await self._per_mirror(
+                mirrors, lambda m: select(runs).where(runs.c.mirror == m), limit=1
+            )
+            return {row.mirror: _run_info(row) for row in rows}
         latest = select(func.max(runs.c.id).label("id")).group_by(runs.c.mirror).subquery()
         stmt = select(runs).join(latest, runs.c.id == latest.c.id).order_by(runs.c.mirror)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return {row.mirror: _run_info(row) for row in rows}
+            found = (await conn.execute(stmt)).all()
+        return {row.mirror: _run_info(row) for row in found}
+
+    async def _per_mirror(
+        self, mirrors: Sequence[str], query: Callable[[str], Select[Any]], *, limit: int
+    ) -> list[Row[Any]]:
+        """Run `query(mirror)`, newest `limit` runs first, for each mirror in one statement."""
+        names = list(dict.fromkeys(mirrors))
+        if not names:
+            return []
+        parts = [select(query(m).order_by(runs.c.id.desc()).limit(limit).subquery()) for m in names]
+        stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(stmt)).all())
 
     async def last_success(self, mirror: str) -> datetime | None:
         """Return when the latest run of `mirror` with status ok finished, or None."""
@@ -737,8 +787,25 @@ class StateDB:
             value: datetime | None = await conn.scalar(stmt)
         return value
 
-    async def last_successes(self) -> dict[str, datetime]:
-        """Return, per mirror with one, when its latest run with status ok finished."""
+    async def last_successes(self, mirrors: Sequence[str] | None = None) -> dict[str, datetime]:
+        """Return, per mirror with one, when its latest run with status ok finished.
+
+        With `mirrors`, only those, each an index lookup (mirror, status, finished_at).
+        """
+        if mirrors is not None:
+            names = list(dict.fromkeys(mirrors))
+            if not names:
+                return {}
+            parts = [
+                select(literal(i).label("i"), func.max(runs.c.finished_at).label("at")).where(
+                    runs.c.mirror == m, runs.c.status == "ok"
+                )
+                for i, m in enumerate(names)
+            ]
+            stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(stmt)).all()
+            return {names[int(i)]: at for i, at in found if at is not None}
         stmt = (
             select(runs.c.mirror, func.max(runs.c.finished_at))
             .where(runs.c.status == "ok")
@@ -748,8 +815,19 @@ class StateDB:
             rows = (await conn.execute(stmt)).all()
         return {mirror: at for mirror, at in rows if at is not None}
 
-    async def recent_runs(self, limit: int = 20) -> dict[str, list[RunInfo]]:
-        """Return the latest `limit` runs of every mirror, newest first, in one query."""
+    async def recent_runs(
+        self, limit: int = 20, mirrors: Sequence[str] | None = None
+    ) -> dict[str, list[RunInfo]]:
+        """Return the latest `limit` runs of every mirror (or of `mirrors`), newest first, in
+        one query; naming the mirrors reads only their `limit` newest runs each."""
+        out: dict[str, list[RunInfo]] = {}
+        if mirrors is not None:
+            found = await self._per_mirror(
+                mirrors, lambda m: select(runs).where(runs.c.mirror == m), limit=limit
+            )
+            for row in sorted(found, key=lambda r: (r.mirror, -r.id)):
+                out.setdefault(row.mirror, []).append(_run_info(row))
+            return out
         rank = (
             func.row_number()
             .over(partition_by=runs.c.mirror, order_by=runs.c.id.desc())
@@ -763,7 +841,6 @@ class StateDB:
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        out: dict[str, list[RunInfo]] = {}
         for row in rows:
             out.setdefault(row.mirror, []).append(_run_info(row))
         return out

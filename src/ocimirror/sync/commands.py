@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..settings.config import Config
+    from ..state.db import StateDB
     from ..transfer.copy import ImageResult
     from .runner import MirrorPass, Mode
 
@@ -353,6 +354,7 @@ def _pass_json(p: MirrorPass) -> dict[str, Any]:
         "mirror": p.mirror,
         "status": p.status,
         "seconds": round(p.seconds, 3),
+        "plan_seconds": round(p.plan_seconds, 3),
         "tasks": [
             {
                 "source": str(t.source),
@@ -420,12 +422,10 @@ def status(
     import asyncio
 
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
     from ..errors import OcimirrorError
     from ..settings.config import load_config
-    from ..settings.schedule import schedule_of
     from ..state.db import StateDB, default_url
 
     config = _config_or_ini(config)
@@ -435,18 +435,42 @@ def status(
         raise _fail(str(e)) from None
     url = state or cfg.state or default_url(config)
 
-    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+    async def go() -> list[tuple[str, ...]]:
         async with StateDB(url) as db:
-            runs = await db.last_runs()
-            synced = {m.label: await db.synced(m.label) for m in cfg.mirrors}
-            return runs, synced
+            return await status_rows(cfg, db, datetime.now(UTC))
 
     try:
-        runs, synced = asyncio.run(go())
+        rows = asyncio.run(go())
     except OcimirrorError as e:
         raise _fail(str(e)) from None
     table = Table("mirror", "target", "last run", "result", "digest", "next run")
-    now = datetime.now(UTC)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+async def status_rows(cfg: Config, db: StateDB, now: datetime) -> list[tuple[str, ...]]:
+    """The rows of `status` (rich markup), from two queries whatever the runs and tags.
+
+    The database counts the tags under each target (and gives the digest when there is
+    one): nothing per tag or per run is read into Python.
+    """
+    from rich.markup import escape
+
+    from ..errors import OcimirrorError
+    from ..reference import Reference
+    from ..settings.schedule import schedule_of
+
+    def repo_of(target: str) -> str:
+        try:
+            return str(Reference.parse(target).repository_only())
+        except OcimirrorError:
+            return target
+
+    runs = await db.last_runs([m.label for m in cfg.mirrors])
+    # A target is a repository, or a prefix when the source is a list.
+    under = await db.synced_under([(m.label, repo_of(t)) for m in cfg.mirrors for t in m.targets])
+    rows: list[tuple[str, ...]] = []
     for m in cfg.mirrors:
         run = runs.get(m.label)
         schedule = schedule_of(m)
@@ -460,30 +484,16 @@ def status(
             if run.error:
                 result += f": {escape(run.error)}"
         for target in m.targets:
-            table.add_row(
-                escape(m.label),
-                escape(target),
-                last.strftime("%Y-%m-%d %H:%M") if last else "never",
-                result,
-                _digest_cell(target, synced.get(m.label, {})),
-                nxt.strftime("%Y-%m-%d %H:%M") if nxt else schedule.describe(),
+            count, digest = under.get((m.label, repo_of(target)), (0, None))
+            cell = "-" if not count else f"{count} tags" if count > 1 else str(digest)[:19]
+            rows.append(
+                (
+                    escape(m.label),
+                    escape(target),
+                    last.strftime("%Y-%m-%d %H:%M") if last else "never",
+                    result,
+                    cell,
+                    nxt.strftime("%Y-%m-%d %H:%M") if nxt else schedule.describe(),
+                )
             )
-    Console().print(table)
-
-
-def _digest_cell(target: str, synced: dict[str, Any]) -> str:
-    """The digest mirrored under a target: one short digest, or how many tags."""
-    from ..errors import OcimirrorError
-    from ..reference import Reference
-
-    try:
-        repo = str(Reference.parse(target).repository_only())
-    except OcimirrorError:
-        repo = target
-    # A target is a repository, or a prefix when the source is a list.
-    mine = [ref for ref in synced if ref.startswith((repo + ":", repo + "@", repo + "/"))]
-    if not mine:
-        return "-"
-    if len(mine) == 1:
-        return str(synced[mine[0]].target_digest)[:19]
-    return f"{len(mine)} tags"
+    return rows

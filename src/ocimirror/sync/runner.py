@@ -56,6 +56,8 @@ class MirrorPass:
     results: list[ImageResult] = field(default_factory=list)
     seconds: float = 0.0
     run_id: int | None = None
+    #: Seconds the plan took (listing and HEADs, before any copy).
+    plan_seconds: float = 0.0
     #: A dry run's repositories the copies would create (ECR `create_repositories`).
     would_create: list[str] = field(default_factory=list)
     #: Target tags deleted by `purge`, and those that could not be (with why).
@@ -212,6 +214,7 @@ async def _pass(
     trusted_since: datetime | None,
 ) -> MirrorPass:
     """Plan one mirror, copy what the plan says, and record it (after `_one_mirror`)."""
+    planning = time.monotonic()
     plan = await plan_mirror(
         mirror,
         store_for=stores,
@@ -220,6 +223,14 @@ async def _pass(
         trusted_since=trusted_since if state is not None else None,
     )
     result = MirrorPass(mirror.label, plan, run_id=run_id)
+    result.plan_seconds = time.monotonic() - planning
+    log.info(
+        "mirror planned",
+        mirror=mirror.label,
+        tasks=len(plan.tasks),
+        errors=len(plan.errors),
+        seconds=round(result.plan_seconds, 3),
+    )
     dry_run = mode == "dry-run"
     referrers = (mirror.referrers or Referrers()).options()
     if dry_run:
