@@ -139,6 +139,34 @@ def test_retry_after_holds_starts_capped() -> None:
     assert p.hold_left() == 0.0
 
 
+def test_a_throttle_naming_no_wait_backs_off_per_round() -> None:
+    """A 429 with `Retry-After: 0` (or none) holds starts all the same: 0.1 s, doubled for
+    each round of throttles without an accepted answer, capped; throttles answered while
+    a hold runs (the other requests of the same round) do not extend it."""
+    clock = Clock()
+    p = policy(clock, backoff=0.1, max_backoff=1.0)
+    run_at(p, clock, 20, 1)
+    p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)
+    for _ in range(10):  # the rest of the round
+        p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)
+    assert p.strikes == 1
+    waits = []
+    for _ in range(5):
+        clock.now += p.hold_left()
+        p.answered(429, headers())
+        waits.append(p.hold_left())
+    assert waits == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0])
+    p.answered(200, headers())
+    assert p.strikes == 0
+    clock.now += 1.0
+    p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)  # a new storm starts from the bottom
+    p.answered(429, headers(Retry_After="3"))
+    assert p.hold_left() == pytest.approx(3.0)  # a wait named is the wait
+
+
 def test_other_server_errors_change_nothing() -> None:
     clock = Clock()
     p = policy(clock)
@@ -248,7 +276,9 @@ async def test_limiter_caps_requests_in_flight_and_follows_the_policy() -> None:
     limiter.answered(503, headers(Retry_After="2"))
     assert limiter.throttled == 1
     assert limiter.concurrency == 3
-    assert limiter.rate == pytest.approx(7.5)  # 75% of the 10 accepted in the last second
+    # 75% of the 10 accepted, over the shortest span a first rate is learnt over (0.25 s:
+    # on this clock they all came at once).
+    assert limiter.rate == pytest.approx(30.0)
     async with limiter.slot():
         pass
     assert waits == [pytest.approx(2.0)]

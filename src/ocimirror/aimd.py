@@ -12,6 +12,12 @@ holds. The rules:
   within `cooldown` seconds of a decrease change nothing more. `Retry-After`, or
   `RateLimit-Reset` with nothing remaining, holds every start until then (at most
   `max_hold` seconds).
+- **Back-off**: a throttle that names no wait (no `Retry-After`, or `Retry-After: 0`)
+  still holds every start, for `backoff` seconds, doubled for each further round of
+  throttles without an accepted answer between them (a round: a throttle after the last
+  hold ended), up to `max_backoff`. A registry that says "429, retry at once" in a storm
+  is thereby not hammered at once by every retry of every request; the first accepted
+  answer ends the doubling.
 - **Accepted** (any other answer below 500): additive increase. The rate grows by
   `increase` times the rate it had at the last decrease, per second, while starts run at
   half of it or more (a rate nobody uses is not raised); concurrency grows by one per
@@ -38,6 +44,8 @@ Clock = Callable[[], float]
 THROTTLE_STATUSES = frozenset({429, 503})
 #: The window (seconds) starts and accepted answers are counted over.
 WINDOW = 1.0
+#: The shortest span a first rate is learnt over (seconds).
+MIN_SPAN = 0.25
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class AimdPolicy:
         increase: float = 0.05,
         cooldown: float = 1.0,
         max_hold: float = 60.0,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= min_concurrency <= max_concurrency:
@@ -141,7 +151,11 @@ class AimdPolicy:
         self.increase = increase
         self.cooldown = cooldown
         self.max_hold = max_hold
+        self.backoff = backoff
+        self.max_backoff = max_backoff
         self._clock = clock
+        #: Rounds of throttles since the last accepted answer (the back-off's exponent).
+        self.strikes = 0
         #: Requests allowed in flight now.
         self.concurrency = max_concurrency
         #: Request starts per second allowed now (None: unlimited, nothing learnt yet).
@@ -155,6 +169,7 @@ class AimdPolicy:
         self._last_increase: float | None = None
         self._accepted_in_row = 0
         self._starts: deque[float] = deque()
+        self._first_start = float("inf")
         self._accepted: deque[float] = deque()
 
     def _trim(self, times: deque[float], now: float) -> int:
@@ -165,6 +180,8 @@ class AimdPolicy:
     def started(self) -> None:
         """Note one request start."""
         now = self._clock()
+        if self._first_start == float("inf"):
+            self._first_start = now
         self._starts.append(now)
         self._trim(self._starts, now)
 
@@ -187,8 +204,12 @@ class AimdPolicy:
         """
         now = self._clock()
         self._accepted_in_row = 0
-        if hold is not None:
+        if hold is not None and hold > 0:
             self.hold_until = max(self.hold_until, now + min(hold, self.max_hold))
+        elif now >= self.hold_until:  # no wait named, and a new round: back off
+            self.strikes += 1
+            wait = min(self.max_backoff, self.backoff * 2.0 ** (self.strikes - 1))
+            self.hold_until = now + wait
         if now - self._last_decrease < self.cooldown:
             return
         self._last_decrease = now
@@ -197,7 +218,11 @@ class AimdPolicy:
             self.concurrency = max(self.min_concurrency, int(self.concurrency * self.decrease))
         base = self.rate
         if base is None:
-            base = float(self._trim(self._accepted, now)) / WINDOW
+            # Answers accepted per second over the last window, or over the time since
+            # the first start when that is shorter: a limit met in the first half second
+            # is not a rate of half the answers seen.
+            span = min(WINDOW, max(now - self._first_start, MIN_SPAN))
+            base = float(self._trim(self._accepted, now)) / span
         self.rate = max(self.min_rate, base * self.decrease)
         self._rate_at_decrease = max(self.rate / self.decrease, self.min_rate)
         self._last_increase = now
@@ -208,6 +233,7 @@ class AimdPolicy:
         self._accepted.append(now)
         self._trim(self._accepted, now)
         self._accepted_in_row += 1
+        self.strikes = 0
         if self._accepted_in_row >= self.concurrency:
             self._accepted_in_row = 0
             self.concurrency = min(self.max_concurrency, self.concurrency + 1)
