@@ -9,7 +9,8 @@ whole, right blobs (`invariants.check_blob_dir`), the upstream saw no write, and
 cache, what was cached is still served once the upstream is down.
 
 The memory test holds 200 concurrent clients against a proxy with a faulty upstream for
-5 s (60 s with `OCIMIRROR_SOAK=1`) and bounds the proxy's peak RSS.
+5 s with the cache (60 s, and without the cache too, with `OCIMIRROR_SOAK=1`) and bounds
+the proxy's peak RSS.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ async def test_proxy_under_upstream_faults_never_serves_or_keeps_wrong_bytes(
     env = {"OCIMIRROR_PROXY_CACHE": str(cache)} if cached else {}
     async with FaultInjector(registry.port, seed=3, fault_rate=0.5).running() as faulty:
         proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host, env=env)
-        tally = await pull(proxy.port, items, clients=8, rounds=2)
+        tally = await pull(proxy.port, items, clients=6, rounds=1)
         assert not tally.wrong, tally.wrong
         assert tally.outcomes["right"] > 0, tally.outcomes
         assert sum(faulty.counts.values()) > 0
@@ -181,7 +182,11 @@ def peak_rss(pid: int) -> int:
     raise AssertionError(f"no VmHWM for process {pid}")
 
 
-@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize(
+    "cached",
+    [True, pytest.param(False, marks=pytest.mark.skipif(not SOAK, reason="OCIMIRROR_SOAK=1"))],
+    ids=["cache", "no-cache"],
+)
 async def test_proxy_memory_under_200_clients_and_a_faulty_upstream(
     registry: LocalRegistry,
     start_proxy: Callable[..., ProxyProcess],
