@@ -90,30 +90,57 @@ def test_a_limit_is_never_turned_into_a_rate() -> None:
 # -- multiplicative decrease --------------------------------------------------------------
 
 
-def test_first_throttle_learns_a_rate_from_what_was_accepted() -> None:
+def test_first_throttle_learns_a_rate_from_what_was_accepted_over_the_next_window() -> None:
+    """The answers accepted before a limiter's first refusal include the burst it allows
+    after an idle spell: the rate is learnt over the window after it, when concurrency
+    halved per round of back-off was the brake; the pace takes over from there."""
     clock = Clock()
     p = policy(clock)
-    run_at(p, clock, 40, 2)  # 40 accepted in the last second
+    run_at(p, clock, 40, 2)  # 40 accepted in the last second, a burst among them
     p.answered(429, headers())
-    assert p.rate == pytest.approx(30.0, abs=1.0)
+    assert p.rate is None
+    assert p.concurrency == 16
+    assert p.decreases == 0
+    run_at(p, clock, 20, 1)  # what the limiter lets through, steadily
+    clock.now += 0.01
+    p.answered(429, headers())
+    assert p.rate == pytest.approx(18.0, abs=1.0)  # 90% of it: a rate limit's cut
     assert p.concurrency == 32  # a rate limit: the pace is the cure
     assert p.decreases == 1
 
 
 def test_one_congestion_event_decreases_once() -> None:
     clock = Clock()
-    p = policy(clock)
+    p = policy(clock, max_rate=40.0)
     run_at(p, clock, 40, 1)
     for _ in range(20):  # the requests in flight all come back refused together
         p.answered(429, headers())
     assert p.decreases == 1
     first = p.rate
-    assert first == pytest.approx(30.0, abs=1.0)
+    assert first == pytest.approx(36.0)
     clock.now += 1.0  # past the cooldown: a new event
     p.answered(503, headers())
     assert p.decreases == 2
     assert p.rate == pytest.approx(first * 0.75)
     assert p.concurrency == 24  # overloaded: fewer in flight too
+
+
+def test_a_throttle_of_the_new_pace_cuts_again_at_once() -> None:
+    """With the time each request was paced at (`sent`), refusals of requests paced
+    before the last cut change nothing, and one paced after it is a new event at once."""
+    clock = Clock()
+    p = policy(clock, max_rate=40.0)
+    run_at(p, clock, 40, 1)
+    before = clock.now - 0.01
+    p.answered(429, headers(), sent=before)
+    assert p.rate == pytest.approx(36.0)
+    clock.now += 0.05
+    for _ in range(10):  # paced at the old rate, answered after the cut
+        p.answered(429, headers(), sent=before)
+    assert p.decreases == 1
+    p.answered(429, headers(), sent=clock.now)
+    assert p.decreases == 2
+    assert p.rate == pytest.approx(36.0 * 0.9)
 
 
 def test_floors_hold() -> None:
@@ -139,6 +166,34 @@ def test_retry_after_holds_starts_capped() -> None:
     assert p.hold_left() == 0.0
 
 
+def test_a_throttle_naming_no_wait_backs_off_per_round() -> None:
+    """A 429 with `Retry-After: 0` (or none) holds starts all the same: 0.1 s, doubled for
+    each round of throttles without an accepted answer, capped; throttles answered while
+    a hold runs (the other requests of the same round) do not extend it."""
+    clock = Clock()
+    p = policy(clock, backoff=0.1, max_backoff=1.0)
+    run_at(p, clock, 20, 1)
+    p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)
+    for _ in range(10):  # the rest of the round
+        p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)
+    assert p.strikes == 1
+    waits = []
+    for _ in range(5):
+        clock.now += p.hold_left()
+        p.answered(429, headers())
+        waits.append(p.hold_left())
+    assert waits == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0])
+    p.answered(200, headers())
+    assert p.strikes == 0
+    clock.now += 1.0
+    p.answered(429, headers(Retry_After="0"))
+    assert p.hold_left() == pytest.approx(0.1)  # a new storm starts from the bottom
+    p.answered(429, headers(Retry_After="3"))
+    assert p.hold_left() == pytest.approx(3.0)  # a wait named is the wait
+
+
 def test_other_server_errors_change_nothing() -> None:
     clock = Clock()
     p = policy(clock)
@@ -158,10 +213,10 @@ def test_rate_grows_back_additively_while_in_use_up_to_the_ceiling() -> None:
     run_at(p, clock, 50, 1)
     p.throttled()
     assert p.rate == pytest.approx(37.5)
-    # In use at its own rate: +5% of the pre-cut level (2.5/s) per second.
+    # In use at its own rate: +2.5% of the pre-cut level (1.25/s) per second.
     before = p.rate
     run_at(p, clock, p.rate, 1)
-    assert p.rate - before == pytest.approx(2.5, abs=0.2)
+    assert p.rate - before == pytest.approx(1.25, abs=0.2)
     for _ in range(20):
         run_at(p, clock, p.rate, 1)
     assert p.rate == 50.0  # the configured limit is the ceiling
@@ -248,7 +303,9 @@ async def test_limiter_caps_requests_in_flight_and_follows_the_policy() -> None:
     limiter.answered(503, headers(Retry_After="2"))
     assert limiter.throttled == 1
     assert limiter.concurrency == 3
-    assert limiter.rate == pytest.approx(7.5)  # 75% of the 10 accepted in the last second
+    # 75% of the 10 accepted, over the shortest span a first rate is learnt over (0.25 s:
+    # on this clock they all came at once).
+    assert limiter.rate == pytest.approx(30.0)
     async with limiter.slot():
         pass
     assert waits == [pytest.approx(2.0)]

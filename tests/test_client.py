@@ -503,6 +503,25 @@ async def test_429_waits_for_retry_after(registry: LocalRegistry, retry_waits: l
     assert elapsed >= 0.9
 
 
+async def test_429_retry_after_0_backs_off(
+    registry: LocalRegistry, retry_waits: list[float]
+) -> None:
+    """`Retry-After: 0` is no reason to go again at once: the retries back off (growing,
+    jittered), as they do after a 429 without the header, and the host's limiter holds
+    its starts meanwhile (docs/reliability.md: a storm of them met every retry at once)."""
+    image = make_image(layer_size=100, seed="429-zero")
+    await seed(registry, "app", [("1", image)])
+    intercept = fail_first("GET", "manifest", 2, 429, {"Retry-After": "0"})
+    async with Front(registry, intercept).running() as front, connect(front.host) as client:
+        assert (await client.get_manifest("app", "1")).raw == image.manifest.raw
+        assert client.limiter.throttled == 2  # both fed the host's back-off
+        assert client.limiter.policy is not None
+        assert client.limiter.policy.strikes == 2
+    assert [s.status for s in front.of("GET", "manifest")] == [429, 429, 200]
+    assert len(retry_waits) == 2
+    assert all(w > 0 for w in retry_waits), retry_waits
+
+
 @pytest.mark.usefixtures("no_retry_waits")
 @pytest.mark.parametrize(("status", "error"), [(429, RateLimited), (503, RegistryError)])
 async def test_attempts_exhausted_name_the_status(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,6 +204,27 @@ async def test_mount_across_repositories_moves_no_bytes(
     else:
         # Without a known home the blobs are copied; either way nothing is uploaded twice.
         assert second.blobs_copied == 3
+
+
+async def test_a_blob_bound_for_many_repositories_is_fetched_once(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    """One image copied into three repositories of one registry at once: each blob comes
+    from the source once, and the other repositories mount it (or find it), instead of
+    three fetches in flight that a rate limit or a storm would refuse three times."""
+    src, dst = registry_pair
+    image = make_image(layers=2, layer_size=50_000, seed="one-fetch")
+    await seed(src, "a", [("1", image)])
+    mark = src.mark()
+    summary = await run_copies([(ref(src, "a:1"), ref(dst, f"r{i}:1")) for i in range(3)])
+    assert summary.ok, summary.to_json()
+    gets = Counter(
+        r.reference for r in src.requests(since=mark) if r.method == "GET" and r.kind == "blob"
+    )
+    assert set(gets) == {b.digest for b in image.all_blobs()}
+    assert set(gets.values()) == {1}, gets
+    for i in range(3):
+        assert dst.tags(f"r{i}") == ["1"]
 
 
 async def test_auth_modes_and_tls(

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from ocimirror.client import HostOptions
 from ocimirror.reference import Reference
 from ocimirror.stores.layout import LayoutStore
 from ocimirror.testkit.command import ocimirror_command
@@ -34,7 +35,7 @@ from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_image,
 from ocimirror.testkit.invariants import check_store
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed, store_for
-from ocimirror.transfer.engine import run_copies
+from ocimirror.transfer.engine import Side, run_copies
 
 pytestmark = pytest.mark.faults
 
@@ -210,6 +211,47 @@ async def test_copy_through_http_error_storms(registry: LocalRegistry, tmp_path:
     assert sum(counts.values()) > 0
     assert counts.keys() <= {"http_500", "http_502", "http_503", "http_429"}
     INJECTED.update(counts)
+    walk = await check_store(LayoutStore(tmp_path), "")
+    assert walk.tags == 10
+    assert not walk.violations, [str(v) for v in walk.violations]
+
+
+@pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])
+async def test_copy_through_a_429_retry_after_0_storm(
+    registry: LocalRegistry, tmp_path: Path, adaptive: bool
+) -> None:
+    """A registry answering every request `429 Retry-After: 0` for one second (seeded
+    start): retrying at once met the same storm every time, and the blob the nine small
+    images share failed all nine of them (docs/reliability.md). Retries now back off
+    (stamina's growing waits; the host's limiter holds its starts on a throttle that
+    names no wait), so they get past the storm; and the shared blob is one fetch."""
+    await seed(registry, "app", corpus())
+    counts: Counter[str] = Counter()
+    storm = http_faults(
+        seed=2,
+        rate=0.03,
+        statuses=(429,),
+        retry_after="0",
+        storm_seconds=1.0,
+        calm_seconds=600.0,  # one storm per run
+        counts=counts,
+    )
+    async with Front(registry, storm).running() as front:
+        summary = await run_copies(
+            [(Reference.parse(f"{front.host}/app"), Reference.parse(f"oci:{tmp_path}"))],
+            all_tags=True,
+            source=Side(options=HostOptions(adaptive=adaptive)),
+        )
+    assert counts["http_429"] >= 3, counts  # the storm met requests in flight
+    INJECTED.update(counts)
+    assert [r.error for r in summary.results if r.status == "failed"] == []
+    gets = Counter(s.path for s in front.of("GET", "blob"))
+    small = [image.manifest for _, image in corpus()[:9]]
+    shared = set.intersection(*({b.digest for b in m.blobs} for m in small))
+    assert len(shared) == 2
+    for digest in shared:  # one transfer (and its retries), not one per image
+        [n] = [n for path, n in gets.items() if path.endswith(digest)]
+        assert n <= 4
     walk = await check_store(LayoutStore(tmp_path), "")
     assert walk.tags == 10
     assert not walk.violations, [str(v) for v in walk.violations]

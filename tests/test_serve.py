@@ -273,6 +273,37 @@ def test_the_same_pair_requested_five_times_at_once_copies_once(
     assert job_done(server, jobs[0]["id"])["state"] == "succeeded"
 
 
+def test_a_hundred_concurrent_posts_are_all_answered(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], server_factory: Callable[..., Server]
+) -> None:
+    """Issue 18's load: 100 POST / at once, mirroring small images into 20 repositories
+    (five requests each, arriving together: some join a copy in flight, some find it
+    done): every one is answered `{"ok":true}`, every tag is there, and the service's
+    peak RSS is printed and bounded."""
+    src, dst = registry_pair
+    images = [
+        (str(i), make_image(layers=1, layer_size=4 << 10, seed=f"load-{i}")) for i in range(10)
+    ]
+    asyncio.run(seed(src, "lib/load", images))
+    server = server_factory()
+    bodies = [
+        {"mirrors": [{"src": f"{src.host}/lib/load:{i % 10}", "dst": f"{dst.host}/n{i}/app:1"}]}
+        for i in list(range(20)) * 5
+    ]
+    with ThreadPoolExecutor(100) as pool:
+        answers = list(pool.map(lambda body: server.call("POST", "/", body), bodies))
+    failed = [(i, a.status, a.body[:200]) for i, a in enumerate(answers) if a.status != 200]
+    assert not failed, failed
+    assert {a.body for a in answers} == {b'{"ok":true}\n'}
+    assert all(dst.tags(f"n{i}/app") == ["1"] for i in range(20))
+    peak = 0
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) << 10
+    print(f"\nserve, 100 concurrent POSTs: peak RSS {peak >> 20} MiB")
+    assert 0 < peak < 300 << 20
+
+
 # --------------------------------------------------------------------------- access
 
 

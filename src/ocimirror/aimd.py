@@ -5,17 +5,22 @@ A pure state machine on an injected clock (no sleeping, no I/O): `HostLimiter`
 holds. The rules:
 
 - **Throttled** (HTTP 429 or 503, or a `RateLimit-Remaining` of 0): multiplicative
-  decrease. The rate is multiplied by `decrease` (without a rate yet, it becomes
-  `decrease` times the answers accepted in the last second), and so is the concurrency
-  on a 503 (overloaded), or on a 429 once the rate is at its floor; never below the
-  floors `min_concurrency` and `min_rate`. One congestion event decreases once: throttles
-  within `cooldown` seconds of a decrease change nothing more. `Retry-After`, or
-  `RateLimit-Reset` with nothing remaining, holds every start until then (at most
-  `max_hold` seconds).
-- **Accepted** (any other answer below 500): additive increase. The rate grows by
-  `increase` times the rate it had at the last decrease, per second, while starts run at
-  half of it or more (a rate nobody uses is not raised); concurrency grows by one per
-  `concurrency` accepted answers. Neither goes past its ceiling (the configured limits).
+  decrease. A rate limit (429, nothing remaining) multiplies the rate by
+  `limit_decrease` (0.9: the pace is what was over the limit, by a little); an
+  overloaded host (503) multiplies the rate and the concurrency by `decrease` (0.75).
+  A 429 cuts the concurrency too once the rate is at its floor; never below the floors
+  `min_concurrency` and `min_rate`. One congestion event decreases once: a throttle of
+  a request paced before the last decrease (`sent`) changes nothing more, one paced
+  after it is a new event at once; without `sent`, throttles within `cooldown` seconds
+  of a decrease change nothing more. `Retry-After`, or `RateLimit-Reset` with nothing
+  remaining, holds every start until then (at most `max_hold` seconds).
+- **Learning a rate**: without a configured one, a rate limit's first throttle learns
+  nothing yet (the answers accepted before it include the burst a limiter allows after
+  an idle spell, and its refusals come back first): for one window the back-off holds
+  below, each halving the concurrency, are the brake, and the next throttle takes
+  `limit_decrease` times the answers accepted per second over the last window. An
+  overloaded host's first throttle learns at once (over the time since the first start
+  when under a window).
 - Other 5xx answers change nothing.
 
 Docker Hub's `ratelimit-*` headers and the IETF draft's `RateLimit-Limit` /
@@ -38,6 +43,8 @@ Clock = Callable[[], float]
 THROTTLE_STATUSES = frozenset({429, 503})
 #: The window (seconds) starts and accepted answers are counted over.
 WINDOW = 1.0
+#: The shortest span a first rate is learnt over (seconds).
+MIN_SPAN = 0.25
 
 
 @dataclass(frozen=True)
@@ -117,9 +124,12 @@ class AimdPolicy:
         min_concurrency: int = 1,
         min_rate: float = 1.0,
         decrease: float = 0.75,
-        increase: float = 0.05,
+        limit_decrease: float = 0.9,
+        increase: float = 0.025,
         cooldown: float = 1.0,
         max_hold: float = 60.0,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= min_concurrency <= max_concurrency:
@@ -133,15 +143,22 @@ class AimdPolicy:
             min_rate = max_rate
         if not 0 < decrease < 1:
             raise ValueError(f"decrease must be between 0 and 1, not {decrease!r}")
+        if not 0 < limit_decrease < 1:
+            raise ValueError(f"limit_decrease must be between 0 and 1, not {limit_decrease!r}")
         self.max_concurrency = max_concurrency
         self.max_rate = max_rate
         self.min_concurrency = min_concurrency
         self.min_rate = min_rate
         self.decrease = decrease
+        self.limit_decrease = limit_decrease
         self.increase = increase
         self.cooldown = cooldown
         self.max_hold = max_hold
+        self.backoff = backoff
+        self.max_backoff = max_backoff
         self._clock = clock
+        #: Rounds of throttles since the last accepted answer (the back-off's exponent).
+        self.strikes = 0
         #: Requests allowed in flight now.
         self.concurrency = max_concurrency
         #: Request starts per second allowed now (None: unlimited, nothing learnt yet).
@@ -155,6 +172,8 @@ class AimdPolicy:
         self._last_increase: float | None = None
         self._accepted_in_row = 0
         self._starts: deque[float] = deque()
+        self._first_start = float("inf")
+        self._first_throttle = float("inf")
         self._accepted: deque[float] = deque()
 
     def _trim(self, times: deque[float], now: float) -> int:
@@ -165,20 +184,31 @@ class AimdPolicy:
     def started(self) -> None:
         """Note one request start."""
         now = self._clock()
+        if self._first_start == float("inf"):
+            self._first_start = now
         self._starts.append(now)
         self._trim(self._starts, now)
 
-    def answered(self, status: int, headers: Mapping[str, str]) -> Signal:
-        """Note one answer; return what it said."""
+    def answered(
+        self, status: int, headers: Mapping[str, str], *, sent: float | None = None
+    ) -> Signal:
+        """Note one answer (to a request paced at clock time `sent`); return what it said."""
         signal = signal_of(status, headers)
         if signal.throttled:
-            self.throttled(signal.hold, overloaded=status == 503)
+            self.throttled(signal.hold, overloaded=status == 503, sent=sent)
         elif status < 500:
             self.accepted()
         return signal
 
-    def throttled(self, hold: float | None = None, *, overloaded: bool = True) -> None:
+    def throttled(
+        self, hold: float | None = None, *, overloaded: bool = True, sent: float | None = None
+    ) -> None:
         """The host said slow down: decrease once per congestion event, hold if asked.
+
+        A congestion event is the throttle of a request paced after the last decrease
+        (`sent`, when known: the requests of the old pace still coming back change
+        nothing more, and one of the new pace refused cuts again at once), else any
+        throttle `cooldown` seconds after it.
 
         A rate limit (not `overloaded`: a 429, nothing remaining) cuts the rate, and the
         concurrency only once the rate is at its floor: requests waiting for the pace are
@@ -187,19 +217,45 @@ class AimdPolicy:
         """
         now = self._clock()
         self._accepted_in_row = 0
-        if hold is not None:
+        if hold is not None and hold > 0:
             self.hold_until = max(self.hold_until, now + min(hold, self.max_hold))
-        if now - self._last_decrease < self.cooldown:
+        elif now >= self.hold_until:  # no wait named, and a new round: back off
+            self.strikes += 1
+            wait = min(self.max_backoff, self.backoff * 2.0 ** (self.strikes - 1))
+            self.hold_until = now + wait
+            if self.rate is None and not overloaded:
+                # No pace yet: fewer in flight is the only brake until one is learnt.
+                halved = int(self.concurrency * 0.5)
+                self.concurrency = max(self.min_concurrency, halved)
+        if sent is not None and sent < self._last_decrease:
+            return
+        if sent is None and now - self._last_decrease < self.cooldown:
+            return
+        history = now - self._first_start
+        if self._first_throttle == float("inf"):
+            self._first_throttle = now
+        if self.rate is None and not overloaded and now - self._first_throttle < WINDOW:
+            # Too soon to tell a rate: the answers accepted so far include the burst a
+            # limiter allows after an idle spell, and its refusals come back before the
+            # answers it let through. For a window the holds above (and the concurrency
+            # they halve) are the brake; a throttle after it learns the rate from the
+            # answers accepted over it, the limiter's steady rate.
             return
         self._last_decrease = now
         self.decreases += 1
+        factor = self.decrease if overloaded else self.limit_decrease
         if overloaded or self.rate == self.min_rate:
-            self.concurrency = max(self.min_concurrency, int(self.concurrency * self.decrease))
+            self.concurrency = max(self.min_concurrency, int(self.concurrency * factor))
         base = self.rate
         if base is None:
-            base = float(self._trim(self._accepted, now)) / WINDOW
-        self.rate = max(self.min_rate, base * self.decrease)
-        self._rate_at_decrease = max(self.rate / self.decrease, self.min_rate)
+            # Answers accepted per second over the last window (or since the first
+            # start, when that is shorter: an overloaded host in the first second).
+            span = min(WINDOW, max(history, MIN_SPAN))
+            base = float(self._trim(self._accepted, now)) / span
+            if not overloaded:  # the pace is the brake from now on
+                self.concurrency = self.max_concurrency
+        self.rate = max(self.min_rate, base * factor)
+        self._rate_at_decrease = max(self.rate / factor, self.min_rate)
         self._last_increase = now
 
     def accepted(self) -> None:
@@ -208,6 +264,8 @@ class AimdPolicy:
         self._accepted.append(now)
         self._trim(self._accepted, now)
         self._accepted_in_row += 1
+        if self.rate is not None:  # in the first window the back-off goes on doubling
+            self.strikes = 0
         if self._accepted_in_row >= self.concurrency:
             self._accepted_in_row = 0
             self.concurrency = min(self.max_concurrency, self.concurrency + 1)
@@ -219,7 +277,7 @@ class AimdPolicy:
         if not used:
             return
         step = self.increase * (self._rate_at_decrease or self.rate)
-        self.rate += max(step, 1.0) * min(max(now - last, 0.0), WINDOW)
+        self.rate += max(step, self.min_rate * self.increase) * min(max(now - last, 0.0), WINDOW)
         if self.max_rate is not None:
             self.rate = min(self.rate, self.max_rate)
 

@@ -91,7 +91,9 @@ class _Tries:
 
 def _retry_hook(exc: Exception) -> bool | float:
     """Decide retries for stamina: Retry-After wins for 429, else the error tree decides."""
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+    if isinstance(exc, RateLimited) and exc.retry_after:
+        # A positive Retry-After is the wait; `Retry-After: 0` in a storm is no reason to
+        # go again at once: it backs off (jittered, growing) like an answer without one.
         return min(max(exc.retry_after, 0.0), 60.0)
     return is_retryable(exc)
 

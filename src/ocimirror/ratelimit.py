@@ -20,12 +20,19 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
+from contextvars import ContextVar
 from typing import ClassVar, Protocol
 
 from .aimd import AimdPolicy, Signal
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
+
+#: The burst of a learnt pace, in seconds of its rate.
+BURST_SECONDS = 0.1
+
+#: When the current task's last request took its slot (its pace was decided then).
+_SLOT_TAKEN: ContextVar[float | None] = ContextVar("ocimirror_slot_taken", default=None)
 
 
 class Pacer:
@@ -81,12 +88,12 @@ class Pacer:
         """The sleep this pacer waits with."""
         return self._sleep
 
-    def set_rate(self, rate: float) -> None:
-        """Pace at `rate` from the next slot on (bursts of max(1, int(rate)))."""
+    def set_rate(self, rate: float, *, burst: int | None = None) -> None:
+        """Pace at `rate` from the next slot on (bursts of `burst`, else max(1, int(rate)))."""
         if not rate > 0:
             raise ValueError(f"a request rate must be above 0, not {rate!r}")
         self.rate = rate
-        self.burst = max(1, int(rate))
+        self.burst = max(1, int(rate)) if burst is None else max(1, burst)
         self._interval = 1.0 / rate
 
     async def wait(self) -> float:
@@ -149,6 +156,7 @@ class HostLimiter:
                 clock=clock,
             )
         self._sleep = sleep if pacer is None else pacer.sleep
+        self._clock = clock
         #: Requests in flight (between their slot and their answer's headers).
         self.in_flight = 0
         #: Answers that said slow down (429, 503, nothing remaining).
@@ -231,6 +239,7 @@ class HostLimiter:
                 if shared is not None and self.host
                 else nullcontext()
             ):
+                _SLOT_TAKEN.set(self._clock())
                 delay = self.pacer.reserve()
                 if self.policy is not None:
                     delay = max(delay, self.policy.hold_left())
@@ -244,14 +253,22 @@ class HostLimiter:
             self._wake()
 
     def answered(self, status: int, headers: Mapping[str, str]) -> Signal | None:
-        """Feed one answer of the host to the policy; the pace follows its rate."""
+        """Feed one answer of the host to the policy; the pace follows its rate.
+
+        The answer is taken as the one to this task's last request (a task sends one at
+        a time), whose slot time tells the policy whether it went out at the pace of
+        before or after the last decrease.
+        """
         if self.policy is None:
             return None
-        signal = self.policy.answered(status, headers)
+        signal = self.policy.answered(status, headers, sent=_SLOT_TAKEN.get())
         if signal.throttled:
             self.throttled += 1
         rate = self.policy.rate
         if rate is not None and rate != self.pacer.rate:
-            self.pacer.set_rate(rate)
+            # A learnt pace starts at most a tenth of a second's requests at once: after a
+            # hold, a second's worth in one burst would meet a limiter with its bucket
+            # still empty.
+            self.pacer.set_rate(rate, burst=int(rate * BURST_SECONDS))
         self._wake()
         return signal

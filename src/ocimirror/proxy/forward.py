@@ -3,7 +3,9 @@
 `open_upstream` sends the client's request (its negotiation, range and caching headers,
 its own `Authorization` for a pass-through upstream, never the proxy's credentials);
 `respond` answers the client with what came back, headers rewritten to its names, the
-body streamed (an error's body replaced by the proxy's own, `errorbody`). Blob redirects
+body streamed (an error's body replaced by the proxy's own, `errorbody`); a body asked
+for by digest is hashed on the way, its last chunk held back until it matches, and the
+connection cut when it does not, so a client never gets complete wrong bytes. Blob redirects
 pass through to the client unless `stream_blobs`; `follow_redirects` follows them on the
 proxy's side (what a cache's single-flight fetch, `open_upstream_blob`, needs).
 """
@@ -20,6 +22,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from .. import digest as digests
 from ..client import READ_SIZE
 from .cache import UpstreamBlob
 from .errorbody import error_body
@@ -133,22 +136,65 @@ async def respond(
         out = web.StreamResponse(status=resp.status, headers=headers)
         await out.prepare(request)
         if request.method != "HEAD":
+            expected = digest_asked(request, resp)
+            h = digests.hasher(expected) if expected else None
             sent = 0
+            held = b""  # with a digest to meet, the last chunk waits for the check
             try:
                 async for chunk in resp.content.iter_chunked(READ_SIZE):
-                    await out.write(chunk)
-                    sent += len(chunk)
+                    if h is None:
+                        await out.write(chunk)
+                        sent += len(chunk)
+                        continue
+                    h.update(chunk)
+                    if held:
+                        await out.write(held)
+                        sent += len(held)
+                    held = chunk
             except (aiohttp.ClientError, TimeoutError) as e:
                 proxy.metrics.upstream_errors.labels(label, "broken_body").inc()
                 log.warning("upstream body broken", upstream=label, path=request.path, error=str(e))
-                out.force_close()
-                return out
+                return cut(request, out)
             finally:
                 proxy.metrics.bytes.labels(label, "upstream").inc(sent)
+            if h is not None and f"{digests.algorithm(expected)}:{h.hexdigest()}" != expected:
+                proxy.metrics.upstream_errors.labels(label, "digest_mismatch").inc()
+                log.warning(
+                    "upstream body does not match its digest",
+                    upstream=label,
+                    path=request.path,
+                    digest=expected,
+                )
+                return cut(request, out)
+            if held:
+                await out.write(held)
         await out.write_eof()
         return out
     finally:
         resp.release()
+
+
+def digest_asked(request: web.Request, resp: aiohttp.ClientResponse) -> str:
+    """The digest a whole answer's body must hash to: the one a GET of a blob or of a
+    manifest by digest names, when the answer is a 200 in no content encoding; else ''."""
+    if request.method != "GET" or resp.status != 200:
+        return ""
+    if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return ""
+    parts = request.path.rsplit("/", 2)
+    if len(parts) < 3 or parts[1] not in ("blobs", "manifests"):
+        return ""
+    return parts[2] if digests.is_valid(parts[2]) else ""
+
+
+def cut(request: web.Request, out: web.StreamResponse) -> web.StreamResponse:
+    """End a prepared answer by cutting the connection: the client sees a short body,
+    never a complete one. Not just `force_close`: aiohttp ends the response after the
+    handler, and a chunked body would get its last chunk and look whole."""
+    out.force_close()
+    if request.transport is not None:
+        request.transport.close()  # what is buffered goes out, then the end of the line
+    return out
 
 
 async def follow_redirects(

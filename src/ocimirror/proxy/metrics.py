@@ -8,7 +8,8 @@
 - `ocimirror_proxy_bytes_total{upstream,source}`: body bytes served, `source` being
   `upstream` (as they come from the upstream, a cache fetch's included) or `cache`.
 - `ocimirror_proxy_upstream_errors_total{upstream,reason}`: unreachable upstreams,
-  5xx answers, refused credentials.
+  5xx answers, refused credentials, bodies broken midway (`broken_body`) or not matching
+  the digest asked for (`digest_mismatch`).
 - `ocimirror_proxy_upstream_requests_total{upstream}` and
   `ocimirror_proxy_upstream_throttled_total{upstream}`: requests sent upstream, 429s seen.
 - `ocimirror_proxy_store_requests_total{op}` and `ocimirror_proxy_store_errors_total{op}`:

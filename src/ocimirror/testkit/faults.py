@@ -33,8 +33,9 @@ import contextlib
 import random
 import socket
 import struct
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -262,21 +263,39 @@ def http_faults(
     statuses: Sequence[int] = (500, 502, 503, 429),
     retry_after: str = "0",
     storm: int = 3,
+    storm_seconds: float | None = None,
+    calm_seconds: float = 0.0,
     counts: Counter[str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Intercept:
     """An `Intercept` for `Front`: a seeded `rate` of requests start a storm of `storm`
-    error answers in a row (a status from `statuses`; 429 carries `Retry-After`)."""
+    error answers in a row (a status from `statuses`; 429 carries `Retry-After`).
+
+    With `storm_seconds`, a storm lasts that long instead (every request in it is
+    answered with the error) and no other begins for `calm_seconds` after it: a registry
+    overloaded for a while. A client that retries at once meets the same storm again, one
+    that backs off gets past it. (A count-based storm cannot be outwaited: at `rate` 0.3
+    and `storm` 3 more than half of all answers are errors whatever the client's timing.)
+    """
+    if storm_seconds is not None and not storm_seconds > 0:
+        raise ValueError(f"storm_seconds must be above 0, not {storm_seconds!r}")
     rng = random.Random(seed)
     tally = counts if counts is not None else Counter()
     left = 0
+    until = calm = float("-inf")
     status = 0
 
     async def intercept(front: Front, request: web.Request, body: bytes) -> web.Response | None:
-        nonlocal left, status
-        if left == 0 and rng.random() < rate:
+        nonlocal left, until, calm, status
+        now = clock()
+        in_storm = now < until if storm_seconds is not None else left > 0
+        if not in_storm and now >= calm and rng.random() < rate:
+            in_storm = True
             left = storm
+            until = now + (storm_seconds or 0.0)
+            calm = until + calm_seconds
             status = rng.choice(list(statuses))
-        if left == 0:
+        if not in_storm:
             return None
         left -= 1
         tally[f"http_{status}"] += 1

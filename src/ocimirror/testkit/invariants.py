@@ -5,18 +5,25 @@ OCI layout, a bucket): the tag's manifest, the child manifests of an index (fetc
 digest, so their bytes are verified), and every blob they name, read to the end and
 hashed. What is missing or does not match is returned as `Violation`s; an empty list
 means no tag names content that is not there.
+
+`check_blob_dir(root)` checks a content-addressed directory (the proxy cache's
+`blobs/<alg>/<hex>`, an OCI layout's `blobs/`): every complete file hashes to its name, so
+nothing short or corrupt was kept; temporary files of writes in progress are skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import digest as digests
+from ..atomicfile import TEMP_PREFIX
 from ..errors import DigestMismatch, NotFound, OcimirrorError
 from ..manifest import Descriptor, Manifest
 from ..store import Store
 
-__all__ = ["Violation", "Walk", "check_store"]
+__all__ = ["Violation", "Walk", "check_blob_dir", "check_store"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,26 @@ async def _check_blob(store: Store, repo: str, desc: Descriptor) -> str:
     if size != desc.size:
         return f"size {size}, descriptor says {desc.size}"
     return ""
+
+
+def check_blob_dir(root: Path) -> Walk:
+    """Hash every blob file under `root/blobs/<alg>/<hex>`; a file whose bytes do not
+    hash to its name is a violation (`tag` is the file's path)."""
+    walk = Walk()
+    for path in sorted((root / "blobs").glob("*/*")):
+        if not path.is_file() or path.name.startswith(TEMP_PREFIX):
+            continue
+        alg = path.parent.name
+        try:
+            h = hashlib.new(alg)
+        except ValueError:
+            walk.violations.append(Violation(str(path), "blob", f"unknown algorithm {alg}"))
+            continue
+        with path.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                h.update(chunk)
+        walk.blobs += 1
+        if h.hexdigest() != path.name:
+            problem = f"holds sha {h.hexdigest()[:12]}…, {path.stat().st_size} bytes"
+            walk.violations.append(Violation(str(path), "blob", problem))
+    return walk

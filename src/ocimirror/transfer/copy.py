@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -139,7 +140,9 @@ def _retry_hook(exc: Exception) -> bool | float:
         return True
     if isinstance(exc, UploadRefused):
         return 0.0  # the store switched to chunked uploads: go again at once
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+    if isinstance(exc, RateLimited) and exc.retry_after:
+        # A positive Retry-After is the wait; `Retry-After: 0` in a storm is no reason to
+        # go again at once: it backs off (jittered, growing) like an answer without one.
         return min(max(exc.retry_after, 0.0), 60.0)
     return is_retryable(exc)
 
@@ -165,6 +168,8 @@ class Copier(ReferrerCopying):
         self._blob_tasks: dict[tuple[str, str, str], asyncio.Task[BlobHow]] = {}
         # Repositories of a destination store known to hold a digest: mount sources.
         self._blob_homes: dict[tuple[str, str], set[str]] = {}
+        # The first transfer in flight of each (destination store, digest).
+        self._blob_flights: dict[tuple[str, str], asyncio.Future[BlobHow]] = {}
         # Child manifests in flight or done, per destination (store, repo, digest).
         self._manifest_tasks: dict[tuple[str, str, str], asyncio.Future[None]] = {}
         # What a destination repository held when the run began, where it was listed:
@@ -433,6 +438,10 @@ class Copier(ReferrerCopying):
             return "skipped"
         task = asyncio.ensure_future(self._transfer_blob(src, dst, desc, result))
         self._blob_tasks[key] = task
+        wide = (dst.store.name, desc.digest)
+        if wide not in self._blob_flights:
+            self._blob_flights[wide] = task
+            task.add_done_callback(lambda t: self._blob_flights.pop(wide, None))
         try:
             return await asyncio.shield(task)
         except BaseException:
@@ -443,6 +452,12 @@ class Copier(ReferrerCopying):
     async def _transfer_blob(
         self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
     ) -> BlobHow:
+        flight = self._blob_flights.get((dst.store.name, desc.digest))
+        if flight is not None and flight is not asyncio.current_task():
+            # The same blob is on its way into another repository of this store: one
+            # fetch from the source, then a mount (or a skip) here, not one per repository.
+            with suppress(Exception):
+                await asyncio.shield(flight)
         async with self._blobs:
             how = await self._place_blob(src, dst, desc, result)
         self._blob_homes.setdefault((dst.store.name, desc.digest), set()).add(dst.repo)

@@ -1,0 +1,250 @@
+"""`ocimirror proxy`, with and without `--cache`, while its upstream misbehaves.
+
+Clients pull manifests and blobs by digest through the proxy, whose upstream is a
+registry behind a seeded `FaultInjector` (half the connections faulty: resets either way,
+short bodies, flipped bytes, stalls, slow reads). Whatever a client gets is judged by the
+digest it asked for: an error status or a cut connection is allowed, a complete answer
+whose bytes are not the digest's never. After the run the cache directory holds only
+whole, right blobs (`invariants.check_blob_dir`), the upstream saw no write, and with the
+cache, what was cached is still served once the upstream is down.
+
+The memory test holds 200 concurrent clients against a proxy with a faulty upstream for
+5 s with the cache (60 s, and without the cache too, with `OCIMIRROR_SOAK=1`) and bounds
+the proxy's peak RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from ocimirror.testkit.faults import FaultInjector
+from ocimirror.testkit.images import SampleImage, make_image, make_index
+from ocimirror.testkit.invariants import check_blob_dir
+from ocimirror.testkit.proxy import ProxyProcess
+from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import seed
+
+pytestmark = pytest.mark.faults
+
+SOAK = os.environ.get("OCIMIRROR_SOAK", "") not in ("", "0")
+KiB = 1024
+MiB = 1024 * KiB
+#: The peak RSS the proxy stays under with 200 clients and a faulty upstream.
+RSS_BOUND = 200 * MiB
+ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+
+
+def corpus() -> list[tuple[str, SampleImage]]:
+    """Two images sharing a layer, and a two-platform index: bodies past the faults' 32 KiB."""
+    shared = make_image(layers=2, layer_size=200 * KiB, seed="proxy-faults-a")
+    other = make_image(layers=2, layer_size=120 * KiB, seed="proxy-faults-b")
+    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=80 * KiB, seed="pf")
+    return [("a", shared), ("b", other), ("multi", index)]
+
+
+def wanted(images: Sequence[tuple[str, SampleImage]]) -> list[tuple[str, str]]:
+    """Every (kind, digest) the corpus holds: manifests (children too) and blobs."""
+    out: dict[str, str] = {}
+    for _, image in images:
+        out[image.digest] = "manifests"
+        for child in image.children:
+            out[child.digest] = "manifests"
+        for blob in image.all_blobs():
+            out[blob.digest] = "blobs"
+    return [(kind, digest) for digest, kind in out.items()]
+
+
+@dataclass
+class Tally:
+    """What the clients got, by outcome; `wrong` lists complete answers with other bytes."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    wrong: list[str] = field(default_factory=list)
+
+
+async def fetch(
+    session: aiohttp.ClientSession, port: int, kind: str, digest: str, tally: Tally
+) -> bool:
+    """GET one manifest or blob by digest through the proxy; judge it; True when right."""
+    url = f"http://127.0.0.1:{port}/v2/app/{kind}/{digest}"
+    try:
+        async with session.get(url, headers={"Accept": ACCEPT}) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                tally.outcomes[f"status {resp.status}"] += 1
+                return False
+    except (aiohttp.ClientError, ConnectionError, TimeoutError):
+        tally.outcomes["cut"] += 1  # an error the client sees: allowed
+        return False
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        tally.wrong.append(f"{kind} {digest}: {len(body)} bytes that are not it")
+        return False
+    tally.outcomes["right"] += 1
+    return True
+
+
+async def pull(port: int, items: list[tuple[str, str]], *, clients: int, rounds: int) -> Tally:
+    """`clients` concurrent clients, each fetching every item `rounds` times."""
+    tally = Tally()
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def client(n: int) -> None:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for r in range(rounds):
+                order = items[n % len(items) :] + items[: n % len(items)]
+                for kind, digest in order if r % 2 == 0 else reversed(order):
+                    await fetch(session, port, kind, digest, tally)
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    return tally
+
+
+async def pull_until_right(port: int, items: list[tuple[str, str]], tries: int = 20) -> None:
+    """Fetch each item until it comes back right (the cache then holds it)."""
+    tally = Tally()
+    async with aiohttp.ClientSession() as session:
+        for kind, digest in items:
+            for _ in range(tries):
+                if await fetch(session, port, kind, digest, tally):
+                    break
+            else:
+                raise AssertionError(f"{kind} {digest} never came back right: {tally}")
+    assert not tally.wrong, tally.wrong
+
+
+def no_writes_upstream(registry: LocalRegistry) -> None:
+    methods = Counter(r.method for r in registry.requests())
+    assert set(methods) <= {"GET", "HEAD"}, methods
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+async def test_proxy_under_upstream_faults_never_serves_or_keeps_wrong_bytes(
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    cached: bool,
+) -> None:
+    images = corpus()
+    await seed(registry, "app", images)
+    registry.clear_log()
+    items = wanted(images)
+    cache = tmp_path / "cache"
+    env = {"OCIMIRROR_PROXY_CACHE": str(cache)} if cached else {}
+    async with FaultInjector(registry.port, seed=3, fault_rate=0.5).running() as faulty:
+        proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host, env=env)
+        tally = await pull(proxy.port, items, clients=6, rounds=1)
+        assert not tally.wrong, tally.wrong
+        assert tally.outcomes["right"] > 0, tally.outcomes
+        assert sum(faulty.counts.values()) > 0
+        if cached:
+            walk = check_blob_dir(cache)
+            assert not walk.violations, [str(v) for v in walk.violations]
+
+        # Whatever the faults left out, a client retrying gets it right in the end.
+        faulty.enabled = False
+        await pull_until_right(proxy.port, items)
+    no_writes_upstream(registry)
+    if not cached:
+        return
+    walk = check_blob_dir(cache)
+    assert not walk.violations, [str(v) for v in walk.violations]
+    assert walk.blobs >= len(items)
+
+    # The upstream is gone (the injector closed, the registry stopped): the cache serves.
+    registry.stop()
+    tally = await pull(proxy.port, items, clients=4, rounds=1)
+    assert not tally.wrong, tally.wrong
+    assert tally.outcomes == Counter({"right": 4 * len(items)}), tally.outcomes
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * KiB
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+@pytest.mark.parametrize(
+    "cached",
+    [True, pytest.param(False, marks=pytest.mark.skipif(not SOAK, reason="OCIMIRROR_SOAK=1"))],
+    ids=["cache", "no-cache"],
+)
+async def test_proxy_memory_under_200_clients_and_a_faulty_upstream(
+    registry: LocalRegistry,
+    start_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    cached: bool,
+) -> None:
+    images = corpus()
+    await seed(registry, "app", images)
+    registry.clear_log()
+    items = wanted(images)
+    env = {"OCIMIRROR_PROXY_CACHE": str(tmp_path / "cache")} if cached else {}
+    seconds = 60.0 if SOAK else 5.0
+    async with FaultInjector(registry.port, seed=5, fault_rate=0.5).running() as faulty:
+        proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host, env=env)
+        tally = Tally()
+        deadline = time.monotonic() + seconds
+
+        async def client(n: int) -> None:
+            timeout = aiohttp.ClientTimeout(total=60)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                i = n
+                while time.monotonic() < deadline:
+                    kind, digest = items[i % len(items)]
+                    await fetch(session, proxy.port, kind, digest, tally)
+                    i += 1
+
+        await asyncio.gather(*(client(n) for n in range(200)))
+        peak = peak_rss(proxy.proc.pid)
+    print(
+        f"\nproxy ({'cache' if cached else 'no cache'}), 200 clients, {seconds:.0f} s:"
+        f" peak RSS {peak / MiB:.0f} MiB; {dict(tally.outcomes)}; faults {dict(faulty.counts)}"
+    )
+    assert not tally.wrong, tally.wrong[:5]
+    assert tally.outcomes["right"] > 0
+    assert peak < RSS_BOUND, f"peak RSS {peak / MiB:.0f} MiB"
+    no_writes_upstream(registry)
+
+
+@pytest.mark.parametrize("kind", ["blobs", "manifests"])
+async def test_a_body_flipped_upstream_is_cut_never_served_whole(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], kind: str
+) -> None:
+    """Without the cache the proxy passed upstream bytes through unchecked: a blob with one
+    byte flipped on the way reached the client whole, with its full length (found by the
+    memory test's no-cache run). Now a GET by digest is hashed on the way and the last
+    chunk held back: every upstream connection here flips a byte of its first body, and
+    each such body reaches its client cut."""
+    images = corpus()
+    await seed(registry, "app", images)
+    image = images[0][1]
+    digest = image.manifest.blobs[-1].digest if kind == "blobs" else image.digest
+    async with FaultInjector(
+        registry.port, seed=1, fault_rate=1.0, modes=["flip_down"], max_after=64
+    ).running() as faulty:
+        proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host)
+        tally = await pull(proxy.port, [(kind, digest)], clients=3, rounds=2)
+        flipped = faulty.counts["flip_down"]
+    assert flipped >= 1
+    assert not tally.wrong, tally.wrong
+    assert tally.outcomes["cut"] == flipped, tally.outcomes  # each damaged body, cut
+    assert "does not match its digest" in proxy.text()
