@@ -101,6 +101,11 @@ class Plan:
     new_targets: set[Reference] = field(default_factory=set)
     #: Target tags to delete (`purge`): the source no longer has them.
     purges: list[Reference] = field(default_factory=list)
+    #: The tags listed while planning, by repository (a reference without tag): the
+    #: sources' and the existing targets'. A pass reads referrer tags (`sha256-<hex>`,
+    #: cosign's) from them instead of asking for each.
+    source_tags: dict[Reference, frozenset[str]] = field(default_factory=dict)
+    target_tags: dict[Reference, frozenset[str]] = field(default_factory=dict)
 
     def count(self, reason: str) -> int:
         """Return how many tasks have `reason`."""
@@ -177,6 +182,7 @@ async def plan_mirror(
                     "invalid tag skipped", mirror=mirror.label, source=str(src), tag=shown(tag)
                 )
             source_listing[src] = listed
+            plan.source_tags[src.repository_only()] = frozenset(listed)
         return [src.with_tag(t) for t in tag_filter.select(listed)]
 
     async def purges(src: Reference, dst: Reference) -> None:
@@ -212,7 +218,9 @@ async def plan_mirror(
             return None  # a local lookup costs nothing: no listing needed
         try:
             async with sem:
-                return frozenset(await store.list_tags(dst.repository))
+                tags = frozenset(await store.list_tags(dst.repository))
+            plan.target_tags[dst] = tags
+            return tags
         except NotFound:
             plan.new_targets.add(dst.repository_only())
             return frozenset()

@@ -188,6 +188,8 @@ async def _one_mirror(
             image_concurrency=config.concurrency,
             progress=None if dry_run else progress,
         )
+        if referrers.enabled:
+            await _note_listings(copier, plan, stores)
         # Unchanged images may have gained signatures: one look each (immutable tags too
         # when the mirror asks for it).
         looks = [
@@ -269,6 +271,15 @@ async def _purge(done: MirrorPass, store_for: StoreFor) -> None:
             continue
         log.info("tag purged", mirror=done.mirror, target=str(ref))
         done.purged.append(str(ref))
+
+
+async def _note_listings(copier: Copier, plan: Plan, store_for: StoreFor) -> None:
+    """Hand the plan's tag lists to the copier: referrer tags (`sha256-<hex>`, cosign's)
+    missing from them are not asked for at the source, nor at the target."""
+    for ref, tags in plan.source_tags.items():
+        copier.discovery.note_tags(await store_for(ref, False), ref.repository, tags)
+    for ref, tags in plan.target_tags.items():
+        copier.note_destination(await store_for(ref, True), ref.repository, tags)
 
 
 def _look_for_referrers(task: PlannedTask, options: ReferrerOptions) -> bool:
