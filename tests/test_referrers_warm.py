@@ -201,3 +201,42 @@ async def test_api_warm_pass_asks_once_per_image_and_finds_late_signatures(
             ]
             assert fallback_tag_of(images["b"].digest) + ".sig" in dst.tags("mirror/app")
             assert sum(1 for s in dfront.seen[d0:] if s.method in WRITES) > 0
+
+
+async def test_trusting_the_state_the_target_is_only_listed(
+    registry_pair: tuple[LocalRegistry, LocalRegistry], tmp_path: Path
+) -> None:
+    """trust_state: a warm pass over unsigned images asks the target for its tags list
+    only (the image's media type comes from the source's HEAD of the same digest), and a
+    signature added later is still found and copied."""
+    src, dst = registry_pair
+    images = {t: make_image(seed=f"trust-{t}") for t in ("a", "b", "c")}
+    await push_all(src.host, "lib/app", *((img, tag) for tag, img in images.items()))
+    config = parse_config(whole_repo(src.host, dst.host) + "    trust_state: true\n")
+    async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
+        (cold,) = await sync_pass(config, state=state)
+        assert cold.copied == 3
+        (full,) = await sync_pass(config, state=state)  # records the targets as looked at
+        assert full.status == "ok", full.failed
+        m1, m2 = src.mark(), dst.mark()
+        (warm,) = await sync_pass(config, state=state)
+        assert warm.status == "ok", warm.failed
+        assert all(t.trusted for t in warm.plan.tasks)
+        assert Counter((r.method, r.kind) for r in dst.requests(since=m2)) == {("GET", "tags"): 1}
+        assert Counter((r.method, r.kind) for r in src.requests(since=m1)) == {
+            ("GET", "tags"): 1,
+            ("HEAD", "manifest"): 3,
+            ("GET", "referrers"): 1,  # the API probe, once per run
+        }
+
+        sig = signature_referrer(images["c"].descriptor)
+        s = RegistryStore(RegistryClient(src.host))
+        try:
+            await push_fallback(s, "lib/app", images["c"].digest, sig)
+        finally:
+            await s.close()
+        (signed,) = await sync_pass(config, state=state)
+        assert signed.status == "ok", signed.failed
+        (check,) = signed.referrer_checks
+        assert [(r.digest, r.status) for r in check.referrers] == [(sig.digest, "copied")]
+        assert fallback_tag_of(images["c"].digest) in dst.tags("mirror/app")

@@ -75,6 +75,9 @@ class PlannedTask:
     target_media_type: str = ""
     #: Unchanged on the state's word: the target was not HEADed this pass.
     trusted: bool = False
+    #: The source manifest's media type when the plan HEADed the source (else ""). The
+    #: same digest names the same bytes, so it tells whether the target is an index too.
+    source_media_type: str = ""
 
     @property
     def needs_copy(self) -> bool:
@@ -243,6 +246,7 @@ async def plan_mirror(
         try:
             src_store = await store_for(src, False)
             dst_store = await store_for(dst, True)
+            src_type = ""
             if src.digest:
                 src_digest = src.digest
             else:
@@ -250,6 +254,7 @@ async def plan_mirror(
                 if src_desc is None:
                     raise NotFound("manifest unknown")  # PlanError names `src`
                 src_digest = src_desc.digest
+                src_type = src_desc.media_type
             # A listing shows tags only: a digest reference is always HEADed.
             listed = present is not None and bool(dst.tag)
             absent = present is not None and bool(dst.tag) and dst.ref not in present
@@ -273,6 +278,7 @@ async def plan_mirror(
                         was.target_digest,
                         filtering,
                         trusted=True,
+                        source_media_type=src_type,
                     )
                 )
                 return
@@ -300,6 +306,7 @@ async def plan_mirror(
                 dst_digest,
                 filtering,
                 target_media_type=dst_desc.media_type if dst_desc else "",
+                source_media_type=src_type,
             )
         )
 

@@ -303,7 +303,10 @@ async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Im
         return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
     src = Endpoint(src_store, task.source.repository, task.target_digest, str(task.source))
     dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
-    return await copier.refresh_referrers(src, dst, task.target_digest, task.target_media_type)
+    # Trusted (the target not HEADed): the source's media type, of the same digest (a
+    # platform-filtered index is an index too).
+    media_type = task.target_media_type or task.source_media_type
+    return await copier.refresh_referrers(src, dst, task.target_digest, media_type)
 
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:
