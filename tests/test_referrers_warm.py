@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from ocimirror.client import RegistryClient
+from ocimirror.reference import Reference
 from ocimirror.settings.config import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.stores.registry import RegistryStore
@@ -27,6 +28,7 @@ from ocimirror.testkit.artifacts import (
 from ocimirror.testkit.images import SampleImage, make_image, push
 from ocimirror.testkit.referrersfront import ReferrersFront
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.transfer.engine import run_copies
 
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
 
@@ -240,3 +242,38 @@ async def test_trusting_the_state_the_target_is_only_listed(
         (check,) = signed.referrer_checks
         assert [(r.digest, r.status) for r in check.referrers] == [(sig.digest, "copied")]
         assert fallback_tag_of(images["c"].digest) in dst.tags("mirror/app")
+
+
+async def test_copy_all_tags_reads_referrer_tags_from_its_listing(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+) -> None:
+    """`copy --all-tags` lists the source anyway: a warm copy asks only for the listed
+    referrer tags (the `.sig` HEAD, the fallback index GET), at both ends."""
+    src, dst = registry_pair
+    signed, plain = make_image(seed="all-signed"), make_image(seed="all-plain")
+    sbom = spdx_sbom(signed.descriptor)
+    await push_all(
+        src.host,
+        "lib/app",
+        (signed, "v1"),
+        (plain, "v2"),
+        (cosign_signature(signed.descriptor), fallback_tag_of(signed.digest) + ".sig"),
+    )
+    s = RegistryStore(RegistryClient(src.host))
+    try:
+        await push_fallback(s, "lib/app", signed.digest, sbom)
+    finally:
+        await s.close()
+    pairs = [(Reference.parse(f"{src.host}/lib/app"), Reference.parse(f"{dst.host}/mirror/app"))]
+    cold = await run_copies(pairs, all_tags=True)
+    assert sorted(r.status for r in cold.results) == ["copied", "copied"]
+    m1, m2 = src.mark(), dst.mark()
+    warm = await run_copies(pairs, all_tags=True)
+    assert sorted(r.status for r in warm.results) == ["unchanged", "unchanged"]
+    for registry, mark in ((src, m1), (dst, m2)):
+        assert Counter((r.method, r.kind) for r in registry.requests(since=mark)) == {
+            ("GET", "tags"): 1,
+            ("HEAD", "manifest"): 2 + 1,  # the two images, the listed `.sig`
+            ("GET", "referrers"): 1,  # the API probe
+            ("GET", "manifest"): 1,  # the listed fallback index
+        }
