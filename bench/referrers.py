@@ -9,11 +9,15 @@ in this process (`ocimirror.sync.runner.sync_pass`, the code `ocimirror sync` ru
 - `fallback`: the source as it is, without the referrers API (fallback tags);
 - `api`: the source behind `ocimirror.testkit.referrersfront.ReferrersFront`, which adds
   the OCI 1.1 referrers API (the destination too, answering `OCI-Subject`);
-- `off`: `referrers: {enabled: false}`, the cost of the images alone.
+- `off`: `referrers: {enabled: false}`, the cost of the images alone;
+- `fallback-trust`, `api-trust`: the same with `trust_state: true` and a SQLite state
+  database (issue 17: the target is listed, not HEADed, for a tag the state recorded).
 
 Each variant gets its own destination: a cold pass, then a warm pass with nothing new.
 The warm pass's requests at both registries (the front's log in the API case, which sees
-every request) are printed per tag. The exit status is 0: this is a report.
+every request) are printed per tag. The plan lists both repositories (a whole repository
+is mirrored, 40 tags go to one target), so referrer tags are read from those lists. The
+exit status is 0: this is a report.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from ocimirror.client import RegistryClient
 from ocimirror.settings.config import parse_config
+from ocimirror.state.db import StateDB
 from ocimirror.stores.registry import RegistryStore
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.artifacts import (
@@ -77,31 +82,36 @@ def config(src: str, dst: str, extra: str = "") -> Any:
 async def variant(name: str, work: Path, tags: int) -> dict[str, Any]:
     src = LocalRegistry(work / f"{name}-src", exact_counting=False).start()
     dst = LocalRegistry(work / f"{name}-dst", exact_counting=False).start()
-    try:
-        if name == "api":
-            async with (
-                ReferrersFront(src).running() as sfront,
-                ReferrersFront(dst).running() as dfront,
-            ):
-                await seed(sfront.host, tags, api=True)
-                cfg = config(sfront.host, dfront.host)
-                await sync_pass(cfg, state=None)
-                marks = len(sfront.seen), len(dfront.seen)
-                (warm,) = await sync_pass(cfg, state=None)
-                seen = sfront.seen[marks[0] :] + dfront.seen[marks[1] :]
-                counts = Counter(f"{s.method} {s.kind}" for s in seen)
-        else:
-            await seed(src.host, tags, api=False)
-            extra = "    referrers: {enabled: false}\n" if name == "off" else ""
-            cfg = config(src.host, dst.host, extra)
-            await sync_pass(cfg, state=None)
-            m1, m2 = src.mark(), dst.mark()
-            (warm,) = await sync_pass(cfg, state=None)
-            seen_reqs = src.requests(since=m1) + dst.requests(since=m2)
-            counts = Counter(f"{r.method} {r.kind}" for r in seen_reqs)
-    finally:
-        src.stop()
-        dst.stop()
+    trust = name.endswith("-trust")
+    extra = "    trust_state: true\n" if trust else ""
+    async with StateDB(f"sqlite:///{work}/{name}-state.db") as db:
+        state = db if trust else None
+        try:
+            if name.startswith("api"):
+                async with (
+                    ReferrersFront(src).running() as sfront,
+                    ReferrersFront(dst).running() as dfront,
+                ):
+                    await seed(sfront.host, tags, api=True)
+                    cfg = config(sfront.host, dfront.host, extra)
+                    await sync_pass(cfg, state=state)
+                    marks = len(sfront.seen), len(dfront.seen)
+                    (warm,) = await sync_pass(cfg, state=state)
+                    seen = sfront.seen[marks[0] :] + dfront.seen[marks[1] :]
+                    counts = Counter(f"{s.method} {s.kind}" for s in seen)
+            else:
+                await seed(src.host, tags, api=False)
+                if name == "off":
+                    extra = "    referrers: {enabled: false}\n"
+                cfg = config(src.host, dst.host, extra)
+                await sync_pass(cfg, state=state)
+                m1, m2 = src.mark(), dst.mark()
+                (warm,) = await sync_pass(cfg, state=state)
+                seen_reqs = src.requests(since=m1) + dst.requests(since=m2)
+                counts = Counter(f"{r.method} {r.kind}" for r in seen_reqs)
+        finally:
+            src.stop()
+            dst.stop()
     total = sum(counts.values())
     return {
         "variant": name,
@@ -119,12 +129,15 @@ async def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ocimirror-bench-referrers-") as tmp:
-        results = [await variant(v, Path(tmp), args.tags) for v in ("off", "fallback", "api")]
+        results = [
+            await variant(v, Path(tmp), args.tags)
+            for v in ("off", "fallback", "api", "fallback-trust", "api-trust")
+        ]
     print(f"warm sync pass, {args.tags} tags (half signed, a quarter with an SBOM)")
-    print(f"{'variant':<10} {'status':<8} {'requests':>9} {'per tag':>8}  by kind")
+    print(f"{'variant':<15} {'status':<8} {'requests':>9} {'per tag':>8}  by kind")
     for r in results:
         kinds = ", ".join(f"{k} {n}" for k, n in r["by_kind"].items())
-        print(f"{r['variant']:<10} {r['status']:<8} {r['requests']:>9} {r['per_tag']:>8}  {kinds}")
+        print(f"{r['variant']:<15} {r['status']:<8} {r['requests']:>9} {r['per_tag']:>8}  {kinds}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

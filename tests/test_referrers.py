@@ -553,17 +553,27 @@ async def test_sync_warm_pass_finds_a_signature_added_later(
         assert statuses(check) == {sig.digest: "copied"}
         same_bytes(skopeo, dst, "mirror/app", sig)
         assert fallback_digests(skopeo, dst, "mirror/app", latest.digest) == {sig.digest}
-        # Immutable tags were not asked about; `latest` cost one API probe for the run,
-        # its fallback and cosign HEADs, and the signature's own fallback HEAD.
+        # Immutable tags were not asked about; `latest` cost one API probe for the run and
+        # the plan's HEAD. The plan listed the source's tags: the fallback tag listed there
+        # is read (one GET by tag), the cosign tags and the signature's own fallback tag
+        # are not listed, so not asked for.
         src_seen = Counter((r.method, r.kind) for r in src.requests(since=m1))
         assert src_seen[("GET", "referrers")] == 1
-        assert src_seen[("HEAD", "manifest")] == 1 + 4 + 1
-        # Unchanged and unsigned: the next pass asks again, and writes nothing.
+        assert src_seen[("HEAD", "manifest")] == 1
+        assert src_seen[("GET", "manifest")] == 1 + 1  # the fallback index, the signature
+        # The target's listing (3 tags go there) shows no fallback tag: not asked for.
+        dst_seen = Counter((r.method, r.kind) for r in dst.requests(since=m2))
+        assert dst_seen[("HEAD", "manifest")] == 1  # the plan's, of `latest`
+        # Unchanged, signature present: the next pass reads both fallback indexes, and
+        # writes nothing.
         m1, m2 = src.mark(), dst.mark()
         (again,) = await sync_pass(config, state=state)
         assert again.status == "ok"
+        assert again.referrer_checks[0].referrers[0].status == "present"
         assert sum(dst.count(m, since=m2) for m in WRITES) == 0
-        assert src.count("HEAD", "manifest", since=m1) == 1 + 4 + 1
+        assert src.count("HEAD", "manifest", since=m1) == 1
+        assert src.count("GET", "manifest", since=m1) == 1
+        assert dst.count("GET", "manifest", since=m2) == 1
         # check_immutable: the version tags are looked at too.
         checked = parse_config(
             f"mirrors:\n  - name: app\n    source: {src.host}/lib/app\n"
@@ -574,7 +584,9 @@ async def test_sync_warm_pass_finds_a_signature_added_later(
         m1 = src.mark()
         (third,) = await sync_pass(checked, state=state)
         assert third.status == "ok"
-        assert src.count("HEAD", "manifest", since=m1) == 1 + 4 + 1 + 2 * 4
+        # Their fallback and cosign tags are not in the source's listing: no more requests.
+        assert src.count("HEAD", "manifest", since=m1) == 1
+        assert src.count("GET", "manifest", since=m1) == 1
 
 
 def test_config_referrers_section_is_checked() -> None:

@@ -75,6 +75,9 @@ class PlannedTask:
     target_media_type: str = ""
     #: Unchanged on the state's word: the target was not HEADed this pass.
     trusted: bool = False
+    #: The source manifest's media type when the plan HEADed the source (else ""). The
+    #: same digest names the same bytes, so it tells whether the target is an index too.
+    source_media_type: str = ""
 
     @property
     def needs_copy(self) -> bool:
@@ -101,6 +104,11 @@ class Plan:
     new_targets: set[Reference] = field(default_factory=set)
     #: Target tags to delete (`purge`): the source no longer has them.
     purges: list[Reference] = field(default_factory=list)
+    #: The tags listed while planning, by repository (a reference without tag): the
+    #: sources' and the existing targets'. A pass reads referrer tags (`sha256-<hex>`,
+    #: cosign's) from them instead of asking for each.
+    source_tags: dict[Reference, frozenset[str]] = field(default_factory=dict)
+    target_tags: dict[Reference, frozenset[str]] = field(default_factory=dict)
 
     def count(self, reason: str) -> int:
         """Return how many tasks have `reason`."""
@@ -177,6 +185,7 @@ async def plan_mirror(
                     "invalid tag skipped", mirror=mirror.label, source=str(src), tag=shown(tag)
                 )
             source_listing[src] = listed
+            plan.source_tags[src.repository_only()] = frozenset(listed)
         return [src.with_tag(t) for t in tag_filter.select(listed)]
 
     async def purges(src: Reference, dst: Reference) -> None:
@@ -212,7 +221,9 @@ async def plan_mirror(
             return None  # a local lookup costs nothing: no listing needed
         try:
             async with sem:
-                return frozenset(await store.list_tags(dst.repository))
+                tags = frozenset(await store.list_tags(dst.repository))
+            plan.target_tags[dst] = tags
+            return tags
         except NotFound:
             plan.new_targets.add(dst.repository_only())
             return frozenset()
@@ -235,6 +246,7 @@ async def plan_mirror(
         try:
             src_store = await store_for(src, False)
             dst_store = await store_for(dst, True)
+            src_type = ""
             if src.digest:
                 src_digest = src.digest
             else:
@@ -242,6 +254,7 @@ async def plan_mirror(
                 if src_desc is None:
                     raise NotFound("manifest unknown")  # PlanError names `src`
                 src_digest = src_desc.digest
+                src_type = src_desc.media_type
             # A listing shows tags only: a digest reference is always HEADed.
             listed = present is not None and bool(dst.tag)
             absent = present is not None and bool(dst.tag) and dst.ref not in present
@@ -265,6 +278,7 @@ async def plan_mirror(
                         was.target_digest,
                         filtering,
                         trusted=True,
+                        source_media_type=src_type,
                     )
                 )
                 return
@@ -292,6 +306,7 @@ async def plan_mirror(
                 dst_digest,
                 filtering,
                 target_media_type=dst_desc.media_type if dst_desc else "",
+                source_media_type=src_type,
             )
         )
 

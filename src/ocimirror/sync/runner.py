@@ -253,6 +253,8 @@ async def _pass(
             image_concurrency=config.concurrency,
             progress=None if dry_run else progress,
         )
+        if referrers.enabled:
+            await _note_listings(copier, plan, stores)
         # Unchanged images may have gained signatures: one look each (immutable tags too
         # when the mirror asks for it).
         looks = [
@@ -403,6 +405,15 @@ async def _purge(done: MirrorPass, store_for: StoreFor) -> None:
         done.purged.append(str(ref))
 
 
+async def _note_listings(copier: Copier, plan: Plan, store_for: StoreFor) -> None:
+    """Hand the plan's tag lists to the copier: referrer tags (`sha256-<hex>`, cosign's)
+    missing from them are not asked for at the source, nor at the target."""
+    for ref, tags in plan.source_tags.items():
+        copier.discovery.note_tags(await store_for(ref, False), ref.repository, tags)
+    for ref, tags in plan.target_tags.items():
+        copier.note_destination(await store_for(ref, True), ref.repository, tags)
+
+
 def _look_for_referrers(task: PlannedTask, options: ReferrerOptions) -> bool:
     if not options.enabled or not task.target_digest or task.filtered:
         return False
@@ -424,7 +435,10 @@ async def _refresh(copier: Copier, task: PlannedTask, store_for: StoreFor) -> Im
         return ImageResult(str(task.source), str(task.target), status="failed", error=str(e))
     src = Endpoint(src_store, task.source.repository, task.target_digest, str(task.source))
     dst = Endpoint(dst_store, task.target.repository, task.target.ref, str(task.target))
-    return await copier.refresh_referrers(src, dst, task.target_digest, task.target_media_type)
+    # Trusted (the target not HEADed): the source's media type, of the same digest (a
+    # platform-filtered index is an index too).
+    media_type = task.target_media_type or task.source_media_type
+    return await copier.refresh_referrers(src, dst, task.target_digest, media_type)
 
 
 async def _record(state: StateDB, run_id: int, mirror: Mirror, done: MirrorPass) -> None:

@@ -175,6 +175,8 @@ class Copier(ReferrerCopying):
         # What a destination repository held when the run began, where it was listed:
         # its tags, or None when the repository did not exist yet.
         self._dst_listing: dict[tuple[str, str], frozenset[str] | None] = {}
+        # Tags this run wrote at a destination (its listing predates them).
+        self._dst_written: set[tuple[str, str, str]] = set()
         #: Referrer discovery at sources (which stores lack the API, for the run).
         self.discovery = Discovery(self.options.referrers)
         # Which destination stores have a referrers API (else their fallback tags are read).
@@ -204,6 +206,8 @@ class Copier(ReferrerCopying):
 
     def _known_absent(self, dst: Endpoint) -> bool:
         key = (dst.store.name, dst.repo)
+        if (dst.store.name, dst.repo, dst.ref) in self._dst_written:
+            return False
         if key not in self._dst_listing or digests.is_valid(dst.ref):
             return self._is_new(dst)
         tags = self._dst_listing[key]
@@ -212,6 +216,10 @@ class Copier(ReferrerCopying):
     def _is_new(self, dst: Endpoint) -> bool:
         key = (dst.store.name, dst.repo)
         return key in self._dst_listing and self._dst_listing[key] is None
+
+    def _wrote_tag(self, dst: Endpoint, tag: str) -> None:
+        """Remember a tag written this run: the destination's listing no longer tells."""
+        self._dst_written.add((dst.store.name, dst.repo, tag))
 
     # -- images -----------------------------------------------------------------------
 
@@ -316,6 +324,7 @@ class Copier(ReferrerCopying):
             await self._copy_blobs(src, dst, manifest, result)
         writes = await self._copy_found(src, dst, found, result)
         await dst.store.put_manifest(dst.repo, dst.ref, top)
+        self._wrote_tag(dst, dst.ref)
         result.manifests_pushed += 1
         result.destination_digest = top.digest
         self._remember_manifest(dst, top.digest)

@@ -58,6 +58,9 @@ class ReferrerCopying:
     def _is_new(self, dst: Endpoint) -> bool:
         raise NotImplementedError
 
+    def _wrote_tag(self, dst: Endpoint, tag: str) -> None:
+        raise NotImplementedError
+
     async def _ensure_manifest(
         self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
     ) -> None:
@@ -205,6 +208,8 @@ class ReferrerCopying:
         listed = await self._dst_api.ask(dst.store, dst.repo, subject)
         if listed is not None:
             return {d.digest for d in listed}
+        if self._known_absent(replace(dst, ref=fallback_tag(subject), display="")):
+            return set()  # not in the destination's listing (nor written since)
         index = await self._fallback_index(dst, subject)
         return {d.digest for d in index.manifests} if index is not None else set()
 
@@ -223,6 +228,7 @@ class ReferrerCopying:
         for w in writes:
             if w.manifest is not None:
                 await dst.store.put_manifest(dst.repo, w.tag, w.manifest)
+                self._wrote_tag(dst, w.tag)
                 continue
             key = (dst.store.name, dst.repo, w.tag)
             async with self._index_locks.setdefault(key, asyncio.Lock()):
@@ -231,6 +237,7 @@ class ReferrerCopying:
                 merged = merged_fallback(existing, w.additions)
                 if merged is not None:
                     await dst.store.put_manifest(dst.repo, w.tag, merged)
+                    self._wrote_tag(dst, w.tag)
 
 
 __all__ = ["ReferrerCopying"]

@@ -98,6 +98,8 @@ class Planned:
     tasks: list[CopyTask] = field(default_factory=list)
     failed: list[ImageResult] = field(default_factory=list)
     skipped: list[SkippedTag] = field(default_factory=list)
+    #: Source repositories listed while planning (`--all-tags`): (store, repo) → tags.
+    listings: dict[tuple[Store, str], frozenset[str]] = field(default_factory=dict)
 
 
 def _failure(source: str, destination: str, error: OcimirrorError) -> ImageResult:
@@ -118,16 +120,21 @@ async def plan(
 
     async def one(src: Reference, dst: Reference) -> list[CopyTask] | ImageResult:
         invalid: list[str] = []
+        listed: list[str] = []
         try:
             store = await stores.open(src)
-            return await plan_copy(
+            tasks = await plan_copy(
                 src,
                 dst,
                 source_store=store,
                 all_tags=selection.all_tags,
                 tag_filter=selection.tags,
                 invalid=invalid,
+                listed=listed,
             )
+            if selection.all_tags:
+                planned.listings[(store, src.repository)] = frozenset(listed)
+            return tasks
         except OcimirrorError as e:
             return _failure(str(src), str(dst), e)
         finally:
@@ -324,6 +331,9 @@ async def run_copies(
             image_concurrency=image_concurrency,
             progress=progress(len(planned.tasks)) if progress else None,
         )
+        for (store, repo), tags in planned.listings.items():
+            # Referrer tags missing from the listing are not asked for.
+            copier.discovery.note_tags(store, repo, tags)
         summary.results.extend(
             await execute(
                 planned.tasks,

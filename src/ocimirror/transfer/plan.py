@@ -49,11 +49,13 @@ async def plan_copy(
     all_tags: bool = False,
     tag_filter: TagFilter | None = None,
     invalid: list[str] | None = None,
+    listed: list[str] | None = None,
 ) -> list[CopyTask]:
     """Plan one image, or every selected tag of a repository when `all_tags` is set.
 
     A listed tag outside the tag grammar (`..`, too long) is skipped with a warning and
-    appended to `invalid` when given: one bad name never fails the other tags.
+    appended to `invalid` when given: one bad name never fails the other tags. `listed`,
+    when given, receives every valid tag of the listing (referrer tags included).
     """
     if not all_tags:
         return [CopyTask(source, destination_for(source, destination))]
@@ -68,6 +70,8 @@ async def plan_copy(
         log.warning("invalid tag skipped", repository=str(source), tag=shown(tag))
     if invalid is not None:
         invalid.extend(bad)
+    if listed is not None:
+        listed.extend(tags)
     chosen = (tag_filter or TagFilter()).select(tags)
     return [CopyTask(source.with_tag(t), destination.with_tag(t)) for t in chosen]
 

@@ -25,7 +25,7 @@ import structlog
 
 from .. import digest as digests
 from .. import mediatypes as mt
-from ..errors import ConfigError, ManifestError
+from ..errors import ConfigError, ManifestError, NotFound
 from ..manifest import Descriptor, Manifest, parse
 from ..store import Store
 
@@ -245,6 +245,18 @@ class Discovery:
         self.api = ApiMemory()
         # Lookups done or in flight: an image copied to several targets is looked at once.
         self._found: dict[tuple[str, str, str, bool], asyncio.Future[Found]] = {}
+        # Tag lists of source repositories a caller already read (a sync plan's listing).
+        self._tags: dict[tuple[str, str], frozenset[str]] = {}
+
+    def note_tags(self, store: Store, repo: str, tags: frozenset[str]) -> None:
+        """Record a source repository's tags, listed this run: a fallback or cosign tag
+        missing from them is not asked for (no HEAD), one listed costs one request."""
+        self._tags[(store.name, repo)] = tags
+
+    def _unlisted(self, store: Store, repo: str, tag: str) -> bool:
+        """Tell whether the run's listing of `repo` shows `tag` absent (False: unknown)."""
+        tags = self._tags.get((store.name, repo))
+        return tags is not None and tag not in tags
 
     async def find(self, store: Store, repo: str, subject: str, *, cosign: bool = True) -> Found:
         """Every referrer of `subject` in `repo`: the API or the fallback tag, plus cosign's
@@ -279,22 +291,38 @@ class Discovery:
         found.descriptors = [d for d in listed if d.digest != subject]
         for suffix in COSIGN_SUFFIXES if cosign else ():
             tag = cosign_tag(subject, suffix)
+            if self._unlisted(store, repo, tag):
+                continue
             desc = await store.head_manifest(repo, tag)
             if desc is not None and desc.digest != subject:
                 found.cosign[tag] = desc
         return found
 
     async def _fallback(self, store: Store, repo: str, subject: str) -> list[Descriptor]:
-        """The fallback index's entries; guarded against a tag that resolves to the image."""
+        """The fallback index's entries; guarded against a tag that resolves to the image.
+
+        Without a listing: a HEAD, then a GET when it names an index. With the run's
+        listing: nothing when the tag is not listed, else one GET of the tag.
+        """
         tag = fallback_tag(subject)
-        head = await store.head_manifest(repo, tag)
-        if head is None or head.digest == subject or not mt.is_index(head.media_type):
-            return []  # absent, the image itself (a registry resolving the name), or no index
+        listed = (store.name, repo) in self._tags
+        if listed and tag not in self._tags[(store.name, repo)]:
+            return []
         try:
-            index = await store.get_manifest(repo, head.digest)
+            if listed:
+                index = await store.get_manifest(repo, tag)
+            else:
+                head = await store.head_manifest(repo, tag)
+                if head is None or head.digest == subject or not mt.is_index(head.media_type):
+                    return []  # absent, the image itself (a registry resolving it), no index
+                index = await store.get_manifest(repo, head.digest)
+        except NotFound:
+            return []  # deleted since the listing
         except ManifestError as e:
             log.warning("fallback tag ignored", store=store.name, tag=tag, error=str(e))
             return []
+        if index.digest == subject or not index.is_index:
+            return []  # the image itself, or not an index
         return [d for d in index.manifests if d.digest != subject]
 
 
