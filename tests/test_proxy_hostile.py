@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -466,3 +467,123 @@ def test_slow_blob_readers_do_not_starve_manifests(
         for sock in readers:
             sock.close()
         upstream.stop()
+
+
+# -- redirects the proxy follows ---------------------------------------------------------------
+
+
+class Redirecting:
+    """A stand-in upstream whose every blob redirects to `target` (a test sets it), and a
+    loopback storage host that would answer such a redirect with SECRET bytes."""
+
+    SECRET = b"what only the machine's own network can read\n"
+
+    def __init__(self) -> None:
+        self.storage_seen: list[str] = []
+        self.target = ""
+        outer = self
+
+        class Upstream(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/blobs/" in self.path:
+                    self.send_response(307)
+                    self.send_header("Location", outer.target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        class Storage(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.storage_seen.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.SECRET)))
+                self.end_headers()
+                self.wfile.write(outer.SECRET)
+
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Upstream, Storage)]
+        for server in self.servers:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.storage = f"http://127.0.0.1:{self.servers[1].server_address[1]}/internal"
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT` of the upstream."""
+        return f"127.0.0.1:{self.servers[0].server_address[1]}"
+
+    def stop(self) -> None:
+        """Stop both."""
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def redirecting() -> Iterator[Redirecting]:
+    """An upstream redirecting blobs where a test says, and a loopback storage host."""
+    stand_in = Redirecting()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.mark.parametrize("mode", ["--stream-blobs", "--cache"])
+def test_redirects_to_private_addresses_are_not_followed(
+    redirecting: Redirecting,
+    start_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    """An upstream's blob redirect to loopback, the metadata address or the private
+    network is refused by a proxy that follows redirects itself (streaming, or filling its
+    cache): a 502 naming nothing, the log saying why and how to allow it; allowed, it is
+    followed."""
+    args = ["--registry-host", redirecting.host, mode]
+    if mode == "--cache":
+        args.append(str(tmp_path / "cache"))
+    digest = "sha256:" + "cd" * 32
+    proxy = start_proxy(*args)
+    for target in (
+        redirecting.storage,
+        "http://localhost:1/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x",
+        "http://[::1]:1/x",
+        "http://[::ffff:127.0.0.1]:1/x",
+    ):
+        redirecting.target = target
+        answer = proxy.call("GET", f"/v2/app/blobs/{digest}")
+        assert answer.status == 502, (target, answer.status)
+        assert answer.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert redirecting.SECRET not in answer.body
+        assert "127.0.0.1" not in answer.body.decode()
+    assert redirecting.storage_seen == []
+    log = proxy.text()
+    assert "is not allowed: loopback address" in log
+    assert "is not allowed: link-local address" in log
+    assert "is not allowed: private address" in log
+    assert "--allow-private-redirects" in log
+    # Allowed from the environment, the loopback storage is read (a stream has no digest
+    # to check; the cache refuses the bytes, which do not match the digest asked for).
+    redirecting.target = redirecting.storage
+    allowed = start_proxy(*args, env={"OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS": "1"})
+    if mode == "--stream-blobs":
+        answer = allowed.call("GET", f"/v2/app/blobs/{digest}")
+        assert (answer.status, answer.body) == (200, redirecting.SECRET)
+    else:
+        with pytest.raises(http.client.IncompleteRead):  # its last byte withheld
+            allowed.call("GET", f"/v2/app/blobs/{digest}")
+    assert redirecting.storage_seen == ["/internal"]

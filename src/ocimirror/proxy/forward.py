@@ -161,8 +161,10 @@ async def follow_redirects(
 ) -> aiohttp.ClientResponse:
     """Follow an upstream's redirects (storage, CDN) on the proxy's side.
 
-    The upstream's own host gets the usual credentials, any other host none; `headers`
-    replace the client's forwarded ones when given.
+    The upstream's own host gets the usual credentials, any other host none, and only at
+    a public address unless `allow_private_redirects` (`Upstream.redirect_client`: an
+    AddressRefused otherwise, a 502 to the client); `headers` replace the client's
+    forwarded ones when given.
     """
     method = method or request.method
     sent = forwarded_headers(request) if headers is None else headers
@@ -175,8 +177,8 @@ async def follow_redirects(
             resp = await open_upstream(request, route, location, method=method, headers=headers)
             continue
         foreign = {k: v for k, v in sent.items() if k != "Accept"}
-        # Redirects lead blobs to storage: the blobs' pool, as what led there.
-        resp = await route.upstream.blob_client.request(
+        # Redirects lead blobs to storage: a pool of their own, guarded by address.
+        resp = await route.upstream.redirect_client.request(
             method, location, headers=foreign, authenticate=False
         )
     return resp
