@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import http.client
 import socket
 import threading
@@ -24,6 +25,8 @@ import yarl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocimirror.proxy import clientauth
+from ocimirror.proxy.clientauth import ClientAuthenticator
 from ocimirror.proxy.paths import Refused, api_query, parse_api_path, upstream_path
 from ocimirror.proxy.settings import UpstreamConfig
 from ocimirror.proxy.upstream import Upstream
@@ -587,3 +590,29 @@ def test_redirects_to_private_addresses_are_not_followed(
         with pytest.raises(http.client.IncompleteRead):  # its last byte withheld
             allowed.call("GET", f"/v2/app/blobs/{digest}")
     assert redirecting.storage_seen == ["/internal"]
+
+
+# -- client tokens -------------------------------------------------------------------------------
+
+
+async def test_client_tokens_are_compared_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bearer and Basic-password tokens: every token compared by hmac.compare_digest, every
+    time (no early exit on a match or a mismatch)."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(clientauth.hmac, "compare_digest", recording)
+    auth = ClientAuthenticator(["first-token", "second-token"])
+    basic = "Basic " + base64.b64encode(b"anyone:second-token").decode()
+    assert await auth.check("Bearer first-token")
+    assert await auth.check(basic)
+    for wrong in ("Bearer first", "Bearer second-token-x", "Bearer ", "Bearer FIRST-TOKEN"):
+        assert not await auth.check(wrong), wrong
+    assert len(compared) == 2 * 6
+    assert {b for _, b in compared} == {b"first-token", b"second-token"}
