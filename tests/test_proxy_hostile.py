@@ -616,3 +616,79 @@ async def test_client_tokens_are_compared_in_constant_time(
         assert not await auth.check(wrong), wrong
     assert len(compared) == 2 * 6
     assert {b for _, b in compared} == {b"first-token", b"second-token"}
+
+
+# -- malformed and oversized requests ----------------------------------------------------------
+
+#: A secret a client sends in a request the server cannot parse: never logged.
+MALFORMED_SECRET = "s3cr3t-in-a-broken-request"
+
+
+def malformed_requests(host: str) -> dict[str, bytes]:
+    """Requests aiohttp's parser refuses, each carrying MALFORMED_SECRET (name -> bytes)."""
+    auth = f"Authorization: Bearer {MALFORMED_SECRET}"
+    big = "a" * 100_000
+    return {
+        "CR inside a header value": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\rX\r\n\r\n",
+        "a 100 kB header": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}{big}\r\n\r\n",
+        "10,000 headers": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        + "".join(f"X-H{i}: v\r\n" for i in range(10_000))
+        + "\r\n",
+        "a 100 kB request line": f"GET /v2/{MALFORMED_SECRET}{big} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        "NUL in the path": f"GET /v2/{MALFORMED_SECRET}\x00/manifests/1 HTTP/1.1\r\n\r\n",
+        "a bad chunk": f"POST /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "Content-Length and chunked": f"POST /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    }
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    """Send `data` on a fresh connection; the answer's bytes until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory in KiB (Linux's /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def assert_malformed_refused(port: int, host: str, log: Callable[[], str], pid: int) -> None:
+    """Each malformed request a 400 (the big ones twenty times): the server's memory does not grow
+    by more than 20 MiB, and its log holds one line per refusal, no traceback, no secret."""
+    before = rss_kib(pid)
+    for name, text in malformed_requests(host).items():
+        for _ in range(20 if "100 kB" in name else 1):
+            answer = send_raw(port, text.encode())
+            assert answer.startswith(b"HTTP/1.0 400 "), (name, answer[:200])
+    assert rss_kib(pid) - before < 20 * 1024
+    text = log()
+    assert "Traceback" not in text
+    assert MALFORMED_SECRET not in text
+    assert "malformed HTTP request refused: LineTooLong (HTTP 400)" in text
+    assert "malformed HTTP request refused: BadHttpMessage (HTTP 400)" in text
+
+
+def test_malformed_and_oversized_requests_are_400s_logged_in_one_line(hostile: Hostile) -> None:
+    proxy = hostile.proxy
+    mark = hostile.registry.mark()
+    assert_malformed_refused(proxy.port, proxy.host, proxy.text, proxy.proc.pid)
+    assert hostile.registry.requests(since=mark) == []
+    # A token request's form larger than 1 MiB: 413.
+    form = b"scope=" + b"a" * (2 << 20)
+    head = (
+        f"POST /_token HTTP/1.1\r\nHost: {proxy.host}\r\nConnection: close\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(form)}\r\n\r\n"
+    )
+    answer = send_raw(proxy.port, head.encode() + form)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert proxy.call("GET", "/v2/").status == 200  # still answering
