@@ -113,3 +113,40 @@ async def test_a_manifest_of_100000_layers_is_too_large_for_copy_and_the_proxy(
         assert rss_kib(proxy.proc.pid) - before < 64 * 1024
     assert not (cache / "blobs" / "sha256" / digest.split(":")[1]).exists()
     assert "Traceback" not in proxy.text()
+
+
+#: JSON nested past the parser's depth: Python's json raises RecursionError, not ValueError.
+DEEP = b'{"tags":' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+
+
+async def test_json_nested_too_deeply_is_a_clear_error_never_a_500(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], tmp_path: Path
+) -> None:
+    """A source or upstream answering with JSON nested 5,000 deep (a tags list, an error
+    body, a manifest): `copy` names the manifest nested too deeply; the proxy passes the
+    tags list on as it came and answers the error with its own body, never a 500."""
+
+    async def deep(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        kind = kind_of(request)
+        if kind == "tags":
+            return web.Response(body=DEEP, headers={"Content-Type": "application/json"})
+        if kind == "manifest" and request.path.endswith("/missing"):
+            return web.Response(status=404, body=DEEP, headers={"Content-Type": "application/json"})
+        if kind == "manifest":
+            return web.Response(body=DEEP, headers={"Content-Type": mt.OCI_MANIFEST})
+        return None
+
+    async with Front(registry, deep).running() as front:
+        out = await asyncio.to_thread(
+            run_ocimirror, "copy", f"{front.host}/app:1", f"oci:{tmp_path}/out:1", timeout=120
+        )
+        assert out.returncode == 1, out.stderr
+        assert "nested too deeply" in out.stderr
+        assert "Traceback" not in out.stderr
+        proxy = await asyncio.to_thread(start_proxy, "--registry-host", front.host)
+        tags = await asyncio.to_thread(proxy.call, "GET", "/v2/app/tags/list")
+        assert (tags.status, tags.body) == (200, DEEP)
+        missing = await asyncio.to_thread(proxy.call, "GET", "/v2/app/manifests/missing")
+        assert missing.status == 404
+        assert missing.json()["errors"][0]["code"]
+    assert "Traceback" not in proxy.text()

@@ -632,7 +632,7 @@ class RegistryClient:
                 detail = "; ".join(parts)
             elif body:
                 detail = body[:200].decode(errors="replace").strip()
-        except (ValueError, aiohttp.ClientError):
+        except (ValueError, RecursionError, aiohttp.ClientError):
             pass
         finally:
             resp.release()
@@ -1135,7 +1135,7 @@ def _tags_of(raw: bytes, what: str) -> list[str]:
     """Read the tags of one tags-list page; RegistryError when it is not that document."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"{what}: the answer is not JSON") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what}: the answer is not a JSON object")
@@ -1151,7 +1151,7 @@ def _referrers_of(raw: bytes, what: str) -> list[Descriptor]:
     """Read the descriptors of one referrers page (an image index); RegistryError if not."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"{what}: the answer is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
         raise RegistryError(f"{what}: the answer is not an image index")

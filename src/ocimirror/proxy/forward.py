@@ -250,7 +250,7 @@ async def respond_json(
     raw = await resp.read()
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         doc = None
     if isinstance(doc, dict) and rewrite(doc):
         raw = json.dumps(doc).encode()
