@@ -5,14 +5,15 @@ headers. Whatever the input, each either parses or raises its own clear error ty
 (ReferenceError, ManifestError, DigestMismatch, Refused, ValueError where documented):
 never another exception. What parses holds what the parser promises.
 
-Bounded example counts; no deadlines (conftest's profiles). `HYPOTHESIS_PROFILE=ci`
-derandomizes; more examples with `--hypothesis-seed` or a profile of one's own.
+150 examples per property in the default run (no deadlines: conftest's profiles;
+`HYPOTHESIS_PROFILE=ci` derandomizes); `OCIMIRROR_SOAK=1` runs 20,000 each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +46,13 @@ def attempt(step: Callable[[], Any], *errors: type[Exception]) -> tuple[Any, Exc
         return None, e
 
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per property: a few seconds each in CI; `OCIMIRROR_SOAK=1` for a long run.
+SOAK = os.environ.get("OCIMIRROR_SOAK", "") not in ("", "0")
+FUZZ = settings(
+    max_examples=20_000 if SOAK else 150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # -- references ------------------------------------------------------------------------------
 
