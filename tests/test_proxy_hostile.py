@@ -677,6 +677,16 @@ def assert_malformed_refused(port: int, host: str, log: Callable[[], str], pid: 
     assert "malformed HTTP request refused: BadHttpMessage (HTTP 400)" in text
 
 
+def test_a_token_form_that_is_not_urlencoded_is_refused(hostile: Hostile) -> None:
+    """Found by schemathesis (test_proxy_openapi): multipart without a boundary was a 500."""
+    form = b"grant_type=password&scope=repository:app:pull"
+    for ctype in ("multipart/form-data", "multipart/form-data; boundary=x", "application/json"):
+        answer = hostile.proxy.call("POST", "/_token", body=form, headers={"Content-Type": ctype})
+        assert answer.status == 415, (ctype, answer.status)
+        assert "application/x-www-form-urlencoded" in answer.json()["errors"][0]["message"]
+    assert "Traceback" not in hostile.proxy.text()
+
+
 def test_malformed_and_oversized_requests_are_400s_logged_in_one_line(hostile: Hostile) -> None:
     proxy = hostile.proxy
     mark = hostile.registry.mark()
