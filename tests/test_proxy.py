@@ -652,7 +652,11 @@ async def test_upstream_blob_for_a_cache(stand_in: StandIn) -> None:
     from ocimirror.proxy.routing import PROXY
     from ocimirror.proxy.settings import load_settings
 
-    app = make_proxy_app(load_settings(registry_host=stand_in.host, repo_prefix="pre", env={}))
+    # The stand-in's storage host is on loopback: redirects there must be allowed.
+    settings = load_settings(
+        registry_host=stand_in.host, repo_prefix="pre", allow_private_redirects=True, env={}
+    )
+    app = make_proxy_app(settings)
     proxy = app[PROXY]
     route = proxy.locate("foo")
     assert route is not None
