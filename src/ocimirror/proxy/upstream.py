@@ -142,7 +142,7 @@ class Upstream:
             self.base = endpoint_base(endpoint)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
         self.client = RegistryClient(self.host, credentials=credentials, options=options)
-        #: Blob requests (and the redirects they lead to), on their own connection pool,
+        #: Blob requests, on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
         self.blob_client = RegistryClient(self.host, credentials=credentials, options=options)
         #: Redirects to other hosts (storage, CDNs) that the proxy follows itself: no
