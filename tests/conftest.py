@@ -27,6 +27,8 @@ the machine's load, and no test may depend on the machine's speed. The `default`
 is loaded unless HYPOTHESIS_PROFILE names another; `ci` (loaded when CI is set) also
 derandomizes, so a run in CI explores the same examples every time, and prints the blob
 that reproduces a failure.
+
+Every run scans what ocimirror said for the suite's secrets (`secretscan`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from ocimirror.testkit import secrets as scanned_secrets
 from ocimirror.testkit.emulators import LocalAzurite, LocalGCS, azurite_binary, fake_gcs_binary
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry, Skopeo
@@ -54,6 +57,11 @@ settings.load_profile(
 
 HTPASSWD_USERS = {"alice": "wonderland"}
 TOKEN_USERS = {"bob": "builder"}
+
+#: The secrets scan (tests/secretscan.py): nothing ocimirror says may show a secret.
+pytest_plugins = ("secretscan",)
+for _user, _password in {**HTPASSWD_USERS, **TOKEN_USERS}.items():
+    scanned_secrets.register_login(_user, _password)
 
 RegistryFactory = Callable[..., LocalRegistry]
 TokenServerFactory = Callable[..., TokenServer]

@@ -65,6 +65,19 @@ def test_manifest_over_4_mib_is_refused(tmp_path: Path, registry: LocalRegistry)
             "schema 1",
         ),
         ("not json at all", mt.OCI_MANIFEST, "not valid JSON"),
+        # Found by tests/test_fuzz_parsers.py: a descriptor's extras of the wrong type.
+        (
+            {
+                "schemaVersion": 2,
+                "config": {"mediaType": mt.OCI_CONFIG, "digest": "sha256:" + "a" * 64, "size": 2},
+                "layers": [
+                    {"digest": "sha256:" + "b" * 64, "size": 1, "annotations": True, "urls": 5}
+                ],
+            },
+            mt.OCI_MANIFEST,
+            "layers[0]: invalid urls 5 (not a list)",
+        ),
+        ('{"schemaVersion": 2, "manifests": ' + "[" * 3000, mt.OCI_INDEX, "nested too deeply"),
     ],
 )
 def test_unusable_manifests_are_named(

@@ -394,9 +394,12 @@ def test_blob_redirects_pass_through_or_stream(
     assert answer.headers["Location"] == f"http://127.0.0.1:{stand_in.storage_port}/storage/x?sig=1"
     assert not any(p.startswith("/storage") for _, p, _ in stand_in.seen)
 
+    # The storage host is on loopback: followed only when private addresses are allowed
+    # (test_proxy_hostile: refused otherwise).
     streaming = start_proxy(
-        "--registry-host", stand_in.host, "--repo-prefix", "pre", "--stream-blobs"
-    )
+        "--registry-host", stand_in.host, "--repo-prefix", "pre", "--stream-blobs",
+        "--allow-private-redirects",
+    )  # fmt: skip
     answer = streaming.call("GET", path, headers=token)
     assert answer.status == 200
     assert answer.body == stand_in.blob
@@ -649,7 +652,11 @@ async def test_upstream_blob_for_a_cache(stand_in: StandIn) -> None:
     from ocimirror.proxy.routing import PROXY
     from ocimirror.proxy.settings import load_settings
 
-    app = make_proxy_app(load_settings(registry_host=stand_in.host, repo_prefix="pre", env={}))
+    # The stand-in's storage host is on loopback: redirects there must be allowed.
+    settings = load_settings(
+        registry_host=stand_in.host, repo_prefix="pre", allow_private_redirects=True, env={}
+    )
+    app = make_proxy_app(settings)
     proxy = app[PROXY]
     route = proxy.locate("foo")
     assert route is not None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
+import http.client
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +25,8 @@ import yarl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocimirror.proxy import clientauth
+from ocimirror.proxy.clientauth import ClientAuthenticator
 from ocimirror.proxy.paths import Refused, api_query, parse_api_path, upstream_path
 from ocimirror.proxy.settings import UpstreamConfig
 from ocimirror.proxy.upstream import Upstream
@@ -468,3 +472,235 @@ def test_slow_blob_readers_do_not_starve_manifests(
         for sock in readers:
             sock.close()
         upstream.stop()
+
+
+# -- redirects the proxy follows ---------------------------------------------------------------
+
+
+class Redirecting:
+    """A stand-in upstream whose every blob redirects to `target` (a test sets it), and a
+    loopback storage host that would answer such a redirect with SECRET bytes."""
+
+    SECRET = b"what only the machine's own network can read\n"
+
+    def __init__(self) -> None:
+        self.storage_seen: list[str] = []
+        self.target = ""
+        outer = self
+
+        class Upstream(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/blobs/" in self.path:
+                    self.send_response(307)
+                    self.send_header("Location", outer.target)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        class Storage(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.storage_seen.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(outer.SECRET)))
+                self.end_headers()
+                self.wfile.write(outer.SECRET)
+
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Upstream, Storage)]
+        for server in self.servers:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.storage = f"http://127.0.0.1:{self.servers[1].server_address[1]}/internal"
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT` of the upstream."""
+        return f"127.0.0.1:{self.servers[0].server_address[1]}"
+
+    def stop(self) -> None:
+        """Stop both."""
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def redirecting() -> Iterator[Redirecting]:
+    """An upstream redirecting blobs where a test says, and a loopback storage host."""
+    stand_in = Redirecting()
+    yield stand_in
+    stand_in.stop()
+
+
+@pytest.mark.parametrize("mode", ["--stream-blobs", "--cache"])
+def test_redirects_to_private_addresses_are_not_followed(
+    redirecting: Redirecting,
+    start_proxy: Callable[..., ProxyProcess],
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    """An upstream's blob redirect to loopback, the metadata address or the private
+    network is refused by a proxy that follows redirects itself (streaming, or filling its
+    cache): a 502 naming nothing, the log saying why and how to allow it; allowed, it is
+    followed."""
+    args = ["--registry-host", redirecting.host, mode]
+    if mode == "--cache":
+        args.append(str(tmp_path / "cache"))
+    digest = "sha256:" + "cd" * 32
+    proxy = start_proxy(*args)
+    for target in (
+        redirecting.storage,
+        "http://localhost:1/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x",
+        "http://[::1]:1/x",
+        "http://[::ffff:127.0.0.1]:1/x",
+    ):
+        redirecting.target = target
+        answer = proxy.call("GET", f"/v2/app/blobs/{digest}")
+        assert answer.status == 502, (target, answer.status)
+        assert answer.json()["errors"][0]["code"] == "UNAVAILABLE"
+        assert redirecting.SECRET not in answer.body
+        assert "127.0.0.1" not in answer.body.decode()
+    assert redirecting.storage_seen == []
+    log = proxy.text()
+    assert "is not allowed: loopback address" in log
+    assert "is not allowed: link-local address" in log
+    assert "is not allowed: private address" in log
+    assert "--allow-private-redirects" in log
+    # Allowed from the environment, the loopback storage is read (a stream has no digest
+    # to check; the cache refuses the bytes, which do not match the digest asked for).
+    redirecting.target = redirecting.storage
+    allowed = start_proxy(*args, env={"OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS": "1"})
+    if mode == "--stream-blobs":
+        answer = allowed.call("GET", f"/v2/app/blobs/{digest}")
+        assert (answer.status, answer.body) == (200, redirecting.SECRET)
+    else:
+        with pytest.raises(http.client.IncompleteRead):  # its last byte withheld
+            allowed.call("GET", f"/v2/app/blobs/{digest}")
+    assert redirecting.storage_seen == ["/internal"]
+
+
+# -- client tokens -------------------------------------------------------------------------------
+
+
+async def test_client_tokens_are_compared_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bearer and Basic-password tokens: every token compared by hmac.compare_digest, every
+    time (no early exit on a match or a mismatch)."""
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(clientauth.hmac, "compare_digest", recording)
+    auth = ClientAuthenticator(["first-token", "second-token"])
+    basic = "Basic " + base64.b64encode(b"anyone:second-token").decode()
+    assert await auth.check("Bearer first-token")
+    assert await auth.check(basic)
+    for wrong in ("Bearer first", "Bearer second-token-x", "Bearer ", "Bearer FIRST-TOKEN"):
+        assert not await auth.check(wrong), wrong
+    assert len(compared) == 2 * 6
+    assert {b for _, b in compared} == {b"first-token", b"second-token"}
+
+
+# -- malformed and oversized requests ----------------------------------------------------------
+
+#: A secret a client sends in a request the server cannot parse: never logged.
+MALFORMED_SECRET = "s3cr3t-in-a-broken-request"
+
+
+def malformed_requests(host: str) -> dict[str, bytes]:
+    """Requests aiohttp's parser refuses, each carrying MALFORMED_SECRET (name -> bytes)."""
+    auth = f"Authorization: Bearer {MALFORMED_SECRET}"
+    big = "a" * 100_000
+    return {
+        "CR inside a header value": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\rX\r\n\r\n",
+        "a 100 kB header": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}{big}\r\n\r\n",
+        "10,000 headers": f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        + "".join(f"X-H{i}: v\r\n" for i in range(10_000))
+        + "\r\n",
+        "a 100 kB request line": f"GET /v2/{MALFORMED_SECRET}{big} HTTP/1.1\r\nHost: {host}\r\n\r\n",
+        "NUL in the path": f"GET /v2/{MALFORMED_SECRET}\x00/manifests/1 HTTP/1.1\r\n\r\n",
+        "a bad chunk": f"POST /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "Content-Length and chunked": f"POST /v2/ HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    }
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    """Send `data` on a fresh connection; the answer's bytes until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory in KiB (Linux's /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def assert_malformed_refused(port: int, host: str, log: Callable[[], str], pid: int) -> None:
+    """Each malformed request a 400 (the big ones twenty times): the server's memory does not grow
+    by more than 20 MiB, and its log holds one line per refusal, no traceback, no secret."""
+    before = rss_kib(pid)
+    for name, text in malformed_requests(host).items():
+        for _ in range(20 if "100 kB" in name else 1):
+            answer = send_raw(port, text.encode())
+            assert answer.startswith(b"HTTP/1.0 400 "), (name, answer[:200])
+    assert rss_kib(pid) - before < 20 * 1024
+    text = log()
+    assert "Traceback" not in text
+    assert MALFORMED_SECRET not in text
+    assert "malformed HTTP request refused: LineTooLong (HTTP 400)" in text
+    assert "malformed HTTP request refused: BadHttpMessage (HTTP 400)" in text
+
+
+def test_a_token_form_that_is_not_urlencoded_is_refused(hostile: Hostile) -> None:
+    """Found by schemathesis (test_proxy_openapi): multipart without a boundary was a 500."""
+    form = b"grant_type=password&scope=repository:app:pull"
+    for ctype in ("multipart/form-data", "multipart/form-data; boundary=x", "application/json"):
+        answer = hostile.proxy.call("POST", "/_token", body=form, headers={"Content-Type": ctype})
+        assert answer.status == 415, (ctype, answer.status)
+        assert "application/x-www-form-urlencoded" in answer.json()["errors"][0]["message"]
+    assert "Traceback" not in hostile.proxy.text()
+
+
+def test_malformed_and_oversized_requests_are_400s_logged_in_one_line(hostile: Hostile) -> None:
+    proxy = hostile.proxy
+    mark = hostile.registry.mark()
+    assert_malformed_refused(proxy.port, proxy.host, proxy.text, proxy.proc.pid)
+    assert hostile.registry.requests(since=mark) == []
+    # A token request's form larger than 1 MiB: 413.
+    form = b"scope=" + b"a" * (2 << 20)
+    head = (
+        f"POST /_token HTTP/1.1\r\nHost: {proxy.host}\r\nConnection: close\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(form)}\r\n\r\n"
+    )
+    answer = send_raw(proxy.port, head.encode() + form)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert proxy.call("GET", "/v2/").status == 200  # still answering

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ocimirror.testkit import secrets
 from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.polling import wait_for
@@ -84,9 +85,11 @@ class Server(Background):
             req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
-                return Answer(resp.status, dict(resp.headers), resp.read())
+                answer = Answer(resp.status, dict(resp.headers), resp.read())
         except urllib.error.HTTPError as e:
-            return Answer(e.code, dict(e.headers), e.read())
+            answer = Answer(e.code, dict(e.headers), e.read())
+        secrets.scan(answer.body, f"the answer to {method} {path.split('?')[0]}")
+        return answer
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from ocimirror.state.db import StateDB
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from test_proxy_hostile import assert_malformed_refused
 from test_serve import TOKEN, Server
 
 EVIL = "http://evil.example"
@@ -280,6 +281,13 @@ async def test_over_1_mb_is_413_however_it_is_sent(server: Server) -> None:
         writer.close()
     assert status_line.split()[1] == b"413"
     assert b"must not be larger than 1MB" in rest
+
+
+def test_malformed_and_oversized_requests_are_400s_logged_in_one_line(server: Server) -> None:
+    """What aiohttp's parser refuses (test_proxy_hostile.malformed_requests): a 400 each,
+    memory bounded, one log line each without traceback or the request's secret."""
+    assert_malformed_refused(server.port, f"127.0.0.1:{server.port}", server.text, server.proc.pid)
+    assert server.call("GET", "/healthz").status == 200
 
 
 def test_deep_nesting_is_a_400_without_a_traceback(server: Server) -> None:

@@ -117,6 +117,8 @@ def rejections(jwks: Jwks) -> dict[str, str]:
         "not signed with RS256": _confused(jwks, "HS256"),
         "not signed with RS256 ": _confused(jwks, "none"),
         "not a JWT": "x" * 20_000 + ".a.b",
+        # A header nested past the JSON parser's depth (a RecursionError, once a 500).
+        "not JSON": _b64(b"[" * 2_000) + ".e30.sig",
     }
 
 

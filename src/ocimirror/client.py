@@ -527,7 +527,7 @@ class RegistryClient(Uploads):
                 detail = "; ".join(parts)
             elif body:
                 detail = body[:200].decode(errors="replace").strip()
-        except (ValueError, aiohttp.ClientError):
+        except (ValueError, RecursionError, aiohttp.ClientError):
             pass
         finally:
             resp.release()

@@ -22,7 +22,7 @@ def tags_of(raw: bytes, what: str) -> list[str]:
     """Read the tags of one tags-list page; RegistryError when it is not that document."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"{what}: the answer is not JSON") from None
     if not isinstance(doc, dict):
         raise RegistryError(f"{what}: the answer is not a JSON object")
@@ -38,7 +38,7 @@ def referrers_of(raw: bytes, what: str) -> list[Descriptor]:
     """Read the descriptors of one referrers page (an image index); RegistryError if not."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"{what}: the answer is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
         raise RegistryError(f"{what}: the answer is not an image index")

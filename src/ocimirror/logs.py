@@ -54,7 +54,31 @@ def configure(
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream, force=True)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
     stamina.instrumentation.set_on_retry_hooks([log_retry])
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp's server logs every request it cannot parse (an oversized header, a bad
+    chunk, CR in a value) as an ERROR with a traceback quoting the offending bytes: anyone
+    could fill the log with tracebacks, and with what they sent (a header's value too).
+    Such a record becomes one line naming the kind of fault, nothing of the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a parse failure's record; leave any other alone."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and any(
+            c.__name__ == "HttpProcessingError" and c.__module__ == "aiohttp.http_exceptions"
+            for c in type(exc).__mro__
+        ):
+            record.msg = "malformed HTTP request refused: %s (HTTP %s)"
+            record.args = (type(exc).__name__, getattr(exc, "code", 400))
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def _stream(output: str) -> TextIO:

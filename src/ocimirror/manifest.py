@@ -101,7 +101,11 @@ class Descriptor:
                 os_version=str(p.get("os.version", "")),
             )
         urls = obj.get("urls") or ()
+        if not isinstance(urls, list | tuple):
+            raise ManifestError(f"{where}: invalid urls {urls!r} (not a list)")
         ann = obj.get("annotations") or {}
+        if not isinstance(ann, dict):
+            raise ManifestError(f"{where}: invalid annotations {ann!r} (not an object)")
         return cls(
             media_type=media_type,
             digest=dg,
@@ -212,6 +216,8 @@ def parse(raw: bytes, media_type: str = "", expected_digest: str | None = None) 
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"manifest {dg} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ManifestError(f"manifest {dg} is JSON nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {dg} is not a JSON object")
     inner = data.get("mediaType")

@@ -156,11 +156,20 @@ def _check(pattern: re.Pattern[str], value: str, what: str, where: str) -> str:
     return value
 
 
+def _refuse_control(text: str, where: str) -> None:
+    """Refuse a control character (NUL, CR, LF...): never part of a name, nor of a path
+    (an `oci:` layout, a `file://` directory) that is opened or written to."""
+    control = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if control is not None:
+        raise ReferenceError(f"{where}: contains a control character ({control!r})")
+
+
 def _parse_bucket_place(
     text: str, where: str, *, whole: bool = False
 ) -> tuple[Reference, str] | None:
     """Parse the bucket part of a bucket reference: (the bucket, what follows it), or None
     when `text` is not one. With `whole`, a `file://` path without '//' is all directory."""
+    _refuse_control(text, where)
     scheme, sep, rest = text.partition("://")
     if sep and scheme in BUCKET_TRANSPORTS:
         if scheme == "file":
@@ -244,6 +253,7 @@ class Reference:
         where = repr(text)
         if not text or text != text.strip():
             raise ReferenceError(f"{where}: empty or padded reference")
+        _refuse_control(text, where)
         if text.startswith("oci:"):
             return cls._parse_oci(text[4:], where)
         bucket = _parse_bucket_place(text, where)

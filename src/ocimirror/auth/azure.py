@@ -112,7 +112,7 @@ class AzureProvider:
             raise failure(host, TITLE, f"the registry refused the token exchange (HTTP {status})")
         try:
             refresh = json.loads(body).get("refresh_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             refresh = None
         if not isinstance(refresh, str) or not refresh:
             raise failure(host, TITLE, "the token exchange returned no refresh token")

@@ -297,7 +297,7 @@ class Authenticator:
         try:
             body = await resp.json(content_type=None)
             value = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             value = None
             body = {}
         if not isinstance(value, str) or not value:

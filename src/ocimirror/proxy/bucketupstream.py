@@ -44,9 +44,10 @@ class BucketUpstream(Upstream):
         config: UpstreamConfig,
         *,
         force_proxy_auth: bool = False,
+        allow_private_redirects: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Open the bucket (no request is made until a client asks)."""
+        """Open the bucket (no request is made until a client asks; no redirect is followed)."""
         found = split_bucket(config.host)
         if found is None:  # UpstreamConfig.is_bucket said otherwise: a bug
             raise ValueError(f"{config.host}: not a bucket")

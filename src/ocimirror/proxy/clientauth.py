@@ -80,7 +80,13 @@ class ClientAuthenticator:
         return False
 
     def _token_ok(self, value: str) -> bool:
-        return any(hmac.compare_digest(value.encode(), t.encode()) for t in self.tokens)
+        """Tell whether `value` is one of the tokens: every token compared (no early exit),
+        each in constant time."""
+        candidate = value.encode()
+        ok = False
+        for token in self.tokens:
+            ok |= hmac.compare_digest(candidate, token.encode())
+        return ok and bool(candidate)
 
     async def _htpasswd_ok(self, user: str, password: str) -> bool:
         assert self.htpasswd is not None

@@ -21,8 +21,8 @@ _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
     " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
     " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_REDIRECT,"
-    " OCIMIRROR_PROXY_CACHE_MAX_SIZE, OCIMIRROR_PROXY_TAG_TTL and"
-    " OCIMIRROR_PROXY_BUCKET_REDIRECT; an object-store cache and a bucket REGISTRY_HOST read"
+    " OCIMIRROR_PROXY_CACHE_MAX_SIZE, OCIMIRROR_PROXY_TAG_TTL,"
+    " OCIMIRROR_PROXY_BUCKET_REDIRECT and OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS; an object-store cache and a bucket REGISTRY_HOST read"
     " AWS_*, GOOGLE_* and AZURE_* as those clouds' tools do. With"
     " GOOGLE_APPLICATION_CREDENTIALS (and no AUTH_HEADER) a Google REGISTRY_HOST (gcr.io,"
     " *-docker.pkg.dev) is logged in to with the key's identity;"
@@ -79,6 +79,16 @@ def proxy(
             "--stream-blobs/--redirect-blobs",
             help="Serve blob bytes through the proxy instead of passing the upstream's"
             " redirects (to its storage or CDN) on to clients.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_private_redirects: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-private-redirects/--public-redirects-only",
+            help="Let redirects the proxy follows itself (--stream-blobs, the cache's"
+            " fetches) lead to loopback, private and link-local addresses (default:"
+            " $OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS, else public addresses only).",
             show_default=False,
         ),
     ] = None,
@@ -216,6 +226,7 @@ def proxy(
             cache_max_size=cache_max_size,
             tag_ttl=tag_ttl,
             bucket_redirect=bucket_redirect,
+            allow_private_redirects=allow_private_redirects,
         )
         if log_format not in ("text", "json"):
             raise ValueError(f"--log-format must be text or json, not {log_format!r}")

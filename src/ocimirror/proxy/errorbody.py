@@ -50,7 +50,7 @@ async def error_body(request: web.Request, resp: aiohttp.ClientResponse) -> byte
                     break
                 raw += chunk
             doc = json.loads(raw)
-        except (ValueError, aiohttp.ClientError, TimeoutError):
+        except (ValueError, RecursionError, aiohttp.ClientError, TimeoutError):
             doc = None
         errors = doc.get("errors") if isinstance(doc, dict) else None
         if isinstance(errors, list):

@@ -207,8 +207,10 @@ async def follow_redirects(
 ) -> aiohttp.ClientResponse:
     """Follow an upstream's redirects (storage, CDN) on the proxy's side.
 
-    The upstream's own host gets the usual credentials, any other host none; `headers`
-    replace the client's forwarded ones when given.
+    The upstream's own host gets the usual credentials, any other host none, and only at
+    a public address unless `allow_private_redirects` (`Upstream.redirect_client`: an
+    AddressRefused otherwise, a 502 to the client); `headers` replace the client's
+    forwarded ones when given.
     """
     method = method or request.method
     sent = forwarded_headers(request) if headers is None else headers
@@ -221,8 +223,8 @@ async def follow_redirects(
             resp = await open_upstream(request, route, location, method=method, headers=headers)
             continue
         foreign = {k: v for k, v in sent.items() if k != "Accept"}
-        # Redirects lead blobs to storage: the blobs' pool, as what led there.
-        resp = await route.upstream.blob_client.request(
+        # Redirects lead blobs to storage: a pool of their own, guarded by address.
+        resp = await route.upstream.redirect_client.request(
             method, location, headers=foreign, authenticate=False
         )
     return resp
@@ -294,7 +296,7 @@ async def respond_json(
     raw = await resp.read()
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         doc = None
     if isinstance(doc, dict) and rewrite(doc):
         raw = json.dumps(doc).encode()

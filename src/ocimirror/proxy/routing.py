@@ -101,7 +101,9 @@ class Proxy:
         self.settings = settings
         force = settings.clients.enabled
         self.upstreams = {
-            u.name: (BucketUpstream if u.is_bucket else Upstream)(u, force_proxy_auth=force)
+            u.name: (BucketUpstream if u.is_bucket else Upstream)(
+                u, force_proxy_auth=force, allow_private_redirects=settings.allow_private_redirects
+            )
             for u in settings.upstreams
         }
         self.named = {n: u for n, u in self.upstreams.items() if n}

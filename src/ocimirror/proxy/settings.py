@@ -12,6 +12,7 @@ accepted too.
     default: hub              # optional: paths that name no upstream go there
     stream_blobs: false
     browser_redirects: true
+    allow_private_redirects: false  # redirects followed only to public addresses
     upstreams:
       - name: hub             # routes /v2/hub/... (and ?ns=docker.io from containerd)
         host: docker.io
@@ -89,6 +90,8 @@ CACHE_MAX_SIZE_ENV = "OCIMIRROR_PROXY_CACHE_MAX_SIZE"
 #: A bucket REGISTRY_HOST's blobs by presigned URL (--bucket-redirect).
 BUCKET_REDIRECT_ENV = "OCIMIRROR_PROXY_BUCKET_REDIRECT"
 TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
+#: Redirects the proxy follows may reach private addresses (--allow-private-redirects).
+PRIVATE_REDIRECTS_ENV = "OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
 DEFAULT_TAG_TTL = 300.0
 _SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtpe])(i)?)?b?", re.IGNORECASE)
@@ -351,6 +354,8 @@ class ProxyFile(_Model):
     default: str | None = None
     stream_blobs: bool = False
     browser_redirects: bool = True
+    #: Redirects the proxy follows may lead to loopback, private and link-local addresses.
+    allow_private_redirects: bool = False
     clients: ClientAuth = ClientAuth()
     cache: CacheConfig = CacheConfig()
 
@@ -367,6 +372,9 @@ class ProxySettings(_Model):
     default: str | None = None
     stream_blobs: bool = False
     browser_redirects: bool = True
+    #: Redirects the proxy follows (`stream_blobs`, the cache's fetches) may lead to
+    #: loopback, private and link-local addresses (else public ones only).
+    allow_private_redirects: bool = False
     clients: ClientAuth = ClientAuth()
     cache: CacheConfig = CacheConfig()
 
@@ -452,6 +460,7 @@ def load_settings(
     cache_max_size: str | None = None,
     tag_ttl: str | None = None,
     bucket_redirect: bool | None = None,
+    allow_private_redirects: bool | None = None,
     env: Mapping[str, str] | None = None,
 ) -> ProxySettings:
     """Merge the flags (when given), the environment and the config file into settings."""
@@ -514,6 +523,9 @@ def load_settings(
     streaming = file.stream_blobs or env_flag(env.get("STREAM_BLOBS"))
     if stream_blobs is not None:
         streaming = stream_blobs
+    private_redirects = file.allow_private_redirects or env_flag(env.get(PRIVATE_REDIRECTS_ENV))
+    if allow_private_redirects is not None:
+        private_redirects = allow_private_redirects
     cache_config = _cache_config(
         file.cache, cache, cache_local, cache_max_size, tag_ttl, env, cache_redirect
     )
@@ -525,6 +537,7 @@ def load_settings(
             default=default,
             stream_blobs=streaming,
             browser_redirects=redirects,
+            allow_private_redirects=private_redirects,
             clients=clients,
             cache=cache_config,
         )

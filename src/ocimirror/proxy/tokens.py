@@ -23,6 +23,8 @@ from .upstream import Upstream
 
 log = structlog.get_logger("ocimirror.proxy")
 
+#: What a token request's POST body must be (OAuth2's form).
+FORM_TYPE = "application/x-www-form-urlencoded"
 #: The fields of a token request passed on to the upstream's realm (others are dropped).
 TOKEN_FIELDS = frozenset(
     {
@@ -82,7 +84,14 @@ async def handle_token(request: web.Request) -> web.StreamResponse:
         fixed = proxy.only
     fields: list[tuple[str, str]]
     if request.method == "POST":
-        form = await request.post()
+        # OAuth2's token form (RFC 6749) is urlencoded; a multipart body is not read at all
+        # (aiohttp's parser fails on one without a boundary).
+        if request.content_type != FORM_TYPE:
+            return oci_error(415, "UNSUPPORTED", f"a token request's form must be {FORM_TYPE}")
+        try:
+            form = await request.post()
+        except ValueError:
+            return oci_error(400, "UNSUPPORTED", "the token request's form cannot be read")
         fields = [(k, v) for k, v in form.items() if isinstance(v, str)]
     else:
         fields = list(request.query.items())

@@ -33,6 +33,7 @@ import structlog
 from ..auth.challenge import Challenge, parse_challenges
 from ..auth.credentials import ANONYMOUS, Credentials, Keychain
 from ..client import RegistryClient, endpoint_base, endpoint_for
+from ..netpolicy import AddressPolicy
 from ..reference import DOCKER_HUB, DOCKER_HUB_API, REPOSITORY_RE, is_docker_hub, is_loopback_host
 from ..settings.connection import keychain_from, static_credentials, tls_options
 from .settings import UpstreamConfig
@@ -43,6 +44,18 @@ log = structlog.get_logger("ocimirror.proxy")
 _BLOB_PATH = re.compile(r"/blobs/[^/?#]+(?:[?#]|$)")
 #: Seconds a learnt challenge (or the absence of one) is trusted before asking again.
 CHALLENGE_TTL = 600.0
+#: How an operator lets followed redirects reach private addresses (in refusals).
+PRIVATE_REDIRECTS_HINT = (
+    "--allow-private-redirects (allow_private_redirects: true,"
+    " $OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS) allows it"
+)
+
+
+def redirect_policy(allow_private: bool) -> AddressPolicy:
+    """Where redirects the proxy follows to another host may lead: public addresses only
+    (an upstream could otherwise make the proxy read loopback services, the cloud's metadata
+    address or the private network, and hand the bytes to a client), unless allowed."""
+    return AddressPolicy(allow_private=allow_private, hint=PRIVATE_REDIRECTS_HINT)
 
 
 def _static_credentials(header: str) -> tuple[Credentials | None, str | None]:
@@ -69,10 +82,12 @@ class Upstream:
         config: UpstreamConfig,
         *,
         force_proxy_auth: bool = False,
+        allow_private_redirects: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Prepare the upstream; nothing is sent until the first request. `clock` times
-        the credential lookups and the learnt challenge."""
+        the credential lookups and the learnt challenge; `allow_private_redirects` lets
+        redirects the proxy follows lead to loopback, private and link-local addresses."""
         self.config = config
         self._clock = clock
         self.name = config.name
@@ -127,9 +142,16 @@ class Upstream:
             self.base = endpoint_base(endpoint)
         #: Manifests, tags, referrers, pings, tokens: never queued behind blob bodies.
         self.client = RegistryClient(self.host, credentials=credentials, options=options)
-        #: Blob requests (and the redirects they lead to), on their own connection pool,
+        #: Blob requests, on their own connection pool,
         #: which slow readers of big blobs may fill without starving anything else.
         self.blob_client = RegistryClient(self.host, credentials=credentials, options=options)
+        #: Redirects to other hosts (storage, CDNs) that the proxy follows itself: no
+        #: credentials, and only to public addresses unless allowed (`redirect_policy`).
+        self.redirect_client = RegistryClient(
+            self.host,
+            credentials=ANONYMOUS,
+            options=replace(options, address_policy=redirect_policy(allow_private_redirects)),
+        )
         if config.auth_header is not None:
             for c in self.clients:
                 c.send_credentials_first()
@@ -142,9 +164,9 @@ class Upstream:
 
     @property
     def clients(self) -> tuple[RegistryClient, ...]:
-        """Return both clients: the one for everything but blobs, and the blobs' one (none
-        for a bucket, `bucketupstream`)."""
-        return self.client, self.blob_client
+        """Return the clients: the one for everything but blobs, the blobs' one, and the
+        one for redirects to other hosts (none for a bucket, `bucketupstream`)."""
+        return self.client, self.blob_client, self.redirect_client
 
     def client_for(self, path: str) -> RegistryClient:
         """Return the client whose pool a request for `path` (or an URL) goes through."""

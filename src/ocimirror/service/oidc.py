@@ -57,7 +57,7 @@ def _b64(part: str) -> bytes:
 def _json(part: str) -> dict[str, Any]:
     try:
         data = json.loads(_b64(part))
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth too
         raise TokenRejected("not JSON") from None
     if not isinstance(data, dict):
         raise TokenRejected("not a JSON object")
@@ -108,7 +108,7 @@ class OidcVerifier:
             raise TokenRejected("JWKS too large")
         try:
             doc = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TokenRejected("JWKS is not JSON") from None
         keys: dict[str, Any] = {}
         for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:

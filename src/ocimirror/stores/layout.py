@@ -152,6 +152,8 @@ class LayoutStore:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ManifestError(f"{where}: not valid JSON: {e}") from None
+        except RecursionError:
+            raise ManifestError(f"{where}: JSON nested too deeply to parse") from None
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: not a JSON object")
         entries = data.get("manifests", [])

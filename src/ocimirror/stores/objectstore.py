@@ -447,7 +447,7 @@ class BucketStore:
             tags = json.loads(got[0])["tags"]
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise StoreError(f"{self.name}: {key}: not a tags list") from None
         return tags
 

@@ -9,6 +9,8 @@
 - `ocimirror.testkit.polling`: `wait_for`, polling a condition with a deadline.
 - `ocimirror.testkit.browser`: Debian's headless Chromium through Playwright.
 - `ocimirror.testkit.postgres`: `LocalPostgres`, a throwaway PostgreSQL server on loopback.
+- `ocimirror.testkit.secrets`: the secrets a suite uses, and the scan of what ocimirror
+  said for them (commands' output, processes' logs, answers; tests/secretscan.py).
 
 Nothing is imported here, so `ocimirror.testkit.images` needs neither aiohttp's server
 side nor `cryptography` (a test extra) and the modules load only when used.

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from signal import SIGTERM
 
+from . import secrets as scanned_secrets
 from .polling import wait_for
 
 
@@ -23,8 +24,9 @@ def run_ocimirror(
     capture: bool = True,
     timeout: float = 300.0,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `ocimirror ARGS`; output captured as text unless `capture` is False."""
-    return subprocess.run(
+    """Run `ocimirror ARGS`; output captured as text unless `capture` is False (what
+    it said is scanned for the suite's secrets, `secrets.scan`)."""
+    done = subprocess.run(
         ocimirror_command(*args),
         capture_output=capture,
         text=True,
@@ -32,6 +34,11 @@ def run_ocimirror(
         timeout=timeout,
         check=False,
     )
+    if capture:
+        where = f"`ocimirror {args[0] if args else ''}`"
+        scanned_secrets.scan(done.stdout or "", f"{where} stdout")
+        scanned_secrets.scan(done.stderr or "", f"{where} stderr")
+    return done
 
 
 class Background:
@@ -40,6 +47,7 @@ class Background:
     def __init__(self, args: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
         """Start it (`env`: the whole environment; None: this process's)."""
         self.log = log
+        self.command = args[0] if args else ""
         self._out = log.open("a")
         self.proc = subprocess.Popen(
             ocimirror_command(*args),
@@ -51,6 +59,13 @@ class Background:
     def text(self) -> str:
         """Everything it logged so far."""
         return self.log.read_text()
+
+    def _scan_log(self) -> None:
+        """Scan the whole log for the suite's secrets, once, when the process is gone."""
+        if not getattr(self, "_scanned", False):
+            self._scanned = True
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            scanned_secrets.scan(text, f"the log of `ocimirror {self.command}`")
 
     def wait_ready(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
         """Wait until `ready()` holds (an OSError counts as not yet); fail with the log if
@@ -80,6 +95,8 @@ class Background:
             return self.proc.wait(timeout=timeout)
         finally:
             self._out.close()
+            if self.proc.poll() is not None:
+                self._scan_log()
 
     def stop(self, sig: int = SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` and wait for the exit code; SIGKILL after `timeout` (the code says so)."""
@@ -91,6 +108,7 @@ class Background:
             return self.proc.wait()
         finally:
             self._out.close()
+            self._scan_log()
 
     def kill(self) -> None:
         """Make sure it is gone, at once."""
@@ -98,3 +116,4 @@ class Background:
             self.proc.kill()
             self.proc.wait()
         self._out.close()
+        self._scan_log()

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import secrets as scanned_secrets
 from .command import Background, ocimirror_command
 from .registry import free_port
 
@@ -61,7 +62,9 @@ def call(
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        return Answer(resp.status, resp.headers, resp.read())
+        answer = Answer(resp.status, resp.headers, resp.read())
+        scanned_secrets.scan(answer.body, f"the answer to {method} {path.split('?')[0]}")
+        return answer
     finally:
         conn.close()
 

@@ -54,6 +54,7 @@ from typing import IO, Any, Literal, Self
 
 import yaml
 
+from . import secrets as scanned_secrets
 from .lifecycle import StartStop
 from .tls import TlsFiles
 from .tokenserver import Access, TokenServer
@@ -254,6 +255,8 @@ class LocalRegistry(StartStop):
         self.directory = directory
         self.auth: AuthMode = auth
         self._users = dict(users or {})
+        for user, password in self._users.items():
+            scanned_secrets.register_login(user, password)
         self.token_server = token_server
         self._service = service
         self.tls = tls

@@ -30,10 +30,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Self
 
+from . import secrets as scanned_secrets
 from .lifecycle import StartStop, await_child, terminate
 from .registry import free_port
 
 _LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
+
+
+#: The key pair the stand-in is reached with (moto takes any): distinctive, so that the
+#: suite's secrets scan (testkit.secrets) can look for them.
+ACCESS_KEY_ID = "OCIMIRRORTESTKEYID"
+SECRET_ACCESS_KEY = "ocimirror-test-secret-access-key"
+scanned_secrets.register(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
 
 
 class LocalS3(StartStop):
@@ -57,8 +65,8 @@ class LocalS3(StartStop):
         """Return the obstore options that reach the server."""
         return {
             "endpoint": self.endpoint,
-            "access_key_id": "test",
-            "secret_access_key": "test",
+            "access_key_id": ACCESS_KEY_ID,
+            "secret_access_key": SECRET_ACCESS_KEY,
             "region": "us-east-1",
         }
 

@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from . import secrets as scanned_secrets
 from .lifecycle import StartStop
 from .tls import TlsFiles, cert_pem, self_signed
 
@@ -175,6 +176,8 @@ class TokenServer(StartStop):
         """Make the signing key and certificate in `directory`; `start()` serves."""
         self.directory = directory
         self.users: dict[str, str] = dict(users or {})
+        for user, password in self.users.items():
+            scanned_secrets.register_login(user, password)
         self.anonymous_pull = anonymous_pull
         #: Seconds a token lives, as reported in `expires_in`.
         self.lifetime = lifetime
