@@ -6,13 +6,14 @@ for more, so clients arriving mid-download get the same bytes. The file is used 
 worker threads and closed only once no thread still uses it (`Handle`). A complete cached
 blob is read the same way, or from an object store's chunks.
 
-A download keeps its last chunks written in memory (`WINDOW` bytes at most, per download
-however many read it): a reader keeping up with the upstream gets them from there, with
-no file read and no thread hop; one that fell further behind reads the file.
+A download keeps its latest chunks in memory (`WINDOW` bytes once they are in the file,
+plus those not yet stored, per download however many read it): a chunk is readable from
+there as soon as it arrives (`Download.publish`), before its hash and file write in a
+worker thread (`Download.store`); a reader that fell further behind reads the file.
 
-No reader gets the whole of a blob before its digest is verified (`Download.write`): with
-a known size, every byte but the last is readable as soon as it is written; without one
-(any chunk may be the last), every chunk but the last written. So a reader of a blob whose
+No reader gets the whole of a blob before its digest is verified (`Download.publish`):
+with a known size, every byte but the last is readable as soon as it arrives; without one
+(any chunk may be the last), every chunk but the last arrived. So a reader of a blob whose
 digest fails gets an error, never a complete-looking copy of wrong bytes.
 """
 

@@ -28,7 +28,7 @@ the upstream fails.
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
 fetch in a task of its own, writing to a temporary file while hashing; every caller for
 that digest, including ones arriving mid-download, reads that growing file from the
-start (the latest chunks from memory, `blobstream.WINDOW`). The blob's last byte (its last
+start (the latest chunks from memory, `blobstream.WINDOW`, as soon as they arrive). The blob's last byte (its last
 chunk, when the size is unknown) is held back until the digest is verified, so no reader
 ever gets a complete copy of wrong content: on failure every reader gets the error (a
 client's response is cut short) and nothing is stored. A reader that goes away does not disturb the others, and when every reader has
