@@ -572,6 +572,52 @@ def test_docker_config_credentials_on_a_machine_just_booted(
     asyncio.run(pull_then_rotate())
 
 
+def test_keychain_kept_across_refreshes_picks_up_a_rotated_auth_file(tmp_path: Path) -> None:
+    """The upstream's keychain is built once: a refresh asks it again, and its auth file is
+    read again only when it changed. A rotation by rename (same size, new inode) is picked
+    up at the next refresh; a broken file (a rotation half done) keeps the last good
+    credentials, where rebuilding the keychain every refresh raised ConfigError."""
+    from ocimirror.proxy.settings import UpstreamConfig
+    from ocimirror.proxy.upstream import Upstream
+
+    docker_config = tmp_path / "config.json"
+    host = "registry.example:5000"
+
+    def rotate(text: str) -> None:
+        fresh = tmp_path / "config.json.new"
+        fresh.write_text(text)
+        os.replace(fresh, docker_config)
+
+    def auths(user_pass: bytes) -> str:
+        return json.dumps({"auths": {host: {"auth": base64.b64encode(user_pass).decode()}}})
+
+    docker_config.write_text(auths(b"bob:builder"))
+    config = UpstreamConfig.model_validate(
+        {"host": host, "credentials": {"docker_config": str(docker_config)}}
+    )
+    now = [1000.0]
+
+    async def refreshes() -> None:
+        upstream = Upstream(config, clock=lambda: now[0])
+        try:
+            await upstream.refresh_credentials()
+            assert {c.credentials.password for c in upstream.clients} == {"builder"}
+            rotate("{not json")
+            now[0] += config.credentials_refresh
+            await upstream.refresh_credentials()
+            assert {c.credentials.password for c in upstream.clients} == {"builder"}
+            rotate(auths(b"bob:rotated"))  # the same size as before
+            await upstream.refresh_credentials()  # not yet due
+            assert {c.credentials.password for c in upstream.clients} == {"builder"}
+            now[0] += config.credentials_refresh
+            await upstream.refresh_credentials()
+            assert {c.credentials.password for c in upstream.clients} == {"rotated"}
+        finally:
+            await upstream.close()
+
+    asyncio.run(refreshes())
+
+
 def test_basic_auth_upstream_passes_through(
     htpasswd_registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], skopeo: Skopeo
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from ocimirror.errors import (
     RegistryError,
 )
 from ocimirror.proxy import blobstream
+from ocimirror.proxy import cache as cache_module
 from ocimirror.proxy.cache import CHUNK_SIZE, INDEX_NAME, BlobStream, ProxyCache, UpstreamBlob
 from ocimirror.proxy.cachestore import ObjectBlobs, open_store
 from ocimirror.testkit.s3 import LocalS3
@@ -530,7 +532,10 @@ async def test_readers_keeping_up_get_chunks_from_memory_and_late_ones_from_the_
 ) -> None:
     """A reader at the head of a download is not a chunk behind the writer and reads
     nothing back from the file; one that joins later reads the file until it catches up,
-    because only the last `WINDOW` bytes stay in memory."""
+    because only the last `WINDOW` bytes stay in memory once stored (`AHEAD` at one chunk
+    here: each store waits for the one before, so everything but the last chunk is
+    stored when the upstream pauses)."""
+    monkeypatch.setattr(cache_module, "AHEAD", CHUNK_SIZE)
     preads: list[int] = []
     pread = blobstream.pread
 
@@ -548,7 +553,8 @@ async def test_readers_keeping_up_get_chunks_from_memory_and_late_ones_from_the_
         while len(got) < 2 * MiB:  # all the upstream sent before pausing, no more
             # A hang guard, not a timing assertion: a reader a chunk behind waits forever.
             got += await asyncio.wait_for(anext(leader), timeout=5)
-        assert up.paused.is_set()
+        # The reader may get the bytes before the download asks the upstream for more.
+        await asyncio.wait_for(up.paused.wait(), timeout=5)  # a hang guard, as above
         assert bytes(got) == data[: 2 * MiB]
         assert preads == []
         async with cache.fetch_blob(dg, None, up.open) as late:
@@ -560,6 +566,46 @@ async def test_readers_keeping_up_get_chunks_from_memory_and_late_ones_from_the_
     assert bytes(got) + rest[0] == data
     assert first + rest[1] == data
     assert up.opens == 1
+
+
+async def test_readers_get_chunks_while_the_store_is_behind(
+    open_cache: Callable[..., ProxyCache], place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk reaches the readers as it arrives, before it is hashed and in the file: with
+    the first store held in its worker thread, a reader still gets the bytes published
+    (up to `AHEAD` ahead of the file, short of the last byte). Once the store goes on, the
+    blob is whole, verified and kept; the upstream is asked once."""
+    held = threading.Event()
+    entered = threading.Event()
+    write_hashed = blobstream.write_hashed
+
+    def held_write(f: BinaryIO, h: object, chunks: list[bytes]) -> None:
+        entered.set()
+        held.wait()
+        write_hashed(f, h, chunks)
+
+    monkeypatch.setattr(blobstream, "write_hashed", held_write)
+    cache = open_cache()
+    data, dg = blob_of(6 * MiB, seed=12)
+    up = Upstream(data, chunk=CHUNK_SIZE, declare_size=len(data))
+    assert len(data) > blobstream.AHEAD > 2 * CHUNK_SIZE
+    try:
+        async with cache.fetch_blob(dg, None, up.open) as stream:
+            got = bytearray()
+            while len(got) < 2 * CHUNK_SIZE:
+                # A hang guard, not a timing assertion: readers waiting on the store hang.
+                got += await asyncio.wait_for(anext(stream), timeout=5)
+            assert entered.is_set()  # the first store is in its thread, held
+            assert not cache.has_blob(dg)
+            held.set()
+            got += await read_all(stream)
+    finally:
+        held.set()
+    assert bytes(got) == data
+    await cache.idle()
+    assert cache.has_blob(dg)
+    assert up.opens == 1
+    assert await fetch_all(cache, dg, Upstream(b"")) == data  # from the cache, not upstream
 
 
 async def test_size_is_enforced(open_cache: Callable[..., ProxyCache], place: Place) -> None:

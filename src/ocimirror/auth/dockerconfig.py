@@ -185,16 +185,18 @@ def _default_paths() -> list[tuple[Path, bool]]:
     return [(p, False) for p in unique]
 
 
-def _stamps(candidates: list[tuple[Path, bool]]) -> list[tuple[int, int] | None]:
-    """Return each file's (mtime, size), None when absent: what tells that one changed."""
-    out: list[tuple[int, int] | None] = []
+def _stamps(candidates: list[tuple[Path, bool]]) -> list[tuple[int, int, int] | None]:
+    """Return each file's (mtime, size, inode), None when absent: what tells that one
+    changed. The inode catches a file replaced by a rename (a rotated Kubernetes secret)
+    with the same size within the file system's mtime tick."""
+    out: list[tuple[int, int, int] | None] = []
     for path, _ in candidates:
         try:
             st = path.stat()
         except OSError:
             out.append(None)
         else:
-            out.append((st.st_mtime_ns, st.st_size))
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return out
 
 

@@ -6,13 +6,14 @@ for more, so clients arriving mid-download get the same bytes. The file is used 
 worker threads and closed only once no thread still uses it (`Handle`). A complete cached
 blob is read the same way, or from an object store's chunks.
 
-A download keeps its last chunks written in memory (`WINDOW` bytes at most, per download
-however many read it): a reader keeping up with the upstream gets them from there, with
-no file read and no thread hop; one that fell further behind reads the file.
+A download keeps its latest chunks in memory (`WINDOW` bytes once they are in the file,
+plus those not yet stored, per download however many read it): a chunk is readable from
+there as soon as it arrives (`Download.publish`), before its hash and file write in a
+worker thread (`Download.store`); a reader that fell further behind reads the file.
 
-No reader gets the whole of a blob before its digest is verified (`Download.write`): with
-a known size, every byte but the last is readable as soon as it is written; without one
-(any chunk may be the last), every chunk but the last written. So a reader of a blob whose
+No reader gets the whole of a blob before its digest is verified (`Download.publish`):
+with a known size, every byte but the last is readable as soon as it arrives; without one
+(any chunk may be the last), every chunk but the last arrived. So a reader of a blob whose
 digest fails gets an error, never a complete-looking copy of wrong bytes.
 """
 
@@ -33,13 +34,18 @@ CHUNK_SIZE = 256 * 1024
 #: The bytes of a download's latest chunks kept in memory for the readers keeping up.
 WINDOW = 1024 * 1024
 
+#: The most bytes a download lets readers have ahead of its file (published, not yet
+#: hashed and stored): past it, it waits for the store in flight.
+AHEAD = 4 * 1024 * 1024
+
 _T = TypeVar("_T")
 
 
-def write_hashed(f: BinaryIO, h: Any, data: bytes) -> None:
-    """Hash `data` and append it to `f`."""
-    h.update(data)
-    f.write(data)
+def write_hashed(f: BinaryIO, h: Any, chunks: list[bytes]) -> None:
+    """Hash `chunks` and append them to `f`, in order."""
+    for data in chunks:
+        h.update(data)
+        f.write(data)
     f.flush()
 
 
@@ -119,6 +125,10 @@ class Progress:
         when they must be read from the file."""
         return None
 
+    def on_disk(self) -> int:
+        """Return how many readable bytes may be read from the file."""
+        return self.available
+
 
 class Download(Progress):
     """One upstream fetch in flight, written to a temporary file as it arrives."""
@@ -126,25 +136,46 @@ class Download(Progress):
     def __init__(self, digest: str, tmp: Path, f: BinaryIO, size: int | None) -> None:
         super().__init__(digest, tmp, size, done=False)
         self.handle = Handle(f)
+        #: Bytes published to readers, and bytes in the file (hashed), which may lag.
+        self.received = 0
         self.written = 0
         self._window: deque[tuple[int, bytes]] = deque()  # (offset, chunk), oldest first
         self._window_bytes = 0
 
-    async def write(self, h: Any, data: bytes) -> None:
-        """Append and hash `data` (flushed), keep it in the window, then let readers have
-        all that is written but the blob's last byte: with a known size, up to the end of
-        `data` (short of the last byte), else up to its start. The rest is for `done`."""
-        before = self.written
-        await self.handle.run(write_hashed, h, data)
-        self.written += len(data)
+    def publish(self, data: bytes) -> None:
+        """Keep `data` (the next bytes of the blob) in the window and let readers have all
+        that arrived but the blob's last byte: with a known size, up to the end of `data`
+        (short of the last byte), else up to its start. The rest is for `done`.
+
+        Readers get it from memory before it is on disk: the file write and the hash run
+        in a worker thread meanwhile (`store`), off the path to the clients. The window
+        keeps every chunk not yet stored, so a reader never looks for it in the file."""
+        before = self.received
+        self.received += len(data)
         self._window.append((before, data))
         self._window_bytes += len(data)
-        while self._window_bytes > WINDOW and len(self._window) > 1:
-            self._window_bytes -= len(self._window.popleft()[1])
-        readable = before if self.size is None else min(self.written, self.size - 1)
+        self._trim()
+        readable = before if self.size is None else min(self.received, self.size - 1)
         if readable > self.available:
             self.available = readable
             self.notify()
+
+    async def store(self, h: Any, chunks: list[bytes]) -> None:
+        """Hash `chunks` and append them to the file (flushed), in one worker thread hop;
+        stores go in the order the chunks were published, one at a time."""
+        await self.handle.run(write_hashed, h, chunks)
+        self.written += sum(len(c) for c in chunks)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest chunks beyond `WINDOW` bytes, once they are in the file."""
+        w = self._window
+        while self._window_bytes > WINDOW and len(w) > 1 and w[0][0] + len(w[0][1]) <= self.written:
+            self._window_bytes -= len(w.popleft()[1])
+
+    def on_disk(self) -> int:
+        """Return how many readable bytes may be read from the file."""
+        return min(self.available, self.written)
 
     def recent(self, offset: int) -> bytes | None:
         """Return readable bytes from `offset` (up to `CHUNK_SIZE`) from the window, or None
@@ -221,7 +252,10 @@ class BlobStream:
                 if data is not None:
                     self._offset += len(data)
                     return data
-                n = min(CHUNK_SIZE, p.available - self._offset)
+                n = min(CHUNK_SIZE, p.on_disk() - self._offset)
+                if n <= 0:  # not in memory, not yet in the file: cannot happen (`_trim`)
+                    await changed.wait()
+                    continue
                 data = await self._handle.run(pread, n, self._offset)
                 if not data:
                     raise OcimirrorError(f"{p.path}: blob file shorter than {p.available} bytes")

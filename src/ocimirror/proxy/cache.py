@@ -28,7 +28,7 @@ the upstream fails.
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
 fetch in a task of its own, writing to a temporary file while hashing; every caller for
 that digest, including ones arriving mid-download, reads that growing file from the
-start (the latest chunks from memory, `blobstream.WINDOW`). The blob's last byte (its last
+start (the latest chunks from memory, `blobstream.WINDOW`, as soon as they arrive). The blob's last byte (its last
 chunk, when the size is unknown) is held back until the digest is verified, so no reader
 ever gets a complete copy of wrong content: on failure every reader gets the error (a
 client's response is cut short) and nothing is stored. A reader that goes away does not disturb the others, and when every reader has
@@ -71,7 +71,7 @@ from .. import digest as digests
 from ..atomicfile import open_temp
 from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
-from .blobstream import CHUNK_SIZE, BlobStream, Download, Handle, Progress, sync_file
+from .blobstream import AHEAD, CHUNK_SIZE, BlobStream, Download, Handle, Progress, sync_file
 from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
 
 if TYPE_CHECKING:
@@ -154,6 +154,12 @@ OpenUpstream = Callable[[], AbstractAsyncContextManager[AsyncIterable[bytes] | U
 
 def _is_digest(reference: str) -> bool:
     return ":" in reference
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """Retrieve a dropped future's exception, so that it is not logged as unhandled."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _joined(parts: list[bytes]) -> bytes:
@@ -716,6 +722,15 @@ class ProxyCache:
         what = f"blob {dl.digest}"
         h = digests.hasher(dl.digest)
         total = 0
+        # A chunk goes to the readers (from memory) as it arrives; storing it (hash + file
+        # write, in a worker thread) runs while the next chunks are read from the
+        # upstream, so the thread hop is on neither path. One store in flight: the chunks
+        # arriving meanwhile go in the next one (fewer hops), and the fetch waits only
+        # when `AHEAD` bytes are published and not stored. Stores go in order, so the
+        # hash sees the bytes in order.
+        writing: asyncio.Future[None] | None = None
+        unstored: list[bytes] = []
+        behind = 0
         try:
             async with open_upstream() as opened:
                 if isinstance(opened, UpstreamBlob):
@@ -739,11 +754,26 @@ class ProxyCache:
                     parts.append(chunk)
                     pending += len(chunk)
                     if pending >= CHUNK_SIZE:
-                        await dl.write(h, _joined(parts))
+                        data = _joined(parts)
                         parts.clear()
                         pending = 0
+                        dl.publish(data)
+                        unstored.append(data)
+                        behind += len(data)
+                        if writing is not None and (writing.done() or behind >= AHEAD):
+                            await writing
+                            writing = None
+                        if writing is None:
+                            writing = asyncio.ensure_future(dl.store(h, unstored))
+                            unstored, behind = [], 0
                 if parts:
-                    await dl.write(h, _joined(parts))
+                    data = _joined(parts)
+                    dl.publish(data)
+                    unstored.append(data)
+                if writing is not None:
+                    await writing
+                if unstored:
+                    await dl.store(h, unstored)
             actual = f"{digests.algorithm(dl.digest)}:{h.hexdigest()}"
             if actual != dl.digest:
                 raise DigestMismatch(dl.digest, actual, what)
@@ -753,6 +783,9 @@ class ProxyCache:
                 )
             await dl.handle.run(sync_file)
         except BaseException as e:
+            if writing is not None:
+                writing.cancel()  # the thread finishes; the handle closes after it
+                writing.add_done_callback(_retrieved)
             self._fail(dl, e)
             if isinstance(e, Exception):
                 log.info("proxy cache fetch failed", digest=dl.digest, error=str(e))

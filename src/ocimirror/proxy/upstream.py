@@ -11,8 +11,10 @@ Auth, per upstream:
 - `proxy`: the proxy logs in itself and never forwards the client's header: a static
   AUTH_HEADER (`Basic` and `Bearer` ones take part in the token dance, any other scheme is
   sent as it is), or credentials from the config, a credential helper or docker's auth
-  files, looked up again every `credentials_refresh` seconds. Bearer tokens are fetched,
-  cached per scope and renewed before they expire by `RegistryClient`.
+  files, looked up again every `credentials_refresh` seconds through one keychain kept for
+  the upstream's life (auth files are read again only when they changed; a helper runs
+  again). Bearer tokens are fetched, cached per scope and renewed before they expire by
+  `RegistryClient`.
 """
 
 from __future__ import annotations
@@ -127,8 +129,9 @@ class Upstream:
             or config.credentials.docker_config is not False
             or config.credentials.provider is not None
         )
-        #: A cloud login's keychain is kept: it renews the login itself before it expires.
-        self._cloud_keychain: Keychain | None = None
+        #: Built at the first lookup and kept: its auth files are read again only when
+        #: they change (`DockerConfigSource`), a cloud login renews itself before it expires.
+        self._keychain: Keychain | None = None
         #: When credentials were last looked up; None before the first lookup (which a
         #: monotonic clock's small value, as on a machine up for less than
         #: `credentials_refresh`, must not pass for a recent one).
@@ -227,11 +230,14 @@ class Upstream:
             if self._credentials_fresh():
                 return
             assert self.config.credentials is not None
-            keychain = self._cloud_keychain or keychain_from(
-                {self.config.host: self.config.credentials}
-            )
-            if self.config.credentials.provider is not None:
-                self._cloud_keychain = keychain
+            keychain = self._keychain
+            if keychain is None:
+                keychain = keychain_from({self.config.host: self.config.credentials})
+                self._keychain = keychain
+            elif self.config.credentials.provider is None:
+                # Ask the sources again: a helper runs anew, an auth file is read again
+                # if it changed (a broken one keeps the last good read).
+                keychain.invalidate(self.config.host)
             creds = await keychain.resolve(self.config.host)
             for client in self.clients:
                 client.set_credentials(creds)
