@@ -184,7 +184,7 @@ def peak_rss(pid: int) -> int:
 
 @pytest.mark.parametrize(
     "cached",
-    [True, pytest.param(False, marks=pytest.mark.skipif(not SOAK, reason="OCIMIRROR_SOAK=1"))],
+    [True, pytest.param(False, marks=pytest.mark.soak)],
     ids=["cache", "no-cache"],
 )
 async def test_proxy_memory_under_200_clients_and_a_faulty_upstream(
