@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ocimirror import digest as digests
 from ocimirror.reference import Reference
-from ocimirror.stores.objectstore import BucketSettings, open_bucket
+from ocimirror.stores.buckets import BucketSettings, open_bucket
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed_sync

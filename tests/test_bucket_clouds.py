@@ -20,13 +20,8 @@ from obstore.store import MemoryStore
 
 from ocimirror.errors import NotFound, StoreError
 from ocimirror.reference import Reference
-from ocimirror.stores.objectstore import (
-    AZURE_DIGEST_ATTRIBUTE,
-    PART_SIZE,
-    BucketSettings,
-    BucketStore,
-    open_bucket,
-)
+from ocimirror.stores.buckets import BucketSettings, open_bucket
+from ocimirror.stores.objectstore import AZURE_DIGEST_ATTRIBUTE, PART_SIZE, BucketStore
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.emulators import AZURITE_ACCOUNT, AZURITE_KEY, LocalAzurite, LocalGCS
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push

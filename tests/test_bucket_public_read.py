@@ -19,7 +19,8 @@ import pytest
 from ocimirror.errors import ConfigError, StoreError
 from ocimirror.extras import MissingExtra
 from ocimirror.reference import Reference
-from ocimirror.stores.objectstore import PART_SIZE, BucketSettings, open_bucket
+from ocimirror.stores.buckets import BucketSettings, open_bucket
+from ocimirror.stores.objectstore import PART_SIZE
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.registry import LocalRegistry

@@ -29,8 +29,8 @@ import pytest
 
 from ocimirror.reference import Reference
 from ocimirror.state.db import StateDB
+from ocimirror.stores.buckets import BucketSettings, open_bucket, store_options
 from ocimirror.stores.layout import LayoutStore
-from ocimirror.stores.objectstore import BucketSettings, open_bucket, store_options
 from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.faults import FaultInjector
 from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_image, make_index

@@ -15,14 +15,8 @@ from ocimirror import digest as digests
 from ocimirror import mediatypes as mt
 from ocimirror.errors import AuthError, DigestMismatch, ManifestError, NotFound, ReferenceError
 from ocimirror.reference import Reference
-from ocimirror.stores.objectstore import (
-    DIGEST_ATTRIBUTE,
-    IMMUTABLE,
-    PART_SIZE,
-    BucketSettings,
-    BucketStore,
-    open_bucket,
-)
+from ocimirror.stores.buckets import BucketSettings, open_bucket
+from ocimirror.stores.objectstore import DIGEST_ATTRIBUTE, IMMUTABLE, PART_SIZE, BucketStore
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image, make_index, push
 from ocimirror.testkit.registry import LocalRegistry, Skopeo

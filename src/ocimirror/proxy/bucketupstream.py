@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 from ..reference import split_bucket
-from ..stores.objectstore import BucketSettings, BucketStore, open_bucket
+from ..stores.buckets import BucketSettings, open_bucket
+from ..stores.objectstore import BucketStore
 from .settings import UpstreamConfig
 from .upstream import Upstream
 

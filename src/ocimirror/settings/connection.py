@@ -26,7 +26,7 @@ from ..client import (
     parse_endpoints,
 )
 from ..reference import is_docker_hub, parse_bucket
-from ..stores.objectstore import BucketSettings, bucket_key
+from ..stores.buckets import BucketSettings, bucket_key
 from ..stores.pool import StorePool
 from .registries import CredentialsConfig, Registry, Tls
 

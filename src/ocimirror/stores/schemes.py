@@ -24,8 +24,8 @@ from ..client import HostOptions, RegistryClient
 from ..errors import ReferenceError
 from ..reference import BUCKET_TRANSPORTS, LAYOUT_TRANSPORT, REGISTRY_TRANSPORT, Reference
 from ..store import Store
+from .buckets import BucketSettings, bucket_key, open_bucket
 from .layout import LayoutStore
-from .objectstore import BucketSettings, bucket_key, open_bucket
 from .registry import RegistryStore
 
 
