@@ -18,6 +18,7 @@ N is 30 here, 200 with OCIMIRROR_SOAK=1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import uuid
@@ -48,7 +49,7 @@ from ocimirror.transfer.plan import CopyTask
 from ocimirror.workers import dispatch, ledger
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
 from ocimirror.workers.queue import CopyJob
-from test_serve import Server
+from test_serve import Server, job_done
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
 SOAK = os.environ.get("OCIMIRROR_SOAK") == "1"
@@ -339,3 +340,150 @@ async def test_a_copy_queued_for_two_passes_is_joined_and_answers_both(pg_url: s
             assert await ledger.run_status(db, run_id) == "ok"
             (copied,) = await dispatch.await_pass(db, run_id)
             assert (copied.destination, copied.status) == (dest, "copied")
+
+
+class Uploads:
+    """A registry front's intercept: counts blob upload starts per repository, and holds
+    them (all, or the first only) for the repositories named in `hold`."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.hold: dict[str, str] = {}  # repository -> "all" | "first"
+        self.release = asyncio.Event()
+
+    async def __call__(self, front: Front, request: web.Request, body: bytes) -> None:
+        path = request.path
+        if request.method == "POST" and path.endswith("/blobs/uploads/"):
+            repo = path.removeprefix("/v2/").removesuffix("/blobs/uploads/")
+            self.started[repo] = self.started.get(repo, 0) + 1
+            how = self.hold.get(repo)
+            if how == "all" or (how == "first" and self.started[repo] == 1):
+                self.held[repo] = self.held.get(repo, 0) + 1
+                await self.release.wait()
+        return None
+
+
+def _entries(src: LocalRegistry, dst: str, repo: str, tags: list[str]) -> dict[str, Any]:
+    return {
+        "mirrors": [{"src": f"{src.host}/lib/jobs:{t}", "dst": f"{dst}/{repo}:{t}"} for t in tags]
+    }
+
+
+def _busy(url: str) -> list[str]:
+    return [r[0] for r in _query(url, "SELECT name FROM ocimirror_workers WHERE busy > 0")]
+
+
+async def test_jobs_api_on_workers_cancel_and_sigterm(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    tmp_path: Path,
+    pg_url: str,
+    workers_factory: Callable[[Path, str], Workers],
+    skopeo: Skopeo,
+) -> None:
+    """The jobs API's copies run on the workers. A job cancelled while two workers each
+    copy one of its images (two more queued) stops on both: its copies end aborted or
+    cancelled, no upload of it starts afterwards, no tag names missing content. SIGTERM
+    lets a worker finish its copy within `--grace`, and past it hands the copy back to
+    another worker."""
+    src, dst = registry_pair
+    images = [(str(i), make_image(layers=1, layer_size=2048, seed=f"jobs{i}")) for i in range(6)]
+    digests = await seed(src, "lib/jobs", images)
+    uploads = Uploads()
+    front = Front(dst, uploads)
+    async with front.running():
+        config = _config(tmp_path, f"{src.host}/lib/jobs", f"{front.host}/mirror/jobs")
+        workers = workers_factory(config, pg_url)
+        a = workers.start("a", "--concurrency", "1", "--grace", "60s")
+        b = workers.start("b", "--concurrency", "1", "--grace", "60s")
+        server = await asyncio.to_thread(Server, tmp_path, "-c", str(config), "--state", pg_url)
+        call = functools.partial(asyncio.to_thread, server.call)
+        try:
+            # A job copied by the workers, recorded per entry as in-process.
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "ok", ["0", "1"]))
+            done = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert done["state"] == "succeeded", done
+            assert [e["status"] for e in done["entries"]] == ["copied", "copied"]
+            assert done["entries"][0]["digests"] == {f"{front.host}/ok:0": digests["0"]}
+
+            # Cancelled mid-run: both workers hold one of its copies, two are queued.
+            uploads.hold["cancel"] = "all"
+            tags = ["0", "1", "2", "3"]
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "cancel", tags))
+            job_id = job.json()["id"]
+            doing = (
+                "SELECT count(DISTINCT worker_id) FROM procrastinate_jobs WHERE status = 'doing'"
+            )
+            await asyncio.to_thread(
+                wait_for,
+                lambda: uploads.held.get("cancel", 0) >= 2 and _query(pg_url, doing)[0][0] == 2,
+                "both workers to hold a copy",
+            )
+            assert (await call("DELETE", f"/api/v1/jobs/{job_id}")).status in (200, 202)
+            cancelled = await asyncio.to_thread(job_done, server, job_id)
+            assert cancelled["state"] == "cancelled", cancelled
+            assert {e["status"] for e in cancelled["entries"]} == {"cancelled"}
+            statuses = _query(
+                pg_url,
+                "SELECT status, count(*) FROM procrastinate_jobs"
+                " WHERE args->>'destination' LIKE '%/cancel:%' GROUP BY status ORDER BY status::text",
+            )
+            assert statuses == [("aborted", 2), ("cancelled", 2)], statuses
+            started = uploads.started["cancel"]
+            uploads.release.set()  # the held requests go on, to a client long gone
+            # The workers go on with the queue; nothing of the cancelled job starts again.
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "after", ["4"]))
+            after = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert after["state"] == "succeeded", after
+            assert uploads.started["cancel"] == started
+            assert dst.tags("cancel") == []  # the tag is written last: none half-done
+
+            # SIGTERM within the grace: the worker finishes its copy, then stops.
+            uploads.release = asyncio.Event()
+            uploads.hold["finish"] = "all"
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "finish", ["5"]))
+            await asyncio.to_thread(wait_for, lambda: len(_busy(pg_url)) == 1, "a busy worker")
+            (holder_name,) = _busy(pg_url)
+            holder, other = (a, b) if holder_name == "a" else (b, a)
+            holder.signal(signal.SIGTERM)
+            await asyncio.to_thread(
+                wait_for, lambda: "stopping: no new copies" in holder.text(), "stop"
+            )
+            uploads.release.set()
+            assert await asyncio.to_thread(holder.proc.wait, 60) == 0, holder.text()
+            finished = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert finished["state"] == "succeeded", finished
+            assert "handed back" not in holder.text()
+
+            # SIGTERM past the grace: the copy goes back to the queue, another worker
+            # (started afterwards, the only one then) copies it whole.
+            other.stop(signal.SIGTERM)
+            brief = workers.start("brief", "--concurrency", "1", "--grace", "0.5s")
+            uploads.release = asyncio.Event()
+            uploads.hold["back"] = "first"
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "back", ["5"]))
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("back") == 1, "a hold")
+            assert await asyncio.to_thread(brief.stop, signal.SIGTERM) == 0, brief.text()
+            assert "copy handed back at shutdown" in brief.text()
+            uploads.release.set()
+            assert dst.tags("back") == []
+            workers.start("rescuer", "--concurrency", "1")
+            back = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert back["state"] == "succeeded", back
+            attempts = _query(
+                pg_url,
+                "SELECT status, attempts FROM procrastinate_jobs"
+                " WHERE args->>'destination' LIKE '%/back:%'",
+            )
+            assert attempts == [("succeeded", 2)], attempts
+        except BaseException:
+            print(workers.logs() + server.text()[-5000:])
+            raise
+        finally:
+            uploads.release.set()
+            server.kill()
+        await asyncio.to_thread(workers.stop_all)
+    assert _digest(dst, "back", "5") == digests["5"]
+    await asyncio.to_thread(
+        skopeo.copy, f"docker://{dst.host}/back:5", f"oci:{tmp_path}/judge:5", src_registry=dst
+    )

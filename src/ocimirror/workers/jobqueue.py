@@ -1,0 +1,191 @@
+"""The jobs API's copies on the queue: defer them, await what workers record, abort them.
+
+With `execution: workers` a job of `serve`'s jobs API plans each entry in `serve` (the
+engine's `plan`: which images, which tags) and hands the image copies to the queue, one
+procrastinate job each, as a sync pass does (same task, same locks on the destination,
+so a copy already queued for a destination is joined). Each copy awaited is a row of
+`ocimirror_job_copies`, written before its job is deferred; the worker that records a
+destination (`record`) marks every row awaiting it done with the image's result, which
+`serve` reads back and renders as an in-process job's entry.
+
+Cancelling a job aborts the copies it deferred itself (`cancel_job_by_id(abort=True)`):
+procrastinate cancels those still queued and asks the worker holding a running one to
+cancel it (its listener hears the request at once). `copy` then waits until none of them
+runs any more, so when a cancel returns no copy of the job starts a new upload. A copy
+the job joined (deferred by a sync pass or another job) is not aborted: it is not only
+this job's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sqlalchemy import delete, insert, select, update
+
+from ..state.db import StateDB
+from ..transfer.copy import CopyOptions, ImageResult
+from ..transfer.plan import CopyTask
+from .queue import CopyJob, defer_each, make_app
+from .schema import ensure_schema, job_copies
+
+if TYPE_CHECKING:
+    from procrastinate import App
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between looks at a job's copies while awaiting the workers.
+POLL = 0.2
+#: The fields of an ImageResult a worker records for the jobs API.
+_FIELDS = (
+    "source",
+    "destination",
+    "status",
+    "source_digest",
+    "destination_digest",
+    "bytes_copied",
+    "blobs_copied",
+    "blobs_mounted",
+    "blobs_skipped",
+    "manifests_pushed",
+    "seconds",
+    "error",
+    "public_error",
+    "reason",
+)
+
+
+def _to_json(result: ImageResult) -> dict[str, Any]:
+    data = asdict(result)
+    return {k: data[k] for k in _FIELDS}
+
+
+def _from_json(data: dict[str, Any]) -> ImageResult:
+    return ImageResult(**{k: data[k] for k in _FIELDS if k in data})
+
+
+async def record(state: StateDB, destination: str, result: ImageResult) -> int:
+    """Answer every job copy awaiting `destination` with `result` (a worker's); count them."""
+    async with state.write() as conn:
+        done = await conn.execute(
+            update(job_copies)
+            .where(job_copies.c.dest_ref == destination, job_copies.c.done.is_(False))
+            .values(done=True, result=_to_json(result))
+        )
+    return int(done.rowcount or 0)
+
+
+class JobQueue:
+    """The queue as the jobs API of one `serve` uses it (one procrastinate app, opened once)."""
+
+    def __init__(
+        self, state: StateDB, *, policy: dict[str, Any] | None = None, poll: float = POLL
+    ) -> None:
+        """Queue copies on `state`'s queue; `policy` goes with each (see `CopyJob.policy`)."""
+        self.state = state
+        self.policy = dict(policy or {})
+        self.poll = poll
+        self._app: App | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> App:
+        async with self._opening:
+            if self._app is None:
+                await ensure_schema(self.state)
+                app = make_app(self.state, max_connections=4)
+                await app.open_async()
+                self._app = app
+            return self._app
+
+    async def close(self) -> None:
+        """Close the queue's connections."""
+        if self._app is not None:
+            await self._app.close_async()
+            self._app = None
+
+    async def copy(
+        self, tasks: Sequence[CopyTask], options: CopyOptions, *, stop_timeout: float = 30.0
+    ) -> list[ImageResult]:
+        """Have workers copy `tasks`; their results, in order. Cancelled: abort the copies."""
+        if not tasks:
+            return []
+        app = await self._open()
+        flight = uuid.uuid4().hex
+        jobs = [
+            CopyJob(**{**asdict(CopyJob.of(task, options)), "policy": self.policy})
+            for task in tasks
+        ]
+        async with self.state.write() as conn:
+            await conn.execute(
+                insert(job_copies), [{"flight": flight, "dest_ref": j.destination} for j in jobs]
+            )
+        try:
+            ids = await defer_each(app, jobs)
+            mine = [i for i in ids if i is not None]
+            async with self.state.write() as conn:
+                for job, queued in zip(jobs, ids, strict=True):
+                    if queued is not None:
+                        await conn.execute(
+                            update(job_copies)
+                            .where(
+                                job_copies.c.flight == flight,
+                                job_copies.c.dest_ref == job.destination,
+                            )
+                            .values(queue_job=queued)
+                        )
+            log.info("job copies queued", copies=len(jobs), joined=len(jobs) - len(mine))
+            try:
+                results = await self._await(flight)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._abort(app, mine, stop_timeout))
+                raise
+            by_destination = {r.destination: r for r in results}
+            return [by_destination[j.destination] for j in jobs]
+        finally:
+            await asyncio.shield(self._forget(flight))
+
+    async def _await(self, flight: str) -> list[ImageResult]:
+        stmt = select(job_copies.c.dest_ref, job_copies.c.done, job_copies.c.result).where(
+            job_copies.c.flight == flight
+        )
+        while True:
+            async with self.state.engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+            if all(r.done for r in rows):
+                out = []
+                for r in rows:
+                    result = _from_json(dict(r.result))
+                    # A joined copy recorded under its own destination spelling: ours.
+                    out.append(ImageResult(**{**asdict(result), "destination": r.dest_ref}))
+                return out
+            await asyncio.sleep(self.poll)
+
+    async def _abort(self, app: App, ids: Sequence[int], limit: float) -> None:
+        """Abort the copies this job deferred, and wait until no worker runs any of them."""
+        for job_id in ids:
+            await app.job_manager.cancel_job_by_id_async(job_id, abort=True)
+        try:
+            async with asyncio.timeout(limit):
+                while True:
+                    if not await self._running(app, ids):
+                        break
+                    await asyncio.sleep(self.poll)
+        except TimeoutError:
+            log.warning("job copies still running after their abort", copies=len(ids))
+        log.info("job copies aborted", copies=len(ids))
+
+    @staticmethod
+    async def _running(app: App, ids: Sequence[int]) -> bool:
+        for job_id in ids:
+            for job in await app.job_manager.list_jobs_async(id=job_id):
+                if job.status == "doing":
+                    return True
+        return False
+
+    async def _forget(self, flight: str) -> None:
+        async with self.state.write() as conn:
+            await conn.execute(delete(job_copies).where(job_copies.c.flight == flight))
