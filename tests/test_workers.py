@@ -243,6 +243,9 @@ def _pass_and_status(server: Server, workers: Workers) -> None:
         assert f'ocimirror_worker_up{{worker="{name}"}} 1.0' in metrics
         assert f'ocimirror_worker_busy{{worker="{name}"}} 0.0' in metrics
     assert "ocimirror_worker_last_heartbeat_timestamp_seconds" in metrics
+    page = server.call("GET", "/").body.decode()  # the dashboard's HTML draws them too
+    for name in ("a", "b", "c"):
+        assert f'<tr class="tone-ok" data-worker="{name}">' in page
 
 
 async def test_a_worker_killed_mid_copy_has_its_copy_finished_by_another(
