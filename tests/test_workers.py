@@ -373,10 +373,6 @@ def _entries(src: LocalRegistry, dst: str, repo: str, tags: list[str]) -> dict[s
     }
 
 
-def _busy(url: str) -> list[str]:
-    return [r[0] for r in _query(url, "SELECT name FROM ocimirror_workers WHERE busy > 0")]
-
-
 async def test_jobs_api_on_workers_cancel_and_sigterm(
     registry_pair: tuple[LocalRegistry, LocalRegistry],
     tmp_path: Path,
@@ -384,7 +380,7 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
     workers_factory: Callable[[Path, str], Workers],
     skopeo: Skopeo,
 ) -> None:
-    """The jobs API's copies run on the workers. A job cancelled while two workers each
+    """The jobs API's copies (and the Cloud Run POST /) run on the workers. A job cancelled while two workers each
     copy one of its images (two more queued) stops on both: its copies end aborted or
     cancelled, no upload of it starts afterwards, no tag names missing content. SIGTERM
     lets a worker finish its copy within `--grace`, and past it hands the copy back to
@@ -408,6 +404,10 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
             assert done["state"] == "succeeded", done
             assert [e["status"] for e in done["entries"]] == ["copied", "copied"]
             assert done["entries"][0]["digests"] == {f"{front.host}/ok:0": digests["0"]}
+            # The Cloud Run contract answers once the workers copied.
+            answer = await call("POST", "/", _entries(src, front.host, "cr", ["2"]))
+            assert answer.body == b'{"ok":true}\n', answer.body
+            assert _digest(dst, "cr", "2") == digests["2"]
 
             # Cancelled mid-run: both workers hold one of its copies, two are queued.
             uploads.hold["cancel"] = "all"
@@ -445,9 +445,9 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
             uploads.release = asyncio.Event()
             uploads.hold["finish"] = "all"
             job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "finish", ["5"]))
-            await asyncio.to_thread(wait_for, lambda: len(_busy(pg_url)) == 1, "a busy worker")
-            (holder_name,) = _busy(pg_url)
-            holder, other = (a, b) if holder_name == "a" else (b, a)
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("finish", 0) >= 1, "a hold")
+            (holder,) = [w for w in (a, b) if "/finish:5" in w.text()]
+            other = b if holder is a else a
             holder.signal(signal.SIGTERM)
             await asyncio.to_thread(
                 wait_for, lambda: "stopping: no new copies" in holder.text(), "stop"

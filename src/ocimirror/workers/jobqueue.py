@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: Seconds between looks at a job's copies while awaiting the workers.
+#: Seconds between looks at the jobs' copies while awaiting the workers (one query for all).
 POLL = 0.2
 #: The fields of an ImageResult a worker records for the jobs API.
 _FIELDS = (
@@ -91,6 +91,8 @@ class JobQueue:
         self.poll = poll
         self._app: App | None = None
         self._opening = asyncio.Lock()
+        self._waiting: dict[str, asyncio.Future[list[ImageResult]]] = {}
+        self._poller: asyncio.Task[None] | None = None
 
     async def _open(self) -> App:
         async with self._opening:
@@ -103,6 +105,9 @@ class JobQueue:
 
     async def close(self) -> None:
         """Close the queue's connections."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         if self._app is not None:
             await self._app.close_async()
             self._app = None
@@ -149,20 +154,45 @@ class JobQueue:
             await asyncio.shield(self._forget(flight))
 
     async def _await(self, flight: str) -> list[ImageResult]:
-        stmt = select(job_copies.c.dest_ref, job_copies.c.done, job_copies.c.result).where(
-            job_copies.c.flight == flight
-        )
-        while True:
-            async with self.state.engine.connect() as conn:
-                rows = (await conn.execute(stmt)).all()
-            if all(r.done for r in rows):
-                out = []
-                for r in rows:
-                    result = _from_json(dict(r.result))
-                    # A joined copy recorded under its own destination spelling: ours.
-                    out.append(ImageResult(**{**asdict(result), "destination": r.dest_ref}))
-                return out
+        """Wait until every copy of `flight` is recorded (one poller looks for all flights)."""
+        waiter: asyncio.Future[list[ImageResult]] = asyncio.get_running_loop().create_future()
+        self._waiting[flight] = waiter
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll(), name="ocimirror job copies")
+        try:
+            return await waiter
+        finally:
+            self._waiting.pop(flight, None)
+
+    async def _poll(self) -> None:
+        """Look at every awaited flight in one query per `poll`; answer those finished."""
+        while self._waiting:
+            try:
+                await self._look()
+            except Exception:  # the database may be restarting: look again next time
+                log.exception("could not read the job copies")
             await asyncio.sleep(self.poll)
+
+    async def _look(self) -> None:
+        flights = list(self._waiting)
+        stmt = select(
+            job_copies.c.flight, job_copies.c.dest_ref, job_copies.c.done, job_copies.c.result
+        ).where(job_copies.c.flight.in_(flights))
+        async with self.state.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        by_flight: dict[str, list[Any]] = {}
+        for r in rows:
+            by_flight.setdefault(r.flight, []).append(r)
+        for flight, mine in by_flight.items():
+            waiter = self._waiting.get(flight)
+            if waiter is None or waiter.done() or not all(r.done for r in mine):
+                continue
+            out = []
+            for r in mine:
+                result = _from_json(dict(r.result))
+                # A joined copy recorded under its own destination spelling: ours.
+                out.append(ImageResult(**{**asdict(result), "destination": r.dest_ref}))
+            waiter.set_result(out)
 
     async def _abort(self, app: App, ids: Sequence[int], limit: float) -> None:
         """Abort the copies this job deferred, and wait until no worker runs any of them."""

@@ -182,6 +182,7 @@ def register(app: App, runner: CopyRunner) -> None:
 
     async def copy(context: JobContext, /, **args: Any) -> None:
         job = CopyJob.from_args(args)
+        log.info("copy started", destination=job.destination, job=context.job.id)
         try:
             await runner.run(job)
         except asyncio.CancelledError:
