@@ -46,9 +46,10 @@ from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
 from ocimirror.transfer.copy import CopyOptions, ImageResult
 from ocimirror.transfer.plan import CopyTask
-from ocimirror.workers import dispatch, ledger
+from ocimirror.workers import dispatch, jobqueue, ledger
+from ocimirror.workers.jobqueue import JobQueue
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
-from ocimirror.workers.queue import CopyJob
+from ocimirror.workers.queue import CopyJob, defer_each, make_app
 from test_serve import Server, job_done
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
@@ -490,3 +491,51 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
     await asyncio.to_thread(
         skopeo.copy, f"docker://{dst.host}/back:5", f"oci:{tmp_path}/judge:5", src_registry=dst
     )
+
+
+async def test_job_copies_joined_answered_by_one_record_and_left_ones_aborted_at_start(
+    pg_url: str,
+) -> None:
+    """Two jobs' copies of one destination: one queue job, one worker record answers both
+    (each under its own spelling). Copies a killed `serve` left queued are aborted when
+    the next one starts, their rows forgotten."""
+    dest = "127.0.0.1:5000/mirror/app:1"
+    task = CopyTask(Reference.parse("127.0.0.1:5001/lib/app:1"), Reference.parse(dest))
+    async with StateDB(pg_url) as db:
+        queue = JobQueue(db, poll=0.05)
+        try:
+            assert await queue.start() == 0  # makes the tables; nothing left to abort
+            first = asyncio.create_task(queue.copy([task], CopyOptions()))
+            second = asyncio.create_task(queue.copy([task], CopyOptions()))
+            count = "SELECT count(*) FROM ocimirror_job_copies WHERE queue_job IS NOT NULL"
+            await asyncio.to_thread(wait_for, lambda: _query(pg_url, count) == [(1,)], "a job")
+            await asyncio.to_thread(
+                wait_for,
+                lambda: _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(2,)],
+                "both rows",
+            )
+            digest = "sha256:" + "b" * 64
+            result = ImageResult("elsewhere", "elsewhere", destination_digest=digest)
+            assert await jobqueue.record(db, dest, result) == 2
+            for answered in await asyncio.gather(first, second):
+                assert [(r.destination, r.destination_digest) for r in answered] == [(dest, digest)]
+            assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
+
+            # A serve killed while its job awaited a queued copy: rows and job left behind.
+            other = "127.0.0.1:5000/mirror/left:1"
+            left = CopyJob.of(CopyTask(task.source, Reference.parse(other)), CopyOptions())
+            app = make_app(db, max_connections=1)
+            async with app.open_async():
+                (queued,) = await defer_each(app, [left])
+            _query(
+                pg_url,
+                "INSERT INTO ocimirror_job_copies (flight, dest_ref, queue_job, done)"
+                f" VALUES ('gone', '{other}', {queued}, false) RETURNING id",
+            )
+        finally:
+            await queue.close()
+        assert await JobQueue(db).start() == 1
+        status = f"SELECT status FROM procrastinate_jobs WHERE id = {queued}"
+        assert _query(pg_url, status) == [("cancelled",)]
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]

@@ -499,10 +499,15 @@ class JobManager:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Mark jobs a previous process left queued or running as interrupted; count them."""
+        """Mark jobs a previous process left queued or running as interrupted; count them.
+
+        With a queue, the copies those jobs left on it are aborted.
+        """
         stale = await self.state.interrupt_jobs(keep=list(self._jobs))
         if stale:
             log.info("interrupted jobs of a previous process", jobs=stale)
+        if self.queue is not None:  # and their copies still on the queue
+            await self.queue.start()
         return stale
 
     async def close(self) -> None:

@@ -103,6 +103,36 @@ class JobQueue:
                 self._app = app
             return self._app
 
+    async def start(self) -> int:
+        """Abort the copies a previous `serve` left for its jobs (now interrupted); count.
+
+        As the jobs service assumes one `serve` per state database, no row of
+        `ocimirror_job_copies` is awaited when it starts: the copies still queued or
+        running for them are aborted (a cancelled job's copies do not run on for nobody)
+        and the rows forgotten.
+        """
+        app = await self._open()
+        async with self.state.engine.connect() as conn:
+            ids = sorted(
+                {
+                    int(i)
+                    for i in (
+                        await conn.execute(
+                            select(job_copies.c.queue_job).where(
+                                job_copies.c.done.is_(False), job_copies.c.queue_job.is_not(None)
+                            )
+                        )
+                    ).scalars()
+                }
+            )
+        for job_id in ids:
+            await app.job_manager.cancel_job_by_id_async(job_id, abort=True)
+        async with self.state.write() as conn:
+            await conn.execute(delete(job_copies))
+        if ids:
+            log.info("aborted the copies of a previous process's jobs", copies=len(ids))
+        return len(ids)
+
     async def close(self) -> None:
         """Close the queue's connections."""
         if self._poller is not None:
