@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -58,6 +59,35 @@ class Fleet:
     job_finished: bool = False
     fail_api: bool = False
     polls: int = 0
+    worker_done: int = 41
+
+    def workers(self) -> dict[str, Any]:
+        """`execution: workers`: one worker copying, one gone (a hostile name), a queue."""
+        beat = (self.now - timedelta(seconds=5)).isoformat()
+        busy = 0 if self.job_finished else 3
+        return {
+            "workers": [
+                {
+                    "name": "w-1",
+                    "alive": True,
+                    "busy": busy,
+                    "done": self.worker_done,
+                    "failed": 2,
+                    "last_heartbeat": beat,
+                },
+                {
+                    "name": XSS,
+                    "alive": False,
+                    "busy": 1,
+                    "done": 7,
+                    "failed": 0,
+                    "last_heartbeat": (self.now - timedelta(hours=1)).isoformat(),
+                },
+            ],
+            "queues": []
+            if self.job_finished
+            else [{"registry": "registry.internal:5000", "todo": 12, "doing": 3}],
+        }
 
     def mirrors(self) -> list[MirrorView]:
         """Three mirrors: ok, failed (with a hostile error), never run."""
@@ -176,6 +206,7 @@ async def served() -> AsyncIterator[tuple[Fleet, str]]:
             jobs=fleet.jobs(),
             now=fleet.now,
             title=TITLE,
+            workers=fleet.workers(),
         )
         return web.Response(text=html, content_type="text/html")
 
@@ -183,7 +214,9 @@ async def served() -> AsyncIterator[tuple[Fleet, str]]:
         fleet.polls += 1
         if fleet.fail_api:
             return web.json_response({"error": "down"}, status=503)
-        return web.json_response(dashboard_data(fleet.mirrors(), fleet.jobs()))
+        return web.json_response(
+            {**dashboard_data(fleet.mirrors(), fleet.jobs()), "workers": fleet.workers()}
+        )
 
     app = web.Application()
     app.router.add_get("/", page)
@@ -276,6 +309,22 @@ async def test_dashboard_in_chromium(
             await expect(page.locator("[data-count=failing]")).to_have_text("1")
             await expect(page.locator("[data-count=running]")).to_have_text("1")
 
+            # The workers: one copying, one gone (its name literal), the queue's depth.
+            w1 = page.locator('#worker-rows tr[data-worker="w-1"]')
+            await expect(w1.locator("[data-field=state]")).to_have_text("busy")
+            await expect(w1.locator(".worker-busy")).to_have_text("3")
+            await expect(w1.locator(".worker-done")).to_have_text("41")
+            beat = w1.locator(".worker-beat time")
+            await expect(beat).to_have_text(re.compile(r" ago$"))
+            assert (await beat.get_attribute("title") or "").endswith(" UTC")
+            gone = page.locator("#worker-rows tr").nth(1)
+            await expect(gone.locator("[data-field=state]")).to_have_text("gone")
+            await expect(gone).to_have_class(re.compile(r"\btone-bad\b"))
+            await expect(gone.locator(".worker-name")).to_have_text(XSS)
+            queue = page.locator('#queue-rows tr[data-queue="registry.internal:5000"]')
+            await expect(queue.locator(".queue-todo")).to_have_text("12")
+            await expect(queue.locator(".queue-doing")).to_have_text("3")
+
             await page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
 
             # Progress moves to 7/10 and a mirror starts: updated in place by the poll.
@@ -306,6 +355,15 @@ async def test_dashboard_in_chromium(
             await expect(first.locator(".job-count")).to_have_text("10/10")
             await expect(page.locator("#recent-jobs tr")).to_have_count(3)
             await expect(page.locator("[data-count=running]")).to_have_text("0")
+            # The poll redraws the workers: idle now, more done, the queue empty.
+            fleet.worker_done = 50
+            await expect(w1.locator("[data-field=state]")).to_have_text("idle", timeout=6000)
+            await expect(w1.locator(".worker-done")).to_have_text("50")
+            await expect(w1).to_have_class(re.compile(r"\btone-ok\b"))
+            await expect(page.locator("#queue-rows tr")).to_have_count(0)
+            await expect(
+                page.locator("#worker-rows tr").nth(1).locator(".worker-name")
+            ).to_have_text(XSS)
             assert console_errors == []
             assert dialogs == []
 
@@ -342,6 +400,7 @@ def test_everything_user_supplied_is_escaped() -> None:
     assert html.startswith("<!doctype html>")
     assert XSS not in html
     assert "<img" not in html
+    assert 'id="workers"' not in html  # no workers section without execution: workers
     assert "<b>t</b>" not in html
     assert html.count("<script>") == 1  # only the page's own
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html

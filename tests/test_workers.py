@@ -18,6 +18,7 @@ N is 30 here, 200 with OCIMIRROR_SOAK=1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import uuid
@@ -45,10 +46,11 @@ from ocimirror.testkit.registry import LocalRegistry, Skopeo
 from ocimirror.testkit.seeding import seed
 from ocimirror.transfer.copy import CopyOptions, ImageResult
 from ocimirror.transfer.plan import CopyTask
-from ocimirror.workers import dispatch, ledger
+from ocimirror.workers import dispatch, jobqueue, ledger
+from ocimirror.workers.jobqueue import JobQueue
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
-from ocimirror.workers.queue import CopyJob
-from test_serve import Server
+from ocimirror.workers.queue import CopyJob, defer_each, make_app
+from test_serve import Server, job_done
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
 SOAK = os.environ.get("OCIMIRROR_SOAK") == "1"
@@ -242,6 +244,9 @@ def _pass_and_status(server: Server, workers: Workers) -> None:
         assert f'ocimirror_worker_up{{worker="{name}"}} 1.0' in metrics
         assert f'ocimirror_worker_busy{{worker="{name}"}} 0.0' in metrics
     assert "ocimirror_worker_last_heartbeat_timestamp_seconds" in metrics
+    page = server.call("GET", "/").body.decode()  # the dashboard's HTML draws them too
+    for name in ("a", "b", "c"):
+        assert f'<tr class="tone-ok" data-worker="{name}">' in page
 
 
 async def test_a_worker_killed_mid_copy_has_its_copy_finished_by_another(
@@ -339,3 +344,198 @@ async def test_a_copy_queued_for_two_passes_is_joined_and_answers_both(pg_url: s
             assert await ledger.run_status(db, run_id) == "ok"
             (copied,) = await dispatch.await_pass(db, run_id)
             assert (copied.destination, copied.status) == (dest, "copied")
+
+
+class Uploads:
+    """A registry front's intercept: counts blob upload starts per repository, and holds
+    them (all, or the first only) for the repositories named in `hold`."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.hold: dict[str, str] = {}  # repository -> "all" | "first"
+        self.release = asyncio.Event()
+
+    async def __call__(self, front: Front, request: web.Request, body: bytes) -> None:
+        path = request.path
+        if request.method == "POST" and path.endswith("/blobs/uploads/"):
+            repo = path.removeprefix("/v2/").removesuffix("/blobs/uploads/")
+            self.started[repo] = self.started.get(repo, 0) + 1
+            how = self.hold.get(repo)
+            if how == "all" or (how == "first" and self.started[repo] == 1):
+                self.held[repo] = self.held.get(repo, 0) + 1
+                await self.release.wait()
+        return None
+
+
+def _entries(src: LocalRegistry, dst: str, repo: str, tags: list[str]) -> dict[str, Any]:
+    return {
+        "mirrors": [{"src": f"{src.host}/lib/jobs:{t}", "dst": f"{dst}/{repo}:{t}"} for t in tags]
+    }
+
+
+async def test_jobs_api_on_workers_cancel_and_sigterm(
+    registry_pair: tuple[LocalRegistry, LocalRegistry],
+    tmp_path: Path,
+    pg_url: str,
+    workers_factory: Callable[[Path, str], Workers],
+    skopeo: Skopeo,
+) -> None:
+    """The jobs API's copies (and the Cloud Run POST /) run on the workers. A job cancelled while two workers each
+    copy one of its images (two more queued) stops on both: its copies end aborted or
+    cancelled, no upload of it starts afterwards, no tag names missing content. SIGTERM
+    lets a worker finish its copy within `--grace`, and past it hands the copy back to
+    another worker."""
+    src, dst = registry_pair
+    images = [(str(i), make_image(layers=1, layer_size=2048, seed=f"jobs{i}")) for i in range(6)]
+    digests = await seed(src, "lib/jobs", images)
+    uploads = Uploads()
+    front = Front(dst, uploads)
+    async with front.running():
+        config = _config(tmp_path, f"{src.host}/lib/jobs", f"{front.host}/mirror/jobs")
+        workers = workers_factory(config, pg_url)
+        a = workers.start("a", "--concurrency", "1", "--grace", "60s")
+        b = workers.start("b", "--concurrency", "1", "--grace", "60s")
+        server = await asyncio.to_thread(Server, tmp_path, "-c", str(config), "--state", pg_url)
+        call = functools.partial(asyncio.to_thread, server.call)
+        try:
+            # A job copied by the workers, recorded per entry as in-process.
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "ok", ["0", "1"]))
+            done = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert done["state"] == "succeeded", done
+            assert [e["status"] for e in done["entries"]] == ["copied", "copied"]
+            assert done["entries"][0]["digests"] == {f"{front.host}/ok:0": digests["0"]}
+            # The Cloud Run contract answers once the workers copied.
+            answer = await call("POST", "/", _entries(src, front.host, "cr", ["2"]))
+            assert answer.body == b'{"ok":true}\n', answer.body
+            assert _digest(dst, "cr", "2") == digests["2"]
+
+            # Cancelled mid-run: both workers hold one of its copies, two are queued.
+            uploads.hold["cancel"] = "all"
+            tags = ["0", "1", "2", "3"]
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "cancel", tags))
+            job_id = job.json()["id"]
+            doing = (
+                "SELECT count(DISTINCT worker_id) FROM procrastinate_jobs WHERE status = 'doing'"
+            )
+            await asyncio.to_thread(
+                wait_for,
+                lambda: uploads.held.get("cancel", 0) >= 2 and _query(pg_url, doing)[0][0] == 2,
+                "both workers to hold a copy",
+            )
+            assert (await call("DELETE", f"/api/v1/jobs/{job_id}")).status in (200, 202)
+            cancelled = await asyncio.to_thread(job_done, server, job_id)
+            assert cancelled["state"] == "cancelled", cancelled
+            assert {e["status"] for e in cancelled["entries"]} == {"cancelled"}
+            statuses = _query(
+                pg_url,
+                "SELECT status, count(*) FROM procrastinate_jobs"
+                " WHERE args->>'destination' LIKE '%/cancel:%' GROUP BY status ORDER BY status::text",
+            )
+            assert statuses == [("aborted", 2), ("cancelled", 2)], statuses
+            started = uploads.started["cancel"]
+            uploads.release.set()  # the held requests go on, to a client long gone
+            # The workers go on with the queue; nothing of the cancelled job starts again.
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "after", ["4"]))
+            after = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert after["state"] == "succeeded", after
+            assert uploads.started["cancel"] == started
+            assert dst.tags("cancel") == []  # the tag is written last: none half-done
+
+            # SIGTERM within the grace: the worker finishes its copy, then stops.
+            uploads.release = asyncio.Event()
+            uploads.hold["finish"] = "all"
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "finish", ["5"]))
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("finish", 0) >= 1, "a hold")
+            (holder,) = [w for w in (a, b) if "/finish:5" in w.text()]
+            other = b if holder is a else a
+            holder.signal(signal.SIGTERM)
+            await asyncio.to_thread(
+                wait_for, lambda: "stopping: no new copies" in holder.text(), "stop"
+            )
+            uploads.release.set()
+            assert await asyncio.to_thread(holder.proc.wait, 60) == 0, holder.text()
+            finished = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert finished["state"] == "succeeded", finished
+            assert "handed back" not in holder.text()
+
+            # SIGTERM past the grace: the copy goes back to the queue, another worker
+            # (started afterwards, the only one then) copies it whole.
+            other.stop(signal.SIGTERM)
+            brief = workers.start("brief", "--concurrency", "1", "--grace", "0.5s")
+            uploads.release = asyncio.Event()
+            uploads.hold["back"] = "first"
+            job = await call("POST", "/api/v1/jobs", _entries(src, front.host, "back", ["5"]))
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("back") == 1, "a hold")
+            assert await asyncio.to_thread(brief.stop, signal.SIGTERM) == 0, brief.text()
+            assert "copy handed back at shutdown" in brief.text()
+            uploads.release.set()
+            assert dst.tags("back") == []
+            workers.start("rescuer", "--concurrency", "1")
+            back = await asyncio.to_thread(job_done, server, job.json()["id"])
+            assert back["state"] == "succeeded", back
+            attempts = _query(
+                pg_url,
+                "SELECT status, attempts FROM procrastinate_jobs"
+                " WHERE args->>'destination' LIKE '%/back:%'",
+            )
+            assert attempts == [("succeeded", 2)], attempts
+        except BaseException:
+            print(workers.logs() + server.text()[-5000:])
+            raise
+        finally:
+            uploads.release.set()
+            server.kill()
+        await asyncio.to_thread(workers.stop_all)
+    assert _digest(dst, "back", "5") == digests["5"]
+    await asyncio.to_thread(
+        skopeo.copy, f"docker://{dst.host}/back:5", f"oci:{tmp_path}/judge:5", src_registry=dst
+    )
+
+
+async def test_job_copies_joined_answered_by_one_record_and_left_ones_aborted_at_start(
+    pg_url: str,
+) -> None:
+    """Two jobs' copies of one destination: one queue job, one worker record answers both
+    (each under its own spelling). Copies a killed `serve` left queued are aborted when
+    the next one starts, their rows forgotten."""
+    dest = "127.0.0.1:5000/mirror/app:1"
+    task = CopyTask(Reference.parse("127.0.0.1:5001/lib/app:1"), Reference.parse(dest))
+    async with StateDB(pg_url) as db:
+        queue = JobQueue(db, poll=0.05)
+        try:
+            assert await queue.start() == 0  # makes the tables; nothing left to abort
+            first = asyncio.create_task(queue.copy([task], CopyOptions()))
+            second = asyncio.create_task(queue.copy([task], CopyOptions()))
+            count = "SELECT count(*) FROM ocimirror_job_copies WHERE queue_job IS NOT NULL"
+            await asyncio.to_thread(wait_for, lambda: _query(pg_url, count) == [(1,)], "a job")
+            await asyncio.to_thread(
+                wait_for,
+                lambda: _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(2,)],
+                "both rows",
+            )
+            digest = "sha256:" + "b" * 64
+            result = ImageResult("elsewhere", "elsewhere", destination_digest=digest)
+            assert await jobqueue.record(db, dest, result) == 2
+            for answered in await asyncio.gather(first, second):
+                assert [(r.destination, r.destination_digest) for r in answered] == [(dest, digest)]
+            assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
+
+            # A serve killed while its job awaited a queued copy: rows and job left behind.
+            other = "127.0.0.1:5000/mirror/left:1"
+            left = CopyJob.of(CopyTask(task.source, Reference.parse(other)), CopyOptions())
+            app = make_app(db, max_connections=1)
+            async with app.open_async():
+                (queued,) = await defer_each(app, [left])
+            _query(
+                pg_url,
+                "INSERT INTO ocimirror_job_copies (flight, dest_ref, queue_job, done)"
+                f" VALUES ('gone', '{other}', {queued}, false) RETURNING id",
+            )
+        finally:
+            await queue.close()
+        assert await JobQueue(db).start() == 1
+        status = f"SELECT status FROM procrastinate_jobs WHERE id = {queued}"
+        assert _query(pg_url, status) == [("cancelled",)]
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]

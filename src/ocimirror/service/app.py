@@ -527,7 +527,14 @@ async def dashboard(request: web.Request) -> web.Response:
         for m in mirrors
     }
     jobs = await service.jobs.list(20)
-    html = render_dashboard(mirrors=mirrors, runs=runs, jobs=jobs, now=datetime.now(UTC))
+    snap = await _workers(service)
+    html = render_dashboard(
+        mirrors=mirrors,
+        runs=runs,
+        jobs=jobs,
+        now=datetime.now(UTC),
+        workers=snap.to_json() if snap is not None else None,
+    )
     return web.Response(text=html, content_type="text/html")
 
 

@@ -284,6 +284,7 @@ async def _serve(
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
+    from ..workers.jobqueue import JobQueue
     from ..workers.schema import require_postgres
     from .access import AccessPolicy
     from .app import Service, make_app
@@ -344,7 +345,18 @@ async def _serve(
                     return 2
             pool = StorePool(keychain=keychain_for(cfg), settings=bucket_settings(cfg))
             metrics.watch_clients(pool.registry_clients)
-            jobs = JobManager(state, pool=pool, config=cfg, metrics=metrics, policy=policy)
+            # With workers, the jobs API's copies go to the queue under the same policy.
+            queue = (
+                JobQueue(
+                    state,
+                    policy={"allowed": list(policy.allowed), "allow_private": policy.allow_private},
+                )
+                if cfg.execution == "workers"
+                else None
+            )
+            jobs = JobManager(
+                state, pool=pool, config=cfg, metrics=metrics, policy=policy, queue=queue
+            )
             await jobs.start()
             access = AccessPolicy.of(
                 tokens=tokens,

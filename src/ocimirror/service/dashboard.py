@@ -3,11 +3,12 @@
 `render_dashboard` writes a complete HTML5 document: a header with counts, a card per
 configured mirror (status colour, sources → targets, schedule, last and next run, last
 error, an inline SVG sparkline of recent runs), the running jobs with progress bars and
-the recent jobs. Everything is inline (CSS, SVG, a small script); nothing is fetched from
+the recent jobs, and with `execution: workers` the queue workers (alive, busy, copies
+done and failed, last heartbeat) and the queue depth per registry. Everything is inline (CSS, SVG, a small script); nothing is fetched from
 elsewhere: the CSS and the script are package files (`static/dashboard.css` and
 `static/dashboard.js`), read once and put inline. The script polls `refresh_url`, which
 serves `dashboard_data(...)`, every 2 s and updates job progress and mirror status in
-place; when a poll fails it shows a "disconnected" badge and keeps the page as it is.
+place (the workers' table too); when a poll fails it shows a "disconnected" badge and keeps the page as it is.
 
 Every string that comes from configuration or from a run (names, references, errors) is
 HTML-escaped here, and the script only ever sets `textContent` and attributes.
@@ -63,8 +64,12 @@ def render_dashboard(
     now: datetime,
     title: str = "ocimirror",
     refresh_url: str | None = "/api/v1/dashboard",
+    workers: Mapping[str, Any] | None = None,
 ) -> str:
-    """The dashboard as a complete HTML5 document (inline CSS, SVG and script)."""
+    """The dashboard as a complete HTML5 document (inline CSS, SVG and script).
+
+    `workers` is the dashboard data's `workers` part (`execution: workers`), else None.
+    """
     now = _utc(now)
     tones = [_mirror_tone(m) for m in mirrors]
     counts = {
@@ -163,6 +168,7 @@ def render_dashboard(
   </div>
   <p class="empty" id="no-recent"{"" if not finished else " hidden"}>No finished jobs yet.</p>
 </section>
+{_workers_section(workers, now)}
 </main>
 <footer class="foot">{foot}</footer>
 <template id="tpl-job">{_job_row(None, now)}</template>
@@ -480,6 +486,65 @@ def _recent_row(job: JobView | None, now: datetime) -> str:
   <td class="job-finished">{finished}</td>
   <td class="job-error" title="{e(err)}">{e(_preview(err, 90))}{e(more)}</td>
 </tr>"""
+
+
+def _worker_row(w: Mapping[str, Any] | None, now: datetime) -> str:
+    """A worker as a table row (`None`: the empty template the script fills)."""
+    e = _esc
+    w = w or {}
+    alive, busy = bool(w.get("alive")), int(w.get("busy") or 0)
+    state = "busy" if alive and busy else "idle" if alive else "gone"
+    tone = "warn" if state == "busy" else "ok" if state == "idle" else "bad"
+    beat = w.get("last_heartbeat")
+    when = datetime.fromisoformat(beat) if isinstance(beat, str) else None
+    return f"""<tr class="tone-{tone}" data-worker="{e(w.get("name", ""))}">
+  <td><span class="pill" data-field="state">{e(state)}</span></td>
+  <td><code class="worker-name">{e(w.get("name", ""))}</code></td>
+  <td class="r worker-busy">{busy}</td>
+  <td class="r worker-done">{int(w.get("done") or 0)}</td>
+  <td class="r worker-failed">{int(w.get("failed") or 0)}</td>
+  <td class="worker-beat">{_time(when, now, kind="past", empty="")}</td>
+</tr>"""
+
+
+def _queue_row(q: Mapping[str, Any] | None) -> str:
+    """A registry's queue depth as a table row (`None`: the empty template)."""
+    q = q or {}
+    return f"""<tr data-queue="{_esc(q.get("registry", ""))}">
+  <td><code class="queue-registry">{_esc(q.get("registry", ""))}</code></td>
+  <td class="r queue-todo">{int(q.get("todo") or 0)}</td>
+  <td class="r queue-doing">{int(q.get("doing") or 0)}</td>
+</tr>"""
+
+
+def _workers_section(workers: Mapping[str, Any] | None, now: datetime) -> str:
+    """The queue workers and the queue depth per registry (nothing without workers)."""
+    if workers is None:
+        return ""
+    rows = "\n".join(_worker_row(w, now) for w in workers.get("workers") or [])
+    queues = "\n".join(_queue_row(q) for q in workers.get("queues") or [])
+    return f"""<section class="block" aria-labelledby="h-workers" id="workers">
+  <h2 id="h-workers">Workers</h2>
+  <div class="table-wrap">
+  <table class="recent">
+    <thead><tr><th>State</th><th>Worker</th><th class="r">Copying</th><th class="r">Done</th><th class="r">Failed</th><th>Last heartbeat</th></tr></thead>
+    <tbody id="worker-rows">
+{rows}
+    </tbody>
+  </table>
+  </div>
+  <p class="empty" id="no-workers"{"" if not rows else " hidden"}>No workers have reported.</p>
+  <div class="table-wrap">
+  <table class="recent">
+    <thead><tr><th>Queue (destination registry)</th><th class="r">To do</th><th class="r">Being done</th></tr></thead>
+    <tbody id="queue-rows">
+{queues}
+    </tbody>
+  </table>
+  </div>
+  <template id="tpl-worker">{_worker_row(None, now)}</template>
+  <template id="tpl-queue">{_queue_row(None)}</template>
+</section>"""
 
 
 # --- inline assets ------------------------------------------------------------------------

@@ -23,6 +23,10 @@ copies only it was waiting for; since a tag is always written last, nothing half
 is left. Jobs still queued or running when the process stopped are marked `interrupted`
 by `start()`, and `close()` interrupts the jobs it stops.
 
+With a `queue` (`execution: workers`), each copy is planned here and its images are
+copied by queue workers (`workers.jobqueue`); cancelling aborts them on whichever worker
+holds them, and the cancel returns once none of them runs.
+
 Only queued and running jobs are held in memory: a finished job is read back from the
 database (its final write is awaited before it is let go), so memory does not grow with
 the jobs served. A job whose final write failed is kept, up to `KEEP_UNSAVED`, so that
@@ -64,6 +68,7 @@ from ..transfer.engine import Side, Stores
 from ..transfer.options import Selection, parse_platforms, tag_filter
 from ..transfer.plan import CopyTask, destination_for
 from ..transfer.referrers import ReferrerOptions
+from ..workers.jobqueue import JobQueue
 from .models import (
     EntryError,
     EntryResult,
@@ -455,8 +460,12 @@ class JobManager:
         metrics: MirrorMetrics | None = None,
         config: Config | None = None,
         policy: AddressPolicy | None = None,
+        queue: JobQueue | None = None,
     ) -> None:
         """Use `state` for jobs and `pool` for registries.
+
+        With `queue`, image copies are made by queue workers (`execution: workers`);
+        this process plans them and closes the queue with `close()`.
 
         Without a pool one is made (and closed by `close()`) on `keychain`, else on the
         credentials of `config`. `config` also gives each registry host its connection
@@ -478,6 +487,7 @@ class JobManager:
         self._stores = Stores(pool, source=side, destination=side)
         self.image_concurrency = image_concurrency
         self.metrics = metrics
+        self.queue = queue
         self._jobs: dict[str, _Job] = {}  # queued or running
         self._unsaved: OrderedDict[str, JobView] = OrderedDict()
         self._flights: dict[FlightKey, _Flight] = {}
@@ -489,10 +499,15 @@ class JobManager:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Mark jobs a previous process left queued or running as interrupted; count them."""
+        """Mark jobs a previous process left queued or running as interrupted; count them.
+
+        With a queue, the copies those jobs left on it are aborted.
+        """
         stale = await self.state.interrupt_jobs(keep=list(self._jobs))
         if stale:
             log.info("interrupted jobs of a previous process", jobs=stale)
+        if self.queue is not None:  # and their copies still on the queue
+            await self.queue.start()
         return stale
 
     async def close(self) -> None:
@@ -507,6 +522,8 @@ class JobManager:
             await asyncio.wait(pending, timeout=STOP_TIMEOUT)
         for shared in self._copiers.values():
             shared.copier.cancel()
+        if self.queue is not None:
+            await self.queue.close()
         if self._own_pool:
             await self.pool.close()
 
@@ -792,16 +809,21 @@ class JobManager:
                 )
                 self._count_failure()
                 return _Outcome.failed(failed.public_error or scrub(failed.error))
-            # The first copy to a repository lists it; later ones share what it learnt.
-            every = options.all_tags and shared.users == 1
-            results = await engine.execute(
-                planned.tasks,
-                stores=self._stores,
-                copier=shared.copier,
-                listing="all" if every else "none",
-                watcher=_Credit(shared.router, flight),
-                shared=True,
-            )
+            if self.queue is not None:
+                results = await self.queue.copy(
+                    planned.tasks, copy_options, stop_timeout=STOP_TIMEOUT
+                )
+            else:
+                # The first copy to a repository lists it; later ones share what it learnt.
+                every = options.all_tags and shared.users == 1
+                results = await engine.execute(
+                    planned.tasks,
+                    stores=self._stores,
+                    copier=shared.copier,
+                    listing="all" if every else "none",
+                    watcher=_Credit(shared.router, flight),
+                    shared=True,
+                )
             for r in results:
                 if r.status == "failed":  # the detail stays here; the API shows `_public`
                     log.warning(

@@ -53,6 +53,15 @@ def worker(
             metavar="DURATION",
         ),
     ] = "30s",
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            help="On SIGTERM, how long running copies may finish before they are handed"
+            " back to the queue (retried elsewhere).",
+            metavar="DURATION",
+        ),
+    ] = "25s",
     name: Annotated[
         str | None,
         typer.Option(
@@ -91,6 +100,7 @@ def worker(
             )
         beat = parse_interval(heartbeat).total_seconds()
         stalled = parse_interval(stalled_after).total_seconds()
+        grace_s = parse_interval(grace).total_seconds()
         if stalled <= beat:
             raise OcimirrorError(
                 f"--stalled-after ({stalled_after}) must be longer than --heartbeat ({heartbeat})"
@@ -109,6 +119,7 @@ def worker(
             concurrency=concurrency,
             heartbeat=beat,
             stalled_after=stalled,
+            grace=grace_s,
             name=name,
         )
     )

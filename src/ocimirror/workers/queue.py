@@ -46,6 +46,9 @@ class CopyJob:
     platforms: tuple[str, ...] = ()
     include_foreign: bool = False
     referrers: dict[str, Any] = field(default_factory=dict)
+    #: The address policy of a jobs API copy (`{"allowed": [...], "allow_private": bool}`);
+    #: empty: a trusted caller (a sync pass of the config), any address.
+    policy: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, task: CopyTask, options: CopyOptions) -> CopyJob:
@@ -78,6 +81,7 @@ class CopyJob:
             platforms=tuple(args.get("platforms") or ()),
             include_foreign=bool(args.get("include_foreign")),
             referrers=dict(args.get("referrers") or {}),
+            policy=dict(args.get("policy") or {}),
         )
 
     def task(self) -> CopyTask:
@@ -119,9 +123,14 @@ def make_app(state: StateDB, *, max_connections: int = 4) -> App:
 
 async def defer(app: App, jobs: Sequence[CopyJob]) -> int:
     """Enqueue each copy; one whose destination is already queued joins it. Count joins."""
+    return sum(1 for queued in await defer_each(app, jobs) if queued is None)
+
+
+async def defer_each(app: App, jobs: Sequence[CopyJob]) -> list[int | None]:
+    """Enqueue each copy; its procrastinate job id, or None where it joined a queued one."""
     from procrastinate.exceptions import AlreadyEnqueued
 
-    joined = 0
+    ids: list[int | None] = []
     for job in jobs:
         destination = Reference.parse(job.destination)
         deferrer = app.configure_task(
@@ -131,7 +140,7 @@ async def defer(app: App, jobs: Sequence[CopyJob]) -> int:
             queueing_lock=job.destination,
         )
         try:
-            await deferrer.defer_async(**job.args())
+            ids.append(await deferrer.defer_async(**job.args()))
         except AlreadyEnqueued:
-            joined += 1
-    return joined
+            ids.append(None)
+    return ids

@@ -11,6 +11,9 @@ them one after the other, under a PostgreSQL advisory lock held by the transacti
                    already counted (unchanged images, failures and successes of its own)
     queued_copies  one row per (run, destination) copy; `done` once a worker recorded it
     ocimirror_workers  one row per worker: its last heartbeat and what it did
+    ocimirror_job_copies  one row per image copy a job of the jobs API awaits: the
+                   procrastinate job it deferred (None: it joined one), and once a worker
+                   recorded that destination, `done` and the image's result
 """
 
 from __future__ import annotations
@@ -77,6 +80,22 @@ queued_copies = Table(
     Column("done", Boolean, nullable=False, server_default=text("false")),
     Index("ix_ocimirror_queued_copies_dest_ref_done", "dest_ref", "done"),
     Index("ix_ocimirror_queued_copies_run_id_done", "run_id", "done"),
+)
+
+
+job_copies = Table(
+    "ocimirror_job_copies",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    #: The copy (flight) of a job of the jobs API that awaits this image.
+    Column("flight", String(64), nullable=False),
+    Column("dest_ref", Text, nullable=False),
+    #: The procrastinate job deferred for it; None when it joined one already queued.
+    Column("queue_job", BigInteger, nullable=True),
+    Column("done", Boolean, nullable=False, server_default=text("false")),
+    Column("result", JSON, nullable=True),
+    Index("ix_ocimirror_job_copies_dest_ref_done", "dest_ref", "done"),
+    Index("ix_ocimirror_job_copies_flight", "flight"),
 )
 
 

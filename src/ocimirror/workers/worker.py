@@ -11,7 +11,11 @@ Every worker also looks, every `heartbeat`, for copies held by a worker whose he
 is older than `stalled_after` (killed, or its machine lost) and puts them back in the
 queue, where another worker takes them: the tag is written last, so the half-done copy
 left no tag naming missing content, and the retry finds what already arrived.
-SIGTERM (or SIGINT) stops taking jobs and lets the copies running finish.
+SIGTERM (or SIGINT) stops taking jobs and lets the copies running finish for `grace`
+seconds; those still running then are cancelled and handed back: put back in the queue
+at once, unrecorded, for another worker (the tag is written last, so nothing half-done
+is named). A copy aborted through the jobs API (`jobqueue`) is cancelled and recorded
+failed, `cancelled`, for every pass or job awaiting its destination.
 
 Each registry host's `max_concurrency` holds across every worker together: a request
 also holds one of the host's places in PostgreSQL (`slots.PgSlots`).
@@ -21,14 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ..client import HostOptions
+from ..netpolicy import AddressPolicy
 from ..ratelimit import HostLimiter
 from ..reference import Reference
 from ..settings.config import Config
@@ -38,7 +45,7 @@ from ..stores.schemes import scheme_for
 from ..transfer import engine
 from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
-from . import ledger, status
+from . import jobqueue, ledger, status
 from .queue import COPY_TASK, CopyJob, make_app
 from .schema import ensure_schema, procrastinate_url
 from .slots import PgSlots
@@ -52,6 +59,14 @@ log = structlog.get_logger(__name__)
 HEARTBEAT = 10.0
 #: Seconds without a heartbeat after which a worker's copies are retried elsewhere.
 STALLED_AFTER = 30.0
+#: Seconds a stopping worker lets its running copies finish before handing them back.
+GRACE = 25.0
+#: The error recorded for a copy aborted through the jobs API.
+ABORTED_ERROR = "cancelled before the copy finished"
+
+
+class HandedBack(Exception):
+    """A copy cut short by the worker's stop: procrastinate puts it back in the queue."""
 
 
 @dataclass
@@ -79,12 +94,34 @@ class CopyRunner:
     stores: Stores
     image_concurrency: int = 16
     stats: WorkerStats = field(default_factory=WorkerStats)
-    _copiers: dict[tuple[str, str, CopyOptions], _Shared] = field(default_factory=dict)
+    _copiers: dict[tuple[str, str, CopyOptions, str], _Shared] = field(default_factory=dict)
+    _policed: dict[str, Stores] = field(default_factory=dict)
+
+    def stores_for(self, policy: dict[str, Any]) -> Stores:
+        """The stores of a copy: under its address policy, if it has one (jobs API)."""
+        if not policy:
+            return self.stores
+        key = repr(sorted(policy.items()))
+        stores = self._policed.get(key)
+        if stores is None:
+            rules = AddressPolicy(
+                allowed=tuple(policy.get("allowed") or ()),
+                allow_private=bool(policy.get("allow_private")),
+            )
+
+            def options_for(ref: Reference) -> HostOptions:
+                options = _host_options(self.config, ref) or HostOptions()
+                return replace(options, address_policy=rules)
+
+            side = Side(options_for=options_for)
+            stores = self._policed[key] = Stores(self.stores.pool, source=side, destination=side)
+        return stores
 
     async def run(self, job: CopyJob) -> ImageResult:
         """Copy and record one image; the result is recorded whatever it is."""
         task, options = job.task(), job.options()
-        key = (task.destination.registry, task.destination.repository, options)
+        policy_key = repr(sorted(job.policy.items()))
+        key = (task.destination.registry, task.destination.repository, options, policy_key)
         shared = self._copiers.get(key)
         if shared is None:
             copier = Copier(options=options, image_concurrency=self.image_concurrency)
@@ -92,7 +129,8 @@ class CopyRunner:
         shared.users += 1
         self.stats.busy += 1
         try:
-            result = await engine.copy_one(task, stores=self.stores, copier=shared.copier)
+            stores = self.stores_for(job.policy)
+            result = await engine.copy_one(task, stores=stores, copier=shared.copier)
         finally:
             self.stats.busy -= 1
             shared.users -= 1
@@ -108,11 +146,28 @@ class CopyRunner:
                 destination=result.destination,
                 error=result.error,
             )
-        closed = await ledger.record_copy(self.state, job.destination, result)
+        await self.record(job, result)
         self.stats.done += 1
+        return result
+
+    async def record(self, job: CopyJob, result: ImageResult) -> None:
+        """Record a copy for every pass and job awaiting its destination."""
+        closed = await ledger.record_copy(self.state, job.destination, result)
+        await jobqueue.record(self.state, job.destination, result)
         for run_id in closed:
             log.info("pass finished by this worker", run=run_id)
-        return result
+
+    async def aborted(self, job: CopyJob) -> None:
+        """Record a copy aborted through the jobs API: failed, cancelled, for every waiter."""
+        result = ImageResult(
+            job.source,
+            job.destination,
+            status="failed",
+            error=ABORTED_ERROR,
+            public_error=ABORTED_ERROR,
+        )
+        self.stats.failed += 1
+        await self.record(job, result)
 
 
 def _host_options(config: Config, ref: Reference) -> HostOptions | None:
@@ -122,10 +177,25 @@ def _host_options(config: Config, ref: Reference) -> HostOptions | None:
 def register(app: App, runner: CopyRunner) -> None:
     """Register the copy task on `app`, run by `runner`."""
 
-    async def copy(context: JobContext, /, **args: Any) -> None:
-        await runner.run(CopyJob.from_args(args))
+    from procrastinate import RetryStrategy
+    from procrastinate.job_context import AbortReason
 
-    app.task(name=COPY_TASK, pass_context=True)(copy)
+    async def copy(context: JobContext, /, **args: Any) -> None:
+        job = CopyJob.from_args(args)
+        log.info("copy started", destination=job.destination, job=context.job.id)
+        try:
+            await runner.run(job)
+        except asyncio.CancelledError:
+            if context.abort_reason() == AbortReason.SHUTDOWN:
+                log.info("copy handed back at shutdown", destination=job.destination)
+                raise HandedBack(job.destination) from None
+            log.info("copy aborted", destination=job.destination)
+            await asyncio.shield(runner.aborted(job))
+            raise
+
+    # Only a hand-back is retried (at once); a copy's failure is recorded, not raised.
+    retry = RetryStrategy(max_attempts=1000, wait=0, retry_exceptions={HandedBack})
+    app.task(name=COPY_TASK, pass_context=True, retry=retry)(copy)
 
 
 async def recover_stalled(app: App, stalled_after: float) -> int:
@@ -138,12 +208,26 @@ async def recover_stalled(app: App, stalled_after: float) -> int:
 
 
 async def _heartbeat_loop(
-    app: App, state: StateDB, name: str, stats: WorkerStats, every: float, stalled_after: float
+    app: App,
+    state: StateDB,
+    name: str,
+    stats: WorkerStats,
+    every: float,
+    stalled_after: float,
+    worker_id: Callable[[], int | None],
 ) -> None:
-    """At every heartbeat: say what this worker does, and retry stalled workers' copies."""
+    """At every heartbeat: say what this worker does, and retry stalled workers' copies.
+
+    It also beats procrastinate's own heartbeat of this worker (`worker_id`): procrastinate
+    stops its own as soon as the worker is asked to stop, and copies finishing within the
+    grace would otherwise look stalled to the other workers, which would run them again.
+    """
     started = datetime.now(UTC)
     while True:
         try:
+            queue_id = worker_id()
+            if queue_id is not None:
+                await app.job_manager.update_heartbeat(queue_id)
             await status.beat(
                 state,
                 name,
@@ -166,6 +250,7 @@ async def run_worker(
     concurrency: int = 8,
     heartbeat: float = HEARTBEAT,
     stalled_after: float = STALLED_AFTER,
+    grace: float = GRACE,
     name: str | None = None,
 ) -> WorkerStats:
     """Run queued copies until SIGTERM or SIGINT; return what this worker did."""
@@ -189,20 +274,47 @@ async def run_worker(
         HostLimiter.shared = slots
         try:
             async with app.open_async():
-                recovery = asyncio.create_task(
-                    _heartbeat_loop(app, state, name, runner.stats, heartbeat, stalled_after)
+                from procrastinate.worker import Worker
+
+                queue_worker = Worker(
+                    app,
+                    name=name,
+                    concurrency=concurrency,
+                    update_heartbeat_interval=heartbeat,
+                    stalled_worker_timeout=stalled_after,
+                    shutdown_graceful_timeout=grace,
+                    install_signal_handlers=False,
+                    wait=True,
                 )
+                recovery = asyncio.create_task(
+                    _heartbeat_loop(
+                        app,
+                        state,
+                        name,
+                        runner.stats,
+                        heartbeat,
+                        stalled_after,
+                        lambda: queue_worker.worker_id,
+                    )
+                )
+                loop = asyncio.get_running_loop()
+
+                def on_signal() -> None:
+                    log.info(
+                        "stopping: no new copies; running ones may finish",
+                        running=runner.stats.busy,
+                        grace=grace,
+                    )
+                    queue_worker.stop()  # type: ignore[no-untyped-call]  # procrastinate: untyped
+
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, on_signal)
                 try:
                     log.info("worker started", concurrency=concurrency)
-                    await app.run_worker_async(
-                        name=name,
-                        concurrency=concurrency,
-                        update_heartbeat_interval=heartbeat,
-                        stalled_worker_timeout=stalled_after,
-                        install_signal_handlers=True,
-                        wait=True,
-                    )
+                    await queue_worker.run()  # type: ignore[no-untyped-call]
                 finally:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(sig)
                     recovery.cancel()
                     await asyncio.gather(recovery, return_exceptions=True)
                     await status.forget(state, name)

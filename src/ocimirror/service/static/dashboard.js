@@ -246,6 +246,38 @@
     }
   }
 
+  function applyWorkers(w) {
+    var rows = document.getElementById("worker-rows");
+    var queues = document.getElementById("queue-rows");
+    if (!rows || !queues || !w || typeof w !== "object") { return; }
+    var workers = Array.isArray(w.workers) ? w.workers : [];
+    rows.textContent = "";
+    workers.forEach(function (x) {
+      var el = fromTemplate("tpl-worker");
+      var busy = Number(x.busy) || 0;
+      var state = x.alive ? (busy ? "busy" : "idle") : "gone";
+      el.setAttribute("data-worker", String(x.name || ""));
+      setTone(el, state === "busy" ? "warn" : state === "idle" ? "ok" : "bad");
+      setText(q(el, "[data-field=state]"), state);
+      setText(q(el, ".worker-name"), String(x.name || ""));
+      setText(q(el, ".worker-busy"), String(busy));
+      setText(q(el, ".worker-done"), String(Number(x.done) || 0));
+      setText(q(el, ".worker-failed"), String(Number(x.failed) || 0));
+      setTime(q(el, ".worker-beat time"), x.last_heartbeat);
+      rows.appendChild(el);
+    });
+    document.getElementById("no-workers").hidden = workers.length > 0;
+    queues.textContent = "";
+    (Array.isArray(w.queues) ? w.queues : []).forEach(function (x) {
+      var el = fromTemplate("tpl-queue");
+      el.setAttribute("data-queue", String(x.registry || ""));
+      setText(q(el, ".queue-registry"), String(x.registry || ""));
+      setText(q(el, ".queue-todo"), String(Number(x.todo) || 0));
+      setText(q(el, ".queue-doing"), String(Number(x.doing) || 0));
+      queues.appendChild(el);
+    });
+  }
+
   function online(isOnline) {
     document.getElementById("conn").hidden = isOnline;
     body.classList.toggle("offline", !isOnline);
@@ -262,6 +294,7 @@
         if (!data || typeof data !== "object") { throw new Error("bad payload"); }
         if (Array.isArray(data.mirrors)) { applyMirrors(data.mirrors); }
         if (Array.isArray(data.jobs)) { applyJobs(data.jobs); }
+        if (data.workers) { applyWorkers(data.workers); }
         online(true);
         setText(document.getElementById("updated"), "updated " + absolute(now()).slice(11));
       })
