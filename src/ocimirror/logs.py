@@ -3,9 +3,10 @@ stdout or a file."""
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Literal, TextIO, cast
 
 import stamina.instrumentation
 import structlog
@@ -81,12 +82,38 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class _Current(io.TextIOBase):
+    """`sys.stderr` or `sys.stdout` as it is at each write, not as it was when logging was
+    configured: whoever replaces the stream later (a test runner capturing output, an
+    embedding program) gets the lines, and a stream closed since is never written to."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def _target(self) -> TextIO:
+        stream: TextIO = getattr(sys, self._name)
+        return stream
+
+    def write(self, s: str) -> int:
+        """Write to the stream of the moment."""
+        return self._target().write(s)
+
+    def flush(self) -> None:
+        """Flush the stream of the moment."""
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        """Whether the stream of the moment is a terminal."""
+        return self._target().isatty()
+
+
 def _stream(output: str) -> TextIO:
     """The stream logs go to: stderr, stdout, or a file opened for appending."""
     if output in ("", "stderr", "-"):
-        return sys.stderr
+        return cast(TextIO, _Current("stderr"))
     if output == "stdout":
-        return sys.stdout
+        return cast(TextIO, _Current("stdout"))
     # Open for the life of the process, as stderr is.
     return open(output, "a", buffering=1, encoding="utf-8")
 
