@@ -39,6 +39,7 @@ from ocimirror.testkit.front import Front
 from ocimirror.testkit.gate import UploadGate
 from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_index
 from ocimirror.testkit.invariants import check_store
+from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed, store_for
 
@@ -217,6 +218,50 @@ async def test_sync_stopped_mid_run_leaves_no_run_running(
     assert await run_statuses(state) == ["ok", "interrupted"]
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
+
+
+async def test_sync_with_its_postgresql_killed_mid_run_records_no_false_success(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    """The PostgreSQL state database SIGKILLed (postmaster and backends) while a sync pass
+    is mid-way, then started again on its data: the pass fails in one clear line, no
+    traceback; the next pass marks the run it left `running` as `interrupted`, completes,
+    and every `synced` row is the tag's digest at the target."""
+    src: LocalRegistry = registry_factory("src")
+    dst: LocalRegistry = registry_factory("dst")
+    await seed(src, "app", corpus())
+    # Commits durable against a killed server (the testkit's default trades that for speed).
+    with LocalPostgres(settings={"synchronous_commit": "on"}) as pg:
+        state = pg.url
+        gate = UploadGate(after=3)
+        async with Front(dst, gate).running() as front:
+            config = sync_config(tmp_path / "mirror.yaml", src, f"{front.host}/app")
+            proc = await start_held(gate, "sync", "-c", str(config), "--state", state)
+            await asyncio.to_thread(pg.crash)
+            gate.release()
+            _, raw = await proc.communicate()
+            err = raw.decode()
+            assert proc.returncode == 1, err
+            assert "error: the state database failed during the pass" in err
+            assert "Traceback" not in err, err
+            await asyncio.to_thread(pg.restart)
+            assert await run_statuses(state) == ["running"]  # nothing could record its end
+            await assert_target_sound(dst, "app")
+            code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+            assert code == 0, err
+        assert await run_statuses(state) == ["ok", "interrupted"]
+        await assert_target_sound(dst, "app", tags=10)
+        store = store_for(dst)
+        try:
+            async with StateDB(state) as db:
+                synced = await db.synced("app")
+                assert len(synced) == 10, synced
+                for dest, row in synced.items():
+                    desc = await store.head_manifest("app", dest.rsplit(":", 1)[-1])
+                    assert desc is not None, dest
+                    assert desc.digest == row.target_digest, dest
+        finally:
+            await store.close()
 
 
 @pytest.mark.soak  # sync's SIGKILL test covers the bounded form
