@@ -26,15 +26,17 @@ import contextlib
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import Background, ocimirror_command
-from ocimirror.testkit.faults import FaultInjector
+from ocimirror.testkit.faults import FaultInjector, http_faults
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.gate import UploadGate
 from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_index
@@ -548,3 +550,60 @@ async def test_serve_under_faults_names_each_failed_entry(
         assert (status, answer) == (200, {"ok": True}), answer
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
+
+
+async def test_serve_posts_while_the_source_storms_name_each_failed_entry(
+    registry_factory: Any, tmp_path: Path, servers: list[Server]
+) -> None:
+    """`serve`'s POST while the source is overloaded: storms of 500, 502, 503 or 429
+    (`Retry-After: 1`), each 1 s of refusing every request, starting at 1/10 of requests
+    with 2 s of calm after each. The answer is `{"ok":true}` or names each failed entry;
+    the job's stored entries say the same; what is tagged is whole; once the storms stop
+    the same POST answers `{"ok":true}`."""
+    src: LocalRegistry = registry_factory("src")
+    dst: LocalRegistry = registry_factory("dst")
+    images = corpus()
+    await seed(src, "app", images)
+    state = f"sqlite:///{tmp_path}/serve.state.db"
+    server = await asyncio.to_thread(Server, tmp_path, state)
+    servers.append(server)
+    counts: Counter[str] = Counter()
+    storms = http_faults(
+        seed=1, rate=0.3, retry_after="1", storm_seconds=1.0, calm_seconds=1.0, counts=counts
+    )
+    storming = True
+
+    async def gated(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        return await storms(front, request, body) if storming else None
+
+    async with Front(src, gated).running() as front:
+        body = {
+            "mirrors": [
+                {"src": f"{front.host}/app:{tag}", "dst": f"{dst.host}/app:{tag}"}
+                for tag, _ in images
+            ]
+        }
+        status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
+        assert status == 200, answer
+        assert sum(counts.values()) > 0
+        failed = {e["index"]: e for e in answer.get("errors") or []}
+        assert answer["ok"] is (not failed)
+        for index, error in failed.items():  # each names its entry, and why
+            entry = body["mirrors"][index]
+            assert error["name"] == f"({entry['src']} to {entry['dst']})"
+            assert error["error"]
+        tags = await target_tags(dst, "app")
+        for i, (tag, _) in enumerate(images):  # an entry not named as failed is there
+            assert (tag in tags) or (i in failed)
+        await assert_target_sound(dst, "app")
+        async with StateDB(state) as db:
+            [job] = await db.list_jobs()
+        assert job.state == ("failed" if failed else "done")
+        entries = (job.result or {})["entries"]
+        assert {e["index"] for e in entries if e["status"] == "failed"} == set(failed)
+        storming = False
+        status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
+        assert (status, answer) == (200, {"ok": True}), answer
+    print(f"\nserve, source storms: {dict(counts)}; failed entries: {sorted(failed)}")
+    await assert_target_sound(dst, "app", tags=10)
+    assert "Traceback" not in server.text()
