@@ -26,19 +26,22 @@ import contextlib
 import json
 import os
 import signal
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import Background, ocimirror_command
-from ocimirror.testkit.faults import FaultInjector
+from ocimirror.testkit.faults import FaultInjector, http_faults
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.gate import UploadGate
 from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_index
 from ocimirror.testkit.invariants import check_store
+from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed, store_for
 
@@ -217,6 +220,50 @@ async def test_sync_stopped_mid_run_leaves_no_run_running(
     assert await run_statuses(state) == ["ok", "interrupted"]
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
+
+
+async def test_sync_with_its_postgresql_killed_mid_run_records_no_false_success(
+    registry_factory: Any, tmp_path: Path
+) -> None:
+    """The PostgreSQL state database SIGKILLed (postmaster and backends) while a sync pass
+    is mid-way, then started again on its data: the pass fails in one clear line, no
+    traceback; the next pass marks the run it left `running` as `interrupted`, completes,
+    and every `synced` row is the tag's digest at the target."""
+    src: LocalRegistry = registry_factory("src")
+    dst: LocalRegistry = registry_factory("dst")
+    await seed(src, "app", corpus())
+    # Commits durable against a killed server (the testkit's default trades that for speed).
+    with LocalPostgres(settings={"synchronous_commit": "on"}) as pg:
+        state = pg.url
+        gate = UploadGate(after=3)
+        async with Front(dst, gate).running() as front:
+            config = sync_config(tmp_path / "mirror.yaml", src, f"{front.host}/app")
+            proc = await start_held(gate, "sync", "-c", str(config), "--state", state)
+            await asyncio.to_thread(pg.crash)
+            gate.release()
+            _, raw = await proc.communicate()
+            err = raw.decode()
+            assert proc.returncode == 1, err
+            assert "error: the state database failed during the pass" in err
+            assert "Traceback" not in err, err
+            await asyncio.to_thread(pg.restart)
+            assert await run_statuses(state) == ["running"]  # nothing could record its end
+            await assert_target_sound(dst, "app")
+            code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+            assert code == 0, err
+        assert await run_statuses(state) == ["ok", "interrupted"]
+        await assert_target_sound(dst, "app", tags=10)
+        store = store_for(dst)
+        try:
+            async with StateDB(state) as db:
+                synced = await db.synced("app")
+                assert len(synced) == 10, synced
+                for dest, row in synced.items():
+                    desc = await store.head_manifest("app", dest.rsplit(":", 1)[-1])
+                    assert desc is not None, dest
+                    assert desc.digest == row.target_digest, dest
+        finally:
+            await store.close()
 
 
 @pytest.mark.soak  # sync's SIGKILL test covers the bounded form
@@ -503,3 +550,60 @@ async def test_serve_under_faults_names_each_failed_entry(
         assert (status, answer) == (200, {"ok": True}), answer
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
+
+
+async def test_serve_posts_while_the_source_storms_name_each_failed_entry(
+    registry_factory: Any, tmp_path: Path, servers: list[Server]
+) -> None:
+    """`serve`'s POST while the source is overloaded: storms of 500, 502, 503 or 429
+    (`Retry-After: 1`), each 1 s of refusing every request, starting at 1/10 of requests
+    with 2 s of calm after each. The answer is `{"ok":true}` or names each failed entry;
+    the job's stored entries say the same; what is tagged is whole; once the storms stop
+    the same POST answers `{"ok":true}`."""
+    src: LocalRegistry = registry_factory("src")
+    dst: LocalRegistry = registry_factory("dst")
+    images = corpus()
+    await seed(src, "app", images)
+    state = f"sqlite:///{tmp_path}/serve.state.db"
+    server = await asyncio.to_thread(Server, tmp_path, state)
+    servers.append(server)
+    counts: Counter[str] = Counter()
+    storms = http_faults(
+        seed=1, rate=0.3, retry_after="1", storm_seconds=1.0, calm_seconds=1.0, counts=counts
+    )
+    storming = True
+
+    async def gated(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        return await storms(front, request, body) if storming else None
+
+    async with Front(src, gated).running() as front:
+        body = {
+            "mirrors": [
+                {"src": f"{front.host}/app:{tag}", "dst": f"{dst.host}/app:{tag}"}
+                for tag, _ in images
+            ]
+        }
+        status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
+        assert status == 200, answer
+        assert sum(counts.values()) > 0
+        failed = {e["index"]: e for e in answer.get("errors") or []}
+        assert answer["ok"] is (not failed)
+        for index, error in failed.items():  # each names its entry, and why
+            entry = body["mirrors"][index]
+            assert error["name"] == f"({entry['src']} to {entry['dst']})"
+            assert error["error"]
+        tags = await target_tags(dst, "app")
+        for i, (tag, _) in enumerate(images):  # an entry not named as failed is there
+            assert (tag in tags) or (i in failed)
+        await assert_target_sound(dst, "app")
+        async with StateDB(state) as db:
+            [job] = await db.list_jobs()
+        assert job.state == ("failed" if failed else "done")
+        entries = (job.result or {})["entries"]
+        assert {e["index"] for e in entries if e["status"] == "failed"} == set(failed)
+        storming = False
+        status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
+        assert (status, answer) == (200, {"ok": True}), answer
+    print(f"\nserve, source storms: {dict(counts)}; failed entries: {sorted(failed)}")
+    await assert_target_sound(dst, "app", tags=10)
+    assert "Traceback" not in server.text()

@@ -16,10 +16,11 @@ from aiohttp import web
 from ocimirror import mediatypes as mt
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front, kind_of
-from ocimirror.testkit.images import make_index
+from ocimirror.testkit.images import make_index, make_nested_index
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.transfer.copy import MAX_INDEX_DEPTH
 from test_proxy_hostile import rss_kib
 
 
@@ -150,3 +151,30 @@ async def test_json_nested_too_deeply_is_a_clear_error_never_a_500(
         assert missing.status == 404
         assert missing.json()["errors"][0]["code"]
     assert "Traceback" not in proxy.text()
+
+
+async def test_indexes_nested_past_the_limit_are_refused_naming_the_image(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """A source chaining indexes (each a distinct, digest-valid manifest, so no cycle to
+    catch) is walked MAX_INDEX_DEPTH levels deep and no further: the image fails naming
+    itself and the limit, nothing is tagged; a chain at the limit copies."""
+    deep = make_nested_index(MAX_INDEX_DEPTH + 4, seed="deep")
+    fits = make_nested_index(MAX_INDEX_DEPTH, seed="fits")
+    await seed(registry, "app", [("deep", deep), ("fits", fits)])
+    registry.clear_log()
+    out = await asyncio.to_thread(
+        run_ocimirror, "copy", "--json", f"{registry.host}/app:deep", f"{registry.host}/dst:deep"
+    )
+    assert out.returncode != 0, out.stdout
+    assert f"{registry.host}/app:deep" in out.stdout
+    assert f"indexes nested more than {MAX_INDEX_DEPTH} levels deep" in out.stdout
+    assert "Traceback" not in out.stderr
+    seen = registry.requests()
+    got = [r for r in seen if r.method == "GET" and "/app/manifests/" in r.path]
+    assert len(got) <= MAX_INDEX_DEPTH + 1, len(got)  # walked no deeper than the limit
+    assert not [r for r in seen if r.method == "PUT" and r.path.endswith("/manifests/deep")]
+    out = await asyncio.to_thread(
+        run_ocimirror, "copy", f"{registry.host}/app:fits", f"{registry.host}/dst:fits"
+    )
+    assert out.returncode == 0, out.stderr

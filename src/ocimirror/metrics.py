@@ -19,6 +19,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from .client import RegistryClient
+from .webserver import AppRunner
 
 #: Run durations: a warm pass takes a second, a cold one of a big image many minutes.
 DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, float("inf"))
@@ -209,7 +210,7 @@ async def serve_metrics(
     host, port = split_listen(listen)
     app = web.Application()
     app.router.add_get(path, handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

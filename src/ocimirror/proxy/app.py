@@ -31,9 +31,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ..errors import AuthError, NotFound, OcimirrorError, RateLimited
+from ..errors import AuthError, NotFound, OcimirrorError, RateLimited, RegistryError, Unreachable
 from .cache import ProxyCache
 from .cachestore import open_store
+from .forward import RETRY_AFTER_5XX
 from .handlers import handle_health, handle_metrics, handle_other, handle_v2
 from .metrics import ProxyMetrics
 from .paths import Refused
@@ -73,9 +74,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         log.warning("upstream refused the proxy's credentials", path=request.path, error=str(e))
         resp = oci_error(403, "DENIED", "requested access to the resource is denied")
     except (aiohttp.ClientError, TimeoutError, OcimirrorError) as e:
-        proxy.metrics.upstream_errors.labels(request.get("upstream", "-"), "unreachable").inc()
-        log.warning("upstream failed", path=request.path, error=str(e) or type(e).__name__)
-        resp = oci_error(502, "UNAVAILABLE", "the upstream registry could not be reached")
+        resp = _upstream_failed(proxy, request, e)
     proxy.metrics.requests.labels(
         request.get("upstream", "-"), request.get("kind", "other"), request.method, resp.status
     ).inc()
@@ -89,6 +88,26 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     if isinstance(resp, web.HTTPException):
         raise resp
     return resp
+
+
+def _upstream_failed(proxy: Proxy, request: web.Request, e: Exception) -> web.Response:
+    """The answer when the upstream failed: 503 with `Retry-After` when it answered 5xx
+    (it is up but failing, the client should come back), 502 when it could not be reached
+    or answered nonsense. Neither says what the upstream said; the log does, in one line."""
+    error = str(e) or type(e).__name__
+    upstream = request.get("upstream", "-")
+    if isinstance(e, RegistryError) and not isinstance(e, Unreachable) and 500 <= e.status < 600:
+        proxy.metrics.upstream_errors.labels(upstream, f"http_{e.status}").inc()
+        log.warning("upstream answered 5xx", path=request.path, status=e.status, error=error)
+        return oci_error(
+            503,
+            "UNAVAILABLE",
+            "the upstream registry is failing, try again later",
+            headers={"Retry-After": RETRY_AFTER_5XX},
+        )
+    proxy.metrics.upstream_errors.labels(upstream, "unreachable").inc()
+    log.warning("upstream failed", path=request.path, error=error)
+    return oci_error(502, "UNAVAILABLE", "the upstream registry could not be reached")
 
 
 def make_proxy_app(

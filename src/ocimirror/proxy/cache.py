@@ -72,6 +72,7 @@ from ..atomicfile import open_temp
 from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
 from .blobstream import AHEAD, CHUNK_SIZE, BlobStream, Download, Handle, Progress, sync_file
+from .cachefull import FullDisk
 from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ class ProxyCache:
         self._raw_bytes = 0
         self._total = 0
         self._closed = False
+        self.disk = FullDisk(str(self._place))
         self.directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.directory / INDEX_NAME, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -282,10 +284,15 @@ class ProxyCache:
         if not self._dirty:
             return
         rows = [(dg, self._atimes[dg]) for dg in self._dirty if dg in self._atimes]
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO access (digest, atime) VALUES (?, ?)", rows
-            )
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO access (digest, atime) VALUES (?, ?)", rows
+                )
+        except sqlite3.Error as e:
+            if not self.disk.noted(e):
+                raise
+            return  # kept in memory, written at a later flush
         self._dirty.clear()
 
     def _pin(self, digest: str) -> None:
@@ -787,8 +794,9 @@ class ProxyCache:
                 writing.cancel()  # the thread finishes; the handle closes after it
                 writing.add_done_callback(_retrieved)
             self._fail(dl, e)
-            if isinstance(e, Exception):
+            if isinstance(e, Exception) and not self.disk.noted(e):
                 log.info("proxy cache fetch failed", digest=dl.digest, error=str(e))
+            if isinstance(e, Exception):
                 return  # the readers have it; nobody awaits this task
             raise
         dl.handle.close()

@@ -104,6 +104,9 @@ async def cached_blob(
     if not digests.is_valid(digest):
         return await upstream_blob_answer(request, route, path)
     cached = await cache.discover(digest)
+    if not cached and cache.disk.full and not cache.fetching(digest):
+        # The cache's disk is full (cachefull.py): the upstream's blob, hashed on the way.
+        return await upstream_blob_answer(request, route, path)
     if cached and request.method == "GET" and request.app[PROXY].settings.cache.redirect:
         answer = await _redirect_to_store(request, route, digest, path)
         if answer is not None:

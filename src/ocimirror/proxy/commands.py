@@ -246,6 +246,7 @@ async def _serve(settings: ProxySettings) -> int:
     import structlog
     from aiohttp import web
 
+    from ..webserver import AppRunner
     from .app import make_proxy_app
 
     log = structlog.get_logger("ocimirror.proxy")
@@ -262,7 +263,7 @@ async def _serve(settings: ProxySettings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+    runner = AppRunner(app, access_log=None, shutdown_timeout=5)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port)

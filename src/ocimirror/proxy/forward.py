@@ -80,6 +80,10 @@ def negotiation_headers(request: web.Request) -> dict[str, str]:
     return out
 
 
+#: What a client is told to wait when the upstream answers 5xx (a storm may pass soon).
+RETRY_AFTER_5XX = "1"
+
+
 async def open_upstream(
     request: web.Request,
     route: Route,
@@ -125,6 +129,12 @@ async def respond(
             )
             return oci_error(403, "DENIED", "requested access to the resource is denied")
         headers = response_headers(request, route, resp, link_query=link_query)
+        if resp.status >= 500:
+            log.warning(
+                "upstream answered 5xx", path=request.path, status=resp.status, upstream=label
+            )
+            if resp.status == 503 and "Retry-After" not in headers:
+                headers["Retry-After"] = RETRY_AFTER_5XX  # say when to come back
         if resp.status >= 400 and body is None:
             body = await error_body(request, resp)
         if body is not None:

@@ -38,6 +38,7 @@ restart each client's first request for an object asks the upstream.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from dataclasses import dataclass
 
 import aiohttp
@@ -233,6 +234,10 @@ async def store_manifest(
         )
     except (OcimirrorError, ValueError) as e:
         log.warning("manifest not cached", path=request.path, error=str(e))
+        return None
+    except (OSError, sqlite3.Error) as e:
+        if not the_cache(request).disk.noted(e):  # a full disk is logged once, there
+            raise
         return None
 
 

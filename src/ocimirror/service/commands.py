@@ -284,6 +284,7 @@ async def _serve(
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.db import StateDB, default_url
     from ..stores.pool import StorePool
+    from ..webserver import AppRunner
     from ..workers.jobqueue import JobQueue
     from ..workers.schema import require_postgres
     from .access import AccessPolicy
@@ -375,7 +376,7 @@ async def _serve(
                 max_entries=cfg.api.max_entries,
                 workers=_workers_of(state) if cfg.execution == "workers" else None,
             )
-            runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
+            runner = AppRunner(make_app(service), access_log=None, shutdown_timeout=5)
             await runner.setup()
             site = web.TCPSite(runner, bind, port)
             await site.start()

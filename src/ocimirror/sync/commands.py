@@ -100,6 +100,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+def _fail_state(e: Exception) -> typer.Exit:
+    """One line for a state database that failed during a pass (exit 1): what the driver
+    said (its first line, no SQL, no parameters); the next pass marks the run interrupted."""
+    cause = getattr(e, "orig", None) or e
+    said = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    _fail(
+        f"the state database failed during the pass ({type(cause).__name__}: {said});"
+        " what was copied stays, the run is marked interrupted by the next pass: run it again"
+    )
+    return typer.Exit(EXIT_FAILED)
+
+
 def _configure_logs(cfg: Config) -> None:
     """Set up logging as the config's `logging` block says."""
     from ..logs import configure
@@ -285,10 +297,14 @@ def sync(
                 cfg, state=db, mode=mode, mirrors=mirror, trust_state=trust, verify=verify
             )
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         passes = run_stoppable(go())
     except OcimirrorError as e:
         raise _fail(str(e)) from None
+    except SQLAlchemyError as e:  # the state database went away mid-pass (or broke)
+        raise _fail_state(e) from None
     except Stopped as e:
         console.print(
             f"[red]error:[/] {e}: its runs are recorded as interrupted; run it again to finish",

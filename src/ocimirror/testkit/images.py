@@ -371,6 +371,24 @@ def make_index(
     return SampleImage(manifest=parse(_dumps(doc), media_type), children=tuple(children))
 
 
+def make_nested_index(levels: int, *, seed: Seed = 0, layer_size: int = 256) -> SampleImage:
+    """Make `levels` OCI indexes, each naming the next (each distinct, by an annotation),
+    the innermost naming one image: what a hostile source can chain without a cycle."""
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, not {levels}")
+    inner = make_image(layer_size=layer_size, seed=derive_seed(seed, "nested"))
+    current = inner
+    for level in range(levels, 0, -1):
+        doc: dict[str, Any] = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [_desc_json(current.descriptor)],
+            "annotations": {"org.example.level": str(level)},
+        }
+        current = SampleImage(manifest=parse(_dumps(doc), mt.OCI_INDEX), children=(current,))
+    return current
+
+
 def make_artifact(
     subject: SampleImage | None,
     *,

@@ -94,6 +94,28 @@ def _stop_leftovers() -> None:
     _LIVE.clear()
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class LocalPostgres(StartStop):
     """A PostgreSQL server on 127.0.0.1 with a fresh cluster in a temporary directory."""
 
@@ -366,6 +388,35 @@ class LocalPostgres(StartStop):
                 proc.kill()
                 proc.wait(5)
         self._reap()
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster and every backend, as a machine losing power would
+        (kill -9 of the server); the data directory stays for `restart`."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        pid = self._postmaster_pid() or proc.pid
+        children = _children(pid)
+        for victim in (pid, *children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + self.start_timeout
+        while any(_alive(c) for c in children):  # a backend holds the shared memory
+            if time.monotonic() > deadline:
+                raise PostgresError(f"backends of the killed postgres still alive: {children}")
+            time.sleep(0.01)
+        self._reap()
+
+    def restart(self) -> Self:
+        """Start the server again on the same data directory and port (crash recovery
+        runs first, as after a real crash); return once it accepts connections."""
+        if self.running:
+            return self
+        if self._directory is None:
+            raise PostgresError("restart of a server that was never started (or was stopped)")
+        self._launch(self.bin_dir)
+        return self
 
     def stop(self) -> None:
         """Stop the server at once and delete its directory."""

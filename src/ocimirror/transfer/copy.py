@@ -20,6 +20,7 @@ import structlog
 from .. import digest as digests
 from ..errors import (
     DigestMismatch,
+    ManifestError,
     NotFound,
     OcimirrorError,
     RateLimited,
@@ -33,6 +34,11 @@ from ..mediatypes import is_index
 from ..store import Store
 from .copyreferrers import ReferrerCopying
 from .referrers import ApiMemory, Discovery, ReferrerOptions, ReferrerResult
+
+#: How deep indexes may nest: the top one is level 1, an index it names level 2, and so
+#: on. Real images nest one level (an index of manifests), rarely two; a hostile source
+#: can chain distinct, digest-valid indexes without end, each one more fetch and task.
+MAX_INDEX_DEPTH = 8
 
 log = structlog.get_logger(__name__)
 
@@ -318,7 +324,7 @@ class Copier(ReferrerCopying):
             return
         if manifest.is_index:
             await asyncio.gather(
-                *(self._ensure_manifest(src, dst, child, result) for child in children)
+                *(self._ensure_manifest(src, dst, child, result, 2) for child in children)
             )
         else:
             await self._copy_blobs(src, dst, manifest, result)
@@ -358,13 +364,15 @@ class Copier(ReferrerCopying):
             self._manifest_tasks[key] = done
 
     async def _ensure_manifest(
-        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult, level: int
     ) -> None:
-        """Copy a child manifest by digest, once per destination, skipping what is there."""
+        """Copy a child manifest by digest, once per destination, skipping what is there.
+
+        `level` is its depth under the image's top index (which is level 1)."""
         key = (dst.store.name, dst.repo, desc.digest)
         task = self._manifest_tasks.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._copy_child(src, dst, desc, result))
+            task = asyncio.ensure_future(self._copy_child(src, dst, desc, result, level))
             self._manifest_tasks[key] = task
         try:
             await asyncio.shield(task)
@@ -374,14 +382,19 @@ class Copier(ReferrerCopying):
             raise
 
     async def _copy_child(
-        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult, level: int
     ) -> None:
         if not self._is_new(dst) and await dst.store.head_manifest(dst.repo, desc.digest):
             return
         child = await src.store.get_manifest(src.repo, desc.digest)
         if child.is_index:
+            if level > MAX_INDEX_DEPTH:
+                raise ManifestError(
+                    f"{src}: indexes nested more than {MAX_INDEX_DEPTH} levels deep"
+                    f" (index {desc.digest} is level {level}); refused"
+                )
             await asyncio.gather(
-                *(self._ensure_manifest(src, dst, c, result) for c in child.manifests)
+                *(self._ensure_manifest(src, dst, c, result, level + 1) for c in child.manifests)
             )
         else:
             await self._copy_blobs(src, dst, child, result)

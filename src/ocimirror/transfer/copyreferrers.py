@@ -62,7 +62,7 @@ class ReferrerCopying:
         raise NotImplementedError
 
     async def _ensure_manifest(
-        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult
+        self, src: Endpoint, dst: Endpoint, desc: Descriptor, result: ImageResult, level: int
     ) -> None:
         raise NotImplementedError
 
@@ -197,7 +197,9 @@ class ReferrerCopying:
     ) -> None:
         """Copy what a manifest names: its blobs, or its child manifests by digest."""
         if m.is_index:
-            await asyncio.gather(*(self._ensure_manifest(src, dst, c, result) for c in m.manifests))
+            await asyncio.gather(
+                *(self._ensure_manifest(src, dst, c, result, 2) for c in m.manifests)
+            )
         else:
             await self._copy_blobs(src, dst, m, result)
 
