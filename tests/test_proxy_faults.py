@@ -38,7 +38,7 @@ from ocimirror.testkit.images import SampleImage, make_image, make_index
 from ocimirror.testkit.invariants import Walk, check_blob_dir, check_blob_objects
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
-from ocimirror.testkit.s3 import LocalS3
+from ocimirror.testkit.s3 import ChecksumS3, LocalS3
 from ocimirror.testkit.seeding import seed
 
 pytestmark = pytest.mark.faults
@@ -201,6 +201,39 @@ async def test_proxy_under_upstream_faults_never_serves_or_keeps_wrong_bytes(
     tally = await pull(proxy.port, items, clients=4, rounds=1)
     assert not tally.wrong, tally.wrong
     assert tally.outcomes == Counter({"right": 4 * len(items)}), tally.outcomes
+
+
+async def test_proxy_with_a_faulty_cache_bucket_never_serves_or_keeps_wrong_bytes(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], s3: LocalS3
+) -> None:
+    """The injector between the proxy and its cache bucket (through `ChecksumS3`, S3's own
+    check of an upload's `x-amz-checksum-sha256`, which moto lacks), the upstream sound:
+    no client gets complete wrong bytes, the bucket keeps only whole, right blobs, and once
+    the faults stop every item comes back right."""
+    images = corpus()
+    await seed(registry, "app", images)
+    registry.clear_log()
+    items = wanted(images)
+    url = s3.url(s3.bucket(), "cache")
+    async with (
+        ChecksumS3(s3).running() as checked,
+        FaultInjector(checked.port, seed=1, fault_rate=0.5).running() as faulty,
+    ):
+        env = {**s3.environment(), "AWS_ENDPOINT": f"http://{faulty.host}"}
+        proxy = await asyncio.to_thread(
+            start_proxy, "--registry-host", registry.host, "--cache", url, env=env
+        )
+        tally = await pull(proxy.port, items, clients=6, rounds=2)
+        print(f"\nfaulty bucket: {dict(tally.outcomes)}; faults {dict(faulty.counts)}")
+        assert not tally.wrong, tally.wrong
+        assert tally.outcomes["right"] > 0, tally.outcomes
+        assert sum(faulty.counts.values()) > 0
+        check_cache(open_store(url, s3.options))
+        faulty.enabled = False
+        await pull_until_right(proxy.port, items)
+    walk = check_cache(open_store(url, s3.options))
+    assert walk.blobs >= len(items)
+    no_writes_upstream(registry)
 
 
 def test_check_blob_objects_finds_wrong_partial_and_orphan_objects() -> None:
