@@ -1,12 +1,20 @@
-"""`ocimirror proxy`, with and without `--cache`, while its upstream misbehaves.
+"""`ocimirror proxy`, with and without `--cache` (a directory, or a bucket in moto's S3),
+while its upstream misbehaves.
 
 Clients pull manifests and blobs by digest through the proxy, whose upstream is a
 registry behind a seeded `FaultInjector` (half the connections faulty: resets either way,
 short bodies, flipped bytes, stalls, slow reads). Whatever a client gets is judged by the
 digest it asked for: an error status or a cut connection is allowed, a complete answer
-whose bytes are not the digest's never. After the run the cache directory holds only
-whole, right blobs (`invariants.check_blob_dir`), the upstream saw no write, and with the
-cache, what was cached is still served once the upstream is down.
+whose bytes are not the digest's never. After the run the cache holds only whole, right
+blobs (a directory: `invariants.check_blob_dir`; a bucket: `check_blob_objects`, every
+object under `blobs/` named by a digest and hashing to it, nothing partial or temporary),
+the upstream saw no write, and with the cache, what was cached is still served once the
+upstream is down.
+
+With the injector between the proxy and its cache bucket instead (moto behind
+`ChecksumS3`, which checks an upload's `x-amz-checksum-sha256` as S3 does), no client
+gets wrong bytes either (a whole blob read from the bucket is hashed on the way) and the
+bucket keeps no blob damaged on its way up (each upload carries its SHA-256).
 
 The memory test holds 200 concurrent clients against a proxy with a faulty upstream for
 5 s with the cache (60 s, and without the cache too, with `OCIMIRROR_SOAK=1`) and bounds
@@ -25,13 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import obstore
 import pytest
+from obstore.store import MemoryStore, ObjectStore
 
+from ocimirror.proxy.cachestore import ObjectBlobs, open_store
 from ocimirror.testkit.faults import FaultInjector
 from ocimirror.testkit.images import SampleImage, make_image, make_index
-from ocimirror.testkit.invariants import check_blob_dir
+from ocimirror.testkit.invariants import Walk, check_blob_dir, check_blob_objects
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.s3 import ChecksumS3, LocalS3
 from ocimirror.testkit.seeding import seed
 
 pytestmark = pytest.mark.faults
@@ -134,37 +146,59 @@ def no_writes_upstream(registry: LocalRegistry) -> None:
     assert set(methods) <= {"GET", "HEAD"}, methods
 
 
-@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+def check_cache(cache: Path | ObjectStore) -> Walk:
+    """Only whole, right blobs in the cache, a directory or a bucket; return the walk."""
+    walk = check_blob_dir(cache) if isinstance(cache, Path) else check_blob_objects(cache)
+    assert not walk.violations, [str(v) for v in walk.violations]
+    return walk
+
+
+#: Seeds whose first connections include faults that fire (an upward reset fires only past
+#: its byte count, which a small request may never reach).
+@pytest.mark.parametrize(
+    ("cached", "fault_seed"),
+    [("dir", 3), ("s3", 1), ("none", 3)],
+    ids=["cache", "s3-cache", "no-cache"],
+)
 async def test_proxy_under_upstream_faults_never_serves_or_keeps_wrong_bytes(
     registry: LocalRegistry,
     start_proxy: Callable[..., ProxyProcess],
+    request: pytest.FixtureRequest,
     tmp_path: Path,
-    cached: bool,
+    cached: str,
+    fault_seed: int,
 ) -> None:
     images = corpus()
     await seed(registry, "app", images)
     registry.clear_log()
     items = wanted(images)
-    cache = tmp_path / "cache"
-    env = {"OCIMIRROR_PROXY_CACHE": str(cache)} if cached else {}
-    async with FaultInjector(registry.port, seed=3, fault_rate=0.5).running() as faulty:
-        proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host, env=env)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cache: Path | ObjectStore | None = None
+    if cached == "dir":
+        cache = tmp_path / "cache"
+        args = ["--cache", str(cache)]
+    elif cached == "s3":
+        s3: LocalS3 = request.getfixturevalue("s3")
+        url = s3.url(s3.bucket(), "cache")
+        args, env = ["--cache", url], s3.environment()
+        cache = open_store(url, s3.options)
+    async with FaultInjector(registry.port, seed=fault_seed, fault_rate=0.5).running() as faulty:
+        proxy = await asyncio.to_thread(start_proxy, "--registry-host", faulty.host, *args, env=env)
         tally = await pull(proxy.port, items, clients=6, rounds=1)
         assert not tally.wrong, tally.wrong
         assert tally.outcomes["right"] > 0, tally.outcomes
-        assert sum(faulty.counts.values()) > 0
-        if cached:
-            walk = check_blob_dir(cache)
-            assert not walk.violations, [str(v) for v in walk.violations]
+        assert sum(faulty.counts.values()) > 0, (faulty.connections, tally.outcomes)
+        if cache is not None:
+            check_cache(cache)
 
         # Whatever the faults left out, a client retrying gets it right in the end.
         faulty.enabled = False
         await pull_until_right(proxy.port, items)
     no_writes_upstream(registry)
-    if not cached:
+    if cache is None:
         return
-    walk = check_blob_dir(cache)
-    assert not walk.violations, [str(v) for v in walk.violations]
+    walk = check_cache(cache)
     assert walk.blobs >= len(items)
 
     # The upstream is gone (the injector closed, the registry stopped): the cache serves.
@@ -172,6 +206,70 @@ async def test_proxy_under_upstream_faults_never_serves_or_keeps_wrong_bytes(
     tally = await pull(proxy.port, items, clients=4, rounds=1)
     assert not tally.wrong, tally.wrong
     assert tally.outcomes == Counter({"right": 4 * len(items)}), tally.outcomes
+
+
+#: Seed 1 flips bodies read from the bucket (served whole before: 2 of 180 answers wrong);
+#: seed 4 flips uploads (moto kept a damaged blob under its digest before the proxy sent
+#: `x-amz-checksum-sha256`; `OCIMIRROR_PROXY_CACHE_CHECKSUM=0` still shows it).
+@pytest.mark.parametrize("fault_seed", [1, 4], ids=["flips-down", "flips-up"])
+async def test_proxy_with_a_faulty_cache_bucket_never_serves_or_keeps_wrong_bytes(
+    registry: LocalRegistry, start_proxy: Callable[..., ProxyProcess], s3: LocalS3, fault_seed: int
+) -> None:
+    """The injector between the proxy and its cache bucket (through `ChecksumS3`, S3's own
+    check of an upload's `x-amz-checksum-sha256`, which moto lacks), the upstream sound:
+    no client gets complete wrong bytes, the bucket keeps only whole, right blobs, and once
+    the faults stop every item comes back right."""
+    images = corpus()
+    await seed(registry, "app", images)
+    registry.clear_log()
+    items = wanted(images)
+    url = s3.url(s3.bucket(), "cache")
+    async with (
+        ChecksumS3(s3).running() as checked,
+        FaultInjector(checked.port, seed=fault_seed, fault_rate=0.5).running() as faulty,
+    ):
+        env = {**s3.environment(), "AWS_ENDPOINT": f"http://{faulty.host}"}
+        proxy = await asyncio.to_thread(
+            start_proxy, "--registry-host", registry.host, "--cache", url, env=env
+        )
+        tally = await pull(proxy.port, items, clients=6, rounds=2)
+        print(
+            f"\nfaulty bucket: {dict(tally.outcomes)}; faults {dict(faulty.counts)};"
+            f" uploads refused {checked.refused}"
+        )
+        assert not tally.wrong, tally.wrong
+        assert tally.outcomes["right"] > 0, tally.outcomes
+        assert sum(faulty.counts.values()) > 0
+        check_cache(open_store(url, s3.options))
+        faulty.enabled = False
+        await pull_until_right(proxy.port, items)
+    walk = check_cache(open_store(url, s3.options))
+    assert walk.blobs >= len(items)
+    no_writes_upstream(registry)
+
+
+def test_check_blob_objects_finds_wrong_partial_and_orphan_objects() -> None:
+    """The bucket invariant can fail: a right blob passes; a blob whose bytes are another's,
+    an object under `blobs/` not named by a digest (a temporary or partial put), and a media
+    type without its blob are each named."""
+    store = MemoryStore()
+    right, other = b"right bytes", b"other bytes"
+    good = "sha256:" + hashlib.sha256(right).hexdigest()
+    bad = "sha256:" + hashlib.sha256(other).hexdigest()
+    obstore.put(store, ObjectBlobs.key(good), right)
+    obstore.put(store, ObjectBlobs.key(good, "manifests"), b"application/json")
+    assert check_blob_objects(store) == Walk(manifests=1, blobs=1)
+    obstore.put(store, ObjectBlobs.key(bad), right[:5])
+    obstore.put(store, ObjectBlobs.key(good) + ".part", right)
+    obstore.put(store, ObjectBlobs.key(bad, "manifests").replace("sha256", "sha512"), b"x")
+    walk = check_blob_objects(store)
+    assert sorted(v.tag for v in walk.violations) == sorted(
+        [
+            ObjectBlobs.key(bad),
+            ObjectBlobs.key(good) + ".part",
+            ObjectBlobs.key(bad, "manifests").replace("sha256", "sha512"),
+        ]
+    ), [str(v) for v in walk.violations]
 
 
 def peak_rss(pid: int) -> int:

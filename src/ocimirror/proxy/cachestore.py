@@ -33,7 +33,7 @@ import structlog
 
 from .. import digest as digests
 from ..atomicfile import TEMP_PREFIX, fsync_dir, write_atomic
-from ..errors import OcimirrorError
+from ..errors import DigestMismatch, OcimirrorError
 from ..stores.obstores import brief, open_store
 
 if TYPE_CHECKING:
@@ -372,7 +372,11 @@ class ObjectBlobs:
             self._delete(keys + [self.key(dg, "manifests") for dg in digests_])
 
     async def open_range(self, digest: str, first: int, last: int) -> AsyncGenerator[bytes]:
-        """Open bytes `first`..`last` (inclusive) of a blob; FileNotFoundError if it is gone."""
+        """Open bytes `first`..`last` (inclusive) of a blob; FileNotFoundError if it is gone.
+
+        The whole blob is hashed on the way, its last chunk held back until it matches
+        (DigestMismatch, an OcimirrorError, otherwise): a read damaged between the store and
+        the proxy never reaches a client whole. A part of a blob cannot be checked."""
         import obstore
 
         key = self.key(digest)
@@ -380,15 +384,30 @@ class ObjectBlobs:
         with self._errors("get", f"read {key}"):
             got = await obstore.get_async(self.store, key, options={"range": (first, last + 1)})
         want = last + 1 - first
+        whole = first == 0 and want == int(got.meta["size"])
 
         async def chunks() -> AsyncGenerator[bytes]:
             seen = 0
+            h = digests.hasher(digest) if whole else None
+            held: bytes | None = None
             with self._errors(None, f"read {key}"):
                 async for chunk in got.stream(min_chunk_size=READ_CHUNK):
                     seen += len(chunk)
-                    yield bytes(chunk)
+                    if h is None:
+                        yield bytes(chunk)
+                        continue
+                    if held is not None:
+                        yield held
+                    held = bytes(chunk)
+                    h.update(held)
             if seen != want:
                 raise OcimirrorError(f"cache store {self.name}: {key} gave {seen} of {want} bytes")
+            if h is not None:
+                actual = f"{digests.algorithm(digest)}:{h.hexdigest()}"
+                if actual != digest:
+                    raise DigestMismatch(digest, actual, f"blob read from cache store {self.name}")
+                if held is not None:
+                    yield held
 
         return chunks()
 

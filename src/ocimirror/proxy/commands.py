@@ -21,6 +21,7 @@ _EPILOG = (
     "Environment (as serverless-registry-proxy): REGISTRY_HOST, REPO_PREFIX, AUTH_HEADER,"
     " DISABLE_BROWSER_REDIRECTS, PORT; also STREAM_BLOBS, OCIMIRROR_PROXY_TOKENS,"
     " OCIMIRROR_PROXY_CACHE, OCIMIRROR_PROXY_CACHE_LOCAL, OCIMIRROR_PROXY_CACHE_REDIRECT,"
+    " OCIMIRROR_PROXY_CACHE_CHECKSUM,"
     " OCIMIRROR_PROXY_CACHE_MAX_SIZE, OCIMIRROR_PROXY_TAG_TTL,"
     " OCIMIRROR_PROXY_BUCKET_REDIRECT and OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS; an object-store cache and a bucket REGISTRY_HOST read"
     " AWS_*, GOOGLE_* and AZURE_* as those clouds' tools do. With"
@@ -158,6 +159,17 @@ def proxy(
             show_default=False,
         ),
     ] = None,
+    cache_checksum: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache-checksum/--no-cache-checksum",
+            help="With an s3:// cache: send each upload's SHA-256 for the store to check, so a"
+            " blob damaged on its way up is refused, not kept (default:"
+            " $OCIMIRROR_PROXY_CACHE_CHECKSUM, else on; off only for an S3-compatible store"
+            " that refuses x-amz-checksum-sha256).",
+            show_default=False,
+        ),
+    ] = None,
     cache_max_size: Annotated[
         str | None,
         typer.Option(
@@ -223,6 +235,7 @@ def proxy(
             cache=cache,
             cache_local=cache_local,
             cache_redirect=cache_redirect,
+            cache_checksum=cache_checksum,
             cache_max_size=cache_max_size,
             tag_ttl=tag_ttl,
             bucket_redirect=bucket_redirect,

@@ -38,6 +38,7 @@ or, with the blobs in an object store (`cache: s3://bucket/prefix` for short)::
         secret_access_key: {env: R2_SECRET}
       directory: /var/lib/ocimirror-proxy  # its index and downloads (default: temporary)
       redirect: false                      # true: cached blobs by presigned URL (s3/gs/az)
+      checksum: true                       # s3://: each upload carries its SHA-256
 
 An upstream's host may be a bucket holding the registry layout (`s3://BUCKET[/PREFIX]`,
 `r2://ACCOUNT/BUCKET`, `gs://`, `az://`, `file:///DIR`), served pull-only from it
@@ -48,7 +49,8 @@ sends blob GETs to presigned URLs.
 
 The cache's flags and variables: `--cache DIR|URL` ($OCIMIRROR_PROXY_CACHE),
 `--cache-local DIR` ($OCIMIRROR_PROXY_CACHE_LOCAL), `--cache-redirect`
-($OCIMIRROR_PROXY_CACHE_REDIRECT), `--cache-max-size`
+($OCIMIRROR_PROXY_CACHE_REDIRECT), `--no-cache-checksum`
+($OCIMIRROR_PROXY_CACHE_CHECKSUM=0), `--cache-max-size`
 ($OCIMIRROR_PROXY_CACHE_MAX_SIZE), `--tag-ttl` ($OCIMIRROR_PROXY_TAG_TTL).
 
 Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.tokens`,
@@ -82,6 +84,7 @@ TOKENS_ENV = "OCIMIRROR_PROXY_TOKENS"
 CACHE_ENV = "OCIMIRROR_PROXY_CACHE"
 CACHE_LOCAL_ENV = "OCIMIRROR_PROXY_CACHE_LOCAL"
 CACHE_REDIRECT_ENV = "OCIMIRROR_PROXY_CACHE_REDIRECT"
+CACHE_CHECKSUM_ENV = "OCIMIRROR_PROXY_CACHE_CHECKSUM"
 #: The stores whose objects can be handed out as presigned URLs: by scheme, or by the host
 #: of an https:// URL that obstore opens as S3 or Azure (R2 included).
 SIGNING_SCHEMES = ("s3://", "s3a://", "gs://", "az://", "azure://", "abfs://", "abfss://", "adl://")
@@ -240,6 +243,10 @@ class CacheConfig(_Model):
     #: Answer a GET of a cached blob with a redirect to a presigned URL of the store's
     #: object (s3://, gs://, az:// only), so the bytes go from the bucket to the client.
     redirect: bool = False
+    #: s3://: send each upload's SHA-256 (`x-amz-checksum-sha256`) for the store to check, so
+    #: a blob damaged on its way up is refused, not kept (off only for an S3-compatible
+    #: store that refuses the header).
+    checksum: bool = True
     #: Bytes kept at most (blobs and manifests); least recently used go first. None: no limit.
     max_size: int | None = None
     #: Seconds a cached tag is served before it is revalidated upstream with a HEAD.
@@ -303,8 +310,14 @@ class CacheConfig(_Model):
         return self.store or (str(self.directory) if self.directory is not None else None)
 
     def store_options(self) -> dict[str, str]:
-        """Return the store's options with their secrets revealed."""
-        return {k: v.reveal() for k, v in self.options.items()}
+        """Return the store's options with their secrets revealed (and, for s3:// with
+        `checksum` on, `checksum_algorithm: sha256` unless the options name one)."""
+        opts = {k: v.reveal() for k, v in self.options.items()}
+        named = {k.lower().removeprefix("aws_") for k in opts}
+        s3 = (self.store or "").startswith(("s3://", "s3a://"))
+        if self.checksum and s3 and "checksum_algorithm" not in named:
+            opts["checksum_algorithm"] = "sha256"
+        return opts
 
 
 def can_presign(url: str) -> bool:
@@ -457,6 +470,7 @@ def load_settings(
     cache: str | None = None,
     cache_local: Path | None = None,
     cache_redirect: bool | None = None,
+    cache_checksum: bool | None = None,
     cache_max_size: str | None = None,
     tag_ttl: str | None = None,
     bucket_redirect: bool | None = None,
@@ -527,7 +541,7 @@ def load_settings(
     if allow_private_redirects is not None:
         private_redirects = allow_private_redirects
     cache_config = _cache_config(
-        file.cache, cache, cache_local, cache_max_size, tag_ttl, env, cache_redirect
+        file.cache, cache, cache_local, cache_max_size, tag_ttl, env, cache_redirect, cache_checksum
     )
     try:
         return ProxySettings(
@@ -553,9 +567,14 @@ def _cache_config(
     tag_ttl: str | None,
     env: Mapping[str, str],
     redirect: bool | None = None,
+    checksum: bool | None = None,
 ) -> CacheConfig:
     """Merge the cache's flags, environment and config file (in that order of precedence)."""
     update: dict[str, Any] = {}
+    if checksum is None and env.get(CACHE_CHECKSUM_ENV, "").strip():
+        checksum = env_flag(env.get(CACHE_CHECKSUM_ENV))
+    if checksum is not None:
+        update["checksum"] = checksum
     if redirect is None and env.get(CACHE_REDIRECT_ENV, "").strip():
         redirect = env_flag(env.get(CACHE_REDIRECT_ENV))
     if redirect is not None:

@@ -9,6 +9,11 @@ means no tag names content that is not there.
 `check_blob_dir(root)` checks a content-addressed directory (the proxy cache's
 `blobs/<alg>/<hex>`, an OCI layout's `blobs/`): every complete file hashes to its name, so
 nothing short or corrupt was kept; temporary files of writes in progress are skipped.
+
+`check_blob_objects(store)` checks the same layout in an object store (the proxy's
+`--cache s3://...`): every object under `blobs/` is named `blobs/<alg>/<hex>` and hashes to
+it (a put is atomic, so there is no temporary object to skip: any other name is a
+violation), and every manifest media type under `manifests/` has its blob beside it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import digest as digests
 from ..atomicfile import TEMP_PREFIX
@@ -23,7 +29,10 @@ from ..errors import DigestMismatch, NotFound, OcimirrorError
 from ..manifest import Descriptor, Manifest
 from ..store import Store
 
-__all__ = ["Violation", "Walk", "check_blob_dir", "check_store"]
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
+__all__ = ["Violation", "Walk", "check_blob_dir", "check_blob_objects", "check_store"]
 
 
 @dataclass(frozen=True)
@@ -129,4 +138,42 @@ def check_blob_dir(root: Path) -> Walk:
         if h.hexdigest() != path.name:
             problem = f"holds sha {h.hexdigest()[:12]}…, {path.stat().st_size} bytes"
             walk.violations.append(Violation(str(path), "blob", problem))
+    return walk
+
+
+def check_blob_objects(store: ObjectStore) -> Walk:
+    """Hash every object under `blobs/` of a bucket laid out as the proxy cache; a key that
+    is not `blobs/<alg>/<hex>`, or an object whose bytes do not hash to its key, or a
+    `manifests/<alg>/<hex>` media type without its blob, is a violation (`tag` is the key)."""
+    import obstore
+
+    walk = Walk()
+    blobs: set[str] = set()
+    for batch in obstore.list(store, "blobs/", chunk_size=1000):
+        for meta in batch:
+            key = meta["path"]
+            alg, _, hexpart = key.removeprefix("blobs/").partition("/")
+            try:
+                h = hashlib.new(alg)
+            except ValueError:
+                walk.violations.append(Violation(key, "blob", f"unknown algorithm {alg!r}"))
+                continue
+            if len(hexpart) != h.digest_size * 2 or hexpart.strip("0123456789abcdef"):
+                walk.violations.append(Violation(key, "blob", "not named by a digest"))
+                continue
+            size = 0
+            for chunk in obstore.get(store, key).stream():
+                h.update(chunk)
+                size += len(chunk)
+            walk.blobs += 1
+            blobs.add(f"{alg}/{hexpart}")
+            if h.hexdigest() != hexpart:
+                problem = f"holds sha {h.hexdigest()[:12]}…, {size} bytes"
+                walk.violations.append(Violation(key, "blob", problem))
+    for batch in obstore.list(store, "manifests/", chunk_size=1000):
+        for meta in batch:
+            key = meta["path"]
+            walk.manifests += 1
+            if key.removeprefix("manifests/") not in blobs:
+                walk.violations.append(Violation(key, "manifest", "media type without its blob"))
     return walk
