@@ -634,7 +634,8 @@ def test_proxy_credentials_serve_cache_hits_without_the_upstream(
 
 def test_cache_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
     from ocimirror.errors import ConfigError
-    from ocimirror.proxy.settings import load_settings, parse_size
+    from ocimirror.proxy.settings import load_settings
+    from ocimirror.settings.sizes import parse_size
 
     assert parse_size("20GiB") == 20 * 1024**3
     assert parse_size("500MB") == 500_000_000

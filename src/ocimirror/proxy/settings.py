@@ -59,9 +59,7 @@ Secrets (`auth_header`, `credentials.password`, `credentials.token`, `clients.to
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +72,7 @@ from ..reference import DOMAIN_RE, PATH_COMPONENT_RE, REPOSITORY_RE, split_bucke
 from ..settings.durations import parse_interval
 from ..settings.registries import Bucket, CredentialsConfig, Tls
 from ..settings.secrets import Secret, coerce_secret
+from ..settings.sizes import parse_size
 from .cachestore import is_store_url
 
 #: The port when neither --port nor $PORT says.
@@ -97,8 +96,6 @@ TAG_TTL_ENV = "OCIMIRROR_PROXY_TAG_TTL"
 PRIVATE_REDIRECTS_ENV = "OCIMIRROR_PROXY_ALLOW_PRIVATE_REDIRECTS"
 #: Seconds a cached tag is served without asking the upstream, unless configured.
 DEFAULT_TAG_TTL = 300.0
-_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtpe])(i)?)?b?", re.IGNORECASE)
-_SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 AuthMode = Literal["auto", "passthrough", "proxy"]
@@ -200,29 +197,6 @@ class UpstreamConfig(_Model):
     def has_credentials(self) -> bool:
         """Tell whether the proxy has anything of its own to present upstream."""
         return self.auth_header is not None or self.credentials is not None
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a size such as `20GiB`, `500MB`, `1.5G` or `1048576` into bytes.
-
-    `KiB`, `MiB`, `GiB`, `TiB` (and `Ki`, `Mi`...) are powers of 1024; `kB`, `MB`, `GB`,
-    `TB` (and `k`, `M`, `G`, `T`) powers of 1000; a bare number counts bytes.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"invalid size {text!r}")
-    if isinstance(text, int):
-        if text <= 0:
-            raise ValueError(f"invalid size {text!r}: must be positive")
-        return text
-    m = _SIZE_RE.fullmatch(str(text).strip())
-    if m is None:
-        raise ValueError(f"invalid size {text!r}: expected for example 20GiB, 500MB or 1048576")
-    number, prefix, binary = m.groups()
-    base = 1024 if binary else 1000
-    size = float(number) * base ** _SIZE_POWERS[prefix.lower()] if prefix else float(number)
-    if not math.isfinite(size) or size < 1:
-        raise ValueError(f"invalid size {text!r}: must be at least one byte")
-    return int(size)
 
 
 def parse_ttl(text: str | float) -> float:
