@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -432,6 +432,15 @@ class CopyFlags:
     log_format: str = "text"
     log_level: str = "info"
 
+    @classmethod
+    def given(cls, params: Mapping[str, Any]) -> CopyFlags:
+        """The flags among a command's parameters (`locals()`); repeated ones as tuples."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = params[f.name]
+            values[f.name] = tuple(value or ()) if isinstance(f.default, tuple) else value
+        return cls(**values)
+
 
 def _execute(pairs: Callable[[], list[tuple[Reference, Reference]]], flags: CopyFlags) -> None:
     """Validate everything a copy command was given, run it, and exit with its code."""
@@ -533,37 +542,7 @@ def copy(
     log_level: LogLevel = "info",
 ) -> None:
     """Copy an image, or with --all-tags a repository, keeping digests."""
-    flags = CopyFlags(
-        all_tags=all_tags,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        semver=semver,
-        latest=latest,
-        platform=tuple(platform or ()),
-        include_foreign=include_foreign,
-        force=force,
-        no_referrers=no_referrers,
-        referrers_include=tuple(referrers_include or ()),
-        referrers_exclude=tuple(referrers_exclude or ()),
-        require_signed=require_signed,
-        dry_run=dry_run,
-        src_creds=src_creds,
-        dest_creds=dest_creds,
-        src_token=src_token,
-        dest_token=dest_token,
-        src_tls_verify=src_tls_verify,
-        dest_tls_verify=dest_tls_verify,
-        src_ca_file=src_ca_file,
-        dest_ca_file=dest_ca_file,
-        plain_http=plain_http,
-        authfile=authfile,
-        registry_endpoint=tuple(registry_endpoint or ()),
-        jobs=jobs,
-        json_out=json_out,
-        quiet=quiet,
-        log_format=log_format,
-        log_level=log_level,
-    )
+    flags = CopyFlags.given(locals())
     from .reference import Reference
 
     _execute(lambda: [(Reference.parse(source), Reference.parse(destination))], flags)
@@ -615,37 +594,7 @@ def mirror(
     `-d registry.example.com/mirror hello-world` copies docker.io/library/hello-world:latest
     to registry.example.com/mirror/library/hello-world:latest.
     """
-    flags = CopyFlags(
-        all_tags=all_tags,
-        include=tuple(include or ()),
-        exclude=tuple(exclude or ()),
-        semver=semver,
-        latest=latest,
-        platform=tuple(platform or ()),
-        include_foreign=include_foreign,
-        force=force,
-        no_referrers=no_referrers,
-        referrers_include=tuple(referrers_include or ()),
-        referrers_exclude=tuple(referrers_exclude or ()),
-        require_signed=require_signed,
-        dry_run=dry_run,
-        src_creds=src_creds,
-        dest_creds=dest_creds,
-        src_token=src_token,
-        dest_token=dest_token,
-        src_tls_verify=src_tls_verify,
-        dest_tls_verify=dest_tls_verify,
-        src_ca_file=src_ca_file,
-        dest_ca_file=dest_ca_file,
-        plain_http=plain_http,
-        authfile=authfile,
-        registry_endpoint=tuple(registry_endpoint or ()),
-        jobs=jobs,
-        json_out=json_out,
-        quiet=quiet,
-        log_format=log_format,
-        log_level=log_level,
-    )
+    flags = CopyFlags.given(locals())
 
     def pairs() -> list[tuple[Reference, Reference]]:
         from .reference import Reference, parse_prefix
