@@ -41,6 +41,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from ocimirror.ratelimit import HostLimiter
 from ocimirror.testkit import secrets as scanned_secrets
 from ocimirror.testkit.emulators import LocalAzurite, LocalGCS, azurite_binary, fake_gcs_binary
 from ocimirror.testkit.proxy import ProxyProcess
@@ -65,6 +66,16 @@ for _user, _password in {**HTPASSWD_USERS, **TOKEN_USERS}.items():
 
 RegistryFactory = Callable[..., LocalRegistry]
 TokenServerFactory = Callable[..., TokenServer]
+
+
+@pytest.fixture(autouse=True)
+def fresh_host_limiters() -> Iterator[None]:
+    """Each test starts with no host limiter: the process keeps one per registry host for
+    its lifetime, and a loopback port reused by a later test must not inherit the back-off
+    of an earlier one."""
+    HostLimiter.forget_hosts()
+    yield
+    HostLimiter.forget_hosts()
 
 
 @pytest.fixture(scope="session")

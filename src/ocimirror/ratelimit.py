@@ -193,6 +193,11 @@ class HostLimiter:
             limiter.host = host.lower()
         return limiter
 
+    @classmethod
+    def forget_hosts(cls) -> None:
+        """Drop every host's limiter (the next `for_host` makes a fresh one): tests."""
+        cls._hosts.clear()
+
     @property
     def concurrency(self) -> int | None:
         """Requests allowed in flight now (None: not capped here)."""
