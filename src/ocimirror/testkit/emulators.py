@@ -116,12 +116,16 @@ class _Child(StartStop):
         )
         return self
 
+    def answered(self) -> list[tuple[str, str, int]]:
+        """Return the requests the server logged so far: (method, path and query, status)."""
+        if self._log_path is None:
+            return []
+        text = self._log_path.read_text(errors="replace")
+        return [(m.group(1), m.group(2), int(m.group(3))) for m in _LOG_LINE.finditer(text)]
+
     def requests(self) -> Counter[str]:
         """Count the requests the server logged so far, by method."""
-        if self._log_path is None:
-            return Counter()
-        text = self._log_path.read_text(errors="replace")
-        return Counter(m.group(1) for m in _LOG_LINE.finditer(text))
+        return Counter(method for method, _, _ in self.answered())
 
     def stop(self) -> None:
         """Stop the server and remove its files."""
