@@ -58,8 +58,10 @@ from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..settings.config import Config
 from ..settings.connection import bucket_settings, host_options, keychain_for
-from ..state.db import INTERRUPTED_ERROR, JobInfo, StateDB
-from ..state.db import JobState as StoredState
+from ..state.db import StateDB
+from ..state.jobs import JobInfo
+from ..state.schema import INTERRUPTED_ERROR
+from ..state.schema import JobState as StoredState
 from ..stores.pool import StorePool
 from ..stores.schemes import scheme_for
 from ..transfer import engine
