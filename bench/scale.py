@@ -306,7 +306,8 @@ async def _add_runs(url: str, count: int) -> None:
     """Record `count` finished runs (each with a repository's task results), in the past."""
     from sqlalchemy import insert, select
 
-    from ocimirror.state.db import StateDB, runs, task_results
+    from ocimirror.state.db import StateDB
+    from ocimirror.state.schema import runs, task_results
 
     async with StateDB(url) as db, db.engine.begin() as conn:
         first = (await conn.execute(select(runs.c.started_at).order_by(runs.c.id))).scalar()
@@ -457,7 +458,8 @@ def time_views(
 async def _count_runs(url: str) -> int:
     from sqlalchemy import func, select
 
-    from ocimirror.state.db import StateDB, runs
+    from ocimirror.state.db import StateDB
+    from ocimirror.state.schema import runs
 
     async with StateDB(url) as db, db.engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(runs))).scalar() or 0)

@@ -30,18 +30,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ocimirror.errors import ConfigError
-from ocimirror.state.db import (
+from ocimirror.state.connection import (
     HEAD_REVISION,
-    JobInfo,
-    StateDB,
     StateError,
-    TaskRecord,
     alembic_config,
     default_url,
     head_revision,
-    metadata,
     normalise_url,
 )
+from ocimirror.state.db import StateDB, TaskRecord
+from ocimirror.state.jobs import JobInfo
+from ocimirror.state.schema import metadata
 from ocimirror.testkit.postgres import LocalPostgres
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL")

@@ -27,7 +27,8 @@ from ocimirror.service.app import Service, make_app
 from ocimirror.service.dashboard import CHART_RUNS
 from ocimirror.service.jobs import JobManager
 from ocimirror.settings.config import Config
-from ocimirror.state.db import StateDB, runs, synced
+from ocimirror.state.db import StateDB
+from ocimirror.state.schema import runs, synced
 from ocimirror.sync.commands import status_rows
 from test_state import _wipe_postgres, postgres_url, sqlite_url  # noqa: F401 (fixture)
 

@@ -282,7 +282,8 @@ async def _serve(
     from ..errors import OcimirrorError
     from ..metrics import MirrorMetrics
     from ..settings.connection import bucket_settings, keychain_for
-    from ..state.db import StateDB, default_url
+    from ..state.connection import default_url
+    from ..state.db import StateDB
     from ..stores.pool import StorePool
     from ..webserver import AppRunner
     from ..workers.jobqueue import JobQueue

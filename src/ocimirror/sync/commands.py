@@ -253,7 +253,8 @@ def sync(
     from ..errors import OcimirrorError
     from ..settings.config import load_config
     from ..settings.connection import apply_endpoint_flags
-    from ..state.db import StateDB, default_url
+    from ..state.connection import default_url
+    from ..state.db import StateDB
     from ..stopping import Stopped, run_stoppable
 
     console = Console(stderr=True)
@@ -442,7 +443,8 @@ def status(
 
     from ..errors import OcimirrorError
     from ..settings.config import load_config
-    from ..state.db import StateDB, default_url
+    from ..state.connection import default_url
+    from ..state.db import StateDB
 
     config = _config_or_ini(config)
     try:

@@ -35,7 +35,8 @@ from ..settings.config import Config, Loaded, Mirror, load_config
 from ..settings.connection import pool_for
 from ..settings.durations import parse_interval
 from ..settings.schedule import schedule_of
-from ..state.db import StateDB, default_url
+from ..state.connection import default_url
+from ..state.db import StateDB
 from ..stores.pool import StorePool
 from ..workers.schema import require_postgres
 from .runner import Trigger, held_by_workers, sync_pass

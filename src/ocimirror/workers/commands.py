@@ -81,7 +81,7 @@ def worker(
     from ..settings.config import Config, load_config
     from ..settings.connection import apply_endpoint_flags
     from ..settings.durations import parse_interval
-    from ..state.db import normalise_url
+    from ..state.connection import normalise_url
     from .worker import run_worker
 
     console = Console(stderr=True)

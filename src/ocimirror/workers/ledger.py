@@ -27,7 +27,8 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ..state.db import RunStatus, StateDB, TaskReason, TaskRecord, runs, task_results, write_tasks
+from ..state.db import StateDB, TaskRecord, write_tasks
+from ..state.schema import RunStatus, TaskReason, runs, task_results
 from ..transfer.copy import ImageResult
 from .schema import queued_copies, queued_runs
 

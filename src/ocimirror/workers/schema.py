@@ -39,7 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError
-from ..state.db import StateDB, runs
+from ..state.db import StateDB
+from ..state.schema import runs
 
 #: The pg_advisory_xact_lock key held while making the queue's tables ("ocimwork").
 _PG_QUEUE_LOCK = 0x6F63696D776F726B

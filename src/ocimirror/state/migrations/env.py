@@ -1,6 +1,6 @@
 """Alembic environment of the state database: `StateDB.open()` runs it with a connection.
 
-`ocimirror.state.db` upgrades from inside async code the Alembic "async" way: it passes
+`ocimirror.state.connection` upgrades from inside async code the Alembic "async" way: it passes
 the sync side of an `AsyncConnection` (`conn.run_sync`) in `config.attributes["connection"]`,
 already inside the transaction it commits. Without one, the `sqlalchemy.url` main option is
 used, e.g. for `command.revision(alembic_config(url), autogenerate=True, message=...)`, and
@@ -16,7 +16,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ocimirror.state.db import metadata, normalise_url
+from ocimirror.state.connection import normalise_url
+from ocimirror.state.schema import metadata
 
 config = context.config
 
