@@ -143,3 +143,34 @@ def test_require_names_the_extra() -> None:
         " pip install 'ocimirror[demo]'"
     )
     assert require("json", "none", "JSON").loads("1") == 1
+
+
+#: Runs the console script's `main` with an exit handler that says whether it ran.
+WITH_ATEXIT = (
+    "import atexit, sys; atexit.register(lambda: print('FINALIZED', file=sys.stderr)); "
+    "from ocimirror.__main__ import main; sys.argv[0] = 'ocimirror'; main()"
+)
+
+
+@pytest.mark.parametrize(("args", "code"), [(["copy", "--help"], 0), (["copy"], 2)])
+def test_the_command_ends_without_finalization_and_loses_no_output(
+    args: list[str], code: int
+) -> None:
+    """The console script ends with `os._exit` once the command has finished (native
+    threads, obstore's runtime, made interpreter finalization abort now and then): its
+    exit status and every line it wrote are kept, through a pipe, and no exit handler runs."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITH_ATEXIT, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert "FINALIZED" not in done.stderr
+    if code == 0:
+        assert "Usage: ocimirror copy" in done.stdout
+        last = done.stdout.rstrip().splitlines()[-1]
+        assert last.startswith(("╰", "+", "└")), last  # the page's closing border: whole
+    else:
+        assert "Missing argument" in done.stderr
