@@ -7,9 +7,9 @@ included, goes to `ocimirror.cli`.
 
 Once the command has finished (its event loop closed, its stores, databases and servers
 closed, its output written), the process ends with `os._exit` after flushing stdout and
-stderr, skipping the interpreter's finalization. Native threads outlive the command:
-obstore's tokio runtime, aiosqlite's worker. Tearing the interpreter down under them
-aborted the process now and then (SIGABRT with no Python frame, about 1 run in 250 of
+stderr, skipping the interpreter's finalization. Native threads outlive the command
+(obstore's tokio runtime). Tearing the interpreter down under them
+aborted the process now and then (SIGABRT with no Python frame, 2 runs in 1,200 of
 `copy … s3://` on a loaded machine) after a copy that had succeeded, turning exit
 status 0 into -6. Nothing the command owns is left to finalization: files, databases and
 temporary directories are closed by the code that opened them. An exception other than
