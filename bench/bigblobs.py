@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from ocimirror.testkit.images import corpus_large_layers
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed_sync
+from ocimirror.testkit.skopeo import Skopeo
 from run import CORPORA, Expected, tool_command, verify
 
 TOOLS: tuple[str, ...] = ("ocimirror", "before", "bare", "skopeo")

@@ -74,11 +74,13 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from ocimirror import mediatypes as mt
+from ocimirror.testkit.accesslog import Request
 from ocimirror.testkit.images import SampleImage, derive_seed, make_image
 from ocimirror.testkit.proxy import PROXY_ENV
-from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo, free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed_sync
+from ocimirror.testkit.skopeo import Skopeo
 from run import (
     OCIMIRROR,
     ChildServer,

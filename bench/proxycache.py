@@ -53,7 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.skopeo import Skopeo
 from proxy import (
     CORPORA,
     Bar,

@@ -38,14 +38,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ocimirror import mediatypes as mt
+from ocimirror.testkit.accesslog import Request
 from ocimirror.testkit.images import (
     SampleImage,
     corpus_large_layers,
     corpus_multiarch,
     corpus_small_tags,
 )
-from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed_sync
+from ocimirror.testkit.skopeo import Skopeo
 
 ROOT = Path(__file__).resolve().parent.parent
 OCIMIRROR = ROOT / ".venv" / "bin" / "ocimirror"

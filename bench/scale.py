@@ -60,8 +60,9 @@ import yaml
 from ocimirror.errors import OcimirrorError
 from ocimirror.testkit.images import SampleImage, derive_seed, make_image, random_layer
 from ocimirror.testkit.postgres import LocalPostgres
-from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import store_for
+from ocimirror.testkit.skopeo import Skopeo
 from run import OCIMIRROR, ROOT, ChildServer, RequestStats, run_measured, traffic_lines
 
 REPOS = 200

@@ -73,8 +73,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ocimirror.testkit.images import SampleImage, derive_seed, make_image, random_layer
-from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed_sync
+from ocimirror.testkit.skopeo import Skopeo
 from run import (
     OCIMIRROR,
     ChildServer,

@@ -45,8 +45,9 @@ from ocimirror.ratelimit import HostLimiter
 from ocimirror.testkit import secrets as scanned_secrets
 from ocimirror.testkit.emulators import LocalAzurite, LocalGCS, azurite_binary, fake_gcs_binary
 from ocimirror.testkit.proxy import ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.testkit.tls import TlsFiles, make_tls_files
 from ocimirror.testkit.tokenserver import TokenServer
 

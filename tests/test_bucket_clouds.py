@@ -30,8 +30,9 @@ from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.emulators import AZURITE_ACCOUNT, AZURITE_KEY, LocalAzurite, LocalGCS
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push
 from ocimirror.testkit.proxy import ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 StartProxy = Callable[..., ProxyProcess]
 

@@ -15,8 +15,9 @@ from ocimirror import __version__
 from ocimirror.cli import app
 from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image, make_index
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 
 def test_help_lists_the_commands_and_flags() -> None:

@@ -29,8 +29,9 @@ from ocimirror.testkit.containerimage import (
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.proxy import call
-from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed_sync
+from ocimirror.testkit.skopeo import Skopeo
 
 pytestmark = pytest.mark.slow
 

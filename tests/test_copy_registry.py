@@ -20,8 +20,9 @@ from ocimirror.testkit.images import (
     pack_layer,
     random_layer,
 )
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed, store_for
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.copy import CopyOptions
 from ocimirror.transfer.engine import RunSummary, Side, run_copies
 from ocimirror.transfer.tags import TagFilter

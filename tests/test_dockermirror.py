@@ -10,8 +10,9 @@ import json
 
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_index
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 
 def _platforms(raw: bytes) -> list[str]:

@@ -19,7 +19,7 @@ from ocimirror.store import Store
 from ocimirror.stores.layout import REF_NAME, LayoutStore
 from ocimirror.stores.memory import MemoryStore
 from ocimirror.testkit import images
-from ocimirror.testkit.registry import Skopeo
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.copy import Copier, Endpoint
 
 IMAGE = images.make_image(layers=2, seed="layout-image")

@@ -19,9 +19,10 @@ from ocimirror.stores.buckets import BucketSettings, open_bucket
 from ocimirror.stores.objectstore import DIGEST_ATTRIBUTE, IMMUTABLE, PART_SIZE, BucketStore
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image, make_index, push
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 ACCOUNT = "f6934f56ce237241104dbe9302cee786"
 

@@ -23,8 +23,9 @@ from ocimirror import digest as digests
 from ocimirror.testkit.images import SampleImage, make_image, make_index
 from ocimirror.testkit.podman import podman_pull
 from ocimirror.testkit.proxy import PROXY_COMMAND, PROXY_ENV, ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.testkit.tokenserver import TokenServer
 
 TokenServerFactory = Callable[..., TokenServer]

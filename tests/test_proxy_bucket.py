@@ -18,9 +18,10 @@ from ocimirror import mediatypes as mt
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import SampleImage, make_image, make_index
 from ocimirror.testkit.proxy import ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 ACCEPT_ALL = {"Accept": mt.MANIFEST_ACCEPT}
 

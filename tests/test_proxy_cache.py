@@ -29,9 +29,11 @@ from ocimirror.errors import (
     ReferenceError,
     RegistryError,
 )
-from ocimirror.proxy import blobstream
-from ocimirror.proxy import cache as cache_module
-from ocimirror.proxy.cache import CHUNK_SIZE, INDEX_NAME, BlobStream, ProxyCache, UpstreamBlob
+from ocimirror.proxy import blobfetch, blobstream
+from ocimirror.proxy.blobfetch import UpstreamBlob
+from ocimirror.proxy.blobstream import CHUNK_SIZE, BlobStream
+from ocimirror.proxy.cache import ProxyCache
+from ocimirror.proxy.cacheindex import INDEX_NAME
 from ocimirror.proxy.cachestore import ObjectBlobs, open_store
 from ocimirror.testkit.s3 import LocalS3
 
@@ -535,7 +537,7 @@ async def test_readers_keeping_up_get_chunks_from_memory_and_late_ones_from_the_
     because only the last `WINDOW` bytes stay in memory once stored (`AHEAD` at one chunk
     here: each store waits for the one before, so everything but the last chunk is
     stored when the upstream pauses)."""
-    monkeypatch.setattr(cache_module, "AHEAD", CHUNK_SIZE)
+    monkeypatch.setattr(blobfetch, "AHEAD", CHUNK_SIZE)
     preads: list[int] = []
     pread = blobstream.pread
 

@@ -17,9 +17,10 @@ from ocimirror import digest as digests
 from ocimirror.proxy.cachestore import ObjectBlobs, open_store
 from ocimirror.testkit.images import make_index
 from ocimirror.testkit.proxy import ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 from test_proxy import assert_layout_holds, pull_to_oci
 from test_proxy_pullthrough import api, metric
 

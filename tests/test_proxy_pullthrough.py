@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 
 from ocimirror import mediatypes as mt
+from ocimirror.testkit.accesslog import Request
 from ocimirror.testkit.images import SampleImage, make_image, make_index, random_layer
 from ocimirror.testkit.proxy import Answer, ProxyProcess
-from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.testkit.tokenserver import TokenServer
 from test_proxy import assert_layout_holds, private_image, pull_to_oci
 

@@ -49,7 +49,8 @@ from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push
 from ocimirror.testkit.referrersfront import ReferrersFront
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.copy import CopyOptions, ImageResult
 from ocimirror.transfer.engine import RunSummary, run_copies
 from ocimirror.transfer.referrers import ReferrerOptions, is_referrer_tag

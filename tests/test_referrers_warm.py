@@ -27,7 +27,8 @@ from ocimirror.testkit.artifacts import (
 )
 from ocimirror.testkit.images import SampleImage, make_image, push
 from ocimirror.testkit.referrersfront import ReferrersFront
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.engine import run_copies
 
 WRITES = ("PUT", "POST", "PATCH", "DELETE")

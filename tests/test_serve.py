@@ -20,8 +20,9 @@ from ocimirror.testkit import secrets
 from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image, make_index
 from ocimirror.testkit.polling import wait_for
-from ocimirror.testkit.registry import LocalRegistry, Skopeo, free_port
+from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 TOKEN = "s3cret-token-for-tests"
 

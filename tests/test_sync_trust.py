@@ -16,10 +16,12 @@ from ocimirror.errors import ConfigError
 from ocimirror.settings.config import Config, parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import MirrorPass, sync_pass
+from ocimirror.testkit.accesslog import Request
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.images import make_image
-from ocimirror.testkit.registry import LocalRegistry, Request, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 
 RegistryFactory = Callable[..., LocalRegistry]
 

@@ -25,16 +25,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from ocimirror.testkit.registry import (
-    SYNC_PREFIX,
-    LocalRegistry,
-    RegistryError,
-    Request,
-    Skopeo,
-    SkopeoError,
-    parse_access_log,
-    run_skopeo,
-)
+from ocimirror.testkit.accesslog import SYNC_PREFIX, Request, parse_access_log
+from ocimirror.testkit.registry import LocalRegistry, RegistryError
+from ocimirror.testkit.skopeo import Skopeo, SkopeoError, run_skopeo
 from ocimirror.testkit.tls import TlsFiles
 from ocimirror.testkit.tokenserver import (
     Access,

@@ -42,8 +42,9 @@ from ocimirror.testkit.front import Front
 from ocimirror.testkit.images import corpus_small_tags, make_image
 from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.postgres import LocalPostgres
-from ocimirror.testkit.registry import LocalRegistry, Skopeo
+from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.copy import CopyOptions, ImageResult
 from ocimirror.transfer.plan import CopyTask
 from ocimirror.workers import dispatch, jobqueue, ledger

@@ -10,15 +10,13 @@ The bytes are kept by a `cachestore` place: a directory (`--cache DIR`), or an o
                           a crash's leftovers go at the next start
     index.sqlite          manifests' media types, tag entries, access times for LRU
 
-The blobs are the truth. A blob is written to a temporary file and moved (or put) into
-place only once its digest (and size, when known) checked out; the index row of a
-manifest is written after its blob and removed before it, so a crash at worst leaves a
-blob the index does not call a manifest, which is simply fetched again. At startup the
-blobs are listed once for sizes (rows naming a missing blob are dropped); from then on a
-running total is kept. An object store also keeps manifests' media types and tags beside
-the blobs, so a proxy with an empty index, or another proxy sharing the bucket, finds
-them: a blob, manifest or tag the index does not know is looked up in the store before
-the upstream is asked, and a tag found there is revalidated (a HEAD) before it is served.
+`ProxyCache` is the cache's operations on the state its base `CacheIndex` (`cacheindex`)
+keeps: the index, the sizes and pins, the eviction. A blob is written to a temporary file
+and moved (or put) into place only once its digest (and size, when known) checked out.
+An object store also keeps manifests' media types and tags beside the blobs, so a proxy
+with an empty index, or another proxy sharing the bucket, finds them: a blob, manifest or
+tag the index does not know is looked up in the store before the upstream is asked, and a
+tag found there is revalidated (a HEAD) before it is served.
 
 Policy is the server's (`policy`), mechanism is here: manifests by digest and blobs are
 kept until evicted; `tag()` answers stale entries too (with their `age`; `fresh=False`)
@@ -26,39 +24,27 @@ so the server can revalidate with a HEAD and `touch_tag()`, or serve the stale c
 the upstream fails.
 
 `fetch_blob()` is single-flight: the first caller for a digest starts one upstream
-fetch in a task of its own, writing to a temporary file while hashing; every caller for
-that digest, including ones arriving mid-download, reads that growing file from the
-start (the latest chunks from memory, `blobstream.WINDOW`, as soon as they arrive). The blob's last byte (its last
-chunk, when the size is unknown) is held back until the digest is verified, so no reader
-ever gets a complete copy of wrong content: on failure every reader gets the error (a
-client's response is cut short) and nothing is stored. A reader that goes away does not disturb the others, and when every reader has
-gone the download still runs to its end in the background, warming the cache. With an
-object store the verified file is then put there, callers arriving meanwhile still
-reading the local file.
-
-The access times that order eviction are updated on every hit in memory and written to
-the index lazily (every `FLUSH_EVERY` hits or `FLUSH_INTERVAL` seconds, with any other
-index write, and at `close()`); a blob without a recorded time counts from its file's
-mtime (its object's last change). One process, one event loop per cache directory;
-several proxies may share an object store, each evicting by what it knows.
-
-Why it is long (one module of about 800 lines): `ProxyCache` is one state machine. The index, the
-eviction and the single-flight downloads share one set of sizes and pins (a blob being
-read or written must not be evicted; a download is listed only once verified), so split
-apart each part would reach into the others' state. The streams readers get are in
-`blobstream`, where the bytes are kept in `cachestore`.
+fetch (`blobfetch.fetch_verified`) in a task of its own, writing to a temporary file
+while hashing; every caller for that digest, including ones arriving mid-download, reads
+that growing file from the start (the latest chunks from memory, `blobstream.WINDOW`, as
+soon as they arrive). The blob's last byte (its last chunk, when the size is unknown) is
+held back until the digest is verified, so no reader ever gets a complete copy of wrong
+content: on failure every reader gets the error (a client's response is cut short) and
+nothing is stored. A reader that goes away does not disturb the others, and when every
+reader has gone the download still runs to its end in the background, warming the cache.
+With an object store the verified file is then put there, callers arriving meanwhile
+still reading the local file. A blob being read or written is pinned: not evicted, and a
+download is listed in the index only once verified.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import tempfile
 import time
-from collections import Counter, OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -69,10 +55,11 @@ import structlog
 
 from .. import digest as digests
 from ..atomicfile import open_temp
-from ..errors import DigestMismatch, ManifestError, NotFound, OcimirrorError, ReferenceError
+from ..errors import ManifestError, NotFound, OcimirrorError, ReferenceError
 from ..manifest import MAX_MANIFEST_SIZE
-from .blobstream import AHEAD, CHUNK_SIZE, BlobStream, Download, Handle, Progress, sync_file
-from .cachefull import FullDisk
+from .blobfetch import OpenUpstream, fetch_verified
+from .blobstream import BlobStream, Download, Handle, Progress
+from .cacheindex import CacheIndex
 from .cachestore import LocalBlobs, ObjectBlobs, TagKey, remove_tree
 
 if TYPE_CHECKING:
@@ -80,39 +67,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: The name of the index database inside the cache directory.
-INDEX_NAME = "index.sqlite"
-
 #: Seconds a presigned URL of a cached blob (`--cache-redirect`) stays valid.
 REDIRECT_LIFETIME = 1200.0
-
-#: With an object store, manifests' bytes kept in memory at most (the most recently used).
-MANIFEST_MEMORY = 32 * 1024 * 1024
-
-#: Access times are written to the index after this many unsaved hits...
-FLUSH_EVERY = 1000
-
-#: ...or when the oldest unsaved hit is this many seconds old.
-FLUSH_INTERVAL = 60.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS manifests (
-    digest TEXT PRIMARY KEY,
-    media_type TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tags (
-    upstream TEXT NOT NULL,
-    repo TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    fetched_at REAL NOT NULL,
-    PRIMARY KEY (upstream, repo, tag)
-);
-CREATE TABLE IF NOT EXISTS access (
-    digest TEXT PRIMARY KEY,
-    atime REAL NOT NULL
-);
-"""
 
 
 @dataclass(frozen=True)
@@ -141,34 +97,11 @@ class TagEntry:
     age: float
 
 
-@dataclass(frozen=True)
-class UpstreamBlob:
-    """An opened upstream blob: its chunks and, when the response said, its size."""
-
-    chunks: AsyncIterable[bytes]
-    size: int | None = None
-
-
-#: Opens the upstream blob; entering raises for a failed request (404, 429, ...).
-OpenUpstream = Callable[[], AbstractAsyncContextManager[AsyncIterable[bytes] | UpstreamBlob]]
-
-
 def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
-def _retrieved(fut: asyncio.Future[None]) -> None:
-    """Retrieve a dropped future's exception, so that it is not logged as unhandled."""
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _joined(parts: list[bytes]) -> bytes:
-    """Return the chunks as one `bytes`, without a copy when there is one."""
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-class ProxyCache:
+class ProxyCache(CacheIndex):
     """The pull-through cache: verified blobs and manifests, tags with a TTL, LRU."""
 
     def __init__(
@@ -189,165 +122,17 @@ class ProxyCache:
             if store is None:
                 raise ValueError("a cache without an object store needs a directory")
             directory = Path(tempfile.mkdtemp(prefix="ocimirror-proxy-cache-"))
-        self.directory = Path(directory)
-        self._place: LocalBlobs | ObjectBlobs = (
-            LocalBlobs(self.directory)
+        directory = Path(directory)
+        place: LocalBlobs | ObjectBlobs = (
+            LocalBlobs(directory)
             if store is None
-            else ObjectBlobs(store, self.directory / "spool", name=store_name)
+            else ObjectBlobs(store, directory / "spool", name=store_name)
         )
-        self.max_bytes = max_bytes
         self.tag_ttl = tag_ttl
-        self._clock = clock
-        self._blobs: OrderedDict[str, int] = OrderedDict()  # digest -> size, oldest first
-        self._atimes: dict[str, float] = {}
-        self._dirty: set[str] = set()
-        self._media_types: dict[str, str] = {}
-        self._tags: dict[TagKey, tuple[str, float]] = {}
         self._downloads: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pins: dict[str, int] = {}
-        self._raw: OrderedDict[str, bytes] = OrderedDict()
         self._tag_lookups: dict[TagKey, asyncio.Future[tuple[str, float] | None]] = {}
-        self._raw_bytes = 0
-        self._total = 0
-        self._closed = False
-        self.disk = FullDisk(str(self._place))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.directory / INDEX_NAME, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._load()
-        self._last_flush = clock()
-        self._evict()
-
-    # -- startup ------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        """List the blobs, then read the index, dropping rows for missing blobs."""
-        found = self._place.scan()
-        recorded = dict(self._db.execute("SELECT digest, atime FROM access").fetchall())
-        atimes = {dg: float(recorded.get(dg, mtime)) for dg, (_, mtime) in found.items()}
-        for dg in sorted(found, key=atimes.__getitem__):
-            self._blobs[dg] = found[dg][0]
-            self._atimes[dg] = atimes[dg]
-            self._total += found[dg][0]
-        manifests = self._db.execute("SELECT digest, media_type FROM manifests").fetchall()
-        self._media_types = {dg: media_type for dg, media_type in manifests if dg in found}
-        rows = self._db.execute("SELECT upstream, repo, tag, digest, fetched_at FROM tags")
-        for upstream, repo, tag, dg, fetched_at in rows.fetchall():
-            if dg in self._media_types:
-                self._tags[(upstream, repo, tag)] = (dg, float(fetched_at))
-        stale = {dg for dg in recorded if dg not in found}
-        stale.update(dg for dg, _ in manifests if dg not in found)
-        if stale:
-            self._delete_rows(sorted(stale))
-        with self._db:
-            self._db.execute("DELETE FROM tags WHERE digest NOT IN (SELECT digest FROM manifests)")
-
-    # -- bookkeeping --------------------------------------------------------------------
-
-    def store_requests(self) -> tuple[Counter[str], Counter[str]] | None:
-        """Return the requests sent to the object store and those that failed, by operation
-        (None: the blobs are in a directory)."""
-        if isinstance(self._place, ObjectBlobs):
-            return self._place.requests, self._place.failures
-        return None
-
-    @property
-    def place(self) -> str:
-        """Name where the blobs are kept (a directory or an object store)."""
-        return str(self._place)
-
-    @property
-    def total_bytes(self) -> int:
-        """Return the bytes held in blobs (manifests included)."""
-        return self._total
-
-    def _touch(self, digest: str) -> None:
-        """Mark a blob as used now (in memory; written to the index lazily)."""
-        self._blobs.move_to_end(digest)
-        now = self._clock()
-        self._atimes[digest] = now
-        self._dirty.add(digest)
-        if len(self._dirty) >= FLUSH_EVERY or now - self._last_flush >= FLUSH_INTERVAL:
-            self.flush()
-
-    def _add_blob(self, digest: str, size: int) -> None:
-        self._total += size - self._blobs.get(digest, 0)
-        self._blobs[digest] = size
-        self._touch(digest)
-
-    def flush(self) -> None:
-        """Write the access times of recent hits to the index."""
-        self._last_flush = self._clock()
-        if not self._dirty:
-            return
-        rows = [(dg, self._atimes[dg]) for dg in self._dirty if dg in self._atimes]
-        try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO access (digest, atime) VALUES (?, ?)", rows
-                )
-        except sqlite3.Error as e:
-            if not self.disk.noted(e):
-                raise
-            return  # kept in memory, written at a later flush
-        self._dirty.clear()
-
-    def _pin(self, digest: str) -> None:
-        self._pins[digest] = self._pins.get(digest, 0) + 1
-
-    def _unpin(self, digest: str) -> None:
-        left = self._pins[digest] - 1
-        if left:
-            self._pins[digest] = left
-            return
-        del self._pins[digest]
-        if not self._closed:
-            self._evict()
-
-    def _evict(self) -> None:
-        """Drop least-recently-used blobs not in use until the total fits `max_bytes`."""
-        if self.max_bytes is None or self._total <= self.max_bytes:
-            return
-        excess = self._total - self.max_bytes
-        victims: list[str] = []
-        for dg, size in self._blobs.items():
-            if excess <= 0:
-                break
-            if dg not in self._pins:
-                victims.append(dg)
-                excess -= size
-        if victims:
-            self._forget(victims)
-            log.debug("proxy cache evicted", blobs=len(victims), total_bytes=self._total)
-
-    def _forget(self, victims: list[str]) -> None:
-        """Remove blobs (and a manifest's tags) from the index, then their files."""
-        gone = set(victims)
-        keys = [key for key, (dg, _) in self._tags.items() if dg in gone]
-        for key in keys:
-            del self._tags[key]
-        self._delete_rows(victims)
-        for dg in victims:
-            self._total -= self._blobs.pop(dg, 0)
-            self._atimes.pop(dg, None)
-            self._dirty.discard(dg)
-            self._media_types.pop(dg, None)
-            raw = self._raw.pop(dg, None)
-            self._raw_bytes -= len(raw) if raw is not None else 0
-        for key in keys:
-            self._place.remove_tag(key)
-        self._place.remove(victims)
-
-    def _delete_rows(self, digests_: list[str]) -> None:
-        """Delete every index row about these digests (tags pointing at them included)."""
-        rows = [(dg,) for dg in digests_]
-        with self._db:
-            self._db.executemany("DELETE FROM tags WHERE digest = ?", rows)
-            self._db.executemany("DELETE FROM manifests WHERE digest = ?", rows)
-            self._db.executemany("DELETE FROM access WHERE digest = ?", rows)
+        super().__init__(directory, place, max_bytes=max_bytes, clock=clock)
 
     # -- manifests ----------------------------------------------------------------------
 
@@ -391,33 +176,6 @@ class ProxyCache:
             self._unpin(dg)  # evicts, if over the limit
         self.flush()
         return dg
-
-    def _note_manifest(self, digest: str, media_type: str) -> None:
-        """Record that a blob is a manifest of this media type (within a transaction)."""
-        self._media_types[digest] = media_type
-        self._db.execute(
-            "INSERT OR REPLACE INTO manifests (digest, media_type) VALUES (?, ?)",
-            (digest, media_type),
-        )
-
-    def _keep_raw(self, digest: str, raw: bytes) -> None:
-        """With an object store, keep a manifest's bytes in memory (the most recent ones)."""
-        if self._place.local:
-            return
-        self._raw.pop(digest, None)
-        self._raw[digest] = raw
-        self._raw_bytes += len(raw)
-        while self._raw_bytes > MANIFEST_MEMORY:
-            _, old = self._raw.popitem(last=False)
-            self._raw_bytes -= len(old)
-
-    def _set_tag(self, key: TagKey, digest: str, fetched_at: float) -> None:
-        self._tags[key] = (digest, fetched_at)
-        self._db.execute(
-            "INSERT OR REPLACE INTO tags (upstream, repo, tag, digest, fetched_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (*key, digest, fetched_at),
-        )
 
     async def get_manifest(self, digest: str) -> CachedManifest | None:
         """Return a cached manifest by digest (re-verified on read), or None.
@@ -726,73 +484,9 @@ class ProxyCache:
 
     async def _download(self, dl: Download, open_upstream: OpenUpstream) -> None:
         """Fetch a blob once into its temporary file, verify it, and move it into place."""
-        what = f"blob {dl.digest}"
-        h = digests.hasher(dl.digest)
-        total = 0
-        # A chunk goes to the readers (from memory) as it arrives; storing it (hash + file
-        # write, in a worker thread) runs while the next chunks are read from the
-        # upstream, so the thread hop is on neither path. One store in flight: the chunks
-        # arriving meanwhile go in the next one (fewer hops), and the fetch waits only
-        # when `AHEAD` bytes are published and not stored. Stores go in order, so the
-        # hash sees the bytes in order.
-        writing: asyncio.Future[None] | None = None
-        unstored: list[bytes] = []
-        behind = 0
         try:
-            async with open_upstream() as opened:
-                if isinstance(opened, UpstreamBlob):
-                    chunks, declared = opened.chunks, opened.size
-                else:
-                    chunks, declared = opened, None
-                if dl.size is None:
-                    dl.size = declared
-                elif declared is not None and declared != dl.size:
-                    raise DigestMismatch(dl.digest, f"<{declared} bytes, expected {dl.size}>", what)
-                dl.opened = True
-                dl.notify()
-                # Small chunks are gathered up to CHUNK_SIZE per write (one thread hop); a
-                # chunk that size already (aiohttp's, mostly) is written as it is, no copy.
-                parts: list[bytes] = []
-                pending = 0
-                async for chunk in chunks:
-                    total += len(chunk)
-                    if dl.size is not None and total > dl.size:
-                        raise DigestMismatch(dl.digest, f"<more than {dl.size} bytes>", what)
-                    parts.append(chunk)
-                    pending += len(chunk)
-                    if pending >= CHUNK_SIZE:
-                        data = _joined(parts)
-                        parts.clear()
-                        pending = 0
-                        dl.publish(data)
-                        unstored.append(data)
-                        behind += len(data)
-                        if writing is not None and (writing.done() or behind >= AHEAD):
-                            await writing
-                            writing = None
-                        if writing is None:
-                            writing = asyncio.ensure_future(dl.store(h, unstored))
-                            unstored, behind = [], 0
-                if parts:
-                    data = _joined(parts)
-                    dl.publish(data)
-                    unstored.append(data)
-                if writing is not None:
-                    await writing
-                if unstored:
-                    await dl.store(h, unstored)
-            actual = f"{digests.algorithm(dl.digest)}:{h.hexdigest()}"
-            if actual != dl.digest:
-                raise DigestMismatch(dl.digest, actual, what)
-            if dl.size is not None and total != dl.size:
-                raise DigestMismatch(
-                    dl.digest, f"{actual} ({total} bytes, expected {dl.size})", what
-                )
-            await dl.handle.run(sync_file)
+            total = await fetch_verified(dl, open_upstream)
         except BaseException as e:
-            if writing is not None:
-                writing.cancel()  # the thread finishes; the handle closes after it
-                writing.add_done_callback(_retrieved)
             self._fail(dl, e)
             if isinstance(e, Exception) and not self.disk.noted(e):
                 log.info("proxy cache fetch failed", digest=dl.digest, error=str(e))
@@ -877,12 +571,4 @@ class ProxyCache:
             remove_tree(self.directory)
 
 
-__all__ = [
-    "CHUNK_SIZE",
-    "BlobStream",
-    "CachedManifest",
-    "OpenUpstream",
-    "ProxyCache",
-    "TagEntry",
-    "UpstreamBlob",
-]
+__all__ = ["BlobStream", "CachedManifest", "ProxyCache", "TagEntry"]

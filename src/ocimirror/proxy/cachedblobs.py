@@ -20,7 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from .. import digest as digests
 from ..errors import AuthError, NotFound, OcimirrorError
-from .cache import UpstreamBlob
+from .blobfetch import UpstreamBlob
 from .forward import open_upstream_blob, upstream_blob_answer
 from .pullthrough import STALE_WARNING, Check, authorize, grant, the_cache
 from .replies import API_VERSION

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from .. import digest as digests
 from ..client import READ_SIZE
-from .cache import UpstreamBlob
+from .blobfetch import UpstreamBlob
 from .errorbody import error_body
 from .replies import ANONYMOUS_TOKEN, oci_error
 from .rewrite import QueryMap, response_headers

@@ -2,8 +2,8 @@
 
 - `ocimirror.testkit.images`: deterministic sample images, indexes and corpora.
 - `ocimirror.testkit.registry`: `LocalRegistry` (a distribution registry subprocess on
-  loopback, with request counting from its access log) and `Skopeo` (skopeo isolated
-  from the host's configuration).
+  loopback, with request counting from its access log, read by `ocimirror.testkit.accesslog`).
+- `ocimirror.testkit.skopeo`: `Skopeo` (skopeo isolated from the host's configuration).
 - `ocimirror.testkit.tokenserver`: `TokenServer`, a Docker registry token server.
 - `ocimirror.testkit.tls`: a self-signed CA and server certificate (`make_tls_files`).
 - `ocimirror.testkit.polling`: `wait_for`, polling a condition with a deadline.

@@ -23,8 +23,9 @@ from pathlib import Path
 from .command import Background, run_ocimirror
 from .images import make_image, make_index, random_layer
 from .proxy import call
-from .registry import LocalRegistry, Skopeo, free_port
+from .registry import LocalRegistry, free_port
 from .seeding import seed_sync
+from .skopeo import Skopeo
 
 BOLD, DIM, RESET = ("\x1b[1m", "\x1b[2m", "\x1b[0m") if sys.stdout.isatty() else ("", "", "")
 

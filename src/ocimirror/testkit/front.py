@@ -20,7 +20,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .registry import LocalRegistry, Request
+from .accesslog import Request
+from .registry import LocalRegistry
 
 __all__ = [
     "Front",

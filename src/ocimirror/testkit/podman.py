@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .registry import Skopeo
+from .skopeo import Skopeo
 
 
 def podman_pull(skopeo: Skopeo, ref: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""Real registries on loopback for tests, the demo and benchmarks, and skopeo to judge them.
+"""Real registries on loopback for tests, the demo and benchmarks.
 
 `LocalRegistry` runs the CNCF distribution registry (Debian's `docker-registry`, 2.8) as a
 subprocess on 127.0.0.1, with a generated `config.yml` and filesystem storage in its own
@@ -11,8 +11,8 @@ the remote on a miss; it refuses pushes.
 
 Request counting: the registry writes an access log line (Combined Log Format) for every
 request, whatever its status, to stdout, which goes to `access.log`; `requests()` parses
-it into `Request(method, path, status, ...)`, and `count()` filters by method, kind
-(`manifest`, `blob`, `upload`, `tags`...), path and status. `mark()` and
+it into `Request(method, path, status, ...)` (`accesslog`), and `count()` filters by
+method, kind (`manifest`, `blob`, `upload`, `tags`...), path and status. `mark()` and
 `requests(since=mark)`, or `clear_log()`, count from a point on; a restart keeps the log.
 
 The registry writes a line *after* its response, so a client may already hold a large
@@ -24,9 +24,7 @@ a client has seen answered is counted, exactly. Debug logging costs the registry
 30% per request: benchmarks pass `exact_counting=False`, which waits instead for a marker
 request's line and 5 ms of quiet (right but for rare races under heavy load).
 
-`Skopeo` runs skopeo with a private auth file, policy and registries.conf, so the host's
-Docker or containers configuration is never read; `flags()` gives the TLS and credential
-flags a `LocalRegistry` needs (plain HTTP on 127.0.0.1 needs `--tls-verify=false`).
+skopeo, to judge a registry the way a user's tool would, is in `skopeo`.
 """
 
 from __future__ import annotations
@@ -35,19 +33,15 @@ import atexit
 import base64
 import contextlib
 import http.client
-import itertools
 import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, Self
@@ -55,6 +49,7 @@ from typing import IO, Any, Literal, Self
 import yaml
 
 from . import secrets as scanned_secrets
+from .accesslog import SYNC_PREFIX, Request, RequestLog, file_size
 from .lifecycle import StartStop
 from .tls import TlsFiles
 from .tokenserver import Access, TokenServer
@@ -62,103 +57,9 @@ from .tokenserver import Access, TokenServer
 #: How a registry authenticates clients.
 AuthMode = Literal["none", "htpasswd", "token"]
 
-#: Which side of a skopeo command a registry is on: "" (inspect, delete...), "src", "dest".
-Role = Literal["", "src", "dest"]
-
-#: The path prefix of the marker requests `requests()` sends; they are never reported.
-SYNC_PREFIX = "/ocimirror-testkit-sync/"
-
-_ACCESS_LINE = re.compile(
-    r'^(?P<remote>\S+) \S+ \S+ \[(?P<time>[^\]]*)\] "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" '
-    r'(?P<status>\d{3}) (?P<size>\d+|-)(?: "(?P<referer>(?:[^"\\]|\\.)*)" "(?P<agent>(?:[^"\\]|\\.)*)")?'
-)
-
-_ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("base", re.compile(r"^/v2/?$")),
-    ("catalog", re.compile(r"^/v2/_catalog$")),
-    ("upload", re.compile(r"^/v2/(?P<name>.+?)/blobs/uploads/(?P<ref>[^/]*)$")),
-    ("blob", re.compile(r"^/v2/(?P<name>.+?)/blobs/(?P<ref>[^/]+)$")),
-    ("manifest", re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<ref>[^/]+)$")),
-    ("tags", re.compile(r"^/v2/(?P<name>.+?)/tags/list$")),
-    ("referrers", re.compile(r"^/v2/(?P<name>.+?)/referrers/(?P<ref>[^/]+)$")),
-)
-
 
 class RegistryError(RuntimeError):
     """A local registry could not be started or used."""
-
-
-class SkopeoError(subprocess.CalledProcessError):
-    """skopeo failed; the message includes its stderr."""
-
-    def __str__(self) -> str:
-        """Show the command, exit status and stderr."""
-        return f"{super().__str__()}\nstderr:\n{self.stderr}"
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request a registry answered, from its access log."""
-
-    method: str
-    path: str
-    status: int
-    query: str = ""
-    size: int = 0
-    user_agent: str = ""
-
-    def _route(self) -> tuple[str, re.Match[str] | None]:
-        for kind, pattern in _ROUTES:
-            match = pattern.match(self.path)
-            if match:
-                return kind, match
-        return "other", None
-
-    @property
-    def kind(self) -> str:
-        """What was asked for: base, catalog, manifest, blob, upload, tags, referrers, other."""
-        return self._route()[0]
-
-    @property
-    def repository(self) -> str | None:
-        """The repository name in the path, if any."""
-        match = self._route()[1]
-        return match.groupdict().get("name") if match else None
-
-    @property
-    def reference(self) -> str | None:
-        """The tag or digest (manifests), digest (blobs) or session id (uploads)."""
-        match = self._route()[1]
-        return match.groupdict().get("ref") if match else None
-
-    def __str__(self) -> str:
-        """Show it as `METHOD /path?query STATUS`."""
-        query = f"?{self.query}" if self.query else ""
-        return f"{self.method} {self.path}{query} {self.status}"
-
-
-def parse_access_log(text: str) -> list[Request]:
-    """Parse Combined Log Format lines into requests; other lines and markers are skipped."""
-    found: list[Request] = []
-    for line in text.splitlines():
-        match = _ACCESS_LINE.match(line)
-        if not match:
-            continue
-        path, _, query = match["uri"].partition("?")
-        if path.startswith(SYNC_PREFIX):
-            continue
-        size = match["size"]
-        found.append(
-            Request(
-                method=match["method"],
-                path=path,
-                status=int(match["status"]),
-                query=query,
-                size=0 if size == "-" else int(size),
-                user_agent=match["agent"] or "",
-            )
-        )
-    return found
 
 
 @dataclass(frozen=True)
@@ -276,15 +177,9 @@ class LocalRegistry(StartStop):
         self._proc: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
         self._since = 0
-        self._sync_ids = itertools.count()
         #: Without exact counting: seconds the access log must stay unchanged after the
         #: marker request before `requests()` reads it.
         self.settle = 0.005
-        # Exact counting: requests (method, uri) started minus completed since the launch,
-        # and how far each log has been read.
-        self._in_flight: Counter[tuple[str, str]] = Counter()
-        self._access_read = 0
-        self._log_read = 0
         directory.mkdir(parents=True, exist_ok=True)
         #: Where blobs and manifests are kept (survives `stop()`).
         self.storage = directory / "storage"
@@ -294,6 +189,7 @@ class LocalRegistry(StartStop):
         #: The registry's own log, JSON lines.
         self.log_path = directory / "registry.log"
         self.htpasswd_path = directory / "htpasswd"
+        self._request_log = RequestLog(self.access_log, self.log_path)
 
     # -- addresses and credentials ---------------------------------------------------------
 
@@ -441,9 +337,8 @@ class LocalRegistry(StartStop):
 
     def _launch(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        log_mark = self._size(self.log_path)
-        self._in_flight.clear()
-        self._access_read, self._log_read = self._size(self.access_log), log_mark
+        log_mark = file_size(self.log_path)
+        self._request_log.launched(log_mark)
         access = self.access_log.open("ab")
         log = self.log_path.open("ab")
         self._files = [access, log]
@@ -578,90 +473,19 @@ class LocalRegistry(StartStop):
     # -- request counting ------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Wait until the access log holds every request a client has seen answered.
-
-        The registry writes a request's access log line just after the response, so a
-        client can see a response (a large blob download above all) a moment before its
-        line exists. With `exact_counting` the registry logs "authorizing request" (debug)
-        as each request starts, before any response: every request a client has seen
-        answered has started, and this waits until every started request has its access
-        log line (at most 5 s, for other clients still busy). Without it, a marker request
-        is sent and its line awaited, then the log must stay unchanged for `settle` s.
-        """
-        if not self.running:
-            return
-        if self.exact_counting:
-            deadline = time.monotonic() + 5.0
-            while self._catch_up():
-                if time.monotonic() > deadline:  # never wait twice for the same ones
-                    self._in_flight = Counter({k: n for k, n in self._in_flight.items() if n < 0})
-                    return
-                time.sleep(0.001)
-            return
-        marker = f"{SYNC_PREFIX}{os.getpid()}-{next(self._sync_ids)}".encode()
-        try:
-            self.http("GET", marker.decode(), timeout=5.0)
-        except (OSError, http.client.HTTPException):
-            return
-        deadline = time.monotonic() + 5.0
-        while not self._log_holds(marker + b" "):
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.001)
-        size, deadline = self._size(self.access_log), time.monotonic() + 0.5
-        while time.monotonic() < deadline:
-            time.sleep(self.settle)
-            grown = self._size(self.access_log)
-            if grown == size:
-                return
-            size = grown
-
-    @staticmethod
-    def _read_lines(path: Path, offset: int) -> tuple[list[bytes], int]:
-        """Return the complete lines of `path` from `offset`, and the offset after them."""
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return [], offset
-        end = data.rfind(b"\n") + 1
-        return data[:end].splitlines(), offset + end
-
-    def _catch_up(self) -> bool:
-        """Read both logs further; return whether some started request has no line yet."""
-        lines, self._access_read = self._read_lines(self.access_log, self._access_read)
-        for line in lines:
-            match = _ACCESS_LINE.match(line.decode("utf-8", "replace"))
-            if match:
-                self._in_flight[(match["method"], match["uri"])] -= 1
-        lines, self._log_read = self._read_lines(self.log_path, self._log_read)
-        for line in lines:
-            if b'"authorizing request"' not in line:
-                continue
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                method, uri = entry.get("http.request.method"), entry.get("http.request.uri")
-                if isinstance(method, str) and isinstance(uri, str):
-                    self._in_flight[(method, uri)] += 1
-        return any(n > 0 for n in self._in_flight.values())
-
-    def _log_holds(self, needle: bytes) -> bool:
-        with self.access_log.open("rb") as f:
-            f.seek(max(0, self._size(self.access_log) - 64 * 1024))
-            return needle in f.read()
-
-    @staticmethod
-    def _size(path: Path) -> int:
-        try:
-            return path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        """Wait until the access log holds every request a client has seen answered
+        (`RequestLog.sync`)."""
+        if self.running:
+            self._request_log.sync(
+                exact=self.exact_counting,
+                settle=self.settle,
+                probe=lambda path: self.http("GET", path, timeout=5.0),
+            )
 
     def mark(self) -> int:
         """Return a position in the access log; `requests(since=mark)` counts from there."""
         self._sync()
-        return self._size(self.access_log)
+        return file_size(self.access_log)
 
     def clear_log(self) -> None:
         """Make `requests()` report only requests answered from now on."""
@@ -670,15 +494,7 @@ class LocalRegistry(StartStop):
     def requests(self, since: int | None = None) -> list[Request]:
         """Return the requests answered since `since` (a `mark()`), else since `clear_log()`."""
         self._sync()
-        start = self._since if since is None else since
-        try:
-            with self.access_log.open("rb") as f:
-                f.seek(start)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]
-        return parse_access_log(complete.decode("utf-8", "replace"))
+        return self._request_log.read(self._since if since is None else since)
 
     def count(
         self,
@@ -701,161 +517,11 @@ class LocalRegistry(StartStop):
         )
 
 
-class Skopeo:
-    """skopeo isolated from the host: a private auth file, policy and registries.conf."""
-
-    def __init__(self, workdir: Path, *, binary: str = "skopeo", timeout: float = 120.0) -> None:
-        """Prepare `workdir` for skopeo's configuration and temporary files."""
-        self.workdir = workdir
-        self.binary = binary
-        self.timeout = timeout
-        workdir.mkdir(parents=True, exist_ok=True)
-        for sub in ("home", "tmp", "run", "docker"):
-            (workdir / sub).mkdir(exist_ok=True)
-        #: The only auth file skopeo reads and writes (`skopeo login` stores here).
-        self.authfile = workdir / "auth.json"
-        if not self.authfile.exists():
-            self.authfile.write_text('{"auths": {}}\n')
-        self.policy = workdir / "policy.json"
-        self.policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
-        self.registries_conf = workdir / "registries.conf"
-        self.registries_conf.write_text("")
-
-    def env(self) -> dict[str, str]:
-        """Return the environment skopeo runs with."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "DOCKER_"))}
-        env.update(
-            HOME=str(self.workdir / "home"),
-            TMPDIR=str(self.workdir / "tmp"),
-            XDG_RUNTIME_DIR=str(self.workdir / "run"),
-            XDG_CONFIG_HOME=str(self.workdir / "home" / ".config"),
-            DOCKER_CONFIG=str(self.workdir / "docker"),
-            REGISTRY_AUTH_FILE=str(self.authfile),
-            CONTAINERS_REGISTRIES_CONF=str(self.registries_conf),
-        )
-        return env
-
-    def command(self, *args: str) -> list[str]:
-        """Return the full command line for skopeo `args`."""
-        return [
-            self.binary,
-            "--policy",
-            str(self.policy),
-            "--tmpdir",
-            str(self.workdir / "tmp"),
-            *args,
-        ]
-
-    def run(
-        self, *args: str, check: bool = True, timeout: float | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """Run skopeo with `args` (output captured as text); raise `SkopeoError` if `check`."""
-        cmd = self.command(*args)
-        result = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            env=self.env(),
-            timeout=timeout or self.timeout,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise SkopeoError(result.returncode, cmd, result.stdout, result.stderr)
-        return result
-
-    @staticmethod
-    def flags(registry: LocalRegistry, role: Role = "", *, creds: bool = True) -> list[str]:
-        """Return the TLS and credential flags for `registry` (`--src-`/`--dest-` by role)."""
-        prefix = f"--{role}-" if role else "--"
-        flags = (
-            [f"{prefix}cert-dir={registry.tls.cert_dir}"]
-            if registry.tls
-            else [f"{prefix}tls-verify=false"]
-        )
-        if creds and registry.creds is not None:
-            user, password = registry.creds
-            flags.append(f"{prefix}creds={user}:{password}")
-        return flags
-
-    def copy(
-        self,
-        src: str,
-        dst: str,
-        *,
-        src_registry: LocalRegistry | None = None,
-        dst_registry: LocalRegistry | None = None,
-        creds: bool = True,
-        args: Sequence[str] = (),
-        check: bool = True,
-    ) -> subprocess.CompletedProcess[str]:
-        """`skopeo copy src dst` with the flags the registries need."""
-        flags: list[str] = []
-        if src_registry is not None:
-            flags += self.flags(src_registry, "src", creds=creds)
-        if dst_registry is not None:
-            flags += self.flags(dst_registry, "dest", creds=creds)
-        return self.run("copy", *flags, *args, src, dst, check=check)
-
-    def inspect(
-        self,
-        ref: str,
-        *,
-        registry: LocalRegistry | None = None,
-        creds: bool = True,
-        args: Sequence[str] = (),
-        check: bool = True,
-    ) -> subprocess.CompletedProcess[str]:
-        """`skopeo inspect ref` with the flags the registry needs."""
-        flags = self.flags(registry, creds=creds) if registry is not None else []
-        return self.run("inspect", *flags, *args, ref, check=check)
-
-    def inspect_json(
-        self, ref: str, *, registry: LocalRegistry | None = None, args: Sequence[str] = ()
-    ) -> Any:
-        """Return what `skopeo inspect` prints, parsed (`args=["--raw"]` for the manifest)."""
-        return json.loads(self.inspect(ref, registry=registry, args=args).stdout)
-
-    def manifest(
-        self, ref: str, *, registry: LocalRegistry | None = None, creds: bool = True
-    ) -> bytes:
-        """Return the manifest bytes exactly as the registry serves them (`inspect --raw`)."""
-        flags = self.flags(registry, creds=creds) if registry is not None else []
-        cmd = self.command("inspect", "--raw", *flags, ref)
-        result = subprocess.run(
-            cmd, capture_output=True, env=self.env(), timeout=self.timeout, check=False
-        )
-        if result.returncode != 0:
-            raise SkopeoError(result.returncode, cmd, result.stdout, result.stderr.decode())
-        return result.stdout
-
-
-_default_skopeo: Skopeo | None = None
-
-
-def run_skopeo(
-    *args: str, check: bool = True, timeout: float | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run skopeo isolated from the host's configuration (a private dir removed at exit)."""
-    global _default_skopeo
-    if _default_skopeo is None:
-        workdir = Path(tempfile.mkdtemp(prefix="ocimirror-skopeo-"))
-        atexit.register(shutil.rmtree, workdir, True)
-        _default_skopeo = Skopeo(workdir)
-    return _default_skopeo.run(*args, check=check, timeout=timeout)
-
-
 __all__ = [
-    "SYNC_PREFIX",
     "AuthMode",
     "HttpResponse",
     "LocalRegistry",
     "RegistryError",
-    "Request",
-    "Role",
-    "Skopeo",
-    "SkopeoError",
     "free_port",
     "htpasswd_lines",
-    "parse_access_log",
-    "run_skopeo",
 ]
