@@ -1,9 +1,12 @@
-"""Fill a `LocalRegistry` with sample images, for tests, the demo and the benchmarks."""
+"""Fill a `LocalRegistry` with sample images, for tests, the demo and the benchmarks; reach
+a registry with a store (`store_for`) or a client closed afterwards (`connect`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 from ..auth.credentials import Credentials
 from ..client import HostOptions, RegistryClient
@@ -21,6 +24,16 @@ def store_for(registry: LocalRegistry) -> RegistryStore:
     options = HostOptions(ca_file=str(tls.ca_cert) if tls is not None else None)
     credentials = Credentials(username=creds[0], password=creds[1]) if creds else None
     return RegistryStore(RegistryClient(registry.host, credentials=credentials, options=options))
+
+
+@asynccontextmanager
+async def connect(host: str, **kwargs: Any) -> AsyncIterator[RegistryClient]:
+    """A RegistryClient for `host` (given `kwargs`), closed afterwards."""
+    client = RegistryClient(host, **kwargs)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def seed(
