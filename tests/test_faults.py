@@ -14,7 +14,6 @@ The bounded form (two seeds per target) runs in CI; `OCIMIRROR_SOAK=1` runs twen
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import Counter
@@ -28,7 +27,7 @@ from aiohttp import web
 from ocimirror.client import HostOptions
 from ocimirror.reference import Reference
 from ocimirror.stores.layout import LayoutStore
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import ocimirror_async
 from ocimirror.testkit.faults import MODES, FaultInjector, http_faults
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.images import SampleImage, corpus_faults, make_image
@@ -61,15 +60,8 @@ def corpus() -> list[tuple[str, SampleImage]]:
 
 async def copy_all(src: str, dst: str) -> tuple[int, dict[str, Any], str]:
     """Run `ocimirror copy --all-tags --json SRC DST`; return exit code, summary, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command("copy", "--all-tags", "--json", src, dst),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    summary = json.loads(out) if out.strip() else {}
-    return proc.returncode, summary, err.decode()
+    code, out, err = await ocimirror_async("copy", "--all-tags", "--json", src, dst)
+    return code, json.loads(out) if out.strip() else {}, err
 
 
 def failed_of(summary: dict[str, Any]) -> list[dict[str, Any]]:

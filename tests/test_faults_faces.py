@@ -35,7 +35,7 @@ import pytest
 from aiohttp import web
 
 from ocimirror.state.db import StateDB
-from ocimirror.testkit.command import Background, ocimirror_command
+from ocimirror.testkit.command import Background, ocimirror_async, ocimirror_command
 from ocimirror.testkit.faults import FaultInjector, http_faults
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.gate import UploadGate
@@ -100,13 +100,6 @@ async def spawn(*args: str) -> asyncio.subprocess.Process:
     )
 
 
-async def run_command(*args: str) -> tuple[int, str, str]:
-    proc = await spawn(*args)
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def start_held(gate: UploadGate, *args: str) -> asyncio.subprocess.Process:
     """Start `ocimirror ARGS` and return once the gate holds its run mid-way."""
     proc = await spawn(*args)
@@ -153,7 +146,7 @@ async def test_copy_stopped_mid_run_then_rerun(registry_factory: Any, sig: signa
     assert complete, "stopped before any blob was complete"
     assert complete != WANTED, "stopped after the end"
     mark = dst.mark()
-    code, _, err = await run_command("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
+    code, _, err = await ocimirror_async("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
     assert code == 0, err
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
@@ -210,7 +203,7 @@ async def test_sync_stopped_mid_run_leaves_no_run_running(
         assert complete != WANTED, "stopped after the end"
         gate.release()
         mark = dst.mark()
-        code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+        code, _, err = await ocimirror_async("sync", "-c", str(config), "--state", state)
         assert code == 0, err
     assert await run_statuses(state) == ["ok", "interrupted"]
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
@@ -244,7 +237,7 @@ async def test_sync_with_its_postgresql_killed_mid_run_records_no_false_success(
             await asyncio.to_thread(pg.restart)
             assert await run_statuses(state) == ["running"]  # nothing could record its end
             await assert_target_sound(dst, "app")
-            code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+            code, _, err = await ocimirror_async("sync", "-c", str(config), "--state", state)
             assert code == 0, err
         assert await run_statuses(state) == ["ok", "interrupted"]
         await assert_target_sound(dst, "app", tags=10)
@@ -405,7 +398,9 @@ async def test_target_registry_killed_and_restarted_mid_copy(registry_factory: A
     await assert_target_sound(dst, "app")
     complete = await complete_at(dst, "app")
     mark = dst.mark()
-    code, _, err2 = await run_command("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
+    code, _, err2 = await ocimirror_async(
+        "copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app"
+    )
     assert code == 0, err2
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
