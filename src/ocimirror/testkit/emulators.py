@@ -63,20 +63,30 @@ def fake_gcs_binary() -> Path | None:
     return path if path.exists() else None
 
 
-class LocalAzurite(LoggedChild):
+class _Emulator(LoggedChild):
+    """An emulator's binary run as a child server: `binary` and the arguments it takes."""
+
+    def __init__(self, binary: Path) -> None:
+        """Use the emulator at `binary`; nothing runs until `start()`."""
+        super().__init__()
+        self.binary = binary
+
+    def _command(self, workdir: Path) -> list[str]:
+        return [str(self.binary), *self._arguments()]
+
+    def _arguments(self) -> list[str]:
+        """The arguments that run it on 127.0.0.1 at `self.port`, in memory."""
+        raise NotImplementedError
+
+
+class LocalAzurite(_Emulator):
     """Azurite's blob service on loopback, started and stopped by the test."""
 
     what = "Azurite (Azure Blob Storage emulator)"
     prefix = "azurite"
 
-    def __init__(self, binary: Path) -> None:
-        """Use Azurite's `azurite-blob` at `binary`; nothing runs until `start()`."""
-        super().__init__()
-        self.binary = binary
-
-    def _command(self, workdir: Path) -> list[str]:
+    def _arguments(self) -> list[str]:
         return [
-            str(self.binary),
             "--blobHost",
             "127.0.0.1",
             "--blobPort",
@@ -124,20 +134,14 @@ class LocalAzurite(LoggedChild):
             pass
 
 
-class LocalGCS(LoggedChild):
+class LocalGCS(_Emulator):
     """fake-gcs-server on loopback, started and stopped by the test."""
 
     what = "fake-gcs-server (GCS emulator)"
     prefix = "fake-gcs-server"
 
-    def __init__(self, binary: Path) -> None:
-        """Use the fake-gcs-server at `binary`; nothing runs until `start()`."""
-        super().__init__()
-        self.binary = binary
-
-    def _command(self, workdir: Path) -> list[str]:
+    def _arguments(self) -> list[str]:
         return [
-            str(self.binary),
             "-scheme",
             "http",
             "-backend",
