@@ -1,5 +1,6 @@
 """Fill a `LocalRegistry` with sample images, for tests, the demo and the benchmarks; reach
-a registry with a store (`store_for`) or a client closed afterwards (`connect`)."""
+a registry with a store (`store_for`), or a client or a store closed afterwards (`connect`,
+`open_store`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ async def connect(host: str, **kwargs: Any) -> AsyncIterator[RegistryClient]:
         yield client
     finally:
         await client.close()
+
+
+@asynccontextmanager
+async def open_store(host: str, **kwargs: Any) -> AsyncIterator[RegistryStore]:
+    """A RegistryStore for `host` (its client given `kwargs`), closed afterwards."""
+    store = RegistryStore(RegistryClient(host, **kwargs))
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def seed(
