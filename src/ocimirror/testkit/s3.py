@@ -15,18 +15,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Self
 
 from . import secrets as scanned_secrets
 from .child import LoggedChild
 from .lifecycle import StartStop
+from .scripted import ScriptedHandler, ScriptedServer
 
 #: The key pair the stand-in is reached with (moto takes any): distinctive, so that the
 #: suite's secrets scan (testkit.secrets) can look for them.
@@ -98,46 +97,34 @@ class RefusingS3(StartStop):
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
             f"<Message>{code}</Message></Error>"
         ).encode()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ScriptedServer | None = None
 
     @property
     def endpoint(self) -> str:
         """Return the server's base URL."""
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self._server.host}"
 
     def start(self) -> Self:
         """Serve on a free port in a thread."""
         body, status = self.body, self.status
 
-        class Deny(BaseHTTPRequestHandler):
+        class Deny(ScriptedHandler):
             def _deny(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.answer(status, body, {"Content-Type": "application/xml"})
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _deny
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = ScriptedServer(Deny)
         return self
 
     def stop(self) -> None:
         """Stop serving."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
 
