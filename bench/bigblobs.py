@@ -32,12 +32,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -49,7 +47,7 @@ from ocimirror.testkit.images import corpus_large_layers
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed_sync
 from ocimirror.testkit.skopeo import Skopeo
-from run import CORPORA, Expected, tool_command, verify
+from run import CORPORA, Expected, reap, tool_command, verify
 
 TOOLS: tuple[str, ...] = ("ocimirror", "before", "bare", "skopeo")
 BARE_TARGET = 0.9
@@ -59,22 +57,6 @@ RSS_BAR_MIB = 150.0
 TINY = "bench/tiny"
 #: The bare copier.
 BARE = Path(__file__).resolve().parent / "barecopy.py"
-
-#: Runs in a bare interpreter: spawn, time, reap with `os.wait4`; write the exit status,
-#: seconds, CPU seconds (user, system) and `ru_maxrss` (KiB) as JSON to argv[1].
-REAPER = """\
-import os, sys, time
-out, cmd = sys.argv[1], sys.argv[2:]
-start = time.perf_counter()
-pid = os.posix_spawnp(cmd[0], cmd, os.environ)
-_, status, usage = os.wait4(pid, 0)
-seconds = time.perf_counter() - start
-import json
-with open(out, "w") as f:
-    json.dump({"code": os.waitstatus_to_exitcode(status), "seconds": seconds,
-               "user": usage.ru_utime, "system": usage.ru_stime,
-               "maxrss_kib": usage.ru_maxrss}, f)
-"""
 
 
 @dataclass
@@ -119,26 +101,9 @@ def run_measured(
     cmd: Sequence[str], env: dict[str, str], log: Path, timeout: float
 ) -> dict[str, Any]:
     """Run `cmd` under the bare reaper; return what it measured (code -1 on a timeout)."""
-    result = log.with_suffix(".json")
-    result.unlink(missing_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", REAPER, str(result), *cmd],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env=env,
-            start_new_session=True,
-        )
-        timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            _, status, _ = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-    if os.waitstatus_to_exitcode(status) != 0 or not result.exists():
+    _, measured = reap(cmd, env, log, timeout)
+    if measured is None:
         return {"code": -1, "seconds": timeout, "user": 0.0, "system": 0.0, "maxrss_kib": 0}
-    measured: dict[str, Any] = json.loads(result.read_text())
     return measured
 
 

@@ -193,7 +193,8 @@ class Verdict:
 
 
 #: Runs in a bare interpreter (`python -I -S -c`): spawn the command, time it, reap it with
-#: `os.wait4` and write exit status, seconds and `ru_maxrss` (KiB) as JSON to argv[1].
+#: `os.wait4` and write exit status, seconds, CPU seconds (user, system) and `ru_maxrss`
+#: (KiB) as JSON to argv[1].
 REAPER = """\
 import os, sys, time
 out, cmd = sys.argv[1], sys.argv[2:]
@@ -204,6 +205,7 @@ seconds = time.perf_counter() - start
 import json
 with open(out, "w") as f:
     json.dump({"code": os.waitstatus_to_exitcode(status), "seconds": seconds,
+               "user": usage.ru_utime, "system": usage.ru_stime,
                "maxrss_kib": usage.ru_maxrss}, f)
 """
 
@@ -287,10 +289,11 @@ class ChildServer:
         return self.proc.returncode
 
 
-def run_measured(
+def reap(
     cmd: Sequence[str], env: dict[str, str], log: Path, timeout: float
-) -> tuple[int, float, float]:
-    """Run `cmd`; return (exit code, wall seconds, peak RSS in MiB) of the command.
+) -> tuple[int, dict[str, Any] | None]:
+    """Run `cmd` under `REAPER`; return the reaper's exit code and what it measured (None
+    when the reaper did not finish cleanly, e.g. killed after `timeout`).
 
     `ru_maxrss` cannot come from a child of this process: Linux carries a process's
     peak RSS across exec, and a child forked (or vforked) from here starts with this
@@ -319,8 +322,19 @@ def run_measured(
             timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     if proc.returncode != 0 or not result.exists():
-        return (proc.returncode or -1), float(timeout), 0.0
-    measured = json.loads(result.read_text())
+        return proc.returncode, None
+    measured: dict[str, Any] = json.loads(result.read_text())
+    return proc.returncode, measured
+
+
+def run_measured(
+    cmd: Sequence[str], env: dict[str, str], log: Path, timeout: float
+) -> tuple[int, float, float]:
+    """Run `cmd` (see `reap`); return (exit code, wall seconds, peak RSS in MiB) of the
+    command."""
+    code, measured = reap(cmd, env, log, timeout)
+    if measured is None:
+        return (code or -1), float(timeout), 0.0
     return int(measured["code"]), float(measured["seconds"]), measured["maxrss_kib"] / 1024
 
 

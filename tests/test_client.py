@@ -15,7 +15,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,12 @@ from ocimirror.testkit.faults import FaultInjector
 from ocimirror.testkit.front import Front, Intercept, kind_of, registry_error, serve
 from ocimirror.testkit.images import Blob, SampleImage, make_image, make_index, random_layer
 from ocimirror.testkit.registry import LocalRegistry
-from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.seeding import connect, seed
 
 ALICE = Credentials(username="alice", password="wonderland")
 BOB = Credentials(username="bob", password="builder")
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def connect(host: str, **kwargs: Any) -> AsyncIterator[RegistryClient]:
-    """A RegistryClient for `host`, closed afterwards."""
-    client = RegistryClient(host, **kwargs)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -977,13 +966,12 @@ async def test_blobs_and_manifests_are_asked_for_uncompressed(registry: LocalReg
     image = make_image(layers=[random_layer(100_000, seed="identity")])
     await seed(registry, "app", [("v1", image)])
     blob = max(image.blobs, key=lambda b: b.size)  # the layer
-    async with Front(registry, gzip_when_accepted).running() as front:
-        client = RegistryClient(front.host)
-        try:
-            assert await read_blob(client, "app", blob.digest) == blob.data
-            assert (await client.get_manifest("app", "v1")).digest == image.digest
-        finally:
-            await client.close()
+    async with (
+        Front(registry, gzip_when_accepted).running() as front,
+        connect(front.host) as client,
+    ):
+        assert await read_blob(client, "app", blob.digest) == blob.data
+        assert (await client.get_manifest("app", "v1")).digest == image.digest
     gets = front.of("GET")
     assert {s.kind for s in gets} >= {"blob", "manifest"}
     assert all(s.headers.get("Accept-Encoding") == "identity" for s in gets)

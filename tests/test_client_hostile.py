@@ -32,7 +32,7 @@ from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front, kind_of, serve
 from ocimirror.testkit.images import Blob, make_image, random_layer
 from ocimirror.testkit.registry import LocalRegistry
-from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.seeding import connect, seed
 from ocimirror.testkit.tls import TlsFiles
 
 ALICE = Credentials(username="alice", password="wonderland")
@@ -107,13 +107,12 @@ async def test_next_page_link_to_another_host_is_refused(htpasswd_registry: Loca
             resp.headers["Link"] = f'<{other.url}/v2/secret/app/tags/list?last=1>; rel="next"'
             return resp
 
-        async with Front(htpasswd_registry, link_away).running() as front:
-            client = RegistryClient(front.host, credentials=ALICE)
-            try:
-                with pytest.raises(RegistryError) as caught:
-                    await client.list_tags("secret/app")
-            finally:
-                await client.close()
+        async with (
+            Front(htpasswd_registry, link_away).running() as front,
+            connect(front.host, credentials=ALICE) as client,
+        ):
+            with pytest.raises(RegistryError) as caught:
+                await client.list_tags("secret/app")
             assert str(caught.value) == (
                 f"{front.host}/secret/app: tags list: the next-page link points at another host"
                 f" ({other.url}); refused, the credentials are for {front.url}"
@@ -149,12 +148,8 @@ async def test_a_next_page_on_the_same_host_is_followed_relative_to_the_page(
             headers={"Link": '<list?last=a&n=1>; rel="next", </v2/elsewhere>; rel="prev"'},
         )
 
-    async with Front(registry, two_pages).running() as front:
-        client = RegistryClient(front.host)
-        try:
-            assert await client.list_tags("app") == ["a", "b"]
-        finally:
-            await client.close()
+    async with Front(registry, two_pages).running() as front, connect(front.host) as client:
+        assert await client.list_tags("app") == ["a", "b"]
     assert [s.query.get("last") for s in front.of("GET", "tags")] == [None, "a"]
     assert front.of("GET", "tags")[1].path == "/v2/app/tags/list"
 
@@ -176,13 +171,12 @@ async def test_a_tags_list_that_is_not_the_document_is_a_clear_error(
             return None
         return web.Response(body=body, content_type="application/json")
 
-    async with Front(registry, garbage).running() as front:
-        client = RegistryClient(front.host)
-        try:
-            with pytest.raises(RegistryError) as caught:
-                await client.list_tags("app")
-        finally:
-            await client.close()
+    async with (
+        Front(registry, garbage).running() as front,
+        connect(front.host) as client,
+    ):
+        with pytest.raises(RegistryError) as caught:
+            await client.list_tags("app")
         assert str(caught.value) == f"{front.host}/app: tags list: {problem}"
         if problem == "the answer is not JSON":
             out = await ocimirror("copy", "--all-tags", f"{front.host}/app", "oci:/nowhere")
@@ -284,12 +278,11 @@ async def test_manifest_redirect_to_another_host_carries_no_credentials(
                 return resp
             return web.Response(status=307, headers={"Location": f"{other.url}/m?sig=s3-like"})
 
-        async with Front(htpasswd_registry, redirect).running() as front:
-            client = RegistryClient(front.host, credentials=ALICE)
-            try:
-                got = await client.get_manifest("secret/app", "1")
-            finally:
-                await client.close()
+        async with (
+            Front(htpasswd_registry, redirect).running() as front,
+            connect(front.host, credentials=ALICE) as client,
+        ):
+            got = await client.get_manifest("secret/app", "1")
     assert got.raw == image.manifest.raw
     assert [(m, p) for m, p, _ in other.seen] == [("GET", "/m?sig=s3-like")]
     assert other.authorizations() == []
@@ -318,11 +311,8 @@ async def test_redirect_back_to_the_registry_gets_credentials_again(
 
         async with Front(htpasswd_registry, away).running() as front:
             front_url.append(front.url)
-            client = RegistryClient(front.host, credentials=ALICE)
-            try:
+            async with connect(front.host, credentials=ALICE) as client:
                 got = await client.get_manifest("secret/app", "1")
-            finally:
-                await client.close()
     assert got.raw == image.manifest.raw
     assert other.authorizations() == []
     back = [s for s in front.of("GET", "manifest") if "back" in s.query]
@@ -349,15 +339,12 @@ async def test_redirect_from_https_down_to_http_is_refused(tls_files: TlsFiles) 
 
         async with hostile_tls_registry(tls_files, basic_then_downgrade) as host:
             options = HostOptions(plain_http=False, ca_file=str(tls_files.ca_cert))
-            client = RegistryClient(host, credentials=ALICE, options=options)
-            try:
+            async with connect(host, credentials=ALICE, options=options) as client:
                 with pytest.raises(RegistryError) as caught:
                     await client.get_manifest("app", "1")
                 with pytest.raises(RegistryError, match="from HTTPS down to plain HTTP"):
                     async with client.open_blob("app", "sha256:" + "0" * 64):
                         pass
-            finally:
-                await client.close()
     assert str(caught.value) == (
         f"{host}: refused a redirect from HTTPS down to plain HTTP ({other.url})"
     )
@@ -381,11 +368,8 @@ async def test_http_links_to_the_registry_itself_are_taken_as_https(tls_files: T
     async with hostile_tls_registry(tls_files, pages) as host:
         host_of.append(host)
         options = HostOptions(plain_http=False, ca_file=str(tls_files.ca_cert))
-        client = RegistryClient(host, options=options)
-        try:
+        async with connect(host, options=options) as client:
             assert await client.list_tags("app") == ["a", "b"]
-        finally:
-            await client.close()
     assert seen == ["/v2/app/tags/list?n=1000", "/v2/app/tags/list?last=a"]
 
 
@@ -395,13 +379,9 @@ async def test_redirect_to_another_scheme_is_refused(registry: LocalRegistry) ->
             return web.Response(status=302, headers={"Location": "file:///etc/passwd"})
         return None
 
-    async with Front(registry, to_file).running() as front:
-        client = RegistryClient(front.host)
-        try:
-            with pytest.raises(RegistryError, match=f"^{front.host}: refused a redirect to"):
-                await client.get_manifest("app", "1")
-        finally:
-            await client.close()
+    async with Front(registry, to_file).running() as front, connect(front.host) as client:
+        with pytest.raises(RegistryError, match=f"^{front.host}: refused a redirect to"):
+            await client.get_manifest("app", "1")
 
 
 # -- token services -----------------------------------------------------------------------
@@ -418,13 +398,12 @@ async def test_a_token_service_that_answers_no_json_is_a_clear_error(
                 status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'}
             )
 
-        async with Front(registry, challenge).running() as front:
-            client = RegistryClient(front.host)
-            try:
-                with pytest.raises(AuthError) as caught:
-                    await client.list_tags("app")
-            finally:
-                await client.close()
+        async with (
+            Front(registry, challenge).running() as front,
+            connect(front.host) as client,
+        ):
+            with pytest.raises(AuthError) as caught:
+                await client.list_tags("app")
             assert str(caught.value) == (
                 f"{front.host}: token service {other.url}/token returned no token"
             )
@@ -443,12 +422,9 @@ async def test_credentials_never_go_to_a_plain_http_token_service(tls_files: Tls
 
         async with hostile_tls_registry(tls_files, challenge) as host:
             options = HostOptions(plain_http=False, ca_file=str(tls_files.ca_cert))
-            client = RegistryClient(host, credentials=ALICE, options=options)
-            try:
+            async with connect(host, credentials=ALICE, options=options) as client:
                 with pytest.raises(AuthError) as caught:
                     await client.head_manifest("app", "1")
-            finally:
-                await client.close()
     assert str(caught.value) == (
         f"{host}: refused to send credentials to the token service {other.url}: it is not HTTPS"
     )
@@ -471,13 +447,12 @@ async def test_anonymous_token_from_a_plain_http_service_still_works(
             return web.json_response({"token": "t0k3n"})
 
         other.handler = token
-        async with Front(registry, challenge).running() as front:
-            client = RegistryClient(front.host)
-            try:
-                with pytest.raises(NotFound):
-                    await client.get_manifest("app", "1")
-            finally:
-                await client.close()
+        async with (
+            Front(registry, challenge).running() as front,
+            connect(front.host) as client,
+        ):
+            with pytest.raises(NotFound):
+                await client.get_manifest("app", "1")
     assert [p.split("?")[0] for _, p, _ in other.seen] == ["/token"]
 
 

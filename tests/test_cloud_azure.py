@@ -10,7 +10,6 @@ the endpoint mapping.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from ocimirror.auth.azure import SCOPE, USERNAME, AzureProvider
 from ocimirror.auth.providers import ProviderFailed
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import ocimirror_async
 from ocimirror.testkit.front import Front, serve
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
@@ -102,15 +101,8 @@ def azure_env(tmp_path: Path) -> dict[str, str]:
 
 
 async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command(*args),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """Run `ocimirror ARGS` in `env` (the whole environment)."""
+    return await ocimirror_async(*args, base=env)
 
 
 async def test_managed_identity_token_is_exchanged_and_pushes(

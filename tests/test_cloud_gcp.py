@@ -26,7 +26,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import ocimirror_async, ocimirror_command
 from ocimirror.testkit.front import serve
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry
@@ -154,15 +154,8 @@ def base_env(tmp_path: Path) -> dict[str, str]:
 
 
 async def _run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command(*args),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """Run `ocimirror ARGS` in `env` (the whole environment)."""
+    return await ocimirror_async(*args, base=env)
 
 
 async def test_metadata_server_token_pushes_to_artifact_registry(

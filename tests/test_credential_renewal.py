@@ -25,13 +25,12 @@ from ocimirror.auth.credentials import (
     Resolved,
     StaticSource,
 )
-from ocimirror.client import RegistryClient
 from ocimirror.errors import AuthError
 from ocimirror.testkit.command import Background
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.polling import wait_for
 from ocimirror.testkit.registry import LocalRegistry
-from ocimirror.testkit.seeding import seed
+from ocimirror.testkit.seeding import connect, seed
 from ocimirror.testkit.tokenserver import TokenServer
 
 OLD = Credentials("alice", "wonderland")
@@ -170,8 +169,7 @@ async def test_a_rotated_password_is_renewed_once_and_the_request_succeeds(
     htpasswd_registry: LocalRegistry,
 ) -> None:
     source = Scripted([Resolved(OLD), Resolved(NEW)])
-    client = RegistryClient(htpasswd_registry.host, keychain=Keychain(sources=[source]))
-    try:
+    async with connect(htpasswd_registry.host, keychain=Keychain(sources=[source])) as client:
         assert await client.head_manifest("app", "latest") is None  # logged in: a 404
         assert len(source.asked) == 1
         htpasswd_registry.rotate_password("alice", NEW.password)
@@ -181,24 +179,19 @@ async def test_a_rotated_password_is_renewed_once_and_the_request_succeeds(
         assert len(source.asked) == 2
         assert client.requests["HEAD"] - before == 2
         assert client.credentials == NEW
-    finally:
-        await client.close()
 
 
 async def test_concurrent_refusals_renew_once_and_all_succeed(
     htpasswd_registry: LocalRegistry,
 ) -> None:
     source = Scripted([Resolved(OLD), Resolved(NEW)])
-    client = RegistryClient(htpasswd_registry.host, keychain=Keychain(sources=[source]))
-    try:
+    async with connect(htpasswd_registry.host, keychain=Keychain(sources=[source])) as client:
         assert await client.head_manifest("app", "latest") is None
         htpasswd_registry.rotate_password("alice", NEW.password)
         # Eight requests refused at once: the keychain is asked once, every one retried.
         results = await asyncio.gather(*(client.head_manifest("app", f"t{i}") for i in range(8)))
         assert results == [None] * 8
         assert len(source.asked) == 2
-    finally:
-        await client.close()
 
 
 async def test_a_wrong_password_fails_after_two_attempts(
@@ -206,8 +199,7 @@ async def test_a_wrong_password_fails_after_two_attempts(
 ) -> None:
     wrong = [Credentials("alice", "nope"), Credentials("alice", "still-nope")]
     source = Scripted([Resolved(c) for c in wrong])
-    client = RegistryClient(htpasswd_registry.host, keychain=Keychain(sources=[source]))
-    try:
+    async with connect(htpasswd_registry.host, keychain=Keychain(sources=[source])) as client:
         with pytest.raises(AuthError) as caught:
             await client.head_manifest("app", "latest")
         assert caught.value.status == 401
@@ -215,30 +207,22 @@ async def test_a_wrong_password_fails_after_two_attempts(
         assert client.requests["HEAD"] == 3
         assert client.statuses[401] == 3
         assert len(source.asked) == 2
-    finally:
-        await client.close()
 
 
 async def test_the_same_password_again_is_not_retried(htpasswd_registry: LocalRegistry) -> None:
     source = Scripted([Resolved(Credentials("alice", "nope"))])
-    client = RegistryClient(htpasswd_registry.host, keychain=Keychain(sources=[source]))
-    try:
+    async with connect(htpasswd_registry.host, keychain=Keychain(sources=[source])) as client:
         with pytest.raises(AuthError):
             await client.head_manifest("app", "latest")
         assert client.requests["HEAD"] == 2  # the keychain had nothing newer to try
         assert len(source.asked) == 2
-    finally:
-        await client.close()
 
 
 async def test_fixed_credentials_are_never_renewed(htpasswd_registry: LocalRegistry) -> None:
-    client = RegistryClient(htpasswd_registry.host, credentials=Credentials("alice", "nope"))
-    try:
+    async with connect(htpasswd_registry.host, credentials=Credentials("alice", "nope")) as client:
         with pytest.raises(AuthError):
             await client.head_manifest("app", "latest")
         assert client.requests["HEAD"] == 2
-    finally:
-        await client.close()
 
 
 async def test_a_token_service_refusing_cached_credentials_gets_fresh_ones(
@@ -246,8 +230,7 @@ async def test_a_token_service_refusing_cached_credentials_gets_fresh_ones(
 ) -> None:
     old, new = Credentials("bob", "builder"), Credentials("bob", "rebuilt")
     source = Scripted([Resolved(old), Resolved(new)])
-    client = RegistryClient(token_registry.host, keychain=Keychain(sources=[source]))
-    try:
+    async with connect(token_registry.host, keychain=Keychain(sources=[source])) as client:
         assert await client.head_manifest("app", "latest") is None
         token_server.users["bob"] = new.password
         # The tokens we hold are dropped (as if expired): the next one needs the password,
@@ -258,8 +241,6 @@ async def test_a_token_service_refusing_cached_credentials_gets_fresh_ones(
         assert len(source.asked) == 2
         assert client.requests["TOKEN"] == 3  # old (ok), old (refused), new (ok)
         assert client.credentials == new
-    finally:
-        await client.close()
 
 
 # --------------------------------------------------------------------------- the daemon

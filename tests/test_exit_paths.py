@@ -7,7 +7,6 @@ session left open (`Unclosed client session`) and Python a traceback.
 from __future__ import annotations
 
 import asyncio
-import asyncio.subprocess as aiosp
 import subprocess
 import sys
 from pathlib import Path
@@ -17,58 +16,18 @@ from aiohttp import web
 
 from ocimirror.extras import MissingExtra, require
 from ocimirror.reference import Reference
-from ocimirror.testkit.command import ocimirror_command
-from ocimirror.testkit.front import Front, kind_of, registry_error
+from ocimirror.testkit.command import ocimirror_async
+from ocimirror.testkit.front import Front, Intercept, kind_of, registry_error
 from ocimirror.testkit.images import make_index
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
 from ocimirror.transfer.engine import run_copies
 
 
-async def test_failed_child_with_transfers_in_flight_closes_sessions(
-    registry: LocalRegistry, tmp_path: Path
-) -> None:
-    """One child of an index fails while the other child's blobs are still in flight: the
-    run ends with the image failed, and the transfers left behind are stopped before the
-    stores close (they used to reopen a session after it, never closed: `Unclosed client
-    session` at exit)."""
-    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=4096, seed="exit")
-    await seed(registry, "app", [("multi", index)])
-    broken = index.children[0].manifest.blobs[-1].digest
-    held = {b.digest for b in index.children[1].manifest.blobs}
-    release = asyncio.Event()
-
-    async def misbehave(front: Front, request: web.Request, body: bytes) -> web.Response | None:
-        if request.method == "GET" and kind_of(request) == "blob":
-            digest = request.path.rsplit("/", 1)[-1]
-            if digest == broken:
-                return registry_error(404, "BLOB_UNKNOWN")
-            if digest in held:
-                await release.wait()  # in flight until the front stops
-        return None
-
-    async with Front(registry, misbehave).running() as front:
-        proc = await asyncio.create_subprocess_exec(
-            *ocimirror_command("copy", f"{front.host}/app:multi", f"oci:{tmp_path / 'out'}:multi"),
-            stdout=aiosp.PIPE,
-            stderr=aiosp.PIPE,
-        )
-        _, err = await proc.communicate()
-        release.set()
-    stderr = err.decode()
-    assert proc.returncode == 1, stderr
-    assert "app:multi" in stderr
-    assert "BLOB_UNKNOWN" in stderr or "not found" in stderr.lower() or "unknown" in stderr
-    assert "Unclosed" not in stderr
-    assert "Traceback" not in stderr
-
-
-async def test_run_ends_with_no_transfer_left_running(
-    registry: LocalRegistry, tmp_path: Path
-) -> None:
-    """The same failure in process: when `run_copies` returns, no blob or manifest
-    transfer of the failed image is still running (the stores are closed by then, so one
-    still running would reopen a session that nobody closes)."""
+async def one_child_failing(registry: LocalRegistry) -> tuple[Intercept, asyncio.Event]:
+    """Seed `app:multi`, an index of two children; return an intercept under which the
+    first child's last blob is unknown (404) and the second child's blobs stay in flight
+    until the event is set."""
     index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=4096, seed="exit")
     await seed(registry, "app", [("multi", index)])
     broken = index.children[0].manifest.blobs[-1].digest
@@ -84,6 +43,36 @@ async def test_run_ends_with_no_transfer_left_running(
                 await release.wait()
         return None
 
+    return misbehave, release
+
+
+async def test_failed_child_with_transfers_in_flight_closes_sessions(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """One child of an index fails while the other child's blobs are still in flight: the
+    run ends with the image failed, and the transfers left behind are stopped before the
+    stores close (they used to reopen a session after it, never closed: `Unclosed client
+    session` at exit)."""
+    misbehave, release = await one_child_failing(registry)
+    async with Front(registry, misbehave).running() as front:
+        code, _, stderr = await ocimirror_async(
+            "copy", f"{front.host}/app:multi", f"oci:{tmp_path / 'out'}:multi"
+        )
+        release.set()
+    assert code == 1, stderr
+    assert "app:multi" in stderr
+    assert "BLOB_UNKNOWN" in stderr or "not found" in stderr.lower() or "unknown" in stderr
+    assert "Unclosed" not in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_run_ends_with_no_transfer_left_running(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """The same failure in process: when `run_copies` returns, no blob or manifest
+    transfer of the failed image is still running (the stores are closed by then, so one
+    still running would reopen a session that nobody closes)."""
+    misbehave, release = await one_child_failing(registry)
     async with Front(registry, misbehave).running() as front:
         summary = await run_copies(
             [

@@ -14,7 +14,6 @@ The bounded form (two seeds per target) runs in CI; `OCIMIRROR_SOAK=1` runs twen
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import Counter
@@ -28,11 +27,11 @@ from aiohttp import web
 from ocimirror.client import HostOptions
 from ocimirror.reference import Reference
 from ocimirror.stores.layout import LayoutStore
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import ocimirror_async
 from ocimirror.testkit.faults import MODES, FaultInjector, http_faults
 from ocimirror.testkit.front import Front
-from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_image, make_index
-from ocimirror.testkit.invariants import check_store
+from ocimirror.testkit.images import SampleImage, corpus_faults, make_image
+from ocimirror.testkit.invariants import assert_sound, complete_blobs
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed, store_for
 from ocimirror.transfer.engine import Side, run_copies
@@ -56,22 +55,13 @@ def report_injected() -> Iterator[None]:
 
 def corpus() -> list[tuple[str, SampleImage]]:
     """Nine small images sharing two layers, and one multi-arch index: ten tags."""
-    images = corpus_small_tags(9, layers=3, layer_size=48 * 1024, shared=2, seed="faults")
-    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=48 * 1024, seed="faults")
-    return [*images, ("multi", index)]
+    return corpus_faults(seed="faults")
 
 
 async def copy_all(src: str, dst: str) -> tuple[int, dict[str, Any], str]:
     """Run `ocimirror copy --all-tags --json SRC DST`; return exit code, summary, stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command("copy", "--all-tags", "--json", src, dst),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    summary = json.loads(out) if out.strip() else {}
-    return proc.returncode, summary, err.decode()
+    code, out, err = await ocimirror_async("copy", "--all-tags", "--json", src, dst)
+    return code, json.loads(out) if out.strip() else {}, err
 
 
 def failed_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -108,11 +98,10 @@ async def test_copy_into_registry_under_faults(registry_factory: Any, fault_seed
 
         target = store_for(dst)
         try:
-            walk = await check_store(target, "app")
-            assert not walk.violations, [str(v) for v in walk.violations]
+            await assert_sound(target, "app")
             # What was complete before the rerun must not be uploaded again.
             wanted = {b.digest for _, image in corpus() for b in image.all_blobs()}
-            complete = {d for d in wanted if await target.blob_size("app", d) is not None}
+            complete = await complete_blobs(target, "app", wanted)
             mark = dst.mark()
             code, summary, stderr = await copy_all(
                 f"{faulty_src.host}/app", f"{faulty_dst.host}/app"
@@ -125,9 +114,7 @@ async def test_copy_into_registry_under_faults(registry_factory: Any, fault_seed
                 if r.method == "PUT" and r.kind == "upload" and "digest=" in r.query
             }
             assert not uploaded & complete, "a complete blob was uploaded again"
-            walk = await check_store(target, "app")
-            assert walk.tags == 10
-            assert not walk.violations, [str(v) for v in walk.violations]
+            await assert_sound(target, "app", tags=10)
         finally:
             await target.close()
 
@@ -145,8 +132,7 @@ async def test_copy_into_layout_under_faults(
         INJECTED.update({f"src {k}": v for k, v in faulty.counts.items()})
 
         store = LayoutStore(layout)
-        walk = await check_store(store, "")
-        assert not walk.violations, [str(v) for v in walk.violations]
+        await assert_sound(store, "")
         blobs = layout / "blobs" / "sha256"
         before = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir() if p.is_file()}
         code, summary, stderr = await copy_all(f"{faulty.host}/app", f"oci:{layout}")
@@ -155,9 +141,7 @@ async def test_copy_into_layout_under_faults(
         after = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir() if p.is_file()}
         rewritten = [n for n, t in before.items() if after.get(n) != t]
         assert not rewritten, "a complete blob was written again"
-        walk = await check_store(store, "")
-        assert walk.tags == 10
-        assert not walk.violations, [str(v) for v in walk.violations]
+        await assert_sound(store, "", tags=10)
 
 
 def test_injector_rejects_unknown_modes() -> None:
@@ -211,9 +195,7 @@ async def test_copy_through_http_error_storms(registry: LocalRegistry, tmp_path:
     assert sum(counts.values()) > 0
     assert counts.keys() <= {"http_500", "http_502", "http_503", "http_429"}
     INJECTED.update(counts)
-    walk = await check_store(LayoutStore(tmp_path), "")
-    assert walk.tags == 10
-    assert not walk.violations, [str(v) for v in walk.violations]
+    await assert_sound(LayoutStore(tmp_path), "", tags=10)
 
 
 @pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])
@@ -252,6 +234,4 @@ async def test_copy_through_a_429_retry_after_0_storm(
     for digest in shared:  # one transfer (and its retries), not one per image
         [n] = [n for path, n in gets.items() if path.endswith(digest)]
         assert n <= 4
-    walk = await check_store(LayoutStore(tmp_path), "")
-    assert walk.tags == 10
-    assert not walk.violations, [str(v) for v in walk.violations]
+    await assert_sound(LayoutStore(tmp_path), "", tags=10)

@@ -35,12 +35,12 @@ import pytest
 from aiohttp import web
 
 from ocimirror.state.db import StateDB
-from ocimirror.testkit.command import Background, ocimirror_command
+from ocimirror.testkit.command import Background, ocimirror_async, ocimirror_command
 from ocimirror.testkit.faults import FaultInjector, http_faults
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.gate import UploadGate
-from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_index
-from ocimirror.testkit.invariants import check_store
+from ocimirror.testkit.images import SampleImage, corpus_faults
+from ocimirror.testkit.invariants import assert_sound, check_store, complete_blobs
 from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed, store_for
@@ -57,19 +57,17 @@ PATIENCE = 60.0
 
 def corpus() -> list[tuple[str, SampleImage]]:
     """Nine small images sharing two layers, and one multi-arch index: ten tags."""
-    images = corpus_small_tags(9, layers=3, layer_size=48 * 1024, shared=2, seed="stop")
-    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=48 * 1024, seed="stop")
-    return [*images, ("multi", index)]
+    return corpus_faults(seed="stop")
 
 
 WANTED = {b.digest for _, image in corpus() for b in image.all_blobs()}
 
 
-async def complete_blobs(dst: LocalRegistry, repo: str) -> set[str]:
+async def complete_at(dst: LocalRegistry, repo: str) -> set[str]:
     """The corpus's blobs that are whole at the target now."""
     store = store_for(dst)
     try:
-        return {d for d in WANTED if await store.blob_size(repo, d) is not None}
+        return await complete_blobs(store, repo, WANTED)
     finally:
         await store.close()
 
@@ -87,34 +85,24 @@ async def assert_target_sound(dst: LocalRegistry, repo: str, tags: int | None = 
     """No tag at the target names content that is missing or wrong."""
     store = store_for(dst)
     try:
-        walk = await check_store(store, repo)
+        await assert_sound(store, repo, tags)
     finally:
         await store.close()
-    assert not walk.violations, [str(v) for v in walk.violations]
-    if tags is not None:
-        assert walk.tags == tags
 
 
-async def run_command(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    """Start `ocimirror ARGS`, its output piped."""
+    return await asyncio.create_subprocess_exec(
         *ocimirror_command(*args),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
     )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def start_held(gate: UploadGate, *args: str) -> asyncio.subprocess.Process:
     """Start `ocimirror ARGS` and return once the gate holds its run mid-way."""
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    proc = await spawn(*args)
     reached = asyncio.ensure_future(gate.reached.wait())
     exited = asyncio.ensure_future(proc.wait())
     await asyncio.wait({reached, exited}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED)
@@ -154,11 +142,11 @@ async def test_copy_stopped_mid_run_then_rerun(registry_factory: Any, sig: signa
         assert_clean_stop(proc.returncode, err.decode(), sig)
         gate.release()
     await assert_target_sound(dst, "app")
-    complete = await complete_blobs(dst, "app")
+    complete = await complete_at(dst, "app")
     assert complete, "stopped before any blob was complete"
     assert complete != WANTED, "stopped after the end"
     mark = dst.mark()
-    code, _, err = await run_command("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
+    code, _, err = await ocimirror_async("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
     assert code == 0, err
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
@@ -210,12 +198,12 @@ async def test_sync_stopped_mid_run_leaves_no_run_running(
         assert_database_whole(state)
         assert await run_statuses(state) == [expected]
         await assert_target_sound(dst, "app")
-        complete = await complete_blobs(dst, "app")
+        complete = await complete_at(dst, "app")
         assert complete, "stopped before any blob was complete"
         assert complete != WANTED, "stopped after the end"
         gate.release()
         mark = dst.mark()
-        code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+        code, _, err = await ocimirror_async("sync", "-c", str(config), "--state", state)
         assert code == 0, err
     assert await run_statuses(state) == ["ok", "interrupted"]
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
@@ -249,7 +237,7 @@ async def test_sync_with_its_postgresql_killed_mid_run_records_no_false_success(
             await asyncio.to_thread(pg.restart)
             assert await run_statuses(state) == ["running"]  # nothing could record its end
             await assert_target_sound(dst, "app")
-            code, _, err = await run_command("sync", "-c", str(config), "--state", state)
+            code, _, err = await ocimirror_async("sync", "-c", str(config), "--state", state)
             assert code == 0, err
         assert await run_statuses(state) == ["ok", "interrupted"]
         await assert_target_sound(dst, "app", tags=10)
@@ -281,7 +269,7 @@ async def test_run_daemon_killed_mid_run_finishes_it_on_restart(
         proc.kill()
         await proc.communicate()
         assert await run_statuses(state) == ["running"]
-        complete = await complete_blobs(dst, "app")
+        complete = await complete_at(dst, "app")
         gate.release()
         mark = dst.mark()
         daemon = Background(["run", "-c", str(config), "--state", state], tmp_path / "daemon.log")
@@ -352,12 +340,7 @@ async def test_serve_stopped_with_a_job_in_flight(
     state = f"sqlite:///{tmp_path}/serve.state.db"
     gate = UploadGate(after=3)
     async with Front(dst, gate).running() as front:
-        body = {
-            "mirrors": [
-                {"src": f"{src.host}/app:{tag}", "dst": f"{front.host}/app:{tag}"}
-                for tag, _ in images
-            ]
-        }
+        body = mirrors_body(src.host, front.host, images)
         server = await asyncio.to_thread(Server, tmp_path, state)
         servers.append(server)
         status, job = await asyncio.to_thread(server.call, "POST", "/api/v1/jobs", body)
@@ -368,7 +351,7 @@ async def test_serve_stopped_with_a_job_in_flight(
         assert_database_whole(state)
         assert "Traceback" not in server.text()
         await assert_target_sound(dst, "app")
-        complete = await complete_blobs(dst, "app")
+        complete = await complete_at(dst, "app")
         gate.release()
         again = await asyncio.to_thread(Server, tmp_path, state)
         servers.append(again)
@@ -413,9 +396,11 @@ async def test_target_registry_killed_and_restarted_mid_copy(registry_factory: A
         assert image["error"]
         assert image["source"].rsplit("/", 1)[-1] in stderr
     await assert_target_sound(dst, "app")
-    complete = await complete_blobs(dst, "app")
+    complete = await complete_at(dst, "app")
     mark = dst.mark()
-    code, _, err2 = await run_command("copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app")
+    code, _, err2 = await ocimirror_async(
+        "copy", "--all-tags", f"{src.host}/app", f"{dst.host}/app"
+    )
     assert code == 0, err2
     assert not uploaded_since(dst, mark) & complete, "a complete blob was uploaded again"
     await assert_target_sound(dst, "app", tags=10)
@@ -504,6 +489,45 @@ async def test_run_daemon_under_faults_records_what_happened(
     assert len(synced) == len(results) - len(failed)  # every other image is recorded synced
 
 
+def mirrors_body(
+    src_host: str, dst_host: str, images: list[tuple[str, SampleImage]]
+) -> dict[str, Any]:
+    """The Cloud Run mirror's POST body: each tag of `app` from `src_host` to `dst_host`."""
+    return {
+        "mirrors": [
+            {"src": f"{src_host}/app:{tag}", "dst": f"{dst_host}/app:{tag}"} for tag, _ in images
+        ]
+    }
+
+
+async def check_failed_entries(
+    answer: dict[str, Any],
+    body: dict[str, Any],
+    images: list[tuple[str, SampleImage]],
+    dst: LocalRegistry,
+    state: str,
+) -> dict[int, dict[str, Any]]:
+    """`serve`'s answer to `body` is `{"ok":true}` or names each failed entry, and why;
+    every entry not named is at the target, whole; the job's stored entries say the
+    same. Return the failed entries by index."""
+    failed = {e["index"]: e for e in answer.get("errors") or []}
+    assert answer["ok"] is (not failed)
+    for index, error in failed.items():
+        entry = body["mirrors"][index]
+        assert error["name"] == f"({entry['src']} to {entry['dst']})"
+        assert error["error"]
+    tags = await target_tags(dst, "app")
+    for i, (tag, _) in enumerate(images):
+        assert (tag in tags) or (i in failed)
+    await assert_target_sound(dst, "app")
+    async with StateDB(state) as db:
+        [job] = await db.list_jobs()
+    assert job.state == ("failed" if failed else "done")
+    entries = (job.result or {})["entries"]
+    assert {e["index"] for e in entries if e["status"] == "failed"} == set(failed)
+    return failed
+
+
 @pytest.mark.parametrize("fault_seed", SEEDS)
 async def test_serve_under_faults_names_each_failed_entry(
     registry_factory: Any, tmp_path: Path, servers: list[Server], fault_seed: int
@@ -519,32 +543,13 @@ async def test_serve_under_faults_names_each_failed_entry(
         FaultInjector(src.port, seed=fault_seed, fault_rate=FAULT_RATE).running() as faulty_src,
         FaultInjector(dst.port, seed=-fault_seed, fault_rate=FAULT_RATE).running() as faulty_dst,
     ):
-        body = {
-            "mirrors": [
-                {"src": f"{faulty_src.host}/app:{tag}", "dst": f"{faulty_dst.host}/app:{tag}"}
-                for tag, _ in images
-            ]
-        }
+        body = mirrors_body(faulty_src.host, faulty_dst.host, images)
         status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
         assert status == 200, answer
         assert sum(faulty_src.counts.values()) + sum(faulty_dst.counts.values()) > 0
-        failed = {e["index"]: e for e in answer.get("errors") or []}
-        assert answer["ok"] is (not failed)
+        failed = await check_failed_entries(answer, body, images, dst, state)
         assert len(failed) <= 1, failed
-        for index, error in failed.items():  # each names its entry, and why
-            entry = body["mirrors"][index]
-            assert error["name"] == f"({entry['src']} to {entry['dst']})"
-            assert error["error"]
-        tags = await target_tags(dst, "app")
-        for i, (tag, _) in enumerate(images):  # an entry not named as failed is there
-            assert (tag in tags) or (i in failed)
-        await assert_target_sound(dst, "app")
-        async with StateDB(state) as db:
-            [job] = await db.list_jobs()
-        assert job.state == ("failed" if failed else "done")
-        entries = (job.result or {})["entries"]
-        assert {e["index"] for e in entries if e["status"] == "failed"} == set(failed)
-        complete = await complete_blobs(dst, "app")
+        complete = await complete_at(dst, "app")
         mark = dst.mark()
         status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
         assert (status, answer) == (200, {"ok": True}), answer
@@ -577,30 +582,11 @@ async def test_serve_posts_while_the_source_storms_name_each_failed_entry(
         return await storms(front, request, body) if storming else None
 
     async with Front(src, gated).running() as front:
-        body = {
-            "mirrors": [
-                {"src": f"{front.host}/app:{tag}", "dst": f"{dst.host}/app:{tag}"}
-                for tag, _ in images
-            ]
-        }
+        body = mirrors_body(front.host, dst.host, images)
         status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
         assert status == 200, answer
         assert sum(counts.values()) > 0
-        failed = {e["index"]: e for e in answer.get("errors") or []}
-        assert answer["ok"] is (not failed)
-        for index, error in failed.items():  # each names its entry, and why
-            entry = body["mirrors"][index]
-            assert error["name"] == f"({entry['src']} to {entry['dst']})"
-            assert error["error"]
-        tags = await target_tags(dst, "app")
-        for i, (tag, _) in enumerate(images):  # an entry not named as failed is there
-            assert (tag in tags) or (i in failed)
-        await assert_target_sound(dst, "app")
-        async with StateDB(state) as db:
-            [job] = await db.list_jobs()
-        assert job.state == ("failed" if failed else "done")
-        entries = (job.result or {})["entries"]
-        assert {e["index"] for e in entries if e["status"] == "failed"} == set(failed)
+        failed = await check_failed_entries(answer, body, images, dst, state)
         storming = False
         status, answer = await asyncio.to_thread(server.call, "POST", "/", body)
         assert (status, answer) == (200, {"ok": True}), answer

@@ -17,11 +17,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import resource
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,10 @@ from ocimirror.reference import Reference
 from ocimirror.state.db import StateDB
 from ocimirror.stores.buckets import BucketSettings, open_bucket, store_options
 from ocimirror.stores.layout import LayoutStore
-from ocimirror.testkit.command import ocimirror_command
+from ocimirror.testkit.command import ocimirror_async
 from ocimirror.testkit.faults import FaultInjector
-from ocimirror.testkit.images import SampleImage, corpus_small_tags, make_image, make_index
-from ocimirror.testkit.invariants import check_store
+from ocimirror.testkit.images import SampleImage, corpus_faults, make_image
+from ocimirror.testkit.invariants import assert_sound, complete_blobs
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import ChecksumS3, LocalS3
 from ocimirror.testkit.seeding import seed
@@ -48,24 +46,7 @@ FAULT_RATE = 0.5
 
 def corpus() -> list[tuple[str, SampleImage]]:
     """Nine small images sharing two layers, and one multi-arch index: ten tags."""
-    images = corpus_small_tags(9, layers=3, layer_size=48 * 1024, shared=2, seed="targets")
-    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=48 * 1024, seed="targets")
-    return [*images, ("multi", index)]
-
-
-async def run(
-    *args: str, env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *ocimirror_command(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        preexec_fn=preexec,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return corpus_faults(seed="targets")
 
 
 def failed_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,7 +92,7 @@ async def test_copy_into_s3_under_faults(
     ):
         env = {**s3.environment(), "AWS_ENDPOINT_URL": f"http://{faulty.host}"}
         env.pop("AWS_ENDPOINT", None)
-        code, out, err = await run(
+        code, out, err = await ocimirror_async(
             "copy", "--all-tags", "--json", f"{src.host}/app", target, env=env
         )
         check_named(code, json.loads(out), err)
@@ -123,20 +104,17 @@ async def test_copy_into_s3_under_faults(
             ),
         )
         try:
-            walk = await check_store(store, "app")
-            assert not walk.violations, [str(v) for v in walk.violations]
+            await assert_sound(store, "app")
             wanted = {b.digest for _, image in corpus() for b in image.all_blobs()}
-            complete = {d for d in wanted if await store.blob_size("app", d) is not None}
+            complete = await complete_blobs(store, "app", wanted)
             puts_before = len(checked.puts)
-            code, out, err = await run(
+            code, out, err = await ocimirror_async(
                 "copy", "--all-tags", "--json", f"{src.host}/app", target, env=env
             )
             assert code == 0, err
             again = {p.rsplit("/", 1)[-1] for p in checked.puts[puts_before:]}
             assert not again & complete, "a complete blob was uploaded again"
-            walk = await check_store(store, "app")
-            assert walk.tags == 10
-            assert not walk.violations, [str(v) for v in walk.violations]
+            await assert_sound(store, "app", tags=10)
         finally:
             await store.close()
 
@@ -155,7 +133,9 @@ async def test_sync_into_a_layout_under_faults_records_what_happened(
             f"mirrors:\n  - name: app\n    source: {faulty.host}/app\n"
             f"    targets: ['oci:{layout}']\n"
         )
-        code, out, err = await run("sync", "-c", str(config), "--state", state, "--json")
+        code, out, err = await ocimirror_async(
+            "sync", "-c", str(config), "--state", state, "--json"
+        )
         assert sum(faulty.counts.values()) > 0
         (done,) = json.loads(out)
         failed = [c for c in done["copied"] if c["status"] == "failed"]
@@ -165,18 +145,16 @@ async def test_sync_into_a_layout_under_faults_records_what_happened(
         for c in failed:  # named in the output and in the summary line
             assert c["target"] in err
         await assert_state_true(state, layout)
-        code, out, err = await run("sync", "-c", str(config), "--state", state)
+        code, out, err = await ocimirror_async("sync", "-c", str(config), "--state", state)
         assert code == 0, err
     await assert_state_true(state, layout)
-    walk = await check_store(LayoutStore(layout), "")
-    assert walk.tags == 10
+    await assert_sound(LayoutStore(layout), "", tags=10)
 
 
 async def assert_state_true(state: str, layout: Path) -> None:
     """No run left running; every success the database records is true at the target."""
     store = LayoutStore(layout)
-    walk = await check_store(store, "")
-    assert not walk.violations, [str(v) for v in walk.violations]
+    await assert_sound(store, "")
     async with StateDB(state) as db:
         runs = await db.runs("app", limit=100)
         assert runs
@@ -208,7 +186,7 @@ async def test_full_layout_disk_fails_naming_the_target_and_a_rerun_completes(
     def full_disk() -> None:  # runs in the child, before ocimirror starts
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    code, out, err = await run(
+    code, out, err = await ocimirror_async(
         "copy", "--all-tags", "--json", f"{registry.host}/app", f"oci:{layout}", preexec=full_disk
     )
     assert code == 3, err
@@ -219,13 +197,11 @@ async def test_full_layout_disk_fails_naming_the_target_and_a_rerun_completes(
     assert "free space at the target" in failed["error"]
     assert "app:big" in err
     store = LayoutStore(layout)
-    walk = await check_store(store, "")
-    assert walk.tags == 3  # the small ones; nothing names the blob that did not fit
-    assert not walk.violations, [str(v) for v in walk.violations]
+    await assert_sound(store, "", tags=3)  # the small ones; nothing names the blob that did not fit
     leftovers = [p.name for p in (layout / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
     assert not leftovers  # no temporary file left behind
-    code, _, err = await run("copy", "--all-tags", f"{registry.host}/app", f"oci:{layout}")
+    code, _, err = await ocimirror_async(
+        "copy", "--all-tags", f"{registry.host}/app", f"oci:{layout}"
+    )
     assert code == 0, err
-    walk = await check_store(store, "")
-    assert walk.tags == 4
-    assert not walk.violations, [str(v) for v in walk.violations]
+    await assert_sound(store, "", tags=4)

@@ -10,11 +10,8 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -24,6 +21,7 @@ from ocimirror.testkit.images import SampleImage, make_image, make_index
 from ocimirror.testkit.podman import podman_pull
 from ocimirror.testkit.proxy import PROXY_COMMAND, PROXY_ENV, ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.scripted import ScriptedHandler, ScriptedServer
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.testkit.tokenserver import TokenServer
@@ -75,10 +73,7 @@ class StandIn:
         self.storage_port = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(ScriptedHandler):
             def do_GET(self) -> None:
                 outer.seen.append((self.command, self.path, dict(self.headers)))
                 path = self.path.partition("?")[0]
@@ -86,41 +81,30 @@ class StandIn:
                     self.answer(200, b"{}")
                 elif path == "/v2/pre/foo/tags/list":
                     link = '</v2/pre/foo/tags/list?last=a&n=1>; rel="next"'
-                    self.answer(200, b'{"name":"pre/foo","tags":["a"]}', Link=link)
+                    self.answer(200, b'{"name":"pre/foo","tags":["a"]}', {"Link": link})
                 elif path == f"/v2/pre/foo/blobs/{outer.digest}":
                     location = f"http://127.0.0.1:{outer.storage_port}/storage/x?sig=1"
-                    self.answer(307, b"", Location=location)
+                    self.answer(307, b"", {"Location": location})
                 elif path == "/v2/pre/foo/manifests/old":
-                    self.answer(301, b"", Location="/v2/pre/foo/manifests/new")
+                    self.answer(301, b"", {"Location": "/v2/pre/foo/manifests/new"})
                 elif path == "/storage/x":
-                    self.answer(200, outer.blob, **{"Content-Type": "application/octet-stream"})
+                    self.answer(200, outer.blob, {"Content-Type": "application/octet-stream"})
                 else:
                     self.answer(404, b'{"errors":[{"code":"NAME_UNKNOWN"}]}')
 
-            def answer(self, status: int, body: bytes, **headers: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.storage = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.storage_port = self.storage.server_address[1]
-        for s in (self.server, self.storage):
-            threading.Thread(target=s.serve_forever, daemon=True).start()
+        self.upstream = ScriptedServer(Handler)
+        self.storage = ScriptedServer(Handler)
+        self.storage_port = self.storage.port
 
     @property
     def host(self) -> str:
         """`127.0.0.1:PORT` of the upstream."""
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        return self.upstream.host
 
     def stop(self) -> None:
         """Stop both servers."""
-        for s in (self.server, self.storage):
-            s.shutdown()
-            s.server_close()
+        self.upstream.stop()
+        self.storage.stop()
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ import http.client
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlencode
 
 import pytest
@@ -33,6 +31,7 @@ from ocimirror.proxy.upstream import Upstream
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.scripted import ScriptedHandler, ScriptedServer
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.tokenserver import TokenServer
 
@@ -383,7 +382,7 @@ def test_the_router_accepts_the_routes() -> None:
 # -- slow readers ----------------------------------------------------------------------------
 
 
-class EndlessBlobs:
+class EndlessBlobs(ScriptedServer):
     """A stand-in upstream: manifests answer at once, every blob is an endless body (sent
     as fast as the reader takes it, which for a client that reads nothing is never)."""
 
@@ -393,11 +392,8 @@ class EndlessBlobs:
         self.done = threading.Event()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(ScriptedHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def do_GET(self) -> None:
                 if "/blobs/" in self.path:
@@ -413,26 +409,16 @@ class EndlessBlobs:
                     self.close_connection = True
                     return
                 body = b"{}" if self.path == "/v2/" else outer.MANIFEST
-                self.send_response(200)
-                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(
+                    200, body, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+                )
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
 
     def stop(self) -> None:
         """Let the endless bodies end and stop serving."""
         self.done.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().stop()
 
 
 def stalled_reader(port: int, path: str) -> socket.socket:
@@ -488,53 +474,34 @@ class Redirecting:
         self.target = ""
         outer = self
 
-        class Upstream(BaseHTTPRequestHandler):
+        class Upstream(ScriptedHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def do_GET(self) -> None:
                 if "/blobs/" in self.path:
-                    self.send_response(307)
-                    self.send_header("Location", outer.target)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
+                    self.answer(307, b"", {"Location": outer.target})
+                else:
+                    self.answer(200, b"{}")
 
-        class Storage(BaseHTTPRequestHandler):
+        class Storage(ScriptedHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def do_GET(self) -> None:
                 outer.storage_seen.append(self.path)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(outer.SECRET)))
-                self.end_headers()
-                self.wfile.write(outer.SECRET)
+                self.answer(200, outer.SECRET)
 
-        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), h) for h in (Upstream, Storage)]
-        for server in self.servers:
-            server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.storage = f"http://127.0.0.1:{self.servers[1].server_address[1]}/internal"
+        self.servers = [ScriptedServer(Upstream), ScriptedServer(Storage)]
+        self.storage = f"http://{self.servers[1].host}/internal"
 
     @property
     def host(self) -> str:
         """`127.0.0.1:PORT` of the upstream."""
-        return f"127.0.0.1:{self.servers[0].server_address[1]}"
+        return self.servers[0].host
 
     def stop(self) -> None:
         """Stop both."""
         for server in self.servers:
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
 
 @pytest.fixture

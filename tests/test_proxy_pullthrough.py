@@ -15,9 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,6 +24,7 @@ from ocimirror.testkit.accesslog import Request
 from ocimirror.testkit.images import SampleImage, make_image, make_index, random_layer
 from ocimirror.testkit.proxy import Answer, ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.scripted import ScriptedHandler, ScriptedServer
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.testkit.tokenserver import TokenServer
@@ -190,7 +189,7 @@ def test_pull_succeeds_from_the_cache_after_the_upstream_stopped(
     assert missing.json()["errors"][0]["code"] == "UNAVAILABLE"
 
 
-class Flaky:
+class Flaky(ScriptedServer):
     """A scripted upstream serving one image, that can be told to fail every request."""
 
     def __init__(self, image: SampleImage) -> None:
@@ -199,10 +198,7 @@ class Flaky:
         self.seen: list[tuple[str, str]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(ScriptedHandler):
             def do_HEAD(self) -> None:
                 self.do_GET()
 
@@ -211,41 +207,21 @@ class Flaky:
                 m = outer.image.manifest
                 blobs = {b.digest: b.data for b in outer.image.blobs}
                 if outer.fail is not None:
-                    self.answer(outer.fail, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}', {})
+                    self.answer(outer.fail, b'{"errors":[{"code":"TOOMANYREQUESTS"}]}')
                 elif self.path == "/v2/":
-                    self.answer(200, b"{}", {})
+                    self.answer(200, b"{}")
                 elif self.path in ("/v2/app/manifests/1", f"/v2/app/manifests/{m.digest}"):
                     headers = {"Content-Type": m.media_type, "Docker-Content-Digest": m.digest}
                     self.answer(200, m.raw, headers)
                 elif self.path.startswith("/v2/app/blobs/") and self.path[14:] in blobs:
-                    self.answer(200, blobs[self.path[14:]], {})
+                    self.answer(200, blobs[self.path[14:]])
                 else:
-                    self.answer(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', {})
+                    self.answer(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
 
-            def answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        """Stop it."""
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
-class Lying:
+class Lying(ScriptedServer):
     """A scripted upstream whose one blob differs from its digest in its very last byte,
     with a Content-Length or (`sized=False`) ending the body by closing the connection."""
 
@@ -255,17 +231,10 @@ class Lying:
         self.blob_gets = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(ScriptedHandler):
             def do_GET(self) -> None:
                 if self.path == "/v2/":
-                    body = b"{}"
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self.answer(200, b"{}")
                 elif self.path == f"/v2/app/blobs/{outer.digest}":
                     outer.blob_gets += 1
                     self.send_response(200)
@@ -277,18 +246,7 @@ class Lying:
                 else:
                     self.send_error(404)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        """Stop it."""
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.mark.parametrize("sized", [True, False], ids=["content-length", "no-size"])

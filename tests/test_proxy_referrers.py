@@ -26,7 +26,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ocimirror import mediatypes as mt
-from ocimirror.client import RegistryClient
 from ocimirror.proxy.app import make_proxy_app
 from ocimirror.proxy.cache import ProxyCache
 from ocimirror.proxy.flights import Flights
@@ -35,7 +34,6 @@ from ocimirror.proxy.referrerindex import NO_API_TTL, ApiAbsence
 from ocimirror.proxy.routing import PROXY
 from ocimirror.proxy.settings import load_settings
 from ocimirror.reference import Reference
-from ocimirror.stores.registry import RegistryStore
 from ocimirror.testkit.artifacts import (
     COSIGN_SIG,
     INTOTO,
@@ -49,9 +47,9 @@ from ocimirror.testkit.artifacts import (
 )
 from ocimirror.testkit.front import Front, registry_error
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push
-from ocimirror.testkit.referrersfront import ReferrersFront
+from ocimirror.testkit.referrersfront import ReferrersFront, resolving_fallback_tag
 from ocimirror.testkit.registry import LocalRegistry
-from ocimirror.testkit.seeding import store_for
+from ocimirror.testkit.seeding import open_store, store_for
 from ocimirror.transfer.copy import CopyOptions
 from ocimirror.transfer.engine import run_copies
 
@@ -86,25 +84,16 @@ class Signed:
         return (self.sig, self.att, self.sbom)
 
     async def push_api(self, host: str, repo: str = "app") -> None:
-        async with _store(host) as s:
+        async with open_store(host) as s:
             await push(s, repo, self.image, "v1")
             for a in (*self.of_image, self.sbom_sig):
                 await push(s, repo, a)
 
     async def push_fallback(self, host: str, repo: str = "app") -> None:
-        async with _store(host) as s:
+        async with open_store(host) as s:
             await push(s, repo, self.image, "v1")
             await push_fallback(s, repo, self.image.digest, *self.of_image)
             await push_fallback(s, repo, self.sbom.digest, self.sbom_sig)
-
-
-@asynccontextmanager
-async def _store(host: str) -> AsyncIterator[RegistryStore]:
-    s = RegistryStore(RegistryClient(host))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 @asynccontextmanager
@@ -239,7 +228,7 @@ async def test_a_pass_through_client_logs_in_through_the_proxy_to_read_them(
         challenge = resp.headers["WWW-Authenticate"]
         assert f"{host_of(proxy)}/_token" in challenge
         assert token_registry.host not in doc["raw"]
-        async with _store(host_of(proxy)) as client:
+        async with open_store(host_of(proxy)) as client:
             listed = await client.referrers("app", art.image.digest)
             assert listed is not None  # the proxy's API answered
             assert [d.digest for d in listed] == [a.digest for a in art.of_image]
@@ -261,7 +250,7 @@ async def test_fallback_upstream_answers_from_the_tag_and_its_absence_is_remembe
     art = Signed("proxy-fallback")
     await art.push_fallback(registry.host)
     bare = make_image(seed="proxy-bare")
-    async with _store(registry.host) as s:
+    async with open_store(registry.host) as s:
         await push(s, "app", bare, "bare")
     clock = Clock()
     async with proxy_for(registry.host, clock=clock) as proxy:
@@ -298,18 +287,13 @@ async def test_a_fallback_tag_resolving_to_the_subject_lists_nothing(
     """Some registries answer any `sha256-<hex>` tag with the manifest of that digest: an
     index's own children are no referrers of it."""
     image = make_index(("linux/amd64", "linux/arm64"), seed="proxy-self")
-    async with _store(registry.host) as s:
+    async with open_store(registry.host) as s:
         await push(s, "app", image, "v1")
 
-    async def resolve(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
-        tag = fallback_tag_of(image.digest)
-        if request.path.endswith(f"/manifests/{tag}"):
-            return await front.forward(
-                request, body, path_qs=request.path.replace(tag, image.digest)
-            )
-        return None
-
-    async with Front(registry, resolve).running() as front, proxy_for(front.host) as proxy:
+    async with (
+        Front(registry, resolving_fallback_tag(image.digest)).running() as front,
+        proxy_for(front.host) as proxy,
+    ):
         resp, doc = await referrers(proxy, image.digest)
         assert resp.status == 200
         assert doc["manifests"] == []
@@ -373,7 +357,7 @@ async def test_cached_referrers_are_a_tag_fresh_for_the_ttl_then_asked_again(
 
             # Signed again upstream: unseen while the answer is fresh, seen once stale.
             later = signature_referrer(art.image.descriptor, artifact_type="application/x-later")
-            async with _store(api.host) as s:
+            async with open_store(api.host) as s:
                 await push(s, "app", later)
             clock.advance(TTL - 1)
             resp, doc = await referrers(proxy, art.image.digest)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ import pytest
 from aiohttp import web
 
 from ocimirror import mediatypes as mt
-from ocimirror.client import RegistryClient
 from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
 from ocimirror.service.jobs import JobManager
@@ -32,7 +30,6 @@ from ocimirror.service.models import MirrorEntry, MirrorRequest
 from ocimirror.settings.config import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.stores.layout import LayoutStore
-from ocimirror.stores.registry import RegistryStore
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.artifacts import (
     NOTATION,
@@ -48,8 +45,9 @@ from ocimirror.testkit.artifacts import (
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.images import SampleImage, make_image, make_index, push
-from ocimirror.testkit.referrersfront import ReferrersFront
+from ocimirror.testkit.referrersfront import ReferrersFront, resolving_fallback_tag
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import open_store
 from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.copy import CopyOptions, ImageResult
 from ocimirror.transfer.engine import RunSummary, run_copies
@@ -57,15 +55,6 @@ from ocimirror.transfer.referrers import ReferrerOptions, is_referrer_tag
 from ocimirror.transfer.tags import TagFilter
 
 WRITES = ("PUT", "POST", "PATCH", "DELETE")
-
-
-@asynccontextmanager
-async def store(host: str) -> AsyncIterator[RegistryStore]:
-    s = RegistryStore(RegistryClient(host))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def copy(
@@ -124,7 +113,7 @@ class SignedIndex:
         return (self.sig, self.att, self.sbom_amd64, self.sbom_arm64, self.sbom_sig)
 
     async def push_fallback(self, host: str, repo: str = "app", tag: str = "v1") -> None:
-        async with store(host) as s:
+        async with open_store(host) as s:
             await push(s, repo, self.index, tag)
             await push(s, repo, self.cosign, fallback_tag_of(self.index.digest) + ".sig")
             await push_fallback(s, repo, self.index.digest, self.sig, self.att)
@@ -133,7 +122,7 @@ class SignedIndex:
             await push_fallback(s, repo, self.sbom_amd64.digest, self.sbom_sig)
 
     async def push_api(self, host: str, repo: str = "app", tag: str = "v1") -> None:
-        async with store(host) as s:
+        async with open_store(host) as s:
             await push(s, repo, self.index, tag)
             await push(s, repo, self.cosign, fallback_tag_of(self.index.digest) + ".sig")
             for a in self.referrers:
@@ -202,10 +191,10 @@ async def test_a_target_fallback_index_keeps_what_another_writer_put_there(
     image = make_image(seed="kept")
     sbom = spdx_sbom(image.descriptor)
     theirs = signature_referrer(image.descriptor, artifact_type=NOTATION)
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", image, "v1")
         await push_fallback(s, "app", image.digest, sbom)
-    async with store(dst.host) as d:
+    async with open_store(dst.host) as d:
         await push(d, "app", image, "v1")
         await push_fallback(d, "app", image.digest, theirs)
 
@@ -286,7 +275,7 @@ async def test_require_signed_skips_and_reports_unsigned_images(
     src, dst = registry_pair
     signed = make_image(seed="signed")
     unsigned = make_image(seed="unsigned")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", signed, "signed")
         await push(
             s, "app", cosign_signature(signed.descriptor), fallback_tag_of(signed.digest) + ".sig"
@@ -332,7 +321,7 @@ async def test_sync_dry_run_lists_the_referrers_it_would_copy_and_writes_nothing
 ) -> None:
     src, dst = registry_pair
     old, new = make_image(seed="dry-old"), make_image(seed="dry-new")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "lib/app", old, "old")
     cfg = tmp_path / "mirror.yaml"
     cfg.write_text(
@@ -343,7 +332,7 @@ async def test_sync_dry_run_lists_the_referrers_it_would_copy_and_writes_nothing
     # Then: `old` is signed, `new` arrives with an SBOM, itself signed.
     sig, sbom = signature_referrer(old.descriptor), spdx_sbom(new.descriptor)
     sbom_sig = signature_referrer(sbom.descriptor)
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push_fallback(s, "lib/app", old.digest, sig)
         await push(s, "lib/app", new, "new")
         await push_fallback(s, "lib/app", new.digest, sbom)
@@ -391,18 +380,10 @@ async def test_a_fallback_tag_resolving_to_the_image_is_ignored(
     """Some registries answer any `sha256-<hex>` tag with the image of that digest."""
     src, dst = registry_pair
     image = make_image(seed="self")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", image, "v1")
 
-    async def resolve(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
-        tag = fallback_tag_of(image.digest)
-        if request.path.endswith(f"/manifests/{tag}"):
-            return await front.forward(
-                request, body, path_qs=request.path.replace(tag, image.digest)
-            )
-        return None
-
-    async with Front(src, resolve).running() as front:
+    async with Front(src, resolving_fallback_tag(image.digest)).running() as front:
         result = only(await copy(f"{front.host}/app:v1", f"{dst.host}/app:v1"))
     assert result.status == "copied"
     assert result.referrers == []
@@ -415,7 +396,7 @@ async def test_layout_target_keeps_referrers_in_index_json(
     image = make_image(seed="layout")
     sbom = spdx_sbom(image.descriptor)
     sig = signature_referrer(sbom.descriptor)
-    async with store(src_registry.host) as s:
+    async with open_store(src_registry.host) as s:
         await push(s, "app", image, "v1")
         await push_fallback(s, "app", image.digest, sbom)
         await push_fallback(s, "app", sbom.digest, sig)
@@ -505,7 +486,7 @@ async def test_a_source_api_failing_fails_that_image_only(
     src, dst = registry_pair
     good, bad = make_image(seed="good"), make_image(seed="bad")
     async with ReferrersFront(src).running() as front:
-        async with store(front.host) as s:
+        async with open_store(front.host) as s:
             await push(s, "app", good, "good")
             await push(s, "app", bad, "bad")
             await push(s, "app", spdx_sbom(good.descriptor))
@@ -529,7 +510,7 @@ async def test_sync_warm_pass_finds_a_signature_added_later(
 ) -> None:
     src, dst = registry_pair
     images = {t: make_image(seed=t) for t in ("1.0.0", "1.1.0", "latest")}
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         for tag, image in images.items():
             await push(s, "lib/app", image, tag)
     config = parse_config(
@@ -543,7 +524,7 @@ async def test_sync_warm_pass_finds_a_signature_added_later(
         # Signed after it was mirrored: the digest is the same, the signature is new.
         latest = images["latest"]
         sig = signature_referrer(latest.descriptor)
-        async with store(src.host) as s:
+        async with open_store(src.host) as s:
             await push_fallback(s, "lib/app", latest.digest, sig)
         m1, m2 = src.mark(), dst.mark()
         (warm,) = await sync_pass(config, state=state)
@@ -615,7 +596,7 @@ async def test_api_requests_carry_referrer_options(
     signed = SignedIndex()
     await signed.push_fallback(src.host, "lib/app", "signed")
     unsigned = make_image(seed="api-unsigned")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "lib/app", unsigned, "unsigned")
 
     def entry(tag: str, **options: Any) -> MirrorEntry:
@@ -667,7 +648,7 @@ async def test_a_referrers_page_linking_elsewhere_is_refused(
 ) -> None:
     src, dst = registry_pair
     image = make_image(seed="link-away")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", image, "v1")
 
     async def away(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
@@ -706,7 +687,7 @@ async def test_a_referrers_answer_that_is_no_index_fails_the_image(
 ) -> None:
     src, dst = registry_pair
     image = make_image(seed="garbage")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", image, "v1")
 
     async def garbage(front: Front, request: web.Request, _: bytes) -> web.StreamResponse | None:
@@ -728,7 +709,7 @@ async def test_a_fallback_index_listing_another_subjects_referrer_copies_nothing
     src, dst = registry_pair
     image, other = make_image(seed="mine"), make_image(seed="theirs")
     stray = spdx_sbom(other.descriptor)  # its subject is `other`, yet listed for `image`
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "app", image, "v1")
         await push_fallback(s, "app", image.digest, stray)
     result = only(await copy(f"{src.host}/app:v1", f"{dst.host}/app:v1"))
@@ -742,7 +723,7 @@ async def test_sync_check_interval_trusts_the_last_look(
 ) -> None:
     src, dst = registry_pair
     image = make_image(seed="interval")
-    async with store(src.host) as s:
+    async with open_store(src.host) as s:
         await push(s, "lib/app", image, "latest")
     base = (
         f"mirrors:\n  - name: app\n    source: {src.host}/lib/app:latest\n"
@@ -753,7 +734,7 @@ async def test_sync_check_interval_trusts_the_last_look(
         (cold,) = await sync_pass(hourly, state=state)
         assert cold.copied == 1
         sig = signature_referrer(image.descriptor)
-        async with store(src.host) as s:
+        async with open_store(src.host) as s:
             await push_fallback(s, "lib/app", image.digest, sig)
         # Within the hour: the plan's HEAD only, no look for referrers, nothing copied.
         mark = src.mark()

@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ocimirror.client import RegistryClient
 from ocimirror.reference import Reference
 from ocimirror.settings.config import parse_config
 from ocimirror.state.db import StateDB
-from ocimirror.stores.registry import RegistryStore
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.artifacts import (
     cosign_signature,
@@ -28,6 +26,7 @@ from ocimirror.testkit.artifacts import (
 from ocimirror.testkit.images import SampleImage, make_image, push
 from ocimirror.testkit.referrersfront import ReferrersFront
 from ocimirror.testkit.registry import LocalRegistry
+from ocimirror.testkit.seeding import open_store
 from ocimirror.testkit.skopeo import Skopeo
 from ocimirror.transfer.engine import run_copies
 
@@ -35,12 +34,9 @@ WRITES = ("PUT", "POST", "PATCH", "DELETE")
 
 
 async def push_all(host: str, repo: str, *items: tuple[SampleImage, str | None]) -> None:
-    s = RegistryStore(RegistryClient(host))
-    try:
+    async with open_store(host) as s:
         for image, tag in items:
             await push(s, repo, image, tag)
-    finally:
-        await s.close()
 
 
 def whole_repo(src: str, dst: str) -> str:
@@ -62,11 +58,8 @@ async def test_fallback_warm_pass_asks_only_for_listed_referrer_tags(
         "lib/app",
         (cosign_signature(signed.descriptor), fallback_tag_of(signed.digest) + ".sig"),
     )
-    s = RegistryStore(RegistryClient(src.host))
-    try:
+    async with open_store(src.host) as s:
         await push_fallback(s, "lib/app", signed.digest, sbom)
-    finally:
-        await s.close()
     config = parse_config(whole_repo(src.host, dst.host))
     async with StateDB(f"sqlite:///{tmp_path}/state.db") as state:
         (cold,) = await sync_pass(config, state=state)
@@ -233,11 +226,8 @@ async def test_trusting_the_state_the_target_is_only_listed(
         }
 
         sig = signature_referrer(images["c"].descriptor)
-        s = RegistryStore(RegistryClient(src.host))
-        try:
+        async with open_store(src.host) as s:
             await push_fallback(s, "lib/app", images["c"].digest, sig)
-        finally:
-            await s.close()
         (signed,) = await sync_pass(config, state=state)
         assert signed.status == "ok", signed.failed
         (check,) = signed.referrer_checks
@@ -260,11 +250,8 @@ async def test_copy_all_tags_reads_referrer_tags_from_its_listing(
         (plain, "v2"),
         (cosign_signature(signed.descriptor), fallback_tag_of(signed.digest) + ".sig"),
     )
-    s = RegistryStore(RegistryClient(src.host))
-    try:
+    async with open_store(src.host) as s:
         await push_fallback(s, "lib/app", signed.digest, sbom)
-    finally:
-        await s.close()
     pairs = [(Reference.parse(f"{src.host}/lib/app"), Reference.parse(f"{dst.host}/mirror/app"))]
     cold = await run_copies(pairs, all_tags=True)
     assert sorted(r.status for r in cold.results) == ["copied", "copied"]

@@ -10,9 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ocimirror.service.oidc import OidcVerifier, TokenRejected
 from ocimirror.testkit.polling import wait_for
+from ocimirror.testkit.scripted import ScriptedHandler, ScriptedServer
 from test_serve import Server, listening_addresses
 
 AUDIENCE = "https://mirror-abc-uc.a.run.app"
@@ -45,26 +44,16 @@ class Jwks:
         self.fetches = 0
         jwks = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(ScriptedHandler):
             def do_GET(self) -> None:
                 jwks.fetches += 1
                 pub = jwks.key.public_key().public_numbers()
                 doc = {"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "k1",
                                  "n": _num(pub.n), "e": _num(pub.e)}]}  # fmt: skip
-                body = json.dumps(doc).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(200, json.dumps(doc).encode(), {"Content-Type": "application/json"})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth2/v3/certs"
+        self.server = ScriptedServer(Handler)
+        self.url = f"http://{self.server.host}/oauth2/v3/certs"
 
     def token(self, key: rsa.RSAPrivateKey | None = None, kid: str = "k1", **claims: Any) -> str:
         """An ID token as Google issues one to a service account, claims overridable."""
@@ -77,8 +66,7 @@ class Jwks:
         return f"{signing}.{_b64(sig)}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture

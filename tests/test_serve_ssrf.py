@@ -13,9 +13,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -30,6 +28,7 @@ from ocimirror.settings.registries import Registry, Tls
 from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import run_ocimirror
 from ocimirror.testkit.registry import LocalRegistry, free_port
+from ocimirror.testkit.scripted import ScriptedHandler, ScriptedServer
 from test_serve import Server, job_done
 
 SECRET = "hunter2-never-echo-this"
@@ -47,7 +46,7 @@ JSON_ERROR = {
 HINT = "allow it with --allow-registry"
 
 
-class Internal:
+class Internal(ScriptedServer):
     """A loopback HTTP service that must not be read through serve; it records requests.
 
     `/v2/json/…` answers 400 with `JSON_ERROR`, `/v2/text/…` 403 with a plain-text
@@ -60,10 +59,7 @@ class Internal:
         self.redirect_to = ""
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(ScriptedHandler):
             def do_HEAD(self) -> None:
                 self.do_GET()
 
@@ -85,31 +81,9 @@ class Internal:
                     headers["Location"] = outer.redirect_to + self.path
                 else:
                     status, body = 404, f"nothing here but {SECRET}".encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.answer(status, body, headers)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def host(self) -> str:
-        """`127.0.0.1:PORT`."""
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    @property
-    def port(self) -> int:
-        """Its port."""
-        return int(self.server.server_address[1])
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class Banner:

@@ -334,27 +334,10 @@ class ClientAuth(_Model):
         return bool(self.tokens) or self.htpasswd is not None
 
 
-class ProxyFile(_Model):
-    """The YAML file given with --config."""
+class _ProxyOptions(_Model):
+    """What the YAML file and the settings share: the upstreams and how they are served."""
 
     upstreams: list[UpstreamConfig] = []
-    default: str | None = None
-    stream_blobs: bool = False
-    browser_redirects: bool = True
-    #: Redirects the proxy follows may lead to loopback, private and link-local addresses.
-    allow_private_redirects: bool = False
-    clients: ClientAuth = ClientAuth()
-    cache: CacheConfig = CacheConfig()
-
-    coerce_cache = field_validator("cache", mode="before")(_cache_shorthand)
-
-
-class ProxySettings(_Model):
-    """Everything `ocimirror proxy` runs with."""
-
-    port: int = DEFAULT_PORT
-    host: str = "0.0.0.0"
-    upstreams: list[UpstreamConfig]
     #: The name of the upstream for paths that name none (None: such paths are unknown).
     default: str | None = None
     stream_blobs: bool = False
@@ -364,6 +347,20 @@ class ProxySettings(_Model):
     allow_private_redirects: bool = False
     clients: ClientAuth = ClientAuth()
     cache: CacheConfig = CacheConfig()
+
+
+class ProxyFile(_ProxyOptions):
+    """The YAML file given with --config."""
+
+    coerce_cache = field_validator("cache", mode="before")(_cache_shorthand)
+
+
+class ProxySettings(_ProxyOptions):
+    """Everything `ocimirror proxy` runs with."""
+
+    upstreams: list[UpstreamConfig]  # required here: at least one (`_check`)
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
 
     @model_validator(mode="after")
     def _check(self) -> ProxySettings:

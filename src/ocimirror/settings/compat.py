@@ -189,12 +189,7 @@ def from_docker_sync(
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigFileError(
-            source, [(line, col, "(syntax)", f"invalid YAML: {problem}")]
-        ) from None
+        raise ConfigFileError.from_yaml(source, e) from None
     data = _lower_keys(raw or {})
     if not isinstance(data, dict):
         raise ConfigFileError(source, [(1, 1, "(top level)", "the config must be a mapping")])

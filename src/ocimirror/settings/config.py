@@ -471,6 +471,14 @@ class ConfigFileError(ConfigError):
         ]
         super().__init__("\n".join(lines))
 
+    @classmethod
+    def from_yaml(cls, source: str, e: yaml.YAMLError) -> ConfigFileError:
+        """The error of a file that is not YAML, at the line and column PyYAML names."""
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(e, "problem", None) or str(e)
+        return cls(source, [(line, col, "(syntax)", f"invalid YAML: {problem}")])
+
 
 def _locate(path: tuple[str | int, ...], positions: Positions) -> tuple[int, int]:
     """The position of the deepest part of `path` present in the file."""
@@ -501,12 +509,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigFileError(
-            source, [(line, col, "(syntax)", f"invalid YAML: {problem}")]
-        ) from None
+        raise ConfigFileError.from_yaml(source, e) from None
     positions: Positions = {}
     if node is not None:
         _positions(node, (), positions)

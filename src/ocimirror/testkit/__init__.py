@@ -11,6 +11,10 @@
 - `ocimirror.testkit.postgres`: `LocalPostgres`, a throwaway PostgreSQL server on loopback.
 - `ocimirror.testkit.secrets`: the secrets a suite uses, and the scan of what ocimirror
   said for them (commands' output, processes' logs, answers; tests/secretscan.py).
+- `ocimirror.testkit.child`: `LoggedChild`, a server run as a child process with its
+  requests read from its log (moto's S3, the cloud emulators), and `http_answers`.
+- `ocimirror.testkit.scripted`: `ScriptedServer`, a test's own scripted HTTP handler
+  served on loopback from a thread.
 
 Nothing is imported here, so `ocimirror.testkit.images` needs neither aiohttp's server
 side nor `cryptography` (a test extra) and the modules load only when used.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -39,6 +40,31 @@ def run_ocimirror(
         scanned_secrets.scan(done.stdout or "", f"{where} stdout")
         scanned_secrets.scan(done.stderr or "", f"{where} stderr")
     return done
+
+
+async def ocimirror_async(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+) -> tuple[int, str, str]:
+    """Run `ocimirror ARGS` from a coroutine (the event loop's servers keep answering);
+    return its exit code, stdout and stderr (scanned as `run_ocimirror` scans them). The
+    environment is `base` (default: this process's) with `COLUMNS=200` and `env`;
+    `preexec` runs in the child before it starts."""
+    proc = await asyncio.create_subprocess_exec(
+        *ocimirror_command(*args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**(os.environ if base is None else base), "COLUMNS": "200", **(env or {})},
+        preexec_fn=preexec,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    where = f"`ocimirror {args[0] if args else ''}`"
+    scanned_secrets.scan(out.decode(errors="replace"), f"{where} stdout")
+    scanned_secrets.scan(err.decode(errors="replace"), f"{where} stderr")
+    return proc.returncode, out.decode(), err.decode()
 
 
 class Background:

@@ -20,28 +20,19 @@ side can be tested.
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import hashlib
 import hmac
-import itertools
 import json
 import os
-import re
-import subprocess
-import tempfile
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any
 from urllib.parse import quote
 
-from .lifecycle import StartStop, await_child, terminate
-from .registry import free_port
-
-_LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+\\?" (\d{3})')
+from .child import LoggedChild
 
 #: Azurite's development account and its published key (the same in every install).
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -72,89 +63,30 @@ def fake_gcs_binary() -> Path | None:
     return path if path.exists() else None
 
 
-class _Child(StartStop):
-    """A server run as a child process, its output in a log file read for requests."""
-
-    what = "server"
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._log_path: Path | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-        self._names = itertools.count(1)
-
-    def _command(self, workdir: Path) -> list[str]:
-        raise NotImplementedError
-
-    def _alive(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-
-    def start(self) -> Self:
-        """Start the server and wait until it answers."""
-        self._dir = tempfile.TemporaryDirectory(prefix=f"{self.what.split()[0].lower()}-")
-        workdir = Path(self._dir.name)
-        self._log_path = log_path = workdir / "server.log"
-        self._log = open(log_path, "wb")  # noqa: SIM115 -- closed by stop()
-        self._proc = subprocess.Popen(
-            self._command(workdir), stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir
-        )
-        await_child(
-            self._proc,
-            self._alive,
-            self.what,
-            lambda: log_path.read_text(errors="replace")[-2000:],
-            self.stop,
-            timeout=60,
-        )
-        return self
-
-    def answered(self) -> list[tuple[str, str, int]]:
-        """Return the requests the server logged so far: (method, path and query, status)."""
-        if self._log_path is None:
-            return []
-        text = self._log_path.read_text(errors="replace")
-        return [(m.group(1), m.group(2), int(m.group(3))) for m in _LOG_LINE.finditer(text)]
-
-    def requests(self) -> Counter[str]:
-        """Count the requests the server logged so far, by method."""
-        return Counter(method for method, _, _ in self.answered())
-
-    def stop(self) -> None:
-        """Stop the server and remove its files."""
-        if self._proc is not None:
-            terminate(self._proc)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._dir is not None:
-            with contextlib.suppress(OSError):
-                self._dir.cleanup()
-            self._dir = None
-        self._log_path = None
-
-
-class LocalAzurite(_Child):
-    """Azurite's blob service on loopback, started and stopped by the test."""
-
-    what = "Azurite (Azure Blob Storage emulator)"
+class _Emulator(LoggedChild):
+    """An emulator's binary run as a child server: `binary` and the arguments it takes."""
 
     def __init__(self, binary: Path) -> None:
-        """Use Azurite's `azurite-blob` at `binary`; nothing runs until `start()`."""
+        """Use the emulator at `binary`; nothing runs until `start()`."""
         super().__init__()
         self.binary = binary
 
     def _command(self, workdir: Path) -> list[str]:
+        return [str(self.binary), *self._arguments()]
+
+    def _arguments(self) -> list[str]:
+        """The arguments that run it on 127.0.0.1 at `self.port`, in memory."""
+        raise NotImplementedError
+
+
+class LocalAzurite(_Emulator):
+    """Azurite's blob service on loopback, started and stopped by the test."""
+
+    what = "Azurite (Azure Blob Storage emulator)"
+    prefix = "azurite"
+
+    def _arguments(self) -> list[str]:
         return [
-            str(self.binary),
             "--blobHost",
             "127.0.0.1",
             "--blobPort",
@@ -202,19 +134,14 @@ class LocalAzurite(_Child):
             pass
 
 
-class LocalGCS(_Child):
+class LocalGCS(_Emulator):
     """fake-gcs-server on loopback, started and stopped by the test."""
 
     what = "fake-gcs-server (GCS emulator)"
+    prefix = "fake-gcs-server"
 
-    def __init__(self, binary: Path) -> None:
-        """Use the fake-gcs-server at `binary`; nothing runs until `start()`."""
-        super().__init__()
-        self.binary = binary
-
-    def _command(self, workdir: Path) -> list[str]:
+    def _arguments(self) -> list[str]:
         return [
-            str(self.binary),
             "-scheme",
             "http",
             "-backend",

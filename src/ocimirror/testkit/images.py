@@ -511,3 +511,11 @@ def corpus_multiarch(
             yield f"multi-{i:03d}", index
 
     return indexes()
+
+
+def corpus_faults(seed: Seed = 0) -> list[tuple[str, SampleImage]]:
+    """Return the fault tests' corpus: nine small images (48 KiB layers, two of three
+    shared) and one multi-arch index (`multi`): ten tags."""
+    images = corpus_small_tags(9, layers=3, layer_size=48 * 1024, shared=2, seed=seed)
+    index = make_index(("linux/amd64", "linux/arm64/v8"), layer_size=48 * 1024, seed=seed)
+    return [*images, ("multi", index)]

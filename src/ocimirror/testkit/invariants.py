@@ -6,6 +6,10 @@ digest, so their bytes are verified), and every blob they name, read to the end 
 hashed. What is missing or does not match is returned as `Violation`s; an empty list
 means no tag names content that is not there.
 
+`assert_sound(store, repo)` asserts that `check_store` finds nothing wrong (and, given
+`tags`, that it walked that many tags); `complete_blobs(store, repo, digests)` says which
+of some blobs are whole there now (a rerun must not upload those again).
+
 `check_blob_dir(root)` checks a content-addressed directory (the proxy cache's
 `blobs/<alg>/<hex>`, an OCI layout's `blobs/`): every complete file hashes to its name, so
 nothing short or corrupt was kept; temporary files of writes in progress are skipped.
@@ -19,6 +23,7 @@ violation), and every manifest media type under `manifests/` has its blob beside
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +37,15 @@ from ..store import Store
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
-__all__ = ["Violation", "Walk", "check_blob_dir", "check_blob_objects", "check_store"]
+__all__ = [
+    "Violation",
+    "Walk",
+    "assert_sound",
+    "check_blob_dir",
+    "check_blob_objects",
+    "check_store",
+    "complete_blobs",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,21 @@ async def check_store(store: Store, repo: str, *, tags: list[str] | None = None)
             continue
         await _walk_manifest(store, repo, tag, top, walk, checked_blobs)
     return walk
+
+
+async def assert_sound(store: Store, repo: str, tags: int | None = None) -> Walk:
+    """Assert that no tag of `repo` names content that is missing or wrong (and, given
+    `tags`, that there are that many tags); return the walk."""
+    walk = await check_store(store, repo)
+    assert not walk.violations, [str(v) for v in walk.violations]
+    if tags is not None:
+        assert walk.tags == tags, f"{walk.tags} tags, not {tags}"
+    return walk
+
+
+async def complete_blobs(store: Store, repo: str, digests: Iterable[str]) -> set[str]:
+    """Return those of `digests` whose blob is whole in `repo` now."""
+    return {d for d in digests if await store.blob_size(repo, d) is not None}
 
 
 async def _walk_manifest(

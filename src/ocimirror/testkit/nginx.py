@@ -13,11 +13,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Self
 
+from .child import http_answers
 from .lifecycle import StartStop, await_child, terminate
 from .registry import free_port
 
@@ -100,15 +99,6 @@ class StaticNginx(StartStop):
         """Return `127.0.0.1:PORT`, as an image reference's registry."""
         return f"127.0.0.1:{self.port}"
 
-    def _alive(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-
     def start(self) -> Self:
         """Write the config and run nginx in the foreground until `stop()`."""
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -123,7 +113,7 @@ class StaticNginx(StartStop):
         log.close()
         await_child(
             self._proc,
-            self._alive,
+            lambda: http_answers(f"http://{self.host}/v2/"),
             "nginx",
             lambda: (self.work / "stderr.log").read_text(),
             self.stop,

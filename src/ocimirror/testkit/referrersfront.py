@@ -7,6 +7,10 @@ it, remembers those with a `subject`, answers the PUT with `OCI-Subject`, and se
 pages of `page_size` linked by `Link`). `referrers_status` makes that endpoint answer an
 error instead (a 404 to look like an older registry), and `failing` a 500 for some
 subjects only.
+
+`resolving_fallback_tag(digest)` is an intercept for a plain `Front`: it answers the
+fallback tag of `digest` (`sha256-<hex>`) with the manifest of that digest, as some
+registries answer any such tag.
 """
 
 from __future__ import annotations
@@ -19,11 +23,24 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from .. import mediatypes as mt
-from .front import Front, registry_error
+from .artifacts import fallback_tag_of
+from .front import Front, Intercept, registry_error
 from .registry import LocalRegistry
 
 _REFERRERS = re.compile(r"^/v2/(?P<name>.+?)/referrers/(?P<digest>[^/]+)$")
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+?)/manifests/(?P<ref>[^/]+)$")
+
+
+def resolving_fallback_tag(digest: str) -> Intercept:
+    """An intercept answering the fallback tag of `digest` with the manifest of `digest`."""
+    tag = fallback_tag_of(digest)
+
+    async def resolve(front: Front, request: web.Request, body: bytes) -> web.StreamResponse | None:
+        if request.path.endswith(f"/manifests/{tag}"):
+            return await front.forward(request, body, path_qs=request.path.replace(tag, digest))
+        return None
+
+    return resolve
 
 
 class ReferrersFront(Front):

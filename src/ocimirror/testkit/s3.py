@@ -13,29 +13,19 @@ checks none).
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import itertools
-import re
-import subprocess
 import sys
-import tempfile
-import threading
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Self
+from typing import Self
 
 from . import secrets as scanned_secrets
-from .lifecycle import StartStop, await_child, terminate
-from .registry import free_port
-
-_LOG_LINE = re.compile(r'"(GET|HEAD|PUT|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
-
+from .child import LoggedChild
+from .lifecycle import StartStop
+from .scripted import ScriptedHandler, ScriptedServer
 
 #: The key pair the stand-in is reached with (moto takes any): distinctive, so that the
 #: suite's secrets scan (testkit.secrets) can look for them.
@@ -44,16 +34,14 @@ SECRET_ACCESS_KEY = "ocimirror-test-secret-access-key"
 scanned_secrets.register(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
 
 
-class LocalS3(StartStop):
+class LocalS3(LoggedChild):
     """moto's S3 server on loopback, started and stopped by the test."""
 
-    def __init__(self) -> None:
-        """Pick a port; nothing runs until `start()`."""
-        self.port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._log_path: Path | None = None
-        self._names = itertools.count(1)
+    what = "moto's S3 server"
+    prefix = "moto"
+
+    def _command(self, workdir: Path) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
 
     @property
     def endpoint(self) -> str:
@@ -79,35 +67,6 @@ class LocalS3(StartStop):
         """Return `s3://bucket/prefix`."""
         return f"s3://{bucket}/{prefix}".rstrip("/")
 
-    def _alive(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.endpoint}/", timeout=1):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except OSError:
-            return False
-
-    def start(self) -> Self:
-        """Start the server and wait until it answers."""
-        fd, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
-        self._log_path = log_path = Path(name)
-        self._log = open(fd, "wb")  # noqa: SIM115 -- closed by stop()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        await_child(
-            self._proc,
-            self._alive,
-            "moto's S3 server",
-            lambda: log_path.read_text()[-2000:],
-            self.stop,
-            timeout=60,
-        )
-        return self
-
     def bucket(self) -> str:
         """Create a fresh bucket and return its name."""
         name = f"bucket-{next(self._names)}"
@@ -125,26 +84,6 @@ class LocalS3(StartStop):
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"cannot delete bucket {name}: HTTP {e.code}") from None
 
-    def requests(self) -> Counter[str]:
-        """Count the requests the server logged so far, by method."""
-        if self._log_path is None:
-            return Counter()
-        text = self._log_path.read_text(errors="replace")
-        return Counter(m.group(1) for m in _LOG_LINE.finditer(text))
-
-    def stop(self) -> None:
-        """Stop the server and remove its log."""
-        if self._proc is not None:
-            terminate(self._proc)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        if self._log_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self._log_path.unlink()
-            self._log_path = None
-
 
 class RefusingS3(StartStop):
     """An S3 endpoint on loopback that refuses every request with one S3 error, as S3 does
@@ -158,46 +97,34 @@ class RefusingS3(StartStop):
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
             f"<Message>{code}</Message></Error>"
         ).encode()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ScriptedServer | None = None
 
     @property
     def endpoint(self) -> str:
         """Return the server's base URL."""
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self._server.host}"
 
     def start(self) -> Self:
         """Serve on a free port in a thread."""
         body, status = self.body, self.status
 
-        class Deny(BaseHTTPRequestHandler):
+        class Deny(ScriptedHandler):
             def _deny(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                self.answer(status, body, {"Content-Type": "application/xml"})
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _deny
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Deny)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = ScriptedServer(Deny)
         return self
 
     def stop(self) -> None:
         """Stop serving."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
 

@@ -1,9 +1,13 @@
-"""Fill a `LocalRegistry` with sample images, for tests, the demo and the benchmarks."""
+"""Fill a `LocalRegistry` with sample images, for tests, the demo and the benchmarks; reach
+a registry with a store (`store_for`), or a client or a store closed afterwards (`connect`,
+`open_store`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
 
 from ..auth.credentials import Credentials
 from ..client import HostOptions, RegistryClient
@@ -21,6 +25,26 @@ def store_for(registry: LocalRegistry) -> RegistryStore:
     options = HostOptions(ca_file=str(tls.ca_cert) if tls is not None else None)
     credentials = Credentials(username=creds[0], password=creds[1]) if creds else None
     return RegistryStore(RegistryClient(registry.host, credentials=credentials, options=options))
+
+
+@asynccontextmanager
+async def connect(host: str, **kwargs: Any) -> AsyncIterator[RegistryClient]:
+    """A RegistryClient for `host` (given `kwargs`), closed afterwards."""
+    client = RegistryClient(host, **kwargs)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def open_store(host: str, **kwargs: Any) -> AsyncIterator[RegistryStore]:
+    """A RegistryStore for `host` (its client given `kwargs`), closed afterwards."""
+    store = RegistryStore(RegistryClient(host, **kwargs))
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def seed(
