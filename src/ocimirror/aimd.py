@@ -28,6 +28,12 @@ Docker Hub's `ratelimit-*` headers and the IETF draft's `RateLimit-Limit` /
 remaining=..., reset=...`) are read for the remaining count and reset time only: their
 limit is a quota over a window (Docker Hub: manifest pulls per 6 hours), not a request
 rate, so it is never turned into one.
+
+Workers sharing a host (`ocimirror worker` on PostgreSQL, workers/hostlimits.py) keep one
+policy per host in the database: `state()` writes its whole state as JSON, `load()` reads
+it back, and `fresh()` makes a policy of the same settings on another clock; the events
+every worker saw (`started`, `note`) are replayed on it in one transaction. Nothing here
+knows of that: it stays a state machine on whatever clock it is given.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -176,6 +183,62 @@ class AimdPolicy:
         self._first_throttle = float("inf")
         self._accepted: deque[float] = deque()
 
+    #: The settings `fresh` copies, and the state `state` and `load` carry.
+    _SETTINGS = (
+        "max_concurrency",
+        "max_rate",
+        "min_concurrency",
+        "min_rate",
+        "decrease",
+        "limit_decrease",
+        "increase",
+        "cooldown",
+        "max_hold",
+        "backoff",
+        "max_backoff",
+    )
+    _STATE = (
+        "strikes",
+        "concurrency",
+        "rate",
+        "hold_until",
+        "decreases",
+        "_last_decrease",
+        "_rate_at_decrease",
+        "_last_increase",
+        "_accepted_in_row",
+        "_first_start",
+        "_first_throttle",
+    )
+
+    def fresh(self, clock: Clock) -> AimdPolicy:
+        """A policy with these settings and no history, on `clock`."""
+        settings = {name: getattr(self, name) for name in self._SETTINGS}
+        return AimdPolicy(**settings, clock=clock)
+
+    def state(self) -> dict[str, Any]:
+        """Everything this policy learnt, as JSON values (infinities as None)."""
+        out: dict[str, Any] = {}
+        for name in self._STATE:
+            value = getattr(self, name)
+            out[name] = None if isinstance(value, float) and abs(value) == float("inf") else value
+        out["_starts"] = list(self._starts)
+        out["_accepted"] = list(self._accepted)
+        return out
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Take on what `state()` wrote (of a policy with the same settings)."""
+        infinite = {"hold_until": -1, "_last_decrease": -1, "_first_start": 1, "_first_throttle": 1}
+        for name in self._STATE:
+            if name not in state:
+                continue
+            value = state[name]
+            if value is None and name in infinite:
+                value = infinite[name] * float("inf")
+            setattr(self, name, value)
+        self._starts = deque(float(t) for t in state.get("_starts", ()))
+        self._accepted = deque(float(t) for t in state.get("_accepted", ()))
+
     def _trim(self, times: deque[float], now: float) -> int:
         while times and times[0] <= now - WINDOW:
             times.popleft()
@@ -194,11 +257,15 @@ class AimdPolicy:
     ) -> Signal:
         """Note one answer (to a request paced at clock time `sent`); return what it said."""
         signal = signal_of(status, headers)
+        self.note(status, signal, sent=sent)
+        return signal
+
+    def note(self, status: int, signal: Signal, *, sent: float | None = None) -> None:
+        """Note one answer already read as `signal` (see `answered`)."""
         if signal.throttled:
             self.throttled(signal.hold, overloaded=status == 503, sent=sent)
         elif status < 500:
             self.accepted()
-        return signal
 
     def throttled(
         self, hold: float | None = None, *, overloaded: bool = True, sent: float | None = None
