@@ -63,7 +63,8 @@ async def workers(pg_url: str) -> AsyncIterator[list[PgHostLimits]]:
     """Three workers' shared limits on one database (none set as the process's)."""
     async with StateDB(pg_url) as state:
         await ensure_schema(state)
-    made = [PgHostLimits(pg_url, max_connections=2, flush=3600) for _ in range(3)]
+    # Applied when a test says (no flush in the background), no lag: all answers are in.
+    made = [PgHostLimits(pg_url, max_connections=2, flush=3600, lag=0) for _ in range(3)]
     for limits in made:
         await limits.open()
     try:

@@ -22,6 +22,9 @@ holds. The rules:
   overloaded host's first throttle learns at once (over the time since the first start
   when under a window).
 - Other 5xx answers change nothing.
+- With a `lag` (shared policies, whose answers from other workers arrive up to that late),
+  the rate in use and the rate learnt are counted over the window ending `lag` seconds
+  ago, whose answers are all in.
 
 Docker Hub's `ratelimit-*` headers and the IETF draft's `RateLimit-Limit` /
 `RateLimit-Remaining` / `RateLimit-Reset` (and the combined `RateLimit: limit=...,
@@ -137,6 +140,7 @@ class AimdPolicy:
         max_hold: float = 60.0,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        lag: float = 0.0,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= min_concurrency <= max_concurrency:
@@ -163,6 +167,7 @@ class AimdPolicy:
         self.max_hold = max_hold
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.lag = lag
         self._clock = clock
         #: Rounds of throttles since the last accepted answer (the back-off's exponent).
         self.strikes = 0
@@ -196,6 +201,7 @@ class AimdPolicy:
         "max_hold",
         "backoff",
         "max_backoff",
+        "lag",
     )
     _STATE = (
         "strikes",
@@ -211,10 +217,10 @@ class AimdPolicy:
         "_first_throttle",
     )
 
-    def fresh(self, clock: Clock) -> AimdPolicy:
-        """A policy with these settings and no history, on `clock`."""
+    def fresh(self, clock: Clock, **changes: Any) -> AimdPolicy:
+        """A policy with these settings (but `changes`) and no history, on `clock`."""
         settings = {name: getattr(self, name) for name in self._SETTINGS}
-        return AimdPolicy(**settings, clock=clock)
+        return AimdPolicy(**{**settings, **changes}, clock=clock)
 
     def state(self) -> dict[str, Any]:
         """Everything this policy learnt, as JSON values (infinities as None)."""
@@ -240,9 +246,16 @@ class AimdPolicy:
         self._accepted = deque(float(t) for t in state.get("_accepted", ()))
 
     def _trim(self, times: deque[float], now: float) -> int:
-        while times and times[0] <= now - WINDOW:
+        """Forget times before the window ending `lag` ago; count those within it."""
+        while times and times[0] <= now - WINDOW - self.lag:
             times.popleft()
-        return len(times)
+        later = 0
+        if self.lag:
+            for t in reversed(times):
+                if t <= now - self.lag:
+                    break
+                later += 1
+        return len(times) - later
 
     def started(self) -> None:
         """Note one request start."""

@@ -16,7 +16,9 @@ one row of `ocimirror_host_limits` (workers/schema.py) holds what every worker o
   (its own clock plus the offset its last round trip measured), and applies them in one
   transaction: the row locked (`SELECT … FOR UPDATE`), the policy loaded on a clock
   that reads each event's time (never going back), the events replayed through the
-  policy's own `started` and `note`, the state and its decisions written back. aimd.py
+  policy's own `started` and `note`, the state and its decisions written back (the
+  policy counts the rate in use and learns one over the window ending two flushes ago,
+  when every worker's answers are in: its `lag`). aimd.py
   stays a pure state machine; the only shared thing is its state. So a throttle one
   worker saw decreases the rate and concurrency of all, once per congestion event (its
   request's start is compared with the shared last decrease), a Retry-After holds every
@@ -39,9 +41,9 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -57,6 +59,10 @@ log = structlog.get_logger(__name__)
 
 #: Seconds between two applications of a worker's accepted answers and starts.
 FLUSH = 0.25
+#: Seconds late other workers' answers may reach the shared policy (two flushes).
+LAG = 2 * FLUSH
+#: Events kept per host while they cannot be applied (the database away).
+MAX_EVENTS = 10_000
 #: Connections for the pace and the policy's transactions (beside the places' pool).
 CONNECTIONS = 3
 
@@ -111,6 +117,7 @@ class HostState:
 
     @property
     def remaining_known(self) -> bool:
+        """Whether any worker heard of a remaining count (or of none being kept)."""
         return self.remaining_at is not None
 
 
@@ -123,11 +130,13 @@ class PgHostLimits:
         *,
         max_connections: int = 32,
         flush: float = FLUSH,
+        lag: float = LAG,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.places = PgSlots(url, max_connections=max_connections)
         self.flush_every = flush
+        self.lag = lag
         self._clock = clock
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
         self._hosts: dict[str, HostState] = {}
@@ -135,7 +144,7 @@ class PgHostLimits:
         self._offset = 0.0
         self._urgent = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
-        #: Starts taken, transactions applying events, and throttles among them.
+        #: Starts taken, and transactions that applied events.
         self.starts = 0
         self.applied = 0
 
@@ -188,7 +197,7 @@ class PgHostLimits:
 
     # -- SharedLimits -----------------------------------------------------------------
 
-    def slot(self, host: str, limit: int) -> Any:
+    def slot(self, host: str, limit: int) -> AbstractAsyncContextManager[None]:
         """Hold one of the `limit` places of `host` among every worker (slots.py)."""
         return self.places.slot(host, limit)
 
@@ -287,7 +296,10 @@ class PgHostLimits:
                 if events and state.limiter is not None:
                     await self._replay(conn, host, state, events)
         except BaseException:
-            state.events[:0] = events  # not applied: they go with the next try
+            # Not applied: they go with the next try (the latest MAX_EVENTS of them, should
+            # the database stay away).
+            state.events[:0] = events
+            del state.events[:-MAX_EVENTS]
             if announced is not None and state.announced is None:
                 state.announced = announced
             raise
@@ -313,7 +325,7 @@ class PgHostLimits:
             return
         saved, high = row
         clock = _Clock(high or float("-inf"))
-        policy = limiter.policy.fresh(clock)
+        policy = limiter.policy.fresh(clock, lag=self.lag)
         if saved:
             policy.load(saved if isinstance(saved, dict) else json.loads(saved))
         for event in sorted(events, key=lambda e: e.at):
