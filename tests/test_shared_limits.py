@@ -1,5 +1,5 @@
 """A registry's limits held across workers: the pace, the back-off and the reserve in
-PostgreSQL (workers/hostlimits.py), on a real PostgreSQL (testkit's `LocalPostgres`).
+PostgreSQL (workers/hostlimits.py), on a real PostgreSQL (conftest's `pg_url`).
 
 Unit-level, three `PgHostLimits` on separate pools stand for three workers, and their
 answers are fed by hand: the starts they are given are one schedule at the shared rate,
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -31,31 +29,12 @@ from ocimirror.state.db import StateDB
 from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.front import Front, TokenBucket, rate_limited
 from ocimirror.testkit.polling import wait_for
-from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.throttled import seed_tiny
 from ocimirror.workers.hostlimits import PgHostLimits
 from ocimirror.workers.schema import ensure_schema
 
-PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
 HOST = "limited.example:5000"
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[str]:
-    if PG_URL:
-        yield PG_URL
-        return
-    with LocalPostgres() as server:
-        yield server.url
-
-
-@pytest.fixture
-def pg_url(postgres_server: str) -> str:
-    name = f"l_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture
