@@ -18,6 +18,8 @@ stops every process, whether the test passed or not.
 - `azurite`: Azure Blob Storage's emulator, one per session; `azurite.container()` makes a
   fresh container. `gcs`: fake-gcs-server, one per session; `gcs.bucket()`. Each skips
   where its emulator is not installed (scripts/bootstrap.sh installs both).
+- `postgres_server`: a PostgreSQL server's `postgres` database (OCIMIRROR_TEST_POSTGRES_URL,
+  else testkit's `LocalPostgres`, one per session); `pg_url`: a fresh database on it.
 
 Each registry's `creds` is its (user, password), and `Skopeo.flags(registry, role)` the
 TLS and credential flags skopeo needs for it.
@@ -34,6 +36,7 @@ Every run scans what ocimirror said for the suite's secrets (`secretscan`).
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from hypothesis import settings
 from ocimirror.ratelimit import HostLimiter
 from ocimirror.testkit import secrets as scanned_secrets
 from ocimirror.testkit.emulators import LocalAzurite, LocalGCS, azurite_binary, fake_gcs_binary
+from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.proxy import ProxyProcess
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.s3 import LocalS3
@@ -202,6 +206,28 @@ def s3() -> Iterator[LocalS3]:
     """moto's S3 server on loopback, one per session (a fresh bucket per test)."""
     with LocalS3() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server's `postgres` database, one per session."""
+    url = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
+    if url:
+        yield url
+        return
+    with LocalPostgres() as server:
+        yield server.url
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> str:
+    """A fresh, empty database on the server (one per test)."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return postgres_server.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,22 @@ def test_first_throttle_learns_a_rate_from_what_was_accepted_over_the_next_windo
     assert p.decreases == 1
 
 
+@pytest.mark.parametrize(("lag", "learnt"), [(0.0, 9.0), (0.5, 18.0)])
+def test_a_lagging_policy_learns_over_the_window_whose_answers_are_in(
+    lag: float, learnt: float
+) -> None:
+    """A shared policy hears other workers' answers up to `lag` late: the last `lag`
+    seconds look emptier than they were, so it learns over the window ending then."""
+    clock = Clock()
+    p = policy(clock, lag=lag)
+    run_at(p, clock, 40, 2)
+    p.answered(429, headers())
+    run_at(p, clock, 20, 1.5)  # what the limiter lets through, steadily
+    clock.now += 0.5  # the answers of these 0.5 s are not in yet
+    p.answered(429, headers())
+    assert p.rate == pytest.approx(learnt, abs=1.0)
+
+
 def test_one_congestion_event_decreases_once() -> None:
     clock = Clock()
     p = policy(clock, max_rate=40.0)
@@ -123,6 +139,39 @@ def test_one_congestion_event_decreases_once() -> None:
     assert p.decreases == 2
     assert p.rate == pytest.approx(first * 0.75)
     assert p.concurrency == 24  # overloaded: fewer in flight too
+
+
+def test_a_policy_saved_and_loaded_goes_on_as_the_one_it_was() -> None:
+    """What workers sharing a host keep in PostgreSQL: `state()` as JSON, `load()`ed into a
+    `fresh()` policy of the same settings, which then decides as the original would."""
+    import json
+
+    clock = Clock()
+    p = policy(clock)  # no rate: learnt from the first window after a throttle
+    run_at(p, clock, 40, 2)
+    p.answered(429, headers())
+    run_at(p, clock, 20, 0.5)
+    saved = json.loads(json.dumps(p.state(), allow_nan=False))  # plain JSON, no infinities
+    other = Clock()
+    other.now = clock.now
+    copy = p.fresh(other)
+    assert copy.rate is None
+    assert copy.concurrency == 32
+    copy.load(saved)
+    assert (copy.rate, copy.concurrency, copy.hold_until, copy.strikes) == (
+        p.rate,
+        p.concurrency,
+        p.hold_until,
+        p.strikes,
+    )
+    for one, its in ((p, clock), (copy, other)):  # the same events: the same decisions
+        run_at(one, its, 20, 0.5)
+        its.now += 0.01
+        one.answered(429, headers(), sent=its.now)
+    assert copy.rate == p.rate
+    assert copy.rate is not None
+    assert copy.decreases == p.decreases == 1
+    assert copy.state() == p.state()
 
 
 def test_a_throttle_of_the_new_pace_cuts_again_at_once() -> None:

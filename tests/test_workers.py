@@ -1,7 +1,7 @@
 """`execution: workers`: `serve` plans and enqueues, `ocimirror worker` processes copy.
 
-Real processes on one real PostgreSQL (testkit's `LocalPostgres`, or
-OCIMIRROR_TEST_POSTGRES_URL), real registries:
+Real processes on one real PostgreSQL (conftest's `pg_url`: testkit's `LocalPostgres`,
+or OCIMIRROR_TEST_POSTGRES_URL), real registries:
 
 - a pass of N images over three workers lands every image once (one job, one recorded
   result each), a worker closes it, a registry's `max_concurrency: 4` holds across the
@@ -21,7 +21,6 @@ import asyncio
 import functools
 import os
 import signal
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.front import Front
 from ocimirror.testkit.images import corpus_small_tags, make_image
 from ocimirror.testkit.polling import wait_for
-from ocimirror.testkit.postgres import LocalPostgres
 from ocimirror.testkit.registry import LocalRegistry
 from ocimirror.testkit.seeding import seed
 from ocimirror.testkit.skopeo import Skopeo
@@ -53,28 +51,8 @@ from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
 from ocimirror.workers.queue import CopyJob, defer_each, make_app
 from test_serve import Server, job_done
 
-PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
 SOAK = os.environ.get("OCIMIRROR_SOAK") == "1"
 N_IMAGES = 200 if SOAK else 30
-
-
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[str]:
-    """The URL of a PostgreSQL server's `postgres` database."""
-    if PG_URL:
-        yield PG_URL
-        return
-    with LocalPostgres() as server:
-        yield server.url
-
-
-@pytest.fixture
-def pg_url(postgres_server: str) -> str:
-    """A fresh, empty database on the server (one per test)."""
-    name = f"w_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return postgres_server.rsplit("/", 1)[0] + "/" + name
 
 
 ACCEPT = ", ".join(

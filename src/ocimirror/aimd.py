@@ -22,12 +22,21 @@ holds. The rules:
   overloaded host's first throttle learns at once (over the time since the first start
   when under a window).
 - Other 5xx answers change nothing.
+- With a `lag` (shared policies, whose answers from other workers arrive up to that late),
+  the rate in use and the rate learnt are counted over the window ending `lag` seconds
+  ago, whose answers are all in.
 
 Docker Hub's `ratelimit-*` headers and the IETF draft's `RateLimit-Limit` /
 `RateLimit-Remaining` / `RateLimit-Reset` (and the combined `RateLimit: limit=...,
 remaining=..., reset=...`) are read for the remaining count and reset time only: their
 limit is a quota over a window (Docker Hub: manifest pulls per 6 hours), not a request
 rate, so it is never turned into one.
+
+Workers sharing a host (`ocimirror worker` on PostgreSQL, workers/hostlimits.py) keep one
+policy per host in the database: `state()` writes its whole state as JSON, `load()` reads
+it back, and `fresh()` makes a policy of the same settings on another clock; the events
+every worker saw (`started`, `note`) are replayed on it in one transaction. Nothing here
+knows of that: it stays a state machine on whatever clock it is given.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -130,6 +140,7 @@ class AimdPolicy:
         max_hold: float = 60.0,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        lag: float = 0.0,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 1 <= min_concurrency <= max_concurrency:
@@ -156,6 +167,7 @@ class AimdPolicy:
         self.max_hold = max_hold
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.lag = lag
         self._clock = clock
         #: Rounds of throttles since the last accepted answer (the back-off's exponent).
         self.strikes = 0
@@ -176,10 +188,74 @@ class AimdPolicy:
         self._first_throttle = float("inf")
         self._accepted: deque[float] = deque()
 
+    #: The settings `fresh` copies, and the state `state` and `load` carry.
+    _SETTINGS = (
+        "max_concurrency",
+        "max_rate",
+        "min_concurrency",
+        "min_rate",
+        "decrease",
+        "limit_decrease",
+        "increase",
+        "cooldown",
+        "max_hold",
+        "backoff",
+        "max_backoff",
+        "lag",
+    )
+    _STATE = (
+        "strikes",
+        "concurrency",
+        "rate",
+        "hold_until",
+        "decreases",
+        "_last_decrease",
+        "_rate_at_decrease",
+        "_last_increase",
+        "_accepted_in_row",
+        "_first_start",
+        "_first_throttle",
+    )
+
+    def fresh(self, clock: Clock, **changes: Any) -> AimdPolicy:
+        """A policy with these settings (but `changes`) and no history, on `clock`."""
+        settings = {name: getattr(self, name) for name in self._SETTINGS}
+        return AimdPolicy(**{**settings, **changes}, clock=clock)
+
+    def state(self) -> dict[str, Any]:
+        """Everything this policy learnt, as JSON values (infinities as None)."""
+        out: dict[str, Any] = {}
+        for name in self._STATE:
+            value = getattr(self, name)
+            out[name] = None if isinstance(value, float) and abs(value) == float("inf") else value
+        out["_starts"] = list(self._starts)
+        out["_accepted"] = list(self._accepted)
+        return out
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Take on what `state()` wrote (of a policy with the same settings)."""
+        infinite = {"hold_until": -1, "_last_decrease": -1, "_first_start": 1, "_first_throttle": 1}
+        for name in self._STATE:
+            if name not in state:
+                continue
+            value = state[name]
+            if value is None and name in infinite:
+                value = infinite[name] * float("inf")
+            setattr(self, name, value)
+        self._starts = deque(float(t) for t in state.get("_starts", ()))
+        self._accepted = deque(float(t) for t in state.get("_accepted", ()))
+
     def _trim(self, times: deque[float], now: float) -> int:
-        while times and times[0] <= now - WINDOW:
+        """Forget times before the window ending `lag` ago; count those within it."""
+        while times and times[0] <= now - WINDOW - self.lag:
             times.popleft()
-        return len(times)
+        later = 0
+        if self.lag:
+            for t in reversed(times):
+                if t <= now - self.lag:
+                    break
+                later += 1
+        return len(times) - later
 
     def started(self) -> None:
         """Note one request start."""
@@ -194,11 +270,15 @@ class AimdPolicy:
     ) -> Signal:
         """Note one answer (to a request paced at clock time `sent`); return what it said."""
         signal = signal_of(status, headers)
+        self.note(status, signal, sent=sent)
+        return signal
+
+    def note(self, status: int, signal: Signal, *, sent: float | None = None) -> None:
+        """Note one answer already read as `signal` (see `answered`)."""
         if signal.throttled:
             self.throttled(signal.hold, overloaded=status == 503, sent=sent)
         elif status < 500:
             self.accepted()
-        return signal
 
     def throttled(
         self, hold: float | None = None, *, overloaded: bool = True, sent: float | None = None

@@ -223,11 +223,16 @@ class RegistryClient(Uploads):
         if value:
             with suppress(ValueError):
                 self.rate_limit_remaining = int(value.split(";", 1)[0].strip())
+                self.limiter.note_remaining(self.rate_limit_remaining)
+
+    def _remaining(self) -> int | None:
+        """The last known remaining count (every worker's, when the limits are shared)."""
+        return self.limiter.remaining(self.rate_limit_remaining)
 
     def _below_reserve(self) -> bool:
         """Tell whether the last known remaining count is below the configured reserve."""
         reserve = self.options.rate_limit_reserve
-        remaining = self.rate_limit_remaining
+        remaining = self._remaining()
         return reserve is not None and remaining is not None and remaining < reserve
 
     async def _await_rate_limit(self, repo: str, ref: str) -> None:
@@ -244,7 +249,7 @@ class RegistryClient(Uploads):
                 log.warning(
                     "rate limit reserve reached, waiting",
                     host=self.host,
-                    remaining=self.rate_limit_remaining,
+                    remaining=self._remaining(),
                     reserve=self.options.rate_limit_reserve,
                     wait=wait,
                 )
@@ -264,6 +269,7 @@ class RegistryClient(Uploads):
         # registry no longer limits us (or the GET will say what is wrong).
         if resp.status != 429 and not resp.headers.get("RateLimit-Remaining"):
             self.rate_limit_remaining = None
+            self.limiter.note_remaining(None)
 
     # -- authentication ---------------------------------------------------------------
 

@@ -2,6 +2,10 @@
 
 `HostLimiter.for_host` is the one limiter of a registry host in the process: requests in
 flight capped, starts paced, both following the AIMD policy of aimd.py when adaptive.
+A process that shares its hosts' limits with others (`ocimirror worker`s on PostgreSQL)
+sets `HostLimiter.shared` (`SharedLimits`): then the places in flight, the pace, the
+policy's state and the remaining count of every host live there, and this process's
+pacer and policy only hold the settings.
 
 Pacer: spaces request starts to at most a given rate, with a small burst allowance.
 
@@ -19,11 +23,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from contextvars import ContextVar
 from typing import ClassVar, Protocol
 
-from .aimd import AimdPolicy, Signal
+from .aimd import AimdPolicy, Signal, signal_of
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
@@ -108,11 +112,57 @@ class Pacer:
         return delay
 
 
-class SharedSlots(Protocol):
-    """Places in flight per host shared with other processes (`ocimirror worker`s)."""
+class SharedView(Protocol):
+    """A host's shared limits as this process last read them."""
+
+    @property
+    def rate(self) -> float | None:
+        """Request starts per second among every process (None: unlimited)."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight among every process."""
+        ...
+
+    @property
+    def remaining(self) -> int | None:
+        """The last remaining count any process was told (None: none known)."""
+        ...
+
+    @property
+    def remaining_known(self) -> bool:
+        """Whether any process heard of a remaining count (or of none being kept)."""
+        ...
+
+
+class SharedLimits(Protocol):
+    """A host's limits shared with other processes (`ocimirror worker`s)."""
 
     def slot(self, host: str, limit: int) -> AbstractAsyncContextManager[None]:
         """Hold one of the `limit` places of `host` among every process sharing them."""
+        ...
+
+    async def start(self, limiter: HostLimiter) -> tuple[float, float]:
+        """Take the host's next start among every process: (seconds to wait, its time)."""
+        ...
+
+    def started(self, limiter: HostLimiter, at: float) -> None:
+        """Note that a request started at shared time `at`."""
+        ...
+
+    def answered(
+        self, limiter: HostLimiter, status: int, signal: Signal, sent: float | None
+    ) -> None:
+        """Note an answer (to a request that took its start at shared time `sent`)."""
+        ...
+
+    def note_remaining(self, host: str, remaining: int | None) -> None:
+        """Note the remaining count the host announced (None: it keeps none now)."""
+        ...
+
+    def view(self, host: str) -> SharedView | None:
+        """The host's shared limits as last read (None before its first start here)."""
         ...
 
 
@@ -127,9 +177,10 @@ class HostLimiter:
     """
 
     _hosts: ClassVar[dict[tuple[object, ...], HostLimiter]] = {}
-    #: Set by a process that shares its hosts' `max_concurrency` with others (queue
-    #: workers): each request also holds one of the host's places there.
-    shared: ClassVar[SharedSlots | None] = None
+    #: Set by a process that shares its hosts' limits with others (queue workers): each
+    #: request also holds one of the host's places there and takes its start from the
+    #: shared pace; answers feed the shared policy.
+    shared: ClassVar[SharedLimits | None] = None
 
     def __init__(
         self,
@@ -198,15 +249,39 @@ class HostLimiter:
         """Drop every host's limiter (the next `for_host` makes a fresh one): tests."""
         cls._hosts.clear()
 
+    def _shared(self) -> SharedLimits | None:
+        """The limits this host shares with other processes, if it shares them."""
+        shared = HostLimiter.shared
+        return shared if shared is not None and self.host else None
+
+    def _view(self) -> SharedView | None:
+        shared = self._shared()
+        return None if shared is None else shared.view(self.host)
+
     @property
     def concurrency(self) -> int | None:
         """Requests allowed in flight now (None: not capped here)."""
-        return None if self.policy is None else self.policy.concurrency
+        if self.policy is None:
+            return None
+        view = self._view()
+        return self.policy.concurrency if view is None else view.concurrency
 
     @property
     def rate(self) -> float | None:
         """Request starts per second allowed now (None: unlimited)."""
-        return self.pacer.rate
+        view = self._view()
+        return self.pacer.rate if view is None else view.rate
+
+    def note_remaining(self, remaining: int | None) -> None:
+        """Share the remaining count the host announced, when its limits are shared."""
+        shared = self._shared()
+        if shared is not None:
+            shared.note_remaining(self.host, remaining)
+
+    def remaining(self, local: int | None) -> int | None:
+        """The host's remaining count: the shared one when shared and known, else `local`."""
+        view = self._view()
+        return view.remaining if view is not None and view.remaining_known else local
 
     def _full(self) -> bool:
         limit = self.concurrency
@@ -238,21 +313,25 @@ class HostLimiter:
                 raise
         self.in_flight += 1
         try:
-            shared = HostLimiter.shared
-            async with (
-                shared.slot(self.host, self.max_concurrency)
-                if shared is not None and self.host
-                else nullcontext()
-            ):
-                _SLOT_TAKEN.set(self._clock())
-                delay = self.pacer.reserve()
-                if self.policy is not None:
-                    delay = max(delay, self.policy.hold_left())
-                if delay > 0:
-                    await self._sleep(delay)
-                if self.policy is not None:
-                    self.policy.started()
-                yield
+            shared = self._shared()
+            if shared is not None:
+                async with shared.slot(self.host, self.concurrency or self.max_concurrency):
+                    delay, taken = await shared.start(self)
+                    _SLOT_TAKEN.set(taken)
+                    if delay > 0:
+                        await self._sleep(delay)
+                    shared.started(self, taken + delay)
+                    yield
+                return
+            _SLOT_TAKEN.set(self._clock())
+            delay = self.pacer.reserve()
+            if self.policy is not None:
+                delay = max(delay, self.policy.hold_left())
+            if delay > 0:
+                await self._sleep(delay)
+            if self.policy is not None:
+                self.policy.started()
+            yield
         finally:
             self.in_flight -= 1
             self._wake()
@@ -266,6 +345,14 @@ class HostLimiter:
         """
         if self.policy is None:
             return None
+        shared = self._shared()
+        if shared is not None:
+            signal = signal_of(status, headers)
+            if signal.throttled:
+                self.throttled += 1
+            shared.answered(self, status, signal, _SLOT_TAKEN.get())
+            self._wake()
+            return signal
         signal = self.policy.answered(status, headers, sent=_SLOT_TAKEN.get())
         if signal.throttled:
             self.throttled += 1

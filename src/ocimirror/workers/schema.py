@@ -14,6 +14,8 @@ them one after the other, under a PostgreSQL advisory lock held by the transacti
     ocimirror_job_copies  one row per image copy a job of the jobs API awaits: the
                    procrastinate job it deferred (None: it joined one), and once a worker
                    recorded that destination, `done` and the image's result
+    ocimirror_host_limits  one row per registry host the workers send to: the shared
+                   pace, back-off and remaining count (workers/hostlimits.py)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError
@@ -111,6 +114,30 @@ workers = Table(
     Column("busy", Integer, nullable=False, server_default=text("0")),
     Column("done", BigInteger, nullable=False, server_default=text("0")),
     Column("failed", BigInteger, nullable=False, server_default=text("0")),
+)
+
+
+#: Times are PostgreSQL's (`extract(epoch FROM now())`), in seconds.
+host_limits = Table(
+    "ocimirror_host_limits",
+    metadata,
+    Column("host", String(255), primary_key=True),
+    #: The pace's theoretical arrival time (GCRA) and its rate and burst (None: unpaced).
+    Column("tat", Float, nullable=False),
+    Column("rate", Float, nullable=True),
+    Column("burst", Integer, nullable=False),
+    #: Requests in flight allowed across every worker (the places' limit).
+    Column("concurrency", Integer, nullable=False),
+    #: No request starts before this time (Retry-After, back-off).
+    Column("hold_until", Float, nullable=False),
+    #: When the pace was last taken.
+    Column("seen", Float, nullable=False),
+    #: The AIMD policy's state (aimd.AimdPolicy.state) and the latest time it saw.
+    Column("policy", JSONB, nullable=True),
+    Column("clock", Float, nullable=True),
+    #: The remaining count last announced, and when (None: never).
+    Column("remaining", Integer, nullable=True),
+    Column("remaining_at", Float, nullable=True),
 )
 
 

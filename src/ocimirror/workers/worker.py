@@ -17,8 +17,10 @@ at once, unrecorded, for another worker (the tag is written last, so nothing hal
 is named). A copy aborted through the jobs API (`jobqueue`) is cancelled and recorded
 failed, `cancelled`, for every pass or job awaiting its destination.
 
-Each registry host's `max_concurrency` holds across every worker together: a request
-also holds one of the host's places in PostgreSQL (`slots.PgSlots`).
+Each registry host's limits hold across every worker together (`hostlimits.PgHostLimits`):
+a request also holds one of the host's places in PostgreSQL (`slots.PgSlots`) and takes
+its start from the host's shared pace; answers feed the host's shared back-off, and the
+remaining count one worker is told holds every worker's manifest GETs below the reserve.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ from ..transfer import engine
 from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from . import jobqueue, ledger, status
+from .hostlimits import PgHostLimits
 from .queue import COPY_TASK, CopyJob, make_app
 from .schema import ensure_schema, procrastinate_url
-from .slots import PgSlots
 
 if TYPE_CHECKING:
     from procrastinate import App, JobContext
@@ -266,12 +268,13 @@ async def run_worker(
             image_concurrency=config.concurrency,
         )
         # PostgreSQL connections of a worker: 4 for the queue (fetch, finish, LISTEN,
-        # heartbeat), one per copy + 2 for registry places, the state database's pool.
+        # heartbeat), one per copy + 2 for registry places, 3 for the shared pace and
+        # back-off, the state database's pool.
         app = make_app(state, max_connections=4)
         register(app, runner)
-        slots = PgSlots(procrastinate_url(state), max_connections=concurrency + 2)
-        await slots.open()
-        HostLimiter.shared = slots
+        limits = PgHostLimits(procrastinate_url(state), max_connections=concurrency + 2)
+        await limits.open()
+        HostLimiter.shared = limits
         try:
             async with app.open_async():
                 from procrastinate.worker import Worker
@@ -321,6 +324,6 @@ async def run_worker(
         finally:
             await pool.close()
             HostLimiter.shared = None
-            await slots.close()
+            await limits.close()
         log.info("worker stopped", copies=runner.stats.done, failed=runner.stats.failed)
         return runner.stats
