@@ -10,7 +10,9 @@ OCIMIRROR_TEST_POSTGRES_URL), real registries:
   heartbeat stops, and no tag names the half-copied image meanwhile;
 - a copy queued for two passes is one job whose result answers (and closes) both, and a
   retried record writes nothing twice;
-- SQLite refuses workers.
+- SQLite refuses workers;
+- procrastinate's schema made by an older version gets the shipped migrations in order;
+- finished copy jobs and an old pass's ledger rows are pruned.
 
 N is 30 here, 200 with OCIMIRROR_SOAK=1.
 """
@@ -23,6 +25,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,8 @@ from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
 from ocimirror.settings.config import Config
 from ocimirror.state.db import StateDB
+from ocimirror.state.retention import prune
+from ocimirror.state.schema import utc_now
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.front import Front
@@ -49,7 +54,9 @@ from ocimirror.transfer.plan import CopyTask
 from ocimirror.workers import dispatch, jobqueue, ledger
 from ocimirror.workers.jobqueue import JobQueue
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
+from ocimirror.workers.prune import prune_queue
 from ocimirror.workers.queue import CopyJob, defer_each, make_app
+from ocimirror.workers.schema import ensure_schema
 from test_serve import Server, job_done
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL", "")
@@ -539,3 +546,101 @@ async def test_job_copies_joined_answered_by_one_record_and_left_ones_aborted_at
         status = f"SELECT status FROM procrastinate_jobs WHERE id = {queued}"
         assert _query(pg_url, status) == [("cancelled",)]
         assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
+
+
+async def test_queue_schema_upgrades_apply_the_shipped_migrations_in_order(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """procrastinate's schema, made by an older version, gets the migrations between that
+    version and the library's, in order, in one transaction (a failing one leaves the
+    schema as it was); a schema of a newer procrastinate is refused in one line."""
+    import procrastinate
+
+    version = "SELECT procrastinate FROM ocimirror_queue_schema"
+    async with StateDB(pg_url) as db:
+        assert await ensure_schema(db) == []
+        assert _query(pg_url, version) == [(procrastinate.__version__,)]
+
+        folder = tmp_path / "migrations"
+        folder.mkdir()
+        for name, sql in {
+            "03.10.00_01_pre_old.sql": "CREATE TABLE m_old (n int)",
+            "03.11.00_50_post_b.sql": "INSERT INTO m_a VALUES (2)",
+            "03.11.00_01_pre_a.sql": "CREATE TABLE m_a (n int); INSERT INTO m_a VALUES (1)",
+            "03.12.00_01_pre_c.sql": "INSERT INTO m_a VALUES (3)",
+            "03.13.00_01_pre_future.sql": "CREATE TABLE m_future (n int); SELECT 1/0",
+            "README.md": "not a migration",
+        }.items():
+            (folder / name).write_text(sql)
+        _query(pg_url, "UPDATE ocimirror_queue_schema SET procrastinate = '3.10.0' RETURNING 1")
+
+        applied = await ensure_schema(db, library="3.12.0", migrations=folder)
+        assert applied == [
+            "03.11.00_01_pre_a.sql",
+            "03.11.00_50_post_b.sql",
+            "03.12.00_01_pre_c.sql",
+        ]
+        assert _query(pg_url, "SELECT n FROM m_a ORDER BY n") == [(1,), (2,), (3,)]
+        assert _query(pg_url, "SELECT to_regclass('m_old') IS NULL") == [(True,)]
+        assert _query(pg_url, version) == [("3.12.0",)]
+        assert await ensure_schema(db, library="3.12.0", migrations=folder) == []
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await ensure_schema(db, library="3.13.0", migrations=folder)
+        assert _query(pg_url, "SELECT to_regclass('m_future') IS NULL") == [(True,)]
+        assert _query(pg_url, version) == [("3.12.0",)]
+
+        with pytest.raises(ConfigError, match=r"procrastinate 3\.12\.0, newer than .* 3\.11\.0"):
+            await ensure_schema(db, library="3.11.0", migrations=folder)
+
+
+async def test_finished_copy_jobs_and_an_old_passs_ledger_are_pruned(pg_url: str) -> None:
+    """A worker's prune deletes the copy jobs that ended longer than `keep_history` ago
+    (not those to do); the state's prune takes an old pass's ledger rows with its run."""
+    day = timedelta(days=1)
+    jobs = [
+        CopyJob.of(
+            CopyTask(
+                Reference.parse(f"127.0.0.1:5001/lib/app:{i}"),
+                Reference.parse(f"127.0.0.1:5000/mirror/app:{i}"),
+            ),
+            CopyOptions(),
+        )
+        for i in range(3)
+    ]
+    async with StateDB(pg_url) as db:
+        await ensure_schema(db)
+        app = make_app(db, max_connections=1)
+        async with app.open_async():
+            ids = await defer_each(app, jobs)
+        _query(
+            pg_url,
+            f"UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = {ids[0]} RETURNING 1",
+        )
+        _query(
+            pg_url,
+            f"UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = {ids[1]} RETURNING 1",
+        )
+        assert await prune_queue(db, day) == 0  # ended just now
+        assert await prune_queue(db, day, now=utc_now() + 2 * day, batch=1) == 2
+        assert _query(pg_url, "SELECT id, status FROM procrastinate_jobs") == [(ids[2], "todo")]
+        assert _query(pg_url, "SELECT DISTINCT job_id FROM procrastinate_events") == [(ids[2],)]
+
+        old = await db.start_run("m", "cli", started_at=utc_now() - 60 * day)
+        dest = str(jobs[0].destination)
+        copy = QueuedCopy("m", "127.0.0.1:5000/mirror/app", jobs[0].source, dest, "new")
+        await ledger.queue_pass(db, old, "m", [copy], PlannerCounts())
+        digest = "sha256:" + "c" * 64
+        result = ImageResult(jobs[0].source, dest, source_digest=digest, destination_digest=digest)
+        assert await ledger.record_copy(db, dest, result) == [old]
+        _query(
+            pg_url,
+            f"UPDATE runs SET finished_at = now() - interval '59 days' WHERE id = {old} RETURNING 1",
+        )
+        latest = await db.start_run("m", "cli")  # the last run, and the last success
+        await db.finish_run(latest, "ok", copied=0, unchanged=1, failed=0, skipped=0, bytes=0)
+        pruned = await prune(db, 30 * day)
+        assert (pruned.runs, pruned.tasks) == (1, 1)
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_runs") == [(0,)]
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_copies") == [(0,)]
+        assert _query(pg_url, "SELECT id FROM runs") == [(latest,)]

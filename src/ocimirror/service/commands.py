@@ -284,6 +284,7 @@ async def _serve(
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.connection import default_url
     from ..state.db import StateDB
+    from ..state.retention import pruning
     from ..stores.pool import StorePool
     from ..webserver import AppRunner
     from ..workers.jobqueue import JobQueue
@@ -393,7 +394,9 @@ async def _serve(
                 else None
             )
             service.ready = True
-            await stop.wait()
+            # The history older than keep_history goes, now and every hour.
+            async with pruning(state, cfg.history_limit):
+                await stop.wait()
             log.info("stopping: no new requests; running jobs are marked interrupted")
             service.ready = False
             await jobs.close()  # running jobs stop now and are marked interrupted

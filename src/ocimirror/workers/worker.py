@@ -29,7 +29,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -40,12 +40,14 @@ from ..ratelimit import HostLimiter
 from ..reference import Reference
 from ..settings.config import Config
 from ..settings.connection import host_options, pool_for
+from ..state import retention
 from ..state.db import StateDB
 from ..stores.schemes import scheme_for
 from ..transfer import engine
 from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from . import jobqueue, ledger, status
+from .prune import prune_queue
 from .queue import COPY_TASK, CopyJob, make_app
 from .schema import ensure_schema, procrastinate_url
 from .slots import PgSlots
@@ -215,14 +217,20 @@ async def _heartbeat_loop(
     every: float,
     stalled_after: float,
     worker_id: Callable[[], int | None],
+    keep: timedelta | None = None,
 ) -> None:
     """At every heartbeat: say what this worker does, and retry stalled workers' copies.
+
+    Every `retention.EVERY` seconds (and at the first beat) it also deletes the copy jobs
+    procrastinate finished longer than `keep` ago (`keep_history`; None: never).
 
     It also beats procrastinate's own heartbeat of this worker (`worker_id`): procrastinate
     stops its own as soon as the worker is asked to stop, and copies finishing within the
     grace would otherwise look stalled to the other workers, which would run them again.
     """
     started = datetime.now(UTC)
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time()
     while True:
         try:
             queue_id = worker_id()
@@ -238,8 +246,13 @@ async def _heartbeat_loop(
                 failed=stats.failed,
             )
             stats.recovered += await recover_stalled(app, stalled_after)
+            if keep is not None and loop.time() >= next_prune:
+                next_prune = loop.time() + retention.EVERY
+                pruned = await prune_queue(state, keep)
+                if pruned:
+                    log.info("finished copy jobs pruned", jobs=pruned)
         except Exception:  # the database may be restarting: look again next time
-            log.exception("could not record the heartbeat or look for stalled copies")
+            log.exception("could not record the heartbeat, look for stalled copies or prune")
         await asyncio.sleep(every)
 
 
@@ -295,6 +308,7 @@ async def run_worker(
                         heartbeat,
                         stalled_after,
                         lambda: queue_worker.worker_id,
+                        config.history_limit,
                     )
                 )
                 loop = asyncio.get_running_loop()
