@@ -417,6 +417,30 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
             assert answer.body == b'{"ok":true}\n', answer.body
             assert _digest(dst, "cr", "2") == digests["2"]
 
+            # serve stopped mid-job (parallelism 1: the workers admit each next entry):
+            # the workers finish the job, and the next serve answers for it.
+            uploads.hold["survive"] = "first"
+            body = {**_entries(src, front.host, "survive", ["0", "1", "2"]), "parallelism": 1}
+            job_id = (await call("POST", "/api/v1/jobs", body)).json()["id"]
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("survive") == 1, "a hold")
+            assert await asyncio.to_thread(server.stop, signal.SIGTERM) == 0, server.text()
+            server = await asyncio.to_thread(Server, tmp_path, "-c", str(config), "--state", pg_url)
+            call = functools.partial(asyncio.to_thread, server.call)
+            uploads.release.set()
+            survived = await asyncio.to_thread(job_done, server, job_id)
+            assert survived["state"] == "succeeded", survived
+            assert [e["status"] for e in survived["entries"]] == ["copied"] * 3
+            assert [e["digests"] for e in survived["entries"]] == [
+                {f"{front.host}/survive:{t}": digests[t]} for t in ("0", "1", "2")
+            ]
+            assert survived["progress"] == {
+                "done": 3,
+                "total": 3,
+                "bytes": survived["progress"]["bytes"],
+            }
+            assert survived["progress"]["bytes"] > 0
+            uploads.release = asyncio.Event()
+
             # Cancelled mid-run: both workers hold one of its copies, two are queued.
             uploads.hold["cancel"] = "all"
             tags = ["0", "1", "2", "3"]
@@ -500,52 +524,104 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
     )
 
 
-async def test_job_copies_joined_answered_by_one_record_and_left_ones_aborted_at_start(
+def _copy(dest: str) -> CopyJob:
+    source = Reference.parse("127.0.0.1:5001/lib/app:1")
+    return CopyJob.of(CopyTask(source, Reference.parse(dest)), CopyOptions())
+
+
+def _pending(i: int) -> dict[str, Any]:
+    return {
+        "index": i,
+        "name": f"e{i}",
+        "status": "pending",
+        "images": 0,
+        "copied": 0,
+        "bytes": 0,
+        "error": None,
+        "digests": {},
+    }
+
+
+async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_last(
     pg_url: str,
 ) -> None:
-    """Two jobs' copies of one destination: one queue job, one worker record answers both
-    (each under its own spelling). Copies a killed `serve` left queued are aborted when
-    the next one starts, their rows forgotten."""
-    dest = "127.0.0.1:5000/mirror/app:1"
-    task = CopyTask(Reference.parse("127.0.0.1:5001/lib/app:1"), Reference.parse(dest))
+    """A job handed to the queue: the records of its images settle each entry, admit the
+    next (parallelism 1), and the last finishes the job as in-process; a copy joined by
+    two jobs answers both; a retried record writes nothing twice. A cancel aborts its
+    copies; copies left for a job no longer running are aborted when a serve starts."""
+    dest = "127.0.0.1:5000/mirror/app"
+    digest = "sha256:" + "b" * 64
+    ok = ImageResult("s", "s", status="copied", destination_digest=digest, bytes_copied=7)
+    bad = ImageResult("s", "s", status="failed", error="boom", public_error="boom")
+    status_of = "SELECT status FROM procrastinate_jobs WHERE args->>'destination' = '{}'"
     async with StateDB(pg_url) as db:
         queue = JobQueue(db, poll=0.05)
+        app = make_app(db, max_connections=2)
         try:
             assert await queue.start() == 0  # makes the tables; nothing left to abort
-            first = asyncio.create_task(queue.copy([task], CopyOptions()))
-            second = asyncio.create_task(queue.copy([task], CopyOptions()))
-            count = "SELECT count(*) FROM ocimirror_job_copies WHERE queue_job IS NOT NULL"
-            await asyncio.to_thread(wait_for, lambda: _query(pg_url, count) == [(1,)], "a job")
-            await asyncio.to_thread(
-                wait_for,
-                lambda: _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(2,)],
-                "both rows",
-            )
-            digest = "sha256:" + "b" * 64
-            result = ImageResult("elsewhere", "elsewhere", destination_digest=digest)
-            assert await jobqueue.record(db, dest, result) == 2
-            for answered in await asyncio.gather(first, second):
-                assert [(r.destination, r.destination_digest) for r in answered] == [(dest, digest)]
-            assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
-            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
+            await app.open_async()
+            job_id = await db.create_job({"mirrors": []})
+            decided = {**_pending(2), "status": "failed", "error": "bad reference"}
+            copies = {0: [_copy(f"{dest}:a"), _copy(f"{dest}:b")], 1: [_copy(f"{dest}:c")]}
+            await queue.hand_over(job_id, 1, copies, [_pending(0), _pending(1), decided])
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(2,)]
+            other = await db.create_job({"mirrors": []})  # joins the copy of :a
+            await queue.hand_over(other, 5, {0: [_copy(f"{dest}:a")]}, [_pending(0)])
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(2,)]
 
-            # A serve killed while its job awaited a queued copy: rows and job left behind.
-            other = "127.0.0.1:5000/mirror/left:1"
-            left = CopyJob.of(CopyTask(task.source, Reference.parse(other)), CopyOptions())
-            app = make_app(db, max_connections=1)
-            async with app.open_async():
-                (queued,) = await defer_each(app, [left])
-            _query(
-                pg_url,
-                "INSERT INTO ocimirror_job_copies (flight, dest_ref, queue_job, done)"
-                f" VALUES ('gone', '{other}', {queued}, false) RETURNING id",
-            )
+            assert await jobqueue.record(db, f"{dest}:a", ok, app) == 2
+            info = await db.get_job(other)
+            assert info is not None
+            assert info.state == "done", info
+            assert info.result is not None
+            assert info.result["entries"][0]["digests"] == {f"{dest}:a": digest}
+            info = await db.get_job(job_id)
+            assert info is not None
+            assert info.result is not None
+            assert [e["status"] for e in info.result["entries"]] == ["running", "pending", "failed"]
+
+            assert await jobqueue.record(db, f"{dest}:b", ok, app) == 1  # entry 1 admitted
+            assert _query(pg_url, status_of.format(f"{dest}:c")) == [("todo",)]
+            assert await jobqueue.record(db, f"{dest}:c", bad, app) == 1
+            info = await db.get_job(job_id)
+            assert info is not None
+            assert info.result is not None
+            assert (info.state, info.error) == ("failed", "2 of 3 entries failed")
+            entries = info.result["entries"]
+            assert [(e["status"], e["images"], e["bytes"]) for e in entries] == [
+                ("copied", 2, 14),
+                ("failed", 1, 0),
+                ("failed", 0, 0),
+            ]
+            assert entries[1]["error"] == "boom"
+            assert info.progress == {"done": 3, "total": 3, "bytes": 14}
+            assert info.finished_at is not None
+            assert await jobqueue.record(db, f"{dest}:c", ok, app) == 0  # retried: no change
+            assert (await db.get_job(job_id)) == info
+
+            # Cancelled: its deferred copy is cancelled, its entries too.
+            gone = await db.create_job({"mirrors": []})
+            await queue.hand_over(gone, 5, {0: [_copy(f"{dest}:d")]}, [_pending(0)])
+            assert await queue.cancel(gone) is True
+            assert _query(pg_url, status_of.format(f"{dest}:d")) == [("cancelled",)]
+            info = await db.get_job(gone)
+            assert info is not None
+            assert info.result is not None
+            assert (info.state, info.error) == ("cancelled", "cancelled")
+            assert info.result["entries"][0]["error"] == "cancelled before the copy finished"
+            assert await queue.cancel(gone) is False
+
+            # A job a killed serve left not running (interrupted) with a copy queued.
+            left = await db.create_job({"mirrors": []})
+            await queue.hand_over(left, 5, {0: [_copy(f"{dest}:e")]}, [_pending(0)])
+            assert await queue.held() == {left}
+            await db.update_job(left, state="interrupted")
         finally:
+            await app.close_async()
             await queue.close()
         assert await JobQueue(db).start() == 1
-        status = f"SELECT status FROM procrastinate_jobs WHERE id = {queued}"
-        assert _query(pg_url, status) == [("cancelled",)]
-        assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
+        assert _query(pg_url, status_of.format(f"{dest}:e")) == [("cancelled",)]
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_jobs") == [(0,)]
 
 
 async def test_queue_schema_upgrades_apply_the_shipped_migrations_in_order(

@@ -397,9 +397,12 @@ async def _serve(
             # The history older than keep_history goes, now and every hour.
             async with pruning(state, cfg.history_limit):
                 await stop.wait()
-            log.info("stopping: no new requests; running jobs are marked interrupted")
+            log.info(
+                "stopping: no new requests; running jobs are marked interrupted"
+                + (" (those handed to the workers go on)" if queue is not None else "")
+            )
             service.ready = False
-            await jobs.close()  # running jobs stop now and are marked interrupted
+            await jobs.close()  # running jobs stop now (handed-over ones go on)
             await runner.cleanup()
             code = 0
             if daemon_task is not None:

@@ -19,9 +19,12 @@ library is refused with one line (upgrade ocimirror). A schema found without a r
                    already counted (unchanged images, failures and successes of its own)
     queued_copies  one row per (run, destination) copy; `done` once a worker recorded it
     ocimirror_workers  one row per worker: its last heartbeat and what it did
-    ocimirror_job_copies  one row per image copy a job of the jobs API awaits: the
-                   procrastinate job it deferred (None: it joined one), and once a worker
-                   recorded that destination, `done` and the image's result
+    ocimirror_queued_jobs  one row per job of the jobs API handed to the queue (its
+                   parallelism); the worker recording its last copy finishes it
+    ocimirror_job_images  one row per image copy such a job awaits: its entry, the
+                   copy's arguments, whether it was deferred yet (and the procrastinate
+                   job deferred, None: it joined one), and once a worker recorded that
+                   destination, `done` and the image's result
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError
 from ..state.db import StateDB
-from ..state.schema import runs
+from ..state.schema import jobs, runs
 
 log = structlog.get_logger(__name__)
 
@@ -98,19 +101,37 @@ queued_copies = Table(
 )
 
 
+queued_jobs = Table(
+    "ocimirror_queued_jobs",
+    metadata,
+    #: A job of the jobs API whose image copies were handed to the queue (`jobs.id`).
+    Column("job_id", String(36), ForeignKey(jobs.c.id, ondelete="CASCADE"), primary_key=True),
+    #: The request's `parallelism`: how many of its entries may be in flight at once.
+    Column("parallelism", Integer, nullable=False),
+)
+
 job_copies = Table(
-    "ocimirror_job_copies",
+    "ocimirror_job_images",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    #: The copy (flight) of a job of the jobs API that awaits this image.
-    Column("flight", String(64), nullable=False),
+    Column(
+        "job_id",
+        String(36),
+        ForeignKey("ocimirror_queued_jobs.job_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    #: The entry of the job (its index in the request) this image belongs to.
+    Column("entry", Integer, nullable=False),
     Column("dest_ref", Text, nullable=False),
+    #: The queued copy's arguments (`CopyJob.args()`), deferred when its entry is admitted.
+    Column("args", JSON, nullable=False),
+    Column("deferred", Boolean, nullable=False, server_default=text("false")),
     #: The procrastinate job deferred for it; None when it joined one already queued.
     Column("queue_job", BigInteger, nullable=True),
     Column("done", Boolean, nullable=False, server_default=text("false")),
     Column("result", JSON, nullable=True),
-    Index("ix_ocimirror_job_copies_dest_ref_done", "dest_ref", "done"),
-    Index("ix_ocimirror_job_copies_flight", "flight"),
+    Index("ix_ocimirror_job_images_dest_ref_done", "dest_ref", "done"),
+    Index("ix_ocimirror_job_images_job_id", "job_id"),
 )
 
 

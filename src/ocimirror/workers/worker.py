@@ -2,9 +2,10 @@
 
 Each job is one image copy, made by the engine's `copy_one` with the config's settings
 for each registry host (as a sync pass opens them), then recorded in the state database
-by `ledger.record_copy`, which finishes a pass whose last copy this was. Copies to one
-destination repository with the same options share a `Copier` while any runs (a blob two
-of them need moves once), as in the jobs API.
+by `ledger.record_copy`, which finishes a pass whose last copy this was, and by
+`jobqueue.record`, which settles (and finishes) the jobs of the jobs API awaiting it.
+Copies to one destination repository with the same options share a `Copier` while any
+runs (a blob two of them need moves once), as in the jobs API.
 
 A worker beats its heart into procrastinate's workers table every `heartbeat` seconds.
 Every worker also looks, every `heartbeat`, for copies held by a worker whose heartbeat
@@ -96,6 +97,8 @@ class CopyRunner:
     stores: Stores
     image_concurrency: int = 16
     stats: WorkerStats = field(default_factory=WorkerStats)
+    #: The queue this runner's copies come from: it defers the next entries of a job.
+    app: App | None = None
     _copiers: dict[tuple[str, str, CopyOptions, str], _Shared] = field(default_factory=dict)
     _policed: dict[str, Stores] = field(default_factory=dict)
 
@@ -155,7 +158,7 @@ class CopyRunner:
     async def record(self, job: CopyJob, result: ImageResult) -> None:
         """Record a copy for every pass and job awaiting its destination."""
         closed = await ledger.record_copy(self.state, job.destination, result)
-        await jobqueue.record(self.state, job.destination, result)
+        await jobqueue.record(self.state, job.destination, result, self.app)
         for run_id in closed:
             log.info("pass finished by this worker", run=run_id)
 
@@ -178,6 +181,7 @@ def _host_options(config: Config, ref: Reference) -> HostOptions | None:
 
 def register(app: App, runner: CopyRunner) -> None:
     """Register the copy task on `app`, run by `runner`."""
+    runner.app = app
 
     from procrastinate import RetryStrategy
     from procrastinate.job_context import AbortReason
