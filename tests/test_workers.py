@@ -548,7 +548,8 @@ async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_l
     """A job handed to the queue: the records of its images settle each entry, admit the
     next (parallelism 1), and the last finishes the job as in-process; a copy joined by
     two jobs answers both; a retried record writes nothing twice. A cancel aborts its
-    copies; copies left for a job no longer running are aborted when a serve starts."""
+    copies; when a serve starts, copies left for a job no longer running are aborted and
+    a job handed over but never deferred gets its copies deferred."""
     dest = "127.0.0.1:5000/mirror/app"
     digest = "sha256:" + "b" * 64
     ok = ImageResult("s", "s", status="copied", destination_digest=digest, bytes_copied=7)
@@ -616,12 +617,25 @@ async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_l
             await queue.hand_over(left, 5, {0: [_copy(f"{dest}:e")]}, [_pending(0)])
             assert await queue.held() == {left}
             await db.update_job(left, state="interrupted")
+            # A job whose serve stopped before deferring its first copies.
+            stalled = await db.create_job({"mirrors": []})
+            await queue.hand_over(stalled, 5, {0: [_copy(f"{dest}:f")]}, [_pending(0)])
+            _query(
+                pg_url,
+                f"DELETE FROM procrastinate_jobs WHERE args->>'destination' = '{dest}:f' RETURNING 1",
+            )
+            _query(
+                pg_url,
+                "UPDATE ocimirror_job_images SET deferred = false, queue_job = NULL"
+                f" WHERE dest_ref = '{dest}:f' RETURNING 1",
+            )
         finally:
             await app.close_async()
             await queue.close()
         assert await JobQueue(db).start() == 1
         assert _query(pg_url, status_of.format(f"{dest}:e")) == [("cancelled",)]
-        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_jobs") == [(0,)]
+        assert _query(pg_url, status_of.format(f"{dest}:f")) == [("todo",)]
+        assert _query(pg_url, "SELECT job_id FROM ocimirror_queued_jobs") == [(stalled,)]
 
 
 async def test_queue_schema_upgrades_apply_the_shipped_migrations_in_order(

@@ -262,9 +262,11 @@ class JobQueue:
     async def start(self) -> int:
         """Abort the copies left for jobs no longer running (interrupted); count them.
 
-        A job handed to the queue goes on without `serve`; a job of a previous `serve`
-        that was still planning was marked interrupted, and any copy still queued for a
-        finished job (a `serve` killed while cancelling) is aborted and its rows forgotten.
+        A job handed to the queue goes on without `serve` (settled again here, in case
+        the `serve` handing it over stopped before deferring its first copies); a job of
+        a previous `serve` that was still planning was marked interrupted, and any copy
+        still queued for a finished job (a `serve` killed while cancelling) is aborted
+        and its rows forgotten.
         """
         app = await self._open()
         finished = select(jobs.c.id).where(jobs.c.state != "running")
@@ -287,6 +289,9 @@ class JobQueue:
             await app.job_manager.cancel_job_by_id_async(job_id, abort=True)
         async with self.state.write() as conn:
             await conn.execute(delete(queued_jobs).where(queued_jobs.c.job_id.in_(finished)))
+        # A serve stopped between handing a job over and deferring its first copies.
+        for held in sorted(await self.held()):
+            await settle(self.state, held, app)
         if ids:
             log.info("aborted the copies of finished jobs", copies=len(ids))
         return len(ids)
