@@ -54,7 +54,7 @@ from ocimirror.transfer.plan import CopyTask
 from ocimirror.workers import dispatch, jobqueue, ledger
 from ocimirror.workers.jobqueue import JobQueue
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
-from ocimirror.workers.prune import prune_queue
+from ocimirror.workers.prune import QueuePruned, prune_queue
 from ocimirror.workers.queue import CopyJob, defer_each, make_app
 from ocimirror.workers.schema import ensure_schema
 from test_serve import Server, job_done
@@ -686,7 +686,8 @@ async def test_queue_schema_upgrades_apply_the_shipped_migrations_in_order(
 
 async def test_finished_copy_jobs_and_an_old_passs_ledger_are_pruned(pg_url: str) -> None:
     """A worker's prune deletes the copy jobs that ended longer than `keep_history` ago
-    (not those to do); the state's prune takes an old pass's ledger rows with its run."""
+    (not those to do) and the ledger copies of passes finished as long ago; the state's
+    prune takes the pass's run, with its ledger row."""
     day = timedelta(days=1)
     jobs = [
         CopyJob.of(
@@ -700,22 +701,6 @@ async def test_finished_copy_jobs_and_an_old_passs_ledger_are_pruned(pg_url: str
     ]
     async with StateDB(pg_url) as db:
         await ensure_schema(db)
-        app = make_app(db, max_connections=1)
-        async with app.open_async():
-            ids = await defer_each(app, jobs)
-        _query(
-            pg_url,
-            f"UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = {ids[0]} RETURNING 1",
-        )
-        _query(
-            pg_url,
-            f"UPDATE procrastinate_jobs SET status = 'cancelled' WHERE id = {ids[1]} RETURNING 1",
-        )
-        assert await prune_queue(db, day) == 0  # ended just now
-        assert await prune_queue(db, day, now=utc_now() + 2 * day, batch=1) == 2
-        assert _query(pg_url, "SELECT id, status FROM procrastinate_jobs") == [(ids[2], "todo")]
-        assert _query(pg_url, "SELECT DISTINCT job_id FROM procrastinate_events") == [(ids[2],)]
-
         old = await db.start_run("m", "cli", started_at=utc_now() - 60 * day)
         dest = str(jobs[0].destination)
         copy = QueuedCopy("m", "127.0.0.1:5000/mirror/app", jobs[0].source, dest, "new")
@@ -723,14 +708,27 @@ async def test_finished_copy_jobs_and_an_old_passs_ledger_are_pruned(pg_url: str
         digest = "sha256:" + "c" * 64
         result = ImageResult(jobs[0].source, dest, source_digest=digest, destination_digest=digest)
         assert await ledger.record_copy(db, dest, result) == [old]
+        latest = await db.start_run("m", "cli")  # the last run, and the last success
+        await db.finish_run(latest, "ok", copied=0, unchanged=1, failed=0, skipped=0, bytes=0)
+
+        app = make_app(db, max_connections=1)
+        async with app.open_async():
+            ids = await defer_each(app, jobs)
+        for job_id, status in ((ids[0], "succeeded"), (ids[1], "cancelled")):
+            update = f"UPDATE procrastinate_jobs SET status = '{status}' WHERE id = {job_id}"
+            _query(pg_url, update + " RETURNING 1")
+        assert await prune_queue(db, day) == QueuePruned()  # all ended just now
+        later = utc_now() + 2 * day
+        assert await prune_queue(db, day, now=later, batch=1) == QueuePruned(jobs=2, copies=1)
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_copies") == [(0,)]
+        assert _query(pg_url, "SELECT id, status FROM procrastinate_jobs") == [(ids[2], "todo")]
+        assert _query(pg_url, "SELECT DISTINCT job_id FROM procrastinate_events") == [(ids[2],)]
+
         _query(
             pg_url,
             f"UPDATE runs SET finished_at = now() - interval '59 days' WHERE id = {old} RETURNING 1",
         )
-        latest = await db.start_run("m", "cli")  # the last run, and the last success
-        await db.finish_run(latest, "ok", copied=0, unchanged=1, failed=0, skipped=0, bytes=0)
         pruned = await prune(db, 30 * day)
         assert (pruned.runs, pruned.tasks) == (1, 1)
         assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_runs") == [(0,)]
-        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_copies") == [(0,)]
         assert _query(pg_url, "SELECT id FROM runs") == [(latest,)]

@@ -1,19 +1,24 @@
-"""procrastinate's finished jobs older than `keep_history` go (a worker prunes them hourly).
+"""The queue's history older than `keep_history` goes (a worker prunes it hourly).
 
 procrastinate keeps every job it finished (and its events) unless asked to delete it;
 its `delete_old_jobs` reads the database's clock and deletes in one statement. This
 deletes the copy jobs (queues `ocimirror:*`) that ended (succeeded, failed, cancelled,
 aborted) with no event since the limit, `batch` at a time, each batch its own short
 transaction; their events go with them (`ON DELETE CASCADE`). A job to do or being done
-is never touched. The state database's own history (runs, their per-image results, the
-ledger rows of queued passes, the jobs API's jobs) is pruned by `state.retention`.
+is never touched. The ledger rows of the copies of passes finished before the limit go
+too, `batch` at a time (their `ocimirror_queued_runs` row goes with the run, which
+`state.retention` prunes with the rest of the state database's history: runs, their
+per-image results, the jobs API's jobs), so no single delete cascades over a whole
+pass's copies.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 from ..state.db import StateDB
 from ..state.schema import as_utc, utc_now
@@ -38,17 +43,42 @@ _DELETE = text(
 )
 
 
-async def prune_queue(
-    state: StateDB, keep: timedelta, *, now: datetime | None = None, batch: int = BATCH
-) -> int:
-    """Delete the copy jobs that ended before `now - keep`; count them."""
-    cutoff = (as_utc(now, "now") if now is not None else utc_now()) - keep
+_DELETE_COPIES = text(
+    """
+    DELETE FROM ocimirror_queued_copies WHERE id IN (
+        SELECT c.id FROM ocimirror_queued_copies c JOIN runs r ON r.id = c.run_id
+        WHERE r.status != 'running' AND r.finished_at < :cutoff
+        ORDER BY c.id
+        LIMIT :batch
+    )
+    """
+)
+
+
+@dataclass(frozen=True)
+class QueuePruned:
+    """What one prune of the queue deleted."""
+
+    jobs: int = 0
+    copies: int = 0
+
+
+async def _batches(state: StateDB, statement: TextClause, params: dict[str, Any]) -> int:
     deleted = 0
     while True:
         async with state.write() as conn:
-            done = await conn.execute(
-                _DELETE, {"queues": QUEUE_PREFIX + "%", "cutoff": cutoff, "batch": batch}
-            )
+            done = await conn.execute(statement, params)
         deleted += int(done.rowcount or 0)
         if not done.rowcount:
             return deleted
+
+
+async def prune_queue(
+    state: StateDB, keep: timedelta, *, now: datetime | None = None, batch: int = BATCH
+) -> QueuePruned:
+    """Delete the copy jobs that ended, and old passes' ledger copies, before `now - keep`."""
+    cutoff = (as_utc(now, "now") if now is not None else utc_now()) - keep
+    params = {"queues": QUEUE_PREFIX + "%", "cutoff": cutoff, "batch": batch}
+    jobs = await _batches(state, _DELETE, params)
+    copies = await _batches(state, _DELETE_COPIES, {"cutoff": cutoff, "batch": batch})
+    return QueuePruned(jobs=jobs, copies=copies)

@@ -226,7 +226,8 @@ async def _heartbeat_loop(
     """At every heartbeat: say what this worker does, and retry stalled workers' copies.
 
     Every `retention.EVERY` seconds (and at the first beat) it also deletes the copy jobs
-    procrastinate finished longer than `keep` ago (`keep_history`; None: never).
+    procrastinate finished longer than `keep` ago, and the ledger copies of passes
+    finished as long ago (`keep_history`; None: never).
 
     It also beats procrastinate's own heartbeat of this worker (`worker_id`): procrastinate
     stops its own as soon as the worker is asked to stop, and copies finishing within the
@@ -253,8 +254,8 @@ async def _heartbeat_loop(
             if keep is not None and loop.time() >= next_prune:
                 next_prune = loop.time() + retention.EVERY
                 pruned = await prune_queue(state, keep)
-                if pruned:
-                    log.info("finished copy jobs pruned", jobs=pruned)
+                if pruned.jobs or pruned.copies:
+                    log.info("queue pruned", jobs=pruned.jobs, ledger_copies=pruned.copies)
         except Exception:  # the database may be restarting: look again next time
             log.exception("could not record the heartbeat, look for stalled copies or prune")
         await asyncio.sleep(every)
