@@ -1,7 +1,8 @@
 """Tests of the state database: schema and migrations, runs, tasks, synced, jobs, URLs.
 
-Each test uses a real SQLite file under tmp_path. The backend-neutral ones (those taking
-`url` or `db`) also run on PostgreSQL: a throwaway server (`LocalPostgres`: initdb into a
+Each test uses a real SQLite file under tmp_path; retention too (old runs and jobs go, each
+mirror's last and last successful run stay; the clock is injected). The backend-neutral
+ones (those taking `url` or `db`) also run on PostgreSQL: a throwaway server (`LocalPostgres`: initdb into a
 temp dir, on 127.0.0.1) started once per session, the first time a test needs it, and
 stopped at the end; its `public` schema is dropped before each test. Set
 OCIMIRROR_TEST_POSTGRES_URL to use an existing database instead, one the tests may wipe.
@@ -24,12 +25,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ocimirror.errors import ConfigError
+from ocimirror.settings.config import Config
 from ocimirror.state.connection import (
     HEAD_REVISION,
     StateError,
@@ -40,7 +42,8 @@ from ocimirror.state.connection import (
 )
 from ocimirror.state.db import StateDB, TaskRecord
 from ocimirror.state.jobs import JobInfo
-from ocimirror.state.schema import metadata
+from ocimirror.state.retention import prune
+from ocimirror.state.schema import metadata, runs, task_results, utc_now
 from ocimirror.testkit.postgres import LocalPostgres
 
 PG_URL = os.environ.get("OCIMIRROR_TEST_POSTGRES_URL")
@@ -770,3 +773,81 @@ async def test_processes_create_the_schema_at_once(tmp_path: Path) -> None:
     assert errors == []
     async with StateDB(url) as db:
         assert len(await db.runs("p")) == 4
+
+
+# --------------------------------------------------------------------------- retention
+
+KEEP = timedelta(days=30)
+
+
+async def _run(db: StateDB, mirror: str, status: str, at: timedelta, now: object) -> int:
+    start = now + at  # type: ignore[operator]
+    run = await db.start_run(mirror, "schedule", started_at=start)
+    await db.record_tasks(
+        run, [task(f"dst.example/{mirror}:{run}-{i}", mirror=mirror) for i in (1, 2)]
+    )
+    if status != "running":
+        await db.finish_run(
+            run,
+            status,  # type: ignore[arg-type]
+            copied=2,
+            unchanged=0,
+            failed=0,
+            skipped=0,
+            bytes=0,
+            finished_at=start + timedelta(minutes=1),
+        )
+    return run
+
+
+async def _count(db: StateDB, table: object, *where: object) -> int:
+    async with db.engine.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(table).where(*where)) or 0)  # type: ignore[arg-type]
+
+
+async def test_old_runs_and_jobs_go_but_each_mirrors_last_and_last_ok_run_stay(
+    db: StateDB,
+) -> None:
+    now = utc_now() + timedelta(days=31)  # the jobs below finish "now": 31 days ago then
+    old = timedelta(days=-90)
+    r1 = await _run(db, "a", "ok", old, now)
+    r2 = await _run(db, "a", "failed", old + timedelta(days=1), now)
+    r3 = await _run(db, "a", "partial", old + timedelta(days=2), now)
+    r7 = await _run(db, "a", "failed", timedelta(days=-1), now)  # recent: stays
+    r4 = await _run(db, "b", "ok", old, now)  # its only run, however old
+    r6 = await _run(db, "c", "failed", old, now)
+    r5 = await _run(db, "c", "running", old, now)  # still running: never touched
+    finished = await db.create_job({"mirrors": []})
+    await db.update_job(finished, state="done")
+    running = await db.create_job({"mirrors": []})
+    await db.update_job(running, state="running")
+
+    # 62 days earlier, nothing was older than 30 days yet.
+    early = await prune(db, KEEP, now=now - timedelta(days=62))
+    assert (early.runs, early.tasks, early.jobs) == (0, 0, 0)
+    assert await _count(db, runs) == 7
+
+    pruned = await prune(db, KEEP, now=now, batch=1, rows=1)  # the smallest batches loop
+    assert (pruned.runs, pruned.tasks, pruned.jobs) == (3, 6, 1)
+    async with db.engine.connect() as conn:
+        left = set((await conn.execute(select(runs.c.id))).scalars())
+    assert left == {r1, r4, r5, r7}, (r1, r2, r3, r4, r5, r6, r7)
+    assert await _count(db, task_results) == 8  # two per run left
+    assert await _count(db, task_results, task_results.c.run_id.in_([r2, r3, r6])) == 0
+    assert await db.get_job(finished) is None
+    assert (await db.get_job(running)) is not None
+    # status reads the same: the last run, the last success
+    last = await db.last_runs()
+    assert {m: r.id for m, r in last.items()} == {"a": r7, "b": r4, "c": r5}
+    assert await db.last_success("a") is not None
+
+    again = await prune(db, KEEP, now=now)
+    assert (again.runs, again.tasks, again.jobs) == (0, 0, 0)
+
+
+def test_keep_history_reads_as_a_duration_and_zero_keeps_everything() -> None:
+    assert Config().history_limit == timedelta(days=30)
+    assert Config(keep_history="90d").history_limit == timedelta(days=90)
+    assert Config(keep_history=0).history_limit is None
+    with pytest.raises((ConfigError, ValueError), match="invalid interval 'a month'"):
+        Config(keep_history="a month")

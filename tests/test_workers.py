@@ -10,7 +10,9 @@ or OCIMIRROR_TEST_POSTGRES_URL), real registries:
   heartbeat stops, and no tag names the half-copied image meanwhile;
 - a copy queued for two passes is one job whose result answers (and closes) both, and a
   retried record writes nothing twice;
-- SQLite refuses workers.
+- SQLite refuses workers;
+- procrastinate's schema made by an older version gets the shipped migrations in order;
+- finished copy jobs and an old pass's ledger rows are pruned.
 
 N is 30 here, 200 with OCIMIRROR_SOAK=1.
 """
@@ -22,6 +24,7 @@ import functools
 import os
 import signal
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,8 @@ from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
 from ocimirror.settings.config import Config
 from ocimirror.state.db import StateDB
+from ocimirror.state.retention import prune
+from ocimirror.state.schema import utc_now
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.front import Front
@@ -48,7 +53,9 @@ from ocimirror.transfer.plan import CopyTask
 from ocimirror.workers import dispatch, jobqueue, ledger
 from ocimirror.workers.jobqueue import JobQueue
 from ocimirror.workers.ledger import PlannerCounts, QueuedCopy
+from ocimirror.workers.prune import QueuePruned, prune_queue
 from ocimirror.workers.queue import CopyJob, defer_each, make_app
+from ocimirror.workers.schema import ensure_schema
 from test_serve import Server, job_done
 
 SOAK = os.environ.get("OCIMIRROR_SOAK") == "1"
@@ -389,6 +396,30 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
             assert answer.body == b'{"ok":true}\n', answer.body
             assert _digest(dst, "cr", "2") == digests["2"]
 
+            # serve stopped mid-job (parallelism 1: the workers admit each next entry):
+            # the workers finish the job, and the next serve answers for it.
+            uploads.hold["survive"] = "first"
+            body = {**_entries(src, front.host, "survive", ["0", "1", "2"]), "parallelism": 1}
+            job_id = (await call("POST", "/api/v1/jobs", body)).json()["id"]
+            await asyncio.to_thread(wait_for, lambda: uploads.held.get("survive") == 1, "a hold")
+            assert await asyncio.to_thread(server.stop, signal.SIGTERM) == 0, server.text()
+            server = await asyncio.to_thread(Server, tmp_path, "-c", str(config), "--state", pg_url)
+            call = functools.partial(asyncio.to_thread, server.call)
+            uploads.release.set()
+            survived = await asyncio.to_thread(job_done, server, job_id)
+            assert survived["state"] == "succeeded", survived
+            assert [e["status"] for e in survived["entries"]] == ["copied"] * 3
+            assert [e["digests"] for e in survived["entries"]] == [
+                {f"{front.host}/survive:{t}": digests[t]} for t in ("0", "1", "2")
+            ]
+            assert survived["progress"] == {
+                "done": 3,
+                "total": 3,
+                "bytes": survived["progress"]["bytes"],
+            }
+            assert survived["progress"]["bytes"] > 0
+            uploads.release = asyncio.Event()
+
             # Cancelled mid-run: both workers hold one of its copies, two are queued.
             uploads.hold["cancel"] = "all"
             tags = ["0", "1", "2", "3"]
@@ -472,49 +503,211 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
     )
 
 
-async def test_job_copies_joined_answered_by_one_record_and_left_ones_aborted_at_start(
+def _copy(dest: str) -> CopyJob:
+    source = Reference.parse("127.0.0.1:5001/lib/app:1")
+    return CopyJob.of(CopyTask(source, Reference.parse(dest)), CopyOptions())
+
+
+def _pending(i: int) -> dict[str, Any]:
+    return {
+        "index": i,
+        "name": f"e{i}",
+        "status": "pending",
+        "images": 0,
+        "copied": 0,
+        "bytes": 0,
+        "error": None,
+        "digests": {},
+    }
+
+
+async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_last(
     pg_url: str,
 ) -> None:
-    """Two jobs' copies of one destination: one queue job, one worker record answers both
-    (each under its own spelling). Copies a killed `serve` left queued are aborted when
-    the next one starts, their rows forgotten."""
-    dest = "127.0.0.1:5000/mirror/app:1"
-    task = CopyTask(Reference.parse("127.0.0.1:5001/lib/app:1"), Reference.parse(dest))
+    """A job handed to the queue: the records of its images settle each entry, admit the
+    next (parallelism 1), and the last finishes the job as in-process; a copy joined by
+    two jobs answers both; a retried record writes nothing twice. A cancel aborts its
+    copies; when a serve starts, copies left for a job no longer running are aborted and
+    a job handed over but never deferred gets its copies deferred."""
+    dest = "127.0.0.1:5000/mirror/app"
+    digest = "sha256:" + "b" * 64
+    ok = ImageResult("s", "s", status="copied", destination_digest=digest, bytes_copied=7)
+    bad = ImageResult("s", "s", status="failed", error="boom", public_error="boom")
+    status_of = "SELECT status FROM procrastinate_jobs WHERE args->>'destination' = '{}'"
     async with StateDB(pg_url) as db:
         queue = JobQueue(db, poll=0.05)
+        app = make_app(db, max_connections=2)
         try:
             assert await queue.start() == 0  # makes the tables; nothing left to abort
-            first = asyncio.create_task(queue.copy([task], CopyOptions()))
-            second = asyncio.create_task(queue.copy([task], CopyOptions()))
-            count = "SELECT count(*) FROM ocimirror_job_copies WHERE queue_job IS NOT NULL"
-            await asyncio.to_thread(wait_for, lambda: _query(pg_url, count) == [(1,)], "a job")
-            await asyncio.to_thread(
-                wait_for,
-                lambda: _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(2,)],
-                "both rows",
-            )
-            digest = "sha256:" + "b" * 64
-            result = ImageResult("elsewhere", "elsewhere", destination_digest=digest)
-            assert await jobqueue.record(db, dest, result) == 2
-            for answered in await asyncio.gather(first, second):
-                assert [(r.destination, r.destination_digest) for r in answered] == [(dest, digest)]
-            assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
-            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(1,)]
+            await app.open_async()
+            job_id = await db.create_job({"mirrors": []})
+            decided = {**_pending(2), "status": "failed", "error": "bad reference"}
+            copies = {0: [_copy(f"{dest}:a"), _copy(f"{dest}:b")], 1: [_copy(f"{dest}:c")]}
+            await queue.hand_over(job_id, 1, copies, [_pending(0), _pending(1), decided])
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(2,)]
+            other = await db.create_job({"mirrors": []})  # joins the copy of :a
+            await queue.hand_over(other, 5, {0: [_copy(f"{dest}:a")]}, [_pending(0)])
+            assert _query(pg_url, "SELECT count(*) FROM procrastinate_jobs") == [(2,)]
 
-            # A serve killed while its job awaited a queued copy: rows and job left behind.
-            other = "127.0.0.1:5000/mirror/left:1"
-            left = CopyJob.of(CopyTask(task.source, Reference.parse(other)), CopyOptions())
-            app = make_app(db, max_connections=1)
-            async with app.open_async():
-                (queued,) = await defer_each(app, [left])
+            assert await jobqueue.record(db, f"{dest}:a", ok, app) == 2
+            info = await db.get_job(other)
+            assert info is not None
+            assert info.state == "done", info
+            assert info.result is not None
+            assert info.result["entries"][0]["digests"] == {f"{dest}:a": digest}
+            info = await db.get_job(job_id)
+            assert info is not None
+            assert info.result is not None
+            assert [e["status"] for e in info.result["entries"]] == ["running", "pending", "failed"]
+
+            assert await jobqueue.record(db, f"{dest}:b", ok, app) == 1  # entry 1 admitted
+            assert _query(pg_url, status_of.format(f"{dest}:c")) == [("todo",)]
+            assert await jobqueue.record(db, f"{dest}:c", bad, app) == 1
+            info = await db.get_job(job_id)
+            assert info is not None
+            assert info.result is not None
+            assert (info.state, info.error) == ("failed", "2 of 3 entries failed")
+            entries = info.result["entries"]
+            assert [(e["status"], e["images"], e["bytes"]) for e in entries] == [
+                ("copied", 2, 14),
+                ("failed", 1, 0),
+                ("failed", 0, 0),
+            ]
+            assert entries[1]["error"] == "boom"
+            assert info.progress == {"done": 3, "total": 3, "bytes": 14}
+            assert info.finished_at is not None
+            assert await jobqueue.record(db, f"{dest}:c", ok, app) == 0  # retried: no change
+            assert (await db.get_job(job_id)) == info
+
+            # Cancelled: its deferred copy is cancelled, its entries too.
+            gone = await db.create_job({"mirrors": []})
+            await queue.hand_over(gone, 5, {0: [_copy(f"{dest}:d")]}, [_pending(0)])
+            assert await queue.cancel(gone) is True
+            assert _query(pg_url, status_of.format(f"{dest}:d")) == [("cancelled",)]
+            info = await db.get_job(gone)
+            assert info is not None
+            assert info.result is not None
+            assert (info.state, info.error) == ("cancelled", "cancelled")
+            assert info.result["entries"][0]["error"] == "cancelled before the copy finished"
+            assert await queue.cancel(gone) is False
+
+            # A job a killed serve left not running (interrupted) with a copy queued.
+            left = await db.create_job({"mirrors": []})
+            await queue.hand_over(left, 5, {0: [_copy(f"{dest}:e")]}, [_pending(0)])
+            assert await queue.held() == {left}
+            await db.update_job(left, state="interrupted")
+            # A job whose serve stopped before deferring its first copies.
+            stalled = await db.create_job({"mirrors": []})
+            await queue.hand_over(stalled, 5, {0: [_copy(f"{dest}:f")]}, [_pending(0)])
             _query(
                 pg_url,
-                "INSERT INTO ocimirror_job_copies (flight, dest_ref, queue_job, done)"
-                f" VALUES ('gone', '{other}', {queued}, false) RETURNING id",
+                f"DELETE FROM procrastinate_jobs WHERE args->>'destination' = '{dest}:f' RETURNING 1",
+            )
+            _query(
+                pg_url,
+                "UPDATE ocimirror_job_images SET deferred = false, queue_job = NULL"
+                f" WHERE dest_ref = '{dest}:f' RETURNING 1",
             )
         finally:
+            await app.close_async()
             await queue.close()
         assert await JobQueue(db).start() == 1
-        status = f"SELECT status FROM procrastinate_jobs WHERE id = {queued}"
-        assert _query(pg_url, status) == [("cancelled",)]
-        assert _query(pg_url, "SELECT count(*) FROM ocimirror_job_copies") == [(0,)]
+        assert _query(pg_url, status_of.format(f"{dest}:e")) == [("cancelled",)]
+        assert _query(pg_url, status_of.format(f"{dest}:f")) == [("todo",)]
+        assert _query(pg_url, "SELECT job_id FROM ocimirror_queued_jobs") == [(stalled,)]
+
+
+async def test_queue_schema_upgrades_apply_the_shipped_migrations_in_order(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """procrastinate's schema, made by an older version, gets the migrations between that
+    version and the library's, in order, in one transaction (a failing one leaves the
+    schema as it was); a schema of a newer procrastinate is refused in one line."""
+    import procrastinate
+
+    version = "SELECT procrastinate FROM ocimirror_queue_schema"
+    async with StateDB(pg_url) as db:
+        assert await ensure_schema(db) == []
+        assert _query(pg_url, version) == [(procrastinate.__version__,)]
+
+        folder = tmp_path / "migrations"
+        folder.mkdir()
+        for name, sql in {
+            "03.10.00_01_pre_old.sql": "CREATE TABLE m_old (n int)",
+            "03.11.00_50_post_b.sql": "INSERT INTO m_a VALUES (2)",
+            "03.11.00_01_pre_a.sql": "CREATE TABLE m_a (n int); INSERT INTO m_a VALUES (1)",
+            "03.12.00_01_pre_c.sql": "INSERT INTO m_a VALUES (3)",
+            "03.13.00_01_pre_future.sql": "CREATE TABLE m_future (n int); SELECT 1/0",
+            "README.md": "not a migration",
+        }.items():
+            (folder / name).write_text(sql)
+        _query(pg_url, "UPDATE ocimirror_queue_schema SET procrastinate = '3.10.0' RETURNING 1")
+
+        applied = await ensure_schema(db, library="3.12.0", migrations=folder)
+        assert applied == [
+            "03.11.00_01_pre_a.sql",
+            "03.11.00_50_post_b.sql",
+            "03.12.00_01_pre_c.sql",
+        ]
+        assert _query(pg_url, "SELECT n FROM m_a ORDER BY n") == [(1,), (2,), (3,)]
+        assert _query(pg_url, "SELECT to_regclass('m_old') IS NULL") == [(True,)]
+        assert _query(pg_url, version) == [("3.12.0",)]
+        assert await ensure_schema(db, library="3.12.0", migrations=folder) == []
+
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await ensure_schema(db, library="3.13.0", migrations=folder)
+        assert _query(pg_url, "SELECT to_regclass('m_future') IS NULL") == [(True,)]
+        assert _query(pg_url, version) == [("3.12.0",)]
+
+        with pytest.raises(ConfigError, match=r"procrastinate 3\.12\.0, newer than .* 3\.11\.0"):
+            await ensure_schema(db, library="3.11.0", migrations=folder)
+
+
+async def test_finished_copy_jobs_and_an_old_passs_ledger_are_pruned(pg_url: str) -> None:
+    """A worker's prune deletes the copy jobs that ended longer than `keep_history` ago
+    (not those to do) and the ledger copies of passes finished as long ago; the state's
+    prune takes the pass's run, with its ledger row."""
+    day = timedelta(days=1)
+    jobs = [
+        CopyJob.of(
+            CopyTask(
+                Reference.parse(f"127.0.0.1:5001/lib/app:{i}"),
+                Reference.parse(f"127.0.0.1:5000/mirror/app:{i}"),
+            ),
+            CopyOptions(),
+        )
+        for i in range(3)
+    ]
+    async with StateDB(pg_url) as db:
+        await ensure_schema(db)
+        old = await db.start_run("m", "cli", started_at=utc_now() - 60 * day)
+        dest = str(jobs[0].destination)
+        copy = QueuedCopy("m", "127.0.0.1:5000/mirror/app", jobs[0].source, dest, "new")
+        await ledger.queue_pass(db, old, "m", [copy], PlannerCounts())
+        digest = "sha256:" + "c" * 64
+        result = ImageResult(jobs[0].source, dest, source_digest=digest, destination_digest=digest)
+        assert await ledger.record_copy(db, dest, result) == [old]
+        latest = await db.start_run("m", "cli")  # the last run, and the last success
+        await db.finish_run(latest, "ok", copied=0, unchanged=1, failed=0, skipped=0, bytes=0)
+
+        app = make_app(db, max_connections=1)
+        async with app.open_async():
+            ids = await defer_each(app, jobs)
+        for job_id, status in ((ids[0], "succeeded"), (ids[1], "cancelled")):
+            update = f"UPDATE procrastinate_jobs SET status = '{status}' WHERE id = {job_id}"
+            _query(pg_url, update + " RETURNING 1")
+        assert await prune_queue(db, day) == QueuePruned()  # all ended just now
+        later = utc_now() + 2 * day
+        assert await prune_queue(db, day, now=later, batch=1) == QueuePruned(jobs=2, copies=1)
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_copies") == [(0,)]
+        assert _query(pg_url, "SELECT id, status FROM procrastinate_jobs") == [(ids[2], "todo")]
+        assert _query(pg_url, "SELECT DISTINCT job_id FROM procrastinate_events") == [(ids[2],)]
+
+        _query(
+            pg_url,
+            f"UPDATE runs SET finished_at = now() - interval '59 days' WHERE id = {old} RETURNING 1",
+        )
+        pruned = await prune(db, 30 * day)
+        assert (pruned.runs, pruned.tasks) == (1, 1)
+        assert _query(pg_url, "SELECT count(*) FROM ocimirror_queued_runs") == [(0,)]
+        assert _query(pg_url, "SELECT id FROM runs") == [(latest,)]

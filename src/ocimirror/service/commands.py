@@ -284,6 +284,7 @@ async def _serve(
     from ..settings.connection import bucket_settings, keychain_for
     from ..state.connection import default_url
     from ..state.db import StateDB
+    from ..state.retention import pruning
     from ..stores.pool import StorePool
     from ..webserver import AppRunner
     from ..workers.jobqueue import JobQueue
@@ -393,10 +394,15 @@ async def _serve(
                 else None
             )
             service.ready = True
-            await stop.wait()
-            log.info("stopping: no new requests; running jobs are marked interrupted")
+            # The history older than keep_history goes, now and every hour.
+            async with pruning(state, cfg.history_limit):
+                await stop.wait()
+            log.info(
+                "stopping: no new requests; running jobs are marked interrupted"
+                + (" (those handed to the workers go on)" if queue is not None else "")
+            )
             service.ready = False
-            await jobs.close()  # running jobs stop now and are marked interrupted
+            await jobs.close()  # running jobs stop now (handed-over ones go on)
             await runner.cleanup()
             code = 0
             if daemon_task is not None:

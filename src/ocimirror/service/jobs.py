@@ -23,9 +23,12 @@ copies only it was waiting for; since a tag is always written last, nothing half
 is left. Jobs still queued or running when the process stopped are marked `interrupted`
 by `start()`, and `close()` interrupts the jobs it stops.
 
-With a `queue` (`execution: workers`), each copy is planned here and its images are
-copied by queue workers (`workers.jobqueue`); cancelling aborts them on whichever worker
-holds them, and the cancel returns once none of them runs.
+With a `queue` (`execution: workers`), every entry is planned here and the job is then
+handed to the queue workers (`workers.jobqueue`), which copy its images, `parallelism`
+entries at a time, and finish it: the worker recording its last copy writes its end, as
+this module would. A handed-over job survives this process stopping (it is not
+interrupted); it is read back from the database. Cancelling it (from any `serve`) aborts
+its copies on whichever worker holds them, and returns once none of them runs.
 
 Only queued and running jobs are held in memory: a finished job is read back from the
 database (its final write is awaited before it is let go), so memory does not grow with
@@ -67,8 +70,16 @@ from ..transfer.engine import Side, Stores
 from ..workers.jobqueue import JobQueue
 from .entries import FlightKey, Outcome, Plan, apply_outcome, plan_entry, referrers_of, selection_of
 from .flights import Credit, Flight, Router, SharedCopier
-from .jobstate import BAD_STATES, CANCELLED_ERROR, Job, StopState, stored_view, to_db
+from .jobstate import (
+    BAD_STATES,
+    CANCELLED_ERROR,
+    Job,
+    StopState,
+    stored_view,
+    to_db,
+)
 from .models import EntryError, JobState, JobView, MirrorRequest, MirrorResponse
+from .queued import plan_all, refresh
 
 log = structlog.get_logger(__name__)
 
@@ -138,9 +149,13 @@ class JobManager:
     async def start(self) -> int:
         """Mark jobs a previous process left queued or running as interrupted; count them.
 
-        With a queue, the copies those jobs left on it are aborted.
+        With a queue, the jobs handed to the workers go on (they finish them), and copies
+        left on the queue for jobs no longer running are aborted.
         """
-        stale = await self.state.interrupt_jobs(keep=list(self._jobs))
+        held: set[str] = set()
+        if self.queue is not None:  # handed to the workers: they finish them
+            held = await self.queue.held()
+        stale = await self.state.interrupt_jobs(keep=[*self._jobs, *held])
         if stale:
             log.info("interrupted jobs of a previous process", jobs=stale)
         if self.queue is not None:  # and their copies still on the queue
@@ -213,6 +228,8 @@ class JobManager:
     async def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job and wait until it stopped; False if it is not."""
         job = self._jobs.get(job_id)
+        if job is None and self.queue is not None:  # perhaps handed over by another serve
+            return await self.queue.cancel(job_id, stop_timeout=STOP_TIMEOUT)
         if job is None or job.finished or job.stop_as is not None:
             return False
         await self._stop(job, "cancelled")
@@ -258,6 +275,9 @@ class JobManager:
 
     async def _run(self, job: Job) -> None:
         """Run a job's entries, `workers` at a time, and record how it ended."""
+        if self.queue is not None:
+            await self._run_queued(job, self.queue)
+            return
         try:
             job.state = "running"
             job.started_at = _now()
@@ -409,7 +429,7 @@ class JobManager:
             if first:
                 task.cancel()
             await asyncio.wait({task}, timeout=STOP_TIMEOUT)
-        if not job.finished:  # cancelled before it ever ran
+        if not job.finished and not job.handed:  # cancelled before it ever ran
             job.settle(job.stop_as or how)
             await self._finish(job, job.stop_as or how)
 
@@ -446,21 +466,16 @@ class JobManager:
                 )
                 self._count_failure()
                 return Outcome.failed(failed.public_error or scrub(failed.error))
-            if self.queue is not None:
-                results = await self.queue.copy(
-                    planned.tasks, copy_options, stop_timeout=STOP_TIMEOUT
-                )
-            else:
-                # The first copy to a repository lists it; later ones share what it learnt.
-                every = options.all_tags and shared.users == 1
-                results = await engine.execute(
-                    planned.tasks,
-                    stores=self._stores,
-                    copier=shared.copier,
-                    listing="all" if every else "none",
-                    watcher=Credit(shared.router, flight),
-                    shared=True,
-                )
+            # The first copy to a repository lists it; later ones share what it learnt.
+            every = options.all_tags and shared.users == 1
+            results = await engine.execute(
+                planned.tasks,
+                stores=self._stores,
+                copier=shared.copier,
+                listing="all" if every else "none",
+                watcher=Credit(shared.router, flight),
+                shared=True,
+            )
             for r in results:
                 if r.status == "failed":  # the detail stays here; the API shows `_public`
                     log.warning(
@@ -486,6 +501,67 @@ class JobManager:
                 shared.copier.cancel()  # stop transfers a cancelled copy left behind
                 if self._copiers.get(key) is shared:
                     del self._copiers[key]
+
+    # -- on the queue (execution: workers) ---------------------------------------------
+
+    async def _run_queued(self, job: Job, queue: JobQueue) -> None:
+        """Plan every entry here, hand the job to the workers, and await their finishing it.
+
+        Once handed over the job is the workers': a `serve` stopping lets it go on (it is
+        not interrupted), and a cancel marks it cancelled and aborts its copies.
+        """
+        hand: asyncio.Task[None] | None = None
+        try:
+            job.state = "running"
+            job.started_at = _now()
+            await self._save(job)
+            copies = await plan_all(job, self._stores)
+            for entry in job.entries:
+                if entry.status == "failed":
+                    self._count_failure()
+            if not copies:  # nothing to copy: decided here
+                bad = any(e.status in BAD_STATES for e in job.entries)
+                await self._finish(job, "failed" if bad else "succeeded")
+                return
+            entries = [e.model_dump(mode="json") for e in job.view().entries]
+            async with job.lock:  # after any write of ours still going
+                hand = asyncio.create_task(
+                    queue.hand_over(job.id, job.request.workers, copies, entries)
+                )
+                job.handed = True
+                await asyncio.shield(hand)
+            info = await queue.wait(job.id, on_look=lambda i: refresh(job, i))
+            refresh(job, info)
+            self._release(job)
+        except asyncio.CancelledError:
+            if not job.handed:  # still planning: as in-process
+                how: StopState = job.stop_as or "interrupted"
+                job.settle(how)
+                await self._finish(job, how)
+            else:
+                if hand is not None:
+                    await asyncio.wait({hand})
+                if job.stop_as == "cancelled":
+                    await queue.cancel(job.id, stop_timeout=STOP_TIMEOUT)
+                    info_ = await self.state.get_job(job.id)
+                    if info_ is not None:
+                        refresh(job, info_)
+                self._release(job)  # interrupted: the workers finish it
+            if job.stop_as is None:
+                raise
+        except Exception as e:  # the hand-over failed: the job fails here
+            log.exception("could not hand the job to the queue", job=job.id)
+            job.handed = False
+            for entry in job.entries:
+                if entry.status in ("pending", "running"):
+                    apply_outcome(entry, Outcome.failed(public_message(e)))
+            await self._finish(job, "failed")
+
+    def _release(self, job: Job) -> None:
+        """Let a handed-over job go: the database answers for it from now on."""
+        self._jobs.pop(job.id, None)
+        job.done.set()
+        log.info("job let go", job=job.id, state=job.state)
 
     def _host_options(self, ref: Reference) -> HostOptions | None:
         """The config's settings for a registry host, under the address policy."""

@@ -79,6 +79,8 @@ class Job:
         self.orphans: set[asyncio.Task[Outcome]] = set()  # copies it cancelled
         self.task: asyncio.Task[None] | None = None
         self.stop_as: StopState | None = None
+        #: Handed to the queue workers (`execution: workers`): they finish it.
+        self.handed = False
         self.done = asyncio.Event()
         self.lock = asyncio.Lock()  # orders the job's database writes
         self.pending_write: asyncio.Task[None] | None = None  # one not yet begun

@@ -329,6 +329,9 @@ class Config(_Model):
     #: `ocimirror worker` processes taking them from a procrastinate queue.
     execution: Literal["in-process", "workers"] = "in-process"
     max_errors: int = Field(default=0, ge=0)
+    #: How long the state database keeps finished runs (with their per-image results) and
+    #: finished jobs; each mirror's latest run and latest successful run stay. 0: forever.
+    keep_history: str | int = "30d"
     #: What `max_errors` counts: failed passes in a row, or mirrors failing at once
     #: (docker-sync's way: each image that failed in the latest round counts one).
     max_errors_counts: Literal["passes", "mirrors"] = "passes"
@@ -339,6 +342,22 @@ class Config(_Model):
     buckets: dict[str, Bucket] = {}
     defaults: MirrorSettings = MirrorSettings()
     mirrors: list[Mirror] = []
+
+    @field_validator("keep_history")
+    @classmethod
+    def _keep_history(cls, v: str | int) -> str | int:
+        from .durations import parse_interval
+
+        parse_interval(v)
+        return v
+
+    @property
+    def history_limit(self) -> timedelta | None:
+        """How long finished runs and jobs are kept (`keep_history`); None: forever."""
+        from .durations import parse_interval
+
+        keep = parse_interval(self.keep_history)
+        return keep or None
 
     @field_validator("registries")
     @classmethod

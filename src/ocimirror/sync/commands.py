@@ -288,15 +288,19 @@ def sync(
     mode: Mode = "dry-run" if dry_run else "missing-only" if missing_only else "all"
 
     async def go() -> list[MirrorPass]:
+        from ..state.retention import prune_logged
         from .runner import sync_pass
 
         trust = trust_state or None
         if url is None or no_state:
             return await sync_pass(cfg, state=None, mode=mode, mirrors=mirror)
         async with StateDB(url) as db:
-            return await sync_pass(
+            passes = await sync_pass(
                 cfg, state=db, mode=mode, mirrors=mirror, trust_state=trust, verify=verify
             )
+            if mode != "dry-run":  # the history older than keep_history goes
+                await prune_logged(db, cfg.history_limit)
+            return passes
 
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -37,6 +37,7 @@ from ..settings.durations import parse_interval
 from ..settings.schedule import schedule_of
 from ..state.connection import default_url
 from ..state.db import StateDB
+from ..state.retention import pruning
 from ..stores.pool import StorePool
 from ..workers.schema import require_postgres
 from .runner import Trigger, held_by_workers, sync_pass
@@ -182,8 +183,9 @@ class Daemon:
                 if every is not None and metrics_server:
                     printer = asyncio.create_task(self._print_metrics(every))
                     stack.push_async_callback(self._stop_printing, printer)
-                if state is None:
+                if state is None:  # its own (serve, embedding it, prunes its own)
                     state = await stack.enter_async_context(StateDB(url))
+                    await stack.enter_async_context(pruning(state, self.config.history_limit))
                 if self.config.execution == "workers":
                     require_postgres(state)
                 held = await held_by_workers(self.config, state)

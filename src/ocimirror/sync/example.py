@@ -7,6 +7,8 @@ version: 1
 # Where runs and mirrored digests are remembered. Default: a SQLite file next to this
 # config (NAME.state.db). PostgreSQL: postgresql://user@host/db
 # state: sqlite:///var/lib/ocimirror/state.db
+# keep_history: 30d    # finished runs and jobs older than this are pruned (0: never);
+#                      # each mirror's last run and last successful run always stay
 
 concurrency: 16        # images copied at once
 max_errors: 0          # `ocimirror run` stops after N failed passes in a row (0: never)

@@ -2,9 +2,10 @@
 
 Each job is one image copy, made by the engine's `copy_one` with the config's settings
 for each registry host (as a sync pass opens them), then recorded in the state database
-by `ledger.record_copy`, which finishes a pass whose last copy this was. Copies to one
-destination repository with the same options share a `Copier` while any runs (a blob two
-of them need moves once), as in the jobs API.
+by `ledger.record_copy`, which finishes a pass whose last copy this was, and by
+`jobqueue.record`, which settles (and finishes) the jobs of the jobs API awaiting it.
+Copies to one destination repository with the same options share a `Copier` while any
+runs (a blob two of them need moves once), as in the jobs API.
 
 A worker beats its heart into procrastinate's workers table every `heartbeat` seconds.
 Every worker also looks, every `heartbeat`, for copies held by a worker whose heartbeat
@@ -31,7 +32,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -42,6 +43,7 @@ from ..ratelimit import HostLimiter
 from ..reference import Reference
 from ..settings.config import Config
 from ..settings.connection import host_options, pool_for
+from ..state import retention
 from ..state.db import StateDB
 from ..stores.schemes import scheme_for
 from ..transfer import engine
@@ -49,6 +51,7 @@ from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from . import jobqueue, ledger, status
 from .hostlimits import PgHostLimits
+from .prune import prune_queue
 from .queue import COPY_TASK, CopyJob, make_app
 from .schema import ensure_schema, procrastinate_url
 
@@ -96,6 +99,8 @@ class CopyRunner:
     stores: Stores
     image_concurrency: int = 16
     stats: WorkerStats = field(default_factory=WorkerStats)
+    #: The queue this runner's copies come from: it defers the next entries of a job.
+    app: App | None = None
     _copiers: dict[tuple[str, str, CopyOptions, str], _Shared] = field(default_factory=dict)
     _policed: dict[str, Stores] = field(default_factory=dict)
 
@@ -155,7 +160,7 @@ class CopyRunner:
     async def record(self, job: CopyJob, result: ImageResult) -> None:
         """Record a copy for every pass and job awaiting its destination."""
         closed = await ledger.record_copy(self.state, job.destination, result)
-        await jobqueue.record(self.state, job.destination, result)
+        await jobqueue.record(self.state, job.destination, result, self.app)
         for run_id in closed:
             log.info("pass finished by this worker", run=run_id)
 
@@ -178,6 +183,7 @@ def _host_options(config: Config, ref: Reference) -> HostOptions | None:
 
 def register(app: App, runner: CopyRunner) -> None:
     """Register the copy task on `app`, run by `runner`."""
+    runner.app = app
 
     from procrastinate import RetryStrategy
     from procrastinate.job_context import AbortReason
@@ -217,14 +223,21 @@ async def _heartbeat_loop(
     every: float,
     stalled_after: float,
     worker_id: Callable[[], int | None],
+    keep: timedelta | None = None,
 ) -> None:
     """At every heartbeat: say what this worker does, and retry stalled workers' copies.
+
+    Every `retention.EVERY` seconds (and at the first beat) it also deletes the copy jobs
+    procrastinate finished longer than `keep` ago, and the ledger copies of passes
+    finished as long ago (`keep_history`; None: never).
 
     It also beats procrastinate's own heartbeat of this worker (`worker_id`): procrastinate
     stops its own as soon as the worker is asked to stop, and copies finishing within the
     grace would otherwise look stalled to the other workers, which would run them again.
     """
     started = datetime.now(UTC)
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time()
     while True:
         try:
             queue_id = worker_id()
@@ -240,8 +253,13 @@ async def _heartbeat_loop(
                 failed=stats.failed,
             )
             stats.recovered += await recover_stalled(app, stalled_after)
+            if keep is not None and loop.time() >= next_prune:
+                next_prune = loop.time() + retention.EVERY
+                pruned = await prune_queue(state, keep)
+                if pruned.jobs or pruned.copies:
+                    log.info("queue pruned", jobs=pruned.jobs, ledger_copies=pruned.copies)
         except Exception:  # the database may be restarting: look again next time
-            log.exception("could not record the heartbeat or look for stalled copies")
+            log.exception("could not record the heartbeat, look for stalled copies or prune")
         await asyncio.sleep(every)
 
 
@@ -298,6 +316,7 @@ async def run_worker(
                         heartbeat,
                         stalled_after,
                         lambda: queue_worker.worker_id,
+                        config.history_limit,
                     )
                 )
                 loop = asyncio.get_running_loop()
