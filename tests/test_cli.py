@@ -37,7 +37,10 @@ HEAVY = frozenset({"aiohttp", "asyncio", "sqlalchemy", "structlog", "yaml", "obs
 def loaded_after(entry: str, *args: str) -> set[str]:
     """The top-level packages a fresh interpreter has loaded after `ocimirror ARGS` ran."""
     probe = (
-        "import contextlib, io, json, sys\n"
+        "import contextlib, io, json, os, sys\n"
+        "def no_exit(code):\n"
+        "    raise SystemExit(code)\n"
+        "os._exit = no_exit  # the console script ends with os._exit: go on to report\n"
         f"sys.argv = ['ocimirror', *{list(args)!r}]\n"
         f"from {entry} import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
