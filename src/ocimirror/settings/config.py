@@ -27,7 +27,7 @@ from .registries import Bucket, Registry
 from .secrets import Secret, coerce_secret
 
 if TYPE_CHECKING:
-    from ..transfer.referrers import ReferrerOptions
+    from ..transfer.referreroptions import ReferrerOptions
 
 #: `${NAME}` or `${NAME:-default}` in a secret or any string value.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -105,7 +105,7 @@ class Referrers(_Model):
 
     def options(self) -> ReferrerOptions:
         """Return the ReferrerOptions these settings describe."""
-        from ..transfer.referrers import ReferrerOptions
+        from ..transfer.referreroptions import ReferrerOptions
         from .durations import parse_interval
 
         try:
