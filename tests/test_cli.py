@@ -91,8 +91,9 @@ def test_the_probe_sees_what_a_command_imports() -> None:
 
 
 #: What `ocimirror status` has no use for on a database already at the newest schema: the
-#: migrations, an HTTP client, the logging set-up, the dialect of another database.
-NOT_FOR_STATUS = ("alembic", "aiohttp", "structlog", "sqlalchemy.dialects.postgresql")
+#: migrations, an HTTP client, the logging set-up, the dialect of another database, and
+#: (for a mirror with no cron schedule) the cron library.
+NOT_FOR_STATUS = ("alembic", "aiohttp", "structlog", "sqlalchemy.dialects.postgresql", "croniter")
 
 
 def test_status_on_an_up_to_date_database_imports_no_migrations(tmp_path: Path) -> None:
