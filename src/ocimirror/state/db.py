@@ -124,7 +124,8 @@ def _synced_upsert(dialect_name: str) -> Insert:
     """Return the INSERT ... ON CONFLICT DO UPDATE of `synced` for this dialect.
 
     Each dialect's module is imported here, for the database in use: importing
-    PostgreSQL's (a fifth of a second) cost every start on SQLite, `status` included.
+    PostgreSQL's (0.1 s of CPU at a loaded start) cost every start on SQLite, `status`
+    included.
     """
     if dialect_name == "sqlite":
         from sqlalchemy.dialects import sqlite
