@@ -36,6 +36,11 @@ HEAVY = frozenset({"aiohttp", "asyncio", "sqlalchemy", "structlog", "yaml", "obs
 
 def loaded_after(entry: str, *args: str) -> set[str]:
     """The top-level packages a fresh interpreter has loaded after `ocimirror ARGS` ran."""
+    return {m.partition(".")[0] for m in modules_after(entry, *args)}
+
+
+def modules_after(entry: str, *args: str, cwd: Path | None = None) -> set[str]:
+    """Every module a fresh interpreter has loaded after `ocimirror ARGS` ran."""
     probe = (
         "import contextlib, io, json, os, sys\n"
         "def no_exit(code):\n"
@@ -45,10 +50,15 @@ def loaded_after(entry: str, *args: str) -> set[str]:
         f"from {entry} import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main()\n"
-        "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules})))\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=cwd,
     )
     return set(json.loads(done.stdout.splitlines()[-1]))
 
@@ -82,6 +92,40 @@ def test_help_and_version_import_nothing_heavy(args: list[str]) -> None:
 def test_the_probe_sees_what_a_command_imports() -> None:
     """The check above can fail: a command that reads the config loads pydantic and yaml."""
     assert {"pydantic", "yaml"} <= loaded_after("ocimirror.cli", "config", "schema")
+
+
+#: What `ocimirror status` has no use for on a database already at the newest schema: the
+#: migrations, an HTTP client, the logging set-up, the dialect of another database, and
+#: (for a mirror with no cron schedule) the cron library.
+NOT_FOR_STATUS = ("alembic", "aiohttp", "structlog", "sqlalchemy.dialects.postgresql", "croniter")
+
+
+def test_status_on_an_up_to_date_database_imports_no_migrations(tmp_path: Path) -> None:
+    """`status` reads the config and two queries' worth of the state database, nothing more.
+
+    On a database written by an older ocimirror (here: none yet) the same command does
+    load Alembic to migrate it, so the check can fail.
+    """
+    config = tmp_path / "mirrors.yaml"
+    config.write_text(
+        "mirrors:\n"
+        "  - name: m\n"
+        "    source: 127.0.0.1:9/src/a\n"
+        "    targets: [127.0.0.1:9/dst]\n"
+        "    schedule: 0\n"
+    )
+    first = modules_after("ocimirror.__main__", "status", "-c", str(config))
+    assert (tmp_path / "mirrors.state.db").exists()
+    assert "alembic" in first  # the database was created, by migrating it to the head
+    loaded = modules_after("ocimirror.__main__", "status", "-c", str(config))
+    assert "ocimirror.state.connection" in loaded
+    assert "sqlalchemy" in loaded
+    unneeded = {m for m in loaded for n in NOT_FOR_STATUS if m == n or m.startswith(f"{n}.")}
+    assert not unneeded
+    out = ocimirror("status", "-c", str(config))
+    assert out.returncode == 0, out.stderr
+    assert "never" in out.stdout
+    assert "on demand" in out.stdout
 
 
 def test_version_is_answered_without_typer() -> None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from typing import TYPE_CHECKING
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 
 class OcimirrorError(Exception):
@@ -151,6 +153,8 @@ def is_retryable(exc: BaseException) -> bool:
     """
     if isinstance(exc, RateLimited) or is_corrupt_transfer(exc):
         return True
+    import aiohttp  # here, not at the top: `status` and `--help` need no HTTP client
+
     if isinstance(exc, AuthError | aiohttp.ClientConnectorCertificateError):
         return False  # a refused credential or an untrusted certificate will not change
     if isinstance(exc, aiohttp.ClientConnectorDNSError) and _no_such_name(exc):
@@ -233,6 +237,8 @@ def public_message(exc: BaseException) -> str:
         return " ".join(str(exc).split())  # ours, whole: what was refused and how to allow it
     if isinstance(exc, OcimirrorError):
         return scrub(str(exc) or type(exc).__name__)
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientError | OSError | asyncio.TimeoutError):
         return "a registry could not be reached"
     return "internal error (the server log has the details)"

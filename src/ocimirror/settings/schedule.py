@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from croniter import CroniterBadDateError, CroniterError, croniter
-
 from .durations import MAX_INTERVAL, format_interval, parse_interval
 
 if TYPE_CHECKING:
@@ -62,6 +60,10 @@ def _check_cron(expr: str) -> str:
             f"invalid cron expression {expr!r}: expected 5 fields ({_CRON_FIELDS}), "
             f"got {len(fields)}"
         )
+    # croniter is imported for cron schedules only: `status` and a daemon of interval
+    # schedules need none of it (0.04 s of CPU at a loaded start, with dateutil).
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
     try:
         croniter(s, _CRON_CHECK_FROM, ret_type=datetime).get_next()
     except CroniterBadDateError:
@@ -159,6 +161,8 @@ class Schedule:
         if self.once:
             return now
         if self.cron is not None:
+            from croniter import CroniterError, croniter
+
             base = now if last is None else max(now, last)
             try:
                 slot = croniter(self.cron, base, ret_type=datetime).get_next()

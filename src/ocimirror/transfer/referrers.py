@@ -16,7 +16,6 @@ the copying; `merged_fallback` builds the index written at a destination without
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,84 +24,23 @@ import structlog
 
 from .. import digest as digests
 from .. import mediatypes as mt
-from ..errors import ConfigError, ManifestError, NotFound
+from ..errors import ManifestError, NotFound
 from ..manifest import Descriptor, Manifest, parse
 from ..store import Store
-
-log = structlog.get_logger(__name__)
-
-#: The artifactTypes that count as a signature for `require_signed`.
-SIGNATURE_TYPES = frozenset(
-    {
-        "application/vnd.dev.cosign.artifact.sig.v1+json",
-        "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "application/vnd.cncf.notary.signature",
-    }
+from .referreroptions import (
+    COSIGN_SUFFIXES,
+    NO_REFERRERS,
+    SIGNATURE_TYPES,
+    ReferrerOptions,
+    is_referrer_tag,
 )
 
-#: cosign's tag suffixes and the artifactType the filters see for each.
-COSIGN_SUFFIXES: dict[str, str] = {
-    "sig": "application/vnd.dev.cosign.artifact.sig.v1+json",
-    "att": "application/vnd.dev.cosign.artifact.att.v1+json",
-    "sbom": "application/vnd.dev.cosign.artifact.sbom.v1+json",
-}
+log = structlog.get_logger(__name__)
 
 #: How deep referrers of referrers are followed (an image's signature's signature...).
 MAX_DEPTH = 4
 
 Via = Literal["api", "tag", "cosign"]
-
-
-@dataclass(frozen=True)
-class ReferrerOptions:
-    """What to do about referrers; every face builds one of these (on by default).
-
-    `include`/`exclude` are artifactType globs (`application/vnd.dev.cosign.*`); an
-    excluded type is neither copied nor followed. `require_signed` skips an image that has
-    no signature (`SIGNATURE_TYPES`, or a cosign `.sig` tag). Unchanged images are checked
-    again on every pass, except tags a sync mirror declares immutable (`check_immutable`
-    to include them) and, where a state database remembers the last pass, within
-    `check_interval` seconds of it.
-    """
-
-    enabled: bool = True
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    require_signed: bool = False
-    check_immutable: bool = False
-    check_interval: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("include", "exclude"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                raise ConfigError(f"referrers {name} must be a list of globs, not {value!r}")
-            items = tuple(value)
-            for item in items:
-                if not isinstance(item, str) or not item:
-                    raise ConfigError(f"referrers {name}: {item!r} is not an artifactType glob")
-            object.__setattr__(self, name, items)
-        if self.check_interval is not None and not self.check_interval >= 0:
-            raise ConfigError(f"referrers check_interval must be >= 0, not {self.check_interval}")
-        if self.require_signed and not self.enabled:
-            raise ConfigError("require_signed needs referrers enabled (drop --no-referrers)")
-
-    def wants(self, artifact_type: str) -> bool:
-        """Tell whether referrers of this artifactType are copied."""
-        if self.include and not any(fnmatch.fnmatchcase(artifact_type, p) for p in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(artifact_type, p) for p in self.exclude)
-
-    @property
-    def server_filter(self) -> str | None:
-        """The one artifactType the referrers API may filter on, when the filters allow."""
-        if self.require_signed or len(self.include) != 1 or self.exclude:
-            return None
-        pattern = self.include[0]
-        return None if any(c in pattern for c in "*?[") else pattern
-
-
-NO_REFERRERS = ReferrerOptions(enabled=False)
 
 
 def fallback_tag(digest: str) -> str:
@@ -113,17 +51,6 @@ def fallback_tag(digest: str) -> str:
 def cosign_tag(digest: str, suffix: str) -> str:
     """cosign's tag for a signature/attestation/SBOM of `digest` (`sha256-<hex>.sig`)."""
     return f"{fallback_tag(digest)}.{suffix}"
-
-
-def is_referrer_tag(tag: str) -> bool:
-    """Tell whether a tag is a fallback index or a cosign tag, never an image of its own."""
-    alg, _, rest = tag.partition("-")
-    if alg != "sha256" or len(rest) < 64:
-        return False
-    hexpart, suffix = rest[:64], rest[64:]
-    if not all(c in "0123456789abcdef" for c in hexpart):
-        return False
-    return suffix == "" or (suffix.startswith(".") and suffix[1:] in COSIGN_SUFFIXES)
 
 
 def descriptor_json(desc: Descriptor) -> dict[str, Any]:

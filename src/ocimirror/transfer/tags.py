@@ -31,7 +31,7 @@ from typing import Literal
 
 from ..errors import ConfigError
 from ..patterns import TagPattern, compile_pattern
-from .referrers import is_referrer_tag
+from .referreroptions import is_referrer_tag
 
 __all__ = ["SemverRange", "TagFilter", "Version", "natural_key", "shown", "split_listed"]
 
