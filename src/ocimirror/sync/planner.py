@@ -230,11 +230,25 @@ async def plan_mirror(
         except OcimirrorError:
             return None
 
+    opened: dict[tuple[Reference, bool], Store] = {}
+
+    async def open_store(repo: Reference, target: bool) -> Store:
+        """`store_for` once per repository and side: all its tags are in the same store."""
+        store = opened.get((repo, target))
+        if store is None:
+            store = opened[(repo, target)] = await store_for(repo, target)
+        return store
+
     async def head(store: Store, ref: Reference) -> Descriptor | None:
         async with sem:
             return await store.head_manifest(ref.repository, ref.ref)
 
-    async def one(src: Reference, dst: Reference, present: frozenset[str] | None) -> None:
+    async def one(
+        src: Reference,
+        dst: Reference,
+        present: frozenset[str] | None,
+        repos: tuple[Reference, Reference],
+    ) -> None:
         key = str(dst)
         tag = src.tag or ""
         if tag and key in known and is_immutable(mirror, tag):
@@ -244,8 +258,8 @@ async def plan_mirror(
             )
             return
         try:
-            src_store = await store_for(src, False)
-            dst_store = await store_for(dst, True)
+            src_store = await open_store(repos[0], False)
+            dst_store = await open_store(repos[1], True)
             src_type = ""
             if src.digest:
                 src_digest = src.digest
@@ -318,7 +332,8 @@ async def plan_mirror(
             return
         targets = [(s, dst if (dst.tag or dst.digest) else _inherit(dst, s)) for s in sources]
         present = await target_tags(dst, len(targets))
-        await asyncio.gather(*(one(s, d, present) for s, d in targets))
+        repos = (src.repository_only(), dst.repository_only())
+        await asyncio.gather(*(one(s, d, present, repos) for s, d in targets))
         if mirror.purge and src in source_listing and not (dst.tag or dst.digest):
             await purges(src, dst)
 
