@@ -37,6 +37,12 @@ costs only the pass. So the resident form is measured too, beside the one-shot r
   a serve process and state database of its own, into the same destination: one
   unmeasured pass records the tags, then the measured ones.
 
+Last, the floor of the trusting pass: its 540 requests (the source's tags lists and
+manifest HEADs, the target's tags lists) sent by a bare aiohttp client (`bench/floor.py`)
+against the same registries, `--rounds` times at 8, 16, 32 and 64 in flight; the best
+median is the floor, printed with the resident trusting pass over it and skopeo over it
+(the highest ratio to skopeo any client sending these requests reaches on the machine).
+
 Wall time, peak RSS and the requests both registries answered are measured as in
 `bench/run.py` (whose helpers this reuses); after every run the destination is checked
 against the source (every tag with its digest, every manifest and blob). The bars of the
@@ -72,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from floor import Floor, floor_lines, measure_floor
 from ocimirror.testkit.images import SampleImage, derive_seed, make_image, random_layer
 from ocimirror.testkit.registry import LocalRegistry, free_port
 from ocimirror.testkit.seeding import seed_sync
@@ -785,6 +792,21 @@ def bars_table(bars: Sequence[Bar]) -> str:
     return render(header, rows, set(range(1, len(header))))
 
 
+def floor_report(floor: Floor, trust: Summary, sk: Summary) -> str:
+    """The resident trusting pass against its floor, and the best ratio to skopeo any client
+    sending the same requests could reach on this machine."""
+    best = floor.best[1]
+    lines = [
+        "floor of the trusting pass (its requests by a bare aiohttp client, same registries):",
+        *floor_lines(floor),
+        f"  resident trusting pass / floor: {trust.median_seconds / best:.2f}"
+        f" ({trust.median_seconds:.3f} s / {best:.3f} s)",
+        f"  skopeo / floor: {sk.median_seconds / best:.2f}x (the highest ratio any client"
+        f" sending these requests reaches here; bar {TRUST_SPEED_BAR['resident-trust']:g}x)",
+    ]
+    return "\n".join(lines)
+
+
 def details(runs: Sequence[SyncRun]) -> str:
     """Render the requests of every run by method and kind, for diagnosis."""
     out = []
@@ -842,6 +864,10 @@ class Collected:
     resident: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: How often a resident mirror was asked whether its pass was done.
     poll_seconds: float = 0.01
+    #: The trusting pass's requests sent by a bare aiohttp client (bench/floor.py).
+    floor: Floor | None = None
+    #: The 1-minute load average at the start, before the resident passes and at the end.
+    load: dict[str, float] = field(default_factory=dict)
 
 
 def collect(workdir: Path, args: argparse.Namespace) -> Collected:
@@ -863,6 +889,7 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
     }
     runs: list[SyncRun] = []
     resident: dict[str, dict[str, float | None]] = {}
+    load = {"start": os.getloadavg()[0]}
     try:
         for registry in (src, dst_om, dst_sk, dst_res):
             registry.start()
@@ -910,6 +937,7 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
 
         # The resident form: one serve process per variant, the cold fill (or the
         # recording pass) then the warm passes, one after another.
+        load["resident"] = os.getloadavg()[0]
         print("resident: ocimirror serve, passes triggered over its API", flush=True)
         for variant, immutable, first in (
             ("resident", False, "cold"),
@@ -929,11 +957,23 @@ def collect(workdir: Path, args: argparse.Namespace) -> Collected:
             )
             runs += passes
             resident[variant] = process
+
+        # The floor of the trusting pass: its 540 requests by a bare client, same registries.
+        print("floor: the trusting pass's requests by a bare aiohttp client", flush=True)
+        floor = measure_floor(
+            f"http://{src.host}",
+            f"http://{dst_res.host}",
+            REPO_NAMES,
+            [f"mirror/{repo}" for repo in REPO_NAMES],
+            rounds=args.rounds,
+        )
+        print("\n".join(floor_lines(floor)), flush=True)
+        load["end"] = os.getloadavg()[0]
     finally:
         for registry in (dst_res, dst_sk, dst_om, src):
             registry.stop()
     seeding = {"seconds": took, "blobs": blobs, "blob_bytes": blob_bytes}
-    return Collected(machine, baseline, seeding, runs, resident, args.poll)
+    return Collected(machine, baseline, seeding, runs, resident, args.poll, floor, load)
 
 
 def report(collected: Collected, json_path: Path | None) -> None:
@@ -976,6 +1016,11 @@ def report(collected: Collected, json_path: Path | None) -> None:
     )
     print()
     print(bars_table(bars))
+    if collected.floor is not None and "resident-trust" in by_variant:
+        print()
+        print(floor_report(collected.floor, by_variant["resident-trust"], by_variant["skopeo"]))
+    if collected.load:
+        print("1-minute load: " + ", ".join(f"{k} {v:.1f}" for k, v in collected.load.items()))
     print()
     print("requests of the median warm run, both registries, by method and kind:")
     for s in summaries:
@@ -1007,6 +1052,8 @@ def report(collected: Collected, json_path: Path | None) -> None:
             "seeding": collected.seeding,
             "resident": collected.resident,
             "poll_seconds": collected.poll_seconds,
+            "floor": asdict(collected.floor) if collected.floor is not None else None,
+            "load": collected.load,
             "runs": [asdict(r) for r in runs],
             "summaries": [asdict(s) for s in summaries],
             "bars": [asdict(b) for b in bars],
