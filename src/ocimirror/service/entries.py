@@ -16,6 +16,7 @@ from ..errors import ConfigError, OcimirrorError
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..stores.schemes import scheme_for
+from ..transfer.copy import CopyOptions
 from ..transfer.options import Selection, parse_platforms, tag_filter
 from ..transfer.outcome import Outcome, one_line
 from ..transfer.plan import destination_for
@@ -58,6 +59,15 @@ def referrers_of(options: ResolvedOptions) -> ReferrerOptions:
         include=options.referrers_include,
         exclude=options.referrers_exclude,
         require_signed=options.require_signed,
+    )
+
+
+def copy_options_of(options: ResolvedOptions) -> CopyOptions:
+    """The copy options of an entry: its platforms, foreign layers and referrers."""
+    return CopyOptions(
+        platforms=options.platforms,
+        include_foreign=options.include_foreign,
+        referrers=referrers_of(options),
     )
 
 

@@ -68,7 +68,15 @@ from ..transfer import engine
 from ..transfer.copy import Copier, CopyOptions, ImageResult
 from ..transfer.engine import Side, Stores
 from ..workers.jobqueue import JobQueue
-from .entries import FlightKey, Outcome, Plan, apply_outcome, plan_entry, referrers_of, selection_of
+from .entries import (
+    FlightKey,
+    Outcome,
+    Plan,
+    apply_outcome,
+    copy_options_of,
+    plan_entry,
+    selection_of,
+)
 from .flights import Credit, Flight, Router, SharedCopier
 from .jobstate import (
     BAD_STATES,
@@ -441,11 +449,7 @@ class JobManager:
         src, dst, options = plan.src, plan.dst, plan.options
         assert src is not None
         assert dst is not None
-        copy_options = CopyOptions(
-            platforms=options.platforms,
-            include_foreign=options.include_foreign,
-            referrers=referrers_of(options),
-        )
+        copy_options = copy_options_of(options)
         key = (dst.registry, dst.repository, copy_options)
         shared = self._copiers.get(key)
         if shared is None:

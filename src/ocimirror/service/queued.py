@@ -16,10 +16,9 @@ import structlog
 from ..errors import OcimirrorError, public_message, scrub
 from ..state.jobs import JobInfo
 from ..transfer import engine
-from ..transfer.copy import CopyOptions
 from ..transfer.engine import Stores
 from ..workers.queue import CopyJob
-from .entries import Outcome, Plan, apply_outcome, referrers_of, selection_of
+from .entries import Outcome, Plan, apply_outcome, copy_options_of, selection_of
 from .jobstate import FINAL_STATES, Job, stored_view
 
 log = structlog.get_logger(__name__)
@@ -55,11 +54,7 @@ async def plan_copies(plan: Plan, stores: Stores) -> Outcome | list[CopyJob]:
     src, dst, options = plan.src, plan.dst, plan.options
     assert src is not None
     assert dst is not None
-    copy_options = CopyOptions(
-        platforms=options.platforms,
-        include_foreign=options.include_foreign,
-        referrers=referrers_of(options),
-    )
+    copy_options = copy_options_of(options)
     try:
         planned = await engine.plan([(src, dst)], stores=stores, selection=selection_of(options))
     except OcimirrorError as e:
