@@ -352,6 +352,15 @@ async def test_run_lifecycle_last_runs_and_last_success(db: StateDB) -> None:
     assert await db.last_runs(["b"]) == {"b": last["b"]}
     assert await db.last_runs([]) == {}
     assert await db.last_successes(["a", "b", "c"]) == {"a": T0 + timedelta(minutes=1)}
+    # One statement for both (GET /api/v1/mirrors), the same answers; a shape reused.
+    both = await db.last_runs_and_successes(["a", "b", "c"])
+    assert both == (last, {"a": T0 + timedelta(minutes=1)})
+    assert await db.last_runs_and_successes(["b"]) == ({"b": last["b"]}, {})
+    assert await db.last_runs_and_successes(["a"]) == (
+        {"a": last["a"]},
+        {"a": T0 + timedelta(minutes=1)},
+    )
+    assert await db.last_runs_and_successes([]) == ({}, {})
     assert await db.recent_runs(mirrors=["a", "b", "c"]) == recent
     named = await db.recent_runs(limit=1, mirrors=["a"])
     assert {m: [r.id for r in rs] for m, rs in named.items()} == {"a": [r2]}

@@ -262,8 +262,7 @@ async def mirror_views(service: Service) -> list[MirrorView]:
     busy = daemon.busy()
     names = [m.label for m in daemon.config.mirrors]
     # Named, the configured mirrors cost an index lookup each, however many runs there are.
-    last = await service.state.last_runs(names)
-    successes = await service.state.last_successes(names)
+    last, successes = await service.state.last_runs_and_successes(names)
     views = []
     for m in daemon.config.mirrors:
         run = last.get(m.label)

@@ -10,7 +10,7 @@ recorded and read back by the next pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import func, insert, literal, select, union_all, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Insert
 
+from . import runreads
 from .connection import StateError
 from .jobs import JobsDB
 from .schema import (
@@ -311,9 +311,7 @@ class StateDB(JobsDB):
         statement, an index lookup per mirror.
         """
         if mirrors is not None:
-            rows = await self._per_mirror(
-                mirrors, lambda m: select(runs).where(runs.c.mirror == m), limit=1
-            )
+            rows = await self._per_mirror(mirrors, limit=1)
             return {row.mirror: _run_info(row) for row in rows}
         latest = select(func.max(runs.c.id).label("id")).group_by(runs.c.mirror).subquery()
         stmt = select(runs).join(latest, runs.c.id == latest.c.id).order_by(runs.c.mirror)
@@ -321,17 +319,28 @@ class StateDB(JobsDB):
             found = (await conn.execute(stmt)).all()
         return {row.mirror: _run_info(row) for row in found}
 
-    async def _per_mirror(
-        self, mirrors: Sequence[str], query: Callable[[str], Select[Any]], *, limit: int
-    ) -> list[Row[Any]]:
-        """Run `query(mirror)`, newest `limit` runs first, for each mirror in one statement."""
+    async def _per_mirror(self, mirrors: Sequence[str], *, limit: int) -> list[Row[Any]]:
+        """The newest `limit` runs of each mirror, in one statement."""
         names = list(dict.fromkeys(mirrors))
         if not names:
             return []
-        parts = [select(query(m).order_by(runs.c.id.desc()).limit(limit).subquery()) for m in names]
-        stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+        stmt = runreads.newest_runs(len(names), limit)
         async with self.engine.connect() as conn:
-            return list((await conn.execute(stmt)).all())
+            return list((await conn.execute(stmt, runreads.mirror_params(names))).all())
+
+    async def last_runs_and_successes(
+        self, mirrors: Sequence[str]
+    ) -> tuple[dict[str, RunInfo], dict[str, datetime]]:
+        """`last_runs(mirrors)` and `last_successes(mirrors)` in one statement: what a poll
+        of the mirrors' status reads, one round trip instead of two."""
+        names = list(dict.fromkeys(mirrors))
+        if not names:
+            return {}, {}
+        stmt = runreads.latest_with_success(len(names))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt, runreads.mirror_params(names))).all()
+        last = {row.mirror: _run_info(row) for row in rows}
+        return last, {row.mirror: row.last_ok for row in rows if row.last_ok is not None}
 
     async def last_success(self, mirror: str) -> datetime | None:
         """Return when the latest run of `mirror` with status ok finished, or None."""
@@ -351,15 +360,9 @@ class StateDB(JobsDB):
             names = list(dict.fromkeys(mirrors))
             if not names:
                 return {}
-            parts = [
-                select(literal(i).label("i"), func.max(runs.c.finished_at).label("at")).where(
-                    runs.c.mirror == m, runs.c.status == "ok"
-                )
-                for i, m in enumerate(names)
-            ]
-            stmt = parts[0] if len(parts) == 1 else union_all(*parts)
+            stmt = runreads.last_successes(len(names))
             async with self.engine.connect() as conn:
-                found = (await conn.execute(stmt)).all()
+                found = (await conn.execute(stmt, runreads.mirror_params(names))).all()
             return {names[int(i)]: at for i, at in found if at is not None}
         stmt = (
             select(runs.c.mirror, func.max(runs.c.finished_at))
@@ -377,9 +380,7 @@ class StateDB(JobsDB):
         one query; naming the mirrors reads only their `limit` newest runs each."""
         out: dict[str, list[RunInfo]] = {}
         if mirrors is not None:
-            found = await self._per_mirror(
-                mirrors, lambda m: select(runs).where(runs.c.mirror == m), limit=limit
-            )
+            found = await self._per_mirror(mirrors, limit=limit)
             for row in sorted(found, key=lambda r: (r.mirror, -r.id)):
                 out.setdefault(row.mirror, []).append(_run_info(row))
             return out
