@@ -396,6 +396,15 @@ async def test_jobs_api_on_workers_cancel_and_sigterm(
             assert answer.body == b'{"ok":true}\n', answer.body
             assert _digest(dst, "cr", "2") == digests["2"]
 
+            # serve's metrics count the workers' copies of its jobs, as copied in-process
+            # (the first job's once serve saw it end, the Cloud Run one's before answering).
+            def counted(what: str) -> bool:
+                return what in server.call("GET", "/metrics").body.decode()
+
+            copied = 'ocimirror_tasks_total{mirror="(jobs)",result="copied"} 3.0'
+            await asyncio.to_thread(wait_for, lambda: counted(copied), "3 copied in /metrics")
+            assert counted('ocimirror_blobs_total{how="copied",mirror="(jobs)"} 6.0')
+
             # serve stopped mid-job (parallelism 1: the workers admit each next entry):
             # the workers finish the job, and the next serve answers for it.
             uploads.hold["survive"] = "first"
@@ -575,6 +584,12 @@ async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_l
             ]
             assert entries[1]["error"] == "boom"
             assert info.progress == {"done": 3, "total": 3, "bytes": 14}
+            # Kept for the metrics of the serve that submitted it: every image recorded.
+            assert info.result["tally"] == {
+                "tasks": {"copied": 2, "failed": 1},
+                "bytes": 14,
+                "blobs": {"copied": 0, "mounted": 0, "skipped": 0},
+            }
             assert info.finished_at is not None
             assert await jobqueue.record(db, f"{dest}:c", ok, app) == 0  # retried: no change
             assert (await db.get_job(job_id)) == info
@@ -589,6 +604,7 @@ async def test_a_handed_over_job_is_settled_by_the_records_and_finished_by_the_l
             assert info.result is not None
             assert (info.state, info.error) == ("cancelled", "cancelled")
             assert info.result["entries"][0]["error"] == "cancelled before the copy finished"
+            assert info.result["tally"]["tasks"] == {}  # nothing was recorded before
             assert await queue.cancel(gone) is False
 
             # A job a killed serve left not running (interrupted) with a copy queued.

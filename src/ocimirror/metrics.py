@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,6 +20,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from .client import RegistryClient
+from .transfer.copy import ImageResult
 from .webserver import AppRunner
 
 #: Run durations: a warm pass takes a second, a cold one of a big image many minutes.
@@ -173,6 +175,15 @@ class MirrorMetrics:
         if status == "ok":
             self.last_success.labels(mirror).set(finished.timestamp())
 
+    def count(self, mirror: str, counted: dict[str, Any]) -> None:
+        """Add a `tally` of image copies to the mirror's images, bytes and blobs."""
+        for result, n in dict(counted.get("tasks") or {}).items():
+            self.tasks.labels(mirror, str(result)).inc(int(n))
+        self.bytes.labels(mirror).inc(int(counted.get("bytes") or 0))
+        for how, n in dict(counted.get("blobs") or {}).items():
+            if n:
+                self.blobs.labels(mirror, str(how)).inc(int(n))
+
     def set_next_run(self, mirror: str, when: datetime | None) -> None:
         """Publish when a mirror runs next (removed for on-demand mirrors)."""
         if when is None:
@@ -184,6 +195,22 @@ class MirrorMetrics:
     def render(self) -> bytes:
         """The text exposition format of everything."""
         return generate_latest(self.registry)
+
+
+def tally(results: Iterable[ImageResult]) -> dict[str, Any]:
+    """What `MirrorMetrics.count` adds for these image copies, as JSON: images by result,
+    bytes, and blobs by what was done. A queue worker that finishes a jobs-API job keeps
+    it in the job's row, for the `serve` that submitted the job to count."""
+    tasks: dict[str, int] = {}
+    blobs = {"copied": 0, "mounted": 0, "skipped": 0}
+    nbytes = 0
+    for r in results:
+        tasks[r.status] = tasks.get(r.status, 0) + 1
+        nbytes += r.bytes_copied
+        blobs["copied"] += r.blobs_copied
+        blobs["mounted"] += r.blobs_mounted
+        blobs["skipped"] += r.blobs_skipped
+    return {"tasks": tasks, "bytes": nbytes, "blobs": blobs}
 
 
 def split_listen(listen: str) -> tuple[str, int]:

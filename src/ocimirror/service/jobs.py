@@ -56,12 +56,13 @@ import structlog
 from ..auth.credentials import Keychain
 from ..client import HostOptions
 from ..errors import OcimirrorError, public_message, scrub
-from ..metrics import MirrorMetrics
+from ..metrics import MirrorMetrics, tally
 from ..netpolicy import AddressPolicy
 from ..reference import Reference
 from ..settings.config import Config
 from ..settings.connection import bucket_settings, host_options, keychain_for
 from ..state.db import StateDB
+from ..state.jobs import JobInfo
 from ..state.schema import INTERRUPTED_ERROR
 from ..stores.pool import StorePool
 from ..transfer import engine
@@ -536,6 +537,7 @@ class JobManager:
                 await asyncio.shield(hand)
             info = await queue.wait(job.id, on_look=lambda i: refresh(job, i))
             refresh(job, info)
+            self._count_tally(info)
             self._release(job)
         except asyncio.CancelledError:
             if not job.handed:  # still planning: as in-process
@@ -550,6 +552,7 @@ class JobManager:
                     info_ = await self.state.get_job(job.id)
                     if info_ is not None:
                         refresh(job, info_)
+                        self._count_tally(info_)
                 self._release(job)  # interrupted: the workers finish it
             if job.stop_as is None:
                 raise
@@ -576,18 +579,15 @@ class JobManager:
 
     def _count(self, results: Iterable[ImageResult]) -> None:
         """Record image results in the metrics, if any."""
-        if self.metrics is None:
-            return
-        for r in results:
-            self.metrics.tasks.labels(METRICS_LABEL, r.status).inc()
-            self.metrics.bytes.labels(METRICS_LABEL).inc(r.bytes_copied)
-            for how, n in (
-                ("copied", r.blobs_copied),
-                ("mounted", r.blobs_mounted),
-                ("skipped", r.blobs_skipped),
-            ):
-                if n:
-                    self.metrics.blobs.labels(METRICS_LABEL, how).inc(n)
+        if self.metrics is not None:
+            self.metrics.count(METRICS_LABEL, tally(results))
+
+    def _count_tally(self, info: JobInfo) -> None:
+        """Record what the workers copied of a handed-over job that ended (the `tally` the
+        worker that ended it kept in its row), as `_count` records in-process copies."""
+        counted = (info.result or {}).get("tally")
+        if self.metrics is not None and isinstance(counted, dict):
+            self.metrics.count(METRICS_LABEL, counted)
 
     def _count_failure(self) -> None:
         if self.metrics is not None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sqlalchemy import delete, insert, select, update
 
+from ..metrics import tally
 from ..state.db import StateDB
 from ..state.jobs import JobInfo
 from ..state.schema import JOB_FINAL_STATES, jobs, utc_now
@@ -173,6 +174,10 @@ async def settle(state: StateDB, job_id: str, app: App | None = None) -> str | N
         result, progress = job_json(entries)
         values: dict[str, Any] = {"result": result, "progress": progress}
         if all(e["status"] not in _OPEN for e in entries):
+            # What serve's metrics count of the job (they count in-process copies as made).
+            result["tally"] = tally(
+                _from_json(r.result, r.dest_ref) for r in rows if r.done and r.result
+            )
             bad = sum(1 for e in entries if e["status"] in _BAD)
             values.update(
                 state="failed" if bad else "done",
@@ -376,6 +381,10 @@ class JobQueue:
                 if entry["status"] in _OPEN:
                     entry.update(status="cancelled", error=CANCELLED_ERROR)
             result, progress = job_json(entries)
+            done = await conn.execute(
+                select(job_copies).where(job_copies.c.job_id == job_id, job_copies.c.done.is_(True))
+            )
+            result["tally"] = tally(_from_json(r.result, r.dest_ref) for r in done if r.result)
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
