@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ocimirror.client import RegistryClient
-from ocimirror.settings.config import parse_config
+from ocimirror.settings.loading import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.stores.registry import RegistryStore
 from ocimirror.sync.runner import sync_pass

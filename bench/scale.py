@@ -351,7 +351,7 @@ async def _add_runs(url: str, count: int) -> None:
 
 async def _status_in_process(config: Path, url: str) -> float:
     """Seconds `status` spends on the state database and its table, in this process."""
-    from ocimirror.settings.config import load_config
+    from ocimirror.settings.loading import load_config
     from ocimirror.state.db import StateDB
     from ocimirror.sync.commands import status_rows
 

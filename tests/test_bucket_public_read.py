@@ -133,7 +133,7 @@ mirrors:
     ],
 )
 def test_public_read_on_a_bucket_without_object_acls_is_refused(name: str, cause: str) -> None:
-    from ocimirror.settings.config import parse_config
+    from ocimirror.settings.loading import parse_config
 
     with pytest.raises(ConfigError) as err:
         parse_config(f"buckets:\n  {name}:\n    public_read: true\n", "m.yaml")

@@ -90,8 +90,11 @@ def test_help_and_version_import_nothing_heavy(args: list[str]) -> None:
 
 
 def test_the_probe_sees_what_a_command_imports() -> None:
-    """The check above can fail: a command that reads the config loads pydantic and yaml."""
-    assert {"pydantic", "yaml"} <= loaded_after("ocimirror.cli", "config", "schema")
+    """The check above can fail: a command that prints the config's schema loads pydantic
+    (and, reading no file, not yaml)."""
+    loaded = loaded_after("ocimirror.cli", "config", "schema")
+    assert "pydantic" in loaded
+    assert "yaml" not in loaded
 
 
 #: What `ocimirror status` has no use for on a database already at the newest schema: the

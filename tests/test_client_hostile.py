@@ -25,7 +25,7 @@ import ocimirror.uploads as uploads_module
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
 from ocimirror.errors import AuthError, NotFound, RegistryError
-from ocimirror.settings.config import parse_config
+from ocimirror.settings.loading import parse_config
 from ocimirror.stores.registry import RegistryStore
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.command import run_ocimirror

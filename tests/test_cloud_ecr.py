@@ -26,8 +26,8 @@ from ocimirror.auth.ecr import EcrProvider, parse_host
 from ocimirror.auth.providers import Login, ProviderSource, ProviderUnavailable, detect
 from ocimirror.auth.source import Credentials
 from ocimirror.errors import AuthError
-from ocimirror.settings.config import parse_config
 from ocimirror.settings.connection import keychain_for
+from ocimirror.settings.loading import parse_config
 from ocimirror.testkit.command import ocimirror_command
 from ocimirror.testkit.front import Front, kind_of, registry_error, serve
 from ocimirror.testkit.images import make_image

@@ -9,13 +9,8 @@ import pytest
 
 from ocimirror.errors import ConfigError
 from ocimirror.settings.compat import TARGET_REGISTRY_ENV
-from ocimirror.settings.config import (
-    ConfigFileError,
-    detect_format,
-    json_schema,
-    load_config,
-    parse_config,
-)
+from ocimirror.settings.config import json_schema
+from ocimirror.settings.loading import ConfigFileError, detect_format, load_config, parse_config
 from ocimirror.settings.secrets import Secret
 
 GOOD = """\

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ocimirror.settings.compat import from_docker_sync, go_time_layout
-from ocimirror.settings.config import load_config
+from ocimirror.settings.loading import load_config
 from ocimirror.sync.dockersync import DEFAULT_CONFIG
 from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.images import make_image

@@ -15,8 +15,8 @@ import pytest
 
 from ocimirror.client import HostOptions, RegistryClient, base_url
 from ocimirror.errors import ConfigError
-from ocimirror.settings.config import parse_config
 from ocimirror.settings.connection import parse_endpoints
+from ocimirror.settings.loading import parse_config
 from ocimirror.testkit.command import run_ocimirror as ocimirror
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.registry import LocalRegistry

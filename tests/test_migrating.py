@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocimirror.settings.config import parse_config
+from ocimirror.settings.loading import parse_config
 from ocimirror.testkit.command import Background, run_ocimirror
 from ocimirror.testkit.images import make_image
 from ocimirror.testkit.polling import wait_for

@@ -309,7 +309,7 @@ def test_docker_sync_readme_r2_example_as_printed_is_a_yaml_error_with_position(
     tmp_path: Path,
 ) -> None:
     from ocimirror.errors import ConfigError
-    from ocimirror.settings.config import load_config
+    from ocimirror.settings.loading import load_config
 
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -507,7 +507,7 @@ async def test_tags_put_at_once_by_one_store_all_reach_tags_list() -> None:
 
 def test_a_bad_buckets_entry_is_named_with_its_line() -> None:
     from ocimirror.errors import ConfigError
-    from ocimirror.settings.config import parse_config
+    from ocimirror.settings.loading import parse_config
 
     with pytest.raises(ConfigError) as err:
         parse_config("buckets:\n  s3://Bad_Bucket: {}\n", "m.yaml")

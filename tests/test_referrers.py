@@ -27,7 +27,7 @@ from ocimirror.errors import ConfigError
 from ocimirror.reference import Reference
 from ocimirror.service.jobs import JobManager
 from ocimirror.service.models import MirrorEntry, MirrorRequest
-from ocimirror.settings.config import parse_config
+from ocimirror.settings.loading import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.stores.layout import LayoutStore
 from ocimirror.sync.runner import sync_pass

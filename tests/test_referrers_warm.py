@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from ocimirror.reference import Reference
-from ocimirror.settings.config import parse_config
+from ocimirror.settings.loading import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import sync_pass
 from ocimirror.testkit.artifacts import (

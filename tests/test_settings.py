@@ -10,13 +10,13 @@ import pytest
 
 from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions
-from ocimirror.settings.config import parse_config
 from ocimirror.settings.connection import (
     keychain_for,
     keychain_from,
     static_credentials,
     tls_options,
 )
+from ocimirror.settings.loading import parse_config
 from ocimirror.settings.registries import CredentialsConfig, Tls
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ocimirror.settings.config import Config, parse_config
+from ocimirror.settings.config import Config
+from ocimirror.settings.loading import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import MirrorPass, sync_pass
 from ocimirror.testkit.accesslog import Request
@@ -192,7 +193,7 @@ async def test_docker_sync_and_ini_configs_plan_against_real_registries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Both foreign formats, read as they are, drive the planner and the copy."""
-    from ocimirror.settings.config import load_config
+    from ocimirror.settings.loading import load_config
 
     src, dst = src_registry, htpasswd_registry
     user, password = dst.creds or ("", "")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ocimirror.errors import ConfigError
-from ocimirror.settings.config import Config, parse_config
+from ocimirror.settings.config import Config
+from ocimirror.settings.loading import parse_config
 from ocimirror.state.db import StateDB
 from ocimirror.sync.runner import MirrorPass, sync_pass
 from ocimirror.testkit.accesslog import Request

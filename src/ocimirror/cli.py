@@ -647,7 +647,7 @@ def config_validate(
     from rich.markup import escape
 
     from .errors import OcimirrorError
-    from .settings.config import load_config
+    from .settings.loading import load_config
 
     console = Console(stderr=True)
     try:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .service.scheduled import ScheduledMirrors
-    from .settings.config import Loaded
+    from .settings.loading import Loaded
 
 
 def scheduled_mirrors(config_path: Path, loaded: Loaded) -> ScheduledMirrors:

@@ -25,7 +25,8 @@ from ..settings.cli_options import ExecutionOpt, RegistryEndpoint
 
 if TYPE_CHECKING:
     from ..netpolicy import AddressPolicy
-    from ..settings.config import Config, Loaded
+    from ..settings.config import Config
+    from ..settings.loading import Loaded
     from ..state.db import StateDB
     from ..workers.status import WorkersSnapshot
     from .oidc import OidcVerifier
@@ -226,8 +227,9 @@ def serve(
 
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..settings.config import Config, Loaded, load_config
+    from ..settings.config import Config
     from ..settings.connection import apply_endpoint_flags
+    from ..settings.loading import Loaded, load_config
 
     console = Console(stderr=True)
     try:

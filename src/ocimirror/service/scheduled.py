@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..metrics import MirrorMetrics
-    from ..settings.config import Config, Loaded
+    from ..settings.config import Config
+    from ..settings.loading import Loaded
     from ..state.db import StateDB
 
 

@@ -34,7 +34,8 @@ import yaml
 from pydantic import ValidationError
 
 from ..auth.providers import ecr_match
-from .config import Config, ConfigFileError, _pydantic_problems, field_path
+from .config import Config
+from .loading import ConfigFileError, _pydantic_problems, field_path
 
 TARGET_REGISTRY_ENV = "OCIMIRROR_TARGET_REGISTRY"
 #: Docker Mirror Image's state database file.

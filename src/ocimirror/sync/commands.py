@@ -251,8 +251,8 @@ def sync(
     from rich.markup import escape
 
     from ..errors import OcimirrorError
-    from ..settings.config import load_config
     from ..settings.connection import apply_endpoint_flags
+    from ..settings.loading import load_config
     from ..state.connection import default_url
     from ..state.db import StateDB
     from ..stopping import Stopped, run_stoppable
@@ -446,7 +446,7 @@ def status(
     from rich.table import Table
 
     from ..errors import OcimirrorError
-    from ..settings.config import load_config
+    from ..settings.loading import load_config
     from ..state.connection import default_url
     from ..state.db import StateDB
 

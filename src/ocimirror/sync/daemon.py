@@ -31,9 +31,10 @@ import structlog
 from ..client import RegistryClient
 from ..errors import OcimirrorError
 from ..metrics import MirrorMetrics, serve_metrics
-from ..settings.config import Config, Loaded, Mirror, load_config
+from ..settings.config import Config, Mirror
 from ..settings.connection import pool_for
 from ..settings.durations import parse_interval
+from ..settings.loading import Loaded, load_config
 from ..settings.schedule import schedule_of
 from ..state.connection import default_url
 from ..state.db import StateDB

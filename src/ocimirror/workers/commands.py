@@ -78,9 +78,10 @@ def worker(
 
     from ..errors import OcimirrorError
     from ..logs import configure
-    from ..settings.config import Config, load_config
+    from ..settings.config import Config
     from ..settings.connection import apply_endpoint_flags
     from ..settings.durations import parse_interval
+    from ..settings.loading import load_config
     from ..state.connection import normalise_url
     from .worker import run_worker
 
