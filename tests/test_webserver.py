@@ -37,13 +37,15 @@ async def runner() -> AsyncIterator[tuple[webserver.AppRunner, int]]:
         await made.cleanup()
 
 
-async def refused(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    """A connection that sent BAD_HEAD and read its answer up to our end of stream; the
+async def refused(port: int) -> asyncio.StreamWriter:
+    """A connection that sent BAD_HEAD and read its whole 400 up to our end of stream; its
     client's side still open."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(BAD_HEAD)
     answer = await asyncio.wait_for(reader.read(), 30)  # until the server's end of stream
-    return reader, writer, answer
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    assert answer.endswith(b"400 Bad Request: malformed HTTP request\n")
+    return writer
 
 
 async def closed_by_server(writer: asyncio.StreamWriter) -> bool:
@@ -63,10 +65,7 @@ async def test_a_lingering_client_that_never_closes_is_cut_off(
     runner: tuple[webserver.AppRunner, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(webserver, "LINGER_SECONDS", 0.05)
-    _, port = runner
-    _, writer, answer = await refused(port)
-    assert answer.startswith(b"HTTP/1.0 400 ")
-    assert answer.endswith(b"400 Bad Request: malformed HTTP request\n")
+    writer = await refused(runner[1])
     assert await closed_by_server(writer)
     writer.close()
 
@@ -76,8 +75,7 @@ async def test_shutting_down_closes_a_lingering_connection_at_once(
 ) -> None:
     monkeypatch.setattr(webserver, "LINGER_SECONDS", 3600.0)
     made, port = runner
-    _, writer, answer = await refused(port)
-    assert answer.startswith(b"HTTP/1.0 400 ")
+    writer = await refused(port)
     # While it lingers, the server reads and drops what the client sends.
     writer.write(b"x" * 100_000)
     await writer.drain()
