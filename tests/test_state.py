@@ -209,9 +209,9 @@ async def test_check_constraints_refuse_unknown_values(db: StateDB) -> None:
 def test_the_revisions_form_one_line_to_the_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     revisions = list(script.walk_revisions())
-    assert [r.revision for r in revisions] == ["0002", "0001"]
-    assert [r.down_revision for r in revisions] == ["0001", None]
-    assert head_revision() == "0002"
+    assert [r.revision for r in revisions] == ["0003", "0002", "0001"]
+    assert [r.down_revision for r in revisions] == ["0002", "0001", None]
+    assert head_revision() == "0003"
     assert head_revision() == HEAD_REVISION  # the constant that spares loading Alembic
 
 
@@ -269,11 +269,46 @@ async def test_a_database_at_0001_gains_the_last_success_index_and_keeps_its_run
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
     assert "ix_runs_mirror_status_finished_at" not in indexes
     async with StateDB(url) as db:  # an ocimirror of before this revision wrote it
-        assert await db.schema_version() == "0002"
+        assert await db.schema_version() == HEAD_REVISION
         assert set(await db.last_successes(["m"])) == {"m"}
     with sqlite3.connect(path) as conn:
         indexes = {r[1] for r in conn.execute("PRAGMA index_list('runs')")}
     assert "ix_runs_mirror_status_finished_at" in indexes
+
+
+async def test_a_database_at_0002_gains_the_blob_counts_and_keeps_its_tasks(
+    tmp_path: Path,
+) -> None:
+    """Revision 0003: task_results' blob counts; the rows written before read 0, new rows
+    keep what they were given."""
+    path = tmp_path / "state.db"
+    url = sqlite_url(path)
+    async with StateDB(url):
+        pass
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
+    with sqlite3.connect(path) as conn:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info('task_results')")}
+        assert "blobs_copied" not in columns
+        conn.execute(
+            "INSERT INTO runs (mirror, trigger, status, started_at, copied, unchanged, failed,"
+            " skipped, bytes) VALUES ('m', 'cli', 'running', '2026-12-01 00:00:00', 0, 0, 0,"
+            " 0, 0)"
+        )
+        conn.execute(
+            "INSERT INTO task_results (run_id, mirror, target, source_ref, dest_ref, reason,"
+            " status, bytes, seconds, immutable, finished_at) VALUES (1, 'm', 'dst.example',"
+            " 'src.example/a:1', 'dst.example/a:1', 'new', 'failed', 0, 0, 0,"
+            " '2026-12-01 00:00:00')"
+        )
+    async with StateDB(url) as db:
+        assert await db.schema_version() == HEAD_REVISION
+        await db.record_tasks(1, [task("dst.example/a:2", blobs_copied=2, blobs_mounted=1)])
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT dest_ref, blobs_copied, blobs_mounted, blobs_skipped FROM task_results"
+            " ORDER BY id"
+        ).fetchall()
+    assert rows == [("dst.example/a:1", 0, 0, 0), ("dst.example/a:2", 2, 1, 0)]
 
 
 async def test_an_unknown_newer_revision_is_refused(tmp_path: Path) -> None:

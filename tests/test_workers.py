@@ -230,6 +230,24 @@ def _pass_and_status(server: Server, workers: Workers) -> None:
         assert f'ocimirror_worker_up{{worker="{name}"}} 1.0' in metrics
         assert f'ocimirror_worker_busy{{worker="{name}"}} 0.0' in metrics
     assert "ocimirror_worker_last_heartbeat_timestamp_seconds" in metrics
+
+    # The pass's counts, from what the workers recorded, as an in-process pass counts them:
+    # every image copied, and each of its 3 blobs (2 layers, the config) copied, mounted
+    # or found (serve counts the pass once its planner has read the results back).
+    def counted(name: str) -> dict[str, float]:
+        text = server.call("GET", "/metrics").body.decode()
+        return {
+            line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{") and 'mirror="many"' in line
+        }
+
+    wait_for(lambda: counted("ocimirror_runs_total") != {}, "the pass in /metrics")
+    copied = counted("ocimirror_tasks_total")
+    assert copied == {'mirror="many",result="copied"': N_IMAGES}, copied
+    blobs = counted("ocimirror_blobs_total")
+    assert sum(blobs.values()) == 3 * N_IMAGES, blobs
+    assert blobs['how="copied",mirror="many"'] >= N_IMAGES, blobs
     page = server.call("GET", "/").body.decode()  # the dashboard's HTML draws them too
     for name in ("a", "b", "c"):
         assert f'<tr class="tone-ok" data-worker="{name}">' in page

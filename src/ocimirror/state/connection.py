@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 #: Where Alembic finds `env.py` and `versions/`: a package resource, so no alembic.ini.
 SCRIPT_LOCATION = "ocimirror.state:migrations"
 #: The newest revision in `migrations/versions` (a test checks it against Alembic's head).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 

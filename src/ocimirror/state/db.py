@@ -60,6 +60,9 @@ class TaskRecord:
     error: str | None = None
     immutable: bool = False
     finished_at: datetime = field(default_factory=utc_now)
+    blobs_copied: int = 0
+    blobs_mounted: int = 0
+    blobs_skipped: int = 0
 
     def __post_init__(self) -> None:
         """Refuse unknown reasons and statuses, naive times, and a success without digests."""
@@ -171,6 +174,9 @@ async def write_tasks(conn: AsyncConnection, run_id: int, results: Sequence[Task
             "immutable": r.immutable,
             "error": r.error,
             "finished_at": r.finished_at,
+            "blobs_copied": r.blobs_copied,
+            "blobs_mounted": r.blobs_mounted,
+            "blobs_skipped": r.blobs_skipped,
         }
         for r in results
     ]

@@ -155,6 +155,10 @@ task_results = Table(
     Column("immutable", Boolean, nullable=False, server_default=false()),
     Column("error", Text, nullable=True),
     Column("finished_at", UTCDateTime(), nullable=False),
+    # The image's blobs by what was done (revision 0003: rows from before read 0).
+    Column("blobs_copied", Integer, nullable=False, server_default=text("0")),
+    Column("blobs_mounted", Integer, nullable=False, server_default=text("0")),
+    Column("blobs_skipped", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(_in("reason", TASK_REASONS), name="reason"),
     CheckConstraint(_in("status", TASK_STATUSES), name="status"),
     Index(None, "run_id"),

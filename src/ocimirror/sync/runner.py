@@ -508,6 +508,9 @@ def _records(mirror: Mirror, done: MirrorPass, *, queued: Collection[str] = ()) 
                 seconds=r.seconds,
                 error=r.error or None,
                 immutable=_immutable(mirror, task),
+                blobs_copied=r.blobs_copied,
+                blobs_mounted=r.blobs_mounted,
+                blobs_skipped=r.blobs_skipped,
             )
         )
     return records

@@ -113,6 +113,9 @@ def _record(row: Any, result: ImageResult) -> TaskRecord:
         seconds=result.seconds,
         error=result.error or None,
         immutable=bool(row.immutable),
+        blobs_copied=result.blobs_copied,
+        blobs_mounted=result.blobs_mounted,
+        blobs_skipped=result.blobs_skipped,
     )
 
 
@@ -253,6 +256,9 @@ async def copy_results(state: StateDB, run_id: int) -> list[ImageResult]:
                 bytes_copied=int(r.bytes),
                 seconds=float(r.seconds),
                 error=r.error or "",
+                blobs_copied=int(r.blobs_copied),
+                blobs_mounted=int(r.blobs_mounted),
+                blobs_skipped=int(r.blobs_skipped),
             )
         )
     return out
