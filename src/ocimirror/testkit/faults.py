@@ -267,9 +267,17 @@ def http_faults(
     calm_seconds: float = 0.0,
     counts: Counter[str] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    per_path: bool = False,
 ) -> Intercept:
     """An `Intercept` for `Front`: a seeded `rate` of requests start a storm of `storm`
     error answers in a row (a status from `statuses`; 429 carries `Retry-After`).
+
+    The storms follow the order requests arrive in, which concurrency changes from run to
+    run: the same seed can hit a retried request with the second answer of the storm its
+    first attempt began, or not. With `per_path`, each request line (method and path) has
+    storms of its own, from a generator seeded with `seed` and that line: what each
+    request and each of its retries is answered is the same in every run, whatever the
+    order, so a failure replays.
 
     With `storm_seconds`, a storm lasts that long instead (every request in it is
     answered with the error) and no other begins for `calm_seconds` after it: a registry
@@ -279,8 +287,12 @@ def http_faults(
     """
     if storm_seconds is not None and not storm_seconds > 0:
         raise ValueError(f"storm_seconds must be above 0, not {storm_seconds!r}")
-    rng = random.Random(seed)
+    if per_path and storm_seconds is not None:
+        raise ValueError("per_path storms are counted in answers, not storm_seconds")
     tally = counts if counts is not None else Counter()
+    if per_path:
+        return _storms_per_path(seed, rate, list(statuses), retry_after, storm, tally)
+    rng = random.Random(seed)
     left = 0
     until = calm = float("-inf")
     status = 0
@@ -302,6 +314,36 @@ def http_faults(
         if status == 429:
             return registry_error(429, "TOOMANYREQUESTS", {"Retry-After": retry_after})
         return registry_error(status, "UNAVAILABLE")
+
+    intercept.counts = tally  # type: ignore[attr-defined]
+    return intercept
+
+
+def _storms_per_path(
+    seed: int,
+    rate: float,
+    statuses: list[int],
+    retry_after: str,
+    storm: int,
+    tally: Counter[str],
+) -> Intercept:
+    """`http_faults(per_path=True)`: a storm generator per request line."""
+    lines: dict[str, tuple[random.Random, list[int]]] = {}  # line -> (rng, [left, status])
+
+    async def intercept(front: Front, request: web.Request, body: bytes) -> web.Response | None:
+        line = f"{request.method} {request.path_qs}"
+        if line not in lines:
+            lines[line] = (random.Random(f"{seed} {line}"), [0, 0])
+        rng, at = lines[line]
+        if at[0] == 0 and rng.random() < rate:
+            at[:] = [storm, rng.choice(statuses)]
+        if at[0] == 0:
+            return None
+        at[0] -= 1
+        tally[f"http_{at[1]}"] += 1
+        if at[1] == 429:
+            return registry_error(429, "TOOMANYREQUESTS", {"Retry-After": retry_after})
+        return registry_error(at[1], "UNAVAILABLE")
 
     intercept.counts = tally  # type: ignore[attr-defined]
     return intercept
