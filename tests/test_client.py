@@ -31,6 +31,7 @@ from ocimirror.auth.credentials import Credentials
 from ocimirror.client import HostOptions, RegistryClient
 from ocimirror.errors import (
     AuthError,
+    DeleteRefused,
     DigestMismatch,
     NotFound,
     RateLimited,
@@ -475,6 +476,22 @@ async def test_503_on_other_calls_is_retried(registry: LocalRegistry) -> None:
     for kind in ("manifest", "blob", "tags"):
         assert [s.status for s in front.of(kind=kind)][:2] == [503, 200]
     assert registry.tags("app") == ["1", "2"]
+
+
+async def test_a_refused_delete_is_final(registry: LocalRegistry, retry_waits: list[float]) -> None:
+    """distribution answers a DELETE by tag `400 DIGEST_INVALID` (a code that on an upload
+    means damaged bytes, retried): one DELETE, no retry, a clear error; by digest, done.
+    Every tag a purge removed cost five DELETEs and about 4 s of waits before."""
+    image = make_image(layer_size=100, seed="delete")
+    await seed(registry, "app", [("1", image)])
+    async with connect(registry.host) as client:
+        with pytest.raises(DeleteRefused) as refused:
+            await client.delete_manifest("app", "1")
+        assert (refused.value.status, refused.value.codes) == (400, ("DIGEST_INVALID",))
+        assert client.requests["DELETE"] == 1
+        assert retry_waits == []
+        assert await client.delete_manifest("app", image.digest) is True
+        assert await client.head_manifest("app", "1") is None
 
 
 async def test_429_waits_for_retry_after(registry: LocalRegistry, retry_waits: list[float]) -> None:

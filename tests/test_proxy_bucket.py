@@ -60,11 +60,17 @@ def _images() -> dict[str, SampleImage]:
     }
 
 
-@pytest.fixture
-def filled(s3: LocalS3, src_registry: LocalRegistry) -> Filled:
-    bucket = s3.bucket()
-    images = _images()
-    _copy_in(src_registry, f"s3://{bucket}/team/app", images, _env(s3))
+@pytest.fixture(scope="module")
+def filled(s3: LocalS3, tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    """The bucket the tests here read, filled once for the module: the proxy only reads
+    it (its writes are refused before any bucket request, tested below)."""
+    source = LocalRegistry(tmp_path_factory.mktemp("src")).start()
+    try:
+        bucket = s3.bucket()
+        images = _images()
+        _copy_in(source, f"s3://{bucket}/team/app", images, _env(s3))
+    finally:
+        source.stop()
     return Filled(bucket, images)
 
 

@@ -43,6 +43,7 @@ from .auth.credentials import Credentials, Keychain
 from .auth.tokens import Authenticator, TokenRefused
 from .errors import (
     AuthError,
+    DeleteRefused,
     DigestMismatch,
     ManifestError,
     NotFound,
@@ -709,7 +710,16 @@ class RegistryClient(Uploads):
                 resp.release()
                 return False
             if resp.status not in (200, 202, 204):
-                raise await self.error_from(resp, f"{where}: delete refused")
+                error = await self.error_from(resp, f"{where}: delete refused")
+                if type(error) is RegistryError and 400 <= error.status < 500:
+                    raise DeleteRefused(
+                        str(error),
+                        status=error.status,
+                        codes=error.codes,
+                        url=error.url,
+                        public=error.public,
+                    )
+                raise error
             resp.release()
             return True
 

@@ -98,6 +98,15 @@ class RegistryError(OcimirrorError):
         self.public = public
 
 
+class DeleteRefused(RegistryError):
+    """Raised when a registry refuses a DELETE with a 4xx: final, whatever its code.
+
+    Distribution answers a DELETE by tag `400 DIGEST_INVALID`, which on an upload means
+    damaged bytes (`is_corrupt_transfer`, retried); here nothing was sent, and every retry
+    got the same answer (five DELETEs and about 4 s of waits per tag a purge removed).
+    """
+
+
 class AuthError(RegistryError):
     """Raised on 401/403 or when credentials cannot be obtained."""
 
@@ -139,6 +148,7 @@ def is_corrupt_transfer(exc: BaseException) -> bool:
         return True
     return (
         isinstance(exc, RegistryError)
+        and not isinstance(exc, DeleteRefused)
         and exc.status == 400
         and bool(CORRUPT_UPLOAD_CODES & set(exc.codes))
     )
