@@ -151,13 +151,13 @@ class MirrorMetrics:
         *,
         status: str,
         seconds: float,
-        results: Sequence[tuple[str, int, int, int, int]],
+        results: Iterable[ImageResult],
         unchanged: int,
         immutable: int,
         plan_errors: int,
         finished: datetime,
     ) -> None:
-        """Count one pass: `results` holds (status, bytes, copied, mounted, skipped) each."""
+        """Count one pass: its planner's decisions and the results of its image copies."""
         self.runs.labels(mirror, status).inc()
         self.duration.labels(mirror).observe(seconds)
         for result, n in (("unchanged", unchanged), ("immutable", immutable)):
@@ -165,13 +165,7 @@ class MirrorMetrics:
                 self.tasks.labels(mirror, result).inc(n)
         if plan_errors:
             self.tasks.labels(mirror, "failed").inc(plan_errors)
-        for result, nbytes, copied, mounted, skipped in results:
-            self.tasks.labels(mirror, result).inc()
-            self.bytes.labels(mirror).inc(nbytes)
-            for how, n in (("copied", copied), ("mounted", mounted), ("skipped", skipped)):
-                if n:
-                    self.blobs.labels(mirror, how).inc(n)
-        self.bytes.labels(mirror)  # present at 0 from the first pass
+        self.count(mirror, tally(results))  # bytes present at 0 from the first pass
         if status == "ok":
             self.last_success.labels(mirror).set(finished.timestamp())
 

@@ -327,10 +327,7 @@ class Daemon:
                 label,
                 status=done.status,
                 seconds=done.seconds,
-                results=[
-                    (r.status, r.bytes_copied, r.blobs_copied, r.blobs_mounted, r.blobs_skipped)
-                    for r in done.results
-                ],
+                results=done.results,
                 unchanged=done.plan.count("unchanged"),
                 immutable=done.plan.count("immutable"),
                 plan_errors=len(done.plan.errors),
