@@ -310,13 +310,18 @@ def http_faults(
         if not in_storm:
             return None
         left -= 1
-        tally[f"http_{status}"] += 1
-        if status == 429:
-            return registry_error(429, "TOOMANYREQUESTS", {"Retry-After": retry_after})
-        return registry_error(status, "UNAVAILABLE")
+        return _storm_answer(status, retry_after, tally)
 
     intercept.counts = tally  # type: ignore[attr-defined]
     return intercept
+
+
+def _storm_answer(status: int, retry_after: str, tally: Counter[str]) -> web.Response:
+    """A storm's error answer, counted: 429 with `Retry-After`, else `status` UNAVAILABLE."""
+    tally[f"http_{status}"] += 1
+    if status == 429:
+        return registry_error(429, "TOOMANYREQUESTS", {"Retry-After": retry_after})
+    return registry_error(status, "UNAVAILABLE")
 
 
 def _storms_per_path(
@@ -340,10 +345,7 @@ def _storms_per_path(
         if at[0] == 0:
             return None
         at[0] -= 1
-        tally[f"http_{at[1]}"] += 1
-        if at[1] == 429:
-            return registry_error(429, "TOOMANYREQUESTS", {"Retry-After": retry_after})
-        return registry_error(at[1], "UNAVAILABLE")
+        return _storm_answer(at[1], retry_after, tally)
 
     intercept.counts = tally  # type: ignore[attr-defined]
     return intercept
