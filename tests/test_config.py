@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ocimirror.errors import ConfigError
+from ocimirror.settings import loading
 from ocimirror.settings.compat import TARGET_REGISTRY_ENV
 from ocimirror.settings.config import json_schema
 from ocimirror.settings.loading import ConfigFileError, detect_format, load_config, parse_config
@@ -196,6 +197,37 @@ def test_every_mistake_is_named_with_its_position(
     rendered = str(info.value)
     assert f"mirror.yaml:{line}:{col}: {path}:" in rendered, rendered
     assert words.lower() in rendered.lower(), rendered
+
+
+@pytest.mark.parametrize(("text", "line", "col", "path", "words"), MISTAKES)
+def test_a_config_file_is_parsed_once_and_its_mistakes_positioned(
+    text: str,
+    line: int,
+    col: int,
+    path: str,
+    words: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`load_config` detects the format and validates from one YAML parse, with the same
+    positioned errors as `parse_config`."""
+    parses: list[str] = []
+    real = loading._compose
+
+    def counted(text: str) -> loading.Composed:
+        parses.append(text)
+        return real(text)
+
+    monkeypatch.setattr(loading, "_compose", counted)
+    config = tmp_path / "mirror.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigFileError) as info:
+        load_config(config)
+    rendered = str(info.value)
+    assert f"{config}:{line}:{col}: {path}:" in rendered, rendered
+    assert words.lower() in rendered.lower(), rendered
+    # Text that is not YAML is parsed again for its error (detection only learns that).
+    assert len(parses) == (2 if path == "(syntax)" else 1), parses
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -40,7 +40,11 @@ class Loaded:
 Positions = dict[tuple[str | int, ...], tuple[int, int]]
 
 
-def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+#: A YAML text parsed once: its node tree (for positions) and its data.
+Composed = tuple[yaml.Node | None, Any]
+
+
+def _compose(text: str) -> Composed:
     """Parse YAML once: its node tree (for positions) and its data, as `yaml.safe_load` does.
 
     libyaml's parser (`yaml.CSafeLoader`, with the same constructor and resolver as
@@ -165,8 +169,13 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate native ocimirror YAML; raise ConfigFileError with positions."""
+    return _validated(text, source, None)
+
+
+def _validated(text: str, source: str, composed: Composed | None) -> Config:
+    """`parse_config`, reusing `composed` (the text already parsed) when given."""
     try:
-        node, data = _compose(text)
+        node, data = composed if composed is not None else _compose(text)
     except yaml.YAMLError as e:
         raise ConfigFileError.from_yaml(source, e) from None
     positions: Positions = {}
@@ -194,23 +203,30 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def detect_format(text: str) -> Format:
     """Tell which format a config file is in, from its content."""
+    return _sniff(text)[0]
+
+
+def _sniff(text: str) -> tuple[Format, Composed | None]:
+    """The format of a config file, and its YAML parsed on the way (None: not parsed, or
+    not YAML), so that a native config is parsed once."""
     stripped = "\n".join(
         line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
     )
     if re.match(r"\s*\[[^\]]+\]\s*$", stripped.splitlines()[0] if stripped else ""):
-        return "docker-mirror-image-ini"
+        return "docker-mirror-image-ini", None
     try:
-        _, data = _compose(text)
+        composed = _compose(text)
     except yaml.YAMLError:
-        return "ocimirror"
+        return "ocimirror", None
+    data = composed[1]
     if isinstance(data, dict) and "mirrors" not in data:
         keys = {str(k).lower() for k in data}
         sync = data.get("sync")
         if isinstance(sync, dict) and ("images" in sync or "registries" in sync):
-            return "docker-sync"
+            return "docker-sync", composed
         if "images" in keys and ("repositories" in keys or "telemetry" in keys):
-            return "docker-sync"
-    return "ocimirror"
+            return "docker-sync", composed
+    return "ocimirror", composed
 
 
 def load_config(path: Path | str, *, target_registry: str | None = None) -> Loaded:
@@ -220,9 +236,9 @@ def load_config(path: Path | str, *, target_registry: str | None = None) -> Load
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config: {e.strerror}") from None
-    fmt = detect_format(text)
+    fmt, composed = _sniff(text)
     if fmt == "ocimirror":
-        return Loaded(parse_config(text, str(p)), fmt, p)
+        return Loaded(_validated(text, str(p), composed), fmt, p)
     from . import compat
 
     if fmt == "docker-sync":
